@@ -1,0 +1,26 @@
+// lstmgrad: central finite differences in float64, for any scalar function of the parameters.
+//
+//   dL/dp_i ~ (L(p + e u_i) - L(p - e u_i)) / (2 e)
+//
+// The truncation error is O(e^2 L''') and the rounding error O(eps |L| / e); e = 1e-6 balances
+// them at about 1e-10 relative for smooth functions of O(1) values in double precision.
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace lstmgrad {
+
+using ScalarFn = std::function<double(std::span<const double>)>;
+
+// Gradient of f at p for every coordinate.
+std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
+                                       double step = 1e-6);
+
+// Gradient of f at p for the listed coordinates only (others are left 0): for large models,
+// where checking every coordinate would take too long.
+std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
+                                       std::span<const size_t> coords, double step = 1e-6);
+
+}  // namespace lstmgrad

@@ -1,0 +1,53 @@
+// lstmgrad: the language model's configuration and its packed parameters.
+//
+// Size letters: T time, B batch, X input width (dense input) or E embedding width, H hidden,
+// L layers, V vocabulary (classes). For the identity readout V = H.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lstmgrad {
+
+enum class InputKind { dense, embedding };  // float [T,B,X] vectors, or int64 [T,B] token ids
+enum class Readout { identity, linear };    // p = softmax(h), or p = softmax(W h + c)
+
+// How the per-position losses are combined:
+//   mean       over all T*B positions (PyTorch's CrossEntropyLoss default),
+//   sum        over all T*B positions,
+//   batch_mean mean over B at each step, summed over T (Zaremba et al. 2014's scale).
+enum class Reduction { mean, sum, batch_mean };
+
+struct ModelConfig {
+  InputKind input = InputKind::embedding;
+  Readout readout = Readout::linear;
+  int64_t V = 0;  // vocabulary (embedding rows, readout classes); = H for the identity readout
+  int64_t X = 0;  // input width of layer 0: dense width, or embedding width E
+  int64_t H = 0;  // hidden width of every layer
+  int64_t L = 1;  // number of layers
+};
+
+// One named tensor inside the flat parameter vector. Names follow PyTorch's word_language_model:
+// encoder.weight [V,E], rnn.weight_ih_l{k} [4H,in], rnn.weight_hh_l{k} [4H,H],
+// rnn.bias_ih_l{k} [4H], rnn.bias_hh_l{k} [4H], decoder.weight [V,H], decoder.bias [V].
+// Rows of weight_ih/weight_hh are the gate blocks [V_i; V_f; V_a; V_o] (PyTorch's i, f, g, o).
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // into the flat vector
+  size_t size = 0;    // product of shape
+};
+
+// The layout of every parameter of `cfg`, in a fixed order, packed without gaps.
+std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg);
+// Total number of scalars in that layout.
+size_t parameter_count(const ModelConfig& cfg);
+// Checks that sizes are positive and consistent (identity readout needs V == H); throws InputError.
+void validate_config(const ModelConfig& cfg);
+std::string to_string(InputKind k);
+std::string to_string(Readout r);
+std::string to_string(Reduction r);
+Reduction parse_reduction(const std::string& s);
+
+}  // namespace lstmgrad

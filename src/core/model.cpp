@@ -1,0 +1,67 @@
+#include "lstmgrad/model.hpp"
+
+#include <fmt/format.h>
+
+#include "lstmgrad/error.hpp"
+
+namespace lstmgrad {
+
+std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
+  std::vector<ParamInfo> out;
+  size_t offset = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    size_t n = 1;
+    for (int64_t d : shape) n *= static_cast<size_t>(d);
+    out.push_back({std::move(name), std::move(shape), offset, n});
+    offset += n;
+  };
+  if (cfg.input == InputKind::embedding) add("encoder.weight", {cfg.V, cfg.X});
+  for (int64_t k = 0; k < cfg.L; ++k) {
+    const int64_t in = k == 0 ? cfg.X : cfg.H;
+    add(fmt::format("rnn.weight_ih_l{}", k), {4 * cfg.H, in});
+    add(fmt::format("rnn.weight_hh_l{}", k), {4 * cfg.H, cfg.H});
+    add(fmt::format("rnn.bias_ih_l{}", k), {4 * cfg.H});
+    add(fmt::format("rnn.bias_hh_l{}", k), {4 * cfg.H});
+  }
+  if (cfg.readout == Readout::linear) {
+    add("decoder.weight", {cfg.V, cfg.H});
+    add("decoder.bias", {cfg.V});
+  }
+  return out;
+}
+
+size_t parameter_count(const ModelConfig& cfg) {
+  auto layout = parameter_layout(cfg);
+  return layout.empty() ? 0 : layout.back().offset + layout.back().size;
+}
+
+void validate_config(const ModelConfig& cfg) {
+  if (cfg.H < 1) throw InputError(fmt::format("model: hidden size H must be >= 1, got {}", cfg.H));
+  if (cfg.X < 1) throw InputError(fmt::format("model: input size X must be >= 1, got {}", cfg.X));
+  if (cfg.L < 1) throw InputError(fmt::format("model: layers L must be >= 1, got {}", cfg.L));
+  if (cfg.V < 1) throw InputError(fmt::format("model: vocabulary V must be >= 1, got {}", cfg.V));
+  if (cfg.readout == Readout::identity && cfg.V != cfg.H)
+    throw InputError(fmt::format(
+        "model: the identity readout needs as many classes as hidden units (V {} != H {})", cfg.V,
+        cfg.H));
+}
+
+std::string to_string(InputKind k) { return k == InputKind::dense ? "dense" : "embedding"; }
+std::string to_string(Readout r) { return r == Readout::identity ? "identity" : "linear"; }
+std::string to_string(Reduction r) {
+  switch (r) {
+    case Reduction::mean: return "mean";
+    case Reduction::sum: return "sum";
+    case Reduction::batch_mean: return "batch_mean";
+  }
+  return "?";
+}
+
+Reduction parse_reduction(const std::string& s) {
+  if (s == "mean") return Reduction::mean;
+  if (s == "sum") return Reduction::sum;
+  if (s == "batch_mean") return Reduction::batch_mean;
+  throw InputError(fmt::format("--reduction: expected mean, sum or batch_mean, got '{}'", s));
+}
+
+}  // namespace lstmgrad
