@@ -13,9 +13,9 @@
 namespace lstmgrad::test {
 
 struct Diff {
-  double max_abs = 0;   // max |got - want|
-  double rel = 0;       // max_abs / max |want| (or max_abs when want is all zero)
-  size_t where = 0;     // flat index of the worst entry
+  double max_abs = 0;  // max |got - want|
+  double rel = 0;      // max_abs / max |want| (or max_abs when want is all zero)
+  size_t where = 0;    // flat index of the worst entry
 };
 
 template <class A, class B>

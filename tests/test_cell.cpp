@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "compare.hpp"
+#include "lstmgrad/autodiff.hpp"
 #include "lstmgrad/cell.hpp"
 #include "lstmgrad/finite_diff.hpp"
 
@@ -31,8 +32,8 @@ double objective(const Packed& P, std::span<const Real> v, const std::vector<Rea
   const Shape s = P.sh;
   std::vector<Real> h(s.B * s.H), st(s.B * s.H), gates(s.B * 4 * s.H);
   const CellWeights<Real> w{v.data() + P.oV, v.data() + P.oU, v.data() + P.ob, s.X, s.H};
-  cell_forward(h.data(), st.data(), gates.data(), v.data() + P.ox, v.data() + P.oh,
-               v.data() + P.os, w, s.B);
+  cell_forward(h.data(), st.data(), gates.data(), v.data() + P.ox, v.data() + P.oh, v.data() + P.os,
+               w, s.B);
   double F = 0;
   for (size_t k = 0; k < h.size(); ++k) F += double(wh[k]) * h[k] + double(ws[k]) * st[k];
   return F;
@@ -46,8 +47,8 @@ std::vector<Real> hand_gradient(const Packed& P, const std::vector<Real>& v,
   std::vector<Real> h(s.B * s.H), st(s.B * s.H), gates(s.B * 4 * s.H), dz(s.B * 4 * s.H);
   std::vector<Real> g(P.n, Real(0));
   const CellWeights<Real> w{v.data() + P.oV, v.data() + P.oU, v.data() + P.ob, s.X, s.H};
-  cell_forward(h.data(), st.data(), gates.data(), v.data() + P.ox, v.data() + P.oh,
-               v.data() + P.os, w, s.B);
+  cell_forward(h.data(), st.data(), gates.data(), v.data() + P.ox, v.data() + P.oh, v.data() + P.os,
+               w, s.B);
   cell_backward(g.data() + P.ox, g.data() + P.oh, g.data() + P.os,
                 CellGrads<Real>{g.data() + P.oV, g.data() + P.oU, g.data() + P.ob}, dz.data(),
                 wh.data(), ws.data(), gates.data(), st.data(), v.data() + P.ox, v.data() + P.oh,
@@ -64,8 +65,8 @@ TEST_P(CellGradient, MatchesCentralDifferencesInFloat64) {
   const std::vector<double> v = uniform(P.n, rng), wh = uniform(shape.B * shape.H, rng),
                             ws = uniform(shape.B * shape.H, rng);
   const std::vector<double> hand = hand_gradient(P, v, wh, ws);
-  const std::vector<double> fd = central_difference(
-      [&](std::span<const double> p) { return objective(P, p, wh, ws); }, v);
+  const std::vector<double> fd =
+      central_difference([&](std::span<const double> p) { return objective(P, p, wh, ws); }, v);
   // Central differences with e = 1e-6 are accurate to O(e^2) + O(1e-16 / e) ~ 1e-10 of the
   // gradient's scale; 1e-8 leaves room for the third derivatives of sigmoid and tanh.
   EXPECT_TRUE(close("cell gradient vs finite differences", hand, fd, 1e-8));
@@ -89,6 +90,54 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CellGradient,
                                                               Shape{2, 3, 4}, Shape{3, 5, 2},
                                                               Shape{4, 1, 6}),
                                             ::testing::Values(1, 2, 3)));
+
+}  // namespace
+}  // namespace lstmgrad::test
+
+namespace lstmgrad::test {
+namespace {
+
+// The same objective on the autodiff tape, from the equations alone; returns d/d(everything).
+std::vector<double> tape_gradient(const Packed& P, const std::vector<double>& v,
+                                  const std::vector<double>& wh, const std::vector<double>& ws) {
+  const Shape s = P.sh;
+  auto slice = [&](size_t off, int64_t n) {
+    return std::vector<double>(v.begin() + off, v.begin() + off + n);
+  };
+  ad::Tape tp;
+  const ad::Var V = tp.leaf({4 * s.H, s.X, slice(P.oV, 4 * s.H * s.X)});
+  const ad::Var U = tp.leaf({4 * s.H, s.H, slice(P.oU, 4 * s.H * s.H)});
+  const ad::Var b = tp.leaf({4 * s.H, 1, slice(P.ob, 4 * s.H)});
+  const ad::Var x = tp.leaf({s.B, s.X, slice(P.ox, s.B * s.X)});
+  const ad::Var h_prev = tp.leaf({s.B, s.H, slice(P.oh, s.B * s.H)});
+  const ad::Var s_prev = tp.leaf({s.B, s.H, slice(P.os, s.B * s.H)});
+  auto z = [&](int gate) {  // [B,H] = x V_g^T + h_prev U_g^T + b_g
+    const ad::Var Vg = tp.rows(V, gate * s.H, s.H), Ug = tp.rows(U, gate * s.H, s.H);
+    const ad::Var bg = tp.transpose(tp.rows(b, gate * s.H, s.H));
+    return tp.add(tp.add(tp.matmul(x, tp.transpose(Vg)), tp.matmul(h_prev, tp.transpose(Ug))), bg);
+  };
+  const ad::Var i = tp.sigmoid(z(0)), f = tp.sigmoid(z(1)), a = tp.tanh(z(2)), o = tp.sigmoid(z(3));
+  const ad::Var st = tp.add(tp.mul(i, a), tp.mul(f, s_prev));
+  const ad::Var h = tp.mul(o, tp.tanh(st));
+  const ad::Var F = tp.add(tp.sum(tp.mul(h, tp.constant({s.B, s.H, wh}))),
+                           tp.sum(tp.mul(st, tp.constant({s.B, s.H, ws}))));
+  tp.backward(F);
+  std::vector<double> g;
+  for (ad::Var leaf : {V, U, b, x, h_prev, s_prev})
+    g.insert(g.end(), tp.grad(leaf).v.begin(), tp.grad(leaf).v.end());
+  return g;
+}
+
+TEST_P(CellGradient, MatchesAutodiffTapeInFloat64) {
+  const auto [shape, seed] = GetParam();
+  const Packed P(shape);
+  std::mt19937_64 rng(seed + 200);
+  const std::vector<double> v = uniform(P.n, rng), wh = uniform(shape.B * shape.H, rng),
+                            ws = uniform(shape.B * shape.H, rng);
+  // Same float64 arithmetic in a different order: agreement to rounding, far inside 1e-10.
+  EXPECT_TRUE(close("cell gradient vs tape", hand_gradient(P, v, wh, ws),
+                    tape_gradient(P, v, wh, ws), 1e-10));
+}
 
 }  // namespace
 }  // namespace lstmgrad::test

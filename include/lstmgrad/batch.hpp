@@ -9,13 +9,13 @@ namespace lstmgrad {
 
 template <class Real>
 struct Batch {
-  int64_t T = 0;  // time steps
-  int64_t B = 0;  // sequences
-  std::vector<int64_t> tokens;   // [T,B] token ids, when cfg.input == embedding
-  std::vector<Real> dense;       // [T,B,X] input vectors, when cfg.input == dense
-  std::vector<int64_t> target;   // [T,B] class ids, or ...
+  int64_t T = 0;                   // time steps
+  int64_t B = 0;                   // sequences
+  std::vector<int64_t> tokens;     // [T,B] token ids, when cfg.input == embedding
+  std::vector<Real> dense;         // [T,B,X] input vectors, when cfg.input == dense
+  std::vector<int64_t> target;     // [T,B] class ids, or ...
   std::vector<Real> target_probs;  // [T,B,V] soft targets (each row a probability vector)
-  std::vector<Real> h0, s0;      // [L,B,H] initial state; empty means zeros
+  std::vector<Real> h0, s0;        // [L,B,H] initial state; empty means zeros
 
   bool soft_targets() const { return !target_probs.empty(); }
 };

@@ -33,8 +33,7 @@ template <class Real>
 struct CellParams {
   int64_t X = 0, H = 0;
   std::vector<Real> V, U, b;  // [4H,X], [4H,H], [4H]
-  CellParams(int64_t X_, int64_t H_)
-      : X(X_), H(H_), V(4 * H_ * X_), U(4 * H_ * H_), b(4 * H_) {}
+  CellParams(int64_t X_, int64_t H_) : X(X_), H(H_), V(4 * H_ * X_), U(4 * H_ * H_), b(4 * H_) {}
   CellWeights<Real> view() const { return {V.data(), U.data(), b.data(), X, H}; }
 };
 

@@ -53,8 +53,8 @@ Exercise2 run_exercise2(const HandoutValues& v, double lr);
 // The consistent example: a 2-class cell (X = 2, H = 2) with p = softmax(h); one SGD step on
 // V_a1 lowers the loss, the handout's sign raises it.
 struct ConsistentUpdate {
-  std::vector<double> p, y;          // [2]
-  std::vector<double> dL_dVa1;       // hand-derived (cell backward)
+  std::vector<double> p, y;     // [2]
+  std::vector<double> dL_dVa1;  // hand-derived (cell backward)
   std::vector<double> autodiff_dL_dVa1, fd_dL_dVa1;
   double loss_before = 0, loss_after = 0, loss_after_handout_sign = 0;
   std::vector<double> Va1_before, Va1_after, Va1_after_handout_sign;
@@ -64,9 +64,9 @@ ConsistentUpdate run_consistent_update(double lr);
 
 // dL/dV_a1 for a T-step sequence (L = sum_t L^t) of the consistent example, three ways.
 struct PathTerm {
-  std::string path;              // e.g. "L^2 via s_1^1 -> s_1^2 (forget path)"
-  bool in_equation3 = false;     // whether Equation 3 keeps this term
-  std::vector<double> dL_dVa1;   // [X]
+  std::string path;             // e.g. "L^2 via s_1^1 -> s_1^2 (forget path)"
+  bool in_equation3 = false;    // whether Equation 3 keeps this term
+  std::vector<double> dL_dVa1;  // [X]
 };
 
 struct MultiStep {

@@ -23,4 +23,11 @@ std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
 std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
                                        std::span<const size_t> coords, double step = 1e-6);
 
+// The five-point central stencil (-f(p+2e) + 8 f(p+e) - 8 f(p-e) + f(p-2e)) / 12e: truncation
+// error O(e^4), so a larger step (1e-3) keeps the rounding error O(eps |f| / e) small. For
+// gradients far smaller than the function's value, such as the handout's Exercise 2 (dL/dV_a1 ~
+// 1e-5 with L ~ 1), where the two-point rule at e = 1e-6 is only good to ~1e-6.
+std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p,
+                                        double step = 1e-3);
+
 }  // namespace lstmgrad

@@ -11,7 +11,7 @@ namespace lstmgrad {
 // null: then only p is computed).
 template <class Real>
 double softmax_xent_forward(Real* p, const Real* z, const Real* y_probs, const int64_t* y_class,
-                           int64_t N, int64_t V);
+                            int64_t N, int64_t V);
 
 // dz [N,V] = scale * (p - y); may alias p.
 template <class Real>

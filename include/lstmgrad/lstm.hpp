@@ -50,16 +50,16 @@ class LanguageModel {
   std::vector<Real> arena_;      // every activation and scratch buffer, carved below
   std::vector<Real> h_n_, s_n_;  // [L,B,H]
   struct Buffers {
-    Real* x0;           // [T,B,X] embedded input (embedding only)
+    Real* x0;                  // [T,B,X] embedded input (embedding only)
     std::vector<Real*> gates;  // per layer [T,B,4H]: pre-activations, then i, f, a, o
     std::vector<Real*> hseq;   // per layer [T+1,B,H]: h0, h_1 .. h_T
     std::vector<Real*> sseq;   // per layer [T+1,B,H]: s0, s_1 .. s_T
-    Real* probs;        // [T,B,V] logits, then p, then dL/dlogits
-    Real* dz;           // [T,B,4H] pre-activation gradients of one layer
-    Real* dh_a;         // [T,B,max(X,H)] gradient flowing down the stack (ping)
-    Real* dh_b;         // [T,B,max(X,H)] (pong)
-    Real* dh_rec;       // [B,H] dL/dh_{t-1} through the recurrence
-    Real* ds;           // [B,H] dL/ds carried through time
+    Real* probs;               // [T,B,V] logits, then p, then dL/dlogits
+    Real* dz;                  // [T,B,4H] pre-activation gradients of one layer
+    Real* dh_a;                // [T,B,max(X,H)] gradient flowing down the stack (ping)
+    Real* dh_b;                // [T,B,max(X,H)] (pong)
+    Real* dh_rec;              // [B,H] dL/dh_{t-1} through the recurrence
+    Real* ds;                  // [B,H] dL/ds carried through time
   } buf_{};
 };
 

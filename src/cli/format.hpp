@@ -15,6 +15,8 @@ inline std::string vec(const std::vector<double>& v, int digits = 10) {
   return out + ")";
 }
 
-inline std::string num(double v, int digits = 10) { return fmt::format("{:.{}g}", v, digits); }
+inline std::string num(double v, int digits = 10) {
+  return fmt::format("{:.{}g}", v, digits);
+}
 
 }  // namespace lstmgrad::cli

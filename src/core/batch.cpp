@@ -1,8 +1,9 @@
-#include <cmath>
+#include "lstmgrad/batch.hpp"
 
 #include <fmt/format.h>
 
-#include "lstmgrad/batch.hpp"
+#include <cmath>
+
 #include "lstmgrad/error.hpp"
 
 namespace lstmgrad {
@@ -12,16 +13,16 @@ namespace {
 void expect_size(const char* where, const char* field, size_t got, int64_t want,
                  const std::string& shape) {
   if (got != static_cast<size_t>(want))
-    throw InputError(fmt::format("{}: '{}' has {} values, expected {} ({})", where, field, got,
-                                 want, shape));
+    throw InputError(
+        fmt::format("{}: '{}' has {} values, expected {} ({})", where, field, got, want, shape));
 }
 
 template <class Real>
 void expect_finite(const char* where, const char* field, const std::vector<Real>& v) {
   for (size_t i = 0; i < v.size(); ++i)
     if (!std::isfinite(v[i]))
-      throw InputError(fmt::format("{}: '{}' holds a non-finite value ({}) at flat index {}",
-                                   where, field, static_cast<double>(v[i]), i));
+      throw InputError(fmt::format("{}: '{}' holds a non-finite value ({}) at flat index {}", where,
+                                   field, static_cast<double>(v[i]), i));
 }
 
 void expect_ids(const char* where, const char* field, const std::vector<int64_t>& ids, int64_t V,
@@ -48,9 +49,8 @@ void expect_distributions(const char* where, const std::vector<Real>& y, int64_t
       sum += v;
     }
     if (std::abs(sum - 1) > tol)
-      throw InputError(fmt::format("{}: 'target_probs' [t={}, b={}] sums to {}, expected 1",
-                                   where, static_cast<int64_t>(r) / B,
-                                   static_cast<int64_t>(r) % B, sum));
+      throw InputError(fmt::format("{}: 'target_probs' [t={}, b={}] sums to {}, expected 1", where,
+                                   static_cast<int64_t>(r) / B, static_cast<int64_t>(r) % B, sum));
   }
 }
 
@@ -59,8 +59,8 @@ void expect_distributions(const char* where, const std::vector<Real>& y, int64_t
 template <class Real>
 void validate_batch(const ModelConfig& cfg, const Batch<Real>& b, const char* where) {
   if (b.T < 1 || b.B < 1)
-    throw InputError(fmt::format("{}: 'input' must have T >= 1 and B >= 1, got T={}, B={}", where,
-                                 b.T, b.B));
+    throw InputError(
+        fmt::format("{}: 'input' must have T >= 1 and B >= 1, got T={}, B={}", where, b.T, b.B));
   const int64_t N = b.T * b.B;
   if (cfg.input == InputKind::embedding) {
     expect_size(where, "input", b.tokens.size(), N, fmt::format("int64 [T={}, B={}]", b.T, b.B));

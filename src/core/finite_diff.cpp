@@ -23,4 +23,18 @@ std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
   return central_difference(f, std::move(p), all, step);
 }
 
+std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p, double step) {
+  std::vector<double> g(p.size(), 0.0);
+  for (size_t i = 0; i < p.size(); ++i) {
+    const double keep = p[i];
+    auto at = [&](double offset) {
+      p[i] = keep + offset;
+      return f(p);
+    };
+    g[i] = (-at(2 * step) + 8 * at(step) - 8 * at(-step) + at(-2 * step)) / (12 * step);
+    p[i] = keep;
+  }
+  return g;
+}
+
 }  // namespace lstmgrad

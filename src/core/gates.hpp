@@ -50,9 +50,9 @@ inline void gates_backward(Real* dz, Real* ds, const Real* dh_out, const Real* d
       const Real d_o = dh * ts;
       // s = i * a + f * s_prev
       const Real di = dst * a, da = dst * i, df = dst * s_prev[k];
-      d[j] = di * i * (Real(1) - i);          // i = sigmoid(z_i)
-      d[H + j] = df * f * (Real(1) - f);      // f = sigmoid(z_f)
-      d[2 * H + j] = da * (Real(1) - a * a);  // a = tanh(z_a)
+      d[j] = di * i * (Real(1) - i);           // i = sigmoid(z_i)
+      d[H + j] = df * f * (Real(1) - f);       // f = sigmoid(z_f)
+      d[2 * H + j] = da * (Real(1) - a * a);   // a = tanh(z_a)
       d[3 * H + j] = d_o * o * (Real(1) - o);  // o = sigmoid(z_o)
       ds[k] = dst * f;
     }

@@ -7,7 +7,7 @@ namespace lstmgrad {
 
 template <class Real>
 double softmax_xent_forward(Real* p, const Real* z, const Real* y_probs, const int64_t* y_class,
-                           int64_t N, int64_t V) {
+                            int64_t N, int64_t V) {
   double total = 0;
   for (int64_t r = 0; r < N; ++r) {
     const Real* zr = z + r * V;
@@ -42,11 +42,11 @@ void softmax_xent_backward(Real* dz, const Real* p, const Real* y_probs, const i
 
 template double softmax_xent_forward<float>(float*, const float*, const float*, const int64_t*,
                                             int64_t, int64_t);
-template double softmax_xent_forward<double>(double*, const double*, const double*,
-                                             const int64_t*, int64_t, int64_t);
+template double softmax_xent_forward<double>(double*, const double*, const double*, const int64_t*,
+                                             int64_t, int64_t);
 template void softmax_xent_backward<float>(float*, const float*, const float*, const int64_t*,
                                            float, int64_t, int64_t);
-template void softmax_xent_backward<double>(double*, const double*, const double*,
-                                            const int64_t*, double, int64_t, int64_t);
+template void softmax_xent_backward<double>(double*, const double*, const double*, const int64_t*,
+                                            double, int64_t, int64_t);
 
 }  // namespace lstmgrad

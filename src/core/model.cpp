@@ -46,13 +46,20 @@ void validate_config(const ModelConfig& cfg) {
         cfg.H));
 }
 
-std::string to_string(InputKind k) { return k == InputKind::dense ? "dense" : "embedding"; }
-std::string to_string(Readout r) { return r == Readout::identity ? "identity" : "linear"; }
+std::string to_string(InputKind k) {
+  return k == InputKind::dense ? "dense" : "embedding";
+}
+std::string to_string(Readout r) {
+  return r == Readout::identity ? "identity" : "linear";
+}
 std::string to_string(Reduction r) {
   switch (r) {
-    case Reduction::mean: return "mean";
-    case Reduction::sum: return "sum";
-    case Reduction::batch_mean: return "batch_mean";
+    case Reduction::mean:
+      return "mean";
+    case Reduction::sum:
+      return "sum";
+    case Reduction::batch_mean:
+      return "batch_mean";
   }
   return "?";
 }

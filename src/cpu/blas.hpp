@@ -8,7 +8,9 @@ namespace lstmgrad::cpu {
 
 enum class Tr { N, T };  // op(A) = A or A^T
 
-inline CBLAS_TRANSPOSE cblas_op(Tr t) { return t == Tr::N ? CblasNoTrans : CblasTrans; }
+inline CBLAS_TRANSPOSE cblas_op(Tr t) {
+  return t == Tr::N ? CblasNoTrans : CblasTrans;
+}
 
 // op(A) [M,K], op(B) [K,N], C [M,N]; leading dimensions are row strides.
 inline void gemm(Tr ta, Tr tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -26,6 +28,8 @@ inline void gemm(Tr ta, Tr tb, int64_t M, int64_t N, int64_t K, double alpha, co
 }
 
 // Leading dimension of op(A) [rows, cols] stored row-major.
-inline int64_t ld_of(Tr t, int64_t rows, int64_t cols) { return t == Tr::N ? cols : rows; }
+inline int64_t ld_of(Tr t, int64_t rows, int64_t cols) {
+  return t == Tr::N ? cols : rows;
+}
 
 }  // namespace lstmgrad::cpu

@@ -21,9 +21,12 @@ size_t layer_slot(const ModelConfig& cfg, int64_t k) {
 template <class Real>
 Real loss_scale(Reduction red, int64_t T, int64_t B) {
   switch (red) {
-    case Reduction::mean: return Real(1) / static_cast<Real>(T * B);
-    case Reduction::sum: return Real(1);
-    case Reduction::batch_mean: return Real(1) / static_cast<Real>(B);
+    case Reduction::mean:
+      return Real(1) / static_cast<Real>(T * B);
+    case Reduction::sum:
+      return Real(1);
+    case Reduction::batch_mean:
+      return Real(1) / static_cast<Real>(B);
   }
   return Real(1);
 }

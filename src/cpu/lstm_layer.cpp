@@ -48,14 +48,13 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   if (dx) gemm(Tr::N, Tr::N, N, I, G, Real(1), dz, G, w.W_ih, I, Real(0), dx, I);  // dx = dz W_ih
 }
 
-#define LSTMGRAD_INSTANTIATE(Real)                                                              \
-  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                       \
-                                    const LayerWeights<Real>&, int64_t, int64_t, int64_t,       \
-                                    int64_t);                                                   \
-  template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,       \
-                                     const Real*, const LayerSaved<Real>&, const Real*,         \
-                                     const LayerWeights<Real>&, int64_t, int64_t, int64_t,      \
-                                     int64_t);
+#define LSTMGRAD_INSTANTIATE(Real)                                                               \
+  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                        \
+                                    const LayerWeights<Real>&, int64_t, int64_t, int64_t,        \
+                                    int64_t);                                                    \
+  template void layer_backward<Real>(                                                            \
+      Real*, const LayerGrads<Real>&, Real*, Real*, Real*, const Real*, const LayerSaved<Real>&, \
+      const Real*, const LayerWeights<Real>&, int64_t, int64_t, int64_t, int64_t);
 LSTMGRAD_INSTANTIATE(float)
 LSTMGRAD_INSTANTIATE(double)
 #undef LSTMGRAD_INSTANTIATE

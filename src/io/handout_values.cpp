@@ -1,10 +1,10 @@
 // `lstmgrad exercise --values FILE.json`: the quantities of Exercise 2 under other numbers.
+#include <fmt/format.h>
+
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/exercise.hpp"
@@ -28,14 +28,13 @@ double number_at(const json& j, const std::string& file, const std::string& key)
 std::vector<double> vector_at(const json& j, const std::string& file, const std::string& key) {
   const json& v = j.at(key);
   if (!v.is_array() || v.empty())
-    throw InputError(
-        fmt::format("{}: key '{}': expected a non-empty list of numbers, got {}", file, key,
-                    v.dump()));
+    throw InputError(fmt::format("{}: key '{}': expected a non-empty list of numbers, got {}", file,
+                                 key, v.dump()));
   std::vector<double> out;
   for (size_t k = 0; k < v.size(); ++k) {
     if (!v[k].is_number() || !std::isfinite(v[k].get<double>()))
-      throw InputError(fmt::format("{}: key '{}': entry {} is not a finite number ({})", file,
-                                   key, k, v[k].dump()));
+      throw InputError(fmt::format("{}: key '{}': entry {} is not a finite number ({})", file, key,
+                                   k, v[k].dump()));
     out.push_back(v[k].get<double>());
   }
   return out;
@@ -77,7 +76,8 @@ json parse_file(const std::filesystem::path& path) {
     if (tail.rfind("NaN", 0) == 0 || tail.rfind("Infinity", 0) == 0 ||
         tail.rfind("-Infinity", 0) == 0)
       throw InputError(fmt::format("{}: key '{}': expected a finite number, got {}", file,
-                                   key_before(text, word), tail.substr(0, tail.find_first_of(",}] \n"))));
+                                   key_before(text, word),
+                                   tail.substr(0, tail.find_first_of(",}] \n"))));
     throw InputError(fmt::format("{}: malformed JSON at byte {}", file, e.byte));
   }
 }
@@ -88,21 +88,22 @@ HandoutValues read_handout_values(const std::filesystem::path& path) {
   const std::string file = path.string();
   const json j = parse_file(path);
   HandoutValues v;
-  const std::set<std::string> scalars{"p1", "y1", "o1", "i1", "f1", "s0", "b1",
-                                      "hint_tanh2_q", "hint_tanh2_s"};
+  const std::set<std::string> scalars{"p1", "y1", "o1",           "i1",          "f1",
+                                      "s0", "b1", "hint_tanh2_q", "hint_tanh2_s"};
   const std::set<std::string> vectors{"Va1", "Ua1", "x", "h0"};
   for (const auto& [key, value] : j.items()) {
     if (!scalars.count(key) && !vectors.count(key))
-      throw InputError(fmt::format(
-          "{}: unknown key '{}' (known: p1 y1 o1 i1 f1 s0 b1 Va1 Ua1 x h0 hint_tanh2_q "
-          "hint_tanh2_s)",
-          file, key));
+      throw InputError(
+          fmt::format("{}: unknown key '{}' (known: p1 y1 o1 i1 f1 s0 b1 Va1 Ua1 x h0 hint_tanh2_q "
+                      "hint_tanh2_s)",
+                      file, key));
   }
   for (const char* key : {"p1", "y1", "o1", "i1", "s0", "b1", "Va1", "Ua1", "x", "h0"})
     if (!j.contains(key))
-      throw InputError(fmt::format("{}: missing key '{}' (required: p1 y1 o1 i1 s0 b1 Va1 Ua1 "
-                                   "x h0; optional: f1 hint_tanh2_q hint_tanh2_s)",
-                                   file, key));
+      throw InputError(
+          fmt::format("{}: missing key '{}' (required: p1 y1 o1 i1 s0 b1 Va1 Ua1 "
+                      "x h0; optional: f1 hint_tanh2_q hint_tanh2_s)",
+                      file, key));
   auto scalar = [&](const char* key, double& dst) {
     if (j.contains(key)) dst = number_at(j, file, key);
   };

@@ -1,0 +1,217 @@
+// lstmgrad: the LSTM language model of DESIGN.md written on the autodiff tape.
+//
+// Only the forward pass is written here; every gradient comes from Tape::backward. Nothing in
+// this file knows the hand-derived backward pass, which is the point: it is the independent
+// reference the hand-derived code is checked against.
+//
+// Rows are the batch: x_t is [B,in], h and s are [B,H]. A weight W [4H,in] is used as x W^T, its
+// gate blocks [V_i; V_f; V_a; V_o] taken as rows of W. Biases [4H] become [4H,1] leaves (same
+// flat data) whose blocks are transposed to [1,H] rows and broadcast over the batch.
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "lstmgrad/autodiff.hpp"
+
+namespace lstmgrad::ad {
+namespace {
+
+// Sizes the model and the tape cannot check for us, with messages that say which field.
+void check_inputs(const ModelConfig& cfg, const std::vector<double>& params,
+                  const Batch<double>& b) {
+  validate_config(cfg);
+  auto fail = [](const std::string& what) { throw std::invalid_argument("tape_lm: " + what); };
+  const size_t TB = static_cast<size_t>(b.T * b.B);
+  const size_t LBH = static_cast<size_t>(cfg.L * b.B * cfg.H);
+  if (b.T < 1 || b.B < 1) fail(fmt::format("need T >= 1 and B >= 1, got T {} B {}", b.T, b.B));
+  if (params.size() != parameter_count(cfg))
+    fail(fmt::format("params: expected {} values, got {}", parameter_count(cfg), params.size()));
+  if (cfg.input == InputKind::dense && b.dense.size() != TB * static_cast<size_t>(cfg.X))
+    fail(fmt::format("dense input: expected [T,B,X] = {} values, got {}",
+                     TB * static_cast<size_t>(cfg.X), b.dense.size()));
+  if (cfg.input == InputKind::embedding) {
+    if (b.tokens.size() != TB)
+      fail(fmt::format("tokens: expected [T,B] = {} values, got {}", TB, b.tokens.size()));
+    for (int64_t id : b.tokens)
+      if (id < 0 || id >= cfg.V) fail(fmt::format("token {} out of range [0, {})", id, cfg.V));
+  }
+  if (b.soft_targets()) {
+    if (b.target_probs.size() != TB * static_cast<size_t>(cfg.V))
+      fail(fmt::format("target_probs: expected [T,B,V] = {} values, got {}",
+                       TB * static_cast<size_t>(cfg.V), b.target_probs.size()));
+  } else {
+    if (b.target.size() != TB)
+      fail(fmt::format("target: expected [T,B] = {} values, got {}", TB, b.target.size()));
+    for (int64_t y : b.target)
+      if (y < 0 || y >= cfg.V) fail(fmt::format("target {} out of range [0, {})", y, cfg.V));
+  }
+  if (!b.h0.empty() && b.h0.size() != LBH)
+    fail(fmt::format("h0: expected [L,B,H] = {} values, got {}", LBH, b.h0.size()));
+  if (!b.s0.empty() && b.s0.size() != LBH)
+    fail(fmt::format("s0: expected [L,B,H] = {} values, got {}", LBH, b.s0.size()));
+}
+
+// values[offset : offset + rows*cols] as a [rows,cols] tensor.
+Tensor slice(const std::vector<double>& values, size_t offset, int64_t rows, int64_t cols) {
+  const auto first = values.begin() + static_cast<std::ptrdiff_t>(offset);
+  return Tensor(rows, cols, std::vector<double>(first, first + rows * cols));
+}
+
+// The parameters as leaves, one per ParamInfo and in the same order, so that the flat gradient is
+// the leaves' gradients concatenated.
+struct Params {
+  std::vector<ParamInfo> layout;
+  std::vector<Var> leaves;
+  Var get(const std::string& name) const {
+    for (size_t k = 0; k < layout.size(); ++k)
+      if (layout[k].name == name) return leaves[k];
+    throw std::logic_error("tape_lm: no parameter " + name);
+  }
+};
+
+Params make_params(Tape& tape, const ModelConfig& cfg, const std::vector<double>& flat) {
+  Params p{parameter_layout(cfg), {}};
+  for (const ParamInfo& info : p.layout) {
+    // 2-D weights keep their shape; 1-D biases [n] become columns [n,1].
+    const int64_t rows = info.shape[0];
+    const int64_t cols = info.shape.size() == 2 ? info.shape[1] : 1;
+    p.leaves.push_back(tape.leaf(slice(flat, info.offset, rows, cols)));
+  }
+  return p;
+}
+
+// One layer's weights, split into the four gate blocks (i, f, a, o) and shaped for row-batch use.
+struct LayerVars {
+  Var Vt[4];  // [in,H] V_g^T: the block rows [g*H, (g+1)*H) of weight_ih, transposed
+  Var Ut[4];  // [H,H]  U_g^T: the same blocks of weight_hh
+  Var b[4];   // [1,H]  b_g: bias_ih block + bias_hh block (PyTorch's two biases add up)
+};
+
+LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H) {
+  const Var W_ih = p.get(fmt::format("rnn.weight_ih_l{}", k));  // [4H,in]
+  const Var W_hh = p.get(fmt::format("rnn.weight_hh_l{}", k));  // [4H,H]
+  const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));    // [4H,1]
+  const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));    // [4H,1]
+  LayerVars lv;
+  for (int g = 0; g < 4; ++g) {
+    lv.Vt[g] = tape.transpose(tape.rows(W_ih, g * H, H));
+    lv.Ut[g] = tape.transpose(tape.rows(W_hh, g * H, H));
+    lv.b[g] = tape.transpose(tape.add(tape.rows(b_ih, g * H, H), tape.rows(b_hh, g * H, H)));
+  }
+  return lv;
+}
+
+// One step of one layer: the equations of DESIGN.md, with x [B,in], h, s [B,H].
+//   i = sigmoid(x V_i^T + h U_i^T + b_i)   (and f, o alike)   a = tanh(x V_a^T + h U_a^T + b_a)
+//   s = i * a + f * s_prev                 h = o * tanh(s)
+void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s) {
+  auto pre = [&](int g) {  // [B,H] the gate's pre-activation
+    return tape.add(tape.add(tape.matmul(x, lv.Vt[g]), tape.matmul(h, lv.Ut[g])), lv.b[g]);
+  };
+  const Var i = tape.sigmoid(pre(0));
+  const Var f = tape.sigmoid(pre(1));
+  const Var a = tape.tanh(pre(2));
+  const Var o = tape.sigmoid(pre(3));
+  s = tape.add(tape.mul(i, a), tape.mul(f, s));
+  h = tape.mul(o, tape.tanh(s));
+}
+
+// Rows [B,n] of a [T,B,n] array at step t.
+Tensor step_rows(const std::vector<double>& a, int64_t t, int64_t B, int64_t n) {
+  return slice(a, static_cast<size_t>(t * B * n), B, n);
+}
+
+// y as [B,V] rows at step t: the soft targets, or the one-hot rows of the class targets.
+Tensor targets_at(const Batch<double>& b, int64_t t, int64_t V) {
+  if (b.soft_targets()) return step_rows(b.target_probs, t, b.B, V);
+  Tensor y(b.B, V);
+  for (int64_t r = 0; r < b.B; ++r) y(r, b.target[static_cast<size_t>(t * b.B + r)]) = 1.0;
+  return y;
+}
+
+// Appends a tape value to a flat vector.
+void append(std::vector<double>& out, const Tensor& t) {
+  out.insert(out.end(), t.v.begin(), t.v.end());
+}
+
+}  // namespace
+
+TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
+                     const Batch<double>& batch, Reduction red) {
+  check_inputs(cfg, params, batch);
+  const int64_t T = batch.T, B = batch.B, H = cfg.H, L = cfg.L, V = cfg.V, X = cfg.X;
+  Tape tape;
+  const Params p = make_params(tape, cfg, params);
+
+  // Layer 0's input per step, [B,X]: the dense vectors as leaves (so dinput comes out), or the
+  // embedding rows of the tokens (gather_rows accumulates the gradient of repeated tokens).
+  std::vector<Var> x0(static_cast<size_t>(T));  // [T] each [B,X]
+  for (int64_t t = 0; t < T; ++t) {
+    if (cfg.input == InputKind::dense) {
+      x0[static_cast<size_t>(t)] = tape.leaf(step_rows(batch.dense, t, B, X));
+    } else {
+      const auto first = batch.tokens.begin() + static_cast<std::ptrdiff_t>(t * B);
+      x0[static_cast<size_t>(t)] =
+          tape.gather_rows(p.get("encoder.weight"), std::vector<int64_t>(first, first + B));
+    }
+  }
+
+  // The stack: layer k runs over all T steps; its outputs replace `x` as layer k+1's inputs.
+  std::vector<Var> x = x0;  // [T] each [B,in]
+  const std::vector<double> zeros(static_cast<size_t>(L * B * H), 0.0);
+  const std::vector<double>& h0 = batch.h0.empty() ? zeros : batch.h0;
+  const std::vector<double>& s0 = batch.s0.empty() ? zeros : batch.s0;
+  std::vector<Var> h0_vars, s0_vars, hn_vars, sn_vars;  // [L] each [B,H]
+  for (int64_t k = 0; k < L; ++k) {
+    const LayerVars lv = layer_vars(tape, p, k, H);
+    Var h = tape.leaf(step_rows(h0, k, B, H));  // h0[k] and s0[k] are leaves: we want dh0, ds0
+    Var s = tape.leaf(step_rows(s0, k, B, H));
+    h0_vars.push_back(h);
+    s0_vars.push_back(s);
+    for (int64_t t = 0; t < T; ++t) {
+      cell(tape, lv, x[static_cast<size_t>(t)], h, s);
+      x[static_cast<size_t>(t)] = h;
+    }
+    hn_vars.push_back(h);
+    sn_vars.push_back(s);
+  }
+
+  // Readout and loss. logits [B,V] = h, or h W_dec^T + b_dec; p = softmax(logits) row-wise;
+  // per position L = -sum_k y_k log p_k. The total is scaled by -1/N, N the reduction's count.
+  Var Wt{}, bias{};
+  if (cfg.readout == Readout::linear) {
+    Wt = tape.transpose(p.get("decoder.weight"));  // [H,V]
+    bias = tape.transpose(p.get("decoder.bias"));  // [1,V]
+  }
+  Var total{};
+  for (int64_t t = 0; t < T; ++t) {
+    const Var h = x[static_cast<size_t>(t)];  // [B,H] the top layer's output
+    const Var logits = cfg.readout == Readout::linear ? tape.add(tape.matmul(h, Wt), bias) : h;
+    const Var y = tape.constant(targets_at(batch, t, V));                     // [B,V]
+    const Var ylogp = tape.sum(tape.mul(y, tape.log(tape.softmax(logits))));  // 1x1
+    total = t == 0 ? ylogp : tape.add(total, ylogp);
+  }
+  const double n = red == Reduction::mean         ? static_cast<double>(T * B)
+                   : red == Reduction::batch_mean ? static_cast<double>(B)
+                                                  : 1.0;
+  const Var loss = tape.scale(total, -1.0 / n);
+
+  tape.backward(loss);
+
+  TapeLmResult out;
+  out.loss = tape.value(loss).v[0];
+  for (Var leaf : p.leaves) append(out.grad, tape.grad(leaf));
+  for (int64_t k = 0; k < L; ++k) {
+    append(out.h_n, tape.value(hn_vars[static_cast<size_t>(k)]));
+    append(out.s_n, tape.value(sn_vars[static_cast<size_t>(k)]));
+    append(out.dh0, tape.grad(h0_vars[static_cast<size_t>(k)]));
+    append(out.ds0, tape.grad(s0_vars[static_cast<size_t>(k)]));
+  }
+  if (cfg.input == InputKind::dense)
+    for (Var xt : x0) append(out.dinput, tape.grad(xt));  // [T,B,X]
+  return out;
+}
+
+}  // namespace lstmgrad::ad

@@ -1,0 +1,295 @@
+// Model, batch and gradient files on top of the safetensors reader and writer.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "lstmgrad/error.hpp"
+#include "lstmgrad/model_io.hpp"
+#include "lstmgrad/safetensors.hpp"
+
+namespace lstmgrad {
+
+namespace {
+
+using io::Tensor;
+using io::TensorFile;
+using nlohmann::json;
+
+constexpr const char* kConfigKey = "lstmgrad.config";
+constexpr const char* kVocabKey = "lstmgrad.vocab";
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  return fmt::format("[{}]", fmt::join(s, ", "));
+}
+
+[[noreturn]] void fail(const std::string& file, const std::string& what) {
+  throw InputError(fmt::format("{}: {}", file, what));
+}
+
+// The configuration the tensors imply (PyTorch's state_dict carries no metadata).
+ModelConfig infer_config(const TensorFile& f, const std::string& file) {
+  ModelConfig c;
+  const Tensor* hh = f.find("rnn.weight_hh_l0");
+  const Tensor* ih = f.find("rnn.weight_ih_l0");
+  if (!hh || !ih)
+    fail(file, fmt::format("missing tensor '{}' (not an LSTM model file?)",
+                           hh ? "rnn.weight_ih_l0" : "rnn.weight_hh_l0"));
+  if (hh->shape.size() != 2 || ih->shape.size() != 2)
+    fail(file, fmt::format("tensor '{}': expected 2 dimensions, got {}",
+                           hh->shape.size() != 2 ? hh->name : ih->name,
+                           shape_str(hh->shape.size() != 2 ? hh->shape : ih->shape)));
+  c.H = hh->shape[1];
+  c.L = 0;
+  while (f.find(fmt::format("rnn.weight_ih_l{}", c.L))) ++c.L;
+  const Tensor* enc = f.find("encoder.weight");
+  c.input = enc ? InputKind::embedding : InputKind::dense;
+  c.X = enc && enc->shape.size() == 2 ? enc->shape[1] : ih->shape[1];
+  const Tensor* dec = f.find("decoder.weight");
+  c.readout = dec ? Readout::linear : Readout::identity;
+  c.V = dec && !dec->shape.empty()   ? dec->shape[0]
+        : enc && !enc->shape.empty() ? enc->shape[0]
+                                     : c.H;
+  return c;
+}
+
+int64_t json_int(const json& j, const char* key, const std::string& file) {
+  if (!j.contains(key) || !j[key].is_number_integer())
+    fail(file, fmt::format("__metadata__ '{}': key '{}' must be an integer", kConfigKey, key));
+  return j[key].get<int64_t>();
+}
+
+ModelConfig config_from_metadata(const std::string& text, const std::string& file) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error&) {
+    fail(file, fmt::format("__metadata__ '{}' is not valid JSON", kConfigKey));
+  }
+  if (!j.is_object()) fail(file, fmt::format("__metadata__ '{}' is not a JSON object", kConfigKey));
+  ModelConfig c;
+  const std::string input = j.value("input", ""), readout = j.value("readout", "");
+  if (input != "dense" && input != "embedding")
+    fail(file, fmt::format("__metadata__ '{}': 'input' must be dense or embedding", kConfigKey));
+  if (readout != "identity" && readout != "linear")
+    fail(file, fmt::format("__metadata__ '{}': 'readout' must be identity or linear", kConfigKey));
+  c.input = input == "dense" ? InputKind::dense : InputKind::embedding;
+  c.readout = readout == "identity" ? Readout::identity : Readout::linear;
+  c.V = json_int(j, "V", file), c.X = json_int(j, "X", file);
+  c.H = json_int(j, "H", file), c.L = json_int(j, "L", file);
+  return c;
+}
+
+std::string config_json(const ModelConfig& c) {
+  return json{{"input", to_string(c.input)},
+              {"readout", to_string(c.readout)},
+              {"V", c.V},
+              {"X", c.X},
+              {"H", c.H},
+              {"L", c.L}}
+      .dump();
+}
+
+template <class Real>
+void expect_finite(const std::vector<Real>& v, const std::string& file, const std::string& name) {
+  for (size_t k = 0; k < v.size(); ++k)
+    if (!std::isfinite(v[k]))
+      fail(file, fmt::format("tensor '{}': non-finite value {} at flat index {}", name,
+                             static_cast<double>(v[k]), k));
+}
+
+std::vector<std::string> read_vocab(const TensorFile& f, const std::string& file) {
+  auto it = f.metadata.find(kVocabKey);
+  if (it == f.metadata.end()) return {};
+  try {
+    return json::parse(it->second).get<std::vector<std::string>>();
+  } catch (const json::exception&) {
+    fail(file, fmt::format("__metadata__ '{}' must be a JSON list of strings", kVocabKey));
+  }
+}
+
+}  // namespace
+
+template <class Real>
+Model<Real> load_model(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  const TensorFile f = io::read_safetensors(path);
+  Model<Real> m;
+  auto it = f.metadata.find(kConfigKey);
+  m.cfg = it != f.metadata.end() ? config_from_metadata(it->second, file) : infer_config(f, file);
+  try {
+    validate_config(m.cfg);
+  } catch (const InputError& e) {
+    fail(file, e.what());
+  }
+  const std::vector<ParamInfo> layout = parameter_layout(m.cfg);
+  std::set<std::string> expected;
+  m.params.resize(parameter_count(m.cfg));
+  for (const ParamInfo& p : layout) {
+    expected.insert(p.name);
+    const Tensor& t = f.require(p.name, file);
+    if (t.shape != p.shape)
+      fail(file,
+           fmt::format("tensor '{}': expected shape {}, got {} (model H={}, X={}, V={}, L={})",
+                       p.name, shape_str(p.shape), shape_str(t.shape), m.cfg.H, m.cfg.X, m.cfg.V,
+                       m.cfg.L));
+    std::vector<Real> v = io::to_floats<Real>(t, file);
+    expect_finite(v, file, p.name);
+    std::copy(v.begin(), v.end(), m.params.begin() + static_cast<std::ptrdiff_t>(p.offset));
+  }
+  for (const Tensor& t : f.tensors)
+    if (!expected.count(t.name))
+      fail(file, fmt::format("unexpected tensor '{}' for a model with config {}", t.name,
+                             config_json(m.cfg)));
+  m.metadata = f.metadata;
+  m.vocab = read_vocab(f, file);
+  if (!m.vocab.empty() && static_cast<int64_t>(m.vocab.size()) != m.cfg.V)
+    fail(file, fmt::format("__metadata__ '{}' has {} words but V = {}", kVocabKey, m.vocab.size(),
+                           m.cfg.V));
+  return m;
+}
+
+template <class Real>
+void save_model(const std::filesystem::path& path, const ModelConfig& cfg,
+                std::span<const Real> params, const std::vector<std::string>& vocab,
+                const std::map<std::string, std::string>& metadata) {
+  TensorFile f;
+  f.metadata = metadata;
+  f.metadata[kConfigKey] = config_json(cfg);
+  if (!vocab.empty()) f.metadata[kVocabKey] = json(vocab).dump();
+  for (const ParamInfo& p : parameter_layout(cfg)) {
+    const std::vector<Real> v(params.begin() + static_cast<std::ptrdiff_t>(p.offset),
+                              params.begin() + static_cast<std::ptrdiff_t>(p.offset + p.size));
+    f.add(io::make_tensor(p.name, p.shape, v));
+  }
+  io::write_safetensors(path, f);
+}
+
+namespace {
+
+void expect_shape(const Tensor& t, const std::vector<int64_t>& want, const std::string& what,
+                  const std::string& file) {
+  if (t.shape != want)
+    fail(file, fmt::format("tensor '{}': shape {} disagrees with the batch: expected {} ({})",
+                           t.name, shape_str(t.shape), shape_str(want), what));
+}
+
+template <class Real>
+std::vector<Real> float_tensor(const Tensor& t, const std::string& file) {
+  if (!io::is_float(t.dtype))
+    fail(file, fmt::format("tensor '{}': expected a float tensor (F32 or F64), got {}", t.name,
+                           io::to_string(t.dtype)));
+  std::vector<Real> v = io::to_floats<Real>(t, file);
+  expect_finite(v, file, t.name);
+  return v;
+}
+
+}  // namespace
+
+template <class Real>
+Batch<Real> load_batch(const std::filesystem::path& path, const ModelConfig& cfg) {
+  const std::string file = path.string();
+  const TensorFile f = io::read_safetensors(path);
+  Batch<Real> b;
+  const Tensor& in = f.require("input", file);
+  const size_t want_rank = cfg.input == InputKind::embedding ? 2 : 3;
+  if (in.shape.size() != want_rank)
+    fail(file,
+         fmt::format("tensor 'input': expected {} for this model, got shape {}",
+                     cfg.input == InputKind::embedding ? "token ids [T, B]" : "vectors [T, B, X]",
+                     shape_str(in.shape)));
+  b.T = in.shape[0], b.B = in.shape[1];
+  if (cfg.input == InputKind::embedding) {
+    if (io::is_float(in.dtype))
+      fail(file, fmt::format("tensor 'input': the model embeds token ids (I64 or I32), got {}",
+                             io::to_string(in.dtype)));
+    b.tokens = io::to_ints(in, file);
+  } else {
+    expect_shape(in, {b.T, b.B, cfg.X}, fmt::format("[T, B, X={}]", cfg.X), file);
+    b.dense = float_tensor<Real>(in, file);
+  }
+  const Tensor* y = f.find("target");
+  const Tensor* yp = f.find("target_probs");
+  if (!y && !yp) fail(file, "missing tensor 'target' (class ids) or 'target_probs' (soft targets)");
+  if (y && yp) fail(file, "give tensor 'target' or 'target_probs', not both");
+  if (y) {
+    expect_shape(*y, {b.T, b.B}, "[T, B] like 'input'", file);
+    if (io::is_float(y->dtype))
+      fail(file, fmt::format("tensor 'target': expected class ids (I64 or I32), got {}",
+                             io::to_string(y->dtype)));
+    b.target = io::to_ints(*y, file);
+  } else {
+    expect_shape(*yp, {b.T, b.B, cfg.V}, fmt::format("[T, B, V={}]", cfg.V), file);
+    b.target_probs = float_tensor<Real>(*yp, file);
+  }
+  for (const char* name : {"h0", "s0"}) {
+    const Tensor* t = f.find(name);
+    if (!t) continue;
+    expect_shape(*t, {cfg.L, b.B, cfg.H}, fmt::format("[L={}, B={}, H={}]", cfg.L, b.B, cfg.H),
+                 file);
+    (std::string(name) == "h0" ? b.h0 : b.s0) = float_tensor<Real>(*t, file);
+  }
+  for (const Tensor& t : f.tensors)
+    if (t.name != "input" && t.name != "target" && t.name != "target_probs" && t.name != "h0" &&
+        t.name != "s0")
+      fail(file, fmt::format("unexpected tensor '{}' (a batch holds input, target or "
+                             "target_probs, and optionally h0, s0)",
+                             t.name));
+  validate_batch(cfg, b, file.c_str());
+  return b;
+}
+
+template <class Real>
+void save_batch(const std::filesystem::path& path, const ModelConfig& cfg, const Batch<Real>& b) {
+  TensorFile f;
+  if (cfg.input == InputKind::embedding)
+    f.add(io::make_tensor("input", {b.T, b.B}, b.tokens));
+  else
+    f.add(io::make_tensor("input", {b.T, b.B, cfg.X}, b.dense));
+  if (b.soft_targets())
+    f.add(io::make_tensor("target_probs", {b.T, b.B, cfg.V}, b.target_probs));
+  else
+    f.add(io::make_tensor("target", {b.T, b.B}, b.target));
+  if (!b.h0.empty()) f.add(io::make_tensor("h0", {cfg.L, b.B, cfg.H}, b.h0));
+  if (!b.s0.empty()) f.add(io::make_tensor("s0", {cfg.L, b.B, cfg.H}, b.s0));
+  io::write_safetensors(path, f);
+}
+
+template <class Real>
+void save_gradients(const std::filesystem::path& path, const ModelConfig& cfg, int64_t T, int64_t B,
+                    const GradientResult<Real>& g, Reduction red) {
+  TensorFile f;
+  f.metadata["reduction"] = to_string(red);
+  f.metadata["dtype"] = sizeof(Real) == 4 ? "f32" : "f64";
+  for (const ParamInfo& p : parameter_layout(cfg)) {
+    const std::vector<Real> v(g.grad.begin() + static_cast<std::ptrdiff_t>(p.offset),
+                              g.grad.begin() + static_cast<std::ptrdiff_t>(p.offset + p.size));
+    f.add(io::make_tensor(p.name, p.shape, v));
+  }
+  f.add(io::make_tensor("loss", {}, std::vector<double>{g.loss}));
+  const std::vector<int64_t> state{cfg.L, B, cfg.H};
+  f.add(io::make_tensor("h_n", state, g.h_n));
+  f.add(io::make_tensor("s_n", state, g.s_n));
+  if (!g.dinput.empty()) f.add(io::make_tensor("grad.input", {T, B, cfg.X}, g.dinput));
+  if (!g.dh0.empty()) f.add(io::make_tensor("grad.h0", state, g.dh0));
+  if (!g.ds0.empty()) f.add(io::make_tensor("grad.s0", state, g.ds0));
+  io::write_safetensors(path, f);
+}
+
+#define LSTMGRAD_INSTANTIATE(Real)                                                              \
+  template Model<Real> load_model<Real>(const std::filesystem::path&);                          \
+  template void save_model<Real>(const std::filesystem::path&, const ModelConfig&,              \
+                                 std::span<const Real>, const std::vector<std::string>&,        \
+                                 const std::map<std::string, std::string>&);                    \
+  template Batch<Real> load_batch<Real>(const std::filesystem::path&, const ModelConfig&);      \
+  template void save_batch<Real>(const std::filesystem::path&, const ModelConfig&,              \
+                                 const Batch<Real>&);                                           \
+  template void save_gradients<Real>(const std::filesystem::path&, const ModelConfig&, int64_t, \
+                                     int64_t, const GradientResult<Real>&, Reduction);
+LSTMGRAD_INSTANTIATE(float)
+LSTMGRAD_INSTANTIATE(double)
+#undef LSTMGRAD_INSTANTIATE
+
+}  // namespace lstmgrad
