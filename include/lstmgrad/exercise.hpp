@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "lstmgrad/cell.hpp"
+
 namespace lstmgrad {
 
 // The quantities of Exercise 2; `--values FILE.json` supplies them under these names.
@@ -49,6 +51,15 @@ struct Exercise2 {
 };
 
 Exercise2 run_exercise2(const HandoutValues& v, double lr);
+
+// The consistent example's cell (X = 2, H = 2, moderate weights so no gate saturates) and a
+// T-step sequence for it: inputs x^t [2], soft targets y^t [2], initial state h^0, s^0 [2].
+struct ExampleSequence {
+  std::vector<std::vector<double>> x, y;
+  std::vector<double> h0, s0;
+};
+CellParams<double> example_cell();
+ExampleSequence example_sequence(int T);
 
 // The consistent example: a 2-class cell (X = 2, H = 2) with p = softmax(h); one SGD step on
 // V_a1 lowers the loss, the handout's sign raises it.

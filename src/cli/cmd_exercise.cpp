@@ -165,6 +165,9 @@ void run(const ExerciseOptions& o) {
 
 }  // namespace
 
+void register_exercise(CLI::App& app);
+const CommandRegistrar kRegistrar(10, register_exercise);
+
 void register_exercise(CLI::App& app) {
   auto opts = std::make_shared<ExerciseOptions>();
   CLI::App* cmd =

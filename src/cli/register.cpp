@@ -1,9 +1,24 @@
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 #include "cli/commands.hpp"
 
 namespace lstmgrad::cli {
 
 namespace {
+
 int g_exit_code = 0;
+
+std::vector<std::pair<int, Registration>>& registry() {
+  static std::vector<std::pair<int, Registration>> r;  // built during static initialisation
+  return r;
+}
+
+}  // namespace
+
+CommandRegistrar::CommandRegistrar(int order, Registration registration) {
+  registry().emplace_back(order, registration);
 }
 
 void set_exit_code(int code) {
@@ -14,7 +29,9 @@ int exit_code() {
 }
 
 void register_all(CLI::App& app) {
-  register_exercise(app);
+  auto& r = registry();
+  std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [order, registration] : r) registration(app);
 }
 
 }  // namespace lstmgrad::cli

@@ -15,43 +15,13 @@ namespace {
 
 constexpr int64_t kX = 2, kH = 2, kRowVa1 = 2 * kH;  // V_a1 is row 2H of V = [V_i; V_f; V_a; V_o]
 
-// Moderate weights, so that no gate saturates and the gradient is far from zero.
-CellParams<double> example_cell() {
-  CellParams<double> c(kX, kH);
-  c.V = {0.5, -0.4, 0.3,  0.8,     // V_i
-         0.6, 0.1,  -0.2, 0.4,     // V_f
-         0.4, -0.6, -0.7, 0.5,     // V_a (row 1 is V_a1)
-         0.2, 0.3,  -0.5, 0.1};    // V_o
-  c.U = {0.1,  -0.3, 0.2,  0.4,    // U_i
-         -0.2, 0.5,  0.3,  0.1,    // U_f
-         0.7,  -0.2, 0.3,  0.6,    // U_a
-         0.4,  0.2,  -0.1, -0.3};  // U_o
-  c.b = {0.1, -0.1, 0.2, 0.0, 0.05, -0.05, 0.1, 0.2};
-  return c;
-}
-
-struct Sequence {
-  std::vector<std::vector<double>> x, y;  // per step [X], [H]
-  std::vector<double> h0{0.2, -0.1}, s0{0.5, -0.3};
-};
-
-Sequence example_sequence(int T) {
-  Sequence q;
-  for (int t = 0; t < T; ++t) {
-    const double u = 0.3 * t;
-    q.x.push_back({1.0 - u, 0.5 + 0.5 * std::sin(1.0 + t)});
-    q.y.push_back(t % 2 == 0 ? std::vector<double>{0.8, 0.2} : std::vector<double>{0.3, 0.7});
-  }
-  return q;
-}
-
 // Forward over the sequence; what the hand backward needs.
 struct Trace {
   std::vector<std::vector<double>> h, s, gates, p;  // h, s: index 0 is the initial state
   double loss = 0;
 };
 
-Trace run_forward(const CellParams<double>& c, const Sequence& q) {
+Trace run_forward(const CellParams<double>& c, const ExampleSequence& q) {
   Trace tr;
   tr.h.push_back(q.h0), tr.s.push_back(q.s0);
   for (size_t t = 0; t < q.x.size(); ++t) {
@@ -69,7 +39,7 @@ struct Backward {
   std::vector<double> dV, last_dz, last_ds_prev;
 };
 
-Backward run_backward(const CellParams<double>& c, const Sequence& q, const Trace& tr) {
+Backward run_backward(const CellParams<double>& c, const ExampleSequence& q, const Trace& tr) {
   Backward bw;
   bw.dV.assign(4 * kH * kX, 0.0);
   std::vector<double> dU(4 * kH * kH), db(4 * kH), dx(kX), dz(4 * kH);
@@ -91,13 +61,13 @@ std::vector<double> row_Va1(const std::vector<double>& V) {
 }
 
 // The loss as a function of V_a1 alone (for finite differences).
-double loss_at(CellParams<double> c, const Sequence& q, std::span<const double> Va1) {
+double loss_at(CellParams<double> c, const ExampleSequence& q, std::span<const double> Va1) {
   std::copy(Va1.begin(), Va1.end(), c.V.begin() + kRowVa1 * kX);
   return run_forward(c, q).loss;
 }
 
 // The same loss on the autodiff tape, built from the equations alone; returns dL/dV_a1.
-std::vector<double> tape_dVa1(const CellParams<double>& c, const Sequence& q) {
+std::vector<double> tape_dVa1(const CellParams<double>& c, const ExampleSequence& q) {
   ad::Tape tp;
   const ad::Var V = tp.leaf({4 * kH, kX, c.V});
   const ad::Var U = tp.constant({4 * kH, kH, c.U});
@@ -139,9 +109,35 @@ double max_rel(const std::vector<double>& a, const std::vector<double>& ref) {
 
 }  // namespace
 
+// Moderate weights, so that no gate saturates and the gradient is far from zero.
+CellParams<double> example_cell() {
+  CellParams<double> c(kX, kH);
+  c.V = {0.5, -0.4, 0.3,  0.8,     // V_i
+         0.6, 0.1,  -0.2, 0.4,     // V_f
+         0.4, -0.6, -0.7, 0.5,     // V_a (row 1 is V_a1)
+         0.2, 0.3,  -0.5, 0.1};    // V_o
+  c.U = {0.1,  -0.3, 0.2,  0.4,    // U_i
+         -0.2, 0.5,  0.3,  0.1,    // U_f
+         0.7,  -0.2, 0.3,  0.6,    // U_a
+         0.4,  0.2,  -0.1, -0.3};  // U_o
+  c.b = {0.1, -0.1, 0.2, 0.0, 0.05, -0.05, 0.1, 0.2};
+  return c;
+}
+
+ExampleSequence example_sequence(int T) {
+  ExampleSequence q;
+  q.h0 = {0.2, -0.1}, q.s0 = {0.5, -0.3};
+  for (int t = 0; t < T; ++t) {
+    const double u = 0.3 * t;
+    q.x.push_back({1.0 - u, 0.5 + 0.5 * std::sin(1.0 + t)});
+    q.y.push_back(t % 2 == 0 ? std::vector<double>{0.8, 0.2} : std::vector<double>{0.3, 0.7});
+  }
+  return q;
+}
+
 ConsistentUpdate run_consistent_update(double lr) {
   const CellParams<double> c = example_cell();
-  const Sequence q = example_sequence(1);
+  const ExampleSequence q = example_sequence(1);
   const Trace tr = run_forward(c, q);
   ConsistentUpdate u;
   u.p = tr.p[0], u.y = q.y[0];
@@ -162,7 +158,8 @@ namespace {
 
 // Equation 3 as written, summed over t: only the path h_1^{t-1} -> a_1^t is followed back, with
 // dh_1^{t-1}/dV_a1 taken along the same single path.
-std::vector<double> equation3(const CellParams<double>& c, const Sequence& q, const Trace& tr) {
+std::vector<double> equation3(const CellParams<double>& c, const ExampleSequence& q,
+                              const Trace& tr) {
   std::vector<double> total(kX, 0.0), dh1_dV(kX, 0.0);  // dh_1^0/dV_a1 = 0: h^0 is constant
   const double Ua11 = c.U[kRowVa1 * kH + 0];
   for (size_t t = 0; t < q.x.size(); ++t) {
@@ -180,8 +177,8 @@ std::vector<double> equation3(const CellParams<double>& c, const Sequence& q, co
 
 // For T = 2: every path from V_a1 to L, grouped by the edge it takes from step 1 to step 2. The
 // terms add up to the full gradient; Equation 3 keeps three of them.
-std::vector<PathTerm> path_terms(const CellParams<double>& c, const Sequence& q, const Trace& tr,
-                                 const Backward& bw) {
+std::vector<PathTerm> path_terms(const CellParams<double>& c, const ExampleSequence& q,
+                                 const Trace& tr, const Backward& bw) {
   const std::vector<double>& g = tr.gates[0];
   const double i = g[0], a = g[2 * kH], o = g[3 * kH], ts = std::tanh(tr.s[1][0]);
   std::vector<double> ds1_dV(kX), dh1_dV(kX);  // ds_1^1/dV_a1, dh_1^1/dV_a1
@@ -214,7 +211,7 @@ std::vector<PathTerm> path_terms(const CellParams<double>& c, const Sequence& q,
 
 MultiStep run_multistep(int steps) {
   const CellParams<double> c = example_cell();
-  const Sequence q = example_sequence(steps);
+  const ExampleSequence q = example_sequence(steps);
   const Trace tr = run_forward(c, q);
   const Backward bw = run_backward(c, q, tr);
   MultiStep m;
