@@ -29,5 +29,7 @@ std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
 // 1e-5 with L ~ 1), where the two-point rule at e = 1e-6 is only good to ~1e-6.
 std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p,
                                         double step = 1e-3);
+std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p,
+                                        std::span<const size_t> coords, double step = 1e-3);
 
 }  // namespace lstmgrad

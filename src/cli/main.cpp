@@ -11,6 +11,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "lstmgrad 0.1.0");
   lstmgrad::cli::register_all(app);
+  // One line for a bad flag, like every other bad input.
+  app.failure_message([](const CLI::App* a, const CLI::Error& e) {
+    return "lstmgrad: error: " + std::string(e.what()) + " (see " + a->get_name() + " --help)\n";
+  });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

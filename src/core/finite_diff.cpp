@@ -23,9 +23,10 @@ std::vector<double> central_difference(const ScalarFn& f, std::vector<double> p,
   return central_difference(f, std::move(p), all, step);
 }
 
-std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p, double step) {
+std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p,
+                                        std::span<const size_t> coords, double step) {
   std::vector<double> g(p.size(), 0.0);
-  for (size_t i = 0; i < p.size(); ++i) {
+  for (size_t i : coords) {
     const double keep = p[i];
     auto at = [&](double offset) {
       p[i] = keep + offset;
@@ -35,6 +36,12 @@ std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p
     p[i] = keep;
   }
   return g;
+}
+
+std::vector<double> central_difference5(const ScalarFn& f, std::vector<double> p, double step) {
+  std::vector<size_t> all(p.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  return central_difference5(f, std::move(p), all, step);
 }
 
 }  // namespace lstmgrad
