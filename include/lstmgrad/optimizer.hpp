@@ -1,0 +1,44 @@
+// lstmgrad: gradient clipping and the optimizers, on the flat parameter vector.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace lstmgrad {
+
+// The global L2 norm of g; when it exceeds max_norm, g is scaled by max_norm / (norm + 1e-6)
+// (PyTorch's clip_grad_norm_). Returns the norm before clipping. max_norm <= 0: no clipping.
+template <class Real>
+double clip_grad_norm(std::span<Real> g, double max_norm);
+
+enum class OptimizerKind { sgd, adam };
+OptimizerKind parse_optimizer(const std::string& s);
+std::string to_string(OptimizerKind k);
+
+// SGD: p -= lr g. Adam (torch.optim.Adam defaults): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
+// p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
+template <class Real>
+class Optimizer {
+ public:
+  Optimizer(OptimizerKind kind, size_t n, double beta1 = 0.9, double beta2 = 0.999,
+            double eps = 1e-8);
+  void step(std::span<Real> params, std::span<const Real> grad, double lr);
+
+  OptimizerKind kind() const { return kind_; }
+  int64_t steps() const { return t_; }
+  // State for checkpoints: m, v (empty for SGD) and the step count.
+  std::vector<Real>& m() { return m_; }
+  std::vector<Real>& v() { return v_; }
+  const std::vector<Real>& m() const { return m_; }
+  const std::vector<Real>& v() const { return v_; }
+  void set_steps(int64_t t) { t_ = t; }
+
+ private:
+  OptimizerKind kind_;
+  double beta1_, beta2_, eps_;
+  int64_t t_ = 0;
+  std::vector<Real> m_, v_;
+};
+
+}  // namespace lstmgrad

@@ -1,0 +1,73 @@
+// lstmgrad: training an LSTM language model on text, evaluating it, sampling from it.
+//
+// Batching as word_language_model and Zaremba et al. do: B contiguous streams, windows of `seq`
+// steps, the state carried from window to window and never back-propagated across windows.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lstmgrad/model.hpp"
+
+namespace lstmgrad {
+
+struct TrainOptions {
+  std::filesystem::path train, valid, test;  // text files (valid/test optional)
+  std::string level = "word";                // word | char
+  int64_t layers = 2, hidden = 200, embed = 200;
+  int64_t seq = 35, batch = 20, epochs = 13;
+  bool epochs_given = false;   // on --resume, --epochs given on the command line extends the run
+  double lr = 1.0;
+  double lr_decay = 1.0;       // divide the lr by this before each epoch after `decay_after`
+  int64_t decay_after = 0;     // (epochs 1..decay_after run at lr)
+  double plateau_decay = 1.0;  // divide the lr by this when validation loss does not improve
+  double clip = 0;             // global gradient norm; 0 = none
+  double dropout = 0;          // non-recurrent (embedding output, between layers, before readout)
+  double init = 0.1;           // every parameter uniform(-init, init)
+  std::string optimizer = "sgd";
+  std::string loss = "mean";   // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
+  std::string dtype = "f32";
+  uint64_t seed = 0;
+  int threads = 0;             // 0 = leave the BLAS default
+  std::filesystem::path out = "run";
+  std::filesystem::path resume;  // a run folder to continue
+  int64_t max_steps = 0;         // stop after this many updates in all (0 = no limit)
+  int64_t checkpoint_every = 0;  // also checkpoint every N updates (0 = per epoch only)
+  int64_t eval_batch = 0;        // validation batch (0 = --batch)
+  bool test_sequential = true;   // test with batch 1, as papers report
+  bool quiet = false;
+};
+
+// Runs (or resumes) training; writes model.safetensors, best.safetensors, checkpoint.safetensors
+// and metrics.jsonl into opts.out. Returns the process exit code.
+int run_training(const TrainOptions& opts);
+
+struct EvalResult {
+  double loss = 0;  // nats per token
+  double ppl = 0, bpc = 0;
+  int64_t tokens = 0;
+};
+
+struct EvalOptions {
+  std::filesystem::path model, data;
+  int64_t batch = 1, seq = 35;
+  std::string dtype = "f64";
+};
+
+EvalResult evaluate_file(const EvalOptions& o);
+
+struct SampleOptions {
+  std::filesystem::path model;
+  std::string prime;
+  int64_t length = 200;
+  double temperature = 1.0;
+  uint64_t seed = 0;
+};
+
+// Returns the prime followed by the sampled continuation.
+std::string sample_text(const SampleOptions& o);
+
+}  // namespace lstmgrad

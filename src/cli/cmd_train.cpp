@@ -1,0 +1,136 @@
+// `lstmgrad train`, `lstmgrad eval`, `lstmgrad sample`: language models on text.
+#include <fmt/format.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "cli/threads.hpp"
+#include "lstmgrad/error.hpp"
+#include "lstmgrad/train.hpp"
+
+namespace lstmgrad::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// --data DIR: train.txt, valid.txt, test.txt, or PTB's ptb.{train,valid,test}.txt.
+void resolve_data_dir(TrainOptions& o, const fs::path& dir) {
+  if (!fs::is_directory(dir))
+    throw InputError(fmt::format("--data {}: not a folder", dir.string()));
+  for (const char* prefix : {"", "ptb."}) {
+    const fs::path train = dir / fmt::format("{}train.txt", prefix);
+    if (!fs::exists(train)) continue;
+    o.train = train;
+    for (auto [name, dst] : {std::pair{"valid", &o.valid}, std::pair{"test", &o.test}}) {
+      const fs::path p = dir / fmt::format("{}{}.txt", prefix, name);
+      if (dst->empty() && fs::exists(p)) *dst = p;
+    }
+    return;
+  }
+  throw InputError(fmt::format("--data {}: holds neither train.txt nor ptb.train.txt",
+                               dir.string()));
+}
+
+void register_train(CLI::App& app) {
+  auto o = std::make_shared<TrainOptions>();
+  auto data_dir = std::make_shared<std::string>();
+  auto threads = std::make_shared<int>(0);
+  CLI::App* cmd = app.add_subcommand("train", "Train an LSTM language model on text");
+  cmd->add_option("--train", o->train, "Training text");
+  cmd->add_option("--valid", o->valid, "Validation text (checked after each epoch)");
+  cmd->add_option("--test", o->test, "Test text (evaluated with the best model at the end)");
+  cmd->add_option("--data", *data_dir, "Folder with train/valid/test.txt or ptb.*.txt");
+  cmd->add_option("--level", o->level, "word (whitespace + <eos> per line) or char")
+      ->check(CLI::IsMember({"word", "char"}))->capture_default_str();
+  cmd->add_option("--layers", o->layers, "LSTM layers")->capture_default_str();
+  cmd->add_option("--hidden", o->hidden, "Hidden units per layer")->capture_default_str();
+  cmd->add_option("--embed", o->embed, "Embedding width")->capture_default_str();
+  cmd->add_option("--seq", o->seq, "Unrolled steps per window (BPTT length)")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "Parallel streams")->capture_default_str();
+  auto* epochs = cmd->add_option("--epochs", o->epochs, "Epochs")->capture_default_str();
+  cmd->add_option("--lr", o->lr, "Learning rate")->capture_default_str();
+  cmd->add_option("--lr-decay", o->lr_decay, "Divide the lr by this each epoch after --decay-after")
+      ->capture_default_str();
+  cmd->add_option("--decay-after", o->decay_after, "Epochs at the full lr before --lr-decay")
+      ->capture_default_str();
+  cmd->add_option("--plateau-decay", o->plateau_decay,
+                  "Divide the lr by this when validation stops improving")->capture_default_str();
+  cmd->add_option("--clip", o->clip, "Clip the global gradient norm (0: off)")->capture_default_str();
+  cmd->add_option("--dropout", o->dropout, "Non-recurrent dropout")->capture_default_str();
+  cmd->add_option("--init", o->init, "Every parameter uniform(-init, init)")->capture_default_str();
+  cmd->add_option("--optimizer", o->optimizer, "sgd or adam")
+      ->check(CLI::IsMember({"sgd", "adam"}))->capture_default_str();
+  cmd->add_option("--loss", o->loss,
+                  "mean over T*B, or batch_mean (per-step batch mean summed over T: Zaremba)")
+      ->check(CLI::IsMember({"mean", "batch_mean"}))->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}))
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)")->capture_default_str();
+  cmd->add_option("--out", o->out, "Run folder")->capture_default_str();
+  cmd->add_option("--resume", o->resume, "Continue the run in this folder");
+  cmd->add_option("--max-steps", o->max_steps, "Stop after this many updates (0: no limit)");
+  cmd->add_option("--checkpoint-every", o->checkpoint_every, "Also checkpoint every N updates");
+  cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
+  cmd->add_flag("--quiet", o->quiet, "No progress output");
+  cmd->callback([o, data_dir, threads, epochs] {
+    if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
+    if (o->resume.empty() && o->train.empty())
+      throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
+    o->epochs_given = epochs->count() > 0;
+    o->threads = *threads;
+    set_threads(*threads);
+    set_exit_code(run_training(*o));
+  });
+}
+
+void register_eval(CLI::App& app) {
+  auto o = std::make_shared<EvalOptions>();
+  auto json = std::make_shared<bool>(false);
+  auto threads = std::make_shared<int>(0);
+  CLI::App* cmd = app.add_subcommand("eval", "Loss and perplexity (or bits per char) on a text");
+  cmd->add_option("--model", o->model, "Model written by lstmgrad train")->required();
+  cmd->add_option("--data", o->data, "Text file")->required();
+  cmd->add_option("--batch", o->batch, "Streams (1: the sequential protocol papers use)")
+      ->capture_default_str();
+  cmd->add_option("--seq", o->seq, "Window length (state carried between windows)")
+      ->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}))
+      ->capture_default_str();
+  cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)");
+  cmd->add_flag("--json", *json, "Machine-readable output");
+  cmd->callback([o, json, threads] {
+    set_threads(*threads);
+    const EvalResult r = evaluate_file(*o);
+    if (*json) {
+      std::cout << nlohmann::json{{"loss", r.loss}, {"ppl", r.ppl}, {"bpc", r.bpc},
+                                  {"tokens", r.tokens}}.dump()
+                << "\n";
+    } else {
+      fmt::print("{}: loss {:.4f} nats/token, perplexity {:.2f}, {:.4f} bits/token, {} tokens\n",
+                 o->data.string(), r.loss, r.ppl, r.bpc, r.tokens);
+    }
+  });
+}
+
+void register_sample(CLI::App& app) {
+  auto o = std::make_shared<SampleOptions>();
+  CLI::App* cmd = app.add_subcommand("sample", "Generate text from a trained model");
+  cmd->add_option("--model", o->model, "Model written by lstmgrad train")->required();
+  cmd->add_option("--prime", o->prime, "Text to start from")->capture_default_str();
+  cmd->add_option("--length", o->length, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature", o->temperature, "Below 1: safer; above 1: wilder")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  cmd->callback([o] { std::cout << sample_text(*o) << "\n"; });
+}
+
+}  // namespace
+
+const CommandRegistrar kTrainRegistrar(50, register_train);
+const CommandRegistrar kEvalRegistrar(51, register_eval);
+const CommandRegistrar kSampleRegistrar(52, register_sample);
+
+}  // namespace lstmgrad::cli

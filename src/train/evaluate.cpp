@@ -1,0 +1,35 @@
+#include "train/evaluate.hpp"
+
+#include "lstmgrad/data.hpp"
+
+namespace lstmgrad::train {
+
+template <class Real>
+StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params,
+                           std::span<const int64_t> ids, int64_t B, int64_t seq,
+                           const char* where) {
+  const ModelConfig& c = lm.config();
+  data::Batcher batcher(ids, B, seq, false, where);
+  Batch<Real> b;
+  b.B = B;
+  b.h0.assign(static_cast<size_t>(c.L * B * c.H), Real(0));
+  b.s0 = b.h0;
+  StreamLoss out;
+  for (int64_t k = 0; k < batcher.windows(); ++k) {
+    b.T = batcher.window(k, b.tokens, b.target);
+    out.sum += lm.forward(params, b, Reduction::sum);
+    out.tokens += b.T * B;
+    std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());  // carry the state
+    std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());
+  }
+  return out;
+}
+
+template StreamLoss evaluate_stream<float>(LanguageModel<float>&, std::span<const float>,
+                                           std::span<const int64_t>, int64_t, int64_t,
+                                           const char*);
+template StreamLoss evaluate_stream<double>(LanguageModel<double>&, std::span<const double>,
+                                            std::span<const int64_t>, int64_t, int64_t,
+                                            const char*);
+
+}  // namespace lstmgrad::train

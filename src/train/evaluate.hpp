@@ -1,0 +1,24 @@
+// Evaluation over a token stream: B streams, windows of `seq`, state carried, no updates.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "lstmgrad/lstm.hpp"
+
+namespace lstmgrad::train {
+
+struct StreamLoss {
+  double sum = 0;       // nats, summed over the predictions
+  int64_t tokens = 0;   // predictions made
+  double mean() const { return tokens ? sum / static_cast<double>(tokens) : 0; }
+};
+
+// B = 1 is the sequential protocol papers use for test perplexity (every token but the first is
+// predicted once, from everything before it).
+template <class Real>
+StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params,
+                           std::span<const int64_t> ids, int64_t B, int64_t seq,
+                           const char* where);
+
+}  // namespace lstmgrad::train

@@ -1,0 +1,98 @@
+// `lstmgrad eval` and `lstmgrad sample`: a trained model on a text file, or generating text.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <random>
+
+#include "lstmgrad/data.hpp"
+#include "lstmgrad/error.hpp"
+#include "lstmgrad/model_io.hpp"
+#include "lstmgrad/train.hpp"
+#include "train/evaluate.hpp"
+
+namespace lstmgrad {
+
+namespace {
+
+// The model's vocabulary and level, from the metadata lstmgrad train writes.
+template <class Real>
+data::Vocabulary model_vocabulary(const Model<Real>& m, const std::string& file) {
+  if (m.vocab.empty())
+    throw InputError(fmt::format("{}: the model has no vocabulary (__metadata__ 'lstmgrad.vocab'); "
+                                 "was it written by lstmgrad train?",
+                                 file));
+  auto it = m.metadata.find("lstmgrad.level");
+  const data::Level level =
+      data::parse_level(it == m.metadata.end() ? "word" : it->second, file + ": lstmgrad.level");
+  if (m.cfg.input != InputKind::embedding || m.cfg.readout != Readout::linear)
+    throw InputError(fmt::format("{}: not a language model (needs an embedding and a linear readout)", file));
+  return data::Vocabulary::from_words(level, m.vocab, file);
+}
+
+template <class Real>
+EvalResult evaluate_typed(const EvalOptions& o) {
+  const std::string file = o.model.string();
+  const Model<Real> m = load_model<Real>(o.model);
+  const data::Vocabulary vocab = model_vocabulary(m, file);
+  const std::vector<int64_t> ids = data::read_text(o.data, vocab);
+  LanguageModel<Real> lm(m.cfg);
+  const train::StreamLoss s = train::evaluate_stream<Real>(lm, m.params, ids, o.batch, o.seq,
+                                                           o.data.string().c_str());
+  EvalResult r;
+  r.loss = s.mean();
+  r.ppl = std::exp(r.loss);
+  r.bpc = r.loss / std::log(2.0);
+  r.tokens = s.tokens;
+  return r;
+}
+
+}  // namespace
+
+EvalResult evaluate_file(const EvalOptions& o) {
+  if (o.batch < 1 || o.seq < 1)
+    throw InputError(fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
+  return o.dtype == "f32" ? evaluate_typed<float>(o) : evaluate_typed<double>(o);
+}
+
+std::string sample_text(const SampleOptions& o) {
+  if (!(o.temperature > 0))
+    throw InputError(fmt::format("--temperature: must be > 0, got {}", o.temperature));
+  if (o.length < 0) throw InputError(fmt::format("--length: must be >= 0, got {}", o.length));
+  const std::string file = o.model.string();
+  const Model<double> m = load_model<double>(o.model);
+  const data::Vocabulary vocab = model_vocabulary(m, file);
+  std::vector<int64_t> prime = data::encode(o.prime, vocab, "--prime");
+  if (vocab.level() == data::Level::words && !prime.empty() && prime.back() == vocab.eos())
+    prime.pop_back();  // encode() ends a line with <eos>; the prime continues instead
+  if (prime.empty()) prime.push_back(vocab.level() == data::Level::words ? vocab.eos() : 0);
+  LanguageModel<double> lm(m.cfg);
+  Batch<double> b;
+  b.B = 1;
+  b.h0.assign(static_cast<size_t>(m.cfg.L * m.cfg.H), 0.0);
+  b.s0 = b.h0;
+  std::mt19937_64 rng(o.seed);
+  std::vector<int64_t> out;
+  auto feed = [&](std::span<const int64_t> tokens) {  // run the tokens; state carried
+    b.T = static_cast<int64_t>(tokens.size());
+    b.tokens.assign(tokens.begin(), tokens.end());
+    lm.forward(m.params, b, Reduction::sum);
+    std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());
+    std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());
+    return lm.probs().subspan(static_cast<size_t>((b.T - 1) * m.cfg.V));  // p of the last step
+  };
+  std::span<const double> p = feed(prime);
+  std::vector<double> w(static_cast<size_t>(m.cfg.V));
+  for (int64_t k = 0; k < o.length; ++k) {
+    for (size_t v = 0; v < w.size(); ++v) w[v] = std::pow(p[v], 1.0 / o.temperature);
+    const int64_t next = std::discrete_distribution<int64_t>(w.begin(), w.end())(rng);
+    out.push_back(next);
+    const int64_t one[1] = {next};
+    p = feed(one);
+  }
+  std::string text = o.prime;
+  const std::string cont = data::decode(out, vocab);
+  if (vocab.level() == data::Level::words && !text.empty() && !cont.empty()) text += " ";
+  return text + cont;
+}
+
+}  // namespace lstmgrad

@@ -1,0 +1,351 @@
+// `lstmgrad train`: the training loop, its schedule, validation and checkpoints.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "lstmgrad/atomic_file.hpp"
+#include "lstmgrad/data.hpp"
+#include "lstmgrad/error.hpp"
+#include "lstmgrad/lstm.hpp"
+#include "lstmgrad/model_io.hpp"
+#include "lstmgrad/optimizer.hpp"
+#include "lstmgrad/train.hpp"
+#include "train/evaluate.hpp"
+#include "train/progress.hpp"
+#include "train/run_state.hpp"
+
+namespace lstmgrad {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace train {
+
+json options_to_json(const TrainOptions& o) {
+  return {{"train", o.train.string()}, {"valid", o.valid.string()}, {"test", o.test.string()},
+          {"level", o.level}, {"layers", o.layers}, {"hidden", o.hidden}, {"embed", o.embed},
+          {"seq", o.seq}, {"batch", o.batch}, {"epochs", o.epochs}, {"lr", o.lr},
+          {"lr_decay", o.lr_decay}, {"decay_after", o.decay_after},
+          {"plateau_decay", o.plateau_decay}, {"clip", o.clip}, {"dropout", o.dropout},
+          {"init", o.init}, {"optimizer", o.optimizer}, {"loss", o.loss}, {"dtype", o.dtype},
+          {"seed", o.seed}, {"eval_batch", o.eval_batch}, {"test_sequential", o.test_sequential}};
+}
+
+TrainOptions options_from_json(const json& j) {
+  TrainOptions o;
+  o.train = j.at("train").get<std::string>(), o.valid = j.at("valid").get<std::string>();
+  o.test = j.at("test").get<std::string>(), o.level = j.at("level");
+  o.layers = j.at("layers"), o.hidden = j.at("hidden"), o.embed = j.at("embed");
+  o.seq = j.at("seq"), o.batch = j.at("batch"), o.epochs = j.at("epochs"), o.lr = j.at("lr");
+  o.lr_decay = j.at("lr_decay"), o.decay_after = j.at("decay_after");
+  o.plateau_decay = j.at("plateau_decay"), o.clip = j.at("clip"), o.dropout = j.at("dropout");
+  o.init = j.at("init"), o.optimizer = j.at("optimizer"), o.loss = j.at("loss");
+  o.dtype = j.at("dtype"), o.seed = j.at("seed"), o.eval_batch = j.at("eval_batch");
+  o.test_sequential = j.at("test_sequential");
+  return o;
+}
+
+void validate_options(const TrainOptions& o) {
+  auto positive = [](const char* flag, int64_t v) {
+    if (v < 1) throw InputError(fmt::format("{}: must be >= 1, got {}", flag, v));
+  };
+  positive("--seq", o.seq), positive("--batch", o.batch), positive("--layers", o.layers);
+  positive("--hidden", o.hidden), positive("--embed", o.embed), positive("--epochs", o.epochs);
+  if (!(o.lr > 0)) throw InputError(fmt::format("--lr: must be > 0, got {}", o.lr));
+  if (!(o.lr_decay >= 1) || !(o.plateau_decay >= 1))
+    throw InputError("--lr-decay and --plateau-decay: must be >= 1 (the lr is divided by them)");
+  if (!(o.init > 0)) throw InputError(fmt::format("--init: must be > 0, got {}", o.init));
+  if (o.dropout < 0 || o.dropout >= 1)
+    throw InputError(fmt::format("--dropout: must be in [0, 1), got {}", o.dropout));
+  if (o.dropout > 0)
+    throw InputError("--dropout: not available yet in this version (use 0)");
+  if (o.loss != "mean" && o.loss != "batch_mean")
+    throw InputError(fmt::format("--loss: expected mean or batch_mean, got '{}'", o.loss));
+  if (o.dtype != "f32" && o.dtype != "f64")
+    throw InputError(fmt::format("--dtype: expected f32 or f64, got '{}'", o.dtype));
+  parse_optimizer(o.optimizer);
+  data::parse_level(o.level);
+}
+
+}  // namespace train
+
+namespace train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Refuses to write over a run the user already has.
+void ensure_fresh_out(const fs::path& out) {
+  for (const char* f : {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"})
+    if (fs::exists(out / f))
+      throw InputError(fmt::format("--out {}: already holds a training run ({}); continue it with "
+                                   "--resume {} or choose another --out",
+                                   out.string(), f, out.string()));
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec) throw InputError(fmt::format("--out {}: cannot create the folder ({})", out.string(), ec.message()));
+}
+
+template <class Real>
+class Trainer {
+ public:
+  explicit Trainer(TrainOptions o) : o_(std::move(o)), progress_(o_.quiet) {}
+
+  int run(const Checkpoint<Real>* resume) {
+    load_data();
+    if (resume) {
+      restore(*resume);
+    } else {
+      init_fresh();
+    }
+    data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
+    const int64_t n = batcher.windows();
+    const Reduction red = o_.loss == "batch_mean" ? Reduction::batch_mean : Reduction::mean;
+    while (run_.epoch <= o_.epochs) {
+      if (run_.window == 0) start_epoch();
+      const double lr = lr_now(), wall0 = run_.wall_s;
+      const auto t0 = Clock::now();
+      const int64_t tokens0 = run_.epoch_tokens;
+      auto tokens_per_s = [&] {
+        return static_cast<double>(run_.epoch_tokens - tokens0) / std::max(seconds_since(t0), 1e-9);
+      };
+      while (run_.window < n) {
+        batch_.T = batcher.window(run_.window, batch_.tokens, batch_.target);
+        train_step(red, lr);
+        ++run_.window;
+        run_.wall_s = wall0 + seconds_since(t0);
+        progress_.update(run_.epoch, o_.epochs, run_.window, n,
+                         run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens),
+                         tokens_per_s(), lr, seconds_since(t0));
+        if (o_.max_steps > 0 && run_.step >= o_.max_steps) {
+          validate(tokens_per_s(), lr, /*end_of_epoch=*/false);
+          checkpoint();
+          progress_.line(fmt::format("stopped after {} updates (--max-steps); continue with "
+                                     "--resume {}",
+                                     run_.step, o_.out.string()));
+          return 0;
+        }
+        if (o_.checkpoint_every > 0 && run_.step % o_.checkpoint_every == 0) checkpoint();
+      }
+      validate(tokens_per_s(), lr, /*end_of_epoch=*/true);
+      ++run_.epoch, run_.window = 0;  // the checkpoint resumes at the next epoch
+      checkpoint();
+    }
+    test();
+    return 0;
+  }
+
+ private:
+  void load_data() {
+    const data::Level level = data::parse_level(o_.level);
+    data::TrainingText t = data::read_training_text(o_.train, level);
+    vocab_ = std::move(t.vocab);
+    train_ids_ = std::move(t.ids);
+    if (!o_.valid.empty()) valid_ids_ = data::read_text(o_.valid, vocab_);
+    if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
+    cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers};
+    lm_.emplace(cfg_);
+    const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
+    batch_.B = o_.batch;
+    batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
+  }
+
+  void init_fresh() {
+    rng_.seed(o_.seed);
+    std::uniform_real_distribution<double> u(-o_.init, o_.init);
+    params_.resize(parameter_count(cfg_));
+    for (Real& p : params_) p = static_cast<Real>(u(rng_));
+    opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
+    grad_.assign(params_.size(), Real(0));
+    progress_.line(fmt::format("lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x {} per epoch",
+                               train_ids_.size(), vocab_.size(), params_.size(),
+                               data::Batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string()).windows(), o_.seq, o_.batch));
+  }
+
+  void restore(const Checkpoint<Real>& c) {
+    if (c.vocab != vocab_.words())
+      throw InputError(fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's", o_.out.string(), o_.train.string()));
+    if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X)
+      throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options", o_.out.string()));
+    params_ = c.params;
+    opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
+    if (!c.m.empty()) opt_->m() = c.m, opt_->v() = c.v;
+    opt_->set_steps(c.optimizer_steps);
+    grad_.assign(params_.size(), Real(0));
+    if (c.h.size() != batch_.h0.size())
+      throw InputError(fmt::format("--resume {}: the carried state does not match --batch", o_.out.string()));
+    batch_.h0 = c.h, batch_.s0 = c.s;
+    run_ = c.run;
+    std::istringstream(run_.rng) >> rng_;
+    best_params_ = params_;  // replaced by best.safetensors' contents below when it exists
+    const fs::path best = o_.out / "best.safetensors";
+    if (fs::exists(best)) best_params_ = load_model<Real>(best).params;
+    progress_.line(fmt::format("resuming {} at epoch {}, window {}, update {}", o_.out.string(), run_.epoch, run_.window, run_.step));
+  }
+
+  // lr / lr_decay^max(0, epoch - decay_after) / plateau_decay^(plateaus so far).
+  double lr_now() const {
+    const double decays = static_cast<double>(std::max<int64_t>(0, run_.epoch - o_.decay_after));
+    return o_.lr / std::pow(o_.lr_decay, decays) /
+           std::pow(o_.plateau_decay, static_cast<double>(run_.plateau_decays));
+  }
+
+  void start_epoch() {
+    std::fill(batch_.h0.begin(), batch_.h0.end(), Real(0));  // each epoch starts from zeros
+    std::fill(batch_.s0.begin(), batch_.s0.end(), Real(0));
+    run_.epoch_loss_sum = 0, run_.epoch_tokens = 0;
+  }
+
+  void train_step(Reduction red, double lr) {
+    const double loss = lm_->forward(params_, batch_, red);
+    std::fill(grad_.begin(), grad_.end(), Real(0));
+    lm_->backward(grad_, params_, batch_);
+    clip_grad_norm<Real>(grad_, o_.clip);
+    opt_->step(params_, grad_, lr);
+    // The state carries into the next window; its gradient does not (truncated BPTT).
+    std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
+    std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
+    const double per_sum = red == Reduction::mean ? static_cast<double>(batch_.T * batch_.B) : static_cast<double>(batch_.B);
+    run_.epoch_loss_sum += loss * per_sum;
+    run_.epoch_tokens += batch_.T * batch_.B;
+    ++run_.step;
+  }
+
+  // Every validation reports and keeps the best model; only the end-of-epoch ones drive the
+  // plateau schedule, so that a run stopped by --max-steps and resumed follows the same schedule.
+  void validate(double tokens_per_s, double lr, bool end_of_epoch) {
+    const double train_loss = run_.epoch_tokens ? run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens) : 0;
+    json line = {{"epoch", run_.epoch}, {"step", run_.step}, {"lr", lr}, {"train_loss", train_loss},
+                 {"tokens_per_s", tokens_per_s}, {"wall_s", run_.wall_s}};
+    bool improved = true;
+    if (!valid_ids_.empty()) {
+      const int64_t B = o_.eval_batch > 0 ? o_.eval_batch : o_.batch;
+      const double v = evaluate_stream<Real>(*lm_, params_, valid_ids_, B, o_.seq, o_.valid.string().c_str()).mean();
+      line["valid_loss"] = v;
+      line["valid_ppl"] = std::exp(v);
+      improved = run_.best_valid == 0 || v < run_.best_valid;
+      if (improved) run_.best_valid = v;
+      if (end_of_epoch) {
+        if (run_.best_epoch_valid != 0 && v >= run_.best_epoch_valid && o_.plateau_decay > 1)
+          ++run_.plateau_decays;
+        if (run_.best_epoch_valid == 0 || v < run_.best_epoch_valid) run_.best_epoch_valid = v;
+      }
+      progress_.line(fmt::format("epoch {} update {}: train loss {:.4f} (ppl {:.2f}), valid loss {:.4f} (ppl {:.2f}), lr {:.4g}, {:.0f} tok/s",
+                                 run_.epoch, run_.step, train_loss, std::exp(train_loss), v, std::exp(v), lr, tokens_per_s));
+    } else {
+      line["valid_loss"] = nullptr;
+      progress_.line(fmt::format("epoch {} update {}: train loss {:.4f}, lr {:.4g}", run_.epoch, run_.step, train_loss, lr));
+    }
+    if (improved) {
+      best_params_ = params_;
+      save_model<Real>(o_.out / "best.safetensors", cfg_, params_, vocab_.words(), {{"lstmgrad.level", o_.level}});
+    }
+    run_.metrics.push_back(line.dump());
+    std::string text;
+    for (const std::string& l : run_.metrics) text += l + "\n";
+    io_write_text(o_.out / "metrics.jsonl", text);
+  }
+
+  void checkpoint() {
+    save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(), {{"lstmgrad.level", o_.level}});
+    Checkpoint<Real> c;
+    c.cfg = cfg_, c.vocab = vocab_.words(), c.level = o_.level;
+    c.options_json = options_to_json(o_).dump();
+    c.params = params_, c.m = opt_->m(), c.v = opt_->v(), c.optimizer_steps = opt_->steps();
+    c.h = batch_.h0, c.s = batch_.s0;
+    std::ostringstream rng;
+    rng << rng_;
+    run_.rng = rng.str();
+    c.run = run_;
+    write_checkpoint(o_.out / "checkpoint.safetensors", c);
+  }
+
+  void test() {
+    json results = {{"valid_loss", run_.best_valid}, {"valid_ppl", std::exp(run_.best_valid)},
+                    {"updates", run_.step}, {"wall_s", run_.wall_s}};
+    if (!test_ids_.empty()) {
+      const int64_t B = o_.test_sequential ? 1 : (o_.eval_batch > 0 ? o_.eval_batch : o_.batch);
+      const auto t0 = Clock::now();
+      const StreamLoss t = evaluate_stream<Real>(*lm_, best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100), o_.test.string().c_str());
+      results["test_loss"] = t.mean();
+      results["test_ppl"] = std::exp(t.mean());
+      results["test_bpc"] = t.mean() / std::log(2.0);
+      results["test_tokens"] = t.tokens;
+      results["test_batch"] = B;
+      results["test_wall_s"] = seconds_since(t0);
+      progress_.line(fmt::format("test (best model, batch {}): loss {:.4f}, ppl {:.2f}, bpc {:.4f} over {} tokens",
+                                 B, t.mean(), std::exp(t.mean()), t.mean() / std::log(2.0), t.tokens));
+    }
+    io_write_text(o_.out / "results.json", results.dump(2) + "\n");
+  }
+
+  static void io_write_text(const fs::path& p, const std::string& text) {
+    io::write_text_atomic(p, text);
+  }
+
+  TrainOptions o_;
+  Progress progress_;
+  data::Vocabulary vocab_;
+  std::vector<int64_t> train_ids_, valid_ids_, test_ids_;
+  ModelConfig cfg_;
+  std::vector<Real> params_, grad_, best_params_;
+  std::optional<Optimizer<Real>> opt_;
+  std::optional<LanguageModel<Real>> lm_;
+  Batch<Real> batch_;
+  RunState run_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace
+
+}  // namespace train
+
+int run_training(const TrainOptions& opts) {
+  using train::Checkpoint;
+  TrainOptions o = opts;
+  if (!o.resume.empty()) {
+    const fs::path ck = o.resume / "checkpoint.safetensors";
+    if (!fs::exists(ck))
+      throw InputError(fmt::format("--resume {}: no checkpoint.safetensors there", o.resume.string()));
+    // The run continues with its own options; only how long it runs may change.
+    std::string options_json;
+    {
+      // Read once as double to get the options (parameters are re-read in the run's dtype).
+      const Checkpoint<double> probe = train::read_checkpoint<double>(ck);
+      options_json = probe.options_json;
+    }
+    TrainOptions stored;
+    try {
+      stored = train::options_from_json(json::parse(options_json));
+    } catch (const json::exception& e) {
+      throw InputError(fmt::format("{}: corrupt checkpoint options ({})", ck.string(), e.what()));
+    }
+    stored.out = o.resume, stored.resume = o.resume;
+    stored.max_steps = o.max_steps, stored.checkpoint_every = o.checkpoint_every;
+    stored.threads = o.threads, stored.quiet = o.quiet;
+    if (o.epochs_given) stored.epochs = o.epochs;
+    o = stored;
+    train::validate_options(o);
+    if (o.dtype == "f32") {
+      const Checkpoint<float> c = train::read_checkpoint<float>(ck);
+      return train::Trainer<float>(o).run(&c);
+    }
+    const Checkpoint<double> c = train::read_checkpoint<double>(ck);
+    return train::Trainer<double>(o).run(&c);
+  }
+  train::validate_options(o);
+  train::ensure_fresh_out(o.out);
+  return o.dtype == "f32" ? train::Trainer<float>(o).run(nullptr)
+                          : train::Trainer<double>(o).run(nullptr);
+}
+
+}  // namespace lstmgrad
