@@ -19,7 +19,7 @@ struct TrainOptions {
   std::string level = "word";                // word | char
   int64_t layers = 2, hidden = 200, embed = 200;
   int64_t seq = 35, batch = 20, epochs = 13;
-  bool epochs_given = false;   // on --resume, --epochs given on the command line extends the run
+  bool epochs_given = false;  // on --resume, --epochs given on the command line extends the run
   double lr = 1.0;
   double lr_decay = 1.0;       // divide the lr by this before each epoch after `decay_after`
   int64_t decay_after = 0;     // (epochs 1..decay_after run at lr)
@@ -28,10 +28,10 @@ struct TrainOptions {
   double dropout = 0;          // non-recurrent (embedding output, between layers, before readout)
   double init = 0.1;           // every parameter uniform(-init, init)
   std::string optimizer = "sgd";
-  std::string loss = "mean";   // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
+  std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
   std::string dtype = "f32";
   uint64_t seed = 0;
-  int threads = 0;             // 0 = leave the BLAS default
+  int threads = 0;  // 0 = leave the BLAS default
   std::filesystem::path out = "run";
   std::filesystem::path resume;  // a run folder to continue
   int64_t max_steps = 0;         // stop after this many updates in all (0 = no limit)

@@ -29,8 +29,8 @@ void resolve_data_dir(TrainOptions& o, const fs::path& dir) {
     }
     return;
   }
-  throw InputError(fmt::format("--data {}: holds neither train.txt nor ptb.train.txt",
-                               dir.string()));
+  throw InputError(
+      fmt::format("--data {}: holds neither train.txt nor ptb.train.txt", dir.string()));
 }
 
 void register_train(CLI::App& app) {
@@ -43,11 +43,13 @@ void register_train(CLI::App& app) {
   cmd->add_option("--test", o->test, "Test text (evaluated with the best model at the end)");
   cmd->add_option("--data", *data_dir, "Folder with train/valid/test.txt or ptb.*.txt");
   cmd->add_option("--level", o->level, "word (whitespace + <eos> per line) or char")
-      ->check(CLI::IsMember({"word", "char"}))->capture_default_str();
+      ->check(CLI::IsMember({"word", "char"}))
+      ->capture_default_str();
   cmd->add_option("--layers", o->layers, "LSTM layers")->capture_default_str();
   cmd->add_option("--hidden", o->hidden, "Hidden units per layer")->capture_default_str();
   cmd->add_option("--embed", o->embed, "Embedding width")->capture_default_str();
-  cmd->add_option("--seq", o->seq, "Unrolled steps per window (BPTT length)")->capture_default_str();
+  cmd->add_option("--seq", o->seq, "Unrolled steps per window (BPTT length)")
+      ->capture_default_str();
   cmd->add_option("--batch", o->batch, "Parallel streams")->capture_default_str();
   auto* epochs = cmd->add_option("--epochs", o->epochs, "Epochs")->capture_default_str();
   cmd->add_option("--lr", o->lr, "Learning rate")->capture_default_str();
@@ -56,16 +58,21 @@ void register_train(CLI::App& app) {
   cmd->add_option("--decay-after", o->decay_after, "Epochs at the full lr before --lr-decay")
       ->capture_default_str();
   cmd->add_option("--plateau-decay", o->plateau_decay,
-                  "Divide the lr by this when validation stops improving")->capture_default_str();
-  cmd->add_option("--clip", o->clip, "Clip the global gradient norm (0: off)")->capture_default_str();
+                  "Divide the lr by this when validation stops improving")
+      ->capture_default_str();
+  cmd->add_option("--clip", o->clip, "Clip the global gradient norm (0: off)")
+      ->capture_default_str();
   cmd->add_option("--dropout", o->dropout, "Non-recurrent dropout")->capture_default_str();
   cmd->add_option("--init", o->init, "Every parameter uniform(-init, init)")->capture_default_str();
   cmd->add_option("--optimizer", o->optimizer, "sgd or adam")
-      ->check(CLI::IsMember({"sgd", "adam"}))->capture_default_str();
+      ->check(CLI::IsMember({"sgd", "adam"}))
+      ->capture_default_str();
   cmd->add_option("--loss", o->loss,
                   "mean over T*B, or batch_mean (per-step batch mean summed over T: Zaremba)")
-      ->check(CLI::IsMember({"mean", "batch_mean"}))->capture_default_str();
-  cmd->add_option("--dtype", o->dtype, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}))
+      ->check(CLI::IsMember({"mean", "batch_mean"}))
+      ->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "f32 or f64")
+      ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)")->capture_default_str();
@@ -97,7 +104,8 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seq", o->seq, "Window length (state carried between windows)")
       ->capture_default_str();
-  cmd->add_option("--dtype", o->dtype, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}))
+  cmd->add_option("--dtype", o->dtype, "f32 or f64")
+      ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
   cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)");
   cmd->add_flag("--json", *json, "Machine-readable output");
@@ -105,8 +113,11 @@ void register_eval(CLI::App& app) {
     set_threads(*threads);
     const EvalResult r = evaluate_file(*o);
     if (*json) {
-      std::cout << nlohmann::json{{"loss", r.loss}, {"ppl", r.ppl}, {"bpc", r.bpc},
-                                  {"tokens", r.tokens}}.dump()
+      std::cout << nlohmann::json{{"loss", r.loss},
+                                  {"ppl", r.ppl},
+                                  {"bpc", r.bpc},
+                                  {"tokens", r.tokens}}
+                       .dump()
                 << "\n";
     } else {
       fmt::print("{}: loss {:.4f} nats/token, perplexity {:.2f}, {:.4f} bits/token, {} tokens\n",

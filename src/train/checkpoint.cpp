@@ -19,12 +19,17 @@ std::vector<Real> slice(const std::vector<Real>& v, const ParamInfo& p) {
 }
 
 json run_to_json(const RunState& r) {
-  return {{"epoch", r.epoch},       {"window", r.window},
-          {"step", r.step},         {"plateau_decays", r.plateau_decays},
-          {"best_valid", r.best_valid}, {"best_epoch_valid", r.best_epoch_valid},
+  return {{"epoch", r.epoch},
+          {"window", r.window},
+          {"step", r.step},
+          {"plateau_decays", r.plateau_decays},
+          {"best_valid", r.best_valid},
+          {"best_epoch_valid", r.best_epoch_valid},
           {"epoch_loss_sum", r.epoch_loss_sum},
-          {"epoch_tokens", r.epoch_tokens}, {"wall_s", r.wall_s},
-          {"rng", r.rng},           {"metrics", r.metrics}};
+          {"epoch_tokens", r.epoch_tokens},
+          {"wall_s", r.wall_s},
+          {"rng", r.rng},
+          {"metrics", r.metrics}};
 }
 
 RunState run_from_json(const json& j) {
@@ -39,8 +44,12 @@ RunState run_from_json(const json& j) {
 }
 
 json config_to_json(const ModelConfig& c) {
-  return {{"input", to_string(c.input)}, {"readout", to_string(c.readout)}, {"V", c.V},
-          {"X", c.X}, {"H", c.H}, {"L", c.L}};
+  return {{"input", to_string(c.input)},
+          {"readout", to_string(c.readout)},
+          {"V", c.V},
+          {"X", c.X},
+          {"H", c.H},
+          {"L", c.L}};
 }
 
 }  // namespace
@@ -75,8 +84,8 @@ Checkpoint<Real> read_checkpoint(const std::filesystem::path& path) {
   auto meta = [&](const char* key) -> const std::string& {
     auto it = f.metadata.find(key);
     if (it == f.metadata.end())
-      throw InputError(fmt::format("{}: not a training checkpoint (no __metadata__ '{}')", file,
-                                   key));
+      throw InputError(
+          fmt::format("{}: not a training checkpoint (no __metadata__ '{}')", file, key));
     return it->second;
   };
   try {

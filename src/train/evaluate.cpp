@@ -26,8 +26,7 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
 }
 
 template StreamLoss evaluate_stream<float>(LanguageModel<float>&, std::span<const float>,
-                                           std::span<const int64_t>, int64_t, int64_t,
-                                           const char*);
+                                           std::span<const int64_t>, int64_t, int64_t, const char*);
 template StreamLoss evaluate_stream<double>(LanguageModel<double>&, std::span<const double>,
                                             std::span<const int64_t>, int64_t, int64_t,
                                             const char*);

@@ -9,8 +9,8 @@
 namespace lstmgrad::train {
 
 struct StreamLoss {
-  double sum = 0;       // nats, summed over the predictions
-  int64_t tokens = 0;   // predictions made
+  double sum = 0;      // nats, summed over the predictions
+  int64_t tokens = 0;  // predictions made
   double mean() const { return tokens ? sum / static_cast<double>(tokens) : 0; }
 };
 
@@ -18,7 +18,6 @@ struct StreamLoss {
 // predicted once, from everything before it).
 template <class Real>
 StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params,
-                           std::span<const int64_t> ids, int64_t B, int64_t seq,
-                           const char* where);
+                           std::span<const int64_t> ids, int64_t B, int64_t seq, const char* where);
 
 }  // namespace lstmgrad::train

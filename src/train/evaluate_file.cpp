@@ -18,14 +18,16 @@ namespace {
 template <class Real>
 data::Vocabulary model_vocabulary(const Model<Real>& m, const std::string& file) {
   if (m.vocab.empty())
-    throw InputError(fmt::format("{}: the model has no vocabulary (__metadata__ 'lstmgrad.vocab'); "
-                                 "was it written by lstmgrad train?",
-                                 file));
+    throw InputError(
+        fmt::format("{}: the model has no vocabulary (__metadata__ 'lstmgrad.vocab'); "
+                    "was it written by lstmgrad train?",
+                    file));
   auto it = m.metadata.find("lstmgrad.level");
   const data::Level level =
       data::parse_level(it == m.metadata.end() ? "word" : it->second, file + ": lstmgrad.level");
   if (m.cfg.input != InputKind::embedding || m.cfg.readout != Readout::linear)
-    throw InputError(fmt::format("{}: not a language model (needs an embedding and a linear readout)", file));
+    throw InputError(
+        fmt::format("{}: not a language model (needs an embedding and a linear readout)", file));
   return data::Vocabulary::from_words(level, m.vocab, file);
 }
 
@@ -36,8 +38,8 @@ EvalResult evaluate_typed(const EvalOptions& o) {
   const data::Vocabulary vocab = model_vocabulary(m, file);
   const std::vector<int64_t> ids = data::read_text(o.data, vocab);
   LanguageModel<Real> lm(m.cfg);
-  const train::StreamLoss s = train::evaluate_stream<Real>(lm, m.params, ids, o.batch, o.seq,
-                                                           o.data.string().c_str());
+  const train::StreamLoss s =
+      train::evaluate_stream<Real>(lm, m.params, ids, o.batch, o.seq, o.data.string().c_str());
   EvalResult r;
   r.loss = s.mean();
   r.ppl = std::exp(r.loss);

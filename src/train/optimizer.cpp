@@ -26,7 +26,9 @@ OptimizerKind parse_optimizer(const std::string& s) {
   throw InputError(fmt::format("--optimizer: expected sgd or adam, got '{}'", s));
 }
 
-std::string to_string(OptimizerKind k) { return k == OptimizerKind::sgd ? "sgd" : "adam"; }
+std::string to_string(OptimizerKind k) {
+  return k == OptimizerKind::sgd ? "sgd" : "adam";
+}
 
 template <class Real>
 Optimizer<Real>::Optimizer(OptimizerKind kind, size_t n, double beta1, double beta2, double eps)

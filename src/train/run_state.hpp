@@ -11,16 +11,16 @@
 namespace lstmgrad::train {
 
 struct RunState {
-  int64_t epoch = 1;           // the epoch in progress (1-based)
-  int64_t window = 0;          // the next window of that epoch
-  int64_t step = 0;            // updates done
-  int64_t plateau_decays = 0;  // times the lr was divided for a validation plateau
-  double best_valid = 0;       // best validation loss so far (0: none yet)
+  int64_t epoch = 1;            // the epoch in progress (1-based)
+  int64_t window = 0;           // the next window of that epoch
+  int64_t step = 0;             // updates done
+  int64_t plateau_decays = 0;   // times the lr was divided for a validation plateau
+  double best_valid = 0;        // best validation loss so far (0: none yet)
   double best_epoch_valid = 0;  // best end-of-epoch validation loss (drives the plateau decay)
-  double epoch_loss_sum = 0;   // training loss (nats) summed over this epoch's tokens so far
+  double epoch_loss_sum = 0;    // training loss (nats) summed over this epoch's tokens so far
   int64_t epoch_tokens = 0;
-  double wall_s = 0;           // training time before this process
-  std::string rng;             // std::mt19937_64 state
+  double wall_s = 0;                 // training time before this process
+  std::string rng;                   // std::mt19937_64 state
   std::vector<std::string> metrics;  // metrics.jsonl lines so far
 };
 
@@ -33,9 +33,9 @@ struct Checkpoint {
   std::string level;
   std::string options_json;  // the TrainOptions of the run
   std::vector<Real> params;
-  std::vector<Real> m, v;    // Adam moments (empty for SGD)
+  std::vector<Real> m, v;  // Adam moments (empty for SGD)
   int64_t optimizer_steps = 0;
-  std::vector<Real> h, s;    // [L,B,H] state carried into the next window
+  std::vector<Real> h, s;  // [L,B,H] state carried into the next window
   RunState run;
 };
 

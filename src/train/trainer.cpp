@@ -26,13 +26,29 @@ using nlohmann::json;
 namespace train {
 
 json options_to_json(const TrainOptions& o) {
-  return {{"train", o.train.string()}, {"valid", o.valid.string()}, {"test", o.test.string()},
-          {"level", o.level}, {"layers", o.layers}, {"hidden", o.hidden}, {"embed", o.embed},
-          {"seq", o.seq}, {"batch", o.batch}, {"epochs", o.epochs}, {"lr", o.lr},
-          {"lr_decay", o.lr_decay}, {"decay_after", o.decay_after},
-          {"plateau_decay", o.plateau_decay}, {"clip", o.clip}, {"dropout", o.dropout},
-          {"init", o.init}, {"optimizer", o.optimizer}, {"loss", o.loss}, {"dtype", o.dtype},
-          {"seed", o.seed}, {"eval_batch", o.eval_batch}, {"test_sequential", o.test_sequential}};
+  return {{"train", o.train.string()},
+          {"valid", o.valid.string()},
+          {"test", o.test.string()},
+          {"level", o.level},
+          {"layers", o.layers},
+          {"hidden", o.hidden},
+          {"embed", o.embed},
+          {"seq", o.seq},
+          {"batch", o.batch},
+          {"epochs", o.epochs},
+          {"lr", o.lr},
+          {"lr_decay", o.lr_decay},
+          {"decay_after", o.decay_after},
+          {"plateau_decay", o.plateau_decay},
+          {"clip", o.clip},
+          {"dropout", o.dropout},
+          {"init", o.init},
+          {"optimizer", o.optimizer},
+          {"loss", o.loss},
+          {"dtype", o.dtype},
+          {"seed", o.seed},
+          {"eval_batch", o.eval_batch},
+          {"test_sequential", o.test_sequential}};
 }
 
 TrainOptions options_from_json(const json& j) {
@@ -61,8 +77,7 @@ void validate_options(const TrainOptions& o) {
   if (!(o.init > 0)) throw InputError(fmt::format("--init: must be > 0, got {}", o.init));
   if (o.dropout < 0 || o.dropout >= 1)
     throw InputError(fmt::format("--dropout: must be in [0, 1), got {}", o.dropout));
-  if (o.dropout > 0)
-    throw InputError("--dropout: not available yet in this version (use 0)");
+  if (o.dropout > 0) throw InputError("--dropout: not available yet in this version (use 0)");
   if (o.loss != "mean" && o.loss != "batch_mean")
     throw InputError(fmt::format("--loss: expected mean or batch_mean, got '{}'", o.loss));
   if (o.dtype != "f32" && o.dtype != "f64")
@@ -87,12 +102,15 @@ double seconds_since(Clock::time_point t0) {
 void ensure_fresh_out(const fs::path& out) {
   for (const char* f : {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"})
     if (fs::exists(out / f))
-      throw InputError(fmt::format("--out {}: already holds a training run ({}); continue it with "
-                                   "--resume {} or choose another --out",
-                                   out.string(), f, out.string()));
+      throw InputError(
+          fmt::format("--out {}: already holds a training run ({}); continue it with "
+                      "--resume {} or choose another --out",
+                      out.string(), f, out.string()));
   std::error_code ec;
   fs::create_directories(out, ec);
-  if (ec) throw InputError(fmt::format("--out {}: cannot create the folder ({})", out.string(), ec.message()));
+  if (ec)
+    throw InputError(
+        fmt::format("--out {}: cannot create the folder ({})", out.string(), ec.message()));
 }
 
 template <class Real>
@@ -129,9 +147,10 @@ class Trainer {
         if (o_.max_steps > 0 && run_.step >= o_.max_steps) {
           validate(tokens_per_s(), lr, /*end_of_epoch=*/false);
           checkpoint();
-          progress_.line(fmt::format("stopped after {} updates (--max-steps); continue with "
-                                     "--resume {}",
-                                     run_.step, o_.out.string()));
+          progress_.line(
+              fmt::format("stopped after {} updates (--max-steps); continue with "
+                          "--resume {}",
+                          run_.step, o_.out.string()));
           return 0;
         }
         if (o_.checkpoint_every > 0 && run_.step % o_.checkpoint_every == 0) checkpoint();
@@ -166,30 +185,48 @@ class Trainer {
     for (Real& p : params_) p = static_cast<Real>(u(rng_));
     opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
     grad_.assign(params_.size(), Real(0));
-    progress_.line(fmt::format("lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x {} per epoch",
-                               train_ids_.size(), vocab_.size(), params_.size(),
-                               data::Batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string()).windows(), o_.seq, o_.batch));
+    progress_.line(fmt::format(
+        "lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x {} per epoch",
+        train_ids_.size(), vocab_.size(), params_.size(),
+        data::Batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string()).windows(), o_.seq,
+        o_.batch));
+  }
+
+  // Temporary files of writes a killed process left half done (io::AtomicFile's names).
+  void remove_stale_temporaries() const {
+    for (const auto& e : fs::directory_iterator(o_.out)) {
+      const std::string name = e.path().filename().string();
+      for (const char* f : {"checkpoint.safetensors", "model.safetensors", "best.safetensors",
+                            "metrics.jsonl", "results.json"})
+        if (name.rfind(fmt::format(".{}.tmp.", f), 0) == 0) fs::remove(e.path());
+    }
   }
 
   void restore(const Checkpoint<Real>& c) {
+    remove_stale_temporaries();
     if (c.vocab != vocab_.words())
-      throw InputError(fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's", o_.out.string(), o_.train.string()));
+      throw InputError(
+          fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's",
+                      o_.out.string(), o_.train.string()));
     if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X)
-      throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options", o_.out.string()));
+      throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
+                                   o_.out.string()));
     params_ = c.params;
     opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
     if (!c.m.empty()) opt_->m() = c.m, opt_->v() = c.v;
     opt_->set_steps(c.optimizer_steps);
     grad_.assign(params_.size(), Real(0));
     if (c.h.size() != batch_.h0.size())
-      throw InputError(fmt::format("--resume {}: the carried state does not match --batch", o_.out.string()));
+      throw InputError(
+          fmt::format("--resume {}: the carried state does not match --batch", o_.out.string()));
     batch_.h0 = c.h, batch_.s0 = c.s;
     run_ = c.run;
     std::istringstream(run_.rng) >> rng_;
     best_params_ = params_;  // replaced by best.safetensors' contents below when it exists
     const fs::path best = o_.out / "best.safetensors";
     if (fs::exists(best)) best_params_ = load_model<Real>(best).params;
-    progress_.line(fmt::format("resuming {} at epoch {}, window {}, update {}", o_.out.string(), run_.epoch, run_.window, run_.step));
+    progress_.line(fmt::format("resuming {} at epoch {}, window {}, update {}", o_.out.string(),
+                               run_.epoch, run_.window, run_.step));
   }
 
   // lr / lr_decay^max(0, epoch - decay_after) / plateau_decay^(plateaus so far).
@@ -214,7 +251,8 @@ class Trainer {
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
     std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
-    const double per_sum = red == Reduction::mean ? static_cast<double>(batch_.T * batch_.B) : static_cast<double>(batch_.B);
+    const double per_sum = red == Reduction::mean ? static_cast<double>(batch_.T * batch_.B)
+                                                  : static_cast<double>(batch_.B);
     run_.epoch_loss_sum += loss * per_sum;
     run_.epoch_tokens += batch_.T * batch_.B;
     ++run_.step;
@@ -223,13 +261,20 @@ class Trainer {
   // Every validation reports and keeps the best model; only the end-of-epoch ones drive the
   // plateau schedule, so that a run stopped by --max-steps and resumed follows the same schedule.
   void validate(double tokens_per_s, double lr, bool end_of_epoch) {
-    const double train_loss = run_.epoch_tokens ? run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens) : 0;
-    json line = {{"epoch", run_.epoch}, {"step", run_.step}, {"lr", lr}, {"train_loss", train_loss},
-                 {"tokens_per_s", tokens_per_s}, {"wall_s", run_.wall_s}};
+    const double train_loss =
+        run_.epoch_tokens ? run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens) : 0;
+    json line = {{"epoch", run_.epoch},
+                 {"step", run_.step},
+                 {"lr", lr},
+                 {"train_loss", train_loss},
+                 {"tokens_per_s", tokens_per_s},
+                 {"wall_s", run_.wall_s}};
     bool improved = true;
     if (!valid_ids_.empty()) {
       const int64_t B = o_.eval_batch > 0 ? o_.eval_batch : o_.batch;
-      const double v = evaluate_stream<Real>(*lm_, params_, valid_ids_, B, o_.seq, o_.valid.string().c_str()).mean();
+      const double v =
+          evaluate_stream<Real>(*lm_, params_, valid_ids_, B, o_.seq, o_.valid.string().c_str())
+              .mean();
       line["valid_loss"] = v;
       line["valid_ppl"] = std::exp(v);
       improved = run_.best_valid == 0 || v < run_.best_valid;
@@ -239,15 +284,20 @@ class Trainer {
           ++run_.plateau_decays;
         if (run_.best_epoch_valid == 0 || v < run_.best_epoch_valid) run_.best_epoch_valid = v;
       }
-      progress_.line(fmt::format("epoch {} update {}: train loss {:.4f} (ppl {:.2f}), valid loss {:.4f} (ppl {:.2f}), lr {:.4g}, {:.0f} tok/s",
-                                 run_.epoch, run_.step, train_loss, std::exp(train_loss), v, std::exp(v), lr, tokens_per_s));
+      progress_.line(
+          fmt::format("epoch {} update {}: train loss {:.4f} (ppl {:.2f}), valid loss {:.4f} (ppl "
+                      "{:.2f}), lr {:.4g}, {:.0f} tok/s",
+                      run_.epoch, run_.step, train_loss, std::exp(train_loss), v, std::exp(v), lr,
+                      tokens_per_s));
     } else {
       line["valid_loss"] = nullptr;
-      progress_.line(fmt::format("epoch {} update {}: train loss {:.4f}, lr {:.4g}", run_.epoch, run_.step, train_loss, lr));
+      progress_.line(fmt::format("epoch {} update {}: train loss {:.4f}, lr {:.4g}", run_.epoch,
+                                 run_.step, train_loss, lr));
     }
     if (improved) {
       best_params_ = params_;
-      save_model<Real>(o_.out / "best.safetensors", cfg_, params_, vocab_.words(), {{"lstmgrad.level", o_.level}});
+      save_model<Real>(o_.out / "best.safetensors", cfg_, params_, vocab_.words(),
+                       {{"lstmgrad.level", o_.level}});
     }
     run_.metrics.push_back(line.dump());
     std::string text;
@@ -256,7 +306,8 @@ class Trainer {
   }
 
   void checkpoint() {
-    save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(), {{"lstmgrad.level", o_.level}});
+    save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(),
+                     {{"lstmgrad.level", o_.level}});
     Checkpoint<Real> c;
     c.cfg = cfg_, c.vocab = vocab_.words(), c.level = o_.level;
     c.options_json = options_to_json(o_).dump();
@@ -270,20 +321,25 @@ class Trainer {
   }
 
   void test() {
-    json results = {{"valid_loss", run_.best_valid}, {"valid_ppl", std::exp(run_.best_valid)},
-                    {"updates", run_.step}, {"wall_s", run_.wall_s}};
+    json results = {{"valid_loss", run_.best_valid},
+                    {"valid_ppl", std::exp(run_.best_valid)},
+                    {"updates", run_.step},
+                    {"wall_s", run_.wall_s}};
     if (!test_ids_.empty()) {
       const int64_t B = o_.test_sequential ? 1 : (o_.eval_batch > 0 ? o_.eval_batch : o_.batch);
       const auto t0 = Clock::now();
-      const StreamLoss t = evaluate_stream<Real>(*lm_, best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100), o_.test.string().c_str());
+      const StreamLoss t =
+          evaluate_stream<Real>(*lm_, best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100),
+                                o_.test.string().c_str());
       results["test_loss"] = t.mean();
       results["test_ppl"] = std::exp(t.mean());
       results["test_bpc"] = t.mean() / std::log(2.0);
       results["test_tokens"] = t.tokens;
       results["test_batch"] = B;
       results["test_wall_s"] = seconds_since(t0);
-      progress_.line(fmt::format("test (best model, batch {}): loss {:.4f}, ppl {:.2f}, bpc {:.4f} over {} tokens",
-                                 B, t.mean(), std::exp(t.mean()), t.mean() / std::log(2.0), t.tokens));
+      progress_.line(fmt::format(
+          "test (best model, batch {}): loss {:.4f}, ppl {:.2f}, bpc {:.4f} over {} tokens", B,
+          t.mean(), std::exp(t.mean()), t.mean() / std::log(2.0), t.tokens));
     }
     io_write_text(o_.out / "results.json", results.dump(2) + "\n");
   }
@@ -315,7 +371,8 @@ int run_training(const TrainOptions& opts) {
   if (!o.resume.empty()) {
     const fs::path ck = o.resume / "checkpoint.safetensors";
     if (!fs::exists(ck))
-      throw InputError(fmt::format("--resume {}: no checkpoint.safetensors there", o.resume.string()));
+      throw InputError(
+          fmt::format("--resume {}: no checkpoint.safetensors there", o.resume.string()));
     // The run continues with its own options; only how long it runs may change.
     std::string options_json;
     {

@@ -1,0 +1,194 @@
+// `lstmgrad train`, `eval`, `sample` end to end on small text the tests make themselves.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli_runner.hpp"
+#include "lstmgrad/model_io.hpp"
+#include "lstmgrad/safetensors.hpp"
+
+namespace lstmgrad::test {
+namespace {
+
+// A small text with structure to learn: a few phrases in a pseudo-random order.
+std::string phrases(int lines, unsigned seed) {
+  const char* words[] = {"the cat sat on the mat", "a dog ran in the park", "the bird sang at dawn",
+                         "a fox hid by the river"};
+  std::string s;
+  for (int k = 0; k < lines; ++k) {
+    seed = seed * 1103515245u + 12345u;
+    s += words[(seed >> 16) % 4];
+    s += "\n";
+  }
+  return s;
+}
+
+struct Corpus {
+  TempDir dir;
+  std::string train, valid;
+  Corpus() {
+    train = (dir / "train.txt").string(), valid = (dir / "valid.txt").string();
+    std::ofstream(train) << phrases(400, 1);
+    std::ofstream(valid) << phrases(60, 2);
+  }
+};
+
+std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+const std::string kShape = " --layers 1 --embed 16 --seq 20 --batch 8 --quiet";
+const std::string kSmall = " --level char --hidden 24" + kShape;
+
+TEST(TrainCli, LossFallsBelowThreshold) {
+  Corpus c;
+  const auto run = c.dir / "run";
+  const CliResult r = run_cli("train --train " + c.train + " --valid " + c.valid + kSmall +
+                              " --epochs 4 --optimizer adam --lr 0.01 --out " + run.string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto m = metrics(run);
+  ASSERT_EQ(m.size(), 4u);
+  // Uniform guessing over the 19 characters costs ln 19 = 2.94 nats; the phrases are nearly
+  // deterministic after their first letters, so a model that learns gets far below 1.2.
+  EXPECT_LT(m.back()["valid_loss"].get<double>(), 1.2) << m.back().dump();
+  EXPECT_LT(m.back()["train_loss"].get<double>(), m.front()["train_loss"].get<double>());
+  for (const char* key : {"epoch", "step", "lr", "train_loss", "valid_loss", "tokens_per_s"})
+    EXPECT_TRUE(m.back().contains(key)) << key;
+  for (const char* f : {"model.safetensors", "best.safetensors", "checkpoint.safetensors"})
+    EXPECT_TRUE(std::filesystem::exists(run / f)) << f;
+  const CliResult s = run_cli("sample --model " + (run / "best.safetensors").string() +
+                              " --prime 'the ' --length 40 --seed 3");
+  ASSERT_EQ(s.rc, 0) << s.err;
+  EXPECT_EQ(s.out.rfind("the ", 0), 0u) << s.out;
+  EXPECT_GE(s.out.size(), 44u);
+}
+
+// Reads every tensor's raw bytes, for bit-exact comparisons.
+std::map<std::string, std::vector<std::byte>> tensors(const std::filesystem::path& p) {
+  std::map<std::string, std::vector<std::byte>> out;
+  for (const io::Tensor& t : io::read_safetensors(p).tensors) out[t.name] = t.bytes;
+  return out;
+}
+
+TEST(TrainCli, ResumeIsBitIdenticalToAnUninterruptedRun) {
+  Corpus c;
+  const std::string common = "train --train " + c.train + " --valid " + c.valid + kSmall +
+                             " --epochs 3 --optimizer adam --lr 0.01 --dtype f64 --threads 1 " +
+                             "--clip 1 --plateau-decay 2";
+  const auto a = c.dir / "a", b = c.dir / "b";
+  ASSERT_EQ(run_cli(common + " --out " + a.string()).rc, 0);
+  // Interrupted twice: mid-epoch (update 7), then inside epoch 2, then run to the end.
+  const CliResult r1 = run_cli(common + " --out " + b.string() + " --max-steps 7");
+  ASSERT_EQ(r1.rc, 0) << r1.err;
+  const CliResult r2 = run_cli("train --resume " + b.string() + " --max-steps 60 --quiet");
+  ASSERT_EQ(r2.rc, 0) << r2.err;
+  const CliResult r3 = run_cli("train --resume " + b.string() + " --quiet");
+  ASSERT_EQ(r3.rc, 0) << r3.err;
+  EXPECT_EQ(tensors(a / "model.safetensors"), tensors(b / "model.safetensors"));
+  EXPECT_EQ(tensors(a / "checkpoint.safetensors"), tensors(b / "checkpoint.safetensors"));
+  const auto ma = metrics(a), mb = metrics(b);
+  EXPECT_EQ(ma.back()["valid_loss"], mb.back()["valid_loss"]);
+}
+
+TEST(TrainCli, SavedModelGivesTheSameOutputsWhenReadBack) {
+  Corpus c;
+  const auto run = c.dir / "run";
+  ASSERT_EQ(run_cli("train --train " + c.train + " --valid " + c.valid + kSmall +
+                    " --epochs 1 --optimizer adam --lr 0.01 --dtype f64 --out " + run.string())
+                .rc,
+            0);
+  // The last validation ran on the parameters model.safetensors holds, with batch 8, seq 20.
+  const CliResult e = run_cli("eval --json --batch 8 --seq 20 --dtype f64 --model " +
+                              (run / "model.safetensors").string() + " --data " + c.valid);
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const double loss = nlohmann::json::parse(e.out)["loss"].get<double>();
+  EXPECT_NEAR(loss, metrics(run).back()["valid_loss"].get<double>(), 1e-12);
+}
+
+TEST(TrainCli, KillingDuringCheckpointWritesLeavesAReadableCheckpoint) {
+  Corpus c;
+  const auto run = c.dir / "run";
+  const std::string args = "train --train " + c.train + " --level char --hidden 64" + kShape +
+                           " --epochs 50 --checkpoint-every 1 --out " + run.string();
+  ASSERT_EQ(run_cli(args + " --max-steps 2").rc, 0);  // a first checkpoint to protect
+  for (int k = 0; k < 12; ++k) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const std::string cmd = std::string(LSTMGRAD_CLI_PATH) + " train --resume " + run.string() +
+                              " --checkpoint-every 1 --quiet >/dev/null 2>&1";
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(40 + 23 * k));
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    // Whatever moment the kill hit, the checkpoint and the model read back whole.
+    EXPECT_NO_THROW(io::read_safetensors(run / "checkpoint.safetensors")) << "kill " << k;
+    EXPECT_NO_THROW(load_model<double>(run / "model.safetensors")) << "kill " << k;
+  }
+  // And the run goes on from there.
+  const auto state = nlohmann::json::parse(
+      io::read_safetensors(run / "checkpoint.safetensors").metadata.at("lstmgrad.run_state"));
+  const int64_t step = state["step"].get<int64_t>();
+  EXPECT_GT(step, 2);  // the killed processes made progress between kills
+  const CliResult r = run_cli("train --resume " + run.string() + " --quiet --max-steps " +
+                              std::to_string(step + 3));
+  EXPECT_EQ(r.rc, 0) << r.err;
+}
+
+void expect_one_line_error(const CliResult& r, const std::string& must, const std::string& what) {
+  EXPECT_NE(r.rc, 0) << what;
+  EXPECT_EQ(count_lines(r.err), 1u) << what << ": " << r.err;
+  EXPECT_NE(r.err.find(must), std::string::npos) << what << ": " << r.err;
+}
+
+TEST(TrainCli, BadInputGetsOneLineAndOverwritesNothing) {
+  Corpus c;
+  std::ofstream(c.dir / "empty.txt") << "";
+  std::ofstream(c.dir / "binary.txt", std::ios::binary) << std::string("ab\0cd\x01\x02", 7);
+  std::ofstream(c.dir / "short.txt") << "abc";
+  const std::string out = " --out " + (c.dir / "r").string();
+  auto train = [&](const std::string& file, const std::string& extra = " --level char") {
+    return run_cli("train --train " + (c.dir / file).string() + " --hidden 24" + kShape + extra +
+                   out);
+  };
+  expect_one_line_error(train("empty.txt"), "empty.txt", "empty file");
+  expect_one_line_error(train("binary.txt", " --level word"), "binary.txt", "binary file");
+  expect_one_line_error(train("short.txt"), "short.txt", "shorter than a window");
+  expect_one_line_error(train("train.txt", " --seq 0"), "--seq", "--seq 0");
+  expect_one_line_error(train("nope.txt"), "nope.txt", "missing file");
+  EXPECT_FALSE(std::filesystem::exists(c.dir / "r" / "model.safetensors"));
+
+  // A run that exists is not overwritten by a new one, and a corrupt checkpoint is refused.
+  const auto run = c.dir / "run";
+  ASSERT_EQ(run_cli("train --train " + c.train + kSmall + " --epochs 1 --out " + run.string()).rc,
+            0);
+  const std::string before = slurp(run / "model.safetensors");
+  expect_one_line_error(
+      run_cli("train --train " + c.train + kSmall + " --epochs 1 --out " + run.string()),
+      "already holds a training run", "existing run");
+  std::string ck = slurp(run / "checkpoint.safetensors");
+  ck.resize(ck.size() / 2);
+  std::ofstream(run / "checkpoint.safetensors", std::ios::binary | std::ios::trunc) << ck;
+  expect_one_line_error(run_cli("train --resume " + run.string()), "checkpoint.safetensors",
+                        "corrupt checkpoint");
+  EXPECT_EQ(slurp(run / "model.safetensors"), before);
+
+  // eval with a model whose vocabulary does not fit the data.
+  std::ofstream(c.dir / "other.txt") << "zebra quagga\n";
+  expect_one_line_error(run_cli("eval --model " + (run / "model.safetensors").string() +
+                                " --data " + (c.dir / "other.txt").string()),
+                        "other.txt", "vocabulary mismatch");
+}
+
+}  // namespace
+}  // namespace lstmgrad::test
