@@ -87,8 +87,7 @@ void register_train(CLI::App& app) {
     if (o->resume.empty() && o->train.empty())
       throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
     o->epochs_given = epochs->count() > 0;
-    o->threads = *threads;
-    set_threads(*threads);
+    o->threads = *threads;  // applied by the trainer (on --resume, the run's own by default)
     set_exit_code(run_training(*o));
   });
 }

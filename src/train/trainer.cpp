@@ -1,5 +1,7 @@
 // `lstmgrad train`: the training loop, its schedule, validation and checkpoints.
+#include <cblas.h>
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <chrono>
 #include <cmath>
@@ -62,6 +64,7 @@ TrainOptions options_from_json(const json& j) {
   o.init = j.at("init"), o.optimizer = j.at("optimizer"), o.loss = j.at("loss");
   o.dtype = j.at("dtype"), o.seed = j.at("seed"), o.eval_batch = j.at("eval_batch");
   o.test_sequential = j.at("test_sequential");
+  o.threads = j.value("threads", 0);
   return o;
 }
 
@@ -119,6 +122,10 @@ class Trainer {
   explicit Trainer(TrainOptions o) : o_(std::move(o)), progress_(o_.quiet) {}
 
   int run(const Checkpoint<Real>* resume) {
+    if (o_.threads > 0) {
+      openblas_set_num_threads(o_.threads);
+      omp_set_num_threads(o_.threads);
+    }
     load_data();
     if (resume) {
       restore(*resume);
@@ -388,7 +395,8 @@ int run_training(const TrainOptions& opts) {
     }
     stored.out = o.resume, stored.resume = o.resume;
     stored.max_steps = o.max_steps, stored.checkpoint_every = o.checkpoint_every;
-    stored.threads = o.threads, stored.quiet = o.quiet;
+    stored.quiet = o.quiet;
+    if (o.threads > 0) stored.threads = o.threads;  // else the run's own: results depend on it
     if (o.epochs_given) stored.epochs = o.epochs;
     o = stored;
     train::validate_options(o);
