@@ -5,9 +5,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <string>
+
+#include "temp_dir.hpp"
 
 namespace lstmgrad::test {
 
@@ -22,21 +23,6 @@ inline std::string slurp(const std::filesystem::path& p) {
   ss << in.rdbuf();
   return ss.str();
 }
-
-// A fresh empty folder under the system temp folder, removed when the object dies.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::random_device rd;
-    path = std::filesystem::temp_directory_path() / ("lstmgrad-test-" + std::to_string(rd()));
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::filesystem::path operator/(const std::string& name) const { return path / name; }
-};
 
 // `args` is appended to the binary's path as shell words (the tests quote what they pass).
 inline CliResult run_cli(const std::string& args) {

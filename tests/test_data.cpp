@@ -17,39 +17,16 @@
 
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using lstmgrad::InputError;
 using namespace lstmgrad::data;
 using namespace std::string_literals;
 
+using lstmgrad::test::TempDir;
+
 namespace {
-
-// A fresh folder under the system temp dir, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("lstmgrad_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  // Writes `bytes` to a file named `name` in the folder and returns its path.
-  fs::path file(const std::string& name, const std::string& bytes) const {
-    const fs::path p = dir_ / name;
-    std::ofstream out(p, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    return p;
-  }
-
- private:
-  fs::path dir_;
-};
 
 std::vector<std::string> tokens_of(const TrainingText& t) {
   std::vector<std::string> out;

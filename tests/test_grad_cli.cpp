@@ -105,7 +105,7 @@ TEST(GradCli, BadInputGetsOneLineNamingFileAndTensorAndNoOutput) {
     EXPECT_EQ(count_lines(r.err), 1u) << bc.what << ": " << r.err;
     EXPECT_NE(r.err.find(bc.must_name), std::string::npos) << bc.what << ": " << r.err;
     EXPECT_FALSE(std::filesystem::exists(out)) << bc.what;
-    for (const auto& e : std::filesystem::directory_iterator(dir.path))
+    for (const auto& e : std::filesystem::directory_iterator(dir.path()))
       EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
   }
 }

@@ -219,7 +219,7 @@ TEST(Graph, CliWithoutGraphvizFailsOnOneLineAndWritesNothing) {
   SKIP_WITHOUT_CLI();
   TempDir dir, empty;
   const std::filesystem::path out = dir / "f.svg";
-  const std::string cmd = "PATH='" + empty.path.string() + "' " + LSTMGRAD_CLI_PATH +
+  const std::string cmd = "PATH='" + empty.path().string() + "' " + LSTMGRAD_CLI_PATH +
                           " graph --format svg -o '" + out.string() + "' >'" +
                           (dir / "out").string() + "' 2>'" + (dir / "err").string() + "'";
   const int status = std::system(cmd.c_str());
@@ -232,11 +232,11 @@ TEST(Graph, CliWithoutGraphvizFailsOnOneLineAndWritesNothing) {
                        "graphviz); use --format dot"))
       << err;
   EXPECT_FALSE(std::filesystem::exists(out));
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path),
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()),
                           std::filesystem::directory_iterator{}),
             2);  // out and err: no output file, no temporary file
   // DOT needs no Graphviz.
-  const std::string dot_cmd = "PATH='" + empty.path.string() + "' " + LSTMGRAD_CLI_PATH +
+  const std::string dot_cmd = "PATH='" + empty.path().string() + "' " + LSTMGRAD_CLI_PATH +
                               " graph -o '" + (dir / "g.dot").string() + "' 2>/dev/null";
   EXPECT_EQ(std::system(dot_cmd.c_str()), 0);
   EXPECT_TRUE(std::filesystem::exists(dir / "g.dot"));

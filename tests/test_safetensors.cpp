@@ -18,39 +18,15 @@
 #include "lstmgrad/atomic_file.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/safetensors.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using lstmgrad::InputError;
 using namespace lstmgrad::io;
 
+using lstmgrad::test::TempDir;
+
 namespace {
-
-// A fresh folder under the system temp dir, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("lstmgrad_safetensors_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  fs::path operator/(const std::string& name) const { return dir_ / name; }
-  const fs::path& path() const { return dir_; }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  fs::path dir_;
-};
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "lstmgrad/autodiff.hpp"
+#include "splitmix.hpp"
 
 namespace {
 
@@ -21,20 +22,10 @@ using lstmgrad::ad::Var;
 
 constexpr double kTol = 1e-12;
 
-// A small deterministic generator (splitmix64), the same numbers on every platform.
-struct Rng {
-  uint64_t state;
-  double uniform(double lo, double hi) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return lo + (hi - lo) * static_cast<double>(z >> 11) * 0x1.0p-53;
-  }
+// Deterministic random tensors.
+struct Rng : lstmgrad::test::SplitMix {
   Tensor tensor(int64_t rows, int64_t cols, double lo, double hi) {
-    Tensor t(rows, cols);
-    for (double& x : t.v) x = uniform(lo, hi);
-    return t;
+    return Tensor(rows, cols, vec(static_cast<size_t>(rows * cols), lo, hi));
   }
 };
 

@@ -82,12 +82,12 @@ TEST(TrainCli, LossFallsBelowThreshold) {
     const io::Tensor* u = fb.find(t.name);
     if (!u) return ::testing::AssertionFailure() << "missing " << t.name;
     if (t.bytes != u->bytes) {
-      const auto x = io::to_floats<double>(t, a.string()), y = io::to_floats<double>(*u, b.string());
+      const auto x = io::to_floats<double>(t, a.string()),
+                 y = io::to_floats<double>(*u, b.string());
       for (size_t k = 0; k < x.size(); ++k)
         if (x[k] != y[k])
-          return ::testing::AssertionFailure()
-                 << t.name << "[" << k << "]: " << x[k] << " vs " << y[k] << " (diff "
-                 << x[k] - y[k] << ")";
+          return ::testing::AssertionFailure() << t.name << "[" << k << "]: " << x[k] << " vs "
+                                               << y[k] << " (diff " << x[k] - y[k] << ")";
     }
   }
   return ::testing::AssertionSuccess();
