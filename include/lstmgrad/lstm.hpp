@@ -8,6 +8,7 @@
 // inside the loop, and the arena only grows when a larger batch arrives.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -16,10 +17,24 @@
 
 namespace lstmgrad {
 
+namespace cpu {
+template <class Real>
+class LstmStack;  // src/cpu/lstm_stack.hpp
+}
+
 template <class Real>
 class LanguageModel {
  public:
   explicit LanguageModel(const ModelConfig& cfg);
+  ~LanguageModel();
+  LanguageModel(LanguageModel&&) noexcept;
+  LanguageModel& operator=(LanguageModel&&) noexcept;
+
+  // Threads for forward and backward (the engine's own team; the BLAS runs one thread inside
+  // it). 0, the default: up to omp_get_max_threads(), fewer where the shapes are too small to
+  // share. float64 results are bit-identical for every thread count.
+  void set_threads(int n);
+  int threads() const;
 
   const ModelConfig& config() const { return cfg_; }
 
@@ -37,7 +52,7 @@ class LanguageModel {
   std::span<const Real> h_n() const { return h_n_; }  // [L,B,H] final hidden state
   std::span<const Real> s_n() const { return s_n_; }  // [L,B,H] final cell state
   std::span<const Real> probs() const;                // [T,B,V] p of the last forward
-  size_t arena_bytes() const { return arena_.size() * sizeof(Real); }
+  size_t arena_bytes() const;
 
  private:
   void reserve(int64_t T, int64_t B);
@@ -47,19 +62,16 @@ class LanguageModel {
   int64_t T_ = 0, B_ = 0;        // shape of the last forward
   int64_t capT_ = 0, capB_ = 0;  // shape the arena is sized for (T*B positions, B rows)
   Reduction red_ = Reduction::mean;
-  std::vector<Real> arena_;      // every activation and scratch buffer, carved below
+  int threads_ = 0;
+  std::unique_ptr<cpu::LstmStack<Real>> stack_;  // the layers' activations and thread team
+  std::vector<Real> arena_;      // the buffers below, carved from one allocation
   std::vector<Real> h_n_, s_n_;  // [L,B,H]
+  std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
   struct Buffers {
-    Real* x0;                  // [T,B,X] embedded input (embedding only)
-    std::vector<Real*> gates;  // per layer [T,B,4H]: pre-activations, then i, f, a, o
-    std::vector<Real*> hseq;   // per layer [T+1,B,H]: h0, h_1 .. h_T
-    std::vector<Real*> sseq;   // per layer [T+1,B,H]: s0, s_1 .. s_T
-    Real* probs;               // [T,B,V] logits, then p, then dL/dlogits
-    Real* dz;                  // [T,B,4H] pre-activation gradients of one layer
-    Real* dh_a;                // [T,B,max(X,H)] gradient flowing down the stack (ping)
-    Real* dh_b;                // [T,B,max(X,H)] (pong)
-    Real* dh_rec;              // [B,H] dL/dh_{t-1} through the recurrence
-    Real* ds;                  // [B,H] dL/ds carried through time
+    Real* x0;     // [T,B,X] embedded input (embedding only)
+    Real* probs;  // [T,B,V] logits, then p, then dL/dlogits
+    Real* dh;     // [T,B,H] dL/dh of the top layer (linear readout)
+    Real* dx0;    // [T,B,X] dL/dx of the embedded input (embedding only)
   } buf_{};
 };
 

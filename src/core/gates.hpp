@@ -1,6 +1,15 @@
 // The fused element-wise gate math of one LSTM step, shared by the cell and the layer.
-// Equations: docs/derivation.md, "One step". Gate blocks in a row of z: [i | f | a | o], H each.
+// Equations: docs/derivation.md, "One step". Gate blocks in a row of z: [i | f | a | o], n each.
+//
+// Two versions of the nonlinearities: std::exp / std::tanh (any Real; float64 is the exact
+// reference every other path is tested against) and fast_exp / fast_sigmoid / fast_tanh for
+// float32 only, written so that the compiler vectorises them (src/cpu/fast_gates.cpp builds
+// AVX-512, AVX2 and baseline clones and picks one at run time). Their error, measured over the
+// whole float range in tests/test_fastmath.cpp: fast_exp <= 2 ulp relative, fast_sigmoid and
+// fast_tanh <= 2.5e-7 absolute (float32 itself resolves 6e-8 near 1).
 #pragma once
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 
@@ -11,39 +20,79 @@ inline Real sigmoid(Real v) {
   return Real(1) / (Real(1) + std::exp(-v));
 }
 
-// z [B,4H]: in, pre-activations (V x + U h_prev + b); out, activations i, f, a, o (saved for
-// backward). s_prev [B,H] in; s [B,H], h [B,H] out.
+// e^x for float: x = k ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes expf's
+// coefficients), 2^k built in the exponent bits. x is clamped to [-87, 88] (no inf, no denormal).
+inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;            // x - k ln2, two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(k) + 127) << 23);
+}
+
+inline float fast_sigmoid(float x) {
+  return 1.0f / (1.0f + fast_exp(-x));
+}
+
+// tanh x = 1 - 2 / (e^{2x} + 1): absolute error <= 2.5e-7 (tested), exactly +-1 for large |x|.
+inline float fast_tanh(float x) {
+  return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
+}
+
+// A slice of n hidden units (a thread's share, or all H). z: B rows with stride ldz, each holding
+// the four gates' n pre-activations (V x + U h_prev) at z, z + gs, z + 2 gs, z + 3 gs (gs = H in
+// a [B,4H] row); `bias` (same offsets, may be null) is added. Out: the activations i, f, a, o,
+// saved for backward. s_prev [B,n] in; s [B,n], h [B,n] out; state rows have stride ld.
 template <class Real>
-inline void gates_forward(Real* z, Real* s, Real* h, const Real* s_prev, int64_t B, int64_t H) {
+inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Real* s, Real* h,
+                          const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r) {
-    Real* zi = z + r * 4 * H;
-    Real* zf = zi + H;
-    Real* za = zi + 2 * H;
-    Real* zo = zi + 3 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const Real i = sigmoid(zi[j]), f = sigmoid(zf[j]), a = std::tanh(za[j]), o = sigmoid(zo[j]);
-      const Real sv = i * a + f * s_prev[r * H + j];  // s = i * a + f * s_prev
+    Real* zi = z + r * ldz;
+    Real* zf = zi + gs;
+    Real* za = zi + 2 * gs;
+    Real* zo = zi + 3 * gs;
+    const Real* sp = s_prev + r * ld;
+    Real* sr = s + r * ld;
+    Real* hr = h + r * ld;
+    for (int64_t j = 0; j < n; ++j) {
+      Real pi = zi[j], pf = zf[j], pa = za[j], po = zo[j];
+      if (bias) pi += bias[j], pf += bias[gs + j], pa += bias[2 * gs + j], po += bias[3 * gs + j];
+      const Real i = sigmoid(pi), f = sigmoid(pf), a = std::tanh(pa), o = sigmoid(po);
+      const Real sv = i * a + f * sp[j];  // s = i * a + f * s_prev
       zi[j] = i, zf[j] = f, za[j] = a, zo[j] = o;
-      s[r * H + j] = sv;
-      h[r * H + j] = o * std::tanh(sv);  // h = o * tanh(s)
+      sr[j] = sv;
+      hr[j] = o * std::tanh(sv);  // h = o * tanh(s)
     }
   }
 }
 
-// Backward of gates_forward. dh = dh_out + dh_rec (from the readout or the layer above, and from
-// step t+1); ds [B,H] in: the gradient carried from step t+1 (ds_{t+1} * f_{t+1}); out: ds_prev,
-// the gradient for s_prev (may be the same buffer). dz [B,4H] out: pre-activation gradients.
-// dh_out may be null (no gradient from outside at this step).
+// The dense layout: z [B,4H], states [B,H].
 template <class Real>
-inline void gates_backward(Real* dz, Real* ds, const Real* dh_out, const Real* dh_rec,
-                           const Real* gates, const Real* s, const Real* s_prev, int64_t B,
-                           int64_t H) {
+inline void gates_forward(Real* z, Real* s, Real* h, const Real* s_prev, int64_t B, int64_t H) {
+  gates_forward(z, 4 * H, H, static_cast<const Real*>(nullptr), s, h, s_prev, H, B, H);
+}
+
+// Backward of gates_forward. dh = dh_out + dh_rec (from the readout or the layer above, and from
+// step t+1); ds in: the gradient carried from step t+1 (ds_{t+1} * f_{t+1}); out: ds_prev, the
+// gradient for s_prev (may be the same buffer). dz out: pre-activation gradients, laid out like
+// gates (stride ldz, gate blocks gs apart). dh_out may be null (no gradient from outside at this
+// step). States, ds, dh_out and dh_rec have row stride ld.
+template <class Real>
+inline void gates_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_out,
+                           const Real* dh_rec, const Real* gates, const Real* s,
+                           const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r) {
-    const Real* g = gates + r * 4 * H;
-    Real* d = dz + r * 4 * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const int64_t k = r * H + j;
-      const Real i = g[j], f = g[H + j], a = g[2 * H + j], o = g[3 * H + j];
+    const Real* g = gates + r * ldz;
+    Real* d = dz + r * ldz;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t k = r * ld + j;
+      const Real i = g[j], f = g[gs + j], a = g[2 * gs + j], o = g[3 * gs + j];
       const Real dh = (dh_out ? dh_out[k] : Real(0)) + dh_rec[k];
       const Real ts = std::tanh(s[k]);
       const Real dst = ds[k] + dh * o * (Real(1) - ts * ts);  // h = o * tanh(s)
@@ -51,12 +100,20 @@ inline void gates_backward(Real* dz, Real* ds, const Real* dh_out, const Real* d
       // s = i * a + f * s_prev
       const Real di = dst * a, da = dst * i, df = dst * s_prev[k];
       d[j] = di * i * (Real(1) - i);           // i = sigmoid(z_i)
-      d[H + j] = df * f * (Real(1) - f);       // f = sigmoid(z_f)
-      d[2 * H + j] = da * (Real(1) - a * a);   // a = tanh(z_a)
-      d[3 * H + j] = d_o * o * (Real(1) - o);  // o = sigmoid(z_o)
+      d[gs + j] = df * f * (Real(1) - f);       // f = sigmoid(z_f)
+      d[2 * gs + j] = da * (Real(1) - a * a);   // a = tanh(z_a)
+      d[3 * gs + j] = d_o * o * (Real(1) - o);  // o = sigmoid(z_o)
       ds[k] = dst * f;
     }
   }
+}
+
+// The dense layout: dz, gates [B,4H], the rest [B,H].
+template <class Real>
+inline void gates_backward(Real* dz, Real* ds, const Real* dh_out, const Real* dh_rec,
+                           const Real* gates, const Real* s, const Real* s_prev, int64_t B,
+                           int64_t H) {
+  gates_backward(dz, 4 * H, H, ds, dh_out, dh_rec, gates, s, s_prev, H, B, H);
 }
 
 }  // namespace lstmgrad::core

@@ -27,6 +27,23 @@ inline void gemm(Tr ta, Tr tb, int64_t M, int64_t N, int64_t K, double alpha, co
               C, static_cast<int>(ldc));
 }
 
+// Sets the BLAS's thread count for a scope and restores it after (OpenBLAS's own threads are
+// used for the large GEMMs outside the engine's thread team; inside the team it runs one thread).
+class BlasThreads {
+ public:
+  explicit BlasThreads(int n) : saved_(openblas_get_num_threads()) {
+    if (n != saved_) openblas_set_num_threads(n);
+  }
+  ~BlasThreads() {
+    if (openblas_get_num_threads() != saved_) openblas_set_num_threads(saved_);
+  }
+  BlasThreads(const BlasThreads&) = delete;
+  BlasThreads& operator=(const BlasThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
 // Leading dimension of op(A) [rows, cols] stored row-major.
 inline int64_t ld_of(Tr t, int64_t rows, int64_t cols) {
   return t == Tr::N ? cols : rows;

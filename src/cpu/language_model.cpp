@@ -1,8 +1,10 @@
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 
 #include "cpu/blas.hpp"
-#include "cpu/lstm_layer.hpp"
+#include "cpu/lstm_stack.hpp"
 #include "lstmgrad/loss.hpp"
 #include "lstmgrad/lstm.hpp"
 
@@ -31,14 +33,17 @@ Real loss_scale(Reduction red, int64_t T, int64_t B) {
   return Real(1);
 }
 
-// The initial state of layer k: rows of h0/s0 [L,B,H], or zeros when not given.
 template <class Real>
-void load_state(Real* dst, const std::vector<Real>& src, int64_t k, int64_t B, int64_t H) {
-  if (src.empty()) {
-    std::fill(dst, dst + B * H, Real(0));
-  } else {
-    std::copy_n(src.data() + k * B * H, B * H, dst);
+std::vector<cpu::LayerWeights<Real>> layer_weights(const ModelConfig& cfg,
+                                                   const std::vector<ParamInfo>& layout,
+                                                   const Real* P) {
+  std::vector<cpu::LayerWeights<Real>> w;
+  for (int64_t k = 0; k < cfg.L; ++k) {
+    const size_t s = layer_slot(cfg, k);
+    w.push_back({P + layout[s].offset, P + layout[s + 1].offset, P + layout[s + 2].offset,
+                 P + layout[s + 3].offset});
   }
+  return w;
 }
 
 }  // namespace
@@ -47,20 +52,42 @@ template <class Real>
 LanguageModel<Real>::LanguageModel(const ModelConfig& cfg)
     : cfg_(cfg), layout_(parameter_layout(cfg)) {
   validate_config(cfg_);
+  stack_ = std::make_unique<cpu::LstmStack<Real>>(cfg_.X, cfg_.H, cfg_.L);
+}
+
+template <class Real>
+LanguageModel<Real>::~LanguageModel() = default;
+template <class Real>
+LanguageModel<Real>::LanguageModel(LanguageModel&&) noexcept = default;
+template <class Real>
+LanguageModel<Real>& LanguageModel<Real>::operator=(LanguageModel&&) noexcept = default;
+
+template <class Real>
+void LanguageModel<Real>::set_threads(int n) {
+  threads_ = n;
+  stack_->set_threads(n);
+}
+
+template <class Real>
+int LanguageModel<Real>::threads() const {
+  return threads_ > 0 ? threads_ : omp_get_max_threads();
+}
+
+template <class Real>
+size_t LanguageModel<Real>::arena_bytes() const {
+  return arena_.size() * sizeof(Real) + stack_->arena_bytes();
 }
 
 template <class Real>
 void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
-  if (T <= capT_ && B <= capB_) return;
-  capT_ = std::max(T, capT_);
-  capB_ = std::max(B, capB_);
-  const int64_t N = capT_ * capB_, H = cfg_.H, G = 4 * H, X = cfg_.X, L = cfg_.L;
-  const int64_t S = (capT_ + 1) * capB_ * H;  // a state sequence h0..h_T
-  const int64_t W = std::max(X, H);
+  if (T * B <= capT_ * capB_) return;
+  capT_ = T, capB_ = B;
+  const int64_t N = T * B, X = cfg_.X;
   const bool emb = cfg_.input == InputKind::embedding;
-  const size_t total = static_cast<size_t>((emb ? N * X : 0) + L * (N * G + 2 * S) + N * cfg_.V +
-                                           N * G + 2 * N * W + 2 * capB_ * H);
-  arena_.assign(total, Real(0));
+  const bool lin = cfg_.readout == Readout::linear;
+  // Sized once: nothing is allocated again while the batch shape stays.
+  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) + N * cfg_.V + (lin ? N * cfg_.H : 0)),
+                Real(0));
   Real* p = arena_.data();
   auto carve = [&p](int64_t n) {
     Real* q = p;
@@ -68,18 +95,9 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
     return q;
   };
   buf_.x0 = emb ? carve(N * X) : nullptr;
-  buf_.gates.resize(L), buf_.hseq.resize(L), buf_.sseq.resize(L);
-  for (int64_t k = 0; k < L; ++k) {
-    buf_.gates[k] = carve(N * G);
-    buf_.hseq[k] = carve(S);
-    buf_.sseq[k] = carve(S);
-  }
+  buf_.dx0 = emb ? carve(N * X) : nullptr;
   buf_.probs = carve(N * cfg_.V);
-  buf_.dz = carve(N * G);
-  buf_.dh_a = carve(N * W);
-  buf_.dh_b = carve(N * W);
-  buf_.dh_rec = carve(capB_ * H);
-  buf_.ds = carve(capB_ * H);
+  buf_.dh = lin ? carve(N * cfg_.H) : nullptr;
 }
 
 template <class Real>
@@ -91,91 +109,128 @@ template <class Real>
 double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Real>& batch,
                                     Reduction red) {
   const int64_t T = batch.T, B = batch.B, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
+  const int P_threads = threads_ > 0 ? threads_ : cpu::team_size_for(
+      2.0 * static_cast<double>(N) * static_cast<double>(V * H), omp_get_max_threads());
   reserve(T, B);
   T_ = T, B_ = B, red_ = red;
   const Real* P = params.data();
   const Real* x = batch.dense.data();
   if (cfg_.input == InputKind::embedding) {  // x_t = encoder.weight[token]
     const Real* E = P + layout_[0].offset;
-    for (int64_t r = 0; r < N; ++r) std::copy_n(E + batch.tokens[r] * X, X, buf_.x0 + r * X);
+    Real* x0 = buf_.x0;
+    const int64_t* tok = batch.tokens.data();
+#pragma omp parallel for num_threads(P_threads) schedule(static)
+    for (int64_t r = 0; r < N; ++r) std::copy_n(E + tok[r] * X, X, x0 + r * X);
     x = buf_.x0;
   }
+  const auto w = layer_weights(cfg_, layout_, P);
+  stack_->forward(x, w.data(), batch.h0.empty() ? nullptr : batch.h0.data(),
+                  batch.s0.empty() ? nullptr : batch.s0.data(), T, B);
   h_n_.resize(static_cast<size_t>(cfg_.L * B * H));
   s_n_.resize(h_n_.size());
   for (int64_t k = 0; k < cfg_.L; ++k) {
-    const size_t slot = layer_slot(cfg_, k);
-    const cpu::LayerWeights<Real> w{P + layout_[slot].offset, P + layout_[slot + 1].offset,
-                                    P + layout_[slot + 2].offset, P + layout_[slot + 3].offset};
-    const cpu::LayerSaved<Real> saved{buf_.gates[k], buf_.hseq[k], buf_.sseq[k]};
-    load_state(saved.hseq, batch.h0, k, B, H);
-    load_state(saved.sseq, batch.s0, k, B, H);
-    cpu::layer_forward(saved, x, w, T, B, k == 0 ? X : H, H);
-    std::copy_n(saved.hseq + T * B * H, B * H, h_n_.data() + k * B * H);
-    std::copy_n(saved.sseq + T * B * H, B * H, s_n_.data() + k * B * H);
-    x = saved.hseq + B * H;  // h_1 .. h_T [T,B,H] feed the next layer
+    std::copy_n(stack_->h_last(k), B * H, h_n_.data() + k * B * H);
+    std::copy_n(stack_->s_last(k), B * H, s_n_.data() + k * B * H);
   }
+  const Real* top = stack_->output();
   Real* logits = buf_.probs;
-  if (cfg_.readout == Readout::linear) {  // logits = h W^T + c
-    const size_t d = layout_.size() - 2;
-    const Real* c = P + layout_[d + 1].offset;
-    for (int64_t r = 0; r < N; ++r) std::copy_n(c, V, logits + r * V);
-    gemm(Tr::N, Tr::T, N, V, H, Real(1), x, H, P + layout_[d].offset, H, Real(1), logits, V);
-  } else {  // logits = h
-    std::copy_n(x, N * V, logits);
-  }
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
-  const double sum = softmax_xent_forward(logits, logits, y_probs, y_class, N, V);
+  const bool lin = cfg_.readout == Readout::linear;
+  const size_t d = layout_.size() - 2;
+  row_loss_.resize(static_cast<size_t>(N));
+  double* row_loss = row_loss_.data();
+  cpu::BlasThreads one(1);
+  // Each thread its share of the rows: logits = h W^T + c (or h), then the softmax. Every row
+  // is computed alike whatever the team size (bit-identical float64 for any thread count).
+#pragma omp parallel num_threads(P_threads)
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
+    if (lin) {
+      const Real* c = P + layout_[d + 1].offset;
+      for (int64_t r = r0; r < r1; ++r) std::copy_n(c, V, logits + r * V);
+      if (r1 > r0)
+        gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H, P + layout_[d].offset, H,
+             Real(1), logits + r0 * V, V);
+    } else {
+      std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
+    }
+    for (int64_t r = r0; r < r1; ++r)
+      row_loss[r] = softmax_xent_forward(logits + r * V, logits + r * V,
+                                         y_probs ? y_probs + r * V : nullptr,
+                                         y_class ? y_class + r : nullptr, 1, V);
+  }
+  double sum = 0;
+  for (int64_t r = 0; r < N; ++r) sum += row_loss[r];  // in row order: reproducible
   return sum * static_cast<double>(loss_scale<Real>(red, T, B));
 }
 
 template <class Real>
 void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> params,
                                    const Batch<Real>& batch, Real* dinput, Real* dh0, Real* ds0) {
-  const int64_t T = T_, B = B_, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V, L = cfg_.L;
+  const int64_t T = T_, B = B_, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
+  const int P_threads = threads_ > 0 ? threads_ : cpu::team_size_for(
+      2.0 * static_cast<double>(N) * static_cast<double>(V * H), omp_get_max_threads());
   const Real* P = params.data();
   Real* D = grad.data();
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
+  const Real scale = loss_scale<Real>(red_, T, B);
   Real* dlogits = buf_.probs;  // dL/dlogits = scale * (p - y), in place over p
-  softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, loss_scale<Real>(red_, T, B), N, V);
-  const Real* top = buf_.hseq[L - 1] + B * H;  // h_1 .. h_T of the top layer
-  const Real* dh_out = dlogits;                // identity readout: dL/dh = dL/dlogits
+  const Real* dh_top = dlogits;  // identity readout: dL/dh = dL/dlogits
   if (cfg_.readout == Readout::linear) {
+    // p - y in place; the scale goes into the GEMMs' alpha (one pass over [N,V] saved). For class
+    // targets p - y touches one entry per row.
+    if (y_class) {
+      for (int64_t r = 0; r < N; ++r) dlogits[r * V + y_class[r]] -= Real(1);
+    } else {
+      softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, Real(1), N, V);
+    }
     const size_t d = layout_.size() - 2;
-    gemm(Tr::T, Tr::N, V, H, N, Real(1), dlogits, V, top, H, Real(1), D + layout_[d].offset, H);
+    const Real* top = stack_->output();
+    const Real* Wd = P + layout_[d].offset;
+    Real* dWd = D + layout_[d].offset;
     Real* dc = D + layout_[d + 1].offset;
-    for (int64_t r = 0; r < N; ++r)
-      for (int64_t v = 0; v < V; ++v) dc[v] += dlogits[r * V + v];
-    gemm(Tr::N, Tr::N, N, H, V, Real(1), dlogits, V, P + layout_[d].offset, H, Real(0), buf_.dh_a,
-         H);  // dh = dlogits W
-    dh_out = buf_.dh_a;
+    Real* dh = buf_.dh;
+    cpu::BlasThreads one(1);
+#pragma omp parallel num_threads(P_threads)
+    {
+      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t v0 = cpu::split_edge(V, id, nt), v1 = cpu::split_edge(V, id + 1, nt);
+      const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
+      // logits = h W^T + c: dc += scale * column sums of (p - y), dW += scale (p - y)^T h.
+      for (int64_t r = 0; r < N; ++r) {
+        const Real* row = dlogits + r * V;
+        for (int64_t v = v0; v < v1; ++v) dc[v] += scale * row[v];
+      }
+      if (v1 > v0)
+        gemm(Tr::T, Tr::N, v1 - v0, H, N, scale, dlogits + v0, V, top, H, Real(1), dWd + v0 * H,
+             H);
+      if (r1 > r0)  // dh = scale (p - y) W
+        gemm(Tr::N, Tr::N, r1 - r0, H, V, scale, dlogits + r0 * V, V, Wd, H, Real(0),
+             dh + r0 * H, H);
+    }
+    dh_top = buf_.dh;
+  } else {
+    softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, scale, N, V);
   }
-  Real* dx_buf = dh_out == buf_.dh_a ? buf_.dh_b : buf_.dh_a;
   const bool emb = cfg_.input == InputKind::embedding;
-  for (int64_t k = L - 1; k >= 0; --k) {
-    const size_t slot = layer_slot(cfg_, k);
-    const cpu::LayerWeights<Real> w{P + layout_[slot].offset, P + layout_[slot + 1].offset,
-                                    P + layout_[slot + 2].offset, P + layout_[slot + 3].offset};
-    const cpu::LayerGrads<Real> g{D + layout_[slot].offset, D + layout_[slot + 1].offset,
-                                  D + layout_[slot + 2].offset, D + layout_[slot + 3].offset};
-    const cpu::LayerSaved<Real> saved{buf_.gates[k], buf_.hseq[k], buf_.sseq[k]};
-    const Real* x = k > 0 ? buf_.hseq[k - 1] + B * H : emb ? buf_.x0 : batch.dense.data();
-    Real* dx = k > 0 || emb ? dx_buf : dinput;
-    std::fill_n(buf_.dh_rec, B * H, Real(0));  // nothing flows back from h_T, s_T
-    std::fill_n(buf_.ds, B * H, Real(0));
-    cpu::layer_backward(dx, g, buf_.dz, buf_.dh_rec, buf_.ds, dh_out, saved, x, w, T, B,
-                        k == 0 ? X : H, H);
-    if (dh0) std::copy_n(buf_.dh_rec, B * H, dh0 + k * B * H);
-    if (ds0) std::copy_n(buf_.ds, B * H, ds0 + k * B * H);
-    dh_out = dx;
-    dx_buf = dx == buf_.dh_a ? buf_.dh_b : buf_.dh_a;
+  const auto w = layer_weights(cfg_, layout_, P);
+  std::vector<cpu::LayerGrads<Real>> g;
+  for (int64_t k = 0; k < cfg_.L; ++k) {
+    const size_t s = layer_slot(cfg_, k);
+    g.push_back({D + layout_[s].offset, D + layout_[s + 1].offset, D + layout_[s + 2].offset,
+                 D + layout_[s + 3].offset});
   }
-  if (emb) {  // x_t = encoder.weight[token]: scatter-add the rows of dx
+  const Real* x = emb ? buf_.x0 : batch.dense.data();
+  stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
+  if (emb) {  // x_t = encoder.weight[token]: scatter-add the rows of dx (only the rows used)
     Real* dE = D + layout_[0].offset;
     for (int64_t r = 0; r < N; ++r) {
       Real* row = dE + batch.tokens[r] * X;
-      for (int64_t j = 0; j < X; ++j) row[j] += dh_out[r * X + j];
+      const Real* src = buf_.dx0 + r * X;
+      for (int64_t j = 0; j < X; ++j) row[j] += src[j];
     }
   }
 }

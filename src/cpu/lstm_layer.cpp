@@ -1,60 +1,129 @@
 #include "cpu/lstm_layer.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/gates.hpp"
 #include "cpu/blas.hpp"
+#include "cpu/fast_gates.hpp"
 
 namespace lstmgrad::cpu {
 
+namespace {
+
+// float32 takes the vectorised kernels; float64 stays the std:: reference.
+template <class Real>
+void step_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Real* s, Real* h,
+                  const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
+  if constexpr (std::is_same_v<Real, float>) {
+    fast_gates_forward(z, ldz, gs, bias, s, h, s_prev, ld, B, n);
+  } else {
+    core::gates_forward(z, ldz, gs, bias, s, h, s_prev, ld, B, n);
+  }
+}
+
+template <class Real>
+void step_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_out,
+                   const Real* dh_rec, const Real* gates, const Real* s, const Real* s_prev,
+                   int64_t ld, int64_t B, int64_t n) {
+  if constexpr (std::is_same_v<Real, float>) {
+    fast_gates_backward(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, ld, B, n);
+  } else {
+    core::gates_backward(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, ld, B, n);
+  }
+}
+
+}  // namespace
+
+TeamSlice team_slice(int id, int size, int64_t H) {
+  return {id, size, split_edge(H, id, size), split_edge(H, id + 1, size)};
+}
+
+template <class Real>
+void layer_pack(const LayerSaved<Real>& saved, const LayerWeights<Real>& w, const TeamSlice& ts,
+                int64_t H) {
+  for (int64_t q = 0; q < 4; ++q)
+    for (int64_t j = q * H + ts.j0; j < q * H + ts.j1; ++j) saved.bias[j] = w.b_ih[j] + w.b_hh[j];
+}
+
 template <class Real>
 void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeights<Real>& w,
-                   int64_t T, int64_t B, int64_t I, int64_t H) {
-  const int64_t G = 4 * H, N = T * B;
+                   const TeamSlice& ts, int64_t T, int64_t B, int64_t I, int64_t H) {
+  const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
   Real* z = saved.gates;
-  // z = x W_ih^T + b_ih + b_hh for all T*B positions at once (the hoisted input projection).
-  for (int64_t k = 0; k < G; ++k) z[k] = w.b_ih[k] + w.b_hh[k];
-  for (int64_t r = 1; r < N; ++r) std::copy(z, z + G, z + r * G);
-  gemm(Tr::N, Tr::T, N, G, I, Real(1), x, I, w.W_ih, I, Real(1), z, G);
+  // z = x W_ih^T for all T*B positions at once (the hoisted input projection), this thread's
+  // rows; the bias is added in the gate pass.
+  const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+  if (r1 > r0) gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0),
+                    z + r0 * G, G);
+#pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
     Real* zt = z + t * B * G;
     const Real* h_prev = saved.hseq + t * B * H;
-    gemm(Tr::N, Tr::T, B, G, H, Real(1), h_prev, H, w.W_hh, H, Real(1), zt, G);  // z += h U^T
-    core::gates_forward(zt, saved.sseq + (t + 1) * B * H, saved.hseq + (t + 1) * B * H,
-                        saved.sseq + t * B * H, B, H);
+    if (n > 0) {
+      for (int64_t q = 0; q < 4; ++q)  // z_q += h_prev U_q^T, this thread's units
+        gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
+             zt + q * H + j0, G);
+      step_forward(zt + j0, G, H, saved.bias + j0, saved.sseq + (t + 1) * B * H + j0,
+                   saved.hseq + (t + 1) * B * H + j0, saved.sseq + t * B * H + j0, H, B, n);
+    }
+#pragma omp barrier  // h_t complete before any thread's next GEMM reads it
   }
 }
 
 template <class Real>
 void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec, Real* ds,
                     const Real* dh_out, const LayerSaved<Real>& saved, const Real* x,
-                    const LayerWeights<Real>& w, int64_t T, int64_t B, int64_t I, int64_t H) {
-  const int64_t G = 4 * H, N = T * B;
+                    const LayerWeights<Real>& w, const TeamSlice& ts, int64_t T, int64_t B,
+                    int64_t I, int64_t H) {
+  const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
   for (int64_t t = T - 1; t >= 0; --t) {
     Real* dzt = dz + t * B * G;
-    core::gates_backward(dzt, ds, dh_out + t * B * H, dh_rec, saved.gates + t * B * G,
-                         saved.sseq + (t + 1) * B * H, saved.sseq + t * B * H, B, H);
-    // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U.
-    gemm(Tr::N, Tr::N, B, H, G, Real(1), dzt, G, w.W_hh, H, Real(0), dh_rec, H);
+    if (n > 0)
+      step_backward(dzt + j0, G, H, ds + j0, dh_out ? dh_out + t * B * H + j0 : nullptr,
+                    dh_rec + j0, saved.gates + t * B * G + j0, saved.sseq + (t + 1) * B * H + j0,
+                    saved.sseq + t * B * H + j0, H, B, n);
+#pragma omp barrier  // dz_t complete before any thread's GEMM reads it
+    // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, this thread's columns.
+    if (n > 0)
+      gemm(Tr::N, Tr::N, B, n, G, Real(1), dzt, G, w.W_hh + j0, H, Real(0), dh_rec + j0, H);
   }
-  // Weight gradients over all steps at once: dW_ih += dz^T x, dW_hh += dz^T h_prev.
-  gemm(Tr::T, Tr::N, G, I, N, Real(1), dz, G, x, I, Real(1), g.dW_ih, I);
-  gemm(Tr::T, Tr::N, G, H, N, Real(1), dz, G, saved.hseq, H, Real(1), g.dW_hh, H);
+  // Weight gradients over all steps at once, this thread's rows of each gate:
+  // dW_ih += dz^T x, dW_hh += dz^T h_prev.
+  for (int64_t q = 0; q < 4 && n > 0; ++q) {
+    const int64_t row = q * H + j0;
+    gemm(Tr::T, Tr::N, n, I, N, Real(1), dz + row, G, x, I, Real(1), g.dW_ih + row * I, I);
+    gemm(Tr::T, Tr::N, n, H, N, Real(1), dz + row, G, saved.hseq, H, Real(1), g.dW_hh + row * H,
+         H);
+  }
   // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
-  for (int64_t r = 0; r < N; ++r) {
-    const Real* dzr = dz + r * G;
-    for (int64_t k = 0; k < G; ++k) g.db_ih[k] += dzr[k], g.db_hh[k] += dzr[k];
+  for (int64_t q = 0; q < 4 && n > 0; ++q) {
+    Real* db = saved.dbias + q * H + j0;
+    std::fill_n(db, n, Real(0));
+    for (int64_t r = 0; r < N; ++r) {
+      const Real* dzr = dz + r * G + q * H + j0;
+      for (int64_t k = 0; k < n; ++k) db[k] += dzr[k];
+    }
+    for (int64_t k = 0; k < n; ++k) g.db_ih[q * H + j0 + k] += db[k], g.db_hh[q * H + j0 + k] += db[k];
   }
-  if (dx) gemm(Tr::N, Tr::N, N, I, G, Real(1), dz, G, w.W_ih, I, Real(0), dx, I);  // dx = dz W_ih
+  if (dx) {  // dx = dz W_ih, this thread's rows (all of dz is complete: the last barrier above)
+    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+    if (r1 > r0)
+      gemm(Tr::N, Tr::N, r1 - r0, I, G, Real(1), dz + r0 * G, G, w.W_ih, I, Real(0), dx + r0 * I,
+           I);
+  }
 }
 
-#define LSTMGRAD_INSTANTIATE(Real)                                                               \
-  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                        \
-                                    const LayerWeights<Real>&, int64_t, int64_t, int64_t,        \
-                                    int64_t);                                                    \
-  template void layer_backward<Real>(                                                            \
-      Real*, const LayerGrads<Real>&, Real*, Real*, Real*, const Real*, const LayerSaved<Real>&, \
-      const Real*, const LayerWeights<Real>&, int64_t, int64_t, int64_t, int64_t);
+#define LSTMGRAD_INSTANTIATE(Real)                                                              \
+  template void layer_pack<Real>(const LayerSaved<Real>&, const LayerWeights<Real>&,           \
+                                 const TeamSlice&, int64_t);                                    \
+  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                       \
+                                    const LayerWeights<Real>&, const TeamSlice&, int64_t,       \
+                                    int64_t, int64_t, int64_t);                                 \
+  template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,       \
+                                     const Real*, const LayerSaved<Real>&, const Real*,         \
+                                     const LayerWeights<Real>&, const TeamSlice&, int64_t,      \
+                                     int64_t, int64_t, int64_t);
 LSTMGRAD_INSTANTIATE(float)
 LSTMGRAD_INSTANTIATE(double)
 #undef LSTMGRAD_INSTANTIATE

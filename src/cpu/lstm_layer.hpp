@@ -1,6 +1,14 @@
-// One LSTM layer scanned over T steps (PyTorch ATen's cell -> layer -> stack split).
+// One LSTM layer scanned over T steps (PyTorch ATen's cell -> layer -> stack split), run by a
+// team of threads that split the hidden units: thread p of P owns units [j0, j1) of every gate.
 // Sizes: T steps, B rows, I input width, H hidden width, G = 4H.
+//
+// Per step each thread runs its four gates' GEMMs (h_prev U_q^T for its units: 4 calls, the BLAS
+// on one thread) and its slice of the fused gate pass, then one barrier (h_t complete in forward,
+// dz_t complete in backward). The large GEMMs (input projection, dx) split the T*B rows; the
+// weight gradients split the weight rows. Every scalar is computed by the same BLAS call shape
+// whatever P is, so float64 results are bit-identical for any thread count (tested).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace lstmgrad::cpu {
@@ -25,21 +33,59 @@ struct LayerGrads {  // accumulated (+=)
 template <class Real>
 struct LayerSaved {
   Real* gates;  // [T,B,G] i, f, a, o after activation
+  Real* bias;   // [G] b_ih + b_hh (layer_pack)
+  Real* dbias;  // [G] scratch: the bias gradient of one backward
   Real* hseq;   // [T+1,B,H] h0 (filled by the caller), then h_1 .. h_T
   Real* sseq;   // [T+1,B,H] s0 (filled by the caller), then s_1 .. s_T
 };
 
-// x [T,B,I] in.
+// Boundary p of `total` split among `size` threads, on a multiple of 16 (0 and total at the ends).
+// The BLAS treats an edge of fewer rows or columns with other kernels (another order of the
+// same sums), so every boundary sits where a one-thread call would have a kernel edge too.
+inline int64_t split_edge(int64_t total, int p, int size) {
+  if (p <= 0) return 0;
+  if (p >= size) return total;
+  return std::min(total, (total * p / size + 8) / 16 * 16);
+}
+
+// The team size for work of `flops` between two barriers: one thread per ~2 MFLOP (tens of
+// microseconds), at most `max_threads`; tiny models run on one thread, where a barrier would
+// cost more than the step.
+inline int team_size_for(double flops, int max_threads) {
+  return std::max(1, std::min(max_threads, static_cast<int>(flops / 2e6)));
+}
+
+// This thread's share of the hidden units [j0, j1) (whole vectors for the gate pass too), and of
+// the rows [row0, row1) of N for the row-split GEMMs.
+struct TeamSlice {
+  int id = 0, size = 1;
+  int64_t j0 = 0, j1 = 0;  // hidden units [j0, j1)
+  int64_t n() const { return j1 - j0; }
+  int64_t row0(int64_t N) const { return split_edge(N, id, size); }
+  int64_t row1(int64_t N) const { return split_edge(N, id + 1, size); }
+};
+TeamSlice team_slice(int id, int size, int64_t H);
+
+// Every function below is called by every thread of the team (inside `omp parallel`), each with
+// its own slice; they synchronise with `omp barrier`.
+
+// saved.bias = b_ih + b_hh, this thread's units.
+template <class Real>
+void layer_pack(const LayerSaved<Real>& saved, const LayerWeights<Real>& w, const TeamSlice& ts,
+                int64_t H);
+
+// x [T,B,I] in (complete before the call).
 template <class Real>
 void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeights<Real>& w,
-                   int64_t T, int64_t B, int64_t I, int64_t H);
+                   const TeamSlice& ts, int64_t T, int64_t B, int64_t I, int64_t H);
 
 // dx [T,B,I] out (may be null: not needed); grads accumulated; dz [T,B,G] scratch;
 // dh_rec [B,H], ds [B,H]: in, dL/dh_T and dL/ds_T from outside (usually zeros); out, dL/dh0 and
-// dL/ds0. dh_out [T,B,H]: dL/dh_t from the readout or the layer above.
+// dL/ds0 (each thread its slice). dh_out [T,B,H]: dL/dh_t from the readout or the layer above.
 template <class Real>
 void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec, Real* ds,
                     const Real* dh_out, const LayerSaved<Real>& saved, const Real* x,
-                    const LayerWeights<Real>& w, int64_t T, int64_t B, int64_t I, int64_t H);
+                    const LayerWeights<Real>& w, const TeamSlice& ts, int64_t T, int64_t B,
+                    int64_t I, int64_t H);
 
 }  // namespace lstmgrad::cpu

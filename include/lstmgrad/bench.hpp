@@ -1,0 +1,50 @@
+// lstmgrad: the CPU benchmark behind `lstmgrad bench` (issue 5, docs/benchmarks.md).
+// Presets are the shapes of the PyTorch comparison in bench/torch_lstm.py; everything is float32.
+// GFLOP/s counts 2*4H*(in+H) per token per layer for the forward pass and three times that for
+// forward+backward; the LM step also counts the readout, 2*V*H per token, times three.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lstmgrad {
+
+struct BenchPreset {
+  std::string name;
+  int64_t T, B, X, H, L;
+  bool lm_step;  // the Zaremba presets also time the full language-model step (V = 10,000)
+};
+
+const std::vector<BenchPreset>& bench_presets();
+inline constexpr int64_t kBenchVocabulary = 10000;
+
+struct BenchOptions {
+  int threads = 2;  // engine team and BLAS threads
+  int warmup = 2;   // untimed runs first
+  int runs = 7;     // timed runs; the median is reported
+};
+
+struct BenchResult {
+  std::string preset, mode;  // mode: fwd, fwdbwd, lm_step
+  int threads = 0;
+  double ms = 0, tokens_per_s = 0, gflops = 0;
+  double peak_rss_mb = 0;  // the process's peak resident memory while this case ran
+};
+
+// mode: "fwd" (the stack), "fwdbwd" (the stack), "lm_step" (embedding, stack, readout, softmax
+// cross-entropy, backward, SGD update). Throws std::invalid_argument for an unknown mode.
+BenchResult run_bench(const BenchPreset& p, const std::string& mode, const BenchOptions& o);
+
+// The BLAS's sgemm alone: C[M,N] = A[M,K] B[K,N] with `threads` BLAS threads (GEMM ceiling).
+struct GemmResult {
+  int64_t M = 0, N = 0, K = 0;
+  int threads = 0;
+  double ms = 0, gflops = 0;
+};
+GemmResult run_gemm(int64_t M, int64_t N, int64_t K, const BenchOptions& o);
+
+// Peak resident memory of the process (VmHWM) in MiB, and its reset (/proc/self/clear_refs).
+double peak_rss_mb();
+void reset_peak_rss();
+
+}  // namespace lstmgrad

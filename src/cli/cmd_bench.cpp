@@ -1,0 +1,119 @@
+// `lstmgrad bench`: float32 speed of the LSTM stack (fwd, fwdbwd) and of the language-model step
+// (lm_step) on the presets of issue 5, and the BLAS's GEMM ceiling (--gemm). docs/benchmarks.md.
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "lstmgrad/bench.hpp"
+#include "lstmgrad/error.hpp"
+
+namespace lstmgrad::cli {
+
+namespace {
+
+struct BenchCliOptions {
+  BenchOptions o;
+  std::string preset, mode = "all";
+  bool json = false, gemm = false;
+};
+
+std::vector<BenchPreset> chosen_presets(const std::string& name) {
+  if (name.empty()) return bench_presets();
+  for (const BenchPreset& p : bench_presets())
+    if (p.name == name) return {p};
+  std::string names;
+  for (const BenchPreset& p : bench_presets()) names += (names.empty() ? "" : ", ") + p.name;
+  throw InputError("--preset: unknown preset '" + name + "' (one of " + names + ")");
+}
+
+void run_cases(const BenchCliOptions& a) {
+  nlohmann::json out = nlohmann::json::array();
+  if (!a.json)
+    fmt::print("{:<15} {:<8} {:>7} {:>10} {:>12} {:>9} {:>9}\n", "preset", "mode", "threads",
+               "ms", "tokens/s", "GFLOP/s", "peak MB");
+  for (const BenchPreset& p : chosen_presets(a.preset)) {
+    for (const std::string mode : {"fwd", "fwdbwd", "lm_step"}) {
+      if (a.mode != "all" && a.mode != mode) continue;
+      if (mode == "lm_step" && !p.lm_step) continue;
+      const BenchResult r = run_bench(p, mode, a.o);
+      if (a.json) {
+        out.push_back({{"preset", r.preset},
+                       {"mode", r.mode},
+                       {"threads", r.threads},
+                       {"ms", r.ms},
+                       {"tokens_per_s", r.tokens_per_s},
+                       {"gflops", r.gflops},
+                       {"peak_rss_mb", r.peak_rss_mb}});
+      } else {
+        fmt::print("{:<15} {:<8} {:>7} {:>10.2f} {:>12.0f} {:>9.1f} {:>9.1f}\n", r.preset, r.mode,
+                   r.threads, r.ms, r.tokens_per_s, r.gflops, r.peak_rss_mb);
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (a.json) std::cout << out.dump(1) << "\n";
+}
+
+// The GEMM ceiling: square 2048, then each preset's input projection (T*B rows) and recurrent
+// GEMM (B rows), both C[M,4H] = A[M,K] W^T.
+void run_gemms(const BenchCliOptions& a) {
+  struct Shape {
+    std::string name;
+    int64_t M, N, K;
+  };
+  std::vector<Shape> shapes;
+  if (a.preset.empty()) shapes.push_back({"square-2048", 2048, 2048, 2048});
+  for (const BenchPreset& p : chosen_presets(a.preset)) {
+    shapes.push_back({p.name + "/input", p.T * p.B, 4 * p.H, p.X});
+    shapes.push_back({p.name + "/recurrent", p.B, 4 * p.H, p.H});
+  }
+  nlohmann::json out = nlohmann::json::array();
+  if (!a.json)
+    fmt::print("{:<26} {:>6} {:>6} {:>6} {:>7} {:>10} {:>9}\n", "gemm", "M", "N", "K", "threads",
+               "ms", "GFLOP/s");
+  for (const Shape& s : shapes) {
+    const GemmResult g = run_gemm(s.M, s.N, s.K, a.o);
+    if (a.json) {
+      out.push_back({{"gemm", s.name}, {"M", g.M}, {"N", g.N}, {"K", g.K},
+                     {"threads", g.threads}, {"ms", g.ms}, {"gflops", g.gflops}});
+    } else {
+      fmt::print("{:<26} {:>6} {:>6} {:>6} {:>7} {:>10.4f} {:>9.1f}\n", s.name, g.M, g.N, g.K,
+                 g.threads, g.ms, g.gflops);
+      std::fflush(stdout);
+    }
+  }
+  if (a.json) std::cout << out.dump(1) << "\n";
+}
+
+void register_bench(CLI::App& app) {
+  auto a = std::make_shared<BenchCliOptions>();
+  a->o.threads = omp_get_max_threads();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "float32 speed: LSTM stack fwd / fwd+bwd, LM step, GEMM ceiling (--gemm)");
+  cmd->add_option("--preset", a->preset,
+                  "One preset: zaremba-small, zaremba-medium, char-rnn, throughput, large");
+  cmd->add_option("--mode", a->mode, "fwd, fwdbwd, lm_step or all")
+      ->check(CLI::IsMember({"all", "fwd", "fwdbwd", "lm_step"}))
+      ->capture_default_str();
+  cmd->add_option("--threads", a->o.threads, "Threads (engine team and BLAS)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--runs", a->o.runs, "Timed runs (the median is reported)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--warmup", a->o.warmup, "Untimed runs first")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json, "A JSON list instead of the table");
+  cmd->add_flag("--gemm", a->gemm, "The BLAS's sgemm alone (the GEMM ceiling)");
+  cmd->callback([a] { a->gemm ? run_gemms(*a) : run_cases(*a); });
+}
+
+}  // namespace
+
+const CommandRegistrar kBenchRegistrar(70, register_bench);
+
+}  // namespace lstmgrad::cli

@@ -1,0 +1,108 @@
+#include "cpu/lstm_stack.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+
+#include "cpu/blas.hpp"
+
+namespace lstmgrad::cpu {
+
+template <class Real>
+LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
+    : X_(X), H_(H), L_(L), saved_(L) {}
+
+template <class Real>
+int LstmStack<Real>::threads(int64_t B) const {
+  if (threads_ > 0) return threads_;
+  const double step = 2.0 * static_cast<double>(B) * static_cast<double>(4 * H_ * H_);
+  return team_size_for(step, omp_get_max_threads());
+}
+
+template <class Real>
+void LstmStack<Real>::reserve(int64_t T, int64_t B) {
+  T_ = T, B_ = B;
+  if (!arena_.empty() && T * B <= capN_ && B <= capB_) return;
+  capN_ = std::max(T * B, capN_), capB_ = std::max(B, capB_);
+  const int64_t N = capN_, H = H_, G = 4 * H;
+  const int64_t S = N * H + capB_ * H;  // a state sequence h0..h_T
+  const int64_t Wd = std::max(X_, H);
+  // One allocation, sized up front; the time loops allocate nothing.
+  arena_.assign(
+      static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + N * G + 2 * N * Wd + 2 * capB_ * H),
+      Real(0));
+  Real* p = arena_.data();
+  auto carve = [&p](int64_t n) {
+    Real* q = p;
+    p += n;
+    return q;
+  };
+  for (auto& s : saved_) {
+    s.gates = carve(N * G), s.bias = carve(G), s.dbias = carve(G);
+    s.hseq = carve(S), s.sseq = carve(S);
+  }
+  dz_ = carve(N * G), dh_a_ = carve(N * Wd), dh_b_ = carve(N * Wd);
+  dh_rec_ = carve(capB_ * H), ds_ = carve(capB_ * H);
+}
+
+template <class Real>
+void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const Real* h0,
+                              const Real* s0, int64_t T, int64_t B) {
+  reserve(T, B);
+  const int64_t H = H_;
+  for (int64_t k = 0; k < L_; ++k) {
+    const LayerSaved<Real>& sv = saved_[k];
+    if (h0) std::copy_n(h0 + k * B * H, B * H, sv.hseq); else std::fill_n(sv.hseq, B * H, Real(0));
+    if (s0) std::copy_n(s0 + k * B * H, B * H, sv.sseq); else std::fill_n(sv.sseq, B * H, Real(0));
+  }
+  const int P = team_ = threads(B);
+  BlasThreads one(1);  // the team is the parallelism; each GEMM inside runs one BLAS thread
+#pragma omp parallel num_threads(P)
+  {
+    const TeamSlice ts = team_slice(omp_get_thread_num(), omp_get_num_threads(), H);
+    const Real* xk = x;
+    for (int64_t k = 0; k < L_; ++k) {
+      const int64_t I = k == 0 ? X_ : H;
+      layer_pack(saved_[k], w[k], ts, H);
+      layer_forward(saved_[k], xk, w[k], ts, T, B, I, H);
+      xk = saved_[k].hseq + B * H;  // h_1 .. h_T [T,B,H] feed the next layer
+    }
+  }
+}
+
+template <class Real>
+void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top,
+                               const Real* x0, const LayerWeights<Real>* w, Real* dh0,
+                               Real* ds0) {
+  const int64_t T = T_, B = B_, H = H_;
+  const int P = team_;
+  BlasThreads one(1);
+#pragma omp parallel num_threads(P)
+  {
+    const TeamSlice ts = team_slice(omp_get_thread_num(), omp_get_num_threads(), H);
+    const Real* dh_out = dh_top;
+    Real* dx_buf = dh_a_;
+    for (int64_t k = L_ - 1; k >= 0; --k) {
+      const int64_t I = k == 0 ? X_ : H;
+      const Real* x = k > 0 ? saved_[k - 1].hseq + B * H : x0;
+      Real* dxk = k > 0 ? dx_buf : dx;
+      for (int64_t r = 0; r < B; ++r) {  // nothing flows back from h_T, s_T
+        std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
+        std::fill_n(ds_ + r * H + ts.j0, ts.n(), Real(0));
+      }
+      layer_backward(dxk, g[k], dz_, dh_rec_, ds_, dh_out, saved_[k], x, w[k], ts, T, B, I, H);
+      for (int64_t r = 0; r < B; ++r) {
+        if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + (k * B + r) * H + ts.j0);
+        if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + (k * B + r) * H + ts.j0);
+      }
+#pragma omp barrier  // dx complete, dz free, before the layer below starts
+      dh_out = dxk;
+      dx_buf = dx_buf == dh_a_ ? dh_b_ : dh_a_;
+    }
+  }
+}
+
+template class LstmStack<float>;
+template class LstmStack<double>;
+
+}  // namespace lstmgrad::cpu

@@ -1,0 +1,53 @@
+// The L-layer LSTM stack scanned over T steps on the CPU (PyTorch ATen's cell -> layer -> stack).
+// Owns every activation of the stack in one arena sized up front (grown only for a larger T*B),
+// and the thread team that runs it (lstm_layer.hpp). Sizes: T steps, B rows, X input width, H hidden, L layers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/lstm_layer.hpp"
+
+namespace lstmgrad::cpu {
+
+template <class Real>
+class LstmStack {
+ public:
+  LstmStack(int64_t X, int64_t H, int64_t L);
+
+  // Threads for the stack's own team; 0 (the default): up to omp_get_max_threads(), fewer for
+  // small shapes (team_size_for the per-step GEMM).
+  void set_threads(int n) { threads_ = n; }
+  int threads(int64_t B) const;
+
+  // x [T,B,X]; w [L]; h0, s0 [L,B,H] or null (zeros). Saves what backward needs.
+  void forward(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0,
+               int64_t T, int64_t B);
+  const Real* output() const { return saved_[L_ - 1].hseq + B_ * H_; }  // [T,B,H] top h_1..h_T
+  const Real* h_last(int64_t k) const { return saved_[k].hseq + T_ * B_ * H_; }  // [B,H]
+  const Real* s_last(int64_t k) const { return saved_[k].sseq + T_ * B_ * H_; }  // [B,H]
+
+  // Backward of the last forward (same x and w). dh_top [T,B,H]: dL/dh_t from above the stack.
+  // Gradients g [L] accumulated (+=). Optional outputs, overwritten: dx [T,B,X], dh0, ds0 [L,B,H].
+  void backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top, const Real* x,
+                const LayerWeights<Real>* w, Real* dh0, Real* ds0);
+
+  size_t arena_bytes() const { return arena_.size() * sizeof(Real); }
+
+ private:
+  void reserve(int64_t T, int64_t B);
+
+  int64_t X_, H_, L_;
+  int threads_ = 0;
+  int team_ = 1;  // the team of the last forward
+  int64_t T_ = 0, B_ = 0, capN_ = 0, capB_ = 0;
+  std::vector<Real> arena_;
+  std::vector<LayerSaved<Real>> saved_;  // per layer
+  Real* dz_ = nullptr;                   // [T,B,4H] scratch
+  Real* dh_a_ = nullptr;                 // [T,B,H] gradient flowing down (ping)
+  Real* dh_b_ = nullptr;                 // [T,B,H] (pong)
+  Real* dh_rec_ = nullptr;               // [B,H]
+  Real* ds_ = nullptr;                   // [B,H]
+};
+
+}  // namespace lstmgrad::cpu

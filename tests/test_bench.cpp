@@ -1,0 +1,91 @@
+// The threaded engine (LanguageModel with a team of threads) and `lstmgrad bench`.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "lstmgrad/bench.hpp"
+#include "lstmgrad/lstm.hpp"
+
+namespace lstmgrad::test {
+namespace {
+
+struct ModelRun {
+  double loss;
+  std::vector<double> grad, h_n, s_n, dh0, ds0;
+};
+
+ModelRun run_model(const ModelConfig& cfg, int64_t T, int64_t B, int threads) {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> u(-0.5, 0.5);
+  std::vector<double> params(parameter_count(cfg));
+  for (double& p : params) p = u(rng);
+  Batch<double> b;
+  b.T = T, b.B = B;
+  std::uniform_int_distribution<int64_t> tok(0, cfg.V - 1);
+  for (int64_t r = 0; r < T * B; ++r) b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
+  b.h0.resize(static_cast<size_t>(cfg.L * B * cfg.H));
+  b.s0.resize(b.h0.size());
+  for (double& v : b.h0) v = u(rng);
+  for (double& v : b.s0) v = u(rng);
+  LanguageModel<double> lm(cfg);
+  lm.set_threads(threads);
+  ModelRun r;
+  r.loss = lm.forward(params, b, Reduction::mean);
+  r.grad.assign(params.size(), 0.0);
+  r.dh0.resize(b.h0.size()), r.ds0.resize(b.h0.size());
+  lm.backward(r.grad, params, b, nullptr, r.dh0.data(), r.ds0.data());
+  r.h_n.assign(lm.h_n().begin(), lm.h_n().end());
+  r.s_n.assign(lm.s_n().begin(), lm.s_n().end());
+  return r;
+}
+
+bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+}
+
+// Training resumed with another --threads must continue bit for bit: every scalar is computed
+// by the same BLAS call shape whatever the team size (lstm_layer.hpp).
+TEST(Engine, Float64IsBitIdenticalForAnyThreadCount) {
+  ModelConfig cfg;
+  cfg.V = 37, cfg.X = 20, cfg.H = 40, cfg.L = 2;
+  const ModelRun one = run_model(cfg, 7, 5, 1);
+  for (int threads : {2, 3}) {
+    const ModelRun many = run_model(cfg, 7, 5, threads);
+    EXPECT_EQ(std::memcmp(&one.loss, &many.loss, sizeof(double)), 0) << threads << " threads";
+    EXPECT_TRUE(same_bits(one.grad, many.grad)) << threads << " threads";
+    EXPECT_TRUE(same_bits(one.h_n, many.h_n)) << threads << " threads";
+    EXPECT_TRUE(same_bits(one.s_n, many.s_n)) << threads << " threads";
+    EXPECT_TRUE(same_bits(one.dh0, many.dh0)) << threads << " threads";
+    EXPECT_TRUE(same_bits(one.ds0, many.ds0)) << threads << " threads";
+  }
+}
+
+TEST(Bench, PresetsAreTheIssuesShapes) {
+  const auto& p = bench_presets();
+  ASSERT_EQ(p.size(), 5u);
+  EXPECT_EQ(p[0].name, "zaremba-small");
+  EXPECT_EQ(p[1].H, 650);
+  EXPECT_EQ(p[2].X, 65);
+  EXPECT_EQ(p[3].T * p[3].B, 6400);
+  EXPECT_EQ(p[4].H, 1024);
+}
+
+TEST(Bench, ReportsEveryField) {
+  BenchPreset tiny{"tiny", 3, 2, 5, 8, 2, true};
+  BenchOptions o;
+  o.threads = 2, o.warmup = 1, o.runs = 3;
+  for (const char* mode : {"fwd", "fwdbwd", "lm_step"}) {
+    const BenchResult r = run_bench(tiny, mode, o);
+    EXPECT_EQ(r.mode, mode);
+    EXPECT_GT(r.ms, 0);
+    EXPECT_GT(r.tokens_per_s, 0);
+    EXPECT_GT(r.gflops, 0);
+    EXPECT_GT(r.peak_rss_mb, 0);
+  }
+  EXPECT_THROW(run_bench(tiny, "nope", o), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace lstmgrad::test
