@@ -97,7 +97,7 @@ TEST(TrainCli, ResumeIsBitIdenticalToAnUninterruptedRun) {
   Corpus c;
   const std::string common = "train --train " + c.train + " --valid " + c.valid + kSmall +
                              " --epochs 3 --optimizer adam --lr 0.01 --dtype f64 --threads 1 " +
-                             "--clip 1 --plateau-decay 2";
+                             "--clip 1 --plateau-decay 2 --dropout 0.2";
   const auto a = c.dir / "a", b = c.dir / "b";
   ASSERT_EQ(run_cli(common + " --out " + a.string()).rc, 0);
   // Interrupted twice: mid-epoch (update 7), then inside epoch 2, then run to the end.

@@ -38,6 +38,12 @@ class LanguageModel {
 
   const ModelConfig& config() const { return cfg_; }
 
+  // Non-recurrent dropout (Zaremba et al. 2014) for the forward calls that follow: on the input
+  // of layer 0, between layers, and before the readout, never on the recurrent h and s. The masks
+  // are a pure function of (seed, layer, position): give each training step its own seed, and
+  // p = 0 (the default) for evaluation.
+  void set_dropout(double p, uint64_t seed);
+
   // Runs the model over `batch` with parameters `params` (flat, parameter_layout order) and saves
   // what backward needs. Returns the loss combined by `red`, or 0 when the batch has no targets
   // (then only probs(), h_n() and s_n() are meaningful). The batch is assumed validated.
@@ -64,9 +70,17 @@ class LanguageModel {
   Reduction red_ = Reduction::mean;
   int threads_ = 0;
   std::unique_ptr<cpu::LstmStack<Real>> stack_;  // the layers' activations and thread team
-  std::vector<Real> arena_;      // the buffers below, carved from one allocation
-  std::vector<Real> h_n_, s_n_;  // [L,B,H]
+  std::vector<Real> arena_;                      // the buffers below, carved from one allocation
+  std::vector<Real> h_n_, s_n_;                  // [L,B,H]
   std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
+  double drop_p_ = 0;
+  uint64_t drop_seed_ = 0;
+  bool dropped_ = false;  // whether the last forward used dropout
+  // With dropout: input mask [T,B,X], dropped input [T,B,X], top mask [T,B,H], dropped top
+  // [T,B,H], dL/d(top) [T,B,H]. Grown on demand, never inside the time loop.
+  std::vector<Real> drop_;
+  bool readout_dropped_ = false;  // the top mask of the current forward is made
+  const Real* readout_input();
   struct Buffers {
     Real* x0;     // [T,B,X] embedded input (embedding only)
     Real* probs;  // [T,B,V] logits, then p, then dL/dlogits

@@ -19,10 +19,8 @@ namespace lstmgrad {
 
 const std::vector<BenchPreset>& bench_presets() {
   static const std::vector<BenchPreset> presets = {
-      {"zaremba-small", 35, 20, 200, 200, 2, true},
-      {"zaremba-medium", 35, 20, 650, 650, 2, true},
-      {"char-rnn", 50, 50, 65, 512, 2, false},
-      {"throughput", 100, 64, 512, 512, 1, false},
+      {"zaremba-small", 35, 20, 200, 200, 2, true}, {"zaremba-medium", 35, 20, 650, 650, 2, true},
+      {"char-rnn", 50, 50, 65, 512, 2, false},      {"throughput", 100, 64, 512, 512, 1, false},
       {"large", 50, 128, 1024, 1024, 1, false},
   };
   return presets;
@@ -88,8 +86,8 @@ double time_stack(const BenchPreset& p, bool backward, const BenchOptions& o) {
     wk.resize(static_cast<size_t>(G * I + G * p.H + 2 * G));
     fill_uniform(wk, a, rng);
     grads[k].assign(wk.size(), 0.0f);
-    w.push_back({wk.data(), wk.data() + G * I, wk.data() + G * (I + p.H),
-                 wk.data() + G * (I + p.H) + G});
+    w.push_back(
+        {wk.data(), wk.data() + G * I, wk.data() + G * (I + p.H), wk.data() + G * (I + p.H) + G});
     float* d = grads[k].data();
     g.push_back({d, d + G * I, d + G * (I + p.H), d + G * (I + p.H) + G});
   }
@@ -118,7 +116,8 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
   Batch<float> b;
   b.T = p.T, b.B = p.B;
   std::uniform_int_distribution<int64_t> tok(0, cfg.V - 1);
-  for (int64_t r = 0; r < p.T * p.B; ++r) b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
+  for (int64_t r = 0; r < p.T * p.B; ++r)
+    b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
   LanguageModel<float> lm(cfg);
   lm.set_threads(o.threads);
   const float lr = 1e-3f;
@@ -171,7 +170,8 @@ GemmResult run_gemm(int64_t M, int64_t N, int64_t K, const BenchOptions& o) {
   fill_uniform(B, 1.0f, rng);
   GemmResult g{M, N, K, o.threads, 0, 0};
   // Enough repetitions per timed run that small shapes are not lost in the clock.
-  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  const double flops =
+      2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
   const int reps = std::max(1, static_cast<int>(2e9 / flops));
   g.ms = median_ms(
              [&] {

@@ -24,7 +24,7 @@ inline void cell_update(float* __restrict s, float* __restrict h, const float* _
                         const float* __restrict f, const float* __restrict a,
                         const float* __restrict o, const float* __restrict sp, int64_t n) {
   for (int64_t j = 0; j < n; ++j) s[j] = i[j] * a[j] + f[j] * sp[j];  // s = i * a + f * s_prev
-  for (int64_t j = 0; j < n; ++j) h[j] = o[j] * fast_tanh(s[j]);     // h = o * tanh(s)
+  for (int64_t j = 0; j < n; ++j) h[j] = o[j] * fast_tanh(s[j]);      // h = o * tanh(s)
 }
 
 LSTMGRAD_CLONES
@@ -54,10 +54,10 @@ inline void gate_grads(float* d_i, float* d_f, float* __restrict d_a, float* __r
     const float dhj = dh[j], tsj = ts[j];
     const float dst = ds[j] + dhj * o * (1.0f - tsj * tsj);  // h = o * tanh(s)
     // s = i * a + f * s_prev
-    d_i[j] = dst * a * i * (1.0f - i);          // i = sigmoid(z_i)
-    d_f[j] = dst * sp[j] * f * (1.0f - f);      // f = sigmoid(z_f)
-    d_a[j] = dst * i * (1.0f - a * a);          // a = tanh(z_a)
-    d_o[j] = dhj * tsj * o * (1.0f - o);        // o = sigmoid(z_o)
+    d_i[j] = dst * a * i * (1.0f - i);      // i = sigmoid(z_i)
+    d_f[j] = dst * sp[j] * f * (1.0f - f);  // f = sigmoid(z_f)
+    d_a[j] = dst * i * (1.0f - a * a);      // a = tanh(z_a)
+    d_o[j] = dhj * tsj * o * (1.0f - o);    // o = sigmoid(z_o)
     ds[j] = dst * f;
   }
 }

@@ -1,7 +1,7 @@
 // float32 gate kernels with vectorised sigmoid/tanh (core::fast_*), same contract as
 // core::gates_forward / core::gates_backward (strided form). Built as AVX-512, AVX2 and baseline
-// clones; the loader picks the best one the CPU runs (no -march=native needed). Here `bias` must not be
-// null.
+// clones; the loader picks the best one the CPU runs (no -march=native needed). Here `bias` must
+// not be null.
 #pragma once
 #include <cstdint>
 

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu/blas.hpp"
+#include "cpu/dropout.hpp"
 #include "cpu/lstm_stack.hpp"
 #include "lstmgrad/loss.hpp"
 #include "lstmgrad/lstm.hpp"
@@ -69,6 +70,12 @@ void LanguageModel<Real>::set_threads(int n) {
 }
 
 template <class Real>
+void LanguageModel<Real>::set_dropout(double p, uint64_t seed) {
+  drop_p_ = p, drop_seed_ = seed;
+  stack_->set_dropout(p, seed);
+}
+
+template <class Real>
 int LanguageModel<Real>::threads() const {
   return threads_ > 0 ? threads_ : omp_get_max_threads();
 }
@@ -100,6 +107,22 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
   buf_.dh = lin ? carve(N * cfg_.H) : nullptr;
 }
 
+// What the readout reads: the top layer's h_1 .. h_T [T,B,H], or its dropped copy (site L).
+template <class Real>
+const Real* LanguageModel<Real>::readout_input() {
+  const Real* top = stack_->output();
+  if (!dropped_) return top;
+  const int64_t N = T_ * B_, X = cfg_.X, H = cfg_.H;
+  Real* mask = drop_.data() + 2 * N * X;
+  Real* top_d = mask + N * H;
+  if (!readout_dropped_) {
+    cpu::dropout_mask(mask, N * H, drop_p_, drop_seed_, static_cast<uint64_t>(cfg_.L));
+    cpu::apply_mask(top_d, top, mask, 0, N * H);
+    readout_dropped_ = true;
+  }
+  return top_d;
+}
+
 template <class Real>
 std::span<const Real> LanguageModel<Real>::probs() const {
   return {buf_.probs, static_cast<size_t>(T_ * B_ * cfg_.V)};
@@ -109,10 +132,13 @@ template <class Real>
 double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Real>& batch,
                                     Reduction red) {
   const int64_t T = batch.T, B = batch.B, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
-  const int P_threads = threads_ > 0 ? threads_ : cpu::team_size_for(
-      2.0 * static_cast<double>(N) * static_cast<double>(V * H), omp_get_max_threads());
+  const int P_threads =
+      threads_ > 0 ? threads_
+                   : cpu::team_size_for(2.0 * static_cast<double>(N) * static_cast<double>(V * H),
+                                        omp_get_max_threads());
   reserve(T, B);
   T_ = T, B_ = B, red_ = red;
+  readout_dropped_ = false;
   const Real* P = params.data();
   const Real* x = batch.dense.data();
   if (cfg_.input == InputKind::embedding) {  // x_t = encoder.weight[token]
@@ -123,6 +149,14 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
     for (int64_t r = 0; r < N; ++r) std::copy_n(E + tok[r] * X, X, x0 + r * X);
     x = buf_.x0;
   }
+  dropped_ = drop_p_ > 0;
+  if (dropped_) {  // site 0: the input of layer 0
+    if (drop_.size() < static_cast<size_t>(2 * N * X + 3 * N * H))
+      drop_.resize(2 * N * X + 3 * N * H);
+    cpu::dropout_mask(drop_.data(), N * X, drop_p_, drop_seed_, 0);
+    cpu::apply_mask(drop_.data() + N * X, x, drop_.data(), 0, N * X);
+    x = drop_.data() + N * X;
+  }
   const auto w = layer_weights(cfg_, layout_, P);
   stack_->forward(x, w.data(), batch.h0.empty() ? nullptr : batch.h0.data(),
                   batch.s0.empty() ? nullptr : batch.s0.data(), T, B);
@@ -132,7 +166,7 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
     std::copy_n(stack_->h_last(k), B * H, h_n_.data() + k * B * H);
     std::copy_n(stack_->s_last(k), B * H, s_n_.data() + k * B * H);
   }
-  const Real* top = stack_->output();
+  const Real* top = readout_input();
   Real* logits = buf_.probs;
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
@@ -157,9 +191,9 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
       std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
     }
     for (int64_t r = r0; r < r1; ++r)
-      row_loss[r] = softmax_xent_forward(logits + r * V, logits + r * V,
-                                         y_probs ? y_probs + r * V : nullptr,
-                                         y_class ? y_class + r : nullptr, 1, V);
+      row_loss[r] =
+          softmax_xent_forward(logits + r * V, logits + r * V, y_probs ? y_probs + r * V : nullptr,
+                               y_class ? y_class + r : nullptr, 1, V);
   }
   double sum = 0;
   for (int64_t r = 0; r < N; ++r) sum += row_loss[r];  // in row order: reproducible
@@ -170,14 +204,16 @@ template <class Real>
 void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> params,
                                    const Batch<Real>& batch, Real* dinput, Real* dh0, Real* ds0) {
   const int64_t T = T_, B = B_, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
-  const int P_threads = threads_ > 0 ? threads_ : cpu::team_size_for(
-      2.0 * static_cast<double>(N) * static_cast<double>(V * H), omp_get_max_threads());
+  const int P_threads =
+      threads_ > 0 ? threads_
+                   : cpu::team_size_for(2.0 * static_cast<double>(N) * static_cast<double>(V * H),
+                                        omp_get_max_threads());
   const Real* P = params.data();
   Real* D = grad.data();
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
   const Real scale = loss_scale<Real>(red_, T, B);
-  Real* dlogits = buf_.probs;  // dL/dlogits = scale * (p - y), in place over p
+  Real* dlogits = buf_.probs;    // dL/dlogits = scale * (p - y), in place over p
   const Real* dh_top = dlogits;  // identity readout: dL/dh = dL/dlogits
   if (cfg_.readout == Readout::linear) {
     // p - y in place; the scale goes into the GEMMs' alpha (one pass over [N,V] saved). For class
@@ -188,7 +224,7 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
       softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, Real(1), N, V);
     }
     const size_t d = layout_.size() - 2;
-    const Real* top = stack_->output();
+    const Real* top = readout_input();
     const Real* Wd = P + layout_[d].offset;
     Real* dWd = D + layout_[d].offset;
     Real* dc = D + layout_[d + 1].offset;
@@ -205,15 +241,20 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
         for (int64_t v = v0; v < v1; ++v) dc[v] += scale * row[v];
       }
       if (v1 > v0)
-        gemm(Tr::T, Tr::N, v1 - v0, H, N, scale, dlogits + v0, V, top, H, Real(1), dWd + v0 * H,
-             H);
+        gemm(Tr::T, Tr::N, v1 - v0, H, N, scale, dlogits + v0, V, top, H, Real(1), dWd + v0 * H, H);
       if (r1 > r0)  // dh = scale (p - y) W
-        gemm(Tr::N, Tr::N, r1 - r0, H, V, scale, dlogits + r0 * V, V, Wd, H, Real(0),
-             dh + r0 * H, H);
+        gemm(Tr::N, Tr::N, r1 - r0, H, V, scale, dlogits + r0 * V, V, Wd, H, Real(0), dh + r0 * H,
+             H);
     }
     dh_top = buf_.dh;
   } else {
     softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, scale, N, V);
+  }
+  if (dropped_) {  // the readout saw top * mask: dL/dtop = dL/d(dropped top) * mask
+    const Real* mask = drop_.data() + 2 * N * X;
+    Real* dtop = drop_.data() + 2 * N * X + 2 * N * H;
+    cpu::apply_mask(dtop, dh_top, mask, 0, N * H);
+    dh_top = dtop;
   }
   const bool emb = cfg_.input == InputKind::embedding;
   const auto w = layer_weights(cfg_, layout_, P);
@@ -223,8 +264,10 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
     g.push_back({D + layout_[s].offset, D + layout_[s + 1].offset, D + layout_[s + 2].offset,
                  D + layout_[s + 3].offset});
   }
-  const Real* x = emb ? buf_.x0 : batch.dense.data();
+  const Real* x = dropped_ ? drop_.data() + N * X : emb ? buf_.x0 : batch.dense.data();
   stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
+  Real* dx = emb ? buf_.dx0 : dinput;
+  if (dropped_ && dx) cpu::apply_mask(dx, dx, drop_.data(), 0, N * X);  // through the input mask
   if (emb) {  // x_t = encoder.weight[token]: scatter-add the rows of dx (only the rows used)
     Real* dE = D + layout_[0].offset;
     for (int64_t r = 0; r < N; ++r) {

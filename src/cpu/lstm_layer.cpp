@@ -54,8 +54,8 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   // z = x W_ih^T for all T*B positions at once (the hoisted input projection), this thread's
   // rows; the bias is added in the gate pass.
   const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-  if (r1 > r0) gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0),
-                    z + r0 * G, G);
+  if (r1 > r0)
+    gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
 #pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
     Real* zt = z + t * B * G;
@@ -93,8 +93,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   for (int64_t q = 0; q < 4 && n > 0; ++q) {
     const int64_t row = q * H + j0;
     gemm(Tr::T, Tr::N, n, I, N, Real(1), dz + row, G, x, I, Real(1), g.dW_ih + row * I, I);
-    gemm(Tr::T, Tr::N, n, H, N, Real(1), dz + row, G, saved.hseq, H, Real(1), g.dW_hh + row * H,
-         H);
+    gemm(Tr::T, Tr::N, n, H, N, Real(1), dz + row, G, saved.hseq, H, Real(1), g.dW_hh + row * H, H);
   }
   // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
   for (int64_t q = 0; q < 4 && n > 0; ++q) {
@@ -104,7 +103,8 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
       const Real* dzr = dz + r * G + q * H + j0;
       for (int64_t k = 0; k < n; ++k) db[k] += dzr[k];
     }
-    for (int64_t k = 0; k < n; ++k) g.db_ih[q * H + j0 + k] += db[k], g.db_hh[q * H + j0 + k] += db[k];
+    for (int64_t k = 0; k < n; ++k)
+      g.db_ih[q * H + j0 + k] += db[k], g.db_hh[q * H + j0 + k] += db[k];
   }
   if (dx) {  // dx = dz W_ih, this thread's rows (all of dz is complete: the last barrier above)
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
@@ -114,15 +114,15 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   }
 }
 
-#define LSTMGRAD_INSTANTIATE(Real)                                                              \
-  template void layer_pack<Real>(const LayerSaved<Real>&, const LayerWeights<Real>&,           \
-                                 const TeamSlice&, int64_t);                                    \
-  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                       \
-                                    const LayerWeights<Real>&, const TeamSlice&, int64_t,       \
-                                    int64_t, int64_t, int64_t);                                 \
-  template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,       \
-                                     const Real*, const LayerSaved<Real>&, const Real*,         \
-                                     const LayerWeights<Real>&, const TeamSlice&, int64_t,      \
+#define LSTMGRAD_INSTANTIATE(Real)                                                                 \
+  template void layer_pack<Real>(const LayerSaved<Real>&, const LayerWeights<Real>&,               \
+                                 const TeamSlice&, int64_t);                                       \
+  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                          \
+                                    const LayerWeights<Real>&, const TeamSlice&, int64_t, int64_t, \
+                                    int64_t, int64_t);                                             \
+  template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,          \
+                                     const Real*, const LayerSaved<Real>&, const Real*,            \
+                                     const LayerWeights<Real>&, const TeamSlice&, int64_t,         \
                                      int64_t, int64_t, int64_t);
 LSTMGRAD_INSTANTIATE(float)
 LSTMGRAD_INSTANTIATE(double)

@@ -5,12 +5,12 @@
 #include <algorithm>
 
 #include "cpu/blas.hpp"
+#include "cpu/dropout.hpp"
 
 namespace lstmgrad::cpu {
 
 template <class Real>
-LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
-    : X_(X), H_(H), L_(L), saved_(L) {}
+LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L) : X_(X), H_(H), L_(L), saved_(L) {}
 
 template <class Real>
 int LstmStack<Real>::threads(int64_t B) const {
@@ -52,8 +52,22 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
   const int64_t H = H_;
   for (int64_t k = 0; k < L_; ++k) {
     const LayerSaved<Real>& sv = saved_[k];
-    if (h0) std::copy_n(h0 + k * B * H, B * H, sv.hseq); else std::fill_n(sv.hseq, B * H, Real(0));
-    if (s0) std::copy_n(s0 + k * B * H, B * H, sv.sseq); else std::fill_n(sv.sseq, B * H, Real(0));
+    if (h0)
+      std::copy_n(h0 + k * B * H, B * H, sv.hseq);
+    else
+      std::fill_n(sv.hseq, B * H, Real(0));
+    if (s0)
+      std::copy_n(s0 + k * B * H, B * H, sv.sseq);
+    else
+      std::fill_n(sv.sseq, B * H, Real(0));
+  }
+  const int64_t N = T * B;
+  dropped_ = drop_p_ > 0 && L_ > 1;
+  if (dropped_) {
+    if (drop_.size() < static_cast<size_t>(2 * (L_ - 1) * N * H))
+      drop_.resize(2 * (L_ - 1) * N * H);
+    for (int64_t k = 0; k + 1 < L_; ++k)
+      dropout_mask(drop_mask(k), N * H, drop_p_, drop_seed_, static_cast<uint64_t>(k + 1));
   }
   const int P = team_ = threads(B);
   BlasThreads one(1);  // the team is the parallelism; each GEMM inside runs one BLAS thread
@@ -65,15 +79,19 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
       const int64_t I = k == 0 ? X_ : H;
       layer_pack(saved_[k], w[k], ts, H);
       layer_forward(saved_[k], xk, w[k], ts, T, B, I, H);
-      xk = saved_[k].hseq + B * H;  // h_1 .. h_T [T,B,H] feed the next layer
+      xk = saved_[k].hseq + B * H;   // h_1 .. h_T [T,B,H] feed the next layer
+      if (dropped_ && k + 1 < L_) {  // the next layer reads the dropped copy; h stays for s, h
+        apply_mask(drop_input(k), xk, drop_mask(k), ts.row0(N) * H, ts.row1(N) * H);
+#pragma omp barrier
+        xk = drop_input(k);
+      }
     }
   }
 }
 
 template <class Real>
 void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top,
-                               const Real* x0, const LayerWeights<Real>* w, Real* dh0,
-                               Real* ds0) {
+                               const Real* x0, const LayerWeights<Real>* w, Real* dh0, Real* ds0) {
   const int64_t T = T_, B = B_, H = H_;
   const int P = team_;
   BlasThreads one(1);
@@ -84,7 +102,7 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
     Real* dx_buf = dh_a_;
     for (int64_t k = L_ - 1; k >= 0; --k) {
       const int64_t I = k == 0 ? X_ : H;
-      const Real* x = k > 0 ? saved_[k - 1].hseq + B * H : x0;
+      const Real* x = k == 0 ? x0 : dropped_ ? drop_input(k - 1) : saved_[k - 1].hseq + B * H;
       Real* dxk = k > 0 ? dx_buf : dx;
       for (int64_t r = 0; r < B; ++r) {  // nothing flows back from h_T, s_T
         std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
@@ -95,7 +113,12 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
         if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + (k * B + r) * H + ts.j0);
         if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + (k * B + r) * H + ts.j0);
       }
-#pragma omp barrier  // dx complete, dz free, before the layer below starts
+#pragma omp barrier             // dx complete, dz free, before the layer below starts
+      if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
+        const int64_t N = T * B;
+        apply_mask(dxk, dxk, drop_mask(k - 1), ts.row0(N) * H, ts.row1(N) * H);
+#pragma omp barrier
+      }
       dh_out = dxk;
       dx_buf = dx_buf == dh_a_ ? dh_b_ : dh_a_;
     }

@@ -1,6 +1,7 @@
 // The L-layer LSTM stack scanned over T steps on the CPU (PyTorch ATen's cell -> layer -> stack).
 // Owns every activation of the stack in one arena sized up front (grown only for a larger T*B),
-// and the thread team that runs it (lstm_layer.hpp). Sizes: T steps, B rows, X input width, H hidden, L layers.
+// and the thread team that runs it (lstm_layer.hpp). Sizes: T steps, B rows, X input width, H
+// hidden, L layers.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -32,7 +33,11 @@ class LstmStack {
   void backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top, const Real* x,
                 const LayerWeights<Real>* w, Real* dh0, Real* ds0);
 
-  size_t arena_bytes() const { return arena_.size() * sizeof(Real); }
+  size_t arena_bytes() const { return (arena_.size() + drop_.size()) * sizeof(Real); }
+
+  // Dropout between layers (on layer k's output before layer k+1 reads it), for the forward
+  // calls that follow; p = 0 turns it off. Masks come from (seed, site k+1, position).
+  void set_dropout(double p, uint64_t seed) { drop_p_ = p, drop_seed_ = seed; }
 
  private:
   void reserve(int64_t T, int64_t B);
@@ -48,6 +53,12 @@ class LstmStack {
   Real* dh_b_ = nullptr;                 // [T,B,H] (pong)
   Real* dh_rec_ = nullptr;               // [B,H]
   Real* ds_ = nullptr;                   // [B,H]
+  double drop_p_ = 0;
+  uint64_t drop_seed_ = 0;
+  bool dropped_ = false;    // whether the last forward used dropout
+  std::vector<Real> drop_;  // per boundary k < L-1: mask [T,B,H], then the dropped input [T,B,H]
+  Real* drop_mask(int64_t k) { return drop_.data() + 2 * k * T_ * B_ * H_; }
+  Real* drop_input(int64_t k) { return drop_mask(k) + T_ * B_ * H_; }
 };
 
 }  // namespace lstmgrad::cpu

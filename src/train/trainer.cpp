@@ -80,7 +80,6 @@ void validate_options(const TrainOptions& o) {
   if (!(o.init > 0)) throw InputError(fmt::format("--init: must be > 0, got {}", o.init));
   if (o.dropout < 0 || o.dropout >= 1)
     throw InputError(fmt::format("--dropout: must be in [0, 1), got {}", o.dropout));
-  if (o.dropout > 0) throw InputError("--dropout: not available yet in this version (use 0)");
   if (o.loss != "mean" && o.loss != "batch_mean")
     throw InputError(fmt::format("--loss: expected mean or batch_mean, got '{}'", o.loss));
   if (o.dtype != "f32" && o.dtype != "f64")
@@ -250,6 +249,9 @@ class Trainer {
   }
 
   void train_step(Reduction red, double lr) {
+    // Each update its own dropout masks, a function of (seed, update): resumes replay them.
+    lm_->set_dropout(o_.dropout,
+                     o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
     const double loss = lm_->forward(params_, batch_, red);
     std::fill(grad_.begin(), grad_.end(), Real(0));
     lm_->backward(grad_, params_, batch_);
@@ -277,6 +279,7 @@ class Trainer {
                  {"tokens_per_s", tokens_per_s},
                  {"wall_s", run_.wall_s}};
     bool improved = true;
+    lm_->set_dropout(0, 0);  // evaluation sees the whole network
     if (!valid_ids_.empty()) {
       const int64_t B = o_.eval_batch > 0 ? o_.eval_batch : o_.batch;
       const double v =
@@ -335,6 +338,7 @@ class Trainer {
     if (!test_ids_.empty()) {
       const int64_t B = o_.test_sequential ? 1 : (o_.eval_batch > 0 ? o_.eval_batch : o_.batch);
       const auto t0 = Clock::now();
+      lm_->set_dropout(0, 0);
       const StreamLoss t =
           evaluate_stream<Real>(*lm_, best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100),
                                 o_.test.string().c_str());
