@@ -142,7 +142,13 @@ TEST(TrainCli, KillingDuringCheckpointWritesLeavesAReadableCheckpoint) {
       execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(40 + 23 * k));
+    // Wait until the process has written a checkpoint of its own (it writes one per update), so
+    // that the kill lands among its writes however slow the machine is; then a varying delay.
+    const auto ck = run / "checkpoint.safetensors";
+    const auto before = std::filesystem::last_write_time(ck);
+    for (int wait = 0; wait < 2000 && std::filesystem::last_write_time(ck) == before; ++wait)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::microseconds(700 * k));
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
     // Whatever moment the kill hit, the checkpoint and the model read back whole.
