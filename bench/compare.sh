@@ -1,7 +1,7 @@
 #!/bin/bash
 # lstmgrad vs PyTorch 1.13 on the same machine, in one go (issue 5, docs/benchmarks.md).
 #
-#   bench/compare.sh [BUILD_DIR] [ROUNDS]     (defaults: build-perf, 3)
+#   bench/compare.sh [BUILD_DIR] [ROUNDS]     (defaults: build, 3)
 #
 # Both sides run in the same environment: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for
 # both (OpenBLAS picks its AVX-512 kernels; the test environment's Haswell setting is left alone
@@ -13,7 +13,7 @@
 # Then the sgemm ceiling (1 and 2 threads, square 2048 and the presets' GEMM shapes).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${1:-$ROOT/build-perf}
+BUILD=${1:-$ROOT/build}
 ROUNDS=${2:-3}
 LSTMGRAD=$BUILD/lstmgrad
 TORCH="/usr/bin/python3 $ROOT/bench/torch_lstm.py"
