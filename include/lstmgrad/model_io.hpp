@@ -11,6 +11,11 @@
 
 namespace lstmgrad {
 
+// The "lstmgrad.config" metadata: {"input", "readout", "V", "X", "H", "L"} as JSON text, and
+// back (InputError naming `file` for malformed text).
+std::string config_to_json(const ModelConfig& cfg);
+ModelConfig config_from_json(const std::string& text, const std::string& file);
+
 template <class Real>
 struct Model {
   ModelConfig cfg;

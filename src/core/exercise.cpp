@@ -4,31 +4,17 @@
 #include <cmath>
 
 #include "core/gates.hpp"
+#include "core/small_vec.hpp"
 #include "lstmgrad/autodiff.hpp"
 #include "lstmgrad/finite_diff.hpp"
 
 namespace lstmgrad {
 
+using core::dot;
+using core::max_rel_err;
+using core::scaled;
+
 namespace {
-
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t k = 0; k < a.size(); ++k) s += a[k] * b[k];
-  return s;
-}
-
-std::vector<double> scaled(const std::vector<double>& v, double c) {
-  std::vector<double> out(v);
-  for (double& e : out) e *= c;
-  return out;
-}
-
-double max_rel_err(const std::vector<double>& other, const std::vector<double>& ref) {
-  double worst = 0;
-  for (size_t k = 0; k < ref.size(); ++k)
-    worst = std::max(worst, std::abs(other[k] - ref[k]) / std::abs(ref[k]));
-  return worst;
-}
 
 double round4(double v) {
   return std::round(v * 1e4) / 1e4;

@@ -3,6 +3,7 @@
 // Derivation: docs/derivation.md, "Backpropagation through time" and "The handout's slips".
 #include <cmath>
 
+#include "core/small_vec.hpp"
 #include "lstmgrad/autodiff.hpp"
 #include "lstmgrad/cell.hpp"
 #include "lstmgrad/exercise.hpp"
@@ -10,6 +11,10 @@
 #include "lstmgrad/loss.hpp"
 
 namespace lstmgrad {
+
+using core::axpy;
+using core::max_rel_err;
+using core::scaled;
 
 namespace {
 
@@ -87,24 +92,6 @@ std::vector<double> tape_dVa1(const CellParams<double>& c, const ExampleSequence
   }
   tp.backward(loss);
   return row_Va1(tp.grad(V).v);
-}
-
-std::vector<double> scaled_copy(const std::vector<double>& v, double c) {
-  std::vector<double> out(v);
-  for (double& e : out) e *= c;
-  return out;
-}
-
-std::vector<double> axpy(std::vector<double> acc, double c, const std::vector<double>& v) {
-  for (size_t k = 0; k < acc.size(); ++k) acc[k] += c * v[k];
-  return acc;
-}
-
-double max_rel(const std::vector<double>& a, const std::vector<double>& ref) {
-  double worst = 0;
-  for (size_t k = 0; k < ref.size(); ++k)
-    worst = std::max(worst, std::abs(a[k] - ref[k]) / std::abs(ref[k]));
-  return worst;
 }
 
 }  // namespace
@@ -190,16 +177,16 @@ std::vector<PathTerm> path_terms(const CellParams<double>& c, const ExampleSeque
   auto via_h = [&](int block, int64_t k0, int64_t k1) {  // sum_k dz_{block,k} U_{block,k,1}
     double sum = 0;
     for (int64_t k = k0; k < k1; ++k) sum += dz[block * kH + k] * c.U[(block * kH + k) * kH];
-    return scaled_copy(dh1_dV, sum);
+    return scaled(dh1_dV, sum);
   };
   const std::vector<double> zero(kX, 0.0);
   return {
-      {"L^1 through a_1^1 (Exercise 1's chain)", true, scaled_copy(dh1_dV, tr.p[0][0] - q.y[0][0])},
+      {"L^1 through a_1^1 (Exercise 1's chain)", true, scaled(dh1_dV, tr.p[0][0] - q.y[0][0])},
       {"L^2 through a_1^2 with h^1 held (Equation 3, first term)", true,
-       scaled_copy(q.x[1], dz[2 * kH])},
+       scaled(q.x[1], dz[2 * kH])},
       {"L^2 through h_1^1 -> a_1^2 (Equation 3, second term)", true, via_h(2, 0, 1)},
       {"L^2 through s_1^1 -> s_1^2 (the cell-state path, via f_1^2)", false,
-       scaled_copy(ds1_dV, bw.last_ds_prev[0])},
+       scaled(ds1_dV, bw.last_ds_prev[0])},
       {"L^2 through h_1^1 -> i^2 (input gate, every row of U_i)", false, via_h(0, 0, kH)},
       {"L^2 through h_1^1 -> f^2 (forget gate, every row of U_f)", false, via_h(1, 0, kH)},
       {"L^2 through h_1^1 -> o^2 (output gate, every row of U_o)", false, via_h(3, 0, kH)},
@@ -221,9 +208,9 @@ MultiStep run_multistep(int steps) {
   m.autodiff = tape_dVa1(c, q);
   m.fd = central_difference5([&](std::span<const double> Va1) { return loss_at(c, q, Va1); },
                              row_Va1(c.V));
-  m.equation3_rel_err = max_rel(m.equation3, m.bptt);
-  m.bptt_vs_autodiff_rel_err = max_rel(m.bptt, m.autodiff);
-  m.bptt_vs_fd_rel_err = max_rel(m.bptt, m.fd);
+  m.equation3_rel_err = max_rel_err(m.equation3, m.bptt);
+  m.bptt_vs_autodiff_rel_err = max_rel_err(m.bptt, m.autodiff);
+  m.bptt_vs_fd_rel_err = max_rel_err(m.bptt, m.fd);
   if (steps == 2) m.terms = path_terms(c, q, tr, bw);
   return m;
 }

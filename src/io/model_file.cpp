@@ -61,7 +61,9 @@ int64_t json_int(const json& j, const char* key, const std::string& file) {
   return j[key].get<int64_t>();
 }
 
-ModelConfig config_from_metadata(const std::string& text, const std::string& file) {
+}  // namespace
+
+ModelConfig config_from_json(const std::string& text, const std::string& file) {
   json j;
   try {
     j = json::parse(text);
@@ -82,7 +84,7 @@ ModelConfig config_from_metadata(const std::string& text, const std::string& fil
   return c;
 }
 
-std::string config_json(const ModelConfig& c) {
+std::string config_to_json(const ModelConfig& c) {
   return json{{"input", to_string(c.input)},
               {"readout", to_string(c.readout)},
               {"V", c.V},
@@ -91,6 +93,8 @@ std::string config_json(const ModelConfig& c) {
               {"L", c.L}}
       .dump();
 }
+
+namespace {
 
 template <class Real>
 void expect_finite(const std::vector<Real>& v, const std::string& file, const std::string& name) {
@@ -118,7 +122,7 @@ Model<Real> load_model(const std::filesystem::path& path) {
   const TensorFile f = io::read_safetensors(path);
   Model<Real> m;
   auto it = f.metadata.find(kConfigKey);
-  m.cfg = it != f.metadata.end() ? config_from_metadata(it->second, file) : infer_config(f, file);
+  m.cfg = it != f.metadata.end() ? config_from_json(it->second, file) : infer_config(f, file);
   try {
     validate_config(m.cfg);
   } catch (const InputError& e) {
@@ -142,7 +146,7 @@ Model<Real> load_model(const std::filesystem::path& path) {
   for (const Tensor& t : f.tensors)
     if (!expected.count(t.name))
       fail(file, fmt::format("unexpected tensor '{}' for a model with config {}", t.name,
-                             config_json(m.cfg)));
+                             config_to_json(m.cfg)));
   m.metadata = f.metadata;
   m.vocab = read_vocab(f, file);
   if (!m.vocab.empty() && static_cast<int64_t>(m.vocab.size()) != m.cfg.V)
@@ -157,7 +161,7 @@ void save_model(const std::filesystem::path& path, const ModelConfig& cfg,
                 const std::map<std::string, std::string>& metadata) {
   TensorFile f;
   f.metadata = metadata;
-  f.metadata[kConfigKey] = config_json(cfg);
+  f.metadata[kConfigKey] = config_to_json(cfg);
   if (!vocab.empty()) f.metadata[kVocabKey] = json(vocab).dump();
   for (const ParamInfo& p : parameter_layout(cfg)) {
     const std::vector<Real> v(params.begin() + static_cast<std::ptrdiff_t>(p.offset),

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lstmgrad/error.hpp"
+#include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
 #include "train/run_state.hpp"
 
@@ -43,21 +44,12 @@ RunState run_from_json(const json& j) {
   return r;
 }
 
-json config_to_json(const ModelConfig& c) {
-  return {{"input", to_string(c.input)},
-          {"readout", to_string(c.readout)},
-          {"V", c.V},
-          {"X", c.X},
-          {"H", c.H},
-          {"L", c.L}};
-}
-
 }  // namespace
 
 template <class Real>
 void write_checkpoint(const std::filesystem::path& path, const Checkpoint<Real>& c) {
   io::TensorFile f;
-  f.metadata["lstmgrad.config"] = config_to_json(c.cfg).dump();
+  f.metadata["lstmgrad.config"] = config_to_json(c.cfg);
   f.metadata["lstmgrad.vocab"] = json(c.vocab).dump();
   f.metadata["lstmgrad.level"] = c.level;
   f.metadata["lstmgrad.train_options"] = c.options_json;
@@ -89,10 +81,7 @@ Checkpoint<Real> read_checkpoint(const std::filesystem::path& path) {
     return it->second;
   };
   try {
-    const json cfg = json::parse(meta("lstmgrad.config"));
-    c.cfg.input = cfg.at("input") == "dense" ? InputKind::dense : InputKind::embedding;
-    c.cfg.readout = cfg.at("readout") == "identity" ? Readout::identity : Readout::linear;
-    c.cfg.V = cfg.at("V"), c.cfg.X = cfg.at("X"), c.cfg.H = cfg.at("H"), c.cfg.L = cfg.at("L");
+    c.cfg = config_from_json(meta("lstmgrad.config"), file);
     c.vocab = json::parse(meta("lstmgrad.vocab")).template get<std::vector<std::string>>();
     c.run = run_from_json(json::parse(meta("lstmgrad.run_state")));
     c.optimizer_steps = std::stoll(meta("lstmgrad.optimizer_steps"));
