@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/arena.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/dropout.hpp"
 #include "cpu/lstm_stack.hpp"
@@ -95,12 +96,7 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
   // Sized once: nothing is allocated again while the batch shape stays.
   arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) + N * cfg_.V + (lin ? N * cfg_.H : 0)),
                 Real(0));
-  Real* p = arena_.data();
-  auto carve = [&p](int64_t n) {
-    Real* q = p;
-    p += n;
-    return q;
-  };
+  cpu::Carver<Real> carve(arena_.data());
   buf_.x0 = emb ? carve(N * X) : nullptr;
   buf_.dx0 = emb ? carve(N * X) : nullptr;
   buf_.probs = carve(N * cfg_.V);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "cpu/arena.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/dropout.hpp"
 
@@ -31,12 +32,7 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
   arena_.assign(
       static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + N * G + 2 * N * Wd + 2 * capB_ * H),
       Real(0));
-  Real* p = arena_.data();
-  auto carve = [&p](int64_t n) {
-    Real* q = p;
-    p += n;
-    return q;
-  };
+  Carver<Real> carve(arena_.data());
   for (auto& s : saved_) {
     s.gates = carve(N * G), s.bias = carve(G), s.dbias = carve(G);
     s.hseq = carve(S), s.sseq = carve(S);
