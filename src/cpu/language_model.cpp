@@ -35,17 +35,18 @@ Real loss_scale(Reduction red, int64_t T, int64_t B) {
   return Real(1);
 }
 
-template <class Real>
-std::vector<cpu::LayerWeights<Real>> layer_weights(const ModelConfig& cfg,
-                                                   const std::vector<ParamInfo>& layout,
-                                                   const Real* P) {
-  std::vector<cpu::LayerWeights<Real>> w;
+// The four tensors of every layer inside a flat vector of parameters (View = LayerWeights) or of
+// gradients (View = LayerGrads), in parameter_layout order. L small entries per call.
+template <class View, class Ptr>
+std::vector<View> layer_views(const ModelConfig& cfg, const std::vector<ParamInfo>& layout,
+                              Ptr base) {
+  std::vector<View> out;
   for (int64_t k = 0; k < cfg.L; ++k) {
     const size_t s = layer_slot(cfg, k);
-    w.push_back({P + layout[s].offset, P + layout[s + 1].offset, P + layout[s + 2].offset,
-                 P + layout[s + 3].offset});
+    out.push_back({base + layout[s].offset, base + layout[s + 1].offset,
+                   base + layout[s + 2].offset, base + layout[s + 3].offset});
   }
-  return w;
+  return out;
 }
 
 }  // namespace
@@ -153,7 +154,7 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
     cpu::apply_mask(drop_.data() + N * X, x, drop_.data(), 0, N * X);
     x = drop_.data() + N * X;
   }
-  const auto w = layer_weights(cfg_, layout_, P);
+  const auto w = layer_views<cpu::LayerWeights<Real>>(cfg_, layout_, P);
   stack_->forward(x, w.data(), batch.h0.empty() ? nullptr : batch.h0.data(),
                   batch.s0.empty() ? nullptr : batch.s0.data(), T, B);
   h_n_.resize(static_cast<size_t>(cfg_.L * B * H));
@@ -253,13 +254,8 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
     dh_top = dtop;
   }
   const bool emb = cfg_.input == InputKind::embedding;
-  const auto w = layer_weights(cfg_, layout_, P);
-  std::vector<cpu::LayerGrads<Real>> g;
-  for (int64_t k = 0; k < cfg_.L; ++k) {
-    const size_t s = layer_slot(cfg_, k);
-    g.push_back({D + layout_[s].offset, D + layout_[s + 1].offset, D + layout_[s + 2].offset,
-                 D + layout_[s + 3].offset});
-  }
+  const auto w = layer_views<cpu::LayerWeights<Real>>(cfg_, layout_, P);
+  const auto g = layer_views<cpu::LayerGrads<Real>>(cfg_, layout_, D);
   const Real* x = dropped_ ? drop_.data() + N * X : emb ? buf_.x0 : batch.dense.data();
   stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
   Real* dx = emb ? buf_.dx0 : dinput;

@@ -133,6 +133,11 @@ class Trainer {
     }
     data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
     const int64_t n = batcher.windows();
+    if (!resume)
+      progress_.line(
+          fmt::format("lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x "
+                      "{} per epoch",
+                      train_ids_.size(), vocab_.size(), params_.size(), n, o_.seq, o_.batch));
     const Reduction red = o_.loss == "batch_mean" ? Reduction::batch_mean : Reduction::mean;
     while (run_.epoch <= o_.epochs) {
       if (run_.window == 0) start_epoch();
@@ -191,11 +196,6 @@ class Trainer {
     for (Real& p : params_) p = static_cast<Real>(u(rng_));
     opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
     grad_.assign(params_.size(), Real(0));
-    progress_.line(fmt::format(
-        "lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x {} per epoch",
-        train_ids_.size(), vocab_.size(), params_.size(),
-        data::Batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string()).windows(), o_.seq,
-        o_.batch));
   }
 
   // Temporary files of writes a killed process left half done (io::AtomicFile's names).
