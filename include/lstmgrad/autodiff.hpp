@@ -114,6 +114,9 @@ class Tape {
 
   const Node& node(Var x, const char* op) const;  // checks that x belongs to this tape
   Var push(Node n);
+  // A node f(a) applied entry by entry (scale, sigmoid, tanh, log); defined in tape.cpp.
+  template <class F>
+  Var elementwise(Var a, Op op, const char* name, F f, double c = 0);
   void backward_node(const Node& n);  // adds n's contribution to its inputs' gradients
 
   std::vector<Node> nodes_;

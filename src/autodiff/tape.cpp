@@ -177,12 +177,13 @@ Var Tape::mul(Var a, Var b) {
   return push(std::move(n));
 }
 
-Var Tape::scale(Var a, double c) {
-  const Node& na = node(a, "scale");
+template <class F>
+Var Tape::elementwise(Var a, Op op, const char* name, F f, double c) {
+  const Node& na = node(a, name);
   Tensor C = na.value;
-  for (double& x : C.v) x *= c;
+  for (double& x : C.v) x = f(x);
   Node n;
-  n.op = Op::scale;
+  n.op = op;
   n.value = std::move(C);
   n.a = a.id;
   n.c = c;
@@ -190,40 +191,21 @@ Var Tape::scale(Var a, double c) {
   return push(std::move(n));
 }
 
+Var Tape::scale(Var a, double c) {
+  return elementwise(
+      a, Op::scale, "scale", [c](double x) { return x * c; }, c);
+}
+
 Var Tape::sigmoid(Var a) {
-  const Node& na = node(a, "sigmoid");
-  Tensor C = na.value;
-  for (double& x : C.v) x = sigmoid_of(x);
-  Node n;
-  n.op = Op::sigmoid;
-  n.value = std::move(C);
-  n.a = a.id;
-  n.needs_grad = na.needs_grad;
-  return push(std::move(n));
+  return elementwise(a, Op::sigmoid, "sigmoid", [](double x) { return sigmoid_of(x); });
 }
 
 Var Tape::tanh(Var a) {
-  const Node& na = node(a, "tanh");
-  Tensor C = na.value;
-  for (double& x : C.v) x = std::tanh(x);
-  Node n;
-  n.op = Op::tanh;
-  n.value = std::move(C);
-  n.a = a.id;
-  n.needs_grad = na.needs_grad;
-  return push(std::move(n));
+  return elementwise(a, Op::tanh, "tanh", [](double x) { return std::tanh(x); });
 }
 
 Var Tape::log(Var a) {
-  const Node& na = node(a, "log");
-  Tensor C = na.value;
-  for (double& x : C.v) x = std::log(x);
-  Node n;
-  n.op = Op::log;
-  n.value = std::move(C);
-  n.a = a.id;
-  n.needs_grad = na.needs_grad;
-  return push(std::move(n));
+  return elementwise(a, Op::log, "log", [](double x) { return std::log(x); });
 }
 
 Var Tape::softmax(Var a) {
