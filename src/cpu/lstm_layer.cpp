@@ -6,6 +6,7 @@
 #include "core/gates.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/fast_gates.hpp"
+#include "cpu/panel_gemm.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -33,7 +34,27 @@ void step_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_o
   }
 }
 
+// This thread's panels: forward, its units' rows of the four gates of U (z_q += h_prev U_q^T);
+// backward, its units' columns of U (dh_rec = dz U), K = 4H. Same size either way.
+PanelLayout forward_panels(const TeamSlice& ts, int64_t H) {
+  return {4, ts.n(), H, H};
+}
+PanelLayout backward_panels(const TeamSlice& ts, int64_t H) {
+  return {1, ts.n(), 0, 4 * H};
+}
+
 }  // namespace
+
+template <class Real>
+int64_t panel_floats(int64_t H) {
+  if constexpr (!std::is_same_v<Real, float>) {
+    return 0;
+  } else {
+    if (!panel_gemm_available()) return 0;
+    const int64_t padded = (H + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
+    return 4 * H * padded + kPanelWidth;
+  }
+}
 
 TeamSlice team_slice(int id, int size, int64_t H) {
   return {id, size, split_edge(H, id, size), split_edge(H, id + 1, size)};
@@ -56,14 +77,24 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
   if (r1 > r0)
     gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
+  Real* panels = saved.panels ? saved.panels + 4 * H * j0 : nullptr;
+  const PanelLayout pl = forward_panels(ts, H);
+  if constexpr (std::is_same_v<Real, float>) {
+    if (panels && n > 0) pack_panels(panels, w.W_hh + j0 * H, H, true, pl);
+  }
 #pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
     Real* zt = z + t * B * G;
     const Real* h_prev = saved.hseq + t * B * H;
     if (n > 0) {
-      for (int64_t q = 0; q < 4; ++q)  // z_q += h_prev U_q^T, this thread's units
-        gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
-             zt + q * H + j0, G);
+      // z_q += h_prev U_q^T, this thread's units of the four gates
+      if constexpr (std::is_same_v<Real, float>) {
+        if (panels) panel_gemm(B, h_prev, H, panels, pl, zt + j0, G, true);
+      }
+      if (!panels)
+        for (int64_t q = 0; q < 4; ++q)
+          gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
+               zt + q * H + j0, G);
       step_forward(zt + j0, G, H, saved.bias + j0, saved.sseq + (t + 1) * B * H + j0,
                    saved.hseq + (t + 1) * B * H + j0, saved.sseq + t * B * H + j0, H, B, n);
     }
@@ -77,6 +108,11 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const LayerWeights<Real>& w, const TeamSlice& ts, int64_t T, int64_t B,
                     int64_t I, int64_t H) {
   const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
+  Real* panels = saved.panels ? saved.panels + 4 * H * j0 : nullptr;
+  const PanelLayout pl = backward_panels(ts, H);
+  if constexpr (std::is_same_v<Real, float>) {
+    if (panels && n > 0) pack_panels(panels, w.W_hh + j0, H, false, pl);
+  }
   for (int64_t t = T - 1; t >= 0; --t) {
     Real* dzt = dz + t * B * G;
     if (n > 0)
@@ -85,7 +121,10 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     saved.sseq + t * B * H + j0, H, B, n);
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, this thread's columns.
-    if (n > 0)
+    if constexpr (std::is_same_v<Real, float>) {
+      if (panels && n > 0) panel_gemm(B, dzt, G, panels, pl, dh_rec + j0, H, false);
+    }
+    if (!panels && n > 0)
       gemm(Tr::N, Tr::N, B, n, G, Real(1), dzt, G, w.W_hh + j0, H, Real(0), dh_rec + j0, H);
   }
   // Weight gradients over all steps at once, this thread's rows of each gate:
@@ -115,6 +154,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
 }
 
 #define LSTMGRAD_INSTANTIATE(Real)                                                                 \
+  template int64_t panel_floats<Real>(int64_t);                                                    \
   template void layer_pack<Real>(const LayerSaved<Real>&, const LayerWeights<Real>&,               \
                                  const TeamSlice&, int64_t);                                       \
   template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                          \

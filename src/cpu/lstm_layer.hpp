@@ -37,7 +37,16 @@ struct LayerSaved {
   Real* dbias;  // [G] scratch: the bias gradient of one backward
   Real* hseq;   // [T+1,B,H] h0 (filled by the caller), then h_1 .. h_T
   Real* sseq;   // [T+1,B,H] s0 (filled by the caller), then s_1 .. s_T
+  // float32 on AVX-512: the recurrent weights packed for panel_gemm (cpu/panel_gemm.hpp), one
+  // region per thread at panels + 4 H j0, 64-byte aligned; null: the BLAS runs every step.
+  // Shared by all layers (each layer packs at the start of its forward and of its backward).
+  Real* panels;
 };
+
+// Floats of LayerSaved::panels for hidden width H (every team size): 4 H by H rounded up to whole
+// panels, plus one panel's slack for the alignment.
+template <class Real>
+int64_t panel_floats(int64_t H);
 
 // Boundary p of `total` split among `size` threads, on a multiple of 16 (0 and total at the ends).
 // The BLAS treats an edge of fewer rows or columns with other kernels (another order of the

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "cpu/arena.hpp"
 #include "cpu/blas.hpp"
@@ -29,13 +30,20 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
   const int64_t S = N * H + capB_ * H;  // a state sequence h0..h_T
   const int64_t Wd = std::max(X_, H);
   // One allocation, sized up front; the time loops allocate nothing.
+  const int64_t P = panel_floats<Real>(H);
   arena_.assign(
-      static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + N * G + 2 * N * Wd + 2 * capB_ * H),
+      static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + N * G + 2 * N * Wd + 2 * capB_ * H + P),
       Real(0));
   Carver<Real> carve(arena_.data());
+  Real* panels = nullptr;
+  if (P > 0) {  // 64-byte aligned: the kernel's aligned panel loads
+    Real* raw = carve(P);
+    const auto skip = (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64 / sizeof(Real);
+    panels = raw + skip;
+  }
   for (auto& s : saved_) {
     s.gates = carve(N * G), s.bias = carve(G), s.dbias = carve(G);
-    s.hseq = carve(S), s.sseq = carve(S);
+    s.hseq = carve(S), s.sseq = carve(S), s.panels = panels;
   }
   dz_ = carve(N * G), dh_a_ = carve(N * Wd), dh_b_ = carve(N * Wd);
   dh_rec_ = carve(capB_ * H), ds_ = carve(capB_ * H);

@@ -1,0 +1,116 @@
+#include "cpu/panel_gemm.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+namespace lstmgrad::cpu {
+
+namespace {
+
+#define LSTMGRAD_AVX512 __attribute__((target("avx512f")))
+
+constexpr int kMaxRows = 12;  // 12 rows x 2 panels: 24 accumulators of the 32 vector registers
+
+// One tile: MR rows of C against NP panels, the accumulators held in registers over all of K.
+template <int MR, int NP>
+LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t lda, const float* const* P,
+                          float* const* C, const __mmask16* mask, int64_t ldc, bool accumulate) {
+  __m512 acc[MR][NP];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[NP];
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P[p] + k * kPanelWidth);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 2
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, w[p], acc[r][p]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) {
+      float* c = C[p] + r * ldc;
+      __m512 v = acc[r][p];
+      if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], c), v);
+      _mm512_mask_storeu_ps(c, mask[p], v);
+    }
+}
+
+using TileFn = void (*)(int64_t, const float*, int64_t, const float* const*, float* const*,
+                        const __mmask16*, int64_t, bool);
+
+template <int NP, size_t... I>
+constexpr std::array<TileFn, sizeof...(I)> tiles(std::index_sequence<I...>) {
+  return {&tile<static_cast<int>(I) + 1, NP>...};
+}
+
+// kTiles[NP - 1][MR - 1]
+const std::array<std::array<TileFn, kMaxRows>, 2> kTiles = {
+    tiles<1>(std::make_index_sequence<kMaxRows>{}), tiles<2>(std::make_index_sequence<kMaxRows>{})};
+
+// Where panel p of the layout writes, and how many of its lanes are real columns.
+struct PanelTarget {
+  int64_t column;
+  __mmask16 mask;
+};
+
+PanelTarget target_of(const PanelLayout& layout, int64_t p) {
+  const int64_t pg = layout.per_group(), g = p / pg, c = (p % pg) * kPanelWidth;
+  const int64_t width = std::min(kPanelWidth, layout.width - c);
+  return {g * layout.group_stride + c, static_cast<__mmask16>((1u << width) - 1u)};
+}
+
+}  // namespace
+
+bool panel_gemm_available() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const PanelLayout& layout) {
+  const int64_t K = layout.K, pg = layout.per_group();
+  for (int64_t p = 0; p < layout.panels(); ++p) {
+    float* d = dst + p * K * kPanelWidth;
+    const int64_t c = (p % pg) * kPanelWidth;
+    const int64_t col = (p / pg) * layout.group_stride + c;
+    const int64_t width = std::min(kPanelWidth, layout.width - c);
+    for (int64_t l = 0; l < kPanelWidth; ++l)
+      for (int64_t k = 0; k < K; ++k)
+        d[k * kPanelWidth + l] =
+            l >= width ? 0.0f : rows ? W[(col + l) * ldw + k] : W[k * ldw + col + l];
+  }
+}
+
+void panel_gemm(int64_t M, const float* A, int64_t lda, const float* packed,
+                const PanelLayout& layout, float* C, int64_t ldc, bool accumulate) {
+  const int64_t K = layout.K, np = layout.panels();
+  for (int64_t p0 = 0; p0 < np; p0 += 2) {
+    const int NP = np - p0 >= 2 ? 2 : 1;
+    const float* P[2] = {packed + p0 * K * kPanelWidth, nullptr};
+    float* Cp[2] = {nullptr, nullptr};
+    __mmask16 mask[2] = {0, 0};
+    for (int q = 0; q < NP; ++q) {
+      const PanelTarget t = target_of(layout, p0 + q);
+      P[q] = packed + (p0 + q) * K * kPanelWidth;
+      Cp[q] = C + t.column;
+      mask[q] = t.mask;
+    }
+    // The panels (2 x K x 64 bytes) stay in L2 while the row blocks pass over them.
+    for (int64_t r = 0; r < M; r += kMaxRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));
+      float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
+      kTiles[NP - 1][mr - 1](K, A + r * lda, lda, P, Cr, mask, ldc, accumulate);
+    }
+  }
+}
+
+}  // namespace lstmgrad::cpu
