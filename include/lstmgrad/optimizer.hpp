@@ -7,8 +7,17 @@
 
 namespace lstmgrad {
 
-// The global L2 norm of g; when it exceeds max_norm, g is scaled by max_norm / (norm + 1e-6)
-// (PyTorch's clip_grad_norm_). Returns the norm before clipping. max_norm <= 0: no clipping.
+// The global L2 norm of g, summed in float64 over fixed blocks (threads share the blocks; the
+// result is the same for any thread count).
+template <class Real>
+double grad_norm(std::span<const Real> g);
+
+// What clipping scales the gradient by: max_norm / (norm + 1e-6) when norm > max_norm (PyTorch's
+// clip_grad_norm_), else 1. max_norm <= 0: no clipping.
+double clip_factor(double norm, double max_norm);
+
+// The global L2 norm of g; when it exceeds max_norm, g is scaled by clip_factor. Returns the norm
+// before clipping.
 template <class Real>
 double clip_grad_norm(std::span<Real> g, double max_norm);
 
@@ -24,6 +33,10 @@ class Optimizer {
   Optimizer(OptimizerKind kind, size_t n, double beta1 = 0.9, double beta2 = 0.999,
             double eps = 1e-8);
   void step(std::span<Real> params, std::span<const Real> grad, double lr);
+  // The same update with g * grad_scale (clip_factor) for g, in one pass that also zeroes grad
+  // for the next accumulation: what a training step needs, without three more passes over the
+  // parameters. The result is bit-identical to clip_grad_norm, then step, then zeroing.
+  void step_and_zero(std::span<Real> params, std::span<Real> grad, double lr, double grad_scale);
 
   OptimizerKind kind() const { return kind_; }
   int64_t steps() const { return t_; }
@@ -35,6 +48,9 @@ class Optimizer {
   void set_steps(int64_t t) { t_ = t; }
 
  private:
+  void clip_scale_and_step(std::span<Real> params, std::span<Real> grad, double lr,
+                           double grad_scale);
+
   OptimizerKind kind_;
   double beta1_, beta2_, eps_;
   int64_t t_ = 0;

@@ -253,10 +253,9 @@ class Trainer {
     lm_->set_dropout(o_.dropout,
                      o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
     const double loss = lm_->forward(params_, batch_, red);
-    std::fill(grad_.begin(), grad_.end(), Real(0));
-    lm_->backward(grad_, params_, batch_);
-    clip_grad_norm<Real>(grad_, o_.clip);
-    opt_->step(params_, grad_, lr);
+    lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
+    const double norm = grad_norm<Real>(grad_);
+    opt_->step_and_zero(params_, grad_, lr, clip_factor(norm, o_.clip));
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
     std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
