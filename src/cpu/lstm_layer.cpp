@@ -127,23 +127,22 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     if (!panels && n > 0)
       gemm(Tr::N, Tr::N, B, n, G, Real(1), dzt, G, w.W_hh + j0, H, Real(0), dh_rec + j0, H);
   }
-  // Weight gradients over all steps at once, this thread's rows of each gate:
+  // Weight gradients over all steps at once (dz is complete: the last barrier above), each thread
+  // a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four of H / P):
   // dW_ih += dz^T x, dW_hh += dz^T h_prev.
-  for (int64_t q = 0; q < 4 && n > 0; ++q) {
-    const int64_t row = q * H + j0;
-    gemm(Tr::T, Tr::N, n, I, N, Real(1), dz + row, G, x, I, Real(1), g.dW_ih + row * I, I);
-    gemm(Tr::T, Tr::N, n, H, N, Real(1), dz + row, G, saved.hseq, H, Real(1), g.dW_hh + row * H, H);
-  }
-  // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
-  for (int64_t q = 0; q < 4 && n > 0; ++q) {
-    Real* db = saved.dbias + q * H + j0;
-    std::fill_n(db, n, Real(0));
+  const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
+  if (g1 > g0) {
+    gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
+    gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, saved.hseq, H, Real(1),
+         g.dW_hh + g0 * H, H);
+    // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
+    Real* db = saved.dbias + g0;
+    std::fill_n(db, g1 - g0, Real(0));
     for (int64_t r = 0; r < N; ++r) {
-      const Real* dzr = dz + r * G + q * H + j0;
-      for (int64_t k = 0; k < n; ++k) db[k] += dzr[k];
+      const Real* dzr = dz + r * G + g0;
+      for (int64_t k = 0; k < g1 - g0; ++k) db[k] += dzr[k];
     }
-    for (int64_t k = 0; k < n; ++k)
-      g.db_ih[q * H + j0 + k] += db[k], g.db_hh[q * H + j0 + k] += db[k];
+    for (int64_t k = 0; k < g1 - g0; ++k) g.db_ih[g0 + k] += db[k], g.db_hh[g0 + k] += db[k];
   }
   if (dx) {  // dx = dz W_ih, this thread's rows (all of dz is complete: the last barrier above)
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
