@@ -85,6 +85,7 @@ class LanguageModel {
     Real* x0;     // [T,B,X] embedded input (embedding only)
     Real* probs;  // [T,B,V] logits, then p, then dL/dlogits
     Real* dh;     // [T,B,H] dL/dh of the top layer (linear readout)
+    Real* colsum;  // [ceil(T*B/16),V] per 16-row block: the column sums of p - y (linear readout)
     Real* dx0;    // [T,B,X] dL/dx of the embedded input (embedding only)
   } buf_{};
 };

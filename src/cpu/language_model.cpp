@@ -22,6 +22,16 @@ size_t layer_slot(const ModelConfig& cfg, int64_t k) {
   return (cfg.input == InputKind::embedding ? 1 : 0) + 4 * static_cast<size_t>(k);
 }
 
+// The bias gradient of the readout, dc = scale * column sums of (p - y) over the T*B rows, is
+// summed while each row of p is still in cache after its softmax: one partial sum per block of
+// kColsumRows rows (thread boundaries are multiples of 16, so every block belongs to one thread),
+// then the blocks in order in backward. Same sums for any thread count; no pass over [T*B,V].
+constexpr int64_t kColsumRows = 16;
+
+int64_t colsum_blocks(int64_t N) {
+  return (N + kColsumRows - 1) / kColsumRows;
+}
+
 template <class Real>
 Real loss_scale(Reduction red, int64_t T, int64_t B) {
   switch (red) {
@@ -95,13 +105,15 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
   const bool emb = cfg_.input == InputKind::embedding;
   const bool lin = cfg_.readout == Readout::linear;
   // Sized once: nothing is allocated again while the batch shape stays.
-  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) + N * cfg_.V + (lin ? N * cfg_.H : 0)),
+  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) + N * cfg_.V +
+                                    (lin ? N * cfg_.H + colsum_blocks(N) * cfg_.V : 0)),
                 Real(0));
   cpu::Carver<Real> carve(arena_.data());
   buf_.x0 = emb ? carve(N * X) : nullptr;
   buf_.dx0 = emb ? carve(N * X) : nullptr;
   buf_.probs = carve(N * cfg_.V);
   buf_.dh = lin ? carve(N * cfg_.H) : nullptr;
+  buf_.colsum = lin ? carve(colsum_blocks(N) * cfg_.V) : nullptr;
 }
 
 // What the readout reads: the top layer's h_1 .. h_T [T,B,H], or its dropped copy (site L).
@@ -187,10 +199,22 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
     } else {
       std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
     }
-    for (int64_t r = r0; r < r1; ++r)
-      row_loss[r] =
-          softmax_xent_forward(logits + r * V, logits + r * V, y_probs ? y_probs + r * V : nullptr,
-                               y_class ? y_class + r : nullptr, 1, V);
+    for (int64_t r = r0; r < r1; ++r) {
+      Real* p = logits + r * V;
+      const Real* y = y_probs ? y_probs + r * V : nullptr;
+      row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
+      if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
+      Real* cs = buf_.colsum + (r / kColsumRows) * V;  // this block's sum of p - y
+      if (r % kColsumRows == 0)
+        std::copy_n(p, V, cs);
+      else
+        for (int64_t v = 0; v < V; ++v) cs[v] += p[v];
+      if (y_class) {
+        cs[y_class[r]] -= Real(1);
+      } else {
+        for (int64_t v = 0; v < V; ++v) cs[v] -= y[v];
+      }
+    }
   }
   double sum = 0;
   for (int64_t r = 0; r < N; ++r) sum += row_loss[r];  // in row order: reproducible
@@ -232,11 +256,14 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
       const int nt = omp_get_num_threads(), id = omp_get_thread_num();
       const int64_t v0 = cpu::split_edge(V, id, nt), v1 = cpu::split_edge(V, id + 1, nt);
       const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
-      // logits = h W^T + c: dc += scale * column sums of (p - y), dW += scale (p - y)^T h.
-      for (int64_t r = 0; r < N; ++r) {
-        const Real* row = dlogits + r * V;
-        for (int64_t v = v0; v < v1; ++v) dc[v] += scale * row[v];
+      // logits = h W^T + c: dc += scale * column sums of (p - y) (the blocks' sums, in block
+      // order, accumulated into block 0), dW += scale (p - y)^T h.
+      Real* cs0 = buf_.colsum;
+      for (int64_t b = 1; b < colsum_blocks(N); ++b) {
+        const Real* cs = buf_.colsum + b * V;
+        for (int64_t v = v0; v < v1; ++v) cs0[v] += cs[v];
       }
+      for (int64_t v = v0; v < v1; ++v) dc[v] += scale * cs0[v];
       if (v1 > v0)
         gemm(Tr::T, Tr::N, v1 - v0, H, N, scale, dlogits + v0, V, top, H, Real(1), dWd + v0 * H, H);
       if (r1 > r0)  // dh = scale (p - y) W
