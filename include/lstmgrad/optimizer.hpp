@@ -48,9 +48,6 @@ class Optimizer {
   void set_steps(int64_t t) { t_ = t; }
 
  private:
-  void clip_scale_and_step(std::span<Real> params, std::span<Real> grad, double lr,
-                           double grad_scale);
-
   OptimizerKind kind_;
   double beta1_, beta2_, eps_;
   int64_t t_ = 0;

@@ -43,6 +43,12 @@ PanelLayout backward_panels(const TeamSlice& ts, int64_t H) {
   return {1, ts.n(), 0, 4 * H};
 }
 
+// This thread's region of LayerSaved::panels (null: no packed kernel, the BLAS runs each step).
+template <class Real>
+Real* thread_panels(const LayerSaved<Real>& saved, const TeamSlice& ts, int64_t H) {
+  return saved.panels && ts.n() > 0 ? saved.panels + 4 * H * ts.j0 : nullptr;
+}
+
 }  // namespace
 
 template <class Real>
@@ -77,10 +83,10 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
   if (r1 > r0)
     gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
-  Real* panels = saved.panels ? saved.panels + 4 * H * j0 : nullptr;
+  Real* panels = thread_panels(saved, ts, H);
   const PanelLayout pl = forward_panels(ts, H);
   if constexpr (std::is_same_v<Real, float>) {
-    if (panels && n > 0) pack_panels(panels, w.W_hh + j0 * H, H, true, pl);
+    if (panels) pack_panels(panels, w.W_hh + j0 * H, H, true, pl);
   }
 #pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
@@ -108,10 +114,10 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const LayerWeights<Real>& w, const TeamSlice& ts, int64_t T, int64_t B,
                     int64_t I, int64_t H) {
   const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
-  Real* panels = saved.panels ? saved.panels + 4 * H * j0 : nullptr;
+  Real* panels = thread_panels(saved, ts, H);
   const PanelLayout pl = backward_panels(ts, H);
   if constexpr (std::is_same_v<Real, float>) {
-    if (panels && n > 0) pack_panels(panels, w.W_hh + j0, H, false, pl);
+    if (panels) pack_panels(panels, w.W_hh + j0, H, false, pl);
   }
   for (int64_t t = T - 1; t >= 0; --t) {
     Real* dzt = dz + t * B * G;
@@ -122,7 +128,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, this thread's columns.
     if constexpr (std::is_same_v<Real, float>) {
-      if (panels && n > 0) panel_gemm(B, dzt, G, panels, pl, dh_rec + j0, H, false);
+      if (panels) panel_gemm(B, dzt, G, panels, pl, dh_rec + j0, H, false);
     }
     if (!panels && n > 0)
       gemm(Tr::N, Tr::N, B, n, G, Real(1), dzt, G, w.W_hh + j0, H, Real(0), dh_rec + j0, H);

@@ -15,6 +15,16 @@ namespace {
 constexpr size_t kNormBlock = 4096;  // elements per block of the norm's sum
 constexpr size_t kNormLanes = 8;     // independent partial sums in a block (vectorisable)
 
+// g *= factor (rounded to Real first, as clipping has always done), element-wise and threaded.
+template <class Real>
+void scale_in_place(std::span<Real> g, double factor) {
+  const Real c = static_cast<Real>(factor);
+  Real* v = g.data();
+  const size_t n = g.size();
+#pragma omp parallel for schedule(static)
+  for (size_t k = 0; k < n; ++k) v[k] *= c;
+}
+
 }  // namespace
 
 template <class Real>
@@ -50,13 +60,7 @@ template <class Real>
 double clip_grad_norm(std::span<Real> g, double max_norm) {
   const double norm = grad_norm<Real>(g);
   const double c = clip_factor(norm, max_norm);
-  if (c != 1.0) {
-    const Real cr = static_cast<Real>(c);
-    Real* v = g.data();
-    const size_t n = g.size();
-#pragma omp parallel for schedule(static)
-    for (size_t k = 0; k < n; ++k) v[k] *= cr;
-  }
+  if (c != 1.0) scale_in_place(g, c);
   return norm;
 }
 
@@ -80,7 +84,9 @@ template <class Real>
 void Optimizer<Real>::step_and_zero(std::span<Real> params, std::span<Real> grad, double lr,
                                     double grad_scale) {
   if (kind_ != OptimizerKind::sgd) {  // Adam: the scaled gradient, then the usual step
-    clip_scale_and_step(params, grad, lr, grad_scale);
+    if (grad_scale != 1.0) scale_in_place(grad, grad_scale);
+    step(params, grad, lr);
+    std::fill(grad.begin(), grad.end(), Real(0));
     return;
   }
   ++t_;
@@ -96,20 +102,6 @@ void Optimizer<Real>::step_and_zero(std::span<Real> params, std::span<Real> grad
     p[k] -= a * gk;
     g[k] = Real(0);
   }
-}
-
-template <class Real>
-void Optimizer<Real>::clip_scale_and_step(std::span<Real> params, std::span<Real> grad, double lr,
-                                          double grad_scale) {
-  Real* g = grad.data();
-  const size_t n = grad.size();
-  if (grad_scale != 1.0) {
-    const Real c = static_cast<Real>(grad_scale);
-#pragma omp parallel for schedule(static)
-    for (size_t k = 0; k < n; ++k) g[k] *= c;
-  }
-  step(params, grad, lr);
-  std::fill(grad.begin(), grad.end(), Real(0));
 }
 
 template <class Real>
