@@ -117,6 +117,9 @@ class Tape {
   // A node f(a) applied entry by entry (scale, sigmoid, tanh, log); defined in tape.cpp.
   template <class F>
   Var elementwise(Var a, Op op, const char* name, F f, double c = 0);
+  // a (op) b with b broadcast over rows (check_broadcast): add, sub, mul; defined in tape.cpp.
+  template <class F>
+  Var binary(Var a, Var b, Op op, const char* name, F f);
   void backward_node(const Node& n);  // adds n's contribution to its inputs' gradients
 
   std::vector<Node> nodes_;

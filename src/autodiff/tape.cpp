@@ -129,52 +129,33 @@ Var Tape::transpose(Var a) {
 }
 
 // add, sub and mul share their recording; only the element formula differs.
-Var Tape::add(Var a, Var b) {
-  const Node& na = node(a, "add");
-  const Node& nb = node(b, "add");
-  check_broadcast("add", na.value, nb.value);
+template <class F>
+Var Tape::binary(Var a, Var b, Op op, const char* name, F f) {
+  const Node& na = node(a, name);
+  const Node& nb = node(b, name);
+  check_broadcast(name, na.value, nb.value);
   Tensor C = na.value;
   for (int64_t r = 0; r < C.rows; ++r)
-    for (int64_t c = 0; c < C.cols; ++c) C(r, c) += nb.value(brow(nb.value, r), c);
+    for (int64_t c = 0; c < C.cols; ++c) C(r, c) = f(C(r, c), nb.value(brow(nb.value, r), c));
   Node n;
-  n.op = Op::add;
+  n.op = op;
   n.value = std::move(C);
   n.a = a.id;
   n.b = b.id;
   n.needs_grad = na.needs_grad || nb.needs_grad;
   return push(std::move(n));
+}
+
+Var Tape::add(Var a, Var b) {
+  return binary(a, b, Op::add, "add", [](double x, double y) { return x + y; });
 }
 
 Var Tape::sub(Var a, Var b) {
-  const Node& na = node(a, "sub");
-  const Node& nb = node(b, "sub");
-  check_broadcast("sub", na.value, nb.value);
-  Tensor C = na.value;
-  for (int64_t r = 0; r < C.rows; ++r)
-    for (int64_t c = 0; c < C.cols; ++c) C(r, c) -= nb.value(brow(nb.value, r), c);
-  Node n;
-  n.op = Op::sub;
-  n.value = std::move(C);
-  n.a = a.id;
-  n.b = b.id;
-  n.needs_grad = na.needs_grad || nb.needs_grad;
-  return push(std::move(n));
+  return binary(a, b, Op::sub, "sub", [](double x, double y) { return x - y; });
 }
 
 Var Tape::mul(Var a, Var b) {
-  const Node& na = node(a, "mul");
-  const Node& nb = node(b, "mul");
-  check_broadcast("mul", na.value, nb.value);
-  Tensor C = na.value;
-  for (int64_t r = 0; r < C.rows; ++r)
-    for (int64_t c = 0; c < C.cols; ++c) C(r, c) *= nb.value(brow(nb.value, r), c);
-  Node n;
-  n.op = Op::mul;
-  n.value = std::move(C);
-  n.a = a.id;
-  n.b = b.id;
-  n.needs_grad = na.needs_grad || nb.needs_grad;
-  return push(std::move(n));
+  return binary(a, b, Op::mul, "mul", [](double x, double y) { return x * y; });
 }
 
 template <class F>
