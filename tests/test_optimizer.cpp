@@ -1,11 +1,17 @@
 // Clipping and the optimizers on the flat vector: the fused training update (step_and_zero)
-// against the three separate passes it replaces, and the norm against a plain float64 sum.
+// against the three separate passes it replaces, and the norm against a plain float64 sum. The
+// sparse passes (zero ranges skipped) against the dense ones, bit for bit, down to a few training
+// updates of a small embedding language model.
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "compare.hpp"
+#include "lstmgrad/lstm.hpp"
 #include "lstmgrad/optimizer.hpp"
 #include "splitmix.hpp"
 
@@ -68,6 +74,253 @@ TEST(Optimizer, FusedStepIsBitIdenticalToClipStepZero) {
       expect_fused_equals_separate<float>(kind, max_norm);
       expect_fused_equals_separate<double>(kind, max_norm);
     }
+}
+
+// Bit for bit (0 == -0 aside); on a failure, the largest difference and where it is.
+template <class Real>
+::testing::AssertionResult identical(const std::string& what, const std::vector<Real>& got,
+                                     const std::vector<Real>& want) {
+  if (got == want) return ::testing::AssertionSuccess();
+  const Diff d = diff(std::span<const Real>(got), std::span<const Real>(want));
+  return ::testing::AssertionFailure() << what << ": max abs difference " << d.max_abs
+                                       << " (relative " << d.rel << ") at " << d.where;
+}
+
+// Runs f() with 1, then 2 OpenMP threads.
+template <class F>
+void at_one_and_two_threads(F&& f) {
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << threads << " thread(s)");
+    omp_set_num_threads(threads);
+    f();
+  }
+  omp_set_num_threads(saved);
+}
+
+// Zero ranges in a kSize vector (blocks of 4096, lanes of 8): from element 0, single elements,
+// ranges that start or end off a lane boundary, ranges across the block boundaries 4096, 8192
+// and 12288, one over a whole block, a run of neighbours with gaps of 1, and one to the end.
+const std::vector<ElementRange> kZero = {
+    {0, 5},        {7, 8},         {13, 4090},     {4093, 4101},  {4101, 4101},
+    {4102, 4103},  {5000, 5003},   {5004, 5006},   {5007, 5015},  {8187, 8200},
+    {8201, 12290}, {12291, 12292}, {12293, 12295}, {13000, kSize}};
+
+template <class Real>
+void zero_out(std::vector<Real>& g, std::span<const ElementRange> zero) {
+  for (const ElementRange& r : zero) std::fill(g.begin() + r.begin, g.begin() + r.end, Real(0));
+}
+
+// The documented order, one element at a time: blocks of 4096, element i into lane i % 8 of its
+// block, the lanes in order, the blocks in order.
+template <class Real>
+double reference_norm(const std::vector<Real>& g) {
+  double sq = 0;
+  for (size_t i0 = 0; i0 < g.size(); i0 += 4096) {
+    double lane[8] = {}, block = 0;
+    for (size_t i = i0; i < std::min(g.size(), i0 + 4096); ++i)
+      lane[i % 8] += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+    for (double x : lane) block += x;
+    sq += block;
+  }
+  return std::sqrt(sq);
+}
+
+// Every element next to a range is random (not 0), so a norm or a step that skipped one element
+// too many differs from the dense one.
+template <class Real>
+void expect_sparse_norm_equals_dense() {
+  SCOPED_TRACE(::testing::Message() << sizeof(Real) * 8 << "-bit");
+  auto g = random_vector<Real>(kSize, 13, 2.0);
+  zero_out(g, kZero);
+  const double dense = grad_norm<Real>(g);
+  EXPECT_EQ(dense, reference_norm(g));
+  const std::vector<ElementRange> all = {{0, kSize}}, none;
+  at_one_and_two_threads([&] {
+    EXPECT_EQ(grad_norm<Real>(g, kZero), dense);
+    EXPECT_EQ(grad_norm<Real>(g, none), dense);
+    EXPECT_EQ(grad_norm<Real>(g, all), 0.0);
+  });
+}
+
+TEST(Optimizer, GradNormSkippingZeroRangesIsBitIdenticalToTheDenseNorm) {
+  expect_sparse_norm_equals_dense<float>();
+  expect_sparse_norm_equals_dense<double>();
+}
+
+// Element i must go into lane i % 8 even in a kept run that starts off a lane boundary: random
+// data hardly shows a wrong lane through the sqrt, so this is built to. A large square (2^54) in
+// lane 0 absorbs every small square (1) that joins lane 0 after it, while the 511 or so squares
+// of another lane add up exactly; in each block, the run of small ones starts 2 or 3 past a lane
+// boundary, after a zero range, and would put them into lane 0 if it ignored where it started.
+template <class Real>
+void expect_every_element_in_its_lane() {
+  SCOPED_TRACE(::testing::Message() << sizeof(Real) * 8 << "-bit");
+  std::vector<Real> g(2 * 4096, Real(0));
+  g[0] = g[4096] = Real(0x1p27);
+  for (size_t i = 2; i < 4090; i += 8) g[i] = Real(1);
+  for (size_t i = 4096 + 3; i < 8192; i += 8) g[i] = Real(1);
+  const std::vector<ElementRange> zero = {{1, 2}, {4090, 4096}, {4097, 4099}};
+  auto zeroed = g;
+  zero_out(zeroed, zero);
+  ASSERT_EQ(zeroed, g);  // the ranges hold zeros
+  const double dense = grad_norm<Real>(g);
+  EXPECT_EQ(dense, reference_norm(g));
+  EXPECT_NE(dense, std::sqrt(2 * 0x1p54));  // the small squares count
+  at_one_and_two_threads([&] { EXPECT_EQ(grad_norm<Real>(g, zero), dense); });
+}
+
+TEST(Optimizer, GradNormPutsEveryElementIntoItsLane) {
+  expect_every_element_in_its_lane<float>();
+  expect_every_element_in_its_lane<double>();
+}
+
+// The ranges are really skipped (that is the speed-up): what they hold does not count.
+TEST(Optimizer, GradNormDoesNotReadTheZeroRanges) {
+  auto g = random_vector<double>(kSize, 17, 1.0), zeroed = g;
+  zero_out(zeroed, kZero);
+  at_one_and_two_threads(
+      [&] { EXPECT_EQ(grad_norm<double>(g, kZero), grad_norm<double>(zeroed)); });
+}
+
+TEST(Optimizer, ZeroRangesOutOfOrderAreRefused) {
+  const std::vector<double> g(100, 1.0);
+  const std::vector<std::vector<ElementRange>> bad = {{{5, 10}, {8, 12}}, {{5, 4}}, {{90, 101}}};
+  for (const auto& zero : bad) EXPECT_THROW(grad_norm<double>(g, zero), std::invalid_argument);
+}
+
+template <class Real>
+void expect_sparse_sgd_equals_dense(double scale) {
+  SCOPED_TRACE(::testing::Message() << sizeof(Real) * 8 << "-bit, scale " << scale);
+  at_one_and_two_threads([&] {
+    auto p1 = random_vector<Real>(kSize, 19, 1.0), p2 = p1;
+    Optimizer<Real> a(OptimizerKind::sgd, kSize), b(OptimizerKind::sgd, kSize);
+    for (int step = 0; step < 3; ++step) {
+      auto g1 = random_vector<Real>(kSize, 23 + static_cast<uint64_t>(step), 0.5);
+      zero_out(g1, kZero);
+      auto g2 = g1;
+      a.step_and_zero(p1, g1, 0.1, scale);
+      b.step_and_zero(p2, g2, 0.1, scale, kZero);
+      ASSERT_TRUE(identical("params, step " + std::to_string(step), p2, p1));
+      ASSERT_TRUE(identical("grad", g2, std::vector<Real>(kSize, Real(0))));
+    }
+    EXPECT_EQ(b.steps(), 3);
+  });
+}
+
+TEST(Optimizer, SparseSgdStepIsBitIdenticalToTheDenseStep) {
+  for (double scale : {1.0, 0.37}) {
+    expect_sparse_sgd_equals_dense<float>(scale);
+    expect_sparse_sgd_equals_dense<double>(scale);
+  }
+}
+
+// SGD neither reads nor writes the ranges; Adam ignores them (its moments decay at every step).
+TEST(Optimizer, SparseStepTouchesNothingInTheZeroRangesButAdamIsDense) {
+  const auto p0 = random_vector<double>(kSize, 29, 1.0), g0 = random_vector<double>(kSize, 31, 1.0);
+  auto p = p0, g = g0;
+  Optimizer<double>(OptimizerKind::sgd, kSize).step_and_zero(p, g, 0.1, 0.5, kZero);
+  for (const ElementRange& r : kZero)
+    for (size_t k = r.begin; k < r.end; ++k) ASSERT_TRUE(p[k] == p0[k] && g[k] == g0[k]) << k;
+  auto pa = p0, ga = g0, pb = p0, gb = g0;
+  Optimizer<double>(OptimizerKind::adam, kSize).step_and_zero(pa, ga, 0.1, 0.5);
+  Optimizer<double>(OptimizerKind::adam, kSize).step_and_zero(pb, gb, 0.1, 0.5, kZero);
+  EXPECT_TRUE(identical("adam params", pb, pa));
+  EXPECT_TRUE(identical("adam grad", gb, ga));
+}
+
+// Brute force: element k of the table is in a range exactly when no id selects its row.
+void expect_unused_rows(const std::vector<int64_t>& ids, int64_t rows, int64_t width, size_t offset,
+                        std::vector<uint8_t>& mark, std::vector<ElementRange>& zero) {
+  unused_rows(ids, rows, width, offset, mark, zero);
+  std::vector<bool> in_range(offset + static_cast<size_t>(rows * width) + 3, false);
+  for (size_t i = 0; i < zero.size(); ++i) {
+    if (i > 0) {
+      EXPECT_LT(zero[i - 1].end, zero[i].begin) << "ranges " << i - 1 << ", " << i;
+    }
+    EXPECT_LT(zero[i].begin, zero[i].end);
+    for (size_t k = zero[i].begin; k < zero[i].end; ++k) in_range.at(k) = true;
+  }
+  for (size_t k = 0; k < in_range.size(); ++k) {
+    const bool table = k >= offset && k < offset + static_cast<size_t>(rows * width);
+    const int64_t row = table ? static_cast<int64_t>(k - offset) / width : -1;
+    const bool used = std::find(ids.begin(), ids.end(), row) != ids.end();
+    EXPECT_EQ(in_range[k], table && !used) << "element " << k << ", row " << row;
+  }
+  EXPECT_EQ(std::count(mark.begin(), mark.end(), 1), 0);  // ready for the next call
+}
+
+TEST(Optimizer, UnusedRowsAreExactlyTheRowsNoIdSelects) {
+  std::vector<uint8_t> mark;
+  std::vector<ElementRange> zero;
+  // Repeats, the first and last rows, neighbours (merged ranges between them), then other ids
+  // through the same scratch, none, and all.
+  expect_unused_rows({0, 36, 5, 6, 5, 20, 22, 0}, 37, 3, 5, mark, zero);
+  expect_unused_rows({1, 2, 35}, 37, 3, 5, mark, zero);
+  const ElementRange* data = zero.data();
+  expect_unused_rows({}, 37, 3, 5, mark, zero);
+  EXPECT_EQ(zero.data(), data);  // fewer ranges: the same storage
+  std::vector<int64_t> all(37);
+  for (int64_t r = 0; r < 37; ++r) all[static_cast<size_t>(r)] = 36 - r;
+  expect_unused_rows(all, 37, 3, 5, mark, zero);
+  EXPECT_TRUE(zero.empty());
+}
+
+// What the trainer does at each update, with and without skipping the embedding rows the batch
+// did not use: a small embedding LM with dropout and active clipping, several batches that use
+// a few of its rows. Before each update, the skipped ranges of the gradient must really be 0
+// (only the batch's rows receive a gradient); after it, the two runs must agree bit for bit.
+template <class Real>
+void expect_sparse_training_equals_dense() {
+  SCOPED_TRACE(::testing::Message() << sizeof(Real) * 8 << "-bit");
+  const ModelConfig cfg{InputKind::embedding, Readout::linear, 40, 8, 6, 2};
+  const size_t embed = parameter_layout(cfg)[0].offset;
+  at_one_and_two_threads([&] {
+    auto p_dense = random_vector<Real>(parameter_count(cfg), 37, 0.3), p_sparse = p_dense;
+    std::vector<Real> g_dense(p_dense.size(), Real(0)), g_sparse = g_dense;
+    LanguageModel<Real> lm(cfg);
+    Optimizer<Real> dense(OptimizerKind::sgd, p_dense.size()), sparse = dense;
+    std::vector<uint8_t> mark;
+    std::vector<ElementRange> zero;
+    SplitMix rng{41};
+    Batch<Real> batch;
+    batch.T = 4, batch.B = 3;
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE(::testing::Message() << "update " << step);
+      batch.tokens.clear(), batch.target.clear();
+      for (int k = 0; k < 12; ++k) {
+        batch.tokens.push_back(rng.index(cfg.V));
+        batch.target.push_back(rng.index(cfg.V));
+      }
+      unused_rows(batch.tokens, cfg.V, cfg.X, embed, mark, zero);
+      ASSERT_FALSE(zero.empty());
+      double norm[2];
+      for (int sp = 0; sp < 2; ++sp) {
+        auto& p = sp ? p_sparse : p_dense;
+        auto& g = sp ? g_sparse : g_dense;
+        lm.set_dropout(0.3, 100 + static_cast<uint64_t>(step));
+        lm.forward(p, batch, Reduction::batch_mean);
+        lm.backward(g, p, batch);
+        for (const ElementRange& r : zero)
+          for (size_t k = r.begin; k < r.end; ++k) ASSERT_EQ(g[k], Real(0)) << "element " << k;
+        norm[sp] = sp ? grad_norm<Real>(g, zero) : grad_norm<Real>(g);
+        const double c = clip_factor(norm[sp], 0.5);  // the norm is > 0.5: clipping is active
+        if (sp)
+          sparse.step_and_zero(p, g, 1.0, c, zero);
+        else
+          dense.step_and_zero(p, g, 1.0, c);
+      }
+      EXPECT_EQ(norm[1], norm[0]);
+      EXPECT_GT(norm[0], 0.5);
+      ASSERT_TRUE(identical("params", p_sparse, p_dense));
+      ASSERT_TRUE(identical("grad", g_sparse, g_dense));
+    }
+  });
+}
+
+TEST(Optimizer, SkippingUnusedEmbeddingRowsTrainsBitIdentically) {
+  expect_sparse_training_equals_dense<float>();
+  expect_sparse_training_equals_dense<double>();
 }
 
 }  // namespace

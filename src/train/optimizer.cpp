@@ -1,9 +1,11 @@
 #include "lstmgrad/optimizer.hpp"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "lstmgrad/error.hpp"
@@ -25,31 +27,111 @@ void scale_in_place(std::span<Real> g, double factor) {
   for (size_t k = 0; k < n; ++k) v[k] *= c;
 }
 
+// `zero` must be sorted, disjoint and inside [0, n): a range out of place would skip elements
+// that are not 0 (O(ranges), next to nothing beside the pass it guards).
+void check_ranges(std::span<const ElementRange> zero, size_t n, const char* what) {
+  size_t end = 0;
+  for (const ElementRange& r : zero) {
+    if (r.begin < end || r.end < r.begin || r.end > n)
+      throw std::invalid_argument(
+          fmt::format("{}: zero ranges must be sorted, disjoint and inside [0, {}); got [{}, {}) "
+                      "after {}",
+                      what, n, r.begin, r.end, end));
+    end = r.end;
+  }
+}
+
+// lane[i % kNormLanes] += g_i^2 for i in [a, b), each lane in increasing i, as over a whole block:
+// the unaligned head one at a time, then kNormLanes at a time, then the tail.
+template <class Real>
+inline void add_squares(double* lane, const Real* v, size_t a, size_t b) {
+  size_t i = a;
+  for (; i < b && i % kNormLanes != 0; ++i)
+    lane[i % kNormLanes] += static_cast<double>(v[i]) * static_cast<double>(v[i]);
+  for (; i + kNormLanes <= b; i += kNormLanes)
+    for (size_t l = 0; l < kNormLanes; ++l)
+      lane[l] += static_cast<double>(v[i + l]) * static_cast<double>(v[i + l]);
+  for (; i < b; ++i) lane[i % kNormLanes] += static_cast<double>(v[i]) * static_cast<double>(v[i]);
+}
+
+// Calls f(a, b) on each run [a, b) of [begin, end) that lies outside `zero`, in order.
+template <class F>
+void for_kept_runs(size_t begin, size_t end, std::span<const ElementRange> zero, F&& f) {
+  auto z = std::partition_point(zero.begin(), zero.end(),
+                                [begin](const ElementRange& r) { return r.end <= begin; });
+  size_t i = begin;
+  for (; z != zero.end() && z->begin < end; ++z) {
+    if (z->begin > i) f(i, z->begin);
+    i = std::max(i, z->end);
+  }
+  if (i < end) f(i, end);
+}
+
+// This thread's part [begin, end) of [0, n), inside a parallel region: the parts hold equal
+// counts of elements outside `zero` (what the passes read), so skipping leaves no thread idle,
+// and they are contiguous, so that grad_norm and the step that follows it find the same part of
+// the vectors in each core's cache.
+ElementRange thread_part(size_t n, std::span<const ElementRange> zero) {
+  size_t kept = n;
+  for (const ElementRange& r : zero) kept -= r.end - r.begin;
+  const size_t nt = static_cast<size_t>(omp_get_num_threads());
+  const size_t id = static_cast<size_t>(omp_get_thread_num());
+  // Where the k-th element outside `zero` is.
+  auto position = [&](size_t k) {
+    size_t pos = 0, seen = 0;  // kept elements before pos
+    for (const ElementRange& r : zero) {
+      if (k < seen + (r.begin - pos)) break;
+      seen += r.begin - pos, pos = r.end;
+    }
+    return std::min(n, pos + (k - seen));
+  };
+  return {id == 0 ? 0 : position(kept * id / nt),
+          id + 1 == nt ? n : position(kept * (id + 1) / nt)};
+}
+
 }  // namespace
 
 template <class Real>
-double grad_norm(std::span<const Real> g) {
+double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero) {
+  check_ranges(zero, g.size(), "grad_norm");
   const size_t n = g.size(), blocks = (n + kNormBlock - 1) / kNormBlock;
   std::vector<double> block_sum(blocks);
   const Real* v = g.data();
   // Each block: kNormLanes running sums (element i into lane i % kNormLanes), then the lanes in
   // order; then the blocks in order. The order is fixed by the code, not by the team.
-#pragma omp parallel for schedule(static)
-  for (size_t b = 0; b < blocks; ++b) {
-    double lane[kNormLanes] = {};
-    const size_t i0 = b * kNormBlock, i1 = std::min(n, i0 + kNormBlock);
-    size_t i = i0;
-    for (; i + kNormLanes <= i1; i += kNormLanes)
-      for (size_t l = 0; l < kNormLanes; ++l)
-        lane[l] += static_cast<double>(v[i + l]) * static_cast<double>(v[i + l]);
-    for (; i < i1; ++i) lane[i % kNormLanes] += static_cast<double>(v[i]) * static_cast<double>(v[i]);
-    double sum = 0;
-    for (double x : lane) sum += x;
-    block_sum[b] = sum;
+#pragma omp parallel
+  {
+    const ElementRange part = thread_part(n, zero);  // the blocks that start in it
+    const size_t b1 = (part.end + kNormBlock - 1) / kNormBlock;
+    for (size_t b = (part.begin + kNormBlock - 1) / kNormBlock; b < b1; ++b) {
+      double lane[kNormLanes] = {};
+      const size_t i0 = b * kNormBlock, i1 = std::min(n, i0 + kNormBlock);
+      for_kept_runs(i0, i1, zero, [&](size_t a, size_t e) { add_squares(lane, v, a, e); });
+      double sum = 0;
+      for (double x : lane) sum += x;
+      block_sum[b] = sum;
+    }
   }
   double sq = 0;
   for (double x : block_sum) sq += x;
   return std::sqrt(sq);
+}
+
+void unused_rows(std::span<const int64_t> ids, int64_t rows, int64_t width, size_t offset,
+                 std::vector<uint8_t>& mark, std::vector<ElementRange>& zero) {
+  if (mark.size() < static_cast<size_t>(rows)) mark.resize(static_cast<size_t>(rows), 0);
+  for (int64_t id : ids) mark[static_cast<size_t>(id)] = 1;
+  zero.clear();
+  const size_t w = static_cast<size_t>(width);
+  for (size_t r = 0, R = static_cast<size_t>(rows); r < R;) {
+    if (mark[r]) {
+      mark[r++] = 0;  // left all 0 for the next call
+      continue;
+    }
+    const size_t r0 = r;
+    while (r < R && !mark[r]) ++r;
+    zero.push_back({offset + r0 * w, offset + r * w});
+  }
 }
 
 double clip_factor(double norm, double max_norm) {
@@ -82,25 +164,31 @@ Optimizer<Real>::Optimizer(OptimizerKind kind, size_t n, double beta1, double be
 
 template <class Real>
 void Optimizer<Real>::step_and_zero(std::span<Real> params, std::span<Real> grad, double lr,
-                                    double grad_scale) {
+                                    double grad_scale, std::span<const ElementRange> zero) {
   if (kind_ != OptimizerKind::sgd) {  // Adam: the scaled gradient, then the usual step
     if (grad_scale != 1.0) scale_in_place(grad, grad_scale);
     step(params, grad, lr);
     std::fill(grad.begin(), grad.end(), Real(0));
     return;
   }
+  check_ranges(zero, grad.size(), "step_and_zero");
   ++t_;
-  const size_t n = params.size();
   const Real a = static_cast<Real>(lr), c = static_cast<Real>(grad_scale);
   const bool scaled = grad_scale != 1.0;
   Real* p = params.data();
   Real* g = grad.data();
-  // Element-wise: the same result for any thread count.
-#pragma omp parallel for schedule(static)
-  for (size_t k = 0; k < n; ++k) {
-    const Real gk = scaled ? g[k] * c : g[k];
-    p[k] -= a * gk;
-    g[k] = Real(0);
+  // Element-wise: the same result for any thread count and any parts. The lambda takes copies
+  // (a store to p[k] could alias a captured reference to a or c, and stop the vectorisation).
+#pragma omp parallel
+  {
+    const ElementRange part = thread_part(params.size(), zero);
+    for_kept_runs(part.begin, part.end, zero, [p, g, a, c, scaled](size_t k0, size_t k1) {
+      for (size_t k = k0; k < k1; ++k) {
+        const Real gk = scaled ? g[k] * c : g[k];
+        p[k] -= a * gk;
+        g[k] = Real(0);
+      }
+    });
   }
 }
 
@@ -126,8 +214,8 @@ void Optimizer<Real>::step(std::span<Real> params, std::span<const Real> grad, d
   }
 }
 
-template double grad_norm<float>(std::span<const float>);
-template double grad_norm<double>(std::span<const double>);
+template double grad_norm<float>(std::span<const float>, std::span<const ElementRange>);
+template double grad_norm<double>(std::span<const double>, std::span<const ElementRange>);
 template double clip_grad_norm<float>(std::span<float>, double);
 template double clip_grad_norm<double>(std::span<double>, double);
 template class Optimizer<float>;

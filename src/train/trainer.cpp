@@ -184,6 +184,7 @@ class Trainer {
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers};
     lm_.emplace(cfg_);
+    embed_offset_ = parameter_layout(cfg_)[0].offset;  // the embedding table, [V,X]
     const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
     batch_.B = o_.batch;
     batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
@@ -254,8 +255,11 @@ class Trainer {
                      o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
     const double loss = lm_->forward(params_, batch_, red);
     lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
-    const double norm = grad_norm<Real>(grad_);
-    opt_->step_and_zero(params_, grad_, lr, clip_factor(norm, o_.clip));
+    // The embedding rows no token of the batch used hold a zero gradient (backward adds only to
+    // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
+    const std::span<const ElementRange> zero = unused_embedding_rows();
+    const double norm = grad_norm<Real>(grad_, zero);
+    opt_->step_and_zero(params_, grad_, lr, clip_factor(norm, o_.clip), zero);
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
     std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
@@ -264,6 +268,14 @@ class Trainer {
     run_.epoch_loss_sum += loss * per_sum;
     run_.epoch_tokens += batch_.T * batch_.B;
     ++run_.step;
+  }
+
+  // The element ranges of the embedding table (tensor 0 of parameter_layout, [V,X]) whose rows
+  // this batch's tokens do not select; none for a dense input.
+  std::span<const ElementRange> unused_embedding_rows() {
+    if (cfg_.input != InputKind::embedding) return {};
+    unused_rows(batch_.tokens, cfg_.V, cfg_.X, embed_offset_, row_mark_, zero_rows_);
+    return zero_rows_;
   }
 
   // Every validation reports and keeps the best model; only the end-of-epoch ones drive the
@@ -367,6 +379,9 @@ class Trainer {
   std::optional<Optimizer<Real>> opt_;
   std::optional<LanguageModel<Real>> lm_;
   Batch<Real> batch_;
+  size_t embed_offset_ = 0;              // where the embedding table starts in params_
+  std::vector<uint8_t> row_mark_;        // [V] scratch of unused_rows
+  std::vector<ElementRange> zero_rows_;  // the embedding ranges the batch leaves at zero
   RunState run_;
   std::mt19937_64 rng_;
 };
