@@ -19,7 +19,8 @@ namespace lstmgrad {
 
 namespace cpu {
 template <class Real>
-class LstmStack;  // src/cpu/lstm_stack.hpp
+class LstmStack;     // src/cpu/lstm_stack.hpp
+class VocabReadout;  // src/cpu/vocab_readout.hpp
 }
 
 template <class Real>
@@ -62,6 +63,7 @@ class LanguageModel {
 
  private:
   void reserve(int64_t T, int64_t B);
+  bool fuses_readout(const Batch<Real>& batch) const;
 
   ModelConfig cfg_;
   std::vector<ParamInfo> layout_;
@@ -70,6 +72,11 @@ class LanguageModel {
   Reduction red_ = Reduction::mean;
   int threads_ = 0;
   std::unique_ptr<cpu::LstmStack<Real>> stack_;  // the layers' activations and thread team
+  // float32, linear readout, class targets, AVX-512: the fused readout (vocab_fused_ says the last
+  // forward used it; probs() then converts its logits into probs_ on demand).
+  std::unique_ptr<cpu::VocabReadout> vocab_;
+  bool vocab_fused_ = false;
+  mutable std::vector<Real> probs_;  // [T,B,V] logits, then p, then dL/dlogits (sized on use)
   std::vector<Real> arena_;                      // the buffers below, carved from one allocation
   std::vector<Real> h_n_, s_n_;                  // [L,B,H]
   std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
@@ -83,7 +90,6 @@ class LanguageModel {
   const Real* readout_input();
   struct Buffers {
     Real* x0;     // [T,B,X] embedded input (embedding only)
-    Real* probs;  // [T,B,V] logits, then p, then dL/dlogits
     Real* dh;     // [T,B,H] dL/dh of the top layer (linear readout)
     Real* colsum;  // [ceil(T*B/16),V] per 16-row block: the column sums of p - y (linear readout)
     Real* dx0;    // [T,B,X] dL/dx of the embedded input (embedding only)

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/arena.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/dropout.hpp"
 #include "cpu/lstm_stack.hpp"
+#include "cpu/panel_gemm.hpp"
+#include "cpu/vocab_readout.hpp"
 #include "lstmgrad/loss.hpp"
 #include "lstmgrad/lstm.hpp"
 
@@ -59,6 +62,25 @@ std::vector<View> layer_views(const ModelConfig& cfg, const std::vector<ParamInf
   return out;
 }
 
+// The fused float32 readout over a team of P threads (float64 never takes it).
+template <class Real>
+void fused_forward(cpu::VocabReadout& r, int P, const Real* h, const Real* W, const Real* c,
+                   const int64_t* y, double* row_loss) {
+  if constexpr (std::is_same_v<Real, float>) {
+#pragma omp parallel num_threads(P)
+    r.forward(omp_get_thread_num(), omp_get_num_threads(), h, W, c, y, row_loss);
+  }
+}
+
+template <class Real>
+void fused_backward(cpu::VocabReadout& r, int P, Real scale, const Real* W, const int64_t* y,
+                    Real* dW, Real* dc, Real* dh) {
+  if constexpr (std::is_same_v<Real, float>) {
+#pragma omp parallel num_threads(P)
+    r.backward(omp_get_thread_num(), omp_get_num_threads(), scale, W, y, dW, dc, dh);
+  }
+}
+
 }  // namespace
 
 template <class Real>
@@ -105,13 +127,12 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
   const bool emb = cfg_.input == InputKind::embedding;
   const bool lin = cfg_.readout == Readout::linear;
   // Sized once: nothing is allocated again while the batch shape stays.
-  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) + N * cfg_.V +
+  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) +
                                     (lin ? N * cfg_.H + colsum_blocks(N) * cfg_.V : 0)),
                 Real(0));
   cpu::Carver<Real> carve(arena_.data());
   buf_.x0 = emb ? carve(N * X) : nullptr;
   buf_.dx0 = emb ? carve(N * X) : nullptr;
-  buf_.probs = carve(N * cfg_.V);
   buf_.dh = lin ? carve(N * cfg_.H) : nullptr;
   buf_.colsum = lin ? carve(colsum_blocks(N) * cfg_.V) : nullptr;
 }
@@ -134,7 +155,18 @@ const Real* LanguageModel<Real>::readout_input() {
 
 template <class Real>
 std::span<const Real> LanguageModel<Real>::probs() const {
-  return {buf_.probs, static_cast<size_t>(T_ * B_ * cfg_.V)};
+  const size_t n = static_cast<size_t>(T_ * B_ * cfg_.V);
+  if (probs_.size() < n) probs_.resize(n);
+  if constexpr (std::is_same_v<Real, float>)
+    if (vocab_fused_) vocab_->probs(probs_.data());
+  return {probs_.data(), n};
+}
+
+// Whether forward takes the fused float32 readout (cpu/vocab_readout.hpp).
+template <class Real>
+bool LanguageModel<Real>::fuses_readout(const Batch<Real>& batch) const {
+  return std::is_same_v<Real, float> && cfg_.readout == Readout::linear &&
+         !batch.target.empty() && batch.target_probs.empty() && cpu::panel_gemm_available();
 }
 
 template <class Real>
@@ -176,43 +208,52 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
     std::copy_n(stack_->s_last(k), B * H, s_n_.data() + k * B * H);
   }
   const Real* top = readout_input();
-  Real* logits = buf_.probs;
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
   const bool lin = cfg_.readout == Readout::linear;
   const size_t d = layout_.size() - 2;
   row_loss_.resize(static_cast<size_t>(N));
   double* row_loss = row_loss_.data();
-  cpu::BlasThreads one(1);
-  // Each thread its share of the rows: logits = h W^T + c (or h), then the softmax. Every row
-  // is computed alike whatever the team size (bit-identical float64 for any thread count).
+  vocab_fused_ = fuses_readout(batch);
+  if (vocab_fused_) {
+    if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
+    vocab_->reserve(N, H, V, P_threads);
+    fused_forward(*vocab_, P_threads, top, P + layout_[d].offset, P + layout_[d + 1].offset,
+                  y_class, row_loss);
+  } else {
+    if (probs_.size() < static_cast<size_t>(N * V)) probs_.resize(static_cast<size_t>(N * V));
+    Real* logits = probs_.data();
+    cpu::BlasThreads one(1);
+    // Each thread its share of the rows: logits = h W^T + c (or h), then the softmax. Every row
+    // is computed alike whatever the team size (bit-identical float64 for any thread count).
 #pragma omp parallel num_threads(P_threads)
-  {
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
-    if (lin) {
-      const Real* c = P + layout_[d + 1].offset;
-      for (int64_t r = r0; r < r1; ++r) std::copy_n(c, V, logits + r * V);
-      if (r1 > r0)
-        gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H, P + layout_[d].offset, H,
-             Real(1), logits + r0 * V, V);
-    } else {
-      std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
-    }
-    for (int64_t r = r0; r < r1; ++r) {
-      Real* p = logits + r * V;
-      const Real* y = y_probs ? y_probs + r * V : nullptr;
-      row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
-      if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
-      Real* cs = buf_.colsum + (r / kColsumRows) * V;  // this block's sum of p - y
-      if (r % kColsumRows == 0)
-        std::copy_n(p, V, cs);
-      else
-        for (int64_t v = 0; v < V; ++v) cs[v] += p[v];
-      if (y_class) {
-        cs[y_class[r]] -= Real(1);
+    {
+      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
+      if (lin) {
+        const Real* c = P + layout_[d + 1].offset;
+        for (int64_t r = r0; r < r1; ++r) std::copy_n(c, V, logits + r * V);
+        if (r1 > r0)
+          gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H, P + layout_[d].offset, H,
+               Real(1), logits + r0 * V, V);
       } else {
-        for (int64_t v = 0; v < V; ++v) cs[v] -= y[v];
+        std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        Real* p = logits + r * V;
+        const Real* y = y_probs ? y_probs + r * V : nullptr;
+        row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
+        if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
+        Real* cs = buf_.colsum + (r / kColsumRows) * V;  // this block's sum of p - y
+        if (r % kColsumRows == 0)
+          std::copy_n(p, V, cs);
+        else
+          for (int64_t v = 0; v < V; ++v) cs[v] += p[v];
+        if (y_class) {
+          cs[y_class[r]] -= Real(1);
+        } else {
+          for (int64_t v = 0; v < V; ++v) cs[v] -= y[v];
+        }
       }
     }
   }
@@ -234,15 +275,20 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
   const Real scale = loss_scale<Real>(red_, T, B);
-  Real* dlogits = buf_.probs;    // dL/dlogits = scale * (p - y), in place over p
-  const Real* dh_top = dlogits;  // identity readout: dL/dh = dL/dlogits
-  if (cfg_.readout == Readout::linear) {
+  Real* dlogits = probs_.data();  // dL/dlogits = scale * (p - y), in place over p
+  const Real* dh_top = dlogits;   // identity readout: dL/dh = dL/dlogits
+  if (vocab_fused_) {
+    const size_t d = layout_.size() - 2;
+    fused_backward(*vocab_, P_threads, scale, P + layout_[d].offset, y_class,
+                   D + layout_[d].offset, D + layout_[d + 1].offset, buf_.dh);
+    dh_top = buf_.dh;
+  } else if (cfg_.readout == Readout::linear) {
     // p - y in place; the scale goes into the GEMMs' alpha (one pass over [N,V] saved). For class
     // targets p - y touches one entry per row.
     if (y_class) {
       for (int64_t r = 0; r < N; ++r) dlogits[r * V + y_class[r]] -= Real(1);
     } else {
-      softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, Real(1), N, V);
+      softmax_xent_backward(dlogits, dlogits, y_probs, y_class, Real(1), N, V);
     }
     const size_t d = layout_.size() - 2;
     const Real* top = readout_input();
@@ -272,7 +318,7 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
     }
     dh_top = buf_.dh;
   } else {
-    softmax_xent_backward(dlogits, buf_.probs, y_probs, y_class, scale, N, V);
+    softmax_xent_backward(dlogits, dlogits, y_probs, y_class, scale, N, V);
   }
   if (dropped_) {  // the readout saw top * mask: dL/dtop = dL/d(dropped top) * mask
     const Real* mask = drop_.data() + 2 * N * X;

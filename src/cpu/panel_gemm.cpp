@@ -10,28 +10,43 @@ namespace lstmgrad::cpu {
 
 namespace {
 
-#define LSTMGRAD_AVX512 __attribute__((target("avx512f")))
+#define LSTMGRAD_AVX512 __attribute__((target("avx512f,prfchw")))
 
 constexpr int kMaxRows = 12;  // 12 rows x 2 panels: 24 accumulators of the 32 vector registers
 
 // One tile: MR rows of C against NP panels, the accumulators held in registers over all of K.
-template <int MR, int NP>
-LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t lda, const float* const* P,
-                          float* const* C, const __mmask16* mask, int64_t ldc, bool accumulate) {
+// A(r, k) is read as F says (see AForm); `start` gives the accumulators' first value.
+template <int MR, int NP, AForm F>
+LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t as, const float* const* P,
+                          float* const* C, const __mmask16* mask, int64_t ldc, Start start,
+                          const float* bias) {
   __m512 acc[MR][NP];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_setzero_ps();
+    for (int p = 0; p < NP; ++p)
+      acc[r][p] = start == Start::row_bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
+  // The tile's C lines are fetched (for writing) while the K loop runs: a large C (the readout's
+  // [V, H] gradient, its [V, N] logits) comes from memory, and its misses would otherwise stall
+  // the stores at the end.
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) __builtin_prefetch(C[p] + r * ldc, 1, 3);
+  // Row r's A(r, k) is a[r * rs]: rs = as for rows, 1 for cols, 16 for blocks.
+  const int64_t rs = F == AForm::rows ? as : F == AForm::cols ? 1 : kPanelWidth;
   for (int64_t k = 0; k < K; ++k) {
+    const float* a = F == AForm::rows   ? A + k
+                     : F == AForm::cols ? A + k * as
+                                        : A + (k / kPanelWidth) * as + k % kPanelWidth;
     __m512 w[NP];
 #pragma GCC unroll 2
     for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P[p] + k * kPanelWidth);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      const __m512 av = _mm512_set1_ps(a[r * rs]);
 #pragma GCC unroll 2
-      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, w[p], acc[r][p]);
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(av, w[p], acc[r][p]);
     }
   }
 #pragma GCC unroll 16
@@ -40,22 +55,32 @@ LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t lda, const float* c
     for (int p = 0; p < NP; ++p) {
       float* c = C[p] + r * ldc;
       __m512 v = acc[r][p];
-      if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], c), v);
+      if (start == Start::accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], c), v);
       _mm512_mask_storeu_ps(c, mask[p], v);
     }
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, const float* const*, float* const*,
-                        const __mmask16*, int64_t, bool);
+                        const __mmask16*, int64_t, Start, const float*);
 
-template <int NP, size_t... I>
+template <int NP, AForm F, size_t... I>
 constexpr std::array<TileFn, sizeof...(I)> tiles(std::index_sequence<I...>) {
-  return {&tile<static_cast<int>(I) + 1, NP>...};
+  return {&tile<static_cast<int>(I) + 1, NP, F>...};
 }
 
-// kTiles[NP - 1][MR - 1]
-const std::array<std::array<TileFn, kMaxRows>, 2> kTiles = {
-    tiles<1>(std::make_index_sequence<kMaxRows>{}), tiles<2>(std::make_index_sequence<kMaxRows>{})};
+template <AForm F>
+constexpr std::array<std::array<TileFn, kMaxRows>, 2> tiles_of() {
+  return {tiles<1, F>(std::make_index_sequence<kMaxRows>{}),
+          tiles<2, F>(std::make_index_sequence<kMaxRows>{})};
+}
+
+// kTiles[form][NP - 1][MR - 1]
+const std::array<std::array<std::array<TileFn, kMaxRows>, 2>, 3> kTiles = {
+    tiles_of<AForm::rows>(), tiles_of<AForm::cols>(), tiles_of<AForm::blocks>()};
+
+TileFn tile_fn(AForm f, int np, int mr) {
+  return kTiles[static_cast<size_t>(f)][np - 1][mr - 1];
+}
 
 // Where panel p of the layout writes, and how many of its lanes are real columns.
 struct PanelTarget {
@@ -108,7 +133,34 @@ void panel_gemm(int64_t M, const float* A, int64_t lda, const float* packed,
     for (int64_t r = 0; r < M; r += kMaxRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));
       float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
-      kTiles[NP - 1][mr - 1](K, A + r * lda, lda, P, Cr, mask, ldc, accumulate);
+      tile_fn(AForm::rows, NP, mr)(K, A + r * lda, lda, P, Cr, mask, ldc,
+                                   accumulate ? Start::accumulate : Start::zero, nullptr);
+    }
+  }
+}
+
+void panel_tiles(int64_t M, int64_t K, AForm form, const float* A, int64_t as, const float* B,
+                 int64_t b_stride, int64_t columns, float* C, int64_t ldc, int64_t c_stride,
+                 Start start, const float* bias) {
+  const int64_t np = (columns + kPanelWidth - 1) / kPanelWidth;
+  auto a_row = [&](int64_t r) {  // A(r, 0)
+    return form == AForm::rows ? A + r * as : form == AForm::cols ? A + r : A + r * kPanelWidth;
+  };
+  for (int64_t p0 = 0; p0 < np; p0 += 2) {
+    const int NP = np - p0 >= 2 ? 2 : 1;
+    const float* P[2] = {nullptr, nullptr};
+    float* Cp[2] = {nullptr, nullptr};
+    __mmask16 mask[2] = {0, 0};
+    for (int q = 0; q < NP; ++q) {
+      const int64_t width = std::min(kPanelWidth, columns - (p0 + q) * kPanelWidth);
+      P[q] = B + (p0 + q) * b_stride;
+      Cp[q] = C + (p0 + q) * c_stride;
+      mask[q] = static_cast<__mmask16>((1u << width) - 1u);
+    }
+    for (int64_t r = 0; r < M; r += kMaxRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));
+      float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
+      tile_fn(form, NP, mr)(K, a_row(r), as, P, Cr, mask, ldc, start, bias ? bias + r : nullptr);
     }
   }
 }

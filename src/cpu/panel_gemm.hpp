@@ -28,6 +28,17 @@ struct PanelLayout {
   int64_t floats() const { return panels() * K * kPanelWidth; }  // packed size
 };
 
+// How a tile reads A(r, k) from `A` with stride `as`:
+//   rows   A[r * as + k]  (row-major, the usual)
+//   cols   A[k * as + r]  (column-major: A^T of a row-major matrix)
+//   blocks A[(k / 16) * as + r * 16 + k % 16]  (blocks of 16 k per row, one block's rows together:
+//          the layout panel_tiles writes with c_stride = as, ldc = 16; K a multiple of 16)
+enum class AForm { rows, cols, blocks };
+
+// What the accumulators start from: 0 (C overwritten), C itself (C +=), or bias[r] for row r
+// (C overwritten with bias + A B).
+enum class Start { zero, accumulate, row_bias };
+
 // Whether this CPU runs the kernel (AVX-512F); where not, callers use the BLAS.
 bool panel_gemm_available();
 
@@ -40,5 +51,13 @@ void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const Panel
 // accumulate = false overwrites C. A [M, K] row stride lda; C row stride ldc.
 void panel_gemm(int64_t M, const float* A, int64_t lda, const float* packed,
                 const PanelLayout& layout, float* C, int64_t ldc, bool accumulate);
+
+// The general form: C = start + A B for r < M and `columns` columns, B already in panels (panel q
+// at B + q * b_stride, [K][16] floats, 64-byte aligned, lanes past `columns` zero). Row r of
+// panel q's 16 columns is at C + q * c_stride + r * ldc: row-major C has c_stride 16; a
+// "panel-major" C (ldc 16, c_stride = rows * 16) is itself a B operand for a later call.
+void panel_tiles(int64_t M, int64_t K, AForm form, const float* A, int64_t as, const float* B,
+                 int64_t b_stride, int64_t columns, float* C, int64_t ldc, int64_t c_stride,
+                 Start start, const float* bias);
 
 }  // namespace lstmgrad::cpu

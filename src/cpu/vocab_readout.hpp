@@ -1,0 +1,64 @@
+// The language model's readout, logits = h W^T + c, and its softmax cross-entropy over class
+// targets, float32, fused and computed vocabulary-major.
+//
+// The readout is most of a word model's arithmetic (PTB: 3 GEMMs of 400 x 200 x 10,000 per
+// update against 1.5 GFLOP for the whole LSTM stack). Through the BLAS each GEMM packs its large
+// operand again (W, or the [N,V] probabilities transposed), and the [N,V] matrix goes through
+// memory five times: the bias copied in, the GEMM's output, the softmax, and the two backward
+// GEMMs. Here the logits are kept as [N/16][V][16] ("panel-major": 16 tokens side by side in one
+// vector), which is the packed operand format of panel_tiles, so nothing large is ever packed:
+//   forward   Z = W h^T + c, one slice of the vocabulary per thread in chunks that stay in L2;
+//             each chunk's running max and sum of exponentials per token while it is in cache;
+//             then log-sum-exp and the loss per token;
+//   backward  per chunk: G = scale (softmax - onehot(y)) in L2, the bias gradient (G's row sums),
+//             dW += G h and dh^T += W^T G from that same chunk; dh^T summed over the threads.
+// Every thread owns a contiguous vocabulary slice: the team is balanced whatever N is.
+//
+// AVX-512F only (panel_gemm_available()); elsewhere, and for float64 or soft targets, the
+// language model uses the BLAS path. float32 tolerance: tests/test_vocab_readout.cpp.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace lstmgrad::cpu {
+
+class VocabReadout {
+ public:
+  // Sizes the buffers for N positions, H inputs, V classes and a team of up to `threads`;
+  // allocates only when one grows.
+  void reserve(int64_t N, int64_t H, int64_t V, int threads);
+
+  // Both are called by every thread of one team (thread `id` of `nt`, nt <= the reserved team),
+  // with the same arguments; they synchronise with OpenMP barriers inside. The calling parallel
+  // region's end is the barrier after them.
+  //
+  // forward: h [N,H], W [V,H], c [V], y [N] class targets in [0, V). Writes row_loss[n] =
+  // -log softmax(h_n W^T + c)[y_n] and keeps what backward and probs need.
+  void forward(int id, int nt, const float* h, const float* W, const float* c, const int64_t* y,
+               double* row_loss);
+  // backward of the last forward (same W and y): dW [V,H] += scale G^T h, dc [V] += scale * the
+  // column sums of G, dh [N,H] = scale G W, where G = softmax - onehot(y) [N,V].
+  void backward(int id, int nt, float scale, const float* W, const int64_t* y, float* dW,
+                float* dc, float* dh);
+
+  // The last forward's probabilities, row-major [N,V] (not a hot path).
+  void probs(float* out) const;
+
+  size_t bytes() const { return mem_.size() * sizeof(float); }
+
+ private:
+  int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
+  int team_ = 0;
+  std::vector<float> mem_;  // everything below, carved 64-byte aligned
+  float* hT_ = nullptr;     // [Np/16][H][16] h^T in token panels (forward's B operand)
+  float* hp_ = nullptr;     // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
+  float* Z_ = nullptr;      // [Np/16][V][16] logits, panel-major
+  float* lse_ = nullptr;    // [Np] log sum exp of each position's logits
+  float* max_ = nullptr;    // [team][Np] each thread's running max over its slice
+  float* sum_ = nullptr;    // [team][Np] and its sum of exp(z - max)
+  float* G_ = nullptr;      // [team][Np/16][kChunk][16] each thread's chunk of G
+  float* dhT_ = nullptr;    // [team][H][Np] each thread's share of dh^T
+};
+
+}  // namespace lstmgrad::cpu
