@@ -17,7 +17,7 @@ namespace lstmgrad::cpu {
 
 namespace {
 
-#define LSTMGRAD_AVX512 __attribute__((target("avx512f")))
+#define LSTMGRAD_AVX512 __attribute__((target("avx512f,prfchw")))
 
 constexpr int64_t kW = kPanelWidth;  // 16 positions per vector
 // Vocabulary rows per chunk: the chunk's logits or G ([Np/16][kChunk][16], 150 KB at N = 400)
@@ -102,11 +102,20 @@ LSTMGRAD_AVX512 void chunk_stats(const float* z, int64_t rows, float* max, float
 
 // G chunk: g[p][v][16] = scale * exp(z[p][v] - lse[p]) for rows [0, rows) (padding lanes 0), and
 // dc[v] += the row's sum over all positions. z's panels are zs apart, g's gs apart.
+// While it runs, the lines the chunk's GEMMs read next are fetched: `ahead` (rows of `width`
+// floats at stride ld, e.g. W's and dW's rows of this chunk) one row per row of G.
 LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse, int64_t N,
                                    int64_t np, int64_t rows, float scale, float* g, int64_t gs,
-                                   float* dc) {
+                                   float* dc, const float* ahead0, const float* ahead1,
+                                   int64_t width) {
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t v = 0; v < rows; ++v) {
+    for (int64_t j = 0; j < width; j += kW) {
+      __builtin_prefetch(ahead0 + v * width + j, 0, 3);
+      __builtin_prefetch(ahead1 + v * width + j, 1, 3);
+    }
+    for (int64_t p = 0; p < np; ++p)  // the next chunk's logits
+      __builtin_prefetch(z + p * zs + (v + kChunk) * kW, 0, 2);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t p = 0; p < np; ++p) {
       const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(z + p * zs + v * kW),
@@ -191,7 +200,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
   if (v0 == v1) std::fill_n(dhT, H * Np, 0.0f);
   for (int64_t va = v0; va < v1; va += kChunk) {
     const int64_t rows = std::min(kChunk, v1 - va);
-    chunk_softmax(Z_ + va * kW, V * kW, lse_, N, np, rows, scale, g, gs, dc + va);
+    chunk_softmax(Z_ + va * kW, V * kW, lse_, N, np, rows, scale, g, gs, dc + va, W + va * H,
+                  dW + va * H, H);
     for (int64_t n = 0; n < N; ++n)  // - scale at each position's target
       if (y[n] >= va && y[n] < va + rows) {
         g[(n / kW) * gs + (y[n] - va) * kW + n % kW] -= scale;
