@@ -108,10 +108,15 @@ void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const Panel
     const int64_t c = (p % pg) * kPanelWidth;
     const int64_t col = (p / pg) * layout.group_stride + c;
     const int64_t width = std::min(kPanelWidth, layout.width - c);
-    for (int64_t l = 0; l < kPanelWidth; ++l)
+    if (rows) {  // a transpose: each W row read along k, written every 16th float
+      for (int64_t l = 0; l < kPanelWidth; ++l)
+        for (int64_t k = 0; k < K; ++k)
+          d[k * kPanelWidth + l] = l < width ? W[(col + l) * ldw + k] : 0.0f;
+    } else {  // row k of the panel is `width` consecutive floats of W's row k
       for (int64_t k = 0; k < K; ++k)
-        d[k * kPanelWidth + l] =
-            l >= width ? 0.0f : rows ? W[(col + l) * ldw + k] : W[k * ldw + col + l];
+        for (int64_t l = 0; l < kPanelWidth; ++l)
+          d[k * kPanelWidth + l] = l < width ? W[k * ldw + col + l] : 0.0f;
+    }
   }
 }
 

@@ -172,8 +172,15 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
     // Z[p][v] = c[v] + W[v] . h_(16p..16p+15): A = W's rows, B = the token panels of h^T.
     panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, Z_ + va * kW, kW, V * kW,
                 Start::row_bias, c + va);
-    for (int64_t p = 0; p < np; ++p)
+    // The statistics, panel by panel; meanwhile the next chunk's rows of W are fetched, an
+    // equal share of its lines per panel.
+    const int64_t next = std::clamp<int64_t>(v1 - va - rows, 0, kChunk) * H;  // floats
+    const int64_t share = (next + np * kW - 1) / (np * kW) * kW;
+    for (int64_t p = 0; p < np; ++p) {
+      for (int64_t f = p * share; f < std::min(next, (p + 1) * share); f += kW)
+        __builtin_prefetch(W + (va + rows) * H + f, 0, 3);
       chunk_stats(Z_ + (p * V + va) * kW, rows, mx + p * kW, sm + p * kW);
+    }
   }
 #pragma omp barrier
   // log-sum-exp of each position from the threads' (max, sum), and its loss.
