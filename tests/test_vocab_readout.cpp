@@ -11,8 +11,8 @@
 
 #include "compare.hpp"
 #include "cpu/panel_gemm.hpp"
-#include "lstmgrad/lstm.hpp"
 #include "cpu/vocab_readout.hpp"
+#include "lstmgrad/lstm.hpp"
 #include "splitmix.hpp"
 
 namespace lstmgrad::test {
@@ -60,16 +60,15 @@ Reference reference(const std::vector<float>& h, const std::vector<float>& W,
 constexpr double kTol = 2e-5;
 
 void check(int64_t N, int64_t H, int64_t V, int threads, cpu::VocabReadout* reuse = nullptr) {
-  SCOPED_TRACE(::testing::Message() << "N " << N << " H " << H << " V " << V << " threads "
-                                    << threads);
+  SCOPED_TRACE(::testing::Message()
+               << "N " << N << " H " << H << " V " << V << " threads " << threads);
   SplitMix rng(static_cast<uint64_t>(N * 1009 + H * 31 + V));
   auto fill = [&](size_t n, double lo, double hi) {
     std::vector<float> v(n);
     for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
     return v;
   };
-  const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5),
-                           c = fill(V, -1, 1);
+  const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5), c = fill(V, -1, 1);
   std::vector<int64_t> y(N);
   for (int64_t& t : y) t = rng.index(V);
   y[0] = V - 1;  // the last class, in the last (partial) chunk
@@ -138,7 +137,8 @@ TEST(VocabReadout, LanguageModelFloat32MatchesFloat64) {
   const std::vector<double> params = rng.vec(parameter_count(cfg), -0.3, 0.3);
   Batch<double> b;
   b.T = T, b.B = B;
-  for (int64_t r = 0; r < T * B; ++r) b.tokens.push_back(rng.index(cfg.V)), b.target.push_back(rng.index(cfg.V));
+  for (int64_t r = 0; r < T * B; ++r)
+    b.tokens.push_back(rng.index(cfg.V)), b.target.push_back(rng.index(cfg.V));
   LanguageModel<double> ref(cfg);
   const double want_loss = ref.forward(params, b, Reduction::batch_mean);
   const std::vector<double> want_p(ref.probs().begin(), ref.probs().end());

@@ -118,8 +118,8 @@ LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse,
       __builtin_prefetch(z + p * zs + (v + kChunk) * kW, 0, 2);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t p = 0; p < np; ++p) {
-      const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(z + p * zs + v * kW),
-                                           _mm512_loadu_ps(lse + p * kW)));
+      const __m512 e =
+          exp16(_mm512_sub_ps(_mm512_loadu_ps(z + p * zs + v * kW), _mm512_loadu_ps(lse + p * kW)));
       const __m512 gv = _mm512_maskz_mul_ps(real_lanes(N, p), e, sc);
       _mm512_store_ps(g + p * gs + v * kW, gv);
       acc = _mm512_add_ps(acc, gv);
@@ -138,7 +138,7 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
   const int64_t Np = round_up(N, kW), Hq = (H + kW - 1) / kW;
   const int64_t need = Np * H + Hq * Np * kW + Np * V + Np + 2 * threads * Np +
                        threads * (Np * kChunk + H * Np) + 8 * kW;  // + padding to align
-  N_ = N, H_ = H, V_ = V, Np_ = Np, team_ = threads;
+  N_ = N, H_ = H, V_ = V, Np_ = Np;
   if (static_cast<size_t>(need) > mem_.size()) mem_.assign(static_cast<size_t>(need), 0.0f);
   float* p = mem_.data();
   auto carve = [&p](int64_t n) {  // 64-byte aligned blocks
@@ -190,7 +190,8 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
     for (int t = 0; t < nt; ++t) m = std::max(m, max_[t * Np + n]);
     double s = 0;
     for (int t = 0; t < nt; ++t)
-      s += static_cast<double>(sum_[t * Np + n]) * std::exp(static_cast<double>(max_[t * Np + n] - m));
+      s += static_cast<double>(sum_[t * Np + n]) *
+           std::exp(static_cast<double>(max_[t * Np + n] - m));
     const double lse = static_cast<double>(m) + std::log(s);
     lse_[n] = static_cast<float>(lse);
     if (n < N) row_loss[n] = lse - static_cast<double>(Z_[((n / kW) * V + y[n]) * kW + n % kW]);

@@ -39,8 +39,8 @@ class VocabReadout {
                double* row_loss);
   // backward of the last forward (same W and y): dW [V,H] += scale G^T h, dc [V] += scale * the
   // column sums of G, dh [N,H] = scale G W, where G = softmax - onehot(y) [N,V].
-  void backward(int id, int nt, float scale, const float* W, const int64_t* y, float* dW,
-                float* dc, float* dh);
+  void backward(int id, int nt, float scale, const float* W, const int64_t* y, float* dW, float* dc,
+                float* dh);
 
   // The last forward's probabilities, row-major [N,V] (not a hot path).
   void probs(float* out) const;
@@ -49,16 +49,15 @@ class VocabReadout {
 
  private:
   int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
-  int team_ = 0;
-  std::vector<float> mem_;  // everything below, carved 64-byte aligned
-  float* hT_ = nullptr;     // [Np/16][H][16] h^T in token panels (forward's B operand)
-  float* hp_ = nullptr;     // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
-  float* Z_ = nullptr;      // [Np/16][V][16] logits, panel-major
-  float* lse_ = nullptr;    // [Np] log sum exp of each position's logits
-  float* max_ = nullptr;    // [team][Np] each thread's running max over its slice
-  float* sum_ = nullptr;    // [team][Np] and its sum of exp(z - max)
-  float* G_ = nullptr;      // [team][Np/16][kChunk][16] each thread's chunk of G
-  float* dhT_ = nullptr;    // [team][H][Np] each thread's share of dh^T
+  std::vector<float> mem_;                  // everything below, carved 64-byte aligned
+  float* hT_ = nullptr;   // [Np/16][H][16] h^T in token panels (forward's B operand)
+  float* hp_ = nullptr;   // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
+  float* Z_ = nullptr;    // [Np/16][V][16] logits, panel-major
+  float* lse_ = nullptr;  // [Np] log sum exp of each position's logits
+  float* max_ = nullptr;  // [team][Np] each thread's running max over its slice
+  float* sum_ = nullptr;  // [team][Np] and its sum of exp(z - max)
+  float* G_ = nullptr;    // [team][Np/16][kChunk][16] each thread's chunk of G
+  float* dhT_ = nullptr;  // [team][H][Np] each thread's share of dh^T
 };
 
 }  // namespace lstmgrad::cpu
