@@ -20,18 +20,30 @@ inline Real sigmoid(Real v) {
   return Real(1) / (Real(1) + std::exp(-v));
 }
 
-// e^x for float: x = k ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes expf's
-// coefficients), 2^k built in the exponent bits. x is clamped to [-87, 88] (no inf, no denormal).
+// fast_exp's constants, shared with its AVX-512 form in cpu/vocab_readout.cpp: the clamp, 1/ln2,
+// ln2 in two parts (ln2 = ln2_hi - ln2_lo, ln2_hi exact in 9 bits), and the polynomial for e^r,
+// highest degree first (Cephes expf's coefficients).
+struct FastExp {
+  static constexpr float lo = -87.0f, hi = 88.0f;
+  static constexpr float inv_ln2 = 1.44269504088896341f;
+  static constexpr float ln2_hi = 0.693359375f, ln2_lo = 2.12194440e-4f;
+  static constexpr float c[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+};
+
+// e^x for float: x = k ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial, 2^k built in the
+// exponent bits. x is clamped to [-87, 88] (no inf, no denormal).
 inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;            // x - k ln2, two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  using E = FastExp;
+  x = std::min(std::max(x, E::lo), E::hi);
+  const float k = (x * E::inv_ln2 + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  const float r = (x - k * E::ln2_hi) + k * E::ln2_lo;            // x - k ln2, two parts
+  float p = E::c[0];
+  p = p * r + E::c[1];
+  p = p * r + E::c[2];
+  p = p * r + E::c[3];
+  p = p * r + E::c[4];
+  p = p * r + E::c[5];
   p = p * r * r + r + 1.0f;
   return p * std::bit_cast<float>((static_cast<int32_t>(k) + 127) << 23);
 }

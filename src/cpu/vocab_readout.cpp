@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/gates.hpp"
 #include "cpu/panel_gemm.hpp"
 
 namespace lstmgrad::cpu {
@@ -25,19 +26,16 @@ constexpr int64_t kW = kPanelWidth;  // 16 positions per vector
 constexpr int64_t kChunk = 96;
 constexpr float kLowest = -3.0e38f;
 
-// e^x, 16 lanes: the same algorithm and error as core::fast_exp (clamped to [-87, 88]).
+// e^x, 16 lanes: core::fast_exp's algorithm and constants (clamped to [-87, 88]).
 LSTMGRAD_AVX512 inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  using E = core::FastExp;
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(E::lo)), _mm512_set1_ps(E::hi));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(E::inv_ln2)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);  // x - k ln2 in two parts
-  r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(E::ln2_hi), x);  // x - k ln2 in two parts
+  r = _mm512_fmadd_ps(k, _mm512_set1_ps(E::ln2_lo), r);
+  __m512 p = _mm512_set1_ps(E::c[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(E::c[i]));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return _mm512_scalef_ps(p, k);
 }
@@ -56,26 +54,22 @@ __mmask16 real_lanes(int64_t N, int64_t p) {
   return static_cast<__mmask16>((1u << width) - 1u);
 }
 
-// h [N,H] into token panels hT [Np/16][H][16] and input panels hp [ceil(H/16)][Np][16], for the
-// token panels [p0, p1). Padding lanes are zero.
+// h [N,H] into token panels hT [Np/16][H][16] (h's rows are op(W)'s columns for pack_panels)
+// and input panels hp [ceil(H/16)][Np][16], for the token panels [p0, p1). Padding lanes are 0.
 void pack_h(const float* h, int64_t N, int64_t H, int64_t Np, int64_t p0, int64_t p1, float* hT,
             float* hp) {
+  if (p1 <= p0) return;
+  const int64_t n0 = p0 * kW, n1 = p1 * kW;
+  pack_panels(hT + p0 * H * kW, h + n0 * H, H, true, {1, std::min(N, n1) - n0, 0, H});
   const int64_t Hq = (H + kW - 1) / kW;
-  for (int64_t p = p0; p < p1; ++p) {
-    float* dst = hT + p * H * kW;
-    for (int64_t l = 0; l < kW; ++l) {
-      const int64_t n = p * kW + l;
-      for (int64_t j = 0; j < H; ++j) dst[j * kW + l] = n < N ? h[n * H + j] : 0.0f;
-    }
-    for (int64_t q = 0; q < Hq; ++q)
-      for (int64_t n = p * kW; n < (p + 1) * kW; ++n) {
-        float* row = hp + (q * Np + n) * kW;
-        for (int64_t l = 0; l < kW; ++l) {
-          const int64_t j = q * kW + l;
-          row[l] = n < N && j < H ? h[n * H + j] : 0.0f;
-        }
+  for (int64_t q = 0; q < Hq; ++q)
+    for (int64_t n = n0; n < n1; ++n) {
+      float* row = hp + (q * Np + n) * kW;
+      for (int64_t l = 0; l < kW; ++l) {
+        const int64_t j = q * kW + l;
+        row[l] = n < N && j < H ? h[n * H + j] : 0.0f;
       }
-  }
+    }
 }
 
 // Running max and sum of exp over rows [0, rows) of one token panel's chunk z ([rows][16]).
@@ -102,8 +96,8 @@ LSTMGRAD_AVX512 void chunk_stats(const float* z, int64_t rows, float* max, float
 
 // G chunk: g[p][v][16] = scale * exp(z[p][v] - lse[p]) for rows [0, rows) (padding lanes 0), and
 // dc[v] += the row's sum over all positions. z's panels are zs apart, g's gs apart.
-// While it runs, the lines the chunk's GEMMs read next are fetched: `ahead` (rows of `width`
-// floats at stride ld, e.g. W's and dW's rows of this chunk) one row per row of G.
+// While it runs, the lines the chunk's GEMMs read next are fetched: rows of `width` floats of
+// ahead0 (read) and ahead1 (written), W's and dW's rows of this chunk, one row per row of G.
 LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse, int64_t N,
                                    int64_t np, int64_t rows, float scale, float* g, int64_t gs,
                                    float* dc, const float* ahead0, const float* ahead1,

@@ -95,7 +95,11 @@ template <class Real>
 double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero) {
   check_ranges(zero, g.size(), "grad_norm");
   const size_t n = g.size(), blocks = (n + kNormBlock - 1) / kNormBlock;
-  std::vector<double> block_sum(blocks);
+  // Reused from call to call (the training loop calls this at every update); the team writes
+  // through `sums` (block_sum is the calling thread's).
+  thread_local std::vector<double> block_sum;
+  block_sum.resize(blocks);
+  double* sums = block_sum.data();
   const Real* v = g.data();
   // Each block: kNormLanes running sums (element i into lane i % kNormLanes), then the lanes in
   // order; then the blocks in order. The order is fixed by the code, not by the team.
@@ -109,7 +113,7 @@ double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero) {
       for_kept_runs(i0, i1, zero, [&](size_t a, size_t e) { add_squares(lane, v, a, e); });
       double sum = 0;
       for (double x : lane) sum += x;
-      block_sum[b] = sum;
+      sums[b] = sum;
     }
   }
   double sq = 0;
