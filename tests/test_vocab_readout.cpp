@@ -115,6 +115,52 @@ TEST(VocabReadout, MatchesFloat64OnRaggedShapesAndTeams) {
   }
 }
 
+// The threads take chunks and groups as they finish, but every sum has one fixed order: the
+// results are the same bits for teams of 1-4 and for repeated runs (each run interleaves the
+// threads differently), including a vocabulary of more chunks than there are groups.
+TEST(VocabReadout, SameBitsForAnyTeamAndInterleaving) {
+  if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512F on this CPU";
+  for (const int64_t V : {700, 2500}) {  // 8 chunks of 96 words; 27 chunks in 16 groups
+    const int64_t N = 45, H = 40;
+    SplitMix rng(static_cast<uint64_t>(V));
+    auto fill = [&](size_t n, double lo, double hi) {
+      std::vector<float> v(n);
+      for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
+      return v;
+    };
+    const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5),
+                             c = fill(V, -1, 1);
+    std::vector<int64_t> y(N);
+    for (int64_t& t : y) t = rng.index(V);
+    struct Out {
+      std::vector<double> loss;
+      std::vector<float> dW, dc, dh;
+    };
+    auto run = [&](int threads) {
+      cpu::VocabReadout r;
+      r.reserve(N, H, V, threads);
+      Out o{std::vector<double>(N), std::vector<float>(V * H), std::vector<float>(V),
+            std::vector<float>(N * H)};
+#pragma omp parallel num_threads(threads)
+      r.forward(omp_get_thread_num(), omp_get_num_threads(), h.data(), W.data(), c.data(),
+                y.data(), o.loss.data());
+#pragma omp parallel num_threads(threads)
+      r.backward(omp_get_thread_num(), omp_get_num_threads(), 0.25f, W.data(), y.data(),
+                 o.dW.data(), o.dc.data(), o.dh.data());
+      return o;
+    };
+    const Out want = run(1);
+    for (int threads : {2, 3, 4, 2, 2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "V " << V << " threads " << threads);
+      const Out got = run(threads);
+      EXPECT_EQ(got.loss, want.loss);
+      EXPECT_EQ(got.dW, want.dW);
+      EXPECT_EQ(got.dc, want.dc);
+      EXPECT_EQ(got.dh, want.dh);
+    }
+  }
+}
+
 // A second forward with other shapes on the same object (the buffers re-carved) is as exact.
 TEST(VocabReadout, ReservesForLargerAndSmallerShapes) {
   if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512F on this CPU";

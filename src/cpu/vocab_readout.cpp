@@ -1,44 +1,25 @@
 #include "cpu/vocab_readout.hpp"
 
-// GCC 12's avx512fintrin.h builds the "undefined" pass-through vector of the unmasked min, max
-// and roundscale by initialising a variable with itself, which -Wuninitialized reports at every
-// inlined call; the vectors are never read.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
-#include "core/gates.hpp"
 #include "cpu/panel_gemm.hpp"
+#include "cpu/simd_math.hpp"
 
 namespace lstmgrad::cpu {
 
 namespace {
 
-#define LSTMGRAD_AVX512 __attribute__((target("avx512f,prfchw")))
-
 constexpr int64_t kW = kPanelWidth;  // 16 positions per vector
 // Vocabulary rows per chunk: the chunk's logits or G ([Np/16][kChunk][16], 150 KB at N = 400)
 // stay in L2 next to the small operands (h panels, a thread's dh^T). Measured on PTB shapes.
 constexpr int64_t kChunk = 96;
+// Backward's groups of chunks, each with its own dh^T partial (a fixed number, so that the sums
+// do not depend on the team): enough that the threads finish within ~1/16 of the pass of each
+// other, few enough that the partials (16 x H x N floats, 5 MB at PTB) stay cheap to sum.
+constexpr int64_t kGroups = 16;
 constexpr float kLowest = -3.0e38f;
-
-// e^x, 16 lanes: core::fast_exp's algorithm and constants (clamped to [-87, 88]).
-LSTMGRAD_AVX512 inline __m512 exp16(__m512 x) {
-  using E = core::FastExp;
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(E::lo)), _mm512_set1_ps(E::hi));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(E::inv_ln2)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(E::ln2_hi), x);  // x - k ln2 in two parts
-  r = _mm512_fmadd_ps(k, _mm512_set1_ps(E::ln2_lo), r);
-  __m512 p = _mm512_set1_ps(E::c[0]);
-  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(E::c[i]));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);
-}
 
 int64_t split(int64_t n, int id, int nt) {
   return n * id / nt;
@@ -72,7 +53,8 @@ void pack_h(const float* h, int64_t N, int64_t H, int64_t Np, int64_t p0, int64_
     }
 }
 
-// Running max and sum of exp over rows [0, rows) of one token panel's chunk z ([rows][16]).
+// The max and the sum of exp(z - max) over rows [0, rows) of one token panel's chunk z
+// ([rows][16]), per lane.
 LSTMGRAD_AVX512 void chunk_stats(const float* z, int64_t rows, float* max, float* sum) {
   __m512 m0 = _mm512_set1_ps(kLowest), m1 = m0;
   int64_t v = 0;
@@ -81,17 +63,37 @@ LSTMGRAD_AVX512 void chunk_stats(const float* z, int64_t rows, float* max, float
     m1 = _mm512_max_ps(m1, _mm512_loadu_ps(z + (v + 1) * kW));
   }
   if (v < rows) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(z + v * kW));
-  const __m512 old_m = _mm512_loadu_ps(max);
-  const __m512 m = _mm512_max_ps(old_m, _mm512_max_ps(m0, m1));
-  __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(sum), exp16(_mm512_sub_ps(old_m, m)));
-  __m512 s1 = _mm512_setzero_ps();
+  const __m512 m = _mm512_max_ps(m0, m1);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
   for (v = 0; v + 2 <= rows; v += 2) {
     s0 = _mm512_add_ps(s0, exp16(_mm512_sub_ps(_mm512_loadu_ps(z + v * kW), m)));
     s1 = _mm512_add_ps(s1, exp16(_mm512_sub_ps(_mm512_loadu_ps(z + (v + 1) * kW), m)));
   }
   if (v < rows) s0 = _mm512_add_ps(s0, exp16(_mm512_sub_ps(_mm512_loadu_ps(z + v * kW), m)));
-  _mm512_storeu_ps(max, m);
-  _mm512_storeu_ps(sum, _mm512_add_ps(s0, s1));
+  _mm512_store_ps(max, m);
+  _mm512_store_ps(sum, _mm512_add_ps(s0, s1));
+}
+
+// log sum exp of 16 positions from the chunks' statistics (max, sum at stride `stride`), taken
+// in chunk order; the sum in double.
+LSTMGRAD_AVX512 void combine_stats(const float* max, const float* sum, int64_t chunks,
+                                   int64_t stride, float* lse) {
+  __m512 m = _mm512_set1_ps(kLowest);
+  for (int64_t c = 0; c < chunks; ++c) m = _mm512_max_ps(m, _mm512_load_ps(max + c * stride));
+  __m512d lo = _mm512_setzero_pd(), hi = lo;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const __m512 e = _mm512_mul_ps(_mm512_load_ps(sum + c * stride),
+                                   exp16(_mm512_sub_ps(_mm512_load_ps(max + c * stride), m)));
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                               _mm512_castps_pd(e), 1))));
+  }
+  alignas(64) double s[kW];
+  alignas(64) float mx[kW];
+  _mm512_store_pd(s, lo);
+  _mm512_store_pd(s + 8, hi);
+  _mm512_store_ps(mx, m);
+  for (int64_t l = 0; l < kW; ++l) lse[l] = static_cast<float>(mx[l] + std::log(s[l]));
 }
 
 // G chunk: g[p][v][16] = scale * exp(z[p][v] - lse[p]) for rows [0, rows) (padding lanes 0), and
@@ -126,13 +128,37 @@ LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse,
   }
 }
 
+// dh [N,H] for the token panels [p0, p1) from `parts` partials of dh^T ([parts][H][Np]), summed
+// in partial order: 16 inputs x 16 positions at a time, the sums through a small buffer (tmp,
+// 256 floats) to transpose them.
+LSTMGRAD_AVX512 void sum_transpose(const float* dhT, int64_t parts, int64_t H, int64_t Np,
+                                   int64_t N, int64_t p0, int64_t p1, float* tmp, float* dh) {
+  const int64_t part = H * Np;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * kW, width = std::min(kW, N - n0);
+    for (int64_t j0 = 0; j0 < H; j0 += kW) {
+      const int64_t jw = std::min(kW, H - j0);
+      for (int64_t j = 0; j < jw; ++j) {
+        const float* in = dhT + (j0 + j) * Np + n0;
+        __m512 acc = _mm512_load_ps(in);
+        for (int64_t q = 1; q < parts; ++q) acc = _mm512_add_ps(acc, _mm512_load_ps(in + q * part));
+        _mm512_store_ps(tmp + j * kW, acc);
+      }
+      for (int64_t l = 0; l < width; ++l)
+        for (int64_t j = 0; j < jw; ++j) dh[(n0 + l) * H + j0 + j] = tmp[j * kW + l];
+    }
+  }
+}
+
 }  // namespace
 
 void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
   const int64_t Np = round_up(N, kW), Hq = (H + kW - 1) / kW;
-  const int64_t need = Np * H + Hq * Np * kW + Np * V + Np + 2 * threads * Np +
-                       threads * (Np * kChunk + H * Np) + 8 * kW;  // + padding to align
-  N_ = N, H_ = H, V_ = V, Np_ = Np;
+  const int64_t chunks = (V + kChunk - 1) / kChunk, groups = std::min(chunks, kGroups);
+  const int64_t need = Np * H + Hq * Np * kW + Np * V + Np + 2 * chunks * Np +
+                       threads * Np * kChunk + groups * H * Np + threads * kW * kW +
+                       10 * kW;  // + alignment
+  N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
   if (static_cast<size_t>(need) > mem_.size()) mem_.assign(static_cast<size_t>(need), 0.0f);
   float* p = mem_.data();
   auto carve = [&p](int64_t n) {  // 64-byte aligned blocks
@@ -145,85 +171,79 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
   hp_ = carve(Hq * Np * kW);
   Z_ = carve(Np * V);
   lse_ = carve(Np);
-  max_ = carve(threads * Np);
-  sum_ = carve(threads * Np);
+  max_ = carve(chunks * Np);
+  sum_ = carve(chunks * Np);
   G_ = carve(threads * Np * kChunk);
-  dhT_ = carve(threads * H * Np);
+  dhT_ = carve(groups * H * Np);
+  tmp_ = carve(threads * kW * kW);
 }
 
 void VocabReadout::forward(int id, int nt, const float* h, const float* W, const float* c,
                            const int64_t* y, double* row_loss) {
-  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW;
+  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_;
   pack_h(h, N, H, Np, split(np, id, nt), split(np, id + 1, nt), hT_, hp_);
-  float* mx = max_ + id * Np;
-  float* sm = sum_ + id * Np;
-  std::fill_n(mx, Np, kLowest);
-  std::fill_n(sm, Np, 0.0f);
+  if (id == 0) next_.store(0, std::memory_order_relaxed);
 #pragma omp barrier
-  const int64_t v0 = split(V, id, nt), v1 = split(V, id + 1, nt);
-  for (int64_t va = v0; va < v1; va += kChunk) {
-    const int64_t rows = std::min(kChunk, v1 - va);
+  // Each chunk taken is followed by the claim of the next, whose rows of W are fetched while
+  // this one's statistics run (an equal share of its lines per token panel).
+  int64_t ch = next_.fetch_add(1, std::memory_order_relaxed);
+  while (ch < nc) {
+    const int64_t ahead = next_.fetch_add(1, std::memory_order_relaxed);
+    const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
     // Z[p][v] = c[v] + W[v] . h_(16p..16p+15): A = W's rows, B = the token panels of h^T.
     panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, Z_ + va * kW, kW, V * kW,
                 Start::row_bias, c + va);
-    // The statistics, panel by panel; meanwhile the next chunk's rows of W are fetched, an
-    // equal share of its lines per panel.
-    const int64_t next = std::clamp<int64_t>(v1 - va - rows, 0, kChunk) * H;  // floats
+    const int64_t next = ahead < nc ? std::min(kChunk, V - ahead * kChunk) * H : 0;  // floats
     const int64_t share = (next + np * kW - 1) / (np * kW) * kW;
     for (int64_t p = 0; p < np; ++p) {
       for (int64_t f = p * share; f < std::min(next, (p + 1) * share); f += kW)
-        __builtin_prefetch(W + (va + rows) * H + f, 0, 3);
-      chunk_stats(Z_ + (p * V + va) * kW, rows, mx + p * kW, sm + p * kW);
+        __builtin_prefetch(W + ahead * kChunk * H + f, 0, 3);
+      chunk_stats(Z_ + (p * V + va) * kW, rows, max_ + ch * Np + p * kW, sum_ + ch * Np + p * kW);
     }
+    ch = ahead;
   }
 #pragma omp barrier
-  // log-sum-exp of each position from the threads' (max, sum), and its loss.
-  const int64_t n0 = split(Np, id, nt), n1 = split(Np, id + 1, nt);
-  for (int64_t n = n0; n < n1; ++n) {
-    float m = kLowest;
-    for (int t = 0; t < nt; ++t) m = std::max(m, max_[t * Np + n]);
-    double s = 0;
-    for (int t = 0; t < nt; ++t)
-      s += static_cast<double>(sum_[t * Np + n]) *
-           std::exp(static_cast<double>(max_[t * Np + n] - m));
-    const double lse = static_cast<double>(m) + std::log(s);
-    lse_[n] = static_cast<float>(lse);
-    if (n < N) row_loss[n] = lse - static_cast<double>(Z_[((n / kW) * V + y[n]) * kW + n % kW]);
+  if (id == 0) next_.store(0, std::memory_order_relaxed);  // for backward (no one claims now)
+  // log-sum-exp of each position over the chunks, and its loss.
+  for (int64_t p = split(np, id, nt); p < split(np, id + 1, nt); ++p) {
+    combine_stats(max_ + p * kW, sum_ + p * kW, nc, Np, lse_ + p * kW);
+    for (int64_t n = p * kW; n < std::min(N, (p + 1) * kW); ++n)
+      row_loss[n] = static_cast<double>(lse_[n]) -
+                    static_cast<double>(Z_[((n / kW) * V + y[n]) * kW + n % kW]);
   }
 }
 
 void VocabReadout::backward(int id, int nt, float scale, const float* W, const int64_t* y,
                             float* dW, float* dc, float* dh) {
-  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW;
+  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_, ng = groups_;
   const int64_t gs = kChunk * kW;  // one token panel of a G chunk
   float* g = G_ + id * Np * kChunk;
-  float* dhT = dhT_ + id * H * Np;
-  const int64_t v0 = split(V, id, nt), v1 = split(V, id + 1, nt);
-  if (v0 == v1) std::fill_n(dhT, H * Np, 0.0f);
-  for (int64_t va = v0; va < v1; va += kChunk) {
-    const int64_t rows = std::min(kChunk, v1 - va);
-    chunk_softmax(Z_ + va * kW, V * kW, lse_, N, np, rows, scale, g, gs, dc + va, W + va * H,
-                  dW + va * H, H);
-    for (int64_t n = 0; n < N; ++n)  // - scale at each position's target
-      if (y[n] >= va && y[n] < va + rows) {
-        g[(n / kW) * gs + (y[n] - va) * kW + n % kW] -= scale;
-        dc[y[n]] -= scale;
-      }
-    // dW[v] += sum_n G[n][v] h_n: A = the chunk of G (blocks of 16 positions), B = h's panels.
-    panel_tiles(rows, Np, AForm::blocks, g, gs, hp_, Np * kW, H, dW + va * H, H, kW,
-                Start::accumulate, nullptr);
-    // dh^T[j][n] (+)= sum_v W[v][j] G[n][v]: A = W^T of the chunk, B = the chunk of G itself.
-    panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW,
-                va == v0 ? Start::zero : Start::accumulate, nullptr);
+  for (int64_t grp = next_.fetch_add(1, std::memory_order_relaxed); grp < ng;
+       grp = next_.fetch_add(1, std::memory_order_relaxed)) {
+    float* dhT = dhT_ + grp * H * Np;
+    const int64_t c0 = nc * grp / ng, c1 = nc * (grp + 1) / ng;
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
+      chunk_softmax(Z_ + va * kW, V * kW, lse_, N, np, rows, scale, g, gs, dc + va, W + va * H,
+                    dW + va * H, H);
+      for (int64_t n = 0; n < N; ++n)  // - scale at each position's target
+        if (y[n] >= va && y[n] < va + rows) {
+          g[(n / kW) * gs + (y[n] - va) * kW + n % kW] -= scale;
+          dc[y[n]] -= scale;
+        }
+      // dW[v] += sum_n G[n][v] h_n: A = the chunk of G (blocks of 16 positions), B = h's panels.
+      panel_tiles(rows, Np, AForm::blocks, g, gs, hp_, Np * kW, H, dW + va * H, H, kW,
+                  Start::accumulate, nullptr);
+      // dh^T[j][n] (+)= sum_v W[v][j] G[n][v]: A = W^T of the chunk, B = the chunk of G itself.
+      panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW,
+                  ch == c0 ? Start::zero : Start::accumulate, nullptr);
+    }
   }
 #pragma omp barrier
-  const int64_t n0 = split(N, id, nt), n1 = split(N, id + 1, nt);
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t j = 0; j < H; ++j) {
-      float s = dhT_[j * Np + n];
-      for (int t = 1; t < nt; ++t) s += dhT_[(t * H + j) * Np + n];
-      dh[n * H + j] = s;
-    }
+  if (id == 0) next_.store(0, std::memory_order_relaxed);  // (no one claims now)
+  // dh = the groups' dh^T summed in group order, this thread's token panels.
+  sum_transpose(dhT_, ng, H, Np, N, split(np, id, nt), split(np, id + 1, nt),
+                tmp_ + id * kW * kW, dh);
 }
 
 void VocabReadout::probs(float* out) const {

@@ -7,16 +7,23 @@
 // memory five times: the bias copied in, the GEMM's output, the softmax, and the two backward
 // GEMMs. Here the logits are kept as [N/16][V][16] ("panel-major": 16 tokens side by side in one
 // vector), which is the packed operand format of panel_tiles, so nothing large is ever packed:
-//   forward   Z = W h^T + c, one slice of the vocabulary per thread in chunks that stay in L2;
-//             each chunk's running max and sum of exponentials per token while it is in cache;
-//             then log-sum-exp and the loss per token;
+//   forward   Z = W h^T + c in chunks of the vocabulary that stay in L2; each chunk's max and
+//             sum of exponentials per token while it is in cache; then log-sum-exp over the
+//             chunks and the loss per token;
 //   backward  per chunk: G = scale (softmax - onehot(y)) in L2, the bias gradient (G's row sums),
-//             dW += G h and dh^T += W^T G from that same chunk; dh^T summed over the threads.
-// Every thread owns a contiguous vocabulary slice: the team is balanced whatever N is.
+//             dW += G h and dh^T += W^T G from that same chunk; dh^T is summed per group of
+//             chunks, then over the groups.
+//
+// The threads take chunks (forward) and groups of chunks (backward) from a shared counter as they
+// finish: on a machine whose cores run at different speeds (a virtual machine's cores often do,
+// by tens of percent) a fixed split waits for the slowest. Every sum still has one fixed order
+// (per-chunk statistics combined in chunk order, dh^T partials per fixed group summed in group
+// order), so the results are the same bits for any team size and any interleaving (tested).
 //
 // AVX-512F only (panel_gemm_available()); elsewhere, and for float64 or soft targets, the
 // language model uses the BLAS path. float32 tolerance: tests/test_vocab_readout.cpp.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -31,7 +38,7 @@ class VocabReadout {
 
   // Both are called by every thread of one team (thread `id` of `nt`, nt <= the reserved team),
   // with the same arguments; they synchronise with OpenMP barriers inside. The calling parallel
-  // region's end is the barrier after them.
+  // region's end is the barrier after them. One object serves one team at a time.
   //
   // forward: h [N,H], W [V,H], c [V], y [N] class targets in [0, V). Writes row_loss[n] =
   // -log softmax(h_n W^T + c)[y_n] and keeps what backward and probs need.
@@ -49,15 +56,18 @@ class VocabReadout {
 
  private:
   int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
+  int64_t chunks_ = 0, groups_ = 0;         // vocabulary chunks; backward's groups of them
   std::vector<float> mem_;                  // everything below, carved 64-byte aligned
-  float* hT_ = nullptr;   // [Np/16][H][16] h^T in token panels (forward's B operand)
-  float* hp_ = nullptr;   // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
-  float* Z_ = nullptr;    // [Np/16][V][16] logits, panel-major
-  float* lse_ = nullptr;  // [Np] log sum exp of each position's logits
-  float* max_ = nullptr;  // [team][Np] each thread's running max over its slice
-  float* sum_ = nullptr;  // [team][Np] and its sum of exp(z - max)
-  float* G_ = nullptr;    // [team][Np/16][kChunk][16] each thread's chunk of G
-  float* dhT_ = nullptr;  // [team][H][Np] each thread's share of dh^T
+  float* hT_ = nullptr;    // [Np/16][H][16] h^T in token panels (forward's B operand)
+  float* hp_ = nullptr;    // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
+  float* Z_ = nullptr;     // [Np/16][V][16] logits, panel-major
+  float* lse_ = nullptr;   // [Np] log sum exp of each position's logits
+  float* max_ = nullptr;   // [chunks][Np] each chunk's max per position
+  float* sum_ = nullptr;   // [chunks][Np] and its sum of exp(z - max)
+  float* G_ = nullptr;     // [team][Np/16][kChunk][16] each thread's chunk of G
+  float* dhT_ = nullptr;   // [groups][H][Np] each group's share of dh^T
+  float* tmp_ = nullptr;   // [team][16][16] a thread's block of summed dh^T (transposed out)
+  std::atomic<int64_t> next_{0};  // the next chunk (forward) or group (backward) to take
 };
 
 }  // namespace lstmgrad::cpu

@@ -1,0 +1,52 @@
+// 16-lane AVX-512 forms of core::fast_exp, fast_sigmoid and fast_tanh (core/gates.hpp): the same
+// algorithms and constants, for the kernels that run only where panel_gemm_available(). Include
+// from functions compiled with LSTMGRAD_AVX512.
+#pragma once
+// GCC 12's avx512fintrin.h builds the "undefined" pass-through vector of the unmasked min, max
+// and roundscale by initialising a variable with itself, which -Wuninitialized reports at every
+// inlined call; the vectors are never read.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "core/gates.hpp"
+
+#define LSTMGRAD_AVX512 __attribute__((target("avx512f,prfchw")))
+
+namespace lstmgrad::cpu {
+
+// e^x (clamped to [-87, 88]): x = k ln2 + r, e^r by core::FastExp's polynomial, times 2^k.
+LSTMGRAD_AVX512 inline __m512 exp16(__m512 x) {
+  using E = core::FastExp;
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(E::lo)), _mm512_set1_ps(E::hi));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(E::inv_ln2)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(E::ln2_hi), x);  // x - k ln2 in two parts
+  r = _mm512_fmadd_ps(k, _mm512_set1_ps(E::ln2_lo), r);
+  __m512 p = _mm512_set1_ps(E::c[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(E::c[i]));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+
+// 1 / d for d >= 1: the 14-bit estimate and one Newton step (relative error ~2^-28 before
+// rounding). A division is several times slower here (the gate kernels were bound by it).
+LSTMGRAD_AVX512 inline __m512 recip16(__m512 d) {
+  const __m512 y = _mm512_rcp14_ps(d);
+  return _mm512_fmadd_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(1.0f)), y);
+}
+
+// 1 / (1 + e^-x)
+LSTMGRAD_AVX512 inline __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return recip16(_mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// 1 - 2 / (e^{2x} + 1)
+LSTMGRAD_AVX512 inline __m512 tanh16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 r = recip16(_mm512_add_ps(exp16(_mm512_add_ps(x, x)), one));
+  return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), r, one);
+}
+
+}  // namespace lstmgrad::cpu
