@@ -49,6 +49,92 @@ Real* thread_panels(const LayerSaved<Real>& saved, const TeamSlice& ts, int64_t 
   return saved.panels && ts.n() > 0 ? saved.panels + 4 * H * ts.j0 : nullptr;
 }
 
+// The claimed split (lstm_layer.hpp): units in groups of 16 (the last may be narrower).
+constexpr int64_t kGroup = kPanelWidth;
+
+int64_t unit_groups(int64_t H) {
+  return (H + kGroup - 1) / kGroup;
+}
+
+// Group u's packed weights: forward, the four gates' rows of its units ([4][H][16]); backward,
+// its units' columns of U ([4H][16]). The same number of floats either way.
+PanelLayout group_forward(int64_t u, int64_t H) {
+  return {4, std::min(kGroup, H - u * kGroup), H, H};
+}
+PanelLayout group_backward(int64_t u, int64_t H) {
+  return {1, std::min(kGroup, H - u * kGroup), 0, 4 * H};
+}
+
+// Packs this thread's share of the groups and resets its shares of the step sets; the caller's barrier
+// follows before any group is taken.
+void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamSlice& ts,
+                 int64_t T, int64_t H, bool forward) {
+  const int64_t ng = unit_groups(H), per = 4 * H * kGroup;
+  for (int64_t u = ng * ts.id / ts.size; u < ng * (ts.id + 1) / ts.size; ++u) {
+    if (forward)
+      pack_panels(saved.panels + u * per, W_hh + u * kGroup * H, H, true, group_forward(u, H));
+    else
+      pack_panels(saved.panels + u * per, W_hh + u * kGroup, H, false, group_backward(u, H));
+  }
+  for (int64_t t = 0; t <= T; ++t) saved.claims->reset(t, ts.id, ts.size, ng);
+}
+
+// The groups this thread takes at step set s, until none is left.
+template <class F>
+void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamSlice& ts, F&& run) {
+  for (int64_t u = saved.claims->take(s, ts.id, ts.size); u >= 0;
+       u = saved.claims->take(s, ts.id, ts.size))
+    run(u);
+}
+
+// layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet).
+void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
+                     const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
+  const int64_t G = 4 * H, per = 4 * H * kGroup;
+  pack_groups(saved, w.W_hh, ts, T, H, true);
+#pragma omp barrier  // every row of z, every group packed, the shares reset
+  for (int64_t t = 0; t < T; ++t) {
+    float* zt = saved.gates + t * B * G;
+    const float* h_prev = saved.hseq + t * B * H;
+    for_each_claimed(saved, t, ts, [&](int64_t u) {
+      const int64_t j = u * kGroup, n = std::min(kGroup, H - j);
+      panel_gemm(B, h_prev, H, saved.panels + u * per, group_forward(u, H), zt + j, G, true);
+      fast_gates_forward(zt + j, G, H, saved.bias + j, saved.sseq + (t + 1) * B * H + j,
+                         saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, B, n);
+    });
+#pragma omp barrier  // h_t complete before any thread's next GEMM reads it
+  }
+}
+
+// layer_backward's steps, claimed: each group takes dh_rec (its units) = dz_{t+1} U and then its
+// gate pass at t, so the two never need a barrier between them. Ends with dh_rec = dz_0 U
+// (dL/dh0) and a barrier: dh_rec and ds complete for the caller.
+void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
+                      const LayerSaved<float>& saved, const LayerWeights<float>& w,
+                      const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
+  const int64_t G = 4 * H, per = 4 * H * kGroup;
+  pack_groups(saved, w.W_hh, ts, T, H, false);
+#pragma omp barrier  // every group packed, dh_rec and ds set by the caller, the shares reset
+  for (int64_t t = T - 1; t >= 0; --t) {
+    float* dzt = dz + t * B * G;
+    for_each_claimed(saved, t, ts, [&](int64_t u) {
+      const int64_t j = u * kGroup, n = std::min(kGroup, H - j);
+      if (t + 1 < T)  // z_{t+1} = ... + h_t U^T
+        panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j,
+                   H, false);
+      fast_gates_backward(dzt + j, G, H, ds + j, dh_out ? dh_out + t * B * H + j : nullptr,
+                          dh_rec + j, saved.gates + t * B * G + j,
+                          saved.sseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, B, n);
+    });
+#pragma omp barrier  // dz_t complete before any thread's GEMM reads it
+  }
+  for_each_claimed(saved, T, ts, [&](int64_t u) {
+    panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kGroup, H,
+               false);
+  });
+#pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete
+}
+
 }  // namespace
 
 template <class Real>
@@ -83,6 +169,12 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
   if (r1 > r0)
     gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
+  if constexpr (std::is_same_v<Real, float>) {
+    if (saved.panels && saved.claims) {
+      claimed_forward(saved, w, ts, T, B, H);
+      return;
+    }
+  }
   Real* panels = thread_panels(saved, ts, H);
   const PanelLayout pl = forward_panels(ts, H);
   if constexpr (std::is_same_v<Real, float>) {
@@ -116,10 +208,15 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
   Real* panels = thread_panels(saved, ts, H);
   const PanelLayout pl = backward_panels(ts, H);
+  bool claimed = false;
   if constexpr (std::is_same_v<Real, float>) {
-    if (panels) pack_panels(panels, w.W_hh + j0, H, false, pl);
+    claimed = saved.panels && saved.claims;
+    if (claimed)
+      claimed_backward(dz, dh_rec, ds, dh_out, saved, w, ts, T, B, H);
+    else if (panels)
+      pack_panels(panels, w.W_hh + j0, H, false, pl);
   }
-  for (int64_t t = T - 1; t >= 0; --t) {
+  for (int64_t t = T - 1; t >= 0 && !claimed; --t) {
     Real* dzt = dz + t * B * G;
     if (n > 0)
       step_backward(dzt + j0, G, H, ds + j0, dh_out ? dh_out + t * B * H + j0 : nullptr,

@@ -1,15 +1,25 @@
 // One LSTM layer scanned over T steps (PyTorch ATen's cell -> layer -> stack split), run by a
-// team of threads that split the hidden units: thread p of P owns units [j0, j1) of every gate.
-// Sizes: T steps, B rows, I input width, H hidden width, G = 4H.
+// team of threads. Sizes: T steps, B rows, I input width, H hidden width, G = 4H.
 //
-// Per step each thread runs its four gates' GEMMs (h_prev U_q^T for its units: 4 calls, the BLAS
-// on one thread) and its slice of the fused gate pass, then one barrier (h_t complete in forward,
-// dz_t complete in backward). The large GEMMs (input projection, dx) split the T*B rows; the
-// weight gradients split the weight rows. Every scalar is computed by the same BLAS call shape
-// whatever P is, so float64 results are bit-identical for any thread count (tested).
+// The per-step work (h_prev U^T and the gate pass in forward; dz U and the gate pass in backward)
+// is split by hidden units, then one barrier per step (h_t complete in forward, dz_t complete in
+// backward). Two ways:
+//   - static: thread p of P owns units [j0, j1) of every gate and runs its four gates' GEMMs (the
+//     BLAS on one thread) and its slice of the gate pass. Every scalar is computed by the same
+//     BLAS call shape whatever P is, so float64 results are bit-identical for any thread count
+//     (tested).
+//   - claimed (float32 with the packed kernel, LayerSaved::claims set): the units in groups of 16,
+//     each group's weights packed together; at every step each thread takes the groups of its
+//     share in order and then those left in the others' (cpu/steal_ranges.hpp), so a core that
+//     runs slower (a virtual machine's often does) takes fewer. A group's arithmetic does not depend on who runs it: the same bits for any team and
+//     any interleaving, and the same as the static split's.
+// The large GEMMs (input projection, dx) split the T*B rows; the weight gradients split the
+// weight rows.
 #pragma once
 #include <algorithm>
 #include <cstdint>
+
+#include "cpu/steal_ranges.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -37,10 +47,13 @@ struct LayerSaved {
   Real* dbias;  // [G] scratch: the bias gradient of one backward
   Real* hseq;   // [T+1,B,H] h0 (filled by the caller), then h_1 .. h_T
   Real* sseq;   // [T+1,B,H] s0 (filled by the caller), then s_1 .. s_T
-  // float32 on AVX-512: the recurrent weights packed for panel_gemm (cpu/panel_gemm.hpp), one
-  // region per thread at panels + 4 H j0, 64-byte aligned; null: the BLAS runs every step.
+  // float32 on AVX-512: the recurrent weights packed for panel_gemm (cpu/panel_gemm.hpp), the
+  // units of [j0, j1) at panels + 4 H j0, 64-byte aligned; null: the BLAS runs every step.
   // Shared by all layers (each layer packs at the start of its forward and of its backward).
   Real* panels;
+  // With panels: the groups of 16 units taken at each step, T + 1 sets for a team (the claimed
+  // split); null: the static split. Shared by all layers (reset at the start of each pass).
+  StealRanges* claims;
 };
 
 // Floats of LayerSaved::panels for hidden width H (every team size): 4 H by H rounded up to whole

@@ -44,6 +44,7 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
   for (auto& s : saved_) {
     s.gates = carve(N * G), s.bias = carve(G), s.dbias = carve(G);
     s.hseq = carve(S), s.sseq = carve(S), s.panels = panels;
+    s.claims = P > 0 ? &claims_ : nullptr;
   }
   dz_ = carve(N * G), dh_a_ = carve(N * Wd), dh_b_ = carve(N * Wd);
   dh_rec_ = carve(capB_ * H), ds_ = carve(capB_ * H);
@@ -74,6 +75,7 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
       dropout_mask(drop_mask(k), N * H, drop_p_, drop_seed_, static_cast<uint64_t>(k + 1));
   }
   const int P = team_ = threads(B);
+  claims_.reserve(T + 1, P);
   BlasThreads one(1);  // the team is the parallelism; each GEMM inside runs one BLAS thread
 #pragma omp parallel num_threads(P)
   {

@@ -159,6 +159,7 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
                        threads * Np * kChunk + groups * H * Np + threads * kW * kW +
                        10 * kW;  // + alignment
   N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
+  work_.reserve(2, threads);
   if (static_cast<size_t>(need) > mem_.size()) mem_.assign(static_cast<size_t>(need), 0.0f);
   float* p = mem_.data();
   auto carve = [&p](int64_t n) {  // 64-byte aligned blocks
@@ -182,28 +183,25 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
                            const int64_t* y, double* row_loss) {
   const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_;
   pack_h(h, N, H, Np, split(np, id, nt), split(np, id + 1, nt), hT_, hp_);
-  if (id == 0) next_.store(0, std::memory_order_relaxed);
+  work_.reset(0, id, nt, nc);
+  work_.reset(1, id, nt, groups_);  // for backward (no one takes from it before then)
 #pragma omp barrier
-  // Each chunk taken is followed by the claim of the next, whose rows of W are fetched while
-  // this one's statistics run (an equal share of its lines per token panel).
-  int64_t ch = next_.fetch_add(1, std::memory_order_relaxed);
-  while (ch < nc) {
-    const int64_t ahead = next_.fetch_add(1, std::memory_order_relaxed);
+  // While a chunk's statistics run, the rows of W of the chunk after it (usually this thread's
+  // next) are fetched, an equal share of its lines per token panel.
+  for (int64_t ch = work_.take(0, id, nt); ch >= 0; ch = work_.take(0, id, nt)) {
     const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
     // Z[p][v] = c[v] + W[v] . h_(16p..16p+15): A = W's rows, B = the token panels of h^T.
     panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, Z_ + va * kW, kW, V * kW,
                 Start::row_bias, c + va);
-    const int64_t next = ahead < nc ? std::min(kChunk, V - ahead * kChunk) * H : 0;  // floats
+    const int64_t next = std::clamp<int64_t>(V - va - rows, 0, kChunk) * H;  // floats
     const int64_t share = (next + np * kW - 1) / (np * kW) * kW;
     for (int64_t p = 0; p < np; ++p) {
       for (int64_t f = p * share; f < std::min(next, (p + 1) * share); f += kW)
-        __builtin_prefetch(W + ahead * kChunk * H + f, 0, 3);
+        __builtin_prefetch(W + (va + rows) * H + f, 0, 3);
       chunk_stats(Z_ + (p * V + va) * kW, rows, max_ + ch * Np + p * kW, sum_ + ch * Np + p * kW);
     }
-    ch = ahead;
   }
 #pragma omp barrier
-  if (id == 0) next_.store(0, std::memory_order_relaxed);  // for backward (no one claims now)
   // log-sum-exp of each position over the chunks, and its loss.
   for (int64_t p = split(np, id, nt); p < split(np, id + 1, nt); ++p) {
     combine_stats(max_ + p * kW, sum_ + p * kW, nc, Np, lse_ + p * kW);
@@ -218,8 +216,7 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
   const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_, ng = groups_;
   const int64_t gs = kChunk * kW;  // one token panel of a G chunk
   float* g = G_ + id * Np * kChunk;
-  for (int64_t grp = next_.fetch_add(1, std::memory_order_relaxed); grp < ng;
-       grp = next_.fetch_add(1, std::memory_order_relaxed)) {
+  for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
     float* dhT = dhT_ + grp * H * Np;
     const int64_t c0 = nc * grp / ng, c1 = nc * (grp + 1) / ng;
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -240,7 +237,7 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
     }
   }
 #pragma omp barrier
-  if (id == 0) next_.store(0, std::memory_order_relaxed);  // (no one claims now)
+  work_.reset(1, id, nt, ng);  // for another backward of the same forward (no one takes now)
   // dh = the groups' dh^T summed in group order, this thread's token panels.
   sum_transpose(dhT_, ng, H, Np, N, split(np, id, nt), split(np, id + 1, nt),
                 tmp_ + id * kW * kW, dh);

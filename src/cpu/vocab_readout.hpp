@@ -14,19 +14,21 @@
 //             dW += G h and dh^T += W^T G from that same chunk; dh^T is summed per group of
 //             chunks, then over the groups.
 //
-// The threads take chunks (forward) and groups of chunks (backward) from a shared counter as they
-// finish: on a machine whose cores run at different speeds (a virtual machine's cores often do,
-// by tens of percent) a fixed split waits for the slowest. Every sum still has one fixed order
+// Each thread takes the chunks (forward) and groups of chunks (backward) of its own share in
+// order and then those left in the others' (cpu/steal_ranges.hpp): on a machine whose cores run
+// at different speeds (a virtual machine's cores often do, by tens of percent) a fixed split
+// waits for the slowest. Every sum still has one fixed order
 // (per-chunk statistics combined in chunk order, dh^T partials per fixed group summed in group
 // order), so the results are the same bits for any team size and any interleaving (tested).
 //
 // AVX-512F only (panel_gemm_available()); elsewhere, and for float64 or soft targets, the
 // language model uses the BLAS path. float32 tolerance: tests/test_vocab_readout.cpp.
 #pragma once
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "cpu/steal_ranges.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -67,7 +69,7 @@ class VocabReadout {
   float* G_ = nullptr;     // [team][Np/16][kChunk][16] each thread's chunk of G
   float* dhT_ = nullptr;   // [groups][H][Np] each group's share of dh^T
   float* tmp_ = nullptr;   // [team][16][16] a thread's block of summed dh^T (transposed out)
-  std::atomic<int64_t> next_{0};  // the next chunk (forward) or group (backward) to take
+  StealRanges work_;  // set 0: forward's chunks; set 1: backward's groups
 };
 
 }  // namespace lstmgrad::cpu
