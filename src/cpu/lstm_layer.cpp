@@ -34,21 +34,6 @@ void step_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_o
   }
 }
 
-// This thread's panels: forward, its units' rows of the four gates of U (z_q += h_prev U_q^T);
-// backward, its units' columns of U (dh_rec = dz U), K = 4H. Same size either way.
-PanelLayout forward_panels(const TeamSlice& ts, int64_t H) {
-  return {4, ts.n(), H, H};
-}
-PanelLayout backward_panels(const TeamSlice& ts, int64_t H) {
-  return {1, ts.n(), 0, 4 * H};
-}
-
-// This thread's region of LayerSaved::panels (null: no packed kernel, the BLAS runs each step).
-template <class Real>
-Real* thread_panels(const LayerSaved<Real>& saved, const TeamSlice& ts, int64_t H) {
-  return saved.panels && ts.n() > 0 ? saved.panels + 4 * H * ts.j0 : nullptr;
-}
-
 // The claimed split (lstm_layer.hpp): units in groups of 16 (the last may be narrower).
 constexpr int64_t kGroup = kPanelWidth;
 
@@ -65,8 +50,8 @@ PanelLayout group_backward(int64_t u, int64_t H) {
   return {1, std::min(kGroup, H - u * kGroup), 0, 4 * H};
 }
 
-// Packs this thread's share of the groups and resets its shares of the step sets; the caller's barrier
-// follows before any group is taken.
+// Packs this thread's share of the groups and resets its shares of the step sets; the caller's
+// barrier follows before any group is taken.
 void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamSlice& ts,
                  int64_t T, int64_t H, bool forward) {
   const int64_t ng = unit_groups(H), per = 4 * H * kGroup;
@@ -170,15 +155,7 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   if (r1 > r0)
     gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
   if constexpr (std::is_same_v<Real, float>) {
-    if (saved.panels && saved.claims) {
-      claimed_forward(saved, w, ts, T, B, H);
-      return;
-    }
-  }
-  Real* panels = thread_panels(saved, ts, H);
-  const PanelLayout pl = forward_panels(ts, H);
-  if constexpr (std::is_same_v<Real, float>) {
-    if (panels) pack_panels(panels, w.W_hh + j0 * H, H, true, pl);
+    if (saved.panels) return claimed_forward(saved, w, ts, T, B, H);
   }
 #pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
@@ -186,13 +163,9 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
     const Real* h_prev = saved.hseq + t * B * H;
     if (n > 0) {
       // z_q += h_prev U_q^T, this thread's units of the four gates
-      if constexpr (std::is_same_v<Real, float>) {
-        if (panels) panel_gemm(B, h_prev, H, panels, pl, zt + j0, G, true);
-      }
-      if (!panels)
-        for (int64_t q = 0; q < 4; ++q)
-          gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
-               zt + q * H + j0, G);
+      for (int64_t q = 0; q < 4; ++q)
+        gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
+             zt + q * H + j0, G);
       step_forward(zt + j0, G, H, saved.bias + j0, saved.sseq + (t + 1) * B * H + j0,
                    saved.hseq + (t + 1) * B * H + j0, saved.sseq + t * B * H + j0, H, B, n);
     }
@@ -206,15 +179,10 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const LayerWeights<Real>& w, const TeamSlice& ts, int64_t T, int64_t B,
                     int64_t I, int64_t H) {
   const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
-  Real* panels = thread_panels(saved, ts, H);
-  const PanelLayout pl = backward_panels(ts, H);
   bool claimed = false;
   if constexpr (std::is_same_v<Real, float>) {
-    claimed = saved.panels && saved.claims;
-    if (claimed)
-      claimed_backward(dz, dh_rec, ds, dh_out, saved, w, ts, T, B, H);
-    else if (panels)
-      pack_panels(panels, w.W_hh + j0, H, false, pl);
+    claimed = saved.panels != nullptr;
+    if (claimed) claimed_backward(dz, dh_rec, ds, dh_out, saved, w, ts, T, B, H);
   }
   for (int64_t t = T - 1; t >= 0 && !claimed; --t) {
     Real* dzt = dz + t * B * G;
@@ -224,10 +192,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     saved.sseq + t * B * H + j0, H, B, n);
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, this thread's columns.
-    if constexpr (std::is_same_v<Real, float>) {
-      if (panels) panel_gemm(B, dzt, G, panels, pl, dh_rec + j0, H, false);
-    }
-    if (!panels && n > 0)
+    if (n > 0)
       gemm(Tr::N, Tr::N, B, n, G, Real(1), dzt, G, w.W_hh + j0, H, Real(0), dh_rec + j0, H);
   }
   // Weight gradients over all steps at once (dz is complete: the last barrier above), each thread

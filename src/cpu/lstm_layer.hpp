@@ -4,17 +4,19 @@
 // The per-step work (h_prev U^T and the gate pass in forward; dz U and the gate pass in backward)
 // is split by hidden units, then one barrier per step (h_t complete in forward, dz_t complete in
 // backward). Two ways:
-//   - static: thread p of P owns units [j0, j1) of every gate and runs its four gates' GEMMs (the
-//     BLAS on one thread) and its slice of the gate pass. Every scalar is computed by the same
-//     BLAS call shape whatever P is, so float64 results are bit-identical for any thread count
-//     (tested).
-//   - claimed (float32 with the packed kernel, LayerSaved::claims set): the units in groups of 16,
-//     each group's weights packed together; at every step each thread takes the groups of its
+//   - static (float64, or no AVX-512): thread p of P owns units [j0, j1) of every gate and runs
+//     its four gates' GEMMs (the BLAS on one thread) and its slice of the gate pass. Every scalar
+//     is computed by the same BLAS call shape whatever P is, so float64 results are bit-identical
+//     for any thread count (tested).
+//   - claimed (float32 with the packed kernel, LayerSaved::panels set): the units in groups of 16,
+//     each group's recurrent weights packed together (cpu/panel_gemm.hpp) at the start of the
+//     layer's forward and of its backward; at every step each thread takes the groups of its
 //     share in order and then those left in the others' (cpu/steal_ranges.hpp), so a core that
-//     runs slower (a virtual machine's often does) takes fewer. A group's arithmetic does not depend on who runs it: the same bits for any team and
-//     any interleaving, and the same as the static split's.
+//     runs slower (a virtual machine's often does) takes fewer. A group's arithmetic does not
+//     depend on who runs it: the same bits for any interleaving (tested).
 // The large GEMMs (input projection, dx) split the T*B rows; the weight gradients split the
-// weight rows.
+// weight rows (the BLAS, one thread each: the packed kernel taking blocks of 48 rows the way the
+// steps take groups measured 1-4% slower at PTB shapes, and no faster with one core disturbed).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -47,17 +49,16 @@ struct LayerSaved {
   Real* dbias;  // [G] scratch: the bias gradient of one backward
   Real* hseq;   // [T+1,B,H] h0 (filled by the caller), then h_1 .. h_T
   Real* sseq;   // [T+1,B,H] s0 (filled by the caller), then s_1 .. s_T
-  // float32 on AVX-512: the recurrent weights packed for panel_gemm (cpu/panel_gemm.hpp), the
-  // units of [j0, j1) at panels + 4 H j0, 64-byte aligned; null: the BLAS runs every step.
-  // Shared by all layers (each layer packs at the start of its forward and of its backward).
+  // float32 on AVX-512: the recurrent weights packed in groups of 16 units for the claimed split,
+  // 64-byte aligned; null: the static split, the BLAS every step. Shared by all layers (each
+  // layer packs at the start of its forward and of its backward).
   Real* panels;
-  // With panels: the groups of 16 units taken at each step, T + 1 sets for a team (the claimed
-  // split); null: the static split. Shared by all layers (reset at the start of each pass).
+  // With panels: the groups taken at each step, T + 1 sets for a team (reset by each pass).
   StealRanges* claims;
 };
 
-// Floats of LayerSaved::panels for hidden width H (every team size): 4 H by H rounded up to whole
-// panels, plus one panel's slack for the alignment.
+// Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole groups of 16,
+// plus one panel's slack for the alignment.
 template <class Real>
 int64_t panel_floats(int64_t H);
 

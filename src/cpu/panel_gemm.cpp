@@ -101,7 +101,38 @@ bool panel_gemm_available() {
   return ok;
 }
 
+namespace {
+
+// pack_panels for AVX-512: a panel row is one masked load (rows = false) or one gather of 16
+// rows' k-th floats (rows = true); stores are whole aligned vectors (padding lanes 0).
+LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool rows,
+                                   const PanelLayout& layout) {
+  const int64_t K = layout.K, pg = layout.per_group();
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t p = 0; p < layout.panels(); ++p) {
+    float* d = dst + p * K * kPanelWidth;
+    const int64_t c = (p % pg) * kPanelWidth;
+    const int64_t col = (p / pg) * layout.group_stride + c;
+    const int64_t width = std::min(kPanelWidth, layout.width - c);
+    const __mmask16 m = static_cast<__mmask16>((1u << width) - 1u);
+    if (rows) {  // lane l of row k: W[(col + l) * ldw + k]
+      const __m512i at = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(ldw)));
+      const float* base = W + col * ldw;
+      for (int64_t k = 0; k < K; ++k)
+        _mm512_store_ps(d + k * kPanelWidth,
+                        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, base + k, 4));
+    } else {
+      for (int64_t k = 0; k < K; ++k)
+        _mm512_store_ps(d + k * kPanelWidth, _mm512_maskz_loadu_ps(m, W + k * ldw + col));
+    }
+  }
+}
+
+}  // namespace
+
 void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const PanelLayout& layout) {
+  if (panel_gemm_available() && (!rows || layout.width * ldw < (int64_t{1} << 31)))
+    return pack_panels16(dst, W, ldw, rows, layout);
   const int64_t K = layout.K, pg = layout.per_group();
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;

@@ -9,7 +9,7 @@
 // over them: up to 12 rows x 2 panels of accumulators, the panels streamed from L2.
 //
 // Columns are grouped: `groups` blocks of `width` columns each, block g starting at column
-// g * group_stride of C (the four gates of a thread's hidden units in a [B,4H] row of z: groups 4,
+// g * group_stride of C (the four gates of a group of hidden units in a [B,4H] row of z: groups 4,
 // group_stride H). Each block is padded to whole panels with zero lanes, which are never stored.
 #pragma once
 #include <cstdint>
