@@ -34,32 +34,35 @@ void step_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_o
   }
 }
 
-// The claimed split (lstm_layer.hpp): units in groups of 16 (the last may be narrower).
-constexpr int64_t kGroup = kPanelWidth;
+// The claimed split (lstm_layer.hpp): forward, units in groups of 16 (four gates: two pairs of
+// panels for the kernel); backward, groups of 32 (the columns of U: one pair of panels, not a
+// single panel per tile). The last group may be narrower.
+constexpr int64_t kForwardGroup = kPanelWidth, kBackwardGroup = 2 * kPanelWidth;
 
-int64_t unit_groups(int64_t H) {
-  return (H + kGroup - 1) / kGroup;
+int64_t unit_groups(int64_t H, int64_t width) {
+  return (H + width - 1) / width;
 }
 
-// Group u's packed weights: forward, the four gates' rows of its units ([4][H][16]); backward,
-// its units' columns of U ([4H][16]). The same number of floats either way.
+// Group u's packed weights, at panels + u * 4 H width: forward, the four gates' rows of its units
+// ([4][H][16]); backward, its units' columns of U ([2][4H][16]).
 PanelLayout group_forward(int64_t u, int64_t H) {
-  return {4, std::min(kGroup, H - u * kGroup), H, H};
+  return {4, std::min(kForwardGroup, H - u * kForwardGroup), H, H};
 }
 PanelLayout group_backward(int64_t u, int64_t H) {
-  return {1, std::min(kGroup, H - u * kGroup), 0, 4 * H};
+  return {1, std::min(kBackwardGroup, H - u * kBackwardGroup), 0, 4 * H};
 }
 
 // Packs this thread's share of the groups and resets its shares of the step sets; the caller's
 // barrier follows before any group is taken.
 void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamSlice& ts,
                  int64_t T, int64_t H, bool forward) {
-  const int64_t ng = unit_groups(H), per = 4 * H * kGroup;
+  const int64_t width = forward ? kForwardGroup : kBackwardGroup, per = 4 * H * width;
+  const int64_t ng = unit_groups(H, width);
   for (int64_t u = ng * ts.id / ts.size; u < ng * (ts.id + 1) / ts.size; ++u) {
     if (forward)
-      pack_panels(saved.panels + u * per, W_hh + u * kGroup * H, H, true, group_forward(u, H));
+      pack_panels(saved.panels + u * per, W_hh + u * width * H, H, true, group_forward(u, H));
     else
-      pack_panels(saved.panels + u * per, W_hh + u * kGroup, H, false, group_backward(u, H));
+      pack_panels(saved.panels + u * per, W_hh + u * width, H, false, group_backward(u, H));
   }
   for (int64_t t = 0; t <= T; ++t) saved.claims->reset(t, ts.id, ts.size, ng);
 }
@@ -75,14 +78,14 @@ void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamSlice
 // layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet).
 void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
                      const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
-  const int64_t G = 4 * H, per = 4 * H * kGroup;
+  const int64_t G = 4 * H, per = 4 * H * kForwardGroup;
   pack_groups(saved, w.W_hh, ts, T, H, true);
 #pragma omp barrier  // every row of z, every group packed, the shares reset
   for (int64_t t = 0; t < T; ++t) {
     float* zt = saved.gates + t * B * G;
     const float* h_prev = saved.hseq + t * B * H;
     for_each_claimed(saved, t, ts, [&](int64_t u) {
-      const int64_t j = u * kGroup, n = std::min(kGroup, H - j);
+      const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
       panel_gemm(B, h_prev, H, saved.panels + u * per, group_forward(u, H), zt + j, G, true);
       fast_gates_forward(zt + j, G, H, saved.bias + j, saved.sseq + (t + 1) * B * H + j,
                          saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, B, n);
@@ -97,13 +100,13 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
 void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                       const LayerSaved<float>& saved, const LayerWeights<float>& w,
                       const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
-  const int64_t G = 4 * H, per = 4 * H * kGroup;
+  const int64_t G = 4 * H, per = 4 * H * kBackwardGroup;
   pack_groups(saved, w.W_hh, ts, T, H, false);
 #pragma omp barrier  // every group packed, dh_rec and ds set by the caller, the shares reset
   for (int64_t t = T - 1; t >= 0; --t) {
     float* dzt = dz + t * B * G;
     for_each_claimed(saved, t, ts, [&](int64_t u) {
-      const int64_t j = u * kGroup, n = std::min(kGroup, H - j);
+      const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
       if (t + 1 < T)  // z_{t+1} = ... + h_t U^T
         panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j,
                    H, false);
@@ -114,7 +117,7 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
   }
   for_each_claimed(saved, T, ts, [&](int64_t u) {
-    panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kGroup, H,
+    panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup, H,
                false);
   });
 #pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete

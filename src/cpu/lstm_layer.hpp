@@ -8,8 +8,8 @@
 //     its four gates' GEMMs (the BLAS on one thread) and its slice of the gate pass. Every scalar
 //     is computed by the same BLAS call shape whatever P is, so float64 results are bit-identical
 //     for any thread count (tested).
-//   - claimed (float32 with the packed kernel, LayerSaved::panels set): the units in groups of 16,
-//     each group's recurrent weights packed together (cpu/panel_gemm.hpp) at the start of the
+//   - claimed (float32 with the packed kernel, LayerSaved::panels set): the units in groups (16 in
+//     forward, 32 in backward), each group's recurrent weights packed together (cpu/panel_gemm.hpp) at the start of the
 //     layer's forward and of its backward; at every step each thread takes the groups of its
 //     share in order and then those left in the others' (cpu/steal_ranges.hpp), so a core that
 //     runs slower (a virtual machine's often does) takes fewer. A group's arithmetic does not
@@ -49,7 +49,7 @@ struct LayerSaved {
   Real* dbias;  // [G] scratch: the bias gradient of one backward
   Real* hseq;   // [T+1,B,H] h0 (filled by the caller), then h_1 .. h_T
   Real* sseq;   // [T+1,B,H] s0 (filled by the caller), then s_1 .. s_T
-  // float32 on AVX-512: the recurrent weights packed in groups of 16 units for the claimed split,
+  // float32 on AVX-512: the recurrent weights packed in groups of units for the claimed split,
   // 64-byte aligned; null: the static split, the BLAS every step. Shared by all layers (each
   // layer packs at the start of its forward and of its backward).
   Real* panels;
@@ -57,7 +57,7 @@ struct LayerSaved {
   StealRanges* claims;
 };
 
-// Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole groups of 16,
+// Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole panels of 16,
 // plus one panel's slack for the alignment.
 template <class Real>
 int64_t panel_floats(int64_t H);
