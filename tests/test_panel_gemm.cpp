@@ -65,6 +65,40 @@ void check(const Case& c) {
   EXPECT_LE(worst, 2e-6 * static_cast<double>(c.K));
 }
 
+// pack_panels puts op(W)[k][c] of panel p at lane c % 16 of row k, zeros past each block's width,
+// for random layouts in both directions (the transposed one goes through 16 x 16 blocks: K and
+// widths not multiples of 16 exercise its partial blocks).
+TEST(PanelGemm, PackPanelsPlacesEveryElement) {
+  SplitMix rng(17);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t groups = 1 + rng.index(4), width = 1 + rng.index(40), K = 1 + rng.index(70);
+    const int64_t stride = width + rng.index(5);
+    const bool rows = trial % 2 == 0;
+    const cpu::PanelLayout layout{groups, width, stride, K};
+    const int64_t cols = (groups - 1) * stride + width;
+    const int64_t ldw = (rows ? K : cols) + rng.index(7);
+    std::vector<float> W(static_cast<size_t>((rows ? cols : K) * ldw));
+    for (float& x : W) x = static_cast<float>(rng.uniform(-1, 1));
+    float* packed = static_cast<float*>(std::aligned_alloc(64, (layout.floats() + 16) * 4));
+    cpu::pack_panels(packed, W.data(), ldw, rows, layout);
+    int64_t wrong = 0;
+    for (int64_t p = 0; p < layout.panels(); ++p) {
+      const int64_t c0 = (p % layout.per_group()) * 16;
+      const int64_t col = (p / layout.per_group()) * stride + c0;
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t l = 0; l < 16; ++l) {
+          const float want = c0 + l >= width ? 0.0f
+                             : rows          ? W[(col + l) * ldw + k]
+                                             : W[k * ldw + col + l];
+          wrong += packed[(p * K + k) * 16 + l] != want;
+        }
+    }
+    std::free(packed);
+    EXPECT_EQ(wrong, 0) << "groups " << groups << " width " << width << " K " << K << " rows "
+                        << rows;
+  }
+}
+
 TEST(PanelGemm, MatchesFloat64OnEngineAndRaggedShapes) {
   if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512 on this CPU: the BLAS is used";
   const Case cases[] = {

@@ -1,16 +1,14 @@
 #include "cpu/panel_gemm.hpp"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <array>
 #include <utility>
 
+#include "cpu/simd_math.hpp"  // immintrin.h, LSTMGRAD_AVX512
+
 namespace lstmgrad::cpu {
 
 namespace {
-
-#define LSTMGRAD_AVX512 __attribute__((target("avx512f,prfchw")))
 
 constexpr int kMaxRows = 12;  // 12 rows x 2 panels: 24 accumulators of the 32 vector registers
 
@@ -103,25 +101,57 @@ bool panel_gemm_available() {
 
 namespace {
 
-// pack_panels for AVX-512: a panel row is one masked load (rows = false) or one gather of 16
-// rows' k-th floats (rows = true); stores are whole aligned vectors (padding lanes 0).
+// Columns [0, kc) of the 16 x 16 block whose row l is r[l] ([l][c] -> dst[c * 16 + l]): four
+// rounds of interleaves and 128-bit lane shuffles.
+LSTMGRAD_AVX512 void transpose16(const __m512* r, int64_t kc, float* dst) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + j]: rows 4g..4g+3 of columns j, j+4, j+8, j+12
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
+                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 w = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 w2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
+    const __m512 col[4] = {_mm512_shuffle_f32x4(v, v2, 0x88), _mm512_shuffle_f32x4(w, w2, 0x88),
+                           _mm512_shuffle_f32x4(v, v2, 0xdd), _mm512_shuffle_f32x4(w, w2, 0xdd)};
+    for (int m = 0; m < 4; ++m)
+      if (j + 4 * m < kc) _mm512_store_ps(dst + (j + 4 * m) * kPanelWidth, col[m]);
+  }
+}
+
+// pack_panels for AVX-512: a panel row is one masked load (rows = false), or, transposed
+// (rows = true), 16 rows of W are read 16 floats at a time and transposed in registers; stores
+// are whole aligned vectors (padding lanes 0).
 LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool rows,
                                    const PanelLayout& layout) {
   const int64_t K = layout.K, pg = layout.per_group();
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;
     const int64_t c = (p % pg) * kPanelWidth;
     const int64_t col = (p / pg) * layout.group_stride + c;
     const int64_t width = std::min(kPanelWidth, layout.width - c);
-    const __mmask16 m = static_cast<__mmask16>((1u << width) - 1u);
     if (rows) {  // lane l of row k: W[(col + l) * ldw + k]
-      const __m512i at = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(ldw)));
-      const float* base = W + col * ldw;
-      for (int64_t k = 0; k < K; ++k)
-        _mm512_store_ps(d + k * kPanelWidth,
-                        _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, base + k, 4));
+      __m512 r[16];
+      for (int64_t k0 = 0; k0 < K; k0 += kPanelWidth) {
+        const int64_t kc = std::min(kPanelWidth, K - k0);
+        const __mmask16 km = static_cast<__mmask16>((1u << kc) - 1u);
+        for (int64_t l = 0; l < kPanelWidth; ++l)
+          r[l] = l < width ? _mm512_maskz_loadu_ps(km, W + (col + l) * ldw + k0)
+                           : _mm512_setzero_ps();
+        transpose16(r, kc, d + k0 * kPanelWidth);
+      }
     } else {
+      const __mmask16 m = static_cast<__mmask16>((1u << width) - 1u);
       for (int64_t k = 0; k < K; ++k)
         _mm512_store_ps(d + k * kPanelWidth, _mm512_maskz_loadu_ps(m, W + k * ldw + col));
     }
@@ -131,8 +161,7 @@ LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool
 }  // namespace
 
 void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const PanelLayout& layout) {
-  if (panel_gemm_available() && (!rows || layout.width * ldw < (int64_t{1} << 31)))
-    return pack_panels16(dst, W, ldw, rows, layout);
+  if (panel_gemm_available()) return pack_panels16(dst, W, ldw, rows, layout);
   const int64_t K = layout.K, pg = layout.per_group();
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;
