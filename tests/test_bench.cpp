@@ -71,7 +71,8 @@ TEST(Engine, Float64IsBitIdenticalForAnyThreadCount) {
 // readout's vocabulary chunks, on AVX-512): the sums' order does not depend on who ran what, so
 // repeated runs (other interleavings, other shares taken by each thread) give the same bits.
 // (Across team sizes float32 may differ: with some of OpenBLAS's kernels, the Haswell ones this
-// suite runs with among them, a float32 GEMM split by rows sums differently from the whole.) H = 40: groups of 16, 16 and 8 units, fewer than some teams.
+// suite runs with among them, a float32 GEMM split by rows sums differently from the whole.)
+// H = 40: groups of 16, 16 and 8 units, fewer than some teams.
 TEST(Engine, Float32IsBitIdenticalFromRunToRun) {
   ModelConfig cfg;
   cfg.V = 300, cfg.X = 20, cfg.H = 40, cfg.L = 2;

@@ -23,9 +23,9 @@ struct Case {
 // reference: K * 2^-24 * max |partial sum| is below 1e-5 * K here; 2e-6 * K is ample and still
 // catches a wrong element (off by O(1)).
 void check(const Case& c) {
-  SCOPED_TRACE(::testing::Message() << "M " << c.M << " K " << c.K << " groups " << c.groups
-                                    << " width " << c.width << " rows " << c.rows << " acc "
-                                    << c.accumulate);
+  SCOPED_TRACE(::testing::Message()
+               << "M " << c.M << " K " << c.K << " groups " << c.groups << " width " << c.width
+               << " rows " << c.rows << " acc " << c.accumulate);
   const int64_t cols = (c.groups - 1) * c.stride + c.width;  // op(W) spans this many columns
   const int64_t ldc = cols + 3, lda = c.K + 5;
   SplitMix rng(static_cast<uint64_t>(c.M * 131 + c.K * 7 + c.width));
@@ -102,14 +102,14 @@ TEST(PanelGemm, PackPanelsPlacesEveryElement) {
 TEST(PanelGemm, MatchesFloat64OnEngineAndRaggedShapes) {
   if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512 on this CPU: the BLAS is used";
   const Case cases[] = {
-      {20, 200, 4, 100, 200, true, true},    // zaremba-small, forward, one of two threads
-      {20, 800, 1, 104, 0, false, false},    // zaremba-small, backward, the other thread
-      {50, 512, 4, 256, 512, true, true},    // char-rnn forward
-      {1, 7, 1, 1, 0, true, false},          // the smallest
-      {13, 33, 3, 17, 40, true, true},       // 13 rows: a 12-row tile and a 1-row tile
-      {25, 64, 2, 5, 9, false, true},        // narrow blocks, one panel each
-      {12, 48, 1, 48, 0, false, false},      // three panels: a pair and a single
-      {37, 129, 4, 31, 31, true, false},     // blocks back to back (stride = width)
+      {20, 200, 4, 100, 200, true, true},  // zaremba-small, forward, one of two threads
+      {20, 800, 1, 104, 0, false, false},  // zaremba-small, backward, the other thread
+      {50, 512, 4, 256, 512, true, true},  // char-rnn forward
+      {1, 7, 1, 1, 0, true, false},        // the smallest
+      {13, 33, 3, 17, 40, true, true},     // 13 rows: a 12-row tile and a 1-row tile
+      {25, 64, 2, 5, 9, false, true},      // narrow blocks, one panel each
+      {12, 48, 1, 48, 0, false, false},    // three panels: a pair and a single
+      {37, 129, 4, 31, 31, true, false},   // blocks back to back (stride = width)
   };
   for (const Case& c : cases) check(c);
 }

@@ -128,8 +128,7 @@ TEST(VocabReadout, SameBitsForAnyTeamAndInterleaving) {
       for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
       return v;
     };
-    const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5),
-                             c = fill(V, -1, 1);
+    const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5), c = fill(V, -1, 1);
     std::vector<int64_t> y(N);
     for (int64_t& t : y) t = rng.index(V);
     struct Out {
@@ -142,8 +141,8 @@ TEST(VocabReadout, SameBitsForAnyTeamAndInterleaving) {
       Out o{std::vector<double>(N), std::vector<float>(V * H), std::vector<float>(V),
             std::vector<float>(N * H)};
 #pragma omp parallel num_threads(threads)
-      r.forward(omp_get_thread_num(), omp_get_num_threads(), h.data(), W.data(), c.data(),
-                y.data(), o.loss.data());
+      r.forward(omp_get_thread_num(), omp_get_num_threads(), h.data(), W.data(), c.data(), y.data(),
+                o.loss.data());
 #pragma omp parallel num_threads(threads)
       r.backward(omp_get_thread_num(), omp_get_num_threads(), 0.25f, W.data(), y.data(),
                  o.dW.data(), o.dc.data(), o.dh.data());

@@ -14,9 +14,9 @@ LSTMGRAD_AVX512 inline __m512 biased(__mmask16 m, const float* z, const float* b
 
 // AVX-512: one pass per row over 16 units at a time, the four gates and the cell in registers
 // (the tail masked), instead of five passes through the row.
-LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const float* bias,
-                                     float* s, float* h, const float* s_prev, int64_t ld,
-                                     int64_t B, int64_t n) {
+LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const float* bias, float* s,
+                                     float* h, const float* s_prev, int64_t ld, int64_t B,
+                                     int64_t n) {
   for (int64_t r = 0; r < B; ++r) {
     float* zr = z + r * ldz;
     const float* sp = s_prev + r * ld;
@@ -40,9 +40,9 @@ LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const fl
 }
 
 LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float* ds,
-                                      const float* dh_out, const float* dh_rec,
-                                      const float* gates, const float* s, const float* s_prev,
-                                      int64_t ld, int64_t B, int64_t n) {
+                                      const float* dh_out, const float* dh_rec, const float* gates,
+                                      const float* s, const float* s_prev, int64_t ld, int64_t B,
+                                      int64_t n) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t r = 0; r < B; ++r) {
     const float* g = gates + r * ldz;
@@ -59,11 +59,13 @@ LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float*
       // h = o * tanh(s); s = i * a + f * s_prev
       const __m512 dst = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(ts, ts, one),
                                          _mm512_maskz_loadu_ps(m, ds + k));
-      const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+      const __m512 di =
+          _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
       const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dst, _mm512_maskz_loadu_ps(m, s_prev + k)),
                                       _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
       const __m512 da = _mm512_mul_ps(_mm512_mul_ps(dst, i), _mm512_fnmadd_ps(a, a, one));
-      const __m512 d_o = _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+      const __m512 d_o =
+          _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
       _mm512_mask_storeu_ps(d + j, m, di);
       _mm512_mask_storeu_ps(d + gs + j, m, df);
       _mm512_mask_storeu_ps(d + 2 * gs + j, m, da);

@@ -54,8 +54,8 @@ PanelLayout group_backward(int64_t u, int64_t H) {
 
 // Packs this thread's share of the groups and resets its shares of the step sets; the caller's
 // barrier follows before any group is taken.
-void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamSlice& ts,
-                 int64_t T, int64_t H, bool forward) {
+void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamSlice& ts, int64_t T,
+                 int64_t H, bool forward) {
   const int64_t width = forward ? kForwardGroup : kBackwardGroup, per = 4 * H * width;
   const int64_t ng = unit_groups(H, width);
   for (int64_t u = ng * ts.id / ts.size; u < ng * (ts.id + 1) / ts.size; ++u) {
@@ -108,17 +108,17 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
     for_each_claimed(saved, t, ts, [&](int64_t u) {
       const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
       if (t + 1 < T)  // z_{t+1} = ... + h_t U^T
-        panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j,
-                   H, false);
+        panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j, H,
+                   false);
       fast_gates_backward(dzt + j, G, H, ds + j, dh_out ? dh_out + t * B * H + j : nullptr,
-                          dh_rec + j, saved.gates + t * B * G + j,
-                          saved.sseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, B, n);
+                          dh_rec + j, saved.gates + t * B * G + j, saved.sseq + (t + 1) * B * H + j,
+                          saved.sseq + t * B * H + j, H, B, n);
     });
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
   }
   for_each_claimed(saved, T, ts, [&](int64_t u) {
-    panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup, H,
-               false);
+    panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup,
+               H, false);
   });
 #pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete
 }
@@ -204,8 +204,8 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
   if (g1 > g0) {
     gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
-    gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, saved.hseq, H, Real(1),
-         g.dW_hh + g0 * H, H);
+    gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, saved.hseq, H, Real(1), g.dW_hh + g0 * H,
+         H);
     // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
     Real* db = saved.dbias + g0;
     std::fill_n(db, g1 - g0, Real(0));

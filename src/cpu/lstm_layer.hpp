@@ -9,11 +9,12 @@
 //     is computed by the same BLAS call shape whatever P is, so float64 results are bit-identical
 //     for any thread count (tested).
 //   - claimed (float32 with the packed kernel, LayerSaved::panels set): the units in groups (16 in
-//     forward, 32 in backward), each group's recurrent weights packed together (cpu/panel_gemm.hpp) at the start of the
-//     layer's forward and of its backward; at every step each thread takes the groups of its
-//     share in order and then those left in the others' (cpu/steal_ranges.hpp), so a core that
-//     runs slower (a virtual machine's often does) takes fewer. A group's arithmetic does not
-//     depend on who runs it: the same bits for any interleaving (tested).
+//     forward, 32 in backward), each group's recurrent weights packed together
+//     (cpu/panel_gemm.hpp) at the start of the layer's forward and of its backward; at every step
+//     each thread takes the groups of its share in order and then those left in the others'
+//     (cpu/steal_ranges.hpp), so a core that runs slower (a virtual machine's often does) takes
+//     fewer. A group's arithmetic does not depend on who runs it: the same bits for any
+//     interleaving (tested).
 // The large GEMMs (input projection, dx) split the T*B rows; the weight gradients split the
 // weight rows (the BLAS, one thread each: the packed kernel taking blocks of 48 rows the way the
 // steps take groups measured 1-4% slower at PTB shapes, and no faster with one core disturbed).

@@ -48,7 +48,7 @@ class LstmStack {
   int64_t T_ = 0, B_ = 0, capN_ = 0, capB_ = 0;
   std::vector<Real> arena_;
   std::vector<LayerSaved<Real>> saved_;  // per layer
-  StealRanges claims_;  // the claimed split's T + 1 step sets (lstm_layer.hpp)
+  StealRanges claims_;                   // the claimed split's T + 1 step sets (lstm_layer.hpp)
   Real* dz_ = nullptr;                   // [T,B,4H] scratch
   Real* dh_a_ = nullptr;                 // [T,B,H] gradient flowing down (ping)
   Real* dh_b_ = nullptr;                 // [T,B,H] (pong)

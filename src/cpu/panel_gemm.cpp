@@ -146,8 +146,8 @@ LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool
         const int64_t kc = std::min(kPanelWidth, K - k0);
         const __mmask16 km = static_cast<__mmask16>((1u << kc) - 1u);
         for (int64_t l = 0; l < kPanelWidth; ++l)
-          r[l] = l < width ? _mm512_maskz_loadu_ps(km, W + (col + l) * ldw + k0)
-                           : _mm512_setzero_ps();
+          r[l] =
+              l < width ? _mm512_maskz_loadu_ps(km, W + (col + l) * ldw + k0) : _mm512_setzero_ps();
         transpose16(r, kc, d + k0 * kPanelWidth);
       }
     } else {

@@ -25,7 +25,8 @@ class StealRanges {
   // Thread `id` of `nt` sets its own share of set s to its part of [0, n). Every thread calls
   // this before a barrier that precedes any take() on the set.
   void reset(int64_t s, int id, int nt, int64_t n) {
-    const uint64_t lo = static_cast<uint64_t>(n * id / nt), hi = static_cast<uint64_t>(n * (id + 1) / nt);
+    const uint64_t lo = static_cast<uint64_t>(n * id / nt),
+                   hi = static_cast<uint64_t>(n * (id + 1) / nt);
     slot(s, id, nt).store(lo << 32 | hi, std::memory_order_relaxed);
   }
 
@@ -45,8 +46,8 @@ class StealRanges {
       if (victim < 0) return -1;
       std::atomic<uint64_t>& v = slot(s, victim, nt);
       uint64_t r = v.load(std::memory_order_relaxed);
-      if (lo(r) < hi(r) && v.compare_exchange_strong(r, lo(r) << 32 | (hi(r) - 1),
-                                                     std::memory_order_relaxed))
+      if (lo(r) < hi(r) &&
+          v.compare_exchange_strong(r, lo(r) << 32 | (hi(r) - 1), std::memory_order_relaxed))
         return static_cast<int64_t>(hi(r) - 1);
     }
   }

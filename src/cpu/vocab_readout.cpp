@@ -85,8 +85,8 @@ LSTMGRAD_AVX512 void combine_stats(const float* max, const float* sum, int64_t c
     const __m512 e = _mm512_mul_ps(_mm512_load_ps(sum + c * stride),
                                    exp16(_mm512_sub_ps(_mm512_load_ps(max + c * stride), m)));
     lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
-                               _mm512_castps_pd(e), 1))));
+    hi = _mm512_add_pd(
+        hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
   }
   alignas(64) double s[kW];
   alignas(64) float mx[kW];
@@ -239,8 +239,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
 #pragma omp barrier
   work_.reset(1, id, nt, ng);  // for another backward of the same forward (no one takes now)
   // dh = the groups' dh^T summed in group order, this thread's token panels.
-  sum_transpose(dhT_, ng, H, Np, N, split(np, id, nt), split(np, id + 1, nt),
-                tmp_ + id * kW * kW, dh);
+  sum_transpose(dhT_, ng, H, Np, N, split(np, id, nt), split(np, id + 1, nt), tmp_ + id * kW * kW,
+                dh);
 }
 
 void VocabReadout::probs(float* out) const {

@@ -60,16 +60,16 @@ class VocabReadout {
   int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
   int64_t chunks_ = 0, groups_ = 0;         // vocabulary chunks; backward's groups of them
   std::vector<float> mem_;                  // everything below, carved 64-byte aligned
-  float* hT_ = nullptr;    // [Np/16][H][16] h^T in token panels (forward's B operand)
-  float* hp_ = nullptr;    // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
-  float* Z_ = nullptr;     // [Np/16][V][16] logits, panel-major
-  float* lse_ = nullptr;   // [Np] log sum exp of each position's logits
-  float* max_ = nullptr;   // [chunks][Np] each chunk's max per position
-  float* sum_ = nullptr;   // [chunks][Np] and its sum of exp(z - max)
-  float* G_ = nullptr;     // [team][Np/16][kChunk][16] each thread's chunk of G
-  float* dhT_ = nullptr;   // [groups][H][Np] each group's share of dh^T
-  float* tmp_ = nullptr;   // [team][16][16] a thread's block of summed dh^T (transposed out)
-  StealRanges work_;  // set 0: forward's chunks; set 1: backward's groups
+  float* hT_ = nullptr;   // [Np/16][H][16] h^T in token panels (forward's B operand)
+  float* hp_ = nullptr;   // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
+  float* Z_ = nullptr;    // [Np/16][V][16] logits, panel-major
+  float* lse_ = nullptr;  // [Np] log sum exp of each position's logits
+  float* max_ = nullptr;  // [chunks][Np] each chunk's max per position
+  float* sum_ = nullptr;  // [chunks][Np] and its sum of exp(z - max)
+  float* G_ = nullptr;    // [team][Np/16][kChunk][16] each thread's chunk of G
+  float* dhT_ = nullptr;  // [groups][H][Np] each group's share of dh^T
+  float* tmp_ = nullptr;  // [team][16][16] a thread's block of summed dh^T (transposed out)
+  StealRanges work_;      // set 0: forward's chunks; set 1: backward's groups
 };
 
 }  // namespace lstmgrad::cpu
