@@ -59,6 +59,26 @@ Reference reference(const std::vector<float>& h, const std::vector<float>& W,
 // position, class or thread share left out.
 constexpr double kTol = 2e-5;
 
+// h [N,H], W [V,H], c [V] and class targets y [N], drawn from `rng`; y[0] = V - 1, the last
+// class, in the last (partial) chunk.
+struct Inputs {
+  std::vector<float> h, W, c;
+  std::vector<int64_t> y;
+};
+
+Inputs inputs(int64_t N, int64_t H, int64_t V, SplitMix& rng) {
+  auto fill = [&](int64_t n, double lo, double hi) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
+    return v;
+  };
+  Inputs in{fill(N * H, -1, 1), fill(V * H, -0.5, 0.5), fill(V, -1, 1),
+            std::vector<int64_t>(static_cast<size_t>(N))};
+  for (int64_t& t : in.y) t = rng.index(V);
+  in.y[0] = V - 1;
+  return in;
+}
+
 void check(int64_t N, int64_t H, int64_t V, int threads, cpu::VocabReadout* reuse = nullptr) {
   SCOPED_TRACE(::testing::Message()
                << "N " << N << " H " << H << " V " << V << " threads " << threads);
@@ -68,10 +88,9 @@ void check(int64_t N, int64_t H, int64_t V, int threads, cpu::VocabReadout* reus
     for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
     return v;
   };
-  const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5), c = fill(V, -1, 1);
-  std::vector<int64_t> y(N);
-  for (int64_t& t : y) t = rng.index(V);
-  y[0] = V - 1;  // the last class, in the last (partial) chunk
+  const Inputs in = inputs(N, H, V, rng);
+  const std::vector<float>&h = in.h, &W = in.W, &c = in.c;
+  const std::vector<int64_t>& y = in.y;
   const double scale = 1.0 / 7;
   const Reference want = reference(h, W, c, y, scale, N, H, V);
 
@@ -123,14 +142,9 @@ TEST(VocabReadout, SameBitsForAnyTeamAndInterleaving) {
   for (const int64_t V : {700, 2500}) {  // 8 chunks of 96 words; 27 chunks in 16 groups
     const int64_t N = 45, H = 40;
     SplitMix rng(static_cast<uint64_t>(V));
-    auto fill = [&](size_t n, double lo, double hi) {
-      std::vector<float> v(n);
-      for (float& x : v) x = static_cast<float>(rng.uniform(lo, hi));
-      return v;
-    };
-    const std::vector<float> h = fill(N * H, -1, 1), W = fill(V * H, -0.5, 0.5), c = fill(V, -1, 1);
-    std::vector<int64_t> y(N);
-    for (int64_t& t : y) t = rng.index(V);
+    const Inputs in = inputs(N, H, V, rng);
+    const std::vector<float>&h = in.h, &W = in.W, &c = in.c;
+    const std::vector<int64_t>& y = in.y;
     struct Out {
       std::vector<double> loss;
       std::vector<float> dW, dc, dh;

@@ -101,6 +101,16 @@ bool panel_gemm_available() {
 
 namespace {
 
+// Where panel p of a layout reads op(W): its first column and how many of its 16 are real.
+struct PanelSource {
+  int64_t col, width;
+};
+
+PanelSource source_of(const PanelLayout& layout, int64_t p) {
+  const int64_t pg = layout.per_group(), c = (p % pg) * kPanelWidth;
+  return {(p / pg) * layout.group_stride + c, std::min(kPanelWidth, layout.width - c)};
+}
+
 // Columns [0, kc) of the 16 x 16 block whose row l is r[l] ([l][c] -> dst[c * 16 + l]): four
 // rounds of interleaves and 128-bit lane shuffles.
 LSTMGRAD_AVX512 void transpose16(const __m512* r, int64_t kc, float* dst) {
@@ -134,12 +144,10 @@ LSTMGRAD_AVX512 void transpose16(const __m512* r, int64_t kc, float* dst) {
 // are whole aligned vectors (padding lanes 0).
 LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool rows,
                                    const PanelLayout& layout) {
-  const int64_t K = layout.K, pg = layout.per_group();
+  const int64_t K = layout.K;
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;
-    const int64_t c = (p % pg) * kPanelWidth;
-    const int64_t col = (p / pg) * layout.group_stride + c;
-    const int64_t width = std::min(kPanelWidth, layout.width - c);
+    const auto [col, width] = source_of(layout, p);
     if (rows) {  // lane l of row k: W[(col + l) * ldw + k]
       __m512 r[16];
       for (int64_t k0 = 0; k0 < K; k0 += kPanelWidth) {
@@ -162,12 +170,10 @@ LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool
 
 void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const PanelLayout& layout) {
   if (panel_gemm_available()) return pack_panels16(dst, W, ldw, rows, layout);
-  const int64_t K = layout.K, pg = layout.per_group();
+  const int64_t K = layout.K;
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;
-    const int64_t c = (p % pg) * kPanelWidth;
-    const int64_t col = (p / pg) * layout.group_stride + c;
-    const int64_t width = std::min(kPanelWidth, layout.width - c);
+    const auto [col, width] = source_of(layout, p);
     if (rows) {  // a transpose: each W row read along k, written every 16th float
       for (int64_t l = 0; l < kPanelWidth; ++l)
         for (int64_t k = 0; k < K; ++k)
