@@ -110,8 +110,8 @@ LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse,
       __builtin_prefetch(ahead0 + v * width + j, 0, 3);
       __builtin_prefetch(ahead1 + v * width + j, 1, 3);
     }
-    for (int64_t p = 0; p < np; ++p)  // the next chunk's logits
-      __builtin_prefetch(z + p * zs + (v + kChunk) * kW, 0, 2);
+    for (int64_t p = 0; p < np; ++p)  // the next chunk's logits (right after this chunk's)
+      __builtin_prefetch(z + (np + p) * zs + v * kW, 0, 2);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t p = 0; p < np; ++p) {
       const __m512 e =
@@ -155,7 +155,7 @@ LSTMGRAD_AVX512 void sum_transpose(const float* dhT, int64_t parts, int64_t H, i
 void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
   const int64_t Np = round_up(N, kW), Hq = (H + kW - 1) / kW;
   const int64_t chunks = (V + kChunk - 1) / kChunk, groups = std::min(chunks, kGroups);
-  const int64_t need = Np * H + Hq * Np * kW + Np * V + Np + 2 * chunks * Np +
+  const int64_t need = Np * H + Hq * Np * kW + chunks * Np * kChunk + Np + 2 * chunks * Np +
                        threads * Np * kChunk + groups * H * Np + threads * kW * kW +
                        10 * kW;  // + alignment
   N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
@@ -170,7 +170,7 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
   };
   hT_ = carve(Np * H);
   hp_ = carve(Hq * Np * kW);
-  Z_ = carve(Np * V);
+  Z_ = carve(chunks * Np * kChunk);
   lse_ = carve(Np);
   max_ = carve(chunks * Np);
   sum_ = carve(chunks * Np);
@@ -191,14 +191,15 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
   for (int64_t ch = work_.take(0, id, nt); ch >= 0; ch = work_.take(0, id, nt)) {
     const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
     // Z[p][v] = c[v] + W[v] . h_(16p..16p+15): A = W's rows, B = the token panels of h^T.
-    panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, Z_ + va * kW, kW, V * kW,
+    float* z = Z_ + ch * Np * kChunk;  // this chunk's logits, [Np/16][kChunk][16]
+    panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, z, kW, kChunk * kW,
                 Start::row_bias, c + va);
     const int64_t next = std::clamp<int64_t>(V - va - rows, 0, kChunk) * H;  // floats
     const int64_t share = (next + np * kW - 1) / (np * kW) * kW;
     for (int64_t p = 0; p < np; ++p) {
       for (int64_t f = p * share; f < std::min(next, (p + 1) * share); f += kW)
         __builtin_prefetch(W + (va + rows) * H + f, 0, 3);
-      chunk_stats(Z_ + (p * V + va) * kW, rows, max_ + ch * Np + p * kW, sum_ + ch * Np + p * kW);
+      chunk_stats(z + p * kChunk * kW, rows, max_ + ch * Np + p * kW, sum_ + ch * Np + p * kW);
     }
   }
 #pragma omp barrier
@@ -206,8 +207,7 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
   for (int64_t p = split(np, id, nt); p < split(np, id + 1, nt); ++p) {
     combine_stats(max_ + p * kW, sum_ + p * kW, nc, Np, lse_ + p * kW);
     for (int64_t n = p * kW; n < std::min(N, (p + 1) * kW); ++n)
-      row_loss[n] = static_cast<double>(lse_[n]) -
-                    static_cast<double>(Z_[((n / kW) * V + y[n]) * kW + n % kW]);
+      row_loss[n] = static_cast<double>(lse_[n]) - static_cast<double>(logit(n, y[n]));
   }
 }
 
@@ -221,8 +221,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
     const int64_t c0 = nc * grp / ng, c1 = nc * (grp + 1) / ng;
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
-      chunk_softmax(Z_ + va * kW, V * kW, lse_, N, np, rows, scale, g, gs, dc + va, W + va * H,
-                    dW + va * H, H);
+      chunk_softmax(Z_ + ch * Np * kChunk, kChunk * kW, lse_, N, np, rows, scale, g, gs, dc + va,
+                    W + va * H, dW + va * H, H);
       for (int64_t n = 0; n < N; ++n)  // - scale at each position's target
         if (y[n] >= va && y[n] < va + rows) {
           g[(n / kW) * gs + (y[n] - va) * kW + n % kW] -= scale;
@@ -243,10 +243,14 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
                 dh);
 }
 
+float VocabReadout::logit(int64_t n, int64_t v) const {
+  const int64_t ch = v / kChunk;
+  return Z_[((ch * (Np_ / kW) + n / kW) * kChunk + v % kChunk) * kW + n % kW];
+}
+
 void VocabReadout::probs(float* out) const {
   for (int64_t n = 0; n < N_; ++n)
-    for (int64_t v = 0; v < V_; ++v)
-      out[n * V_ + v] = std::exp(Z_[((n / kW) * V_ + v) * kW + n % kW] - lse_[n]);
+    for (int64_t v = 0; v < V_; ++v) out[n * V_ + v] = std::exp(logit(n, v) - lse_[n]);
 }
 
 }  // namespace lstmgrad::cpu

@@ -5,8 +5,9 @@
 // update against 1.5 GFLOP for the whole LSTM stack). Through the BLAS each GEMM packs its large
 // operand again (W, or the [N,V] probabilities transposed), and the [N,V] matrix goes through
 // memory five times: the bias copied in, the GEMM's output, the softmax, and the two backward
-// GEMMs. Here the logits are kept as [N/16][V][16] ("panel-major": 16 tokens side by side in one
-// vector), which is the packed operand format of panel_tiles, so nothing large is ever packed:
+// GEMMs. Here the logits are kept "panel-major", 16 tokens side by side in one vector, the packed
+// operand format of panel_tiles, so nothing large is ever packed; chunk by chunk of the
+// vocabulary ([chunk][N/16][96][16]: a chunk's logits are one contiguous stream):
 //   forward   Z = W h^T + c in chunks of the vocabulary that stay in L2; each chunk's max and
 //             sum of exponentials per token while it is in cache; then log-sum-exp over the
 //             chunks and the loss per token;
@@ -62,7 +63,7 @@ class VocabReadout {
   std::vector<float> mem_;                  // everything below, carved 64-byte aligned
   float* hT_ = nullptr;   // [Np/16][H][16] h^T in token panels (forward's B operand)
   float* hp_ = nullptr;   // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)
-  float* Z_ = nullptr;    // [Np/16][V][16] logits, panel-major
+  float* Z_ = nullptr;    // [chunks][Np/16][kChunk][16] logits, panel-major within each chunk
   float* lse_ = nullptr;  // [Np] log sum exp of each position's logits
   float* max_ = nullptr;  // [chunks][Np] each chunk's max per position
   float* sum_ = nullptr;  // [chunks][Np] and its sum of exp(z - max)
@@ -70,6 +71,8 @@ class VocabReadout {
   float* dhT_ = nullptr;  // [groups][H][Np] each group's share of dh^T
   float* tmp_ = nullptr;  // [team][16][16] a thread's block of summed dh^T (transposed out)
   StealRanges work_;      // set 0: forward's chunks; set 1: backward's groups
+
+  float logit(int64_t n, int64_t v) const;  // position n's logit of class v
 };
 
 }  // namespace lstmgrad::cpu
