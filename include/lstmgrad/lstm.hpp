@@ -21,7 +21,7 @@ namespace cpu {
 template <class Real>
 class LstmStack;     // src/cpu/lstm_stack.hpp
 class VocabReadout;  // src/cpu/vocab_readout.hpp
-}
+}  // namespace cpu
 
 template <class Real>
 class LanguageModel {
@@ -77,8 +77,11 @@ class LanguageModel {
   std::unique_ptr<cpu::VocabReadout> vocab_;
   bool vocab_fused_ = false;
   mutable std::vector<Real> probs_;  // [T,B,V] logits, then p, then dL/dlogits (sized on use)
-  std::vector<Real> arena_;                      // the buffers below, carved from one allocation
-  std::vector<Real> h_n_, s_n_;                  // [L,B,H]
+  // The BLAS readout (linear): [ceil(T*B/16),V] per 16-row block, the column sums of p - y
+  // (sized on use, like probs_; the fused readout needs neither).
+  std::vector<Real> colsum_;
+  std::vector<Real> arena_;       // the buffers below, carved from one allocation
+  std::vector<Real> h_n_, s_n_;   // [L,B,H]
   std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;
@@ -89,10 +92,9 @@ class LanguageModel {
   bool readout_dropped_ = false;  // the top mask of the current forward is made
   const Real* readout_input();
   struct Buffers {
-    Real* x0;     // [T,B,X] embedded input (embedding only)
-    Real* dh;     // [T,B,H] dL/dh of the top layer (linear readout)
-    Real* colsum;  // [ceil(T*B/16),V] per 16-row block: the column sums of p - y (linear readout)
-    Real* dx0;    // [T,B,X] dL/dx of the embedded input (embedding only)
+    Real* x0;   // [T,B,X] embedded input (embedding only)
+    Real* dh;   // [T,B,H] dL/dh of the top layer (linear readout)
+    Real* dx0;  // [T,B,X] dL/dx of the embedded input (embedding only)
   } buf_{};
 };
 

@@ -20,7 +20,7 @@ inline Real sigmoid(Real v) {
   return Real(1) / (Real(1) + std::exp(-v));
 }
 
-// fast_exp's constants, shared with its AVX-512 form in cpu/vocab_readout.cpp: the clamp, 1/ln2,
+// fast_exp's constants, shared with its AVX-512 form (exp16, cpu/simd_math.hpp): the clamp, 1/ln2,
 // ln2 in two parts (ln2 = ln2_hi - ln2_lo, ln2_hi exact in 9 bits), and the polynomial for e^r,
 // highest degree first (Cephes expf's coefficients).
 struct FastExp {

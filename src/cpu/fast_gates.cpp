@@ -23,7 +23,7 @@ LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const fl
     float* sr = s + r * ld;
     float* hr = h + r * ld;
     for (int64_t j = 0; j < n; j += 16) {
-      const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1u);
+      const __mmask16 m = first_lanes(n - j);
       const __m512 i = sigmoid16(biased(m, zr + j, bias + j)),
                    f = sigmoid16(biased(m, zr + gs + j, bias + gs + j)),
                    a = tanh16(biased(m, zr + 2 * gs + j, bias + 2 * gs + j)),
@@ -48,7 +48,7 @@ LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float*
     const float* g = gates + r * ldz;
     float* d = dz + r * ldz;
     for (int64_t j = 0; j < n; j += 16) {
-      const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1u);
+      const __mmask16 m = first_lanes(n - j);
       const int64_t k = r * ld + j;
       const __m512 i = _mm512_maskz_loadu_ps(m, g + j), f = _mm512_maskz_loadu_ps(m, g + gs + j),
                    a = _mm512_maskz_loadu_ps(m, g + 2 * gs + j),

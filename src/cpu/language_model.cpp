@@ -127,14 +127,11 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
   const bool emb = cfg_.input == InputKind::embedding;
   const bool lin = cfg_.readout == Readout::linear;
   // Sized once: nothing is allocated again while the batch shape stays.
-  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) +
-                                    (lin ? N * cfg_.H + colsum_blocks(N) * cfg_.V : 0)),
-                Real(0));
+  arena_.assign(static_cast<size_t>((emb ? 2 * N * X : 0) + (lin ? N * cfg_.H : 0)), Real(0));
   cpu::Carver<Real> carve(arena_.data());
   buf_.x0 = emb ? carve(N * X) : nullptr;
   buf_.dx0 = emb ? carve(N * X) : nullptr;
   buf_.dh = lin ? carve(N * cfg_.H) : nullptr;
-  buf_.colsum = lin ? carve(colsum_blocks(N) * cfg_.V) : nullptr;
 }
 
 // What the readout reads: the top layer's h_1 .. h_T [T,B,H], or its dropped copy (site L).
@@ -165,8 +162,8 @@ std::span<const Real> LanguageModel<Real>::probs() const {
 // Whether forward takes the fused float32 readout (cpu/vocab_readout.hpp).
 template <class Real>
 bool LanguageModel<Real>::fuses_readout(const Batch<Real>& batch) const {
-  return std::is_same_v<Real, float> && cfg_.readout == Readout::linear &&
-         !batch.target.empty() && batch.target_probs.empty() && cpu::panel_gemm_available();
+  return std::is_same_v<Real, float> && cfg_.readout == Readout::linear && !batch.target.empty() &&
+         batch.target_probs.empty() && cpu::panel_gemm_available();
 }
 
 template <class Real>
@@ -222,6 +219,8 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
                   y_class, row_loss);
   } else {
     if (probs_.size() < static_cast<size_t>(N * V)) probs_.resize(static_cast<size_t>(N * V));
+    if (lin && colsum_.size() < static_cast<size_t>(colsum_blocks(N) * V))
+      colsum_.resize(static_cast<size_t>(colsum_blocks(N) * V));
     Real* logits = probs_.data();
     cpu::BlasThreads one(1);
     // Each thread its share of the rows: logits = h W^T + c (or h), then the softmax. Every row
@@ -244,7 +243,7 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
         const Real* y = y_probs ? y_probs + r * V : nullptr;
         row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
         if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
-        Real* cs = buf_.colsum + (r / kColsumRows) * V;  // this block's sum of p - y
+        Real* cs = colsum_.data() + (r / kColsumRows) * V;  // this block's sum of p - y
         if (r % kColsumRows == 0)
           std::copy_n(p, V, cs);
         else
@@ -279,8 +278,8 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
   const Real* dh_top = dlogits;   // identity readout: dL/dh = dL/dlogits
   if (vocab_fused_) {
     const size_t d = layout_.size() - 2;
-    fused_backward(*vocab_, P_threads, scale, P + layout_[d].offset, y_class,
-                   D + layout_[d].offset, D + layout_[d + 1].offset, buf_.dh);
+    fused_backward(*vocab_, P_threads, scale, P + layout_[d].offset, y_class, D + layout_[d].offset,
+                   D + layout_[d + 1].offset, buf_.dh);
     dh_top = buf_.dh;
   } else if (cfg_.readout == Readout::linear) {
     // p - y in place; the scale goes into the GEMMs' alpha (one pass over [N,V] saved). For class
@@ -304,9 +303,9 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
       const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
       // logits = h W^T + c: dc += scale * column sums of (p - y) (the blocks' sums, in block
       // order, accumulated into block 0), dW += scale (p - y)^T h.
-      Real* cs0 = buf_.colsum;
+      Real* cs0 = colsum_.data();
       for (int64_t b = 1; b < colsum_blocks(N); ++b) {
-        const Real* cs = buf_.colsum + b * V;
+        const Real* cs = colsum_.data() + b * V;
         for (int64_t v = v0; v < v1; ++v) cs0[v] += cs[v];
       }
       for (int64_t v = v0; v < v1; ++v) dc[v] += scale * cs0[v];

@@ -80,16 +80,14 @@ TileFn tile_fn(AForm f, int np, int mr) {
   return kTiles[static_cast<size_t>(f)][np - 1][mr - 1];
 }
 
-// Where panel p of the layout writes, and how many of its lanes are real columns.
-struct PanelTarget {
-  int64_t column;
-  __mmask16 mask;
+// Panel p of a layout: its first column of op(W) (and of C) and how many of its 16 are real.
+struct PanelColumns {
+  int64_t col, width;
 };
 
-PanelTarget target_of(const PanelLayout& layout, int64_t p) {
-  const int64_t pg = layout.per_group(), g = p / pg, c = (p % pg) * kPanelWidth;
-  const int64_t width = std::min(kPanelWidth, layout.width - c);
-  return {g * layout.group_stride + c, static_cast<__mmask16>((1u << width) - 1u)};
+PanelColumns columns_of(const PanelLayout& layout, int64_t p) {
+  const int64_t pg = layout.per_group(), c = (p % pg) * kPanelWidth;
+  return {(p / pg) * layout.group_stride + c, std::min(kPanelWidth, layout.width - c)};
 }
 
 }  // namespace
@@ -100,16 +98,6 @@ bool panel_gemm_available() {
 }
 
 namespace {
-
-// Where panel p of a layout reads op(W): its first column and how many of its 16 are real.
-struct PanelSource {
-  int64_t col, width;
-};
-
-PanelSource source_of(const PanelLayout& layout, int64_t p) {
-  const int64_t pg = layout.per_group(), c = (p % pg) * kPanelWidth;
-  return {(p / pg) * layout.group_stride + c, std::min(kPanelWidth, layout.width - c)};
-}
 
 // Columns [0, kc) of the 16 x 16 block whose row l is r[l] ([l][c] -> dst[c * 16 + l]): four
 // rounds of interleaves and 128-bit lane shuffles.
@@ -147,19 +135,19 @@ LSTMGRAD_AVX512 void pack_panels16(float* dst, const float* W, int64_t ldw, bool
   const int64_t K = layout.K;
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;
-    const auto [col, width] = source_of(layout, p);
+    const auto [col, width] = columns_of(layout, p);
     if (rows) {  // lane l of row k: W[(col + l) * ldw + k]
       __m512 r[16];
       for (int64_t k0 = 0; k0 < K; k0 += kPanelWidth) {
         const int64_t kc = std::min(kPanelWidth, K - k0);
-        const __mmask16 km = static_cast<__mmask16>((1u << kc) - 1u);
+        const __mmask16 km = first_lanes(kc);
         for (int64_t l = 0; l < kPanelWidth; ++l)
           r[l] =
               l < width ? _mm512_maskz_loadu_ps(km, W + (col + l) * ldw + k0) : _mm512_setzero_ps();
         transpose16(r, kc, d + k0 * kPanelWidth);
       }
     } else {
-      const __mmask16 m = static_cast<__mmask16>((1u << width) - 1u);
+      const __mmask16 m = first_lanes(width);
       for (int64_t k = 0; k < K; ++k)
         _mm512_store_ps(d + k * kPanelWidth, _mm512_maskz_loadu_ps(m, W + k * ldw + col));
     }
@@ -173,7 +161,7 @@ void pack_panels(float* dst, const float* W, int64_t ldw, bool rows, const Panel
   const int64_t K = layout.K;
   for (int64_t p = 0; p < layout.panels(); ++p) {
     float* d = dst + p * K * kPanelWidth;
-    const auto [col, width] = source_of(layout, p);
+    const auto [col, width] = columns_of(layout, p);
     if (rows) {  // a transpose: each W row read along k, written every 16th float
       for (int64_t l = 0; l < kPanelWidth; ++l)
         for (int64_t k = 0; k < K; ++k)
@@ -195,10 +183,10 @@ void panel_gemm(int64_t M, const float* A, int64_t lda, const float* packed,
     float* Cp[2] = {nullptr, nullptr};
     __mmask16 mask[2] = {0, 0};
     for (int q = 0; q < NP; ++q) {
-      const PanelTarget t = target_of(layout, p0 + q);
+      const auto [col, width] = columns_of(layout, p0 + q);
       P[q] = packed + (p0 + q) * K * kPanelWidth;
-      Cp[q] = C + t.column;
-      mask[q] = t.mask;
+      Cp[q] = C + col;
+      mask[q] = first_lanes(width);
     }
     // The panels (2 x K x 64 bytes) stay in L2 while the row blocks pass over them.
     for (int64_t r = 0; r < M; r += kMaxRows) {
@@ -223,10 +211,9 @@ void panel_tiles(int64_t M, int64_t K, AForm form, const float* A, int64_t as, c
     float* Cp[2] = {nullptr, nullptr};
     __mmask16 mask[2] = {0, 0};
     for (int q = 0; q < NP; ++q) {
-      const int64_t width = std::min(kPanelWidth, columns - (p0 + q) * kPanelWidth);
       P[q] = B + (p0 + q) * b_stride;
       Cp[q] = C + (p0 + q) * c_stride;
-      mask[q] = static_cast<__mmask16>((1u << width) - 1u);
+      mask[q] = first_lanes(columns - (p0 + q) * kPanelWidth);
     }
     for (int64_t r = 0; r < M; r += kMaxRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));

@@ -15,6 +15,11 @@
 
 namespace lstmgrad::cpu {
 
+// The first min(n, 16) of 16 lanes (n >= 0): a ragged tail's mask.
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
 // e^x (clamped to [-87, 88]): x = k ln2 + r, e^r by core::FastExp's polynomial, times 2^k.
 LSTMGRAD_AVX512 inline __m512 exp16(__m512 x) {
   using E = core::FastExp;

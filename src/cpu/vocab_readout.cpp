@@ -13,7 +13,8 @@ namespace {
 
 constexpr int64_t kW = kPanelWidth;  // 16 positions per vector
 // Vocabulary rows per chunk: the chunk's logits or G ([Np/16][kChunk][16], 150 KB at N = 400)
-// stay in L2 next to the small operands (h panels, a thread's dh^T). Measured on PTB shapes.
+// stay in L2 next to the small operands (h panels, a group's dh^T partial). Measured on PTB
+// shapes (64 and 128 no faster).
 constexpr int64_t kChunk = 96;
 // Backward's groups of chunks, each with its own dh^T partial (a fixed number, so that the sums
 // do not depend on the team): enough that the threads finish within ~1/16 of the pass of each
@@ -27,12 +28,6 @@ int64_t split(int64_t n, int id, int nt) {
 
 int64_t round_up(int64_t n, int64_t m) {
   return (n + m - 1) / m * m;
-}
-
-// Lanes of token panel p that are real positions (the last one may be partial).
-__mmask16 real_lanes(int64_t N, int64_t p) {
-  const int64_t width = std::min(kW, N - p * kW);
-  return static_cast<__mmask16>((1u << width) - 1u);
 }
 
 // h [N,H] into token panels hT [Np/16][H][16] (h's rows are op(W)'s columns for pack_panels)
@@ -96,8 +91,8 @@ LSTMGRAD_AVX512 void combine_stats(const float* max, const float* sum, int64_t c
   for (int64_t l = 0; l < kW; ++l) lse[l] = static_cast<float>(mx[l] + std::log(s[l]));
 }
 
-// G chunk: g[p][v][16] = scale * exp(z[p][v] - lse[p]) for rows [0, rows) (padding lanes 0), and
-// dc[v] += the row's sum over all positions. z's panels are zs apart, g's gs apart.
+// G chunk: g[p][v][16] = scale * exp(z[p][v] - lse[p]) for rows [0, rows) (lanes past position
+// N - 1 are 0), and dc[v] += the row's sum over all positions. z's panels are zs apart, g's gs apart.
 // While it runs, the lines the chunk's GEMMs read next are fetched: rows of `width` floats of
 // ahead0 (read) and ahead1 (written), W's and dW's rows of this chunk, one row per row of G.
 LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse, int64_t N,
@@ -116,7 +111,7 @@ LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse,
     for (int64_t p = 0; p < np; ++p) {
       const __m512 e =
           exp16(_mm512_sub_ps(_mm512_loadu_ps(z + p * zs + v * kW), _mm512_loadu_ps(lse + p * kW)));
-      const __m512 gv = _mm512_maskz_mul_ps(real_lanes(N, p), e, sc);
+      const __m512 gv = _mm512_maskz_mul_ps(first_lanes(N - p * kW), e, sc);
       _mm512_store_ps(g + p * gs + v * kW, gv);
       acc = _mm512_add_ps(acc, gv);
     }
