@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "cpu/panel_gemm.hpp"
 #include "cpu/simd_math.hpp"
@@ -17,9 +18,26 @@ constexpr int64_t kW = kPanelWidth;  // 16 positions per vector
 // shapes (64 and 128 no faster).
 constexpr int64_t kChunk = 96;
 // Backward's groups of chunks, each with its own dh^T partial (a fixed number, so that the sums
-// do not depend on the team): enough that the threads finish within ~1/16 of the pass of each
-// other, few enough that the partials (16 x H x N floats, 5 MB at PTB) stay cheap to sum.
+// do not depend on the team), few enough that the partials (16 x H x N floats, 5 MB at PTB) stay
+// cheap to sum. Their sizes fall within each half (a team of two's shares: 8 large to 1 small):
+// a thread that runs out of its own takes the other's smallest, so the two finish within about
+// one small group of each other (equal groups left up to one large group, ~0.6 ms at PTB, of
+// waiting).
 constexpr int64_t kGroups = 16;
+
+// The first chunk of each of `groups` groups of `chunks` (and `chunks` last): at least one chunk
+// each, the rest shared by weight, 8 - (g mod 8).
+std::vector<int64_t> group_starts(int64_t chunks, int64_t groups) {
+  std::vector<int64_t> start(static_cast<size_t>(groups + 1));
+  int64_t total = 0;
+  for (int64_t g = 0; g < groups; ++g) total += 8 - g % 8;
+  int64_t before = 0;  // weight of the groups before g
+  for (int64_t g = 0; g <= groups; ++g) {
+    start[static_cast<size_t>(g)] = g + (chunks - groups) * before / total;
+    if (g < groups) before += 8 - g % 8;
+  }
+  return start;
+}
 constexpr float kLowest = -3.0e38f;
 
 int64_t split(int64_t n, int id, int nt) {
@@ -154,6 +172,7 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
                        threads * Np * kChunk + groups * H * Np + threads * kW * kW +
                        10 * kW;  // + alignment
   N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
+  group_start_ = group_starts(chunks, groups);
   work_.reserve(2, threads);
   if (static_cast<size_t>(need) > mem_.size()) mem_.assign(static_cast<size_t>(need), 0.0f);
   float* p = mem_.data();
@@ -213,7 +232,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
   float* g = G_ + id * Np * kChunk;
   for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
     float* dhT = dhT_ + grp * H * Np;
-    const int64_t c0 = nc * grp / ng, c1 = nc * (grp + 1) / ng;
+    const int64_t c0 = group_start_[static_cast<size_t>(grp)];
+    const int64_t c1 = group_start_[static_cast<size_t>(grp + 1)];
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
       chunk_softmax(Z_ + ch * Np * kChunk, kChunk * kW, lse_, N, np, rows, scale, g, gs, dc + va,
