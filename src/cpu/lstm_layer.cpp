@@ -90,7 +90,7 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
       fast_gates_forward(zt + j, G, H, saved.bias + j, saved.sseq + (t + 1) * B * H + j,
                          saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, B, n);
     });
-#pragma omp barrier  // h_t complete before any thread's next GEMM reads it
+    saved.step_barrier->wait(ts.size);  // h_t complete before any thread's next GEMM reads it
   }
 }
 
@@ -114,7 +114,7 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                           dh_rec + j, saved.gates + t * B * G + j, saved.sseq + (t + 1) * B * H + j,
                           saved.sseq + t * B * H + j, H, B, n);
     });
-#pragma omp barrier  // dz_t complete before any thread's GEMM reads it
+    saved.step_barrier->wait(ts.size);  // dz_t complete before any thread's GEMM reads it
   }
   for_each_claimed(saved, T, ts, [&](int64_t u) {
     panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup,

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/spin_barrier.hpp"
 #include "cpu/steal_ranges.hpp"
 
 namespace lstmgrad::cpu {
@@ -54,8 +55,10 @@ struct LayerSaved {
   // 64-byte aligned; null: the static split, the BLAS every step. Shared by all layers (each
   // layer packs at the start of its forward and of its backward).
   Real* panels;
-  // With panels: the groups taken at each step, T + 1 sets for a team (reset by each pass).
+  // With panels: the groups taken at each step, T + 1 sets for a team (reset by each pass), and
+  // the barrier between steps.
   StealRanges* claims;
+  SpinBarrier* step_barrier;
 };
 
 // Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole panels of 16,

@@ -45,6 +45,7 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
     s.gates = carve(N * G), s.bias = carve(G), s.dbias = carve(G);
     s.hseq = carve(S), s.sseq = carve(S), s.panels = panels;
     s.claims = P > 0 ? &claims_ : nullptr;
+    s.step_barrier = P > 0 ? &step_barrier_ : nullptr;
   }
   dz_ = carve(N * G), dh_a_ = carve(N * Wd), dh_b_ = carve(N * Wd);
   dh_rec_ = carve(capB_ * H), ds_ = carve(capB_ * H);

@@ -49,6 +49,7 @@ class LstmStack {
   std::vector<Real> arena_;
   std::vector<LayerSaved<Real>> saved_;  // per layer
   StealRanges claims_;                   // the claimed split's T + 1 step sets (lstm_layer.hpp)
+  SpinBarrier step_barrier_;             // and its barrier between steps
   Real* dz_ = nullptr;                   // [T,B,4H] scratch
   Real* dh_a_ = nullptr;                 // [T,B,H] gradient flowing down (ping)
   Real* dh_b_ = nullptr;                 // [T,B,H] (pong)
