@@ -226,5 +226,46 @@ TEST(VocabReadout, LanguageModelFloat32MatchesFloat64) {
   }
 }
 
+// readout_grad_sumsq: the squares of the readout's gradient as it stands after backward (what
+// was there plus what backward added), against a float64 sum over those two tensors of `grad`.
+// The squares of floats are exact in double; only the order of the sum differs (1e-12 relative).
+// None from the float64 model (the BLAS readout) or before a backward.
+TEST(VocabReadout, LanguageModelTakesTheReadoutGradientSquares) {
+  if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512F on this CPU";
+  ModelConfig cfg;
+  cfg.V = 300, cfg.X = 24, cfg.H = 40, cfg.L = 1;
+  SplitMix rng(8);
+  const std::vector<double> pd = rng.vec(parameter_count(cfg), -0.3, 0.3);
+  const std::vector<float> params(pd.begin(), pd.end());
+  Batch<float> b;
+  b.T = 6, b.B = 3;
+  for (int64_t r = 0; r < b.T * b.B; ++r)
+    b.tokens.push_back(rng.index(cfg.V)), b.target.push_back(rng.index(cfg.V));
+  const std::vector<ParamInfo> layout = parameter_layout(cfg);
+  const size_t readout = layout.end()[-2].offset;
+  ASSERT_EQ(layout.back().offset + layout.back().size, params.size());
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(::testing::Message() << threads << " threads");
+    LanguageModel<float> lm(cfg);
+    lm.set_threads(threads);
+    lm.forward(params, b, Reduction::batch_mean);
+    EXPECT_FALSE(lm.readout_grad_sumsq().has_value());
+    const std::vector<double> before = rng.vec(params.size(), -0.01, 0.01);
+    std::vector<float> g(before.begin(), before.end());
+    lm.backward(g, params, b);
+    double want = 0;
+    for (size_t i = readout; i < g.size(); ++i) want += double(g[i]) * double(g[i]);
+    ASSERT_TRUE(lm.readout_grad_sumsq().has_value());
+    EXPECT_NEAR(*lm.readout_grad_sumsq(), want, 1e-12 * want);
+  }
+  LanguageModel<double> ref(cfg);
+  Batch<double> bd;
+  bd.T = b.T, bd.B = b.B, bd.tokens = b.tokens, bd.target = b.target;
+  ref.forward(pd, bd, Reduction::batch_mean);
+  std::vector<double> gd(pd.size(), 0.0);
+  ref.backward(gd, pd, bd);
+  EXPECT_FALSE(ref.readout_grad_sumsq().has_value());
+}
+
 }  // namespace
 }  // namespace lstmgrad::test

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -56,6 +57,12 @@ class LanguageModel {
   void backward(std::span<Real> grad, std::span<const Real> params, const Batch<Real>& batch,
                 Real* dinput = nullptr, Real* dh0 = nullptr, Real* ds0 = nullptr);
 
+  // After backward: the sum of squares of the readout's gradient (decoder.weight and
+  // decoder.bias, the last two tensors of the layout) as it stands in `grad` after that backward,
+  // where backward could take it while the values were in cache (the float32 fused readout);
+  // nullopt elsewhere. A gradient norm can then skip the largest tensors (trainer: grad_norm).
+  std::optional<double> readout_grad_sumsq() const;
+
   std::span<const Real> h_n() const { return h_n_; }  // [L,B,H] final hidden state
   std::span<const Real> s_n() const { return s_n_; }  // [L,B,H] final cell state
   std::span<const Real> probs() const;                // [T,B,V] p of the last forward
@@ -76,6 +83,7 @@ class LanguageModel {
   // forward used it; probs() then converts its logits into probs_ on demand).
   std::unique_ptr<cpu::VocabReadout> vocab_;
   bool vocab_fused_ = false;
+  bool readout_sumsq_ = false;  // the last backward took the fused readout's grad_sumsq
   mutable std::vector<Real> probs_;  // [T,B,V] logits, then p, then dL/dlogits (sized on use)
   // The BLAS readout (linear): [ceil(T*B/16),V] per 16-row block, the column sums of p - y
   // (sized on use, like probs_; the fused readout needs neither).

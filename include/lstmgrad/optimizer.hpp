@@ -13,9 +13,10 @@ struct ElementRange {
 };
 
 // The global L2 norm of g, summed in float64 over fixed blocks (threads share the blocks; the
-// result is the same for any thread count). `zero`: sorted, disjoint ranges of g known to be 0
-// (the embedding rows no token of the batch used); they are not read. A 0 adds exactly 0 to its
-// lane's non-negative sum, so the norm is bit-identical to the dense one (zero = {}).
+// result is the same for any thread count). `zero`: sorted, disjoint ranges of g that are not
+// read: known to be 0 (the embedding rows no token of the batch used; a 0 adds exactly 0 to its
+// lane's non-negative sum, so the norm is bit-identical to the dense one, zero = {}), or summed
+// elsewhere (the trainer adds the readout's squares that backward took).
 template <class Real>
 double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero = {});
 

@@ -151,6 +151,12 @@ const Real* LanguageModel<Real>::readout_input() {
 }
 
 template <class Real>
+std::optional<double> LanguageModel<Real>::readout_grad_sumsq() const {
+  if (!readout_sumsq_) return std::nullopt;
+  return vocab_->grad_sumsq();
+}
+
+template <class Real>
 std::span<const Real> LanguageModel<Real>::probs() const {
   const size_t n = static_cast<size_t>(T_ * B_ * cfg_.V);
   if (probs_.size() < n) probs_.resize(n);
@@ -212,6 +218,7 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
   row_loss_.resize(static_cast<size_t>(N));
   double* row_loss = row_loss_.data();
   vocab_fused_ = fuses_readout(batch);
+  readout_sumsq_ = false;
   if (vocab_fused_) {
     if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
     vocab_->reserve(N, H, V, P_threads);
@@ -281,6 +288,7 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
     fused_backward(*vocab_, P_threads, scale, P + layout_[d].offset, y_class, D + layout_[d].offset,
                    D + layout_[d + 1].offset, buf_.dh);
     dh_top = buf_.dh;
+    readout_sumsq_ = true;
   } else if (cfg_.readout == Readout::linear) {
     // p - y in place; the scale goes into the GEMMs' alpha (one pass over [N,V] saved). For class
     // targets p - y touches one entry per row.

@@ -141,6 +141,20 @@ LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse,
   }
 }
 
+// The sum of squares of x [0, n), in double.
+LSTMGRAD_AVX512 double sum_squares(const float* x, int64_t n) {
+  __m512d lo = _mm512_setzero_pd(), hi = lo;
+  for (int64_t i = 0; i < n; i += kW) {
+    const __m512 v = _mm512_maskz_loadu_ps(first_lanes(n - i), x + i);
+    const __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d b =
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    lo = _mm512_fmadd_pd(a, a, lo);
+    hi = _mm512_fmadd_pd(b, b, hi);
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+}
+
 // dh [N,H] for the token panels [p0, p1) from `parts` partials of dh^T ([parts][H][Np]), summed
 // in partial order: 16 inputs x 16 positions at a time, the sums through a small buffer (tmp,
 // 256 floats) to transpose them.
@@ -173,6 +187,7 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
                        10 * kW;  // + alignment
   N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
   group_start_ = group_starts(chunks, groups);
+  sumsq_.assign(static_cast<size_t>(chunks), 0.0);
   work_.reserve(2, threads);
   if (static_cast<size_t>(need) > mem_.size()) mem_.assign(static_cast<size_t>(need), 0.0f);
   float* p = mem_.data();
@@ -227,7 +242,7 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
 
 void VocabReadout::backward(int id, int nt, float scale, const float* W, const int64_t* y,
                             float* dW, float* dc, float* dh) {
-  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_, ng = groups_;
+  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, ng = groups_;
   const int64_t gs = kChunk * kW;  // one token panel of a G chunk
   float* g = G_ + id * Np * kChunk;
   for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
@@ -246,6 +261,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
       // dW[v] += sum_n G[n][v] h_n: A = the chunk of G (blocks of 16 positions), B = h's panels.
       panel_tiles(rows, Np, AForm::blocks, g, gs, hp_, Np * kW, H, dW + va * H, H, kW,
                   Start::accumulate, nullptr);
+      // The chunk's rows of dW and dc are final: their squares, while they are in cache.
+      sumsq_[static_cast<size_t>(ch)] = sum_squares(dW + va * H, rows * H) + sum_squares(dc + va, rows);
       // dh^T[j][n] (+)= sum_v W[v][j] G[n][v]: A = W^T of the chunk, B = the chunk of G itself.
       panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW,
                   ch == c0 ? Start::zero : Start::accumulate, nullptr);
@@ -261,6 +278,12 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
 float VocabReadout::logit(int64_t n, int64_t v) const {
   const int64_t ch = v / kChunk;
   return Z_[((ch * (Np_ / kW) + n / kW) * kChunk + v % kChunk) * kW + n % kW];
+}
+
+double VocabReadout::grad_sumsq() const {
+  double sum = 0;
+  for (double x : sumsq_) sum += x;  // in chunk order
+  return sum;
 }
 
 void VocabReadout::probs(float* out) const {

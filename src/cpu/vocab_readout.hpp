@@ -55,12 +55,18 @@ class VocabReadout {
   // The last forward's probabilities, row-major [N,V] (not a hot path).
   void probs(float* out) const;
 
+  // After backward: the sum of squares of dW and dc as they stand after it (their values, not
+  // only what it added), taken per chunk while the chunk was in cache and summed in chunk order.
+  // A gradient-norm pass can skip those two tensors.
+  double grad_sumsq() const;
+
   size_t bytes() const { return mem_.size() * sizeof(float); }
 
  private:
   int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
   int64_t chunks_ = 0, groups_ = 0;         // vocabulary chunks; backward's groups of them
   std::vector<int64_t> group_start_;        // [groups + 1] each group's first chunk
+  std::vector<double> sumsq_;               // [chunks] each chunk's part of grad_sumsq()
   std::vector<float> mem_;                  // everything below, carved 64-byte aligned
   float* hT_ = nullptr;   // [Np/16][H][16] h^T in token panels (forward's B operand)
   float* hp_ = nullptr;   // [ceil(H/16)][Np][16] h in panels of 16 inputs (dW's B operand)

@@ -184,7 +184,9 @@ class Trainer {
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers};
     lm_.emplace(cfg_);
-    embed_offset_ = parameter_layout(cfg_)[0].offset;  // the embedding table, [V,X]
+    const std::vector<ParamInfo> layout = parameter_layout(cfg_);
+    embed_offset_ = layout.front().offset;  // the embedding table, [V,X]
+    readout_offset_ = layout.end()[-2].offset;  // decoder.weight [V,H], then decoder.bias [V]
     const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
     batch_.B = o_.batch;
     batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
@@ -258,7 +260,7 @@ class Trainer {
     // The embedding rows no token of the batch used hold a zero gradient (backward adds only to
     // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
     const std::span<const ElementRange> zero = unused_embedding_rows();
-    const double norm = grad_norm<Real>(grad_, zero);
+    const double norm = gradient_norm(zero);
     opt_->step_and_zero(params_, grad_, lr, clip_factor(norm, o_.clip), zero);
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
@@ -272,6 +274,17 @@ class Trainer {
 
   // The element ranges of the embedding table (tensor 0 of parameter_layout, [V,X]) whose rows
   // this batch's tokens do not select; none for a dense input.
+  // The gradient's global norm; the readout's part from the backward that just ran when it took
+  // it (the fused readout, while its rows were in cache), saving a pass over the largest tensors.
+  double gradient_norm(std::span<const ElementRange> zero) {
+    const std::optional<double> readout = lm_->readout_grad_sumsq();
+    if (!readout) return grad_norm<Real>(grad_, zero);
+    skip_.assign(zero.begin(), zero.end());
+    skip_.push_back({readout_offset_, grad_.size()});
+    const double rest = grad_norm<Real>(grad_, skip_);
+    return std::sqrt(rest * rest + *readout);
+  }
+
   std::span<const ElementRange> unused_embedding_rows() {
     if (cfg_.input != InputKind::embedding) return {};
     unused_rows(batch_.tokens, cfg_.V, cfg_.X, embed_offset_, row_mark_, zero_rows_);
@@ -382,6 +395,8 @@ class Trainer {
   size_t embed_offset_ = 0;              // where the embedding table starts in params_
   std::vector<uint8_t> row_mark_;        // [V] scratch of unused_rows
   std::vector<ElementRange> zero_rows_;  // the embedding ranges the batch leaves at zero
+  size_t readout_offset_ = 0;            // where the readout's weight and bias start
+  std::vector<ElementRange> skip_;       // zero_rows_ and the readout (gradient_norm)
   RunState run_;
   std::mt19937_64 rng_;
 };
