@@ -7,6 +7,7 @@
 
 #include "core/gates.hpp"
 #include "cpu/fast_gates.hpp"
+#include "cpu/panel_gemm.hpp"
 
 namespace lstmgrad::test {
 namespace {
@@ -67,6 +68,66 @@ TEST(FastMath, GateKernelsMatchTheFloat64Reference) {
   for (int64_t k = 0; k < B * G; ++k) worst = std::max(worst, std::abs(dzf[k] - dz[k]));
   for (int64_t k = 0; k < B * H; ++k) worst = std::max(worst, std::abs(dsf[k] - ds[k]));
   EXPECT_LE(worst, 1e-5);
+}
+
+// The fused step kernels (the recurrent GEMM and the gate pass in one, the sums in registers)
+// against the two they replace, panel_gemm then fast_gates_*: the same sums in the same order,
+// so the same bits, on ragged shapes (rows not a multiple of the tiles' 5 or 12, groups of fewer
+// than 16 or 32 units, K not a multiple of anything), with and without dh_out.
+TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
+  if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const int64_t H = 45, G = 4 * H;  // a layer's row stride; groups start at unit j
+  auto fill = [](std::vector<float>& v, double f, double a) {
+    for (size_t k = 0; k < v.size(); ++k) v[k] = static_cast<float>(a * std::sin(f * k + 0.3));
+  };
+  for (int64_t B : {1, 4, 5, 7, 12, 13, 20, 26}) {
+    for (int64_t n : {16, 11, 1}) {  // forward: one group of up to 16 units
+      SCOPED_TRACE(::testing::Message() << "forward B " << B << " n " << n);
+      const int64_t K = 37, j = 3;
+      std::vector<float> hp(B * K), zin(B * G), bias(G), sp(B * H), W(G * K);
+      fill(hp, 0.31, 1), fill(zin, 0.17, 2), fill(bias, 0.05, 0.5), fill(sp, 0.41, 1.5);
+      fill(W, 0.013, 0.3);
+      const cpu::PanelLayout layout{4, n, H, K};  // rows j.. of each gate's block of U
+      std::vector<float> panels(static_cast<size_t>(layout.floats()) + 16);
+      float* P = panels.data() + (64 - reinterpret_cast<uintptr_t>(panels.data()) % 64) % 64 / 4;
+      cpu::pack_panels(P, W.data() + j * K, K, true, layout);
+      std::vector<float> z1 = zin, z2 = zin, s1(B * H), s2(B * H), h1(B * H), h2(B * H);
+      cpu::panel_gemm(B, hp.data(), K, P, layout, z1.data() + j, G, true);
+      cpu::fast_gates_forward(z1.data() + j, G, H, bias.data() + j, s1.data() + j, h1.data() + j,
+                              sp.data() + j, H, B, n);
+      cpu::fused_step_forward(B, hp.data(), K, K, P, z2.data() + j, G, H, bias.data() + j,
+                              s2.data() + j, h2.data() + j, sp.data() + j, H, n);
+      EXPECT_EQ(z1, z2);
+      EXPECT_EQ(s1, s2);
+      EXPECT_EQ(h1, h2);
+    }
+    for (int64_t n : {32, 20, 16, 9}) {  // backward: one group of up to 32 units, K = 4H
+      for (bool with_out : {true, false}) {
+        SCOPED_TRACE(::testing::Message() << "backward B " << B << " n " << n << " dh_out "
+                                          << with_out);
+        const int64_t j = 7;
+        std::vector<float> dzn(B * G), gates(B * G), s(B * H), sp(B * H), ds(B * H), dho(B * H),
+            U(G * H);
+        fill(dzn, 0.23, 0.5), fill(gates, 0.07, 0.45), fill(s, 0.19, 1.2), fill(sp, 0.29, 1);
+        fill(ds, 0.11, 0.3), fill(dho, 0.37, 0.7), fill(U, 0.017, 0.2);
+        for (float& g : gates) g += 0.5f;  // activations in (0, 1)
+        const cpu::PanelLayout layout{1, n, 0, G};  // columns j.. of U [G,H]
+        std::vector<float> panels(static_cast<size_t>(layout.floats()) + 16);
+        float* P =
+            panels.data() + (64 - reinterpret_cast<uintptr_t>(panels.data()) % 64) % 64 / 4;
+        cpu::pack_panels(P, U.data() + j, H, false, layout);
+        std::vector<float> dz1(B * G), dz2(B * G), ds1 = ds, ds2 = ds, dh_rec(B * H);
+        const float* out = with_out ? dho.data() + j : nullptr;
+        cpu::panel_gemm(B, dzn.data(), G, P, layout, dh_rec.data() + j, H, false);
+        cpu::fast_gates_backward(dz1.data() + j, G, H, ds1.data() + j, out, dh_rec.data() + j,
+                                 gates.data() + j, s.data() + j, sp.data() + j, H, B, n);
+        cpu::fused_step_backward(B, dzn.data(), G, G, P, dz2.data() + j, H, ds2.data() + j, out,
+                                 gates.data() + j, s.data() + j, sp.data() + j, H, n);
+        EXPECT_EQ(dz1, dz2);
+        EXPECT_EQ(ds1, ds2);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "cpu/fast_gates.hpp"
 
+#include <algorithm>
+
 #include "core/gates.hpp"
 #include "cpu/panel_gemm.hpp"
 #include "cpu/simd_math.hpp"
@@ -75,7 +77,189 @@ LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float*
   }
 }
 
+// The fused step: MR rows of one group of up to 16 units, z = z_in + h_prev U^T for the four
+// gates accumulated in registers over K, then the gate pass on those registers (bias, the
+// nonlinearities, the cell), without z going through memory in between.
+template <int MR>
+LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const float* P,
+                               float* z, int64_t ldz, int64_t gs, const float* bias, float* s,
+                               float* h, const float* s_prev, int64_t ld, __mmask16 m) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) {
+      acc[r][g] = _mm512_setzero_ps();
+      // What the epilogue reads and writes, fetched while the K loop runs.
+      __builtin_prefetch(z + r * ldz + g * gs, 1, 3);
+    }
+    __builtin_prefetch(s_prev + r * ld, 0, 3);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) w[g] = _mm512_load_ps(P + (g * K + k) * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(hp[r * ldh + k]);
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_fmadd_ps(a, w[g], acc[r][g]);
+    }
+  }
+  __m512 b[4];
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) b[g] = _mm512_maskz_loadu_ps(m, bias + g * gs);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    float* zr = z + r * ldz;
+    __m512 pre[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g)
+      pre[g] = _mm512_add_ps(_mm512_add_ps(acc[r][g], _mm512_maskz_loadu_ps(m, zr + g * gs)), b[g]);
+    const __m512 i = sigmoid16(pre[0]), f = sigmoid16(pre[1]), a = tanh16(pre[2]),
+                 o = sigmoid16(pre[3]);
+    const __m512 sv =
+        _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, s_prev + r * ld), _mm512_mul_ps(i, a));
+    _mm512_mask_storeu_ps(zr, m, i);
+    _mm512_mask_storeu_ps(zr + gs, m, f);
+    _mm512_mask_storeu_ps(zr + 2 * gs, m, a);
+    _mm512_mask_storeu_ps(zr + 3 * gs, m, o);
+    _mm512_mask_storeu_ps(s + r * ld, m, sv);
+    _mm512_mask_storeu_ps(h + r * ld, m, _mm512_mul_ps(o, tanh16(sv)));
+  }
+}
+
+// The fused backward step: MR rows of one group of up to 32 units (NP panels), dh_rec =
+// dz_{t+1} U accumulated in registers over K = 4H, then gates_backward16's pass on those
+// registers (plus dh_out) for the group's units.
+template <int MR, int NP>
+LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz,
+                                        const float* P, float* dz, int64_t gs, float* ds,
+                                        const float* dh_out, const float* gates, const float* s,
+                                        const float* s_prev, int64_t ld, const __mmask16* mask) {
+  __m512 acc[MR][NP];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) {
+      acc[r][p] = _mm512_setzero_ps();
+      // What the epilogue reads and writes, fetched while the K loop runs.
+      const int64_t j = p * 16, k = r * ld + j;
+      for (int g = 0; g < 4; ++g) {
+        __builtin_prefetch(gates + r * ldz + g * gs + j, 0, 3);
+        __builtin_prefetch(dz + r * ldz + g * gs + j, 1, 3);
+      }
+      if (dh_out) __builtin_prefetch(dh_out + k, 0, 3);
+      __builtin_prefetch(s + k, 0, 3);
+      __builtin_prefetch(s_prev + k, 0, 3);
+      __builtin_prefetch(ds + k, 1, 3);
+    }
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[NP];
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P + (p * K + k) * 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(dzn[r * ldz + k]);
+#pragma GCC unroll 2
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, w[p], acc[r][p]);
+    }
+  }
+  const __m512 one = _mm512_set1_ps(1.0f);
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) {
+      const __mmask16 m = mask[p];
+      const int64_t j = p * 16, k = r * ld + j;
+      const float* g = gates + r * ldz + j;
+      float* d = dz + r * ldz + j;
+      const __m512 i = _mm512_maskz_loadu_ps(m, g), f = _mm512_maskz_loadu_ps(m, g + gs),
+                   a = _mm512_maskz_loadu_ps(m, g + 2 * gs),
+                   o = _mm512_maskz_loadu_ps(m, g + 3 * gs);
+      __m512 dh = acc[r][p];
+      if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
+      const __m512 ts = tanh16(_mm512_maskz_loadu_ps(m, s + k));
+      const __m512 dst = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(ts, ts, one),
+                                         _mm512_maskz_loadu_ps(m, ds + k));
+      const __m512 di =
+          _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+      const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dst, _mm512_maskz_loadu_ps(m, s_prev + k)),
+                                      _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+      const __m512 da = _mm512_mul_ps(_mm512_mul_ps(dst, i), _mm512_fnmadd_ps(a, a, one));
+      const __m512 d_o =
+          _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+      _mm512_mask_storeu_ps(d, m, di);
+      _mm512_mask_storeu_ps(d + gs, m, df);
+      _mm512_mask_storeu_ps(d + 2 * gs, m, da);
+      _mm512_mask_storeu_ps(d + 3 * gs, m, d_o);
+      _mm512_mask_storeu_ps(ds + k, m, _mm512_mul_ps(dst, f));
+    }
+}
+
 }  // namespace
+
+// Rows of 5 x 4 gates: 20 accumulators, 4 weight vectors and a broadcast in registers; per k,
+// 9 loads for 20 FMAs.
+LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K,
+                                        const float* panels, float* z, int64_t ldz, int64_t gs,
+                                        const float* bias, float* s, float* h,
+                                        const float* s_prev, int64_t ld, int64_t n) {
+  const __mmask16 m = first_lanes(n);
+  for (int64_t r = 0; r < B;) {
+    const int64_t mr = std::min<int64_t>(5, B - r);
+    const float* hp = h_prev + r * ldh;
+    float *zr = z + r * ldz, *sr = s + r * ld, *hr = h + r * ld;
+    const float* sp = s_prev + r * ld;
+    switch (mr) {
+      case 5: step_tile<5>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
+      case 4: step_tile<4>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
+      case 3: step_tile<3>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
+      case 2: step_tile<2>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
+      default: step_tile<1>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
+    }
+    r += mr;
+  }
+}
+
+// Rows of 12 x 2 panels: 24 accumulators (the tile shape of panel_gemm); one panel when the
+// group has 16 units or fewer.
+LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_t ldz, int64_t K,
+                                         const float* panels, float* dz, int64_t gs, float* ds,
+                                         const float* dh_out, const float* gates, const float* s,
+                                         const float* s_prev, int64_t ld, int64_t n) {
+  const __mmask16 mask[2] = {first_lanes(n), first_lanes(std::max<int64_t>(n - 16, 0))};
+  const bool two = n > 16;
+  for (int64_t r = 0; r < B;) {
+    const int64_t mr = std::min<int64_t>(12, B - r);
+    const float* a = dz_next + r * ldz;
+    float* d = dz + r * ldz;
+    const float* g = gates + r * ldz;
+    const int64_t o = r * ld;
+    const float* dho = dh_out ? dh_out + o : nullptr;
+#define LSTMGRAD_STEP_TILE(MR)                                                                 \
+  (two ? step_tile_backward<MR, 2>(K, a, ldz, panels, d, gs, ds + o, dho, g, s + o, s_prev + o, \
+                                   ld, mask)                                                    \
+       : step_tile_backward<MR, 1>(K, a, ldz, panels, d, gs, ds + o, dho, g, s + o, s_prev + o, \
+                                   ld, mask))
+    switch (mr) {
+      case 12: LSTMGRAD_STEP_TILE(12); break;
+      case 11: LSTMGRAD_STEP_TILE(11); break;
+      case 10: LSTMGRAD_STEP_TILE(10); break;
+      case 9: LSTMGRAD_STEP_TILE(9); break;
+      case 8: LSTMGRAD_STEP_TILE(8); break;
+      case 7: LSTMGRAD_STEP_TILE(7); break;
+      case 6: LSTMGRAD_STEP_TILE(6); break;
+      case 5: LSTMGRAD_STEP_TILE(5); break;
+      case 4: LSTMGRAD_STEP_TILE(4); break;
+      case 3: LSTMGRAD_STEP_TILE(3); break;
+      case 2: LSTMGRAD_STEP_TILE(2); break;
+      default: LSTMGRAD_STEP_TILE(1); break;
+    }
+#undef LSTMGRAD_STEP_TILE
+    r += mr;
+  }
+}
 
 using core::fast_sigmoid;
 using core::fast_tanh;

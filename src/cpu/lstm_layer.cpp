@@ -75,7 +75,8 @@ void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamSlice
     run(u);
 }
 
-// layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet).
+// layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet): each
+// group's h_prev U^T and its gate pass in one kernel, the sums in registers.
 void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
                      const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
   const int64_t G = 4 * H, per = 4 * H * kForwardGroup;
@@ -86,17 +87,17 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
     const float* h_prev = saved.hseq + t * B * H;
     for_each_claimed(saved, t, ts, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
-      panel_gemm(B, h_prev, H, saved.panels + u * per, group_forward(u, H), zt + j, G, true);
-      fast_gates_forward(zt + j, G, H, saved.bias + j, saved.sseq + (t + 1) * B * H + j,
-                         saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, B, n);
+      fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
+                         saved.sseq + (t + 1) * B * H + j, saved.hseq + (t + 1) * B * H + j,
+                         saved.sseq + t * B * H + j, H, n);
     });
     saved.step_barrier->wait(ts.size);  // h_t complete before any thread's next GEMM reads it
   }
 }
 
-// layer_backward's steps, claimed: each group takes dh_rec (its units) = dz_{t+1} U and then its
-// gate pass at t, so the two never need a barrier between them. Ends with dh_rec = dz_0 U
-// (dL/dh0) and a barrier: dh_rec and ds complete for the caller.
+// layer_backward's steps, claimed: each group takes dh_rec (its units) = dz_{t+1} U and its gate
+// pass at t in one kernel (the sums stay in registers), so the two never need a barrier between
+// them. Ends with dh_rec = dz_0 U (dL/dh0) and a barrier: dh_rec and ds complete for the caller.
 void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                       const LayerSaved<float>& saved, const LayerWeights<float>& w,
                       const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
@@ -107,12 +108,15 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
     float* dzt = dz + t * B * G;
     for_each_claimed(saved, t, ts, [&](int64_t u) {
       const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
-      if (t + 1 < T)  // z_{t+1} = ... + h_t U^T
-        panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j, H,
-                   false);
-      fast_gates_backward(dzt + j, G, H, ds + j, dh_out ? dh_out + t * B * H + j : nullptr,
-                          dh_rec + j, saved.gates + t * B * G + j, saved.sseq + (t + 1) * B * H + j,
-                          saved.sseq + t * B * H + j, H, B, n);
+      const float* dho = dh_out ? dh_out + t * B * H + j : nullptr;
+      const float* gates = saved.gates + t * B * G + j;
+      const float* s = saved.sseq + (t + 1) * B * H + j;
+      const float* s_prev = saved.sseq + t * B * H + j;
+      if (t + 1 < T)  // z_{t+1} = ... + h_t U^T: dh_rec = dz_{t+1} U, in registers
+        fused_step_backward(B, dzt + B * G, G, G, saved.panels + u * per, dzt + j, H, ds + j, dho,
+                            gates, s, s_prev, H, n);
+      else  // dh_rec from the caller
+        fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, H, B, n);
     });
     saved.step_barrier->wait(ts.size);  // dz_t complete before any thread's GEMM reads it
   }
