@@ -14,65 +14,90 @@ LSTMGRAD_AVX512 inline __m512 biased(__mmask16 m, const float* z, const float* b
   return _mm512_add_ps(_mm512_maskz_loadu_ps(m, z), _mm512_maskz_loadu_ps(m, b));
 }
 
+// The cell's forward for 16 units of one row (lanes outside m untouched), from the four gates'
+// pre-activations (bias included): the activated gates into z (gs apart), s and h.
+LSTMGRAD_AVX512 inline void cell_forward16(__mmask16 m, const __m512* pre, float* z, int64_t gs,
+                                           const float* s_prev, float* s, float* h) {
+  const __m512 i = sigmoid16(pre[0]), f = sigmoid16(pre[1]), a = tanh16(pre[2]),
+               o = sigmoid16(pre[3]);
+  const __m512 sv = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, s_prev), _mm512_mul_ps(i, a));
+  _mm512_mask_storeu_ps(z, m, i);
+  _mm512_mask_storeu_ps(z + gs, m, f);
+  _mm512_mask_storeu_ps(z + 2 * gs, m, a);
+  _mm512_mask_storeu_ps(z + 3 * gs, m, o);
+  _mm512_mask_storeu_ps(s, m, sv);
+  _mm512_mask_storeu_ps(h, m, _mm512_mul_ps(o, tanh16(sv)));
+}
+
 // AVX-512: one pass per row over 16 units at a time, the four gates and the cell in registers
 // (the tail masked), instead of five passes through the row.
 LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const float* bias, float* s,
                                      float* h, const float* s_prev, int64_t ld, int64_t B,
                                      int64_t n) {
-  for (int64_t r = 0; r < B; ++r) {
-    float* zr = z + r * ldz;
-    const float* sp = s_prev + r * ld;
-    float* sr = s + r * ld;
-    float* hr = h + r * ld;
+  for (int64_t r = 0; r < B; ++r)
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 m = first_lanes(n - j);
-      const __m512 i = sigmoid16(biased(m, zr + j, bias + j)),
-                   f = sigmoid16(biased(m, zr + gs + j, bias + gs + j)),
-                   a = tanh16(biased(m, zr + 2 * gs + j, bias + 2 * gs + j)),
-                   o = sigmoid16(biased(m, zr + 3 * gs + j, bias + 3 * gs + j));
-      const __m512 sv = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, sp + j), _mm512_mul_ps(i, a));
-      _mm512_mask_storeu_ps(zr + j, m, i);
-      _mm512_mask_storeu_ps(zr + gs + j, m, f);
-      _mm512_mask_storeu_ps(zr + 2 * gs + j, m, a);
-      _mm512_mask_storeu_ps(zr + 3 * gs + j, m, o);
-      _mm512_mask_storeu_ps(sr + j, m, sv);
-      _mm512_mask_storeu_ps(hr + j, m, _mm512_mul_ps(o, tanh16(sv)));
+      float* zr = z + r * ldz + j;
+      const __m512 pre[4] = {biased(m, zr, bias + j), biased(m, zr + gs, bias + gs + j),
+                             biased(m, zr + 2 * gs, bias + 2 * gs + j),
+                             biased(m, zr + 3 * gs, bias + 3 * gs + j)};
+      cell_forward16(m, pre, zr, gs, s_prev + r * ld + j, s + r * ld + j, h + r * ld + j);
     }
-  }
+}
+
+// The cell's backward for 16 units of one row (lanes outside m untouched): dh = dL/dh_t (all of
+// it) in; the four gates' gradients (gs apart) into d, and ds (dL/ds_t in) becomes dL/ds_{t-1}.
+// g: the row's saved gates; s, s_prev: this unit's cell state at t and t - 1.
+LSTMGRAD_AVX512 inline void cell_backward16(__mmask16 m, __m512 dh, const float* g, int64_t gs,
+                                            const float* s, const float* s_prev, float* ds,
+                                            float* d) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 i = _mm512_maskz_loadu_ps(m, g), f = _mm512_maskz_loadu_ps(m, g + gs),
+               a = _mm512_maskz_loadu_ps(m, g + 2 * gs), o = _mm512_maskz_loadu_ps(m, g + 3 * gs);
+  const __m512 ts = tanh16(_mm512_maskz_loadu_ps(m, s));
+  // h = o * tanh(s); s = i * a + f * s_prev
+  const __m512 dst = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(ts, ts, one),
+                                     _mm512_maskz_loadu_ps(m, ds));
+  const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+  const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dst, _mm512_maskz_loadu_ps(m, s_prev)),
+                                  _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+  const __m512 da = _mm512_mul_ps(_mm512_mul_ps(dst, i), _mm512_fnmadd_ps(a, a, one));
+  const __m512 d_o = _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+  _mm512_mask_storeu_ps(d, m, di);
+  _mm512_mask_storeu_ps(d + gs, m, df);
+  _mm512_mask_storeu_ps(d + 2 * gs, m, da);
+  _mm512_mask_storeu_ps(d + 3 * gs, m, d_o);
+  _mm512_mask_storeu_ps(ds, m, _mm512_mul_ps(dst, f));
 }
 
 LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float* ds,
                                       const float* dh_out, const float* dh_rec, const float* gates,
                                       const float* s, const float* s_prev, int64_t ld, int64_t B,
                                       int64_t n) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t r = 0; r < B; ++r) {
-    const float* g = gates + r * ldz;
-    float* d = dz + r * ldz;
+  for (int64_t r = 0; r < B; ++r)
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 m = first_lanes(n - j);
       const int64_t k = r * ld + j;
-      const __m512 i = _mm512_maskz_loadu_ps(m, g + j), f = _mm512_maskz_loadu_ps(m, g + gs + j),
-                   a = _mm512_maskz_loadu_ps(m, g + 2 * gs + j),
-                   o = _mm512_maskz_loadu_ps(m, g + 3 * gs + j);
       __m512 dh = _mm512_maskz_loadu_ps(m, dh_rec + k);
       if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
-      const __m512 ts = tanh16(_mm512_maskz_loadu_ps(m, s + k));
-      // h = o * tanh(s); s = i * a + f * s_prev
-      const __m512 dst = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(ts, ts, one),
-                                         _mm512_maskz_loadu_ps(m, ds + k));
-      const __m512 di =
-          _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-      const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dst, _mm512_maskz_loadu_ps(m, s_prev + k)),
-                                      _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-      const __m512 da = _mm512_mul_ps(_mm512_mul_ps(dst, i), _mm512_fnmadd_ps(a, a, one));
-      const __m512 d_o =
-          _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-      _mm512_mask_storeu_ps(d + j, m, di);
-      _mm512_mask_storeu_ps(d + gs + j, m, df);
-      _mm512_mask_storeu_ps(d + 2 * gs + j, m, da);
-      _mm512_mask_storeu_ps(d + 3 * gs + j, m, d_o);
-      _mm512_mask_storeu_ps(ds + k, m, _mm512_mul_ps(dst, f));
+      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, ds + k, dz + r * ldz + j);
+    }
+}
+
+// acc[r][p] = sum over k < K of a[r * lda + k] times row k of panel p (NP panels of [K][16]
+// floats one after another, 64-byte aligned): the fused steps' register-blocked GEMM.
+template <int MR, int NP>
+LSTMGRAD_AVX512 inline void panel_sums(int64_t K, const float* a, int64_t lda, const float* P,
+                                       __m512 (&acc)[MR][NP]) {
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[NP];
+#pragma GCC unroll 4
+    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P + (p * K + k) * 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(av, w[p], acc[r][p]);
     }
   }
 }
@@ -95,17 +120,7 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
     }
     __builtin_prefetch(s_prev + r * ld, 0, 3);
   }
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 w[4];
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; ++g) w[g] = _mm512_load_ps(P + (g * K + k) * 16);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(hp[r * ldh + k]);
-#pragma GCC unroll 4
-      for (int g = 0; g < 4; ++g) acc[r][g] = _mm512_fmadd_ps(a, w[g], acc[r][g]);
-    }
-  }
+  panel_sums<MR, 4>(K, hp, ldh, P, acc);
   __m512 b[4];
 #pragma GCC unroll 4
   for (int g = 0; g < 4; ++g) b[g] = _mm512_maskz_loadu_ps(m, bias + g * gs);
@@ -116,16 +131,7 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(_mm512_add_ps(acc[r][g], _mm512_maskz_loadu_ps(m, zr + g * gs)), b[g]);
-    const __m512 i = sigmoid16(pre[0]), f = sigmoid16(pre[1]), a = tanh16(pre[2]),
-                 o = sigmoid16(pre[3]);
-    const __m512 sv =
-        _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, s_prev + r * ld), _mm512_mul_ps(i, a));
-    _mm512_mask_storeu_ps(zr, m, i);
-    _mm512_mask_storeu_ps(zr + gs, m, f);
-    _mm512_mask_storeu_ps(zr + 2 * gs, m, a);
-    _mm512_mask_storeu_ps(zr + 3 * gs, m, o);
-    _mm512_mask_storeu_ps(s + r * ld, m, sv);
-    _mm512_mask_storeu_ps(h + r * ld, m, _mm512_mul_ps(o, tanh16(sv)));
+    cell_forward16(m, pre, zr, gs, s_prev + r * ld, s + r * ld, h + r * ld);
   }
 }
 
@@ -154,46 +160,16 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
       __builtin_prefetch(s_prev + k, 0, 3);
       __builtin_prefetch(ds + k, 1, 3);
     }
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 w[NP];
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P + (p * K + k) * 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(dzn[r * ldz + k]);
-#pragma GCC unroll 2
-      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(a, w[p], acc[r][p]);
-    }
-  }
-  const __m512 one = _mm512_set1_ps(1.0f);
+  panel_sums<MR, NP>(K, dzn, ldz, P, acc);
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
     for (int p = 0; p < NP; ++p) {
       const __mmask16 m = mask[p];
       const int64_t j = p * 16, k = r * ld + j;
-      const float* g = gates + r * ldz + j;
-      float* d = dz + r * ldz + j;
-      const __m512 i = _mm512_maskz_loadu_ps(m, g), f = _mm512_maskz_loadu_ps(m, g + gs),
-                   a = _mm512_maskz_loadu_ps(m, g + 2 * gs),
-                   o = _mm512_maskz_loadu_ps(m, g + 3 * gs);
       __m512 dh = acc[r][p];
       if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
-      const __m512 ts = tanh16(_mm512_maskz_loadu_ps(m, s + k));
-      const __m512 dst = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(ts, ts, one),
-                                         _mm512_maskz_loadu_ps(m, ds + k));
-      const __m512 di =
-          _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-      const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dst, _mm512_maskz_loadu_ps(m, s_prev + k)),
-                                      _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-      const __m512 da = _mm512_mul_ps(_mm512_mul_ps(dst, i), _mm512_fnmadd_ps(a, a, one));
-      const __m512 d_o =
-          _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-      _mm512_mask_storeu_ps(d, m, di);
-      _mm512_mask_storeu_ps(d + gs, m, df);
-      _mm512_mask_storeu_ps(d + 2 * gs, m, da);
-      _mm512_mask_storeu_ps(d + 3 * gs, m, d_o);
-      _mm512_mask_storeu_ps(ds + k, m, _mm512_mul_ps(dst, f));
+      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, ds + k, dz + r * ldz + j);
     }
 }
 
