@@ -1,6 +1,8 @@
 #include "cpu/fast_gates.hpp"
 
 #include <algorithm>
+#include <type_traits>
+#include <utility>
 
 #include "core/gates.hpp"
 #include "cpu/panel_gemm.hpp"
@@ -175,6 +177,19 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
 
 }  // namespace
 
+namespace {
+
+// f(std::integral_constant<int, mr>{}) for the row count mr in [1, N]: a tile template's
+// instance chosen at run time.
+template <int N, class F>
+LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((mr == I + 1 ? (f(std::integral_constant<int, I + 1>{}), true) : false) || ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
+}  // namespace
+
 // Rows of 5 x 4 gates: 20 accumulators, 4 weight vectors and a broadcast in registers; per k,
 // 9 loads for 20 FMAs.
 LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K,
@@ -182,20 +197,11 @@ LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t 
                                         const float* bias, float* s, float* h,
                                         const float* s_prev, int64_t ld, int64_t n) {
   const __mmask16 m = first_lanes(n);
-  for (int64_t r = 0; r < B;) {
-    const int64_t mr = std::min<int64_t>(5, B - r);
-    const float* hp = h_prev + r * ldh;
-    float *zr = z + r * ldz, *sr = s + r * ld, *hr = h + r * ld;
-    const float* sp = s_prev + r * ld;
-    switch (mr) {
-      case 5: step_tile<5>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
-      case 4: step_tile<4>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
-      case 3: step_tile<3>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
-      case 2: step_tile<2>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
-      default: step_tile<1>(K, hp, ldh, panels, zr, ldz, gs, bias, sr, hr, sp, ld, m); break;
-    }
-    r += mr;
-  }
+  for (int64_t r = 0; r < B; r += 5)
+    with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
+      step_tile<mr>(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, s + r * ld,
+                    h + r * ld, s_prev + r * ld, ld, m);
+    });
 }
 
 // Rows of 12 x 2 panels: 24 accumulators (the tile shape of panel_gemm); one panel when the
@@ -205,36 +211,14 @@ LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_
                                          const float* dh_out, const float* gates, const float* s,
                                          const float* s_prev, int64_t ld, int64_t n) {
   const __mmask16 mask[2] = {first_lanes(n), first_lanes(std::max<int64_t>(n - 16, 0))};
-  const bool two = n > 16;
-  for (int64_t r = 0; r < B;) {
-    const int64_t mr = std::min<int64_t>(12, B - r);
-    const float* a = dz_next + r * ldz;
-    float* d = dz + r * ldz;
-    const float* g = gates + r * ldz;
-    const int64_t o = r * ld;
-    const float* dho = dh_out ? dh_out + o : nullptr;
-#define LSTMGRAD_STEP_TILE(MR)                                                                 \
-  (two ? step_tile_backward<MR, 2>(K, a, ldz, panels, d, gs, ds + o, dho, g, s + o, s_prev + o, \
-                                   ld, mask)                                                    \
-       : step_tile_backward<MR, 1>(K, a, ldz, panels, d, gs, ds + o, dho, g, s + o, s_prev + o, \
-                                   ld, mask))
-    switch (mr) {
-      case 12: LSTMGRAD_STEP_TILE(12); break;
-      case 11: LSTMGRAD_STEP_TILE(11); break;
-      case 10: LSTMGRAD_STEP_TILE(10); break;
-      case 9: LSTMGRAD_STEP_TILE(9); break;
-      case 8: LSTMGRAD_STEP_TILE(8); break;
-      case 7: LSTMGRAD_STEP_TILE(7); break;
-      case 6: LSTMGRAD_STEP_TILE(6); break;
-      case 5: LSTMGRAD_STEP_TILE(5); break;
-      case 4: LSTMGRAD_STEP_TILE(4); break;
-      case 3: LSTMGRAD_STEP_TILE(3); break;
-      case 2: LSTMGRAD_STEP_TILE(2); break;
-      default: LSTMGRAD_STEP_TILE(1); break;
-    }
-#undef LSTMGRAD_STEP_TILE
-    r += mr;
-  }
+  for (int64_t r = 0; r < B; r += 12)
+    with_rows<12>(std::min<int64_t>(12, B - r), [&](auto mr) {
+      const int64_t o = r * ld;
+      const float* dho = dh_out ? dh_out + o : nullptr;
+      auto tile = n > 16 ? &step_tile_backward<mr, 2> : &step_tile_backward<mr, 1>;
+      tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz,
+           s + o, s_prev + o, ld, mask);
+    });
 }
 
 using core::fast_sigmoid;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <vector>
 
 #include "cpu/panel_gemm.hpp"
 #include "cpu/simd_math.hpp"
@@ -25,19 +24,18 @@ constexpr int64_t kChunk = 96;
 // waiting).
 constexpr int64_t kGroups = 16;
 
-// The first chunk of each of `groups` groups of `chunks` (and `chunks` last): at least one chunk
-// each, the rest shared by weight, 8 - (g mod 8).
-std::vector<int64_t> group_starts(int64_t chunks, int64_t groups) {
-  std::vector<int64_t> start(static_cast<size_t>(groups + 1));
-  int64_t total = 0;
-  for (int64_t g = 0; g < groups; ++g) total += 8 - g % 8;
-  int64_t before = 0;  // weight of the groups before g
-  for (int64_t g = 0; g <= groups; ++g) {
-    start[static_cast<size_t>(g)] = g + (chunks - groups) * before / total;
-    if (g < groups) before += 8 - g % 8;
-  }
-  return start;
+// Weight of the groups before group g: 8 - (i mod 8) each, in closed form.
+int64_t weight_before(int64_t g) {
+  const int64_t q = g / 8, r = g % 8;
+  return 36 * q + 8 * r - r * (r - 1) / 2;
 }
+
+// The first chunk of group g of `groups` groups of `chunks` (g = groups: `chunks`): at least one
+// chunk each, the rest shared by weight.
+int64_t group_start(int64_t g, int64_t chunks, int64_t groups) {
+  return g + (chunks - groups) * weight_before(g) / weight_before(groups);
+}
+
 constexpr float kLowest = -3.0e38f;
 
 int64_t split(int64_t n, int id, int nt) {
@@ -186,8 +184,7 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
                        threads * Np * kChunk + groups * H * Np + threads * kW * kW +
                        10 * kW;  // + alignment
   N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
-  group_start_ = group_starts(chunks, groups);
-  sumsq_.assign(static_cast<size_t>(chunks), 0.0);
+  sumsq_.resize(static_cast<size_t>(chunks));  // each backward writes every entry
   work_.reserve(2, threads);
   if (static_cast<size_t>(need) > mem_.size()) mem_.assign(static_cast<size_t>(need), 0.0f);
   float* p = mem_.data();
@@ -242,13 +239,12 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
 
 void VocabReadout::backward(int id, int nt, float scale, const float* W, const int64_t* y,
                             float* dW, float* dc, float* dh) {
-  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, ng = groups_;
+  const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_, ng = groups_;
   const int64_t gs = kChunk * kW;  // one token panel of a G chunk
   float* g = G_ + id * Np * kChunk;
   for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
     float* dhT = dhT_ + grp * H * Np;
-    const int64_t c0 = group_start_[static_cast<size_t>(grp)];
-    const int64_t c1 = group_start_[static_cast<size_t>(grp + 1)];
+    const int64_t c0 = group_start(grp, nc, ng), c1 = group_start(grp + 1, nc, ng);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
       chunk_softmax(Z_ + ch * Np * kChunk, kChunk * kW, lse_, N, np, rows, scale, g, gs, dc + va,

@@ -65,7 +65,6 @@ class VocabReadout {
  private:
   int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
   int64_t chunks_ = 0, groups_ = 0;         // vocabulary chunks; backward's groups of them
-  std::vector<int64_t> group_start_;        // [groups + 1] each group's first chunk
   std::vector<double> sumsq_;               // [chunks] each chunk's part of grad_sumsq()
   std::vector<float> mem_;                  // everything below, carved 64-byte aligned
   float* hT_ = nullptr;   // [Np/16][H][16] h^T in token panels (forward's B operand)

@@ -272,8 +272,6 @@ class Trainer {
     ++run_.step;
   }
 
-  // The element ranges of the embedding table (tensor 0 of parameter_layout, [V,X]) whose rows
-  // this batch's tokens do not select; none for a dense input.
   // The gradient's global norm; the readout's part from the backward that just ran when it took
   // it (the fused readout, while its rows were in cache), saving a pass over the largest tensors.
   double gradient_norm(std::span<const ElementRange> zero) {
@@ -285,6 +283,8 @@ class Trainer {
     return std::sqrt(rest * rest + *readout);
   }
 
+  // The element ranges of the embedding table (tensor 0 of parameter_layout, [V,X]) whose rows
+  // this batch's tokens do not select; none for a dense input.
   std::span<const ElementRange> unused_embedding_rows() {
     if (cfg_.input != InputKind::embedding) return {};
     unused_rows(batch_.tokens, cfg_.V, cfg_.X, embed_offset_, row_mark_, zero_rows_);
