@@ -13,12 +13,9 @@
 #include <cmath>
 #include <cstdint>
 
-namespace lstmgrad::core {
+#include "core/cell_math.hpp"
 
-template <class Real>
-inline Real sigmoid(Real v) {
-  return Real(1) / (Real(1) + std::exp(-v));
-}
+namespace lstmgrad::core {
 
 // fast_exp's constants, shared with its AVX-512 form (exp16, cpu/simd_math.hpp): the clamp, 1/ln2,
 // ln2 in two parts (ln2 = ln2_hi - ln2_lo, ln2_hi exact in 9 bits), and the polynomial for e^r,
@@ -75,11 +72,8 @@ inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Re
     for (int64_t j = 0; j < n; ++j) {
       Real pi = zi[j], pf = zf[j], pa = za[j], po = zo[j];
       if (bias) pi += bias[j], pf += bias[gs + j], pa += bias[2 * gs + j], po += bias[3 * gs + j];
-      const Real i = sigmoid(pi), f = sigmoid(pf), a = std::tanh(pa), o = sigmoid(po);
-      const Real sv = i * a + f * sp[j];  // s = i * a + f * s_prev
-      zi[j] = i, zf[j] = f, za[j] = a, zo[j] = o;
-      sr[j] = sv;
-      hr[j] = o * std::tanh(sv);  // h = o * tanh(s)
+      const CellGates<Real> g = cell_forward(pi, pf, pa, po, sp[j], sr[j], hr[j]);
+      zi[j] = g.i, zf[j] = g.f, za[j] = g.a, zo[j] = g.o;
     }
   }
 }
@@ -104,18 +98,10 @@ inline void gates_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Re
     Real* d = dz + r * ldz;
     for (int64_t j = 0; j < n; ++j) {
       const int64_t k = r * ld + j;
-      const Real i = g[j], f = g[gs + j], a = g[2 * gs + j], o = g[3 * gs + j];
+      const CellGates<Real> gk{g[j], g[gs + j], g[2 * gs + j], g[3 * gs + j]};
       const Real dh = (dh_out ? dh_out[k] : Real(0)) + dh_rec[k];
-      const Real ts = std::tanh(s[k]);
-      const Real dst = ds[k] + dh * o * (Real(1) - ts * ts);  // h = o * tanh(s)
-      const Real d_o = dh * ts;
-      // s = i * a + f * s_prev
-      const Real di = dst * a, da = dst * i, df = dst * s_prev[k];
-      d[j] = di * i * (Real(1) - i);           // i = sigmoid(z_i)
-      d[gs + j] = df * f * (Real(1) - f);       // f = sigmoid(z_f)
-      d[2 * gs + j] = da * (Real(1) - a * a);   // a = tanh(z_a)
-      d[3 * gs + j] = d_o * o * (Real(1) - o);  // o = sigmoid(z_o)
-      ds[k] = dst * f;
+      const CellGates<Real> dzk = cell_backward(gk, s[k], s_prev[k], dh, ds[k]);
+      d[j] = dzk.i, d[gs + j] = dzk.f, d[2 * gs + j] = dzk.a, d[3 * gs + j] = dzk.o;
     }
   }
 }

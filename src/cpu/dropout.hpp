@@ -3,25 +3,36 @@
 #pragma once
 #include <cstdint>
 
+#include "core/host_device.hpp"
+
 namespace lstmgrad::cpu {
 
-inline uint64_t splitmix64(uint64_t z) {
+LSTMGRAD_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
 }
 
-// mask [n]: 1/(1-p) with probability 1-p, else 0. `site` tells the dropout layers apart.
+// The stream of one dropout site: `site` tells the dropout layers apart.
+inline uint64_t dropout_base(uint64_t seed, uint64_t site) {
+  return splitmix64(seed ^ splitmix64(site + 1));
+}
+
+// Entry k of a site's mask: keep = 1/(1-p) with probability 1-p, else 0 (the CUDA kernels call
+// this too, so both engines drop the same units).
+template <class Real>
+LSTMGRAD_HOST_DEVICE inline Real dropout_entry(uint64_t base, uint64_t k, double p, Real keep) {
+  const double u = static_cast<double>(splitmix64(base + k) >> 11) * 0x1.0p-53;  // in [0, 1)
+  return u < p ? Real(0) : keep;
+}
+
+// mask [n]: 1/(1-p) with probability 1-p, else 0.
 template <class Real>
 void dropout_mask(Real* mask, int64_t n, double p, uint64_t seed, uint64_t site) {
   const Real keep = static_cast<Real>(1.0 / (1.0 - p));
-  const uint64_t base = splitmix64(seed ^ splitmix64(site + 1));
-  for (int64_t k = 0; k < n; ++k) {
-    const double u = static_cast<double>(splitmix64(base + static_cast<uint64_t>(k)) >> 11) *
-                     0x1.0p-53;  // uniform in [0, 1)
-    mask[k] = u < p ? Real(0) : keep;
-  }
+  const uint64_t base = dropout_base(seed, site);
+  for (int64_t k = 0; k < n; ++k) mask[k] = dropout_entry(base, static_cast<uint64_t>(k), p, keep);
 }
 
 // y[k] = x[k] * mask[k] for k in [k0, k1).
