@@ -40,4 +40,33 @@ struct CheckReport {
 
 CheckReport run_check(const CheckOptions& o);
 
+// `lstmgrad check --device cuda`: the CUDA engine (float32, TF32 off) against the CPU float64
+// hand BPTT on run_check's random problem: the loss, the final state, every gradient (parameters,
+// h0, s0, dense input), then `sgd_steps` updates of SGD with gradient clipping from the same start
+// (the same batch, a dropout seed per update), every parameter compared after the last.
+struct DeviceCheckOptions {
+  double tol = 1e-5;     // max |device - reference| / max |reference| per tensor (float32)
+  int sgd_steps = 10;    // 0: no trajectory
+  double lr = 0.5, clip = 0.5;
+  double dropout = 0;    // non-recurrent dropout in the forward passes (same masks on both)
+  std::string recurrence = "auto";  // the CUDA engine's recurrent path: auto, persistent, steps
+};
+
+struct DeviceCheckRow {
+  std::string tensor;  // a parameter, h_n, s_n, dh0, ds0, input; "sgd:NAME" after the updates
+  std::vector<int64_t> shape;
+  double max_abs = 0;  // max |reference|
+  double rel = 0;      // max |device - reference| / max |reference|
+  bool ok = true;
+};
+
+struct DeviceCheckReport {
+  double loss_ref = 0, loss_device = 0;
+  std::string device, recurrence;  // the GPU, and the recurrent path the engine took
+  std::vector<DeviceCheckRow> rows;
+  bool ok = true;
+};
+
+DeviceCheckReport run_device_check(const CheckOptions& o, const DeviceCheckOptions& d);
+
 }  // namespace lstmgrad

@@ -30,6 +30,8 @@ struct TrainOptions {
   std::string optimizer = "sgd";
   std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
   std::string dtype = "f32";
+  std::string device = "cpu";  // cpu, or cuda (float32 on an NVIDIA GPU)
+  bool device_given = false;   // on --resume, --device given on the command line overrides
   uint64_t seed = 0;
   int threads = 0;  // 0 = leave the BLAS default
   std::filesystem::path out = "run";
@@ -55,6 +57,7 @@ struct EvalOptions {
   std::filesystem::path model, data;
   int64_t batch = 1, seq = 35;
   std::string dtype = "f64";
+  std::string device = "cpu";  // cuda: float32 on an NVIDIA GPU
 };
 
 EvalResult evaluate_file(const EvalOptions& o);
@@ -65,6 +68,7 @@ struct SampleOptions {
   int64_t length = 200;
   double temperature = 1.0;
   uint64_t seed = 0;
+  std::string device = "cpu";  // cpu (float64), or cuda (float32 on an NVIDIA GPU)
 };
 
 // Returns the prime followed by the sampled continuation.

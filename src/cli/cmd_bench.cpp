@@ -8,6 +8,7 @@
 
 #include "cli/commands.hpp"
 #include "lstmgrad/bench.hpp"
+#include "lstmgrad/cuda.hpp"
 #include "lstmgrad/error.hpp"
 
 namespace lstmgrad::cli {
@@ -16,17 +17,70 @@ namespace {
 
 struct BenchCliOptions {
   BenchOptions o;
-  std::string preset, mode = "all";
+  std::string preset, mode = "all", device = "cpu", recurrence = "auto";
   bool json = false, gemm = false;
 };
 
-std::vector<BenchPreset> chosen_presets(const std::string& name) {
-  if (name.empty()) return bench_presets();
-  for (const BenchPreset& p : bench_presets())
+// The presets of a device: the GPU's add big-batch, too large for a CPU run.
+std::vector<BenchPreset> device_presets(const std::string& device) {
+  std::vector<BenchPreset> all = bench_presets();
+  if (device == "cuda") all.push_back({"big-batch", 100, 256, 1024, 1024, 2, false});
+  return all;
+}
+
+std::vector<BenchPreset> chosen_presets(const std::string& name,
+                                        const std::string& device = "cpu") {
+  const std::vector<BenchPreset> all = device_presets(device);
+  if (name.empty()) return all;
+  for (const BenchPreset& p : all)
     if (p.name == name) return {p};
   std::string names;
-  for (const BenchPreset& p : bench_presets()) names += (names.empty() ? "" : ", ") + p.name;
+  for (const BenchPreset& p : all) names += (names.empty() ? "" : ", ") + p.name;
   throw InputError("--preset: unknown preset '" + name + "' (one of " + names + ")");
+}
+
+// 2*4H*(in+H) per token per layer (the forward pass), as lstmgrad/bench.hpp counts.
+double forward_flops_per_token(const BenchPreset& p) {
+  double f = 0;
+  for (int64_t k = 0; k < p.L; ++k)
+    f += 2.0 * 4 * static_cast<double>(p.H) * static_cast<double>((k == 0 ? p.X : p.H) + p.H);
+  return f;
+}
+
+// --device cuda: the same table, timed with CUDA events; fwdbwd includes dL/dx (as cuDNN's).
+void run_cuda_cases(const BenchCliOptions& a) {
+  cuda::require();
+  const cuda::Recurrence rec = cuda::parse_recurrence(a.recurrence);
+  nlohmann::json out = nlohmann::json::array();
+  if (!a.json) {
+    fmt::print("lstmgrad bench --device cuda: {}, recurrence {}\n", cuda::describe(),
+               a.recurrence);
+    fmt::print("{:<15} {:<8} {:>10} {:>12} {:>9}\n", "preset", "mode", "ms", "tokens/s",
+               "GFLOP/s");
+  }
+  for (const BenchPreset& p : chosen_presets(a.preset, "cuda")) {
+    for (const std::string mode : {"fwd", "fwdbwd", "lm_step"}) {
+      if (a.mode != "all" && a.mode != mode) continue;
+      if (mode == "lm_step" && !p.lm_step) continue;
+      const double ms = cuda::bench_ms({p.T, p.B, p.X, p.H, p.L}, mode, kBenchVocabulary,
+                                       a.o.warmup, a.o.runs, rec);
+      double flops = forward_flops_per_token(p);
+      if (mode == "fwdbwd") flops *= 3;
+      if (mode == "lm_step")
+        flops = 3 * (flops + 2.0 * static_cast<double>(kBenchVocabulary * p.H));
+      const double tokens = static_cast<double>(p.T * p.B);
+      const double tps = tokens / (ms / 1e3), gflops = flops * tokens / (ms / 1e3) / 1e9;
+      if (a.json) {
+        out.push_back({{"preset", p.name}, {"mode", mode}, {"device", "cuda"},
+                       {"recurrence", a.recurrence}, {"ms", ms}, {"tokens_per_s", tps},
+                       {"gflops", gflops}});
+      } else {
+        fmt::print("{:<15} {:<8} {:>10.3f} {:>12.0f} {:>9.1f}\n", p.name, mode, ms, tps, gflops);
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (a.json) std::cout << out.dump(1) << "\n";
 }
 
 void run_cases(const BenchCliOptions& a) {
@@ -66,7 +120,8 @@ void run_gemms(const BenchCliOptions& a) {
   };
   std::vector<Shape> shapes;
   if (a.preset.empty()) shapes.push_back({"square-2048", 2048, 2048, 2048});
-  for (const BenchPreset& p : chosen_presets(a.preset)) {
+  if (a.preset.empty() && a.device == "cuda") shapes.push_back({"square-8192", 8192, 8192, 8192});
+  for (const BenchPreset& p : chosen_presets(a.preset, a.device)) {
     shapes.push_back({p.name + "/input", p.T * p.B, 4 * p.H, p.X});
     shapes.push_back({p.name + "/recurrent", p.B, 4 * p.H, p.H});
   }
@@ -75,7 +130,15 @@ void run_gemms(const BenchCliOptions& a) {
     fmt::print("{:<26} {:>6} {:>6} {:>6} {:>7} {:>10} {:>9}\n", "gemm", "M", "N", "K", "threads",
                "ms", "GFLOP/s");
   for (const Shape& s : shapes) {
-    const GemmResult g = run_gemm(s.M, s.N, s.K, a.o);
+    GemmResult g;
+    if (a.device == "cuda") {
+      const double ms = cuda::bench_gemm_ms(s.M, s.N, s.K, a.o.warmup, a.o.runs);
+      g = {s.M, s.N, s.K, 0, ms,
+           2.0 * static_cast<double>(s.M) * static_cast<double>(s.N) * static_cast<double>(s.K) /
+               (ms / 1e3) / 1e9};
+    } else {
+      g = run_gemm(s.M, s.N, s.K, a.o);
+    }
     if (a.json) {
       out.push_back({{"gemm", s.name}, {"M", g.M}, {"N", g.N}, {"K", g.K},
                      {"threads", g.threads}, {"ms", g.ms}, {"gflops", g.gflops}});
@@ -109,7 +172,21 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "A JSON list instead of the table");
   cmd->add_flag("--gemm", a->gemm, "The BLAS's sgemm alone (the GEMM ceiling)");
-  cmd->callback([a] { a->gemm ? run_gemms(*a) : run_cases(*a); });
+  cmd->add_option("--device", a->device, "cpu, or cuda (CUDA events; adds the big-batch preset)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_option("--recurrence", a->recurrence,
+                  "--device cuda: the recurrent path (auto, persistent, steps)")
+      ->check(CLI::IsMember({"auto", "persistent", "steps"}))
+      ->capture_default_str();
+  cmd->callback([a] {
+    if (a->device == "cuda") {
+      cuda::require();
+      a->gemm ? run_gemms(*a) : run_cuda_cases(*a);
+      return;
+    }
+    a->gemm ? run_gemms(*a) : run_cases(*a);
+  });
 }
 
 }  // namespace

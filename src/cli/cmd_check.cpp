@@ -15,6 +15,8 @@ namespace {
 struct CheckCliOptions {
   CheckOptions o;
   std::string input = "embedding", readout = "linear", target = "class", reduction = "mean";
+  std::string device = "cpu";
+  DeviceCheckOptions d;
   bool zero_state = false, json = false;
 };
 
@@ -52,6 +54,39 @@ nlohmann::json to_json(const CheckReport& r) {
   return {{"loss_hand", r.loss_hand}, {"loss_tape", r.loss_tape}, {"ok", r.ok}, {"rows", rows}};
 }
 
+void print_device_table(const CheckOptions& o, const DeviceCheckOptions& d,
+                        const DeviceCheckReport& r) {
+  const ModelConfig& c = o.cfg;
+  fmt::print(
+      "lstmgrad check --device cuda: T={} B={} X={} H={} L={} V={}, {} input, {} readout, {} "
+      "targets, {} reduction, dropout {}, seed {}\n{} ({} recurrence)\n",
+      o.T, o.B, c.X, c.H, c.L, c.V, to_string(c.input), to_string(c.readout),
+      o.soft_targets ? "soft" : "class", to_string(o.reduction), d.dropout, o.seed, r.device,
+      r.recurrence);
+  fmt::print("loss: float64 CPU {:.15g}, float32 CUDA {:.15g}\n\n", r.loss_ref, r.loss_device);
+  fmt::print("{:<26} {:<14} {:>10} {:>12}\n", "tensor", "shape", "max|ref|", "rel. error");
+  for (const DeviceCheckRow& row : r.rows)
+    fmt::print("{:<26} {:<14} {:>10.3e} {:>12.2e} {}\n", row.tensor,
+               fmt::format("[{}]", fmt::join(row.shape, ",")), row.max_abs, row.rel,
+               row.ok ? "" : "FAIL");
+  fmt::print(
+      "\nerrors are max |cuda - cpu float64| / max |cpu float64| per tensor; 'sgd:' rows after {} "
+      "SGD updates (lr {}, clip {}); tolerance {:.0e} (float32 arithmetic, TF32 off)\n{}\n",
+      d.sgd_steps, d.lr, d.clip, d.tol, r.ok ? "OK: CUDA matches the float64 reference" : "FAIL");
+}
+
+nlohmann::json to_json(const DeviceCheckReport& r) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const DeviceCheckRow& row : r.rows)
+    rows.push_back({{"tensor", row.tensor},
+                    {"shape", row.shape},
+                    {"max_abs", row.max_abs},
+                    {"rel", row.rel},
+                    {"ok", row.ok}});
+  return {{"loss_ref", r.loss_ref}, {"loss_device", r.loss_device}, {"device", r.device},
+          {"recurrence", r.recurrence}, {"ok", r.ok}, {"rows", rows}};
+}
+
 void run(CheckCliOptions& a) {
   a.o.cfg.input = a.input == "dense" ? InputKind::dense : InputKind::embedding;
   a.o.cfg.readout = a.readout == "identity" ? Readout::identity : Readout::linear;
@@ -59,6 +94,15 @@ void run(CheckCliOptions& a) {
   a.o.soft_targets = a.target == "soft";
   a.o.initial_state = !a.zero_state;
   a.o.reduction = parse_reduction(a.reduction);
+  if (a.device == "cuda") {
+    const DeviceCheckReport r = run_device_check(a.o, a.d);
+    if (a.json)
+      std::cout << to_json(r).dump(2) << "\n";
+    else
+      print_device_table(a.o, a.d, r);
+    if (!r.ok) set_exit_code(1);
+    return;
+  }
   const CheckReport r = run_check(a.o);
   if (a.json)
     std::cout << to_json(r).dump(2) << "\n";
@@ -102,6 +146,21 @@ void register_check(CLI::App& app) {
                   "Finite differences on at most this many coordinates per tensor")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Machine-readable output");
+  cmd->add_option("--device", a->device,
+                  "cpu: hand vs tape vs finite differences; cuda: the CUDA engine (float32) vs "
+                  "the float64 hand BPTT, gradients and an SGD trajectory")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_option("--sgd-steps", a->d.sgd_steps, "--device cuda: SGD updates compared")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  cmd->add_option("--dropout", a->d.dropout, "--device cuda: dropout in the compared passes")
+      ->check(CLI::Range(0.0, 0.95))
+      ->capture_default_str();
+  cmd->add_option("--recurrence", a->d.recurrence,
+                  "--device cuda: the recurrent path (auto, persistent, steps)")
+      ->check(CLI::IsMember({"auto", "persistent", "steps"}))
+      ->capture_default_str();
   cmd->callback([a] { run(*a); });
 }
 

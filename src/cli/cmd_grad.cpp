@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
+#include "lstmgrad/cuda.hpp"
+#include "lstmgrad/error.hpp"
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/model_io.hpp"
 
@@ -10,15 +12,16 @@ namespace lstmgrad::cli {
 namespace {
 
 struct GradOptions {
-  std::string model, batch, out, dtype = "f64", reduction = "mean";
+  std::string model, batch, out, dtype = "f64", reduction = "mean", device = "cpu";
 };
 
-template <class Real>
+// Engine: LanguageModel<Real> (CPU) or cuda::LanguageModel (float32).
+template <class Real, class Engine>
 void run_typed(const GradOptions& o) {
   const Reduction red = parse_reduction(o.reduction);
   const Model<Real> m = load_model<Real>(o.model);
   const Batch<Real> b = load_batch<Real>(o.batch, m.cfg);
-  LanguageModel<Real> lm(m.cfg);
+  Engine lm(m.cfg);
   GradientResult<Real> g;
   g.loss = lm.forward(m.params, b, red);
   g.grad.assign(m.params.size(), Real(0));
@@ -30,8 +33,8 @@ void run_typed(const GradOptions& o) {
   g.h_n.assign(lm.h_n().begin(), lm.h_n().end());
   g.s_n.assign(lm.s_n().begin(), lm.s_n().end());
   save_gradients(o.out, m.cfg, b.T, b.B, g, red);
-  fmt::print("loss {:.17g} ({} over T={} x B={}, {}); wrote {}\n", g.loss, to_string(red), b.T, b.B,
-             o.dtype, o.out);
+  fmt::print("loss {:.17g} ({} over T={} x B={}, {}, {}); wrote {}\n", g.loss, to_string(red), b.T,
+             b.B, o.dtype, o.device, o.out);
 }
 
 void register_grad(CLI::App& app) {
@@ -48,7 +51,20 @@ void register_grad(CLI::App& app) {
   cmd->add_option("--reduction", o->reduction, "mean (over T*B), sum, or batch_mean (sum / B)")
       ->check(CLI::IsMember({"mean", "sum", "batch_mean"}))
       ->capture_default_str();
-  cmd->callback([o] { o->dtype == "f32" ? run_typed<float>(*o) : run_typed<double>(*o); });
+  auto* dtype = cmd->get_option("--dtype");
+  cmd->add_option("--device", o->device, "cpu, or cuda (float32 on an NVIDIA GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->callback([o, dtype] {
+    if (o->device == "cuda") {
+      if (dtype->count() > 0 && o->dtype != "f32")
+        throw InputError("--dtype " + o->dtype + ": --device cuda computes in float32 (f32)");
+      o->dtype = "f32";
+      return run_typed<float, cuda::LanguageModel>(*o);
+    }
+    o->dtype == "f32" ? run_typed<float, LanguageModel<float>>(*o)
+                      : run_typed<double, LanguageModel<double>>(*o);
+  });
 }
 
 }  // namespace

@@ -82,7 +82,11 @@ void register_train(CLI::App& app) {
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "Also checkpoint every N updates");
   cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
-  cmd->callback([o, data_dir, threads, epochs] {
+  auto* device = cmd->add_option("--device", o->device, "cpu, or cuda (float32 on an NVIDIA GPU)")
+                     ->check(CLI::IsMember({"cpu", "cuda"}))
+                     ->capture_default_str();
+  cmd->callback([o, data_dir, threads, epochs, device] {
+    o->device_given = device->count() > 0;
     if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
     if (o->resume.empty() && o->train.empty())
       throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
@@ -108,8 +112,17 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)");
   cmd->add_flag("--json", *json, "Machine-readable output");
-  cmd->callback([o, json, threads] {
+  cmd->add_option("--device", o->device, "cpu, or cuda (float32 on an NVIDIA GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  auto* dtype = cmd->get_option("--dtype");
+  cmd->callback([o, json, threads, dtype] {
     set_threads(*threads);
+    if (o->device == "cuda") {
+      if (dtype->count() > 0 && o->dtype != "f32")
+        throw InputError("--dtype " + o->dtype + ": --device cuda computes in float32 (f32)");
+      o->dtype = "f32";
+    }
     const EvalResult r = evaluate_file(*o);
     if (*json) {
       std::cout << nlohmann::json{{"loss", r.loss},
@@ -134,6 +147,9 @@ void register_sample(CLI::App& app) {
   cmd->add_option("--temperature", o->temperature, "Below 1: safer; above 1: wilder")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu (float64), or cuda (float32 on an NVIDIA GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->callback([o] { std::cout << sample_text(*o) << "\n"; });
 }
 

@@ -5,8 +5,10 @@
 #include <random>
 
 #include "lstmgrad/autodiff.hpp"
+#include "lstmgrad/cuda.hpp"
 #include "lstmgrad/finite_diff.hpp"
 #include "lstmgrad/lstm.hpp"
+#include "lstmgrad/optimizer.hpp"
 
 namespace lstmgrad {
 
@@ -148,6 +150,111 @@ CheckReport run_check(const CheckOptions& o) {
                                coords_in(o_in, dinput.size()), o_in, dinput.size(), o));
   rep.ok = std::abs(rep.loss_hand - rep.loss_tape) <= o.tape_tol * std::max(1.0, rep.loss_hand);
   for (const CheckRow& r : rep.rows) rep.ok = rep.ok && r.ok;
+  return rep;
+}
+
+namespace {
+
+template <class To, class From>
+std::vector<To> cast(const std::vector<From>& v) {
+  return std::vector<To>(v.begin(), v.end());
+}
+
+Batch<float> to_float(const Batch<double>& b) {
+  Batch<float> f;
+  f.T = b.T, f.B = b.B, f.tokens = b.tokens, f.target = b.target;
+  f.dense = cast<float>(b.dense), f.target_probs = cast<float>(b.target_probs);
+  f.h0 = cast<float>(b.h0), f.s0 = cast<float>(b.s0);
+  return f;
+}
+
+DeviceCheckRow compare_device(const std::string& name, std::vector<int64_t> shape,
+                              const double* ref, const float* dev, size_t n, double tol) {
+  DeviceCheckRow r{name, std::move(shape)};
+  double err = 0;
+  bool finite = true;
+  for (size_t k = 0; k < n; ++k) {
+    r.max_abs = std::max(r.max_abs, std::abs(ref[k]));
+    err = std::max(err, std::abs(ref[k] - static_cast<double>(dev[k])));
+    finite = finite && std::isfinite(dev[k]);
+  }
+  r.rel = err / (r.max_abs > 0 ? r.max_abs : 1.0);
+  r.ok = finite && r.rel <= tol;
+  return r;
+}
+
+}  // namespace
+
+DeviceCheckReport run_device_check(const CheckOptions& o, const DeviceCheckOptions& d) {
+  const ModelConfig& c = o.cfg;
+  validate_config(c);
+  cuda::require();
+  std::mt19937_64 rng(o.seed);
+  std::vector<double> params = uniform(parameter_count(c), rng, -0.5, 0.5);
+  const Batch<double> batch = random_batch(o, rng);
+  validate_batch(c, batch, "check");
+  const Batch<float> fbatch = to_float(batch);
+  const std::vector<ParamInfo> layout = parameter_layout(c);
+  const size_t S = static_cast<size_t>(c.L * o.B * c.H);
+  const std::vector<int64_t> state{c.L, o.B, c.H};
+
+  LanguageModel<double> ref(c);
+  cuda::LanguageModel dev(c);
+  dev.set_recurrence(cuda::parse_recurrence(d.recurrence));
+  DeviceCheckReport rep;
+  rep.device = cuda::describe();
+  const uint64_t seed = o.seed * 7919;
+  ref.set_dropout(d.dropout, seed), dev.set_dropout(d.dropout, seed);
+  rep.loss_ref = ref.forward(params, batch, o.reduction);
+  std::vector<double> grad(params.size(), 0.0), dh0(S), ds0(S), dinput(batch.dense.size());
+  ref.backward(grad, params, batch, dinput.empty() ? nullptr : dinput.data(), dh0.data(),
+               ds0.data());
+  std::vector<float> fparams = cast<float>(params);
+  rep.loss_device = dev.forward(fparams, fbatch, o.reduction);
+  rep.recurrence = dev.recurrence_used();
+  std::vector<float> fgrad(params.size(), 0.0f), fdh0(S), fds0(S), fdinput(dinput.size());
+  const std::vector<float> fh_n(dev.h_n().begin(), dev.h_n().end());
+  const std::vector<float> fs_n(dev.s_n().begin(), dev.s_n().end());
+  dev.backward(fgrad, fparams, fbatch, fdinput.empty() ? nullptr : fdinput.data(), fdh0.data(),
+               fds0.data());
+  const double loss_rel =
+      std::abs(rep.loss_device - rep.loss_ref) / std::max(1.0, std::abs(rep.loss_ref));
+  rep.rows.push_back({"loss", {}, std::abs(rep.loss_ref), loss_rel, loss_rel <= d.tol});
+  rep.rows.push_back(compare_device("h_n", state, ref.h_n().data(), fh_n.data(), S, d.tol));
+  rep.rows.push_back(compare_device("s_n", state, ref.s_n().data(), fs_n.data(), S, d.tol));
+  for (const ParamInfo& p : layout)
+    rep.rows.push_back(compare_device(p.name, p.shape, grad.data() + p.offset,
+                                      fgrad.data() + p.offset, p.size, d.tol));
+  if (!batch.h0.empty()) {
+    rep.rows.push_back(compare_device("dh0", state, dh0.data(), fdh0.data(), S, d.tol));
+    rep.rows.push_back(compare_device("ds0", state, ds0.data(), fds0.data(), S, d.tol));
+  }
+  if (!dinput.empty())
+    rep.rows.push_back(compare_device("input", {o.T, o.B, c.X}, dinput.data(), fdinput.data(),
+                                      dinput.size(), d.tol));
+
+  // The trajectory: the same SGD with clipping on both, the device's parameters never leaving it.
+  dev.set_params(fparams);
+  dev.zero_grad();
+  for (int step = 1; step <= d.sgd_steps; ++step) {
+    const uint64_t s = seed + static_cast<uint64_t>(step);
+    ref.set_dropout(d.dropout, s), dev.set_dropout(d.dropout, s);
+    std::fill(grad.begin(), grad.end(), 0.0);
+    ref.forward(params, batch, o.reduction);
+    ref.backward(grad, params, batch);
+    const double factor = clip_factor(grad_norm<double>(grad), d.clip);
+    for (size_t k = 0; k < params.size(); ++k) params[k] -= d.lr * factor * grad[k];
+    dev.forward(fbatch, o.reduction);
+    dev.backward();
+    dev.sgd_step(d.lr, d.clip);
+  }
+  if (d.sgd_steps > 0) {
+    dev.get_params(fparams);
+    for (const ParamInfo& p : layout)
+      rep.rows.push_back(compare_device("sgd:" + p.name, p.shape, params.data() + p.offset,
+                                        fparams.data() + p.offset, p.size, d.tol));
+  }
+  for (const DeviceCheckRow& r : rep.rows) rep.ok = rep.ok && r.ok;
   return rep;
 }
 

@@ -25,6 +25,22 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
   return out;
 }
 
+StreamLoss evaluate_stream(cuda::LanguageModel& lm, std::span<const int64_t> ids, int64_t B,
+                           int64_t seq, const char* where) {
+  data::Batcher batcher(ids, B, seq, false, where);
+  Batch<float> b;  // no h0/s0: the state stays on the device from window to window
+  b.B = B;
+  StreamLoss out;
+  lm.reset_state();
+  for (int64_t k = 0; k < batcher.windows(); ++k) {
+    b.T = batcher.window(k, b.tokens, b.target);
+    out.sum += lm.forward(b, Reduction::sum);
+    out.tokens += b.T * B;
+    lm.carry_state();
+  }
+  return out;
+}
+
 template StreamLoss evaluate_stream<float>(LanguageModel<float>&, std::span<const float>,
                                            std::span<const int64_t>, int64_t, int64_t, const char*);
 template StreamLoss evaluate_stream<double>(LanguageModel<double>&, std::span<const double>,

@@ -4,6 +4,7 @@
 #include <span>
 #include <vector>
 
+#include "lstmgrad/cuda.hpp"
 #include "lstmgrad/lstm.hpp"
 
 namespace lstmgrad::train {
@@ -19,5 +20,10 @@ struct StreamLoss {
 template <class Real>
 StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params,
                            std::span<const int64_t> ids, int64_t B, int64_t seq, const char* where);
+
+// The same on the GPU with the parameters already on the device (set_params); uses the model's
+// carried state (reset first, left carried at the end).
+StreamLoss evaluate_stream(cuda::LanguageModel& lm, std::span<const int64_t> ids, int64_t B,
+                           int64_t seq, const char* where);
 
 }  // namespace lstmgrad::train

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/model_io.hpp"
@@ -50,11 +51,67 @@ EvalResult evaluate_typed(const EvalOptions& o) {
 
 }  // namespace
 
+EvalResult evaluate_cuda(const EvalOptions& o) {
+  cuda::require();
+  const std::string file = o.model.string();
+  const Model<float> m = load_model<float>(o.model);
+  const data::Vocabulary vocab = model_vocabulary(m, file);
+  const std::vector<int64_t> ids = data::read_text(o.data, vocab);
+  cuda::LanguageModel lm(m.cfg);
+  lm.set_params(m.params);
+  const train::StreamLoss s =
+      train::evaluate_stream(lm, ids, o.batch, o.seq, o.data.string().c_str());
+  EvalResult r;
+  r.loss = s.mean();
+  r.ppl = std::exp(r.loss);
+  r.bpc = r.loss / std::log(2.0);
+  r.tokens = s.tokens;
+  return r;
+}
+
 EvalResult evaluate_file(const EvalOptions& o) {
   if (o.batch < 1 || o.seq < 1)
     throw InputError(fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
+  if (o.device == "cuda") return evaluate_cuda(o);
   return o.dtype == "f32" ? evaluate_typed<float>(o) : evaluate_typed<double>(o);
 }
+
+namespace {
+
+// The tokens, then one sampled token at a time, state carried; Real and Engine: double and
+// LanguageModel<double> on the CPU, float and cuda::LanguageModel on the GPU.
+template <class Real, class Engine>
+std::vector<int64_t> sample_tokens(const SampleOptions& o, const Model<Real>& m,
+                                   std::span<const int64_t> prime) {
+  Engine lm(m.cfg);
+  Batch<Real> b;
+  b.B = 1;
+  b.h0.assign(static_cast<size_t>(m.cfg.L * m.cfg.H), Real(0));
+  b.s0 = b.h0;
+  std::mt19937_64 rng(o.seed);
+  std::vector<int64_t> out;
+  auto feed = [&](std::span<const int64_t> tokens) {  // run the tokens; state carried
+    b.T = static_cast<int64_t>(tokens.size());
+    b.tokens.assign(tokens.begin(), tokens.end());
+    lm.forward(m.params, b, Reduction::sum);
+    std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());
+    std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());
+    return lm.probs().subspan(static_cast<size_t>((b.T - 1) * m.cfg.V));  // p of the last step
+  };
+  std::span<const Real> p = feed(prime);
+  std::vector<double> w(static_cast<size_t>(m.cfg.V));
+  for (int64_t k = 0; k < o.length; ++k) {
+    for (size_t v = 0; v < w.size(); ++v)
+      w[v] = std::pow(static_cast<double>(p[v]), 1.0 / o.temperature);
+    const int64_t next = std::discrete_distribution<int64_t>(w.begin(), w.end())(rng);
+    out.push_back(next);
+    const int64_t one[1] = {next};
+    p = feed(one);
+  }
+  return out;
+}
+
+}  // namespace
 
 std::string sample_text(const SampleOptions& o) {
   if (!(o.temperature > 0))
@@ -67,29 +124,12 @@ std::string sample_text(const SampleOptions& o) {
   if (vocab.level() == data::Level::words && !prime.empty() && prime.back() == vocab.eos())
     prime.pop_back();  // encode() ends a line with <eos>; the prime continues instead
   if (prime.empty()) prime.push_back(vocab.level() == data::Level::words ? vocab.eos() : 0);
-  LanguageModel<double> lm(m.cfg);
-  Batch<double> b;
-  b.B = 1;
-  b.h0.assign(static_cast<size_t>(m.cfg.L * m.cfg.H), 0.0);
-  b.s0 = b.h0;
-  std::mt19937_64 rng(o.seed);
   std::vector<int64_t> out;
-  auto feed = [&](std::span<const int64_t> tokens) {  // run the tokens; state carried
-    b.T = static_cast<int64_t>(tokens.size());
-    b.tokens.assign(tokens.begin(), tokens.end());
-    lm.forward(m.params, b, Reduction::sum);
-    std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());
-    std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());
-    return lm.probs().subspan(static_cast<size_t>((b.T - 1) * m.cfg.V));  // p of the last step
-  };
-  std::span<const double> p = feed(prime);
-  std::vector<double> w(static_cast<size_t>(m.cfg.V));
-  for (int64_t k = 0; k < o.length; ++k) {
-    for (size_t v = 0; v < w.size(); ++v) w[v] = std::pow(p[v], 1.0 / o.temperature);
-    const int64_t next = std::discrete_distribution<int64_t>(w.begin(), w.end())(rng);
-    out.push_back(next);
-    const int64_t one[1] = {next};
-    p = feed(one);
+  if (o.device == "cuda") {
+    cuda::require();
+    out = sample_tokens<float, cuda::LanguageModel>(o, load_model<float>(o.model), prime);
+  } else {
+    out = sample_tokens<double, LanguageModel<double>>(o, m, prime);
   }
   std::string text = o.prime;
   const std::string cont = data::decode(out, vocab);

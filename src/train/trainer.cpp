@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <type_traits>
 
 #include "lstmgrad/atomic_file.hpp"
+#include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/lstm.hpp"
@@ -48,6 +50,7 @@ json options_to_json(const TrainOptions& o) {
           {"optimizer", o.optimizer},
           {"loss", o.loss},
           {"dtype", o.dtype},
+          {"device", o.device},
           {"seed", o.seed},
           {"eval_batch", o.eval_batch},
           {"test_sequential", o.test_sequential}};
@@ -65,6 +68,7 @@ TrainOptions options_from_json(const json& j) {
   o.dtype = j.at("dtype"), o.seed = j.at("seed"), o.eval_batch = j.at("eval_batch");
   o.test_sequential = j.at("test_sequential");
   o.threads = j.value("threads", 0);
+  o.device = j.value("device", std::string("cpu"));
   return o;
 }
 
@@ -84,6 +88,11 @@ void validate_options(const TrainOptions& o) {
     throw InputError(fmt::format("--loss: expected mean or batch_mean, got '{}'", o.loss));
   if (o.dtype != "f32" && o.dtype != "f64")
     throw InputError(fmt::format("--dtype: expected f32 or f64, got '{}'", o.dtype));
+  if (o.device != "cpu" && o.device != "cuda")
+    throw InputError(fmt::format("--device: expected cpu or cuda, got '{}'", o.device));
+  if (o.device == "cuda" && o.dtype != "f32")
+    throw InputError(fmt::format("--dtype {}: --device cuda trains in float32 (f32)", o.dtype));
+  if (o.device == "cuda") cuda::require();  // before anything is written
   parse_optimizer(o.optimizer);
   data::parse_level(o.level);
 }
@@ -131,6 +140,7 @@ class Trainer {
     } else {
       init_fresh();
     }
+    if (gpu_) to_device(resume != nullptr);
     data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
     const int64_t n = batcher.windows();
     if (!resume)
@@ -175,6 +185,24 @@ class Trainer {
   }
 
  private:
+  // The GPU engine: parameters, optimizer moments and the carried state move there once; the host
+  // copies are refreshed only where the run writes them (validation's best model, checkpoints).
+  void to_device(bool resumed) {
+    if constexpr (std::is_same_v<Real, float>) {
+      gpu_->set_params(params_);
+      if (opt_->kind() == OptimizerKind::adam && !opt_->m().empty())
+        gpu_->set_adam_moments(opt_->m(), opt_->v());
+      if (resumed) gpu_->set_carried_state(batch_.h0, batch_.s0, batch_.B);
+    }
+  }
+
+  void from_device() {
+    if constexpr (std::is_same_v<Real, float>) {
+      gpu_->get_params(params_);
+      if (opt_->kind() == OptimizerKind::adam) gpu_->get_adam_moments(opt_->m(), opt_->v());
+    }
+  }
+
   void load_data() {
     const data::Level level = data::parse_level(o_.level);
     data::TrainingText t = data::read_training_text(o_.train, level);
@@ -184,6 +212,12 @@ class Trainer {
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers};
     lm_.emplace(cfg_);
+    if constexpr (std::is_same_v<Real, float>) {
+      if (o_.device == "cuda") {
+        gpu_.emplace(cfg_);
+        progress_.line(fmt::format("lstmgrad train: on {}", cuda::describe()));
+      }
+    }
     const std::vector<ParamInfo> layout = parameter_layout(cfg_);
     embed_offset_ = layout.front().offset;  // the embedding table, [V,X]
     readout_offset_ = layout.end()[-2].offset;  // decoder.weight [V,H], then decoder.bias [V]
@@ -248,10 +282,37 @@ class Trainer {
   void start_epoch() {
     std::fill(batch_.h0.begin(), batch_.h0.end(), Real(0));  // each epoch starts from zeros
     std::fill(batch_.s0.begin(), batch_.s0.end(), Real(0));
+    if (gpu_) gpu_->reset_state();
     run_.epoch_loss_sum = 0, run_.epoch_tokens = 0;
   }
 
+  // The same update on the GPU: the state carried there, the loss the only thing that comes back.
+  double gpu_step(Reduction red, double lr) {
+    double loss = 0;
+    if constexpr (std::is_same_v<Real, float>) {
+      gpu_->set_dropout(o_.dropout,
+                        o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
+      gpu_batch_.T = batch_.T, gpu_batch_.B = batch_.B;
+      gpu_batch_.tokens.swap(batch_.tokens), gpu_batch_.target.swap(batch_.target);
+      loss = gpu_->forward(gpu_batch_, red);
+      gpu_batch_.tokens.swap(batch_.tokens), gpu_batch_.target.swap(batch_.target);
+      gpu_->backward();
+      if (opt_->kind() == OptimizerKind::adam) {
+        gpu_->adam_step(lr, o_.clip, opt_->steps() + 1);
+      } else {
+        gpu_->sgd_step(lr, o_.clip);
+      }
+      opt_->set_steps(opt_->steps() + 1);
+      gpu_->carry_state();
+    }
+    return loss;
+  }
+
   void train_step(Reduction red, double lr) {
+    if (gpu_) {
+      count_step(red, gpu_step(red, lr));
+      return;
+    }
     // Each update its own dropout masks, a function of (seed, update): resumes replay them.
     lm_->set_dropout(o_.dropout,
                      o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
@@ -265,6 +326,10 @@ class Trainer {
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
     std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
+    count_step(red, loss);
+  }
+
+  void count_step(Reduction red, double loss) {
     const double per_sum = red == Reduction::mean ? static_cast<double>(batch_.T * batch_.B)
                                                   : static_cast<double>(batch_.B);
     run_.epoch_loss_sum += loss * per_sum;
@@ -304,11 +369,10 @@ class Trainer {
                  {"wall_s", run_.wall_s}};
     bool improved = true;
     lm_->set_dropout(0, 0);  // evaluation sees the whole network
+    if (gpu_) from_device();
     if (!valid_ids_.empty()) {
       const int64_t B = o_.eval_batch > 0 ? o_.eval_batch : o_.batch;
-      const double v =
-          evaluate_stream<Real>(*lm_, params_, valid_ids_, B, o_.seq, o_.valid.string().c_str())
-              .mean();
+      const double v = evaluate(params_, valid_ids_, B, o_.seq, o_.valid.string().c_str()).mean();
       line["valid_loss"] = v;
       line["valid_ppl"] = std::exp(v);
       improved = run_.best_valid == 0 || v < run_.best_valid;
@@ -339,7 +403,28 @@ class Trainer {
     io_write_text(o_.out / "metrics.jsonl", text);
   }
 
+  // evaluate_stream on the engine of the run; on the GPU with `params` on the device already
+  // (from_device has run) or uploaded, and the training state kept aside and restored.
+  StreamLoss evaluate(const std::vector<Real>& params, std::span<const int64_t> ids, int64_t B,
+                      int64_t seq, const char* where) {
+    if constexpr (std::is_same_v<Real, float>) {
+      if (gpu_) {
+        gpu_->set_dropout(0, 0);
+        if (&params != &params_) gpu_->set_params(params);
+        gpu_->get_carried_state(batch_.h0, batch_.s0);
+        const StreamLoss s = evaluate_stream(*gpu_, ids, B, seq, where);
+        gpu_->set_carried_state(batch_.h0, batch_.s0, batch_.B);
+        return s;
+      }
+    }
+    return evaluate_stream<Real>(*lm_, params, ids, B, seq, where);
+  }
+
   void checkpoint() {
+    if (gpu_) {
+      from_device();
+      if constexpr (std::is_same_v<Real, float>) gpu_->get_carried_state(batch_.h0, batch_.s0);
+    }
     save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(),
                      {{"lstmgrad.level", o_.level}});
     Checkpoint<Real> c;
@@ -363,9 +448,8 @@ class Trainer {
       const int64_t B = o_.test_sequential ? 1 : (o_.eval_batch > 0 ? o_.eval_batch : o_.batch);
       const auto t0 = Clock::now();
       lm_->set_dropout(0, 0);
-      const StreamLoss t =
-          evaluate_stream<Real>(*lm_, best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100),
-                                o_.test.string().c_str());
+      const StreamLoss t = evaluate(best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100),
+                                    o_.test.string().c_str());
       results["test_loss"] = t.mean();
       results["test_ppl"] = std::exp(t.mean());
       results["test_bpc"] = t.mean() / std::log(2.0);
@@ -391,6 +475,9 @@ class Trainer {
   std::vector<Real> params_, grad_, best_params_;
   std::optional<Optimizer<Real>> opt_;
   std::optional<LanguageModel<Real>> lm_;
+  // --device cuda (float32 only): the engine, and its batch (tokens and targets, no state).
+  std::optional<cuda::LanguageModel> gpu_;
+  Batch<float> gpu_batch_;
   Batch<Real> batch_;
   size_t embed_offset_ = 0;              // where the embedding table starts in params_
   std::vector<uint8_t> row_mark_;        // [V] scratch of unused_rows
@@ -429,6 +516,7 @@ int run_training(const TrainOptions& opts) {
     stored.out = o.resume, stored.resume = o.resume;
     stored.max_steps = o.max_steps, stored.checkpoint_every = o.checkpoint_every;
     stored.quiet = o.quiet;
+    if (o.device_given) stored.device = o.device;  // else the run's own
     if (o.threads > 0) stored.threads = o.threads;  // else the run's own: results depend on it
     if (o.epochs_given) stored.epochs = o.epochs;
     o = stored;
