@@ -117,6 +117,7 @@ std::string sample_text(const SampleOptions& o) {
   if (!(o.temperature > 0))
     throw InputError(fmt::format("--temperature: must be > 0, got {}", o.temperature));
   if (o.length < 0) throw InputError(fmt::format("--length: must be >= 0, got {}", o.length));
+  if (o.device == "cuda") cuda::require();
   const std::string file = o.model.string();
   const Model<double> m = load_model<double>(o.model);
   const data::Vocabulary vocab = model_vocabulary(m, file);
@@ -126,7 +127,6 @@ std::string sample_text(const SampleOptions& o) {
   if (prime.empty()) prime.push_back(vocab.level() == data::Level::words ? vocab.eos() : 0);
   std::vector<int64_t> out;
   if (o.device == "cuda") {
-    cuda::require();
     out = sample_tokens<float, cuda::LanguageModel>(o, load_model<float>(o.model), prime);
   } else {
     out = sample_tokens<double, LanguageModel<double>>(o, m, prime);
