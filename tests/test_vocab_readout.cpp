@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "compare.hpp"
@@ -212,9 +213,10 @@ TEST(VocabReadout, LanguageModelFloat32MatchesFloat64) {
     LanguageModel<float> lm(cfg);
     lm.set_threads(threads);
     const double loss = lm.forward(pf, bf, Reduction::batch_mean);
+    const std::vector<float> p(lm.probs().begin(), lm.probs().end());
     std::vector<float> g(pf.size(), 0.0f);
     lm.backward(g, pf, bf);
-    const std::vector<float> p(lm.probs().begin(), lm.probs().end());
+    EXPECT_THROW(lm.probs(), std::logic_error);  // backward took its memory
     EXPECT_TRUE(close("loss", std::vector<double>{loss}, std::vector<double>{want_loss}, 1e-4));
     EXPECT_TRUE(close("probs", p, want_p, 1e-4));
     for (const ParamInfo& info : parameter_layout(cfg)) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,19 @@ struct ParamInfo {
 std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg);
 // Total number of scalars in that layout.
 size_t parameter_count(const ModelConfig& cfg);
+
+// Where each tensor starts in the flat vector, looked up by name in parameter_layout (the one
+// place that orders them): code reaches a tensor through these, never by its position in a list.
+struct ParameterOffsets {
+  struct Layer {
+    size_t weight_ih, weight_hh, bias_ih, bias_hh;  // rnn.{weight,bias}_{ih,hh}_l{k}
+  };
+  std::optional<size_t> encoder_weight;  // [V,X], embedding input only
+  std::vector<Layer> layers;             // L entries
+  std::optional<size_t> decoder_weight;  // [V,H], linear readout only
+  std::optional<size_t> decoder_bias;    // [V], linear readout only
+};
+ParameterOffsets parameter_offsets(const ModelConfig& cfg);
 // Checks that sizes are positive and consistent (identity readout needs V == H); throws InputError.
 void validate_config(const ModelConfig& cfg);
 std::string to_string(InputKind k);

@@ -30,6 +30,25 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
   return out;
 }
 
+ParameterOffsets parameter_offsets(const ModelConfig& cfg) {
+  const std::vector<ParamInfo> layout = parameter_layout(cfg);
+  auto find = [&](const std::string& name) -> std::optional<size_t> {
+    for (const ParamInfo& p : layout)
+      if (p.name == name) return p.offset;
+    return std::nullopt;
+  };
+  ParameterOffsets o;
+  o.encoder_weight = find("encoder.weight");
+  for (int64_t k = 0; k < cfg.L; ++k)
+    o.layers.push_back({*find(fmt::format("rnn.weight_ih_l{}", k)),
+                        *find(fmt::format("rnn.weight_hh_l{}", k)),
+                        *find(fmt::format("rnn.bias_ih_l{}", k)),
+                        *find(fmt::format("rnn.bias_hh_l{}", k))});
+  o.decoder_weight = find("decoder.weight");
+  o.decoder_bias = find("decoder.bias");
+  return o;
+}
+
 size_t parameter_count(const ModelConfig& cfg) {
   auto layout = parameter_layout(cfg);
   return layout.empty() ? 0 : layout.back().offset + layout.back().size;

@@ -1,7 +1,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 #include "cpu/arena.hpp"
@@ -19,11 +21,6 @@ using cpu::gemm;
 using cpu::Tr;
 
 namespace {
-
-// Index of layer k's first tensor (weight_ih) in parameter_layout order.
-size_t layer_slot(const ModelConfig& cfg, int64_t k) {
-  return (cfg.input == InputKind::embedding ? 1 : 0) + 4 * static_cast<size_t>(k);
-}
 
 // The bias gradient of the readout, dc = scale * column sums of (p - y) over the T*B rows, is
 // summed while each row of p is still in cache after its softmax: one partial sum per block of
@@ -49,16 +46,12 @@ Real loss_scale(Reduction red, int64_t T, int64_t B) {
 }
 
 // The four tensors of every layer inside a flat vector of parameters (View = LayerWeights) or of
-// gradients (View = LayerGrads), in parameter_layout order. L small entries per call.
+// gradients (View = LayerGrads). L small entries per call.
 template <class View, class Ptr>
-std::vector<View> layer_views(const ModelConfig& cfg, const std::vector<ParamInfo>& layout,
-                              Ptr base) {
+std::vector<View> layer_views(const ParameterOffsets& o, Ptr base) {
   std::vector<View> out;
-  for (int64_t k = 0; k < cfg.L; ++k) {
-    const size_t s = layer_slot(cfg, k);
-    out.push_back({base + layout[s].offset, base + layout[s + 1].offset,
-                   base + layout[s + 2].offset, base + layout[s + 3].offset});
-  }
+  for (const ParameterOffsets::Layer& l : o.layers)
+    out.push_back({base + l.weight_ih, base + l.weight_hh, base + l.bias_ih, base + l.bias_hh});
   return out;
 }
 
@@ -83,12 +76,66 @@ void fused_backward(cpu::VocabReadout& r, int P, Real scale, const Real* W, cons
 
 }  // namespace
 
+// The model's state: the stack, the readout, and the buffers of the last forward.
 template <class Real>
-LanguageModel<Real>::LanguageModel(const ModelConfig& cfg)
-    : cfg_(cfg), layout_(parameter_layout(cfg)) {
-  validate_config(cfg_);
-  stack_ = std::make_unique<cpu::LstmStack<Real>>(cfg_.X, cfg_.H, cfg_.L);
-}
+struct LanguageModel<Real>::Impl {
+  explicit Impl(const ModelConfig& cfg)
+      : cfg_(cfg), offsets_((validate_config(cfg), parameter_offsets(cfg))),
+        n_params_(parameter_count(cfg)),
+        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, cfg.H, cfg.L)) {}
+
+  void reserve(int64_t T, int64_t B);
+  bool fuses_readout(const Batch<Real>& batch) const;
+  const Real* readout_input();
+  double forward(std::span<const Real> params, const Batch<Real>& batch, Reduction red);
+  void backward(std::span<Real> grad, std::span<const Real> params, const Batch<Real>& batch,
+                Real* dinput, Real* dh0, Real* ds0);
+  std::span<const Real> probs() const;
+
+  ModelConfig cfg_;
+  ParameterOffsets offsets_;  // every tensor by name
+  size_t n_params_ = 0;
+  int64_t T_ = 0, B_ = 0;        // shape of the last forward
+  int64_t capT_ = 0, capB_ = 0;  // shape the arena is sized for (T*B positions, B rows)
+  Reduction red_ = Reduction::mean;
+  int threads_ = 0;
+  std::unique_ptr<cpu::LstmStack<Real>> stack_;  // the layers' activations and thread team
+  // float32, linear readout, class targets, AVX-512: the fused readout (vocab_fused_ says the last
+  // forward used it; probs() then converts its logits into probs_ on demand).
+  std::unique_ptr<cpu::VocabReadout> vocab_;
+  bool vocab_fused_ = false;
+  bool readout_sumsq_ = false;  // the last backward took the fused readout's grad_sumsq
+  bool backward_done_ = false;  // the last forward's p is gone (dL/dlogits took its place)
+  // [T,B,V]: the logits, then p (what probs() returns), then in backward dL/dlogits; sized on use
+  mutable std::vector<Real> probs_;
+  // The BLAS readout (linear): [ceil(T*B/16),V] per 16-row block, the column sums of p - y
+  // (sized on use, like probs_; the fused readout needs neither).
+  std::vector<Real> colsum_;
+  std::vector<Real> arena_;       // the buffers below, carved from one allocation
+  std::vector<Real> h_n_, s_n_;   // [L,B,H]
+  std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
+  double drop_p_ = 0;
+  uint64_t drop_seed_ = 0;
+  bool dropped_ = false;  // whether the last forward used dropout
+  // With dropout, one allocation grown on demand (never inside the time loop): the input mask
+  // and the dropped input [T,B,X] each, then the top mask, the dropped top and dL/d(top) [T,B,H]
+  // each. The views below name them.
+  std::vector<Real> drop_;
+  bool readout_dropped_ = false;  // the top mask of the current forward is made
+  Real* input_mask() { return drop_.data(); }
+  Real* dropped_input() { return input_mask() + T_ * B_ * cfg_.X; }
+  Real* top_mask() { return dropped_input() + T_ * B_ * cfg_.X; }
+  Real* dropped_top() { return top_mask() + T_ * B_ * cfg_.H; }
+  Real* top_grad() { return dropped_top() + T_ * B_ * cfg_.H; }
+  struct Buffers {
+    Real* x0;   // [T,B,X] embedded input (embedding only)
+    Real* dh;   // [T,B,H] dL/dh of the top layer (linear readout)
+    Real* dx0;  // [T,B,X] dL/dx of the embedded input (embedding only)
+  } buf_{};
+};
+
+template <class Real>
+LanguageModel<Real>::LanguageModel(const ModelConfig& cfg) : impl_(std::make_unique<Impl>(cfg)) {}
 
 template <class Real>
 LanguageModel<Real>::~LanguageModel() = default;
@@ -98,29 +145,61 @@ template <class Real>
 LanguageModel<Real>& LanguageModel<Real>::operator=(LanguageModel&&) noexcept = default;
 
 template <class Real>
+const ModelConfig& LanguageModel<Real>::config() const {
+  return impl_->cfg_;
+}
+
+template <class Real>
 void LanguageModel<Real>::set_threads(int n) {
-  threads_ = n;
-  stack_->set_threads(n);
+  impl_->threads_ = n;
+  impl_->stack_->set_threads(n);
 }
 
 template <class Real>
 void LanguageModel<Real>::set_dropout(double p, uint64_t seed) {
-  drop_p_ = p, drop_seed_ = seed;
-  stack_->set_dropout(p, seed);
+  impl_->drop_p_ = p, impl_->drop_seed_ = seed;
+  impl_->stack_->set_dropout(p, seed);
 }
 
 template <class Real>
 int LanguageModel<Real>::threads() const {
-  return threads_ > 0 ? threads_ : omp_get_max_threads();
+  return impl_->threads_ > 0 ? impl_->threads_ : omp_get_max_threads();
 }
 
 template <class Real>
 size_t LanguageModel<Real>::arena_bytes() const {
-  return arena_.size() * sizeof(Real) + stack_->arena_bytes();
+  return impl_->arena_.size() * sizeof(Real) + impl_->stack_->arena_bytes();
 }
 
 template <class Real>
-void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
+std::span<const Real> LanguageModel<Real>::h_n() const {
+  return impl_->h_n_;
+}
+
+template <class Real>
+std::span<const Real> LanguageModel<Real>::s_n() const {
+  return impl_->s_n_;
+}
+
+template <class Real>
+double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Real>& batch,
+                                    Reduction red) {
+  return impl_->forward(params, batch, red);
+}
+
+template <class Real>
+void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> params,
+                                   const Batch<Real>& batch, Real* dinput, Real* dh0, Real* ds0) {
+  impl_->backward(grad, params, batch, dinput, dh0, ds0);
+}
+
+template <class Real>
+std::span<const Real> LanguageModel<Real>::probs() const {
+  return impl_->probs();
+}
+
+template <class Real>
+void LanguageModel<Real>::Impl::reserve(int64_t T, int64_t B) {
   if (T * B <= capT_ * capB_) return;
   capT_ = T, capB_ = B;
   const int64_t N = T * B, X = cfg_.X;
@@ -136,12 +215,12 @@ void LanguageModel<Real>::reserve(int64_t T, int64_t B) {
 
 // What the readout reads: the top layer's h_1 .. h_T [T,B,H], or its dropped copy (site L).
 template <class Real>
-const Real* LanguageModel<Real>::readout_input() {
+const Real* LanguageModel<Real>::Impl::readout_input() {
   const Real* top = stack_->output();
   if (!dropped_) return top;
-  const int64_t N = T_ * B_, X = cfg_.X, H = cfg_.H;
-  Real* mask = drop_.data() + 2 * N * X;
-  Real* top_d = mask + N * H;
+  const int64_t N = T_ * B_, H = cfg_.H;
+  Real* mask = top_mask();
+  Real* top_d = dropped_top();
   if (!readout_dropped_) {
     cpu::dropout_mask(mask, N * H, drop_p_, drop_seed_, static_cast<uint64_t>(cfg_.L));
     cpu::apply_mask(top_d, top, mask, 0, N * H);
@@ -152,12 +231,14 @@ const Real* LanguageModel<Real>::readout_input() {
 
 template <class Real>
 std::optional<double> LanguageModel<Real>::readout_grad_sumsq() const {
-  if (!readout_sumsq_) return std::nullopt;
-  return vocab_->grad_sumsq();
+  if (!impl_->readout_sumsq_) return std::nullopt;
+  return impl_->vocab_->grad_sumsq();
 }
 
 template <class Real>
-std::span<const Real> LanguageModel<Real>::probs() const {
+std::span<const Real> LanguageModel<Real>::Impl::probs() const {
+  if (backward_done_)
+    throw std::logic_error("LanguageModel::probs(): p is gone after backward; take it before");
   const size_t n = static_cast<size_t>(T_ * B_ * cfg_.V);
   if (probs_.size() < n) probs_.resize(n);
   if constexpr (std::is_same_v<Real, float>)
@@ -167,15 +248,19 @@ std::span<const Real> LanguageModel<Real>::probs() const {
 
 // Whether forward takes the fused float32 readout (cpu/vocab_readout.hpp).
 template <class Real>
-bool LanguageModel<Real>::fuses_readout(const Batch<Real>& batch) const {
+bool LanguageModel<Real>::Impl::fuses_readout(const Batch<Real>& batch) const {
   return std::is_same_v<Real, float> && cfg_.readout == Readout::linear && !batch.target.empty() &&
          batch.target_probs.empty() && cpu::panel_gemm_available();
 }
 
 template <class Real>
-double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Real>& batch,
-                                    Reduction red) {
+double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Batch<Real>& batch,
+                                          Reduction red) {
   const int64_t T = batch.T, B = batch.B, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
+  assert(params.size() == n_params_ && T >= 1 && B >= 1);
+  assert(cfg_.input == InputKind::embedding ? batch.tokens.size() == static_cast<size_t>(N)
+                                            : batch.dense.size() == static_cast<size_t>(N * X));
+  backward_done_ = false;
   const int P_threads =
       threads_ > 0 ? threads_
                    : cpu::team_size_for(2.0 * static_cast<double>(N) * static_cast<double>(V * H),
@@ -186,7 +271,7 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
   const Real* P = params.data();
   const Real* x = batch.dense.data();
   if (cfg_.input == InputKind::embedding) {  // x_t = encoder.weight[token]
-    const Real* E = P + layout_[0].offset;
+    const Real* E = P + *offsets_.encoder_weight;
     Real* x0 = buf_.x0;
     const int64_t* tok = batch.tokens.data();
 #pragma omp parallel for num_threads(P_threads) schedule(static)
@@ -197,11 +282,11 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
   if (dropped_) {  // site 0: the input of layer 0
     if (drop_.size() < static_cast<size_t>(2 * N * X + 3 * N * H))
       drop_.resize(2 * N * X + 3 * N * H);
-    cpu::dropout_mask(drop_.data(), N * X, drop_p_, drop_seed_, 0);
-    cpu::apply_mask(drop_.data() + N * X, x, drop_.data(), 0, N * X);
-    x = drop_.data() + N * X;
+    cpu::dropout_mask(input_mask(), N * X, drop_p_, drop_seed_, 0);
+    cpu::apply_mask(dropped_input(), x, input_mask(), 0, N * X);
+    x = dropped_input();
   }
-  const auto w = layer_views<cpu::LayerWeights<Real>>(cfg_, layout_, P);
+  const auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
   stack_->forward(x, w.data(), batch.h0.empty() ? nullptr : batch.h0.data(),
                   batch.s0.empty() ? nullptr : batch.s0.data(), T, B);
   h_n_.resize(static_cast<size_t>(cfg_.L * B * H));
@@ -214,7 +299,6 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
   const bool lin = cfg_.readout == Readout::linear;
-  const size_t d = layout_.size() - 2;
   row_loss_.resize(static_cast<size_t>(N));
   double* row_loss = row_loss_.data();
   vocab_fused_ = fuses_readout(batch);
@@ -222,8 +306,8 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
   if (vocab_fused_) {
     if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
     vocab_->reserve(N, H, V, P_threads);
-    fused_forward(*vocab_, P_threads, top, P + layout_[d].offset, P + layout_[d + 1].offset,
-                  y_class, row_loss);
+    fused_forward(*vocab_, P_threads, top, P + *offsets_.decoder_weight,
+                  P + *offsets_.decoder_bias, y_class, row_loss);
   } else {
     if (probs_.size() < static_cast<size_t>(N * V)) probs_.resize(static_cast<size_t>(N * V));
     if (lin && colsum_.size() < static_cast<size_t>(colsum_blocks(N) * V))
@@ -237,11 +321,11 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
       const int nt = omp_get_num_threads(), id = omp_get_thread_num();
       const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
       if (lin) {
-        const Real* c = P + layout_[d + 1].offset;
+        const Real* c = P + *offsets_.decoder_bias;
         for (int64_t r = r0; r < r1; ++r) std::copy_n(c, V, logits + r * V);
         if (r1 > r0)
-          gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H, P + layout_[d].offset, H,
-               Real(1), logits + r0 * V, V);
+          gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H, P + *offsets_.decoder_weight,
+               H, Real(1), logits + r0 * V, V);
       } else {
         std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
       }
@@ -269,9 +353,13 @@ double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Re
 }
 
 template <class Real>
-void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> params,
-                                   const Batch<Real>& batch, Real* dinput, Real* dh0, Real* ds0) {
+void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const Real> params,
+                                         const Batch<Real>& batch, Real* dinput, Real* dh0,
+                                         Real* ds0) {
   const int64_t T = T_, B = B_, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
+  assert(grad.size() == n_params_ && params.size() == n_params_ && batch.T == T && batch.B == B);
+  assert(grad.data() != params.data());
+  backward_done_ = true;
   const int P_threads =
       threads_ > 0 ? threads_
                    : cpu::team_size_for(2.0 * static_cast<double>(N) * static_cast<double>(V * H),
@@ -284,9 +372,8 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
   Real* dlogits = probs_.data();  // dL/dlogits = scale * (p - y), in place over p
   const Real* dh_top = dlogits;   // identity readout: dL/dh = dL/dlogits
   if (vocab_fused_) {
-    const size_t d = layout_.size() - 2;
-    fused_backward(*vocab_, P_threads, scale, P + layout_[d].offset, y_class, D + layout_[d].offset,
-                   D + layout_[d + 1].offset, buf_.dh);
+    fused_backward(*vocab_, P_threads, scale, P + *offsets_.decoder_weight, y_class,
+                   D + *offsets_.decoder_weight, D + *offsets_.decoder_bias, buf_.dh);
     dh_top = buf_.dh;
     readout_sumsq_ = true;
   } else if (cfg_.readout == Readout::linear) {
@@ -297,11 +384,10 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
     } else {
       softmax_xent_backward(dlogits, dlogits, y_probs, y_class, Real(1), N, V);
     }
-    const size_t d = layout_.size() - 2;
     const Real* top = readout_input();
-    const Real* Wd = P + layout_[d].offset;
-    Real* dWd = D + layout_[d].offset;
-    Real* dc = D + layout_[d + 1].offset;
+    const Real* Wd = P + *offsets_.decoder_weight;
+    Real* dWd = D + *offsets_.decoder_weight;
+    Real* dc = D + *offsets_.decoder_bias;
     Real* dh = buf_.dh;
     cpu::BlasThreads one(1);
 #pragma omp parallel num_threads(P_threads)
@@ -328,20 +414,18 @@ void LanguageModel<Real>::backward(std::span<Real> grad, std::span<const Real> p
     softmax_xent_backward(dlogits, dlogits, y_probs, y_class, scale, N, V);
   }
   if (dropped_) {  // the readout saw top * mask: dL/dtop = dL/d(dropped top) * mask
-    const Real* mask = drop_.data() + 2 * N * X;
-    Real* dtop = drop_.data() + 2 * N * X + 2 * N * H;
-    cpu::apply_mask(dtop, dh_top, mask, 0, N * H);
-    dh_top = dtop;
+    cpu::apply_mask(top_grad(), dh_top, top_mask(), 0, N * H);
+    dh_top = top_grad();
   }
   const bool emb = cfg_.input == InputKind::embedding;
-  const auto w = layer_views<cpu::LayerWeights<Real>>(cfg_, layout_, P);
-  const auto g = layer_views<cpu::LayerGrads<Real>>(cfg_, layout_, D);
-  const Real* x = dropped_ ? drop_.data() + N * X : emb ? buf_.x0 : batch.dense.data();
+  const auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
+  const auto g = layer_views<cpu::LayerGrads<Real>>(offsets_, D);
+  const Real* x = dropped_ ? dropped_input() : emb ? buf_.x0 : batch.dense.data();
   stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
   Real* dx = emb ? buf_.dx0 : dinput;
-  if (dropped_ && dx) cpu::apply_mask(dx, dx, drop_.data(), 0, N * X);  // through the input mask
+  if (dropped_ && dx) cpu::apply_mask(dx, dx, input_mask(), 0, N * X);  // through the input mask
   if (emb) {  // x_t = encoder.weight[token]: scatter-add the rows of dx (only the rows used)
-    Real* dE = D + layout_[0].offset;
+    Real* dE = D + *offsets_.encoder_weight;
     for (int64_t r = 0; r < N; ++r) {
       Real* row = dE + batch.tokens[r] * X;
       const Real* src = buf_.dx0 + r * X;

@@ -89,12 +89,6 @@ float loss_scale(Reduction red, int64_t T, int64_t B) {
   return 1.0f;
 }
 
-const ParamInfo& find(const std::vector<ParamInfo>& layout, const std::string& name) {
-  for (const ParamInfo& p : layout)
-    if (p.name == name) return p;
-  throw std::logic_error("parameter_layout has no " + name);
-}
-
 template <class T>
 void upload(DeviceBuffer<T>& d, const T* host, size_t n, cudaStream_t s) {
   d.grow(std::max<size_t>(n, 1));
@@ -104,7 +98,7 @@ void upload(DeviceBuffer<T>& d, const T* host, size_t n, cudaStream_t s) {
 }  // namespace
 
 struct LanguageModel::Impl {
-  explicit Impl(const ModelConfig& c) : cfg(c), layout(parameter_layout(c)) {
+  explicit Impl(const ModelConfig& c) : cfg(c) {
     validate_config(cfg);
     device_info();
     LSTMGRAD_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -118,17 +112,11 @@ struct LanguageModel::Impl {
     LSTMGRAD_CUDA(cudaMemsetAsync(params.get(), 0, n_params * sizeof(float), stream));
     LSTMGRAD_CUDA(cudaMemsetAsync(grad.get(), 0, n_params * sizeof(float), stream));
     norm_partials.grow(kNormBlocks), norm2.grow(1), clip_scale.grow(1);
-    for (int64_t k = 0; k < cfg.L; ++k) {
-      const std::string s = "_l" + std::to_string(k);
-      layers.push_back({find(layout, "rnn.weight_ih" + s).offset,
-                        find(layout, "rnn.weight_hh" + s).offset,
-                        find(layout, "rnn.bias_ih" + s).offset,
-                        find(layout, "rnn.bias_hh" + s).offset});
-    }
-    if (cfg.input == InputKind::embedding) embedding = find(layout, "encoder.weight").offset;
-    if (cfg.readout == Readout::linear)
-      decoder_w = find(layout, "decoder.weight").offset,
-      decoder_b = find(layout, "decoder.bias").offset;
+    const ParameterOffsets at = parameter_offsets(cfg);
+    for (const ParameterOffsets::Layer& l : at.layers)
+      layers.push_back({l.weight_ih, l.weight_hh, l.bias_ih, l.bias_hh});
+    embedding = at.encoder_weight.value_or(0);
+    decoder_w = at.decoder_weight.value_or(0), decoder_b = at.decoder_bias.value_or(0);
   }
   ~Impl() {
     if (blas) cublasDestroy(blas);
@@ -153,7 +141,6 @@ struct LanguageModel::Impl {
   void optimizer_step(double lr, double clip, bool adam, int64_t step);
 
   ModelConfig cfg;
-  std::vector<ParamInfo> layout;
   std::vector<LayerOffsets> layers;
   size_t embedding = 0, decoder_w = 0, decoder_b = 0, n_params = 0;
   cudaStream_t stream = nullptr;

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <array>
+#include <cassert>
 #include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -218,9 +220,14 @@ class Trainer {
         progress_.line(fmt::format("lstmgrad train: on {}", cuda::describe()));
       }
     }
-    const std::vector<ParamInfo> layout = parameter_layout(cfg_);
-    embed_offset_ = layout.front().offset;  // the embedding table, [V,X]
-    readout_offset_ = layout.end()[-2].offset;  // decoder.weight [V,H], then decoder.bias [V]
+    const ParameterOffsets at = parameter_offsets(cfg_);
+    embed_offset_ = *at.encoder_weight;  // the embedding table, [V,X]
+    // decoder.weight [V,H] and decoder.bias [V], as sorted disjoint element ranges
+    const size_t w = *at.decoder_weight, c = *at.decoder_bias, V = static_cast<size_t>(cfg_.V);
+    readout_ranges_[0] = {w, w + V * static_cast<size_t>(cfg_.H)};
+    readout_ranges_[1] = {c, c + V};
+    if (readout_ranges_[1].begin < readout_ranges_[0].begin)
+      std::swap(readout_ranges_[0], readout_ranges_[1]);
     const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
     batch_.B = o_.batch;
     batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
@@ -342,13 +349,15 @@ class Trainer {
   double gradient_norm(std::span<const ElementRange> zero) {
     const std::optional<double> readout = lm_->readout_grad_sumsq();
     if (!readout) return grad_norm<Real>(grad_, zero);
+    // The embedding's ranges, then the readout's: grad_norm needs them sorted (checked there).
     skip_.assign(zero.begin(), zero.end());
-    skip_.push_back({readout_offset_, grad_.size()});
+    assert(zero.empty() || zero.back().end <= readout_ranges_[0].begin);
+    skip_.insert(skip_.end(), readout_ranges_.begin(), readout_ranges_.end());
     const double rest = grad_norm<Real>(grad_, skip_);
     return std::sqrt(rest * rest + *readout);
   }
 
-  // The element ranges of the embedding table (tensor 0 of parameter_layout, [V,X]) whose rows
+  // The element ranges of the embedding table (encoder.weight, [V,X]) whose rows
   // this batch's tokens do not select; none for a dense input.
   std::span<const ElementRange> unused_embedding_rows() {
     if (cfg_.input != InputKind::embedding) return {};
@@ -482,7 +491,7 @@ class Trainer {
   size_t embed_offset_ = 0;              // where the embedding table starts in params_
   std::vector<uint8_t> row_mark_;        // [V] scratch of unused_rows
   std::vector<ElementRange> zero_rows_;  // the embedding ranges the batch leaves at zero
-  size_t readout_offset_ = 0;            // where the readout's weight and bias start
+  std::array<ElementRange, 2> readout_ranges_{};  // decoder.weight and decoder.bias
   std::vector<ElementRange> skip_;       // zero_rows_ and the readout (gradient_norm)
   RunState run_;
   std::mt19937_64 rng_;
