@@ -5,8 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
-#include "cli/threads.hpp"
 #include "lstmgrad/error.hpp"
+#include "lstmgrad/threads.hpp"
 #include "lstmgrad/train.hpp"
 
 namespace lstmgrad::cli {
@@ -117,7 +117,7 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   auto* dtype = cmd->get_option("--dtype");
   cmd->callback([o, json, threads, dtype] {
-    set_threads(*threads);
+    lstmgrad::set_threads(*threads);
     if (o->device == "cuda") {
       if (dtype->count() > 0 && o->dtype != "f32")
         throw InputError("--dtype " + o->dtype + ": --device cuda computes in float32 (f32)");

@@ -1,7 +1,5 @@
 #include "lstmgrad/bench.hpp"
 
-#include <cblas.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -14,6 +12,7 @@
 #include "cpu/blas.hpp"
 #include "cpu/lstm_stack.hpp"
 #include "lstmgrad/lstm.hpp"
+#include "lstmgrad/threads.hpp"
 
 namespace lstmgrad {
 
@@ -58,11 +57,6 @@ double median_ms(const std::function<void()>& step, const BenchOptions& o) {
   }
   std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
   return ms[ms.size() / 2];
-}
-
-void set_all_threads(int n) {
-  openblas_set_num_threads(n);
-  omp_set_num_threads(n);
 }
 
 // 2*4H*(in+H) per token per layer (the forward pass).
@@ -138,7 +132,7 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
 }  // namespace
 
 BenchResult run_bench(const BenchPreset& p, const std::string& mode, const BenchOptions& o) {
-  set_all_threads(o.threads);
+  set_threads(o.threads);
   reset_peak_rss();
   BenchResult r;
   r.preset = p.name, r.mode = mode, r.threads = o.threads;
@@ -161,7 +155,7 @@ BenchResult run_bench(const BenchPreset& p, const std::string& mode, const Bench
 }
 
 GemmResult run_gemm(int64_t M, int64_t N, int64_t K, const BenchOptions& o) {
-  set_all_threads(o.threads);
+  set_threads(o.threads);
   std::mt19937_64 rng(3);
   // C = A B^T with B stored [N,K], the layout of every weight GEMM in the engine (h W^T).
   std::vector<float> A(static_cast<size_t>(M * K)), B(static_cast<size_t>(K * N)),

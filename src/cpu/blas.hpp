@@ -27,15 +27,19 @@ inline void gemm(Tr ta, Tr tb, int64_t M, int64_t N, int64_t K, double alpha, co
               C, static_cast<int>(ldc));
 }
 
+// The BLAS's own thread count (OpenBLAS; 1 and no-op with another CBLAS). cpu/blas.cpp.
+int blas_threads();
+void set_blas_threads(int n);
+
 // Sets the BLAS's thread count for a scope and restores it after (OpenBLAS's own threads are
 // used for the large GEMMs outside the engine's thread team; inside the team it runs one thread).
 class BlasThreads {
  public:
-  explicit BlasThreads(int n) : saved_(openblas_get_num_threads()) {
-    if (n != saved_) openblas_set_num_threads(n);
+  explicit BlasThreads(int n) : saved_(blas_threads()) {
+    if (n != saved_) set_blas_threads(n);
   }
   ~BlasThreads() {
-    if (openblas_get_num_threads() != saved_) openblas_set_num_threads(saved_);
+    if (blas_threads() != saved_) set_blas_threads(saved_);
   }
   BlasThreads(const BlasThreads&) = delete;
   BlasThreads& operator=(const BlasThreads&) = delete;

@@ -1,7 +1,5 @@
 // `lstmgrad train`: the training loop, its schedule, validation and checkpoints.
-#include <cblas.h>
 #include <fmt/format.h>
-#include <omp.h>
 
 #include <array>
 #include <cassert>
@@ -19,6 +17,7 @@
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/optimizer.hpp"
+#include "lstmgrad/threads.hpp"
 #include "lstmgrad/train.hpp"
 #include "train/evaluate.hpp"
 #include "train/progress.hpp"
@@ -132,10 +131,7 @@ class Trainer {
   explicit Trainer(TrainOptions o) : o_(std::move(o)), progress_(o_.quiet) {}
 
   int run(const Checkpoint<Real>* resume) {
-    if (o_.threads > 0) {
-      openblas_set_num_threads(o_.threads);
-      omp_set_num_threads(o_.threads);
-    }
+    set_threads(o_.threads);  // 0: the defaults
     load_data();
     if (resume) {
       restore(*resume);
