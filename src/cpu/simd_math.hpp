@@ -2,12 +2,15 @@
 // algorithms and constants, for the kernels that run only where panel_gemm_available(). Include
 // from functions compiled with LSTMGRAD_AVX512.
 #pragma once
-// GCC 12's avx512fintrin.h builds the "undefined" pass-through vector of the unmasked min, max
-// and roundscale by initialising a variable with itself, which -Wuninitialized reports at every
-// inlined call; the vectors are never read.
+// GCC 12's avx512fintrin.h builds the "undefined" pass-through vector of unmasked intrinsics
+// (min, max, roundscale, unpack, ...) by initialising a variable with itself, which
+// -Wuninitialized reports inside that header at every inlined call; the vectors are never read.
+// The warnings are located in the header, so they are silenced for its text alone.
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 #include "core/gates.hpp"
 
