@@ -13,6 +13,8 @@
 #include <string>
 #include <utility>
 
+#include "autodiff/tape_math.hpp"
+#include "core/cell_math.hpp"
 #include "lstmgrad/autodiff.hpp"
 
 namespace lstmgrad::ad {
@@ -110,12 +112,9 @@ void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s) {
   auto pre = [&](int g) {  // [B,H] the gate's pre-activation
     return tape.add(tape.add(tape.matmul(x, lv.Vt[g]), tape.matmul(h, lv.Ut[g])), lv.b[g]);
   };
-  const Var i = tape.sigmoid(pre(0));
-  const Var f = tape.sigmoid(pre(1));
-  const Var a = tape.tanh(pre(2));
-  const Var o = tape.sigmoid(pre(3));
-  s = tape.add(tape.mul(i, a), tape.mul(f, s));
-  h = tape.mul(o, tape.tanh(s));
+  core::CellGates<Var> g;
+  const Var s_prev = s;
+  core::cell_forward(TapeMath{tape}, pre(0), pre(1), pre(2), pre(3), s_prev, g, s, h);
 }
 
 // Rows [B,n] of a [T,B,n] array at step t.

@@ -3,6 +3,8 @@
 // Derivation: docs/derivation.md, "Backpropagation through time" and "The handout's slips".
 #include <cmath>
 
+#include "autodiff/tape_math.hpp"
+#include "core/cell_math.hpp"
 #include "core/small_vec.hpp"
 #include "lstmgrad/autodiff.hpp"
 #include "lstmgrad/cell.hpp"
@@ -71,7 +73,8 @@ double loss_at(CellParams<double> c, const ExampleSequence& q, std::span<const d
   return run_forward(c, q).loss;
 }
 
-// The same loss on the autodiff tape, built from the equations alone; returns dL/dV_a1.
+// The same loss on the autodiff tape, built from the cell's forward alone (core/cell_math.hpp,
+// the tape doing the derivatives); returns dL/dV_a1.
 std::vector<double> tape_dVa1(const CellParams<double>& c, const ExampleSequence& q) {
   ad::Tape tp;
   const ad::Var V = tp.leaf({4 * kH, kX, c.V});
@@ -82,10 +85,10 @@ std::vector<double> tape_dVa1(const CellParams<double>& c, const ExampleSequence
   for (size_t t = 0; t < q.x.size(); ++t) {
     const ad::Var x = tp.constant({kX, 1, q.x[t]});
     const ad::Var z = tp.add(tp.add(tp.matmul(V, x), tp.matmul(U, h)), b);  // [4H,1]
-    const ad::Var i = tp.sigmoid(tp.rows(z, 0, kH)), f = tp.sigmoid(tp.rows(z, kH, kH));
-    const ad::Var a = tp.tanh(tp.rows(z, 2 * kH, kH)), o = tp.sigmoid(tp.rows(z, 3 * kH, kH));
-    s = tp.add(tp.mul(i, a), tp.mul(f, s));
-    h = tp.mul(o, tp.tanh(s));
+    core::CellGates<ad::Var> g;
+    const ad::Var s_prev = s;
+    core::cell_forward(ad::TapeMath{tp}, tp.rows(z, 0, kH), tp.rows(z, kH, kH),
+                       tp.rows(z, 2 * kH, kH), tp.rows(z, 3 * kH, kH), s_prev, g, s, h);
     const ad::Var logp = tp.log(tp.softmax(tp.transpose(h)));  // [1,H]
     const ad::Var y = tp.constant({1, kH, q.y[t]});
     loss = tp.sub(loss, tp.sum(tp.mul(y, logp)));  // L^t = -sum_k y_k log p_k

@@ -72,7 +72,8 @@ inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Re
     for (int64_t j = 0; j < n; ++j) {
       Real pi = zi[j], pf = zf[j], pa = za[j], po = zo[j];
       if (bias) pi += bias[j], pf += bias[gs + j], pa += bias[2 * gs + j], po += bias[3 * gs + j];
-      const CellGates<Real> g = cell_forward(pi, pf, pa, po, sp[j], sr[j], hr[j]);
+      CellGates<Real> g;
+      cell_forward(ScalarMath<Real>{}, pi, pf, pa, po, sp[j], g, sr[j], hr[j]);
       zi[j] = g.i, zf[j] = g.f, za[j] = g.a, zo[j] = g.o;
     }
   }
@@ -100,7 +101,8 @@ inline void gates_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Re
       const int64_t k = r * ld + j;
       const CellGates<Real> gk{g[j], g[gs + j], g[2 * gs + j], g[3 * gs + j]};
       const Real dh = (dh_out ? dh_out[k] : Real(0)) + dh_rec[k];
-      const CellGates<Real> dzk = cell_backward(gk, s[k], s_prev[k], dh, ds[k]);
+      CellGates<Real> dzk;
+      cell_backward(ScalarMath<Real>{}, gk, std::tanh(s[k]), s_prev[k], dh, ds[k], dzk);
       d[j] = dzk.i, d[gs + j] = dzk.f, d[2 * gs + j] = dzk.a, d[3 * gs + j] = dzk.o;
     }
   }

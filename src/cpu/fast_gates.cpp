@@ -16,19 +16,22 @@ LSTMGRAD_AVX512 inline __m512 biased(__mmask16 m, const float* z, const float* b
   return _mm512_add_ps(_mm512_maskz_loadu_ps(m, z), _mm512_maskz_loadu_ps(m, b));
 }
 
-// The cell's forward for 16 units of one row (lanes outside m untouched), from the four gates'
-// pre-activations (bias included): the activated gates into z (gs apart), s and h.
-LSTMGRAD_AVX512 inline void cell_forward16(__mmask16 m, const __m512* pre, float* z, int64_t gs,
-                                           const float* s_prev, float* s, float* h) {
-  const __m512 i = sigmoid16(pre[0]), f = sigmoid16(pre[1]), a = tanh16(pre[2]),
-               o = sigmoid16(pre[3]);
-  const __m512 sv = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, s_prev), _mm512_mul_ps(i, a));
-  _mm512_mask_storeu_ps(z, m, i);
-  _mm512_mask_storeu_ps(z + gs, m, f);
-  _mm512_mask_storeu_ps(z + 2 * gs, m, a);
-  _mm512_mask_storeu_ps(z + 3 * gs, m, o);
-  _mm512_mask_storeu_ps(s, m, sv);
-  _mm512_mask_storeu_ps(h, m, _mm512_mul_ps(o, tanh16(sv)));
+// The cell's forward (core::cell_forward) for 16 units of one row (lanes outside m untouched),
+// from the four gates' pre-activations (bias included): the activated gates into z (gs apart), s
+// and h.
+LSTMGRAD_AVX512_FLAT inline void cell_forward16(__mmask16 m, const __m512* pre, float* z,
+                                                int64_t gs, const float* s_prev, float* s,
+                                                float* h) {
+  core::CellGates<Vec16> g;
+  Vec16 sv, hv;
+  core::cell_forward(Avx512Math{}, Vec16{pre[0]}, Vec16{pre[1]}, Vec16{pre[2]}, Vec16{pre[3]},
+                     Vec16{_mm512_maskz_loadu_ps(m, s_prev)}, g, sv, hv);
+  _mm512_mask_storeu_ps(z, m, g.i.v);
+  _mm512_mask_storeu_ps(z + gs, m, g.f.v);
+  _mm512_mask_storeu_ps(z + 2 * gs, m, g.a.v);
+  _mm512_mask_storeu_ps(z + 3 * gs, m, g.o.v);
+  _mm512_mask_storeu_ps(s, m, sv.v);
+  _mm512_mask_storeu_ps(h, m, hv.v);
 }
 
 // AVX-512: one pass per row over 16 units at a time, the four gates and the cell in registers
@@ -50,26 +53,22 @@ LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const fl
 // The cell's backward for 16 units of one row (lanes outside m untouched): dh = dL/dh_t (all of
 // it) in; the four gates' gradients (gs apart) into d, and ds (dL/ds_t in) becomes dL/ds_{t-1}.
 // g: the row's saved gates; s, s_prev: this unit's cell state at t and t - 1.
-LSTMGRAD_AVX512 inline void cell_backward16(__mmask16 m, __m512 dh, const float* g, int64_t gs,
-                                            const float* s, const float* s_prev, float* ds,
-                                            float* d) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 i = _mm512_maskz_loadu_ps(m, g), f = _mm512_maskz_loadu_ps(m, g + gs),
-               a = _mm512_maskz_loadu_ps(m, g + 2 * gs), o = _mm512_maskz_loadu_ps(m, g + 3 * gs);
-  const __m512 ts = tanh16(_mm512_maskz_loadu_ps(m, s));
-  // h = o * tanh(s); s = i * a + f * s_prev
-  const __m512 dst = _mm512_fmadd_ps(_mm512_mul_ps(dh, o), _mm512_fnmadd_ps(ts, ts, one),
-                                     _mm512_maskz_loadu_ps(m, ds));
-  const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dst, a), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
-  const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dst, _mm512_maskz_loadu_ps(m, s_prev)),
-                                  _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
-  const __m512 da = _mm512_mul_ps(_mm512_mul_ps(dst, i), _mm512_fnmadd_ps(a, a, one));
-  const __m512 d_o = _mm512_mul_ps(_mm512_mul_ps(dh, ts), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
-  _mm512_mask_storeu_ps(d, m, di);
-  _mm512_mask_storeu_ps(d + gs, m, df);
-  _mm512_mask_storeu_ps(d + 2 * gs, m, da);
-  _mm512_mask_storeu_ps(d + 3 * gs, m, d_o);
-  _mm512_mask_storeu_ps(ds, m, _mm512_mul_ps(dst, f));
+LSTMGRAD_AVX512_FLAT inline void cell_backward16(__mmask16 m, __m512 dh, const float* g,
+                                                 int64_t gs, const float* s, const float* s_prev,
+                                                 float* ds, float* d) {
+  const core::CellGates<Vec16> gv{
+      {_mm512_maskz_loadu_ps(m, g)}, {_mm512_maskz_loadu_ps(m, g + gs)},
+      {_mm512_maskz_loadu_ps(m, g + 2 * gs)}, {_mm512_maskz_loadu_ps(m, g + 3 * gs)}};
+  const Avx512Math math;
+  Vec16 dsv{_mm512_maskz_loadu_ps(m, ds)};
+  core::CellGates<Vec16> dz;
+  core::cell_backward(math, gv, math.tanh(Vec16{_mm512_maskz_loadu_ps(m, s)}),
+                      Vec16{_mm512_maskz_loadu_ps(m, s_prev)}, Vec16{dh}, dsv, dz);
+  _mm512_mask_storeu_ps(d, m, dz.i.v);
+  _mm512_mask_storeu_ps(d + gs, m, dz.f.v);
+  _mm512_mask_storeu_ps(d + 2 * gs, m, dz.a.v);
+  _mm512_mask_storeu_ps(d + 3 * gs, m, dz.o.v);
+  _mm512_mask_storeu_ps(ds, m, dsv.v);
 }
 
 LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float* ds,
@@ -224,6 +223,17 @@ LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_
 using core::fast_sigmoid;
 using core::fast_tanh;
 
+// The cell's arithmetic for the portable kernels (core/cell_math.hpp's M): float32, the
+// vectorisable core::fast_sigmoid / fast_tanh, each product and sum rounded on its own.
+struct FastMath {
+  float mul(float x, float y) const { return x * y; }
+  float fma(float x, float y, float c) const { return x * y + c; }
+  float one_minus_square(float y) const { return 1.0f - y * y; }
+  float sigmoid_slope(float y) const { return y * (1.0f - y); }
+  float sigmoid(float x) const { return fast_sigmoid(x); }
+  float tanh(float x) const { return fast_tanh(x); }
+};
+
 #define LSTMGRAD_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
@@ -237,11 +247,14 @@ inline void tanh_bias(float* __restrict v, const float* __restrict b, int64_t n)
   for (int64_t j = 0; j < n; ++j) v[j] = fast_tanh(v[j] + b[j]);
 }
 
+// core::cell_state, then core::cell_output, over n units (two loops: each vectorises).
 inline void cell_update(float* __restrict s, float* __restrict h, const float* __restrict i,
                         const float* __restrict f, const float* __restrict a,
                         const float* __restrict o, const float* __restrict sp, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) s[j] = i[j] * a[j] + f[j] * sp[j];  // s = i * a + f * s_prev
-  for (int64_t j = 0; j < n; ++j) h[j] = o[j] * fast_tanh(s[j]);      // h = o * tanh(s)
+  const FastMath m;
+  for (int64_t j = 0; j < n; ++j) core::cell_state(m, {i[j], f[j], a[j], o[j]}, sp[j], s[j]);
+  for (int64_t j = 0; j < n; ++j)
+    core::cell_output(m, {i[j], f[j], a[j], o[j]}, m.tanh(s[j]), h[j]);
 }
 
 LSTMGRAD_CLONES
@@ -267,16 +280,11 @@ inline void gate_grads(float* d_i, float* d_f, float* __restrict d_a, float* __r
                        float* __restrict ds, const float* dh, const float* ts,
                        const float* __restrict g, int64_t gs, const float* __restrict sp,
                        int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float i = g[j], f = g[gs + j], a = g[2 * gs + j], o = g[3 * gs + j];
-    const float dhj = dh[j], tsj = ts[j];
-    const float dst = ds[j] + dhj * o * (1.0f - tsj * tsj);  // h = o * tanh(s)
-    // s = i * a + f * s_prev
-    d_i[j] = dst * a * i * (1.0f - i);      // i = sigmoid(z_i)
-    d_f[j] = dst * sp[j] * f * (1.0f - f);  // f = sigmoid(z_f)
-    d_a[j] = dst * i * (1.0f - a * a);      // a = tanh(z_a)
-    d_o[j] = dhj * tsj * o * (1.0f - o);    // o = sigmoid(z_o)
-    ds[j] = dst * f;
+  for (int64_t j = 0; j < n; ++j) {  // core::cell_backward
+    const core::CellGates<float> gj{g[j], g[gs + j], g[2 * gs + j], g[3 * gs + j]};
+    core::CellGates<float> dz;
+    core::cell_backward(FastMath{}, gj, ts[j], sp[j], dh[j], ds[j], dz);
+    d_i[j] = dz.i, d_f[j] = dz.f, d_a[j] = dz.a, d_o[j] = dz.o;
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <utility>
 
 #include "cpu/simd_math.hpp"  // immintrin.h, LSTMGRAD_AVX512
@@ -92,9 +93,17 @@ PanelColumns columns_of(const PanelLayout& layout, int64_t p) {
 
 }  // namespace
 
+namespace {
+std::atomic<bool> portable_forced{false};
+}  // namespace
+
 bool panel_gemm_available() {
   static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
+  return ok && !portable_forced.load(std::memory_order_relaxed);
+}
+
+void force_portable_kernels(bool on) {
+  portable_forced.store(on, std::memory_order_relaxed);
 }
 
 namespace {

@@ -39,8 +39,14 @@ enum class AForm { rows, cols, blocks };
 // (C overwritten with bias + A B).
 enum class Start { zero, accumulate, row_bias };
 
-// Whether this CPU runs the kernel (AVX-512F); where not, callers use the BLAS.
+// Whether this CPU runs the kernel (AVX-512F) and it is not switched off; where not, callers use
+// the BLAS and the portable (auto-vectorised) gate kernels.
 bool panel_gemm_available();
+
+// Switches the AVX-512 kernels off (true) or back on, so that the tests run the portable path
+// on a machine that has AVX-512. Engine objects choose their path when they are made and when
+// they grow: switch before making them.
+void force_portable_kernels(bool on);
 
 // Packs op(W)'s columns into panels: column c of block g is row (g * group_stride + c) of W
 // ([.., K] with row stride ldw) when `rows` (W^T is the operand: z += h U^T), else column

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include "core/cell_math.hpp"
 #include "core/gates.hpp"
 
 #define LSTMGRAD_AVX512 __attribute__((target("avx512f,prfchw")))
@@ -56,5 +57,31 @@ LSTMGRAD_AVX512 inline __m512 tanh16(__m512 x) {
   const __m512 r = recip16(_mm512_add_ps(exp16(_mm512_add_ps(x, x)), one));
   return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), r, one);
 }
+
+// The cell's arithmetic on 16 lanes (core/cell_math.hpp's M): products and fused multiply-adds,
+// the AVX-512 sigmoid and tanh. Vec16 wraps __m512 so that it can be a template argument.
+// Functions that instantiate the cell on it are LSTMGRAD_AVX512_FLAT: the generic cell functions
+// are compiled for the default target, so only flattening into an AVX-512 caller inlines them
+// together with these operations.
+struct Vec16 {
+  __m512 v;
+};
+
+#define LSTMGRAD_AVX512_FLAT __attribute__((target("avx512f,prfchw"), flatten))
+
+struct Avx512Math {
+  LSTMGRAD_AVX512 Vec16 mul(Vec16 x, Vec16 y) const { return {_mm512_mul_ps(x.v, y.v)}; }
+  LSTMGRAD_AVX512 Vec16 fma(Vec16 x, Vec16 y, Vec16 c) const {
+    return {_mm512_fmadd_ps(x.v, y.v, c.v)};
+  }
+  LSTMGRAD_AVX512 Vec16 one_minus_square(Vec16 y) const {
+    return {_mm512_fnmadd_ps(y.v, y.v, _mm512_set1_ps(1.0f))};
+  }
+  LSTMGRAD_AVX512 Vec16 sigmoid_slope(Vec16 y) const {
+    return {_mm512_mul_ps(y.v, _mm512_sub_ps(_mm512_set1_ps(1.0f), y.v))};
+  }
+  LSTMGRAD_AVX512 Vec16 sigmoid(Vec16 x) const { return {sigmoid16(x.v)}; }
+  LSTMGRAD_AVX512 Vec16 tanh(Vec16 x) const { return {tanh16(x.v)}; }
+};
 
 }  // namespace lstmgrad::cpu

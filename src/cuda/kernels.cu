@@ -18,6 +18,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr unsigned kFullMask = 0xffffffffu;
+// The cell's arithmetic (core/cell_math.hpp): the reference's formulas in float32; nvcc may fuse
+// a product and a sum into one multiply-add.
+using Math = core::ScalarMath<float>;
 
 int grid_for(int64_t n) {
   return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 8 * 65535));
@@ -112,7 +115,8 @@ __global__ void __launch_bounds__(kThreads) forward_persistent(RecurrentForward 
       if (cell) {
         for (int g = 0; g < 4; ++g) z[g] += xz[g];
         float s, h;
-        const core::CellGates<float> c = core::cell_forward(z[0], z[1], z[2], z[3], s_prev, s, h);
+        core::CellGates<float> c;
+        core::cell_forward(Math{}, z[0], z[1], z[2], z[3], s_prev, c, s, h);
         a.gates[row + my_j] = c.i, a.gates[row + H + my_j] = c.f;
         a.gates[row + 2 * H + my_j] = c.a, a.gates[row + 3 * H + my_j] = c.o;
         a.sseq[st + static_cast<size_t>(B) * H] = s;
@@ -153,8 +157,9 @@ __global__ void __launch_bounds__(kThreads) backward_persistent(RecurrentBackwar
                                      a.gates[row + 2 * H + j], a.gates[row + 3 * H + j]};
       const float dh = (a.dh_out ? a.dh_out[st] : 0.0f) + dhrec[p];
       float dsv = ds[p];
-      const core::CellGates<float> d =
-          core::cell_backward(g, a.sseq[st + static_cast<size_t>(B) * H], a.sseq[st], dh, dsv);
+      core::CellGates<float> d;
+      core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]), a.sseq[st],
+                          dh, dsv, d);
       ds[p] = dsv;
       a.dz[row + j] = d.i, a.dz[row + H + j] = d.f, a.dz[row + 2 * H + j] = d.a;
       a.dz[row + 3 * H + j] = d.o;
@@ -257,7 +262,8 @@ __global__ void gates_forward_kernel(RecurrentForward a, int t) {
     float z[4];
     for (int g = 0; g < 4; ++g) z[g] = a.gx[row + g * H + j] + a.b_ih[g * H + j] + a.b_hh[g * H + j];
     float s, h;
-    const core::CellGates<float> c = core::cell_forward(z[0], z[1], z[2], z[3], a.sseq[st], s, h);
+    core::CellGates<float> c;
+    core::cell_forward(Math{}, z[0], z[1], z[2], z[3], a.sseq[st], c, s, h);
     a.gates[row + j] = c.i, a.gates[row + H + j] = c.f, a.gates[row + 2 * H + j] = c.a;
     a.gates[row + 3 * H + j] = c.o;
     a.sseq[st + static_cast<size_t>(B) * H] = s;
@@ -275,8 +281,9 @@ __global__ void gates_backward_kernel(RecurrentBackward a, int t) {
                                    a.gates[row + 2 * H + j], a.gates[row + 3 * H + j]};
     const float dh = (a.dh_out ? a.dh_out[st] : 0.0f) + a.dhrec[k];
     float dsv = a.ds[k];
-    const core::CellGates<float> d =
-        core::cell_backward(g, a.sseq[st + static_cast<size_t>(B) * H], a.sseq[st], dh, dsv);
+    core::CellGates<float> d;
+    core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]), a.sseq[st], dh,
+                        dsv, d);
     a.ds[k] = dsv;
     a.dz[row + j] = d.i, a.dz[row + H + j] = d.f, a.dz[row + 2 * H + j] = d.a;
     a.dz[row + 3 * H + j] = d.o;
