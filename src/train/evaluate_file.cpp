@@ -32,15 +32,21 @@ data::Vocabulary model_vocabulary(const Model<Real>& m, const std::string& file)
   return data::Vocabulary::from_words(level, m.vocab, file);
 }
 
+// The model and the text read with its vocabulary.
 template <class Real>
-EvalResult evaluate_typed(const EvalOptions& o) {
-  const std::string file = o.model.string();
-  const Model<Real> m = load_model<Real>(o.model);
-  const data::Vocabulary vocab = model_vocabulary(m, file);
-  const std::vector<int64_t> ids = data::read_text(o.data, vocab);
-  LanguageModel<Real> lm(m.cfg);
-  const train::StreamLoss s =
-      train::evaluate_stream<Real>(lm, m.params, ids, o.batch, o.seq, o.data.string().c_str());
+struct EvalInput {
+  Model<Real> model;
+  std::vector<int64_t> ids;
+};
+
+template <class Real>
+EvalInput<Real> read_eval_input(const EvalOptions& o) {
+  EvalInput<Real> in{load_model<Real>(o.model), {}};
+  in.ids = data::read_text(o.data, model_vocabulary(in.model, o.model.string()));
+  return in;
+}
+
+EvalResult eval_result(const train::StreamLoss& s) {
   EvalResult r;
   r.loss = s.mean();
   r.ppl = std::exp(r.loss);
@@ -49,25 +55,24 @@ EvalResult evaluate_typed(const EvalOptions& o) {
   return r;
 }
 
-}  // namespace
+template <class Real>
+EvalResult evaluate_typed(const EvalOptions& o) {
+  const EvalInput<Real> in = read_eval_input<Real>(o);
+  LanguageModel<Real> lm(in.model.cfg);
+  return eval_result(train::evaluate_stream<Real>(lm, in.model.params, in.ids, o.batch, o.seq,
+                                                  o.data.string().c_str()));
+}
 
 EvalResult evaluate_cuda(const EvalOptions& o) {
   cuda::require();
-  const std::string file = o.model.string();
-  const Model<float> m = load_model<float>(o.model);
-  const data::Vocabulary vocab = model_vocabulary(m, file);
-  const std::vector<int64_t> ids = data::read_text(o.data, vocab);
-  cuda::LanguageModel lm(m.cfg);
-  lm.set_params(m.params);
-  const train::StreamLoss s =
-      train::evaluate_stream(lm, ids, o.batch, o.seq, o.data.string().c_str());
-  EvalResult r;
-  r.loss = s.mean();
-  r.ppl = std::exp(r.loss);
-  r.bpc = r.loss / std::log(2.0);
-  r.tokens = s.tokens;
-  return r;
+  const EvalInput<float> in = read_eval_input<float>(o);
+  cuda::LanguageModel lm(in.model.cfg);
+  lm.set_params(in.model.params);
+  return eval_result(
+      train::evaluate_stream(lm, in.ids, o.batch, o.seq, o.data.string().c_str()));
 }
+
+}  // namespace
 
 EvalResult evaluate_file(const EvalOptions& o) {
   if (o.batch < 1 || o.seq < 1)
