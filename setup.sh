@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages lstmgrad needs and builds it into ./build.
 # Usage: ./setup.sh            (uses sudo for apt-get when not run as root)
+# Environment: LSTMGRAD_CMAKE_FLAGS, extra flags for the CMake configure step, split at spaces,
+#   e.g. LSTMGRAD_CMAKE_FLAGS="-DLSTMGRAD_WERROR=ON -DLSTMGRAD_WITH_CUDA=OFF" ./setup.sh
+#   (.ci/run sets -DLSTMGRAD_WERROR=ON). Flags given once stay in build/CMakeCache.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(build-essential cmake pkg-config libopenblas-dev libcli11-dev nlohmann-json3-dev
@@ -15,5 +18,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get update
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+read -r -a extra_flags <<<"${LSTMGRAD_CMAKE_FLAGS:-}"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${extra_flags[@]}"
 cmake --build build -j"$(nproc)"

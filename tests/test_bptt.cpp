@@ -51,7 +51,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"handout_model", 4, 3, 2, 3, 1, 3, D, Id, true, Reduction::mean},
                       Case{"identity_deep", 5, 2, 3, 4, 3, 4, D, Id, false, Reduction::sum},
                       Case{"long", 25, 2, 2, 3, 2, 4, E, Lin, true, Reduction::batch_mean}),
-    [](const auto& info) { return std::string(info.param.name); });
+    [](const auto& test_info) { return std::string(test_info.param.name); });
 
 }  // namespace
 }  // namespace lstmgrad::test

@@ -20,9 +20,7 @@ TEST(DeviceCli, WithoutAGpuEveryCommandSaysSoAndWritesNothing) {
   if (cuda::available()) GTEST_SKIP() << "a GPU is present: " << cuda::describe();
   TempDir dir;
   const std::string c = kGolden + "tiny/";
-  {
-    std::ofstream(dir / "text.txt") << "a b c a b c\na b\n";
-  }
+  { std::ofstream(dir / "text.txt") << "a b c a b c\na b\n"; }
   const std::string text = (dir / "text.txt").string(), run = (dir / "run").string();
   const std::string commands[] = {
       "grad --model '" + c + "model.safetensors' --batch '" + c + "batch.safetensors' --out '" +
@@ -66,8 +64,8 @@ TEST(DeviceCli, GradOnTheGpuGivesPyTorchsGradients) {
     std::filesystem::remove(out);
     const io::TensorFile want = io::read_safetensors(c + "expected.safetensors");
     const CliResult r = run_cli("grad --model '" + c + "model.safetensors' --batch '" + c +
-                                "batch.safetensors' --out '" + out + "' --device cuda --reduction " +
-                                want.metadata.at("reduction"));
+                                "batch.safetensors' --out '" + out +
+                                "' --device cuda --reduction " + want.metadata.at("reduction"));
     ASSERT_EQ(r.rc, 0) << name << ": " << r.err;
     const io::TensorFile got = io::read_safetensors(out);
     for (const io::Tensor& t : want.tensors) {

@@ -89,7 +89,7 @@ TEST(DropoutMasks, DropTheRequestedFractionAndScaleTheRest) {
       EXPECT_FLOAT_EQ(v, 1.0f / 0.7f);
   }
   // Binomial(200000, 0.3): standard deviation 205, so 0.3 +- 0.005 is a 5-sigma band.
-  EXPECT_NEAR(static_cast<double>(zeros) / m.size(), 0.3, 0.005);
+  EXPECT_NEAR(static_cast<double>(zeros) / static_cast<double>(m.size()), 0.3, 0.005);
 }
 
 }  // namespace

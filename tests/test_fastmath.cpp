@@ -42,9 +42,9 @@ TEST(FastMath, SigmoidAndTanhAreWithinAbsoluteTolerance) {
 TEST(FastMath, GateKernelsMatchTheFloat64Reference) {
   const int64_t B = 3, H = 37, G = 4 * H;
   std::vector<double> z(B * G), bias(G), sp(B * H), s(B * H), h(B * H);
-  for (int64_t k = 0; k < B * G; ++k) z[k] = std::sin(0.37 * k) * 4;
-  for (int64_t k = 0; k < G; ++k) bias[k] = std::cos(0.11 * k);
-  for (int64_t k = 0; k < B * H; ++k) sp[k] = std::cos(0.53 * k) * 2;
+  for (int64_t k = 0; k < B * G; ++k) z[k] = std::sin(0.37 * static_cast<double>(k)) * 4;
+  for (int64_t k = 0; k < G; ++k) bias[k] = std::cos(0.11 * static_cast<double>(k));
+  for (int64_t k = 0; k < B * H; ++k) sp[k] = std::cos(0.53 * static_cast<double>(k)) * 2;
   std::vector<float> zf(z.begin(), z.end()), bf(bias.begin(), bias.end()),
       spf(sp.begin(), sp.end()), sf(B * H), hf(B * H);
   core::gates_forward(z.data(), G, H, bias.data(), s.data(), h.data(), sp.data(), H, B, H);
@@ -56,8 +56,10 @@ TEST(FastMath, GateKernelsMatchTheFloat64Reference) {
   EXPECT_LE(worst, 2e-6);
   // Backward of the same step.
   std::vector<double> dz(B * G), ds(B * H), dho(B * H), dhr(B * H);
-  for (int64_t k = 0; k < B * H; ++k)
-    ds[k] = std::sin(0.7 * k), dho[k] = std::cos(0.3 * k), dhr[k] = std::sin(0.2 * k);
+  for (int64_t k = 0; k < B * H; ++k) {
+    const double x = static_cast<double>(k);
+    ds[k] = std::sin(0.7 * x), dho[k] = std::cos(0.3 * x), dhr[k] = std::sin(0.2 * x);
+  }
   std::vector<float> dzf(B * G), dsf(ds.begin(), ds.end()), dhof(dho.begin(), dho.end()),
       dhrf(dhr.begin(), dhr.end());
   core::gates_backward(dz.data(), G, H, ds.data(), dho.data(), dhr.data(), z.data(), s.data(),
@@ -78,7 +80,8 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
   if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
   const int64_t H = 45, G = 4 * H;  // a layer's row stride; groups start at unit j
   auto fill = [](std::vector<float>& v, double f, double a) {
-    for (size_t k = 0; k < v.size(); ++k) v[k] = static_cast<float>(a * std::sin(f * k + 0.3));
+    for (size_t k = 0; k < v.size(); ++k)
+      v[k] = static_cast<float>(a * std::sin(f * static_cast<double>(k) + 0.3));
   };
   for (int64_t B : {1, 4, 5, 7, 12, 13, 20, 26}) {
     for (int64_t n : {16, 11, 1}) {  // forward: one group of up to 16 units
@@ -103,18 +106,17 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
     }
     for (int64_t n : {32, 20, 16, 9}) {  // backward: one group of up to 32 units, K = 4H
       for (bool with_out : {true, false}) {
-        SCOPED_TRACE(::testing::Message() << "backward B " << B << " n " << n << " dh_out "
-                                          << with_out);
+        SCOPED_TRACE(::testing::Message()
+                     << "backward B " << B << " n " << n << " dh_out " << with_out);
         const int64_t j = 7;
         std::vector<float> dzn(B * G), gates(B * G), s(B * H), sp(B * H), ds(B * H), dho(B * H),
             U(G * H);
         fill(dzn, 0.23, 0.5), fill(gates, 0.07, 0.45), fill(s, 0.19, 1.2), fill(sp, 0.29, 1);
         fill(ds, 0.11, 0.3), fill(dho, 0.37, 0.7), fill(U, 0.017, 0.2);
-        for (float& g : gates) g += 0.5f;  // activations in (0, 1)
+        for (float& g : gates) g += 0.5f;           // activations in (0, 1)
         const cpu::PanelLayout layout{1, n, 0, G};  // columns j.. of U [G,H]
         std::vector<float> panels(static_cast<size_t>(layout.floats()) + 16);
-        float* P =
-            panels.data() + (64 - reinterpret_cast<uintptr_t>(panels.data()) % 64) % 64 / 4;
+        float* P = panels.data() + (64 - reinterpret_cast<uintptr_t>(panels.data()) % 64) % 64 / 4;
         cpu::pack_panels(P, U.data() + j, H, false, layout);
         std::vector<float> dz1(B * G), dz2(B * G), ds1 = ds, ds2 = ds, dh_rec(B * H);
         const float* out = with_out ? dho.data() + j : nullptr;

@@ -40,7 +40,7 @@ TEST(Optimizer, GradNormMatchesAPlainSumAndIgnoresTheThreadCount) {
   const double two = grad_norm<double>(g);
   omp_set_num_threads(saved);
   EXPECT_NEAR(one, std::sqrt(sq), 1e-12 * std::sqrt(sq));  // another order of the same sum
-  EXPECT_EQ(one, two);                                      // the order is fixed by the blocks
+  EXPECT_EQ(one, two);                                     // the order is fixed by the blocks
 }
 
 TEST(Optimizer, ClipFactorFollowsPyTorch) {
@@ -52,8 +52,8 @@ TEST(Optimizer, ClipFactorFollowsPyTorch) {
 // step_and_zero must give bit for bit what clip_grad_norm, step and a zero fill give.
 template <class Real>
 void expect_fused_equals_separate(OptimizerKind kind, double max_norm) {
-  SCOPED_TRACE(::testing::Message() << to_string(kind) << " max_norm " << max_norm << " "
-                                    << sizeof(Real) * 8 << "-bit");
+  SCOPED_TRACE(::testing::Message()
+               << to_string(kind) << " max_norm " << max_norm << " " << sizeof(Real) * 8 << "-bit");
   auto p1 = random_vector<Real>(kSize, 5, 1.0), g1 = random_vector<Real>(kSize, 7, 0.5);
   auto p2 = p1, g2 = g1;
   Optimizer<Real> a(kind, kSize), b(kind, kSize);

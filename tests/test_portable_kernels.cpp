@@ -57,8 +57,8 @@ TEST(PortableKernels, GatePassesMatchTheFloat64Reference) {
     for (int64_t r = 0; r < B; ++r)
       for (int64_t j = 0; j < n; ++j)
         for (int64_t g = 0; g < (got.size() == z.size() ? 4 : 1); ++g) {
-          const size_t k = static_cast<size_t>(got.size() == z.size() ? r * ldz + g * gs + j
-                                                                      : r * ld + j);
+          const size_t k =
+              static_cast<size_t>(got.size() == z.size() ? r * ldz + g * gs + j : r * ld + j);
           EXPECT_NEAR(got[k], want[k], 2e-6) << what << " row " << r << " unit " << j;
         }
   };

@@ -45,10 +45,10 @@ CheckReport run_check(const CheckOptions& o);
 // h0, s0, dense input), then `sgd_steps` updates of SGD with gradient clipping from the same start
 // (the same batch, a dropout seed per update), every parameter compared after the last.
 struct DeviceCheckOptions {
-  double tol = 1e-5;     // max |device - reference| / max |reference| per tensor (float32)
-  int sgd_steps = 10;    // 0: no trajectory
+  double tol = 1e-5;   // max |device - reference| / max |reference| per tensor (float32)
+  int sgd_steps = 10;  // 0: no trajectory
   double lr = 0.5, clip = 0.5;
-  double dropout = 0;    // non-recurrent dropout in the forward passes (same masks on both)
+  double dropout = 0;  // non-recurrent dropout in the forward passes (same masks on both)
   std::string recurrence = "auto";  // the CUDA engine's recurrent path: auto, persistent, steps
 };
 

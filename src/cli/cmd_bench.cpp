@@ -53,10 +53,8 @@ void run_cuda_cases(const BenchCliOptions& a) {
   const cuda::Recurrence rec = cuda::parse_recurrence(a.recurrence);
   nlohmann::json out = nlohmann::json::array();
   if (!a.json) {
-    fmt::print("lstmgrad bench --device cuda: {}, recurrence {}\n", cuda::describe(),
-               a.recurrence);
-    fmt::print("{:<15} {:<8} {:>10} {:>12} {:>9}\n", "preset", "mode", "ms", "tokens/s",
-               "GFLOP/s");
+    fmt::print("lstmgrad bench --device cuda: {}, recurrence {}\n", cuda::describe(), a.recurrence);
+    fmt::print("{:<15} {:<8} {:>10} {:>12} {:>9}\n", "preset", "mode", "ms", "tokens/s", "GFLOP/s");
   }
   for (const BenchPreset& p : chosen_presets(a.preset, "cuda")) {
     for (const std::string mode : {"fwd", "fwdbwd", "lm_step"}) {
@@ -71,8 +69,12 @@ void run_cuda_cases(const BenchCliOptions& a) {
       const double tokens = static_cast<double>(p.T * p.B);
       const double tps = tokens / (ms / 1e3), gflops = flops * tokens / (ms / 1e3) / 1e9;
       if (a.json) {
-        out.push_back({{"preset", p.name}, {"mode", mode}, {"device", "cuda"},
-                       {"recurrence", a.recurrence}, {"ms", ms}, {"tokens_per_s", tps},
+        out.push_back({{"preset", p.name},
+                       {"mode", mode},
+                       {"device", "cuda"},
+                       {"recurrence", a.recurrence},
+                       {"ms", ms},
+                       {"tokens_per_s", tps},
                        {"gflops", gflops}});
       } else {
         fmt::print("{:<15} {:<8} {:>10.3f} {:>12.0f} {:>9.1f}\n", p.name, mode, ms, tps, gflops);
@@ -86,8 +88,8 @@ void run_cuda_cases(const BenchCliOptions& a) {
 void run_cases(const BenchCliOptions& a) {
   nlohmann::json out = nlohmann::json::array();
   if (!a.json)
-    fmt::print("{:<15} {:<8} {:>7} {:>10} {:>12} {:>9} {:>9}\n", "preset", "mode", "threads",
-               "ms", "tokens/s", "GFLOP/s", "peak MB");
+    fmt::print("{:<15} {:<8} {:>7} {:>10} {:>12} {:>9} {:>9}\n", "preset", "mode", "threads", "ms",
+               "tokens/s", "GFLOP/s", "peak MB");
   for (const BenchPreset& p : chosen_presets(a.preset)) {
     for (const std::string mode : {"fwd", "fwdbwd", "lm_step"}) {
       if (a.mode != "all" && a.mode != mode) continue;
@@ -133,15 +135,24 @@ void run_gemms(const BenchCliOptions& a) {
     GemmResult g;
     if (a.device == "cuda") {
       const double ms = cuda::bench_gemm_ms(s.M, s.N, s.K, a.o.warmup, a.o.runs);
-      g = {s.M, s.N, s.K, 0, ms,
+      g = {s.M,
+           s.N,
+           s.K,
+           0,
+           ms,
            2.0 * static_cast<double>(s.M) * static_cast<double>(s.N) * static_cast<double>(s.K) /
                (ms / 1e3) / 1e9};
     } else {
       g = run_gemm(s.M, s.N, s.K, a.o);
     }
     if (a.json) {
-      out.push_back({{"gemm", s.name}, {"M", g.M}, {"N", g.N}, {"K", g.K},
-                     {"threads", g.threads}, {"ms", g.ms}, {"gflops", g.gflops}});
+      out.push_back({{"gemm", s.name},
+                     {"M", g.M},
+                     {"N", g.N},
+                     {"K", g.K},
+                     {"threads", g.threads},
+                     {"ms", g.ms},
+                     {"gflops", g.gflops}});
     } else {
       fmt::print("{:<26} {:>6} {:>6} {:>6} {:>7} {:>10.4f} {:>9.1f}\n", s.name, g.M, g.N, g.K,
                  g.threads, g.ms, g.gflops);

@@ -83,8 +83,12 @@ nlohmann::json to_json(const DeviceCheckReport& r) {
                     {"max_abs", row.max_abs},
                     {"rel", row.rel},
                     {"ok", row.ok}});
-  return {{"loss_ref", r.loss_ref}, {"loss_device", r.loss_device}, {"device", r.device},
-          {"recurrence", r.recurrence}, {"ok", r.ok}, {"rows", rows}};
+  return {{"loss_ref", r.loss_ref},
+          {"loss_device", r.loss_device},
+          {"device", r.device},
+          {"recurrence", r.recurrence},
+          {"ok", r.ok},
+          {"rows", rows}};
 }
 
 void run(CheckCliOptions& a) {

@@ -61,10 +61,10 @@ LSTMGRAD_HOST_DEVICE inline void cell_backward(const M& m, const CellGates<V>& g
                                                CellGates<V>& dz) {
   const V dst = m.fma(m.mul(dh, g.o), m.one_minus_square(tanh_s), ds);  // h = o tanh(s)
   // s = i a + f s_prev
-  dz.i = m.mul(m.mul(dst, g.a), m.sigmoid_slope(g.i));       // i = sigmoid(z_i)
-  dz.f = m.mul(m.mul(dst, s_prev), m.sigmoid_slope(g.f));    // f = sigmoid(z_f)
-  dz.a = m.mul(m.mul(dst, g.i), m.one_minus_square(g.a));    // a = tanh(z_a)
-  dz.o = m.mul(m.mul(dh, tanh_s), m.sigmoid_slope(g.o));     // o = sigmoid(z_o)
+  dz.i = m.mul(m.mul(dst, g.a), m.sigmoid_slope(g.i));     // i = sigmoid(z_i)
+  dz.f = m.mul(m.mul(dst, s_prev), m.sigmoid_slope(g.f));  // f = sigmoid(z_f)
+  dz.a = m.mul(m.mul(dst, g.i), m.one_minus_square(g.a));  // a = tanh(z_a)
+  dz.o = m.mul(m.mul(dh, tanh_s), m.sigmoid_slope(g.o));   // o = sigmoid(z_o)
   ds = m.mul(dst, g.f);
 }
 

@@ -34,7 +34,7 @@ inline float fast_exp(float x) {
   using E = FastExp;
   x = std::min(std::max(x, E::lo), E::hi);
   const float k = (x * E::inv_ln2 + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const float r = (x - k * E::ln2_hi) + k * E::ln2_lo;            // x - k ln2, two parts
+  const float r = (x - k * E::ln2_hi) + k * E::ln2_lo;           // x - k ln2, two parts
   float p = E::c[0];
   p = p * r + E::c[1];
   p = p * r + E::c[2];
@@ -92,8 +92,8 @@ inline void gates_forward(Real* z, Real* s, Real* h, const Real* s_prev, int64_t
 // step). States, ds, dh_out and dh_rec have row stride ld.
 template <class Real>
 inline void gates_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_out,
-                           const Real* dh_rec, const Real* gates, const Real* s,
-                           const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
+                           const Real* dh_rec, const Real* gates, const Real* s, const Real* s_prev,
+                           int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r) {
     const Real* g = gates + r * ldz;
     Real* d = dz + r * ldz;

@@ -40,10 +40,9 @@ ParameterOffsets parameter_offsets(const ModelConfig& cfg) {
   ParameterOffsets o;
   o.encoder_weight = find("encoder.weight");
   for (int64_t k = 0; k < cfg.L; ++k)
-    o.layers.push_back({*find(fmt::format("rnn.weight_ih_l{}", k)),
-                        *find(fmt::format("rnn.weight_hh_l{}", k)),
-                        *find(fmt::format("rnn.bias_ih_l{}", k)),
-                        *find(fmt::format("rnn.bias_hh_l{}", k))});
+    o.layers.push_back(
+        {*find(fmt::format("rnn.weight_ih_l{}", k)), *find(fmt::format("rnn.weight_hh_l{}", k)),
+         *find(fmt::format("rnn.bias_ih_l{}", k)), *find(fmt::format("rnn.bias_hh_l{}", k))});
   o.decoder_weight = find("decoder.weight");
   o.decoder_bias = find("decoder.bias");
   return o;

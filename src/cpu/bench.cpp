@@ -1,6 +1,5 @@
 #include "lstmgrad/bench.hpp"
 
-
 #include <algorithm>
 #include <chrono>
 #include <fstream>

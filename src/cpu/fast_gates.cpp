@@ -53,12 +53,13 @@ LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const fl
 // The cell's backward for 16 units of one row (lanes outside m untouched): dh = dL/dh_t (all of
 // it) in; the four gates' gradients (gs apart) into d, and ds (dL/ds_t in) becomes dL/ds_{t-1}.
 // g: the row's saved gates; s, s_prev: this unit's cell state at t and t - 1.
-LSTMGRAD_AVX512_FLAT inline void cell_backward16(__mmask16 m, __m512 dh, const float* g,
-                                                 int64_t gs, const float* s, const float* s_prev,
-                                                 float* ds, float* d) {
-  const core::CellGates<Vec16> gv{
-      {_mm512_maskz_loadu_ps(m, g)}, {_mm512_maskz_loadu_ps(m, g + gs)},
-      {_mm512_maskz_loadu_ps(m, g + 2 * gs)}, {_mm512_maskz_loadu_ps(m, g + 3 * gs)}};
+LSTMGRAD_AVX512_FLAT inline void cell_backward16(__mmask16 m, __m512 dh, const float* g, int64_t gs,
+                                                 const float* s, const float* s_prev, float* ds,
+                                                 float* d) {
+  const core::CellGates<Vec16> gv{{_mm512_maskz_loadu_ps(m, g)},
+                                  {_mm512_maskz_loadu_ps(m, g + gs)},
+                                  {_mm512_maskz_loadu_ps(m, g + 2 * gs)},
+                                  {_mm512_maskz_loadu_ps(m, g + 3 * gs)}};
   const Avx512Math math;
   Vec16 dsv{_mm512_maskz_loadu_ps(m, ds)};
   core::CellGates<Vec16> dz;
@@ -107,9 +108,9 @@ LSTMGRAD_AVX512 inline void panel_sums(int64_t K, const float* a, int64_t lda, c
 // gates accumulated in registers over K, then the gate pass on those registers (bias, the
 // nonlinearities, the cell), without z going through memory in between.
 template <int MR>
-LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const float* P,
-                               float* z, int64_t ldz, int64_t gs, const float* bias, float* s,
-                               float* h, const float* s_prev, int64_t ld, __mmask16 m) {
+LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const float* P, float* z,
+                               int64_t ldz, int64_t gs, const float* bias, float* s, float* h,
+                               const float* s_prev, int64_t ld, __mmask16 m) {
   __m512 acc[MR][4];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -140,10 +141,10 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
 // dz_{t+1} U accumulated in registers over K = 4H, then gates_backward16's pass on those
 // registers (plus dh_out) for the group's units.
 template <int MR, int NP>
-LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz,
-                                        const float* P, float* dz, int64_t gs, float* ds,
-                                        const float* dh_out, const float* gates, const float* s,
-                                        const float* s_prev, int64_t ld, const __mmask16* mask) {
+LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz, const float* P,
+                                        float* dz, int64_t gs, float* ds, const float* dh_out,
+                                        const float* gates, const float* s, const float* s_prev,
+                                        int64_t ld, const __mmask16* mask) {
   __m512 acc[MR][NP];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
@@ -184,7 +185,8 @@ template <int N, class F>
 LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) {
     ((mr == I + 1 ? (f(std::integral_constant<int, I + 1>{}), true) : false) || ...);
-  }(std::make_integer_sequence<int, N>{});
+  }
+  (std::make_integer_sequence<int, N>{});
 }
 
 }  // namespace
@@ -193,8 +195,8 @@ LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
 // 9 loads for 20 FMAs.
 LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K,
                                         const float* panels, float* z, int64_t ldz, int64_t gs,
-                                        const float* bias, float* s, float* h,
-                                        const float* s_prev, int64_t ld, int64_t n) {
+                                        const float* bias, float* s, float* h, const float* s_prev,
+                                        int64_t ld, int64_t n) {
   const __mmask16 m = first_lanes(n);
   for (int64_t r = 0; r < B; r += 5)
     with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
@@ -215,8 +217,8 @@ LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_
       const int64_t o = r * ld;
       const float* dho = dh_out ? dh_out + o : nullptr;
       auto tile = n > 16 ? &step_tile_backward<mr, 2> : &step_tile_backward<mr, 1>;
-      tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz,
-           s + o, s_prev + o, ld, mask);
+      tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz, s + o,
+           s_prev + o, ld, mask);
     });
 }
 

@@ -80,7 +80,8 @@ void fused_backward(cpu::VocabReadout& r, int P, Real scale, const Real* W, cons
 template <class Real>
 struct LanguageModel<Real>::Impl {
   explicit Impl(const ModelConfig& cfg)
-      : cfg_(cfg), offsets_((validate_config(cfg), parameter_offsets(cfg))),
+      : cfg_(cfg),
+        offsets_((validate_config(cfg), parameter_offsets(cfg))),
         n_params_(parameter_count(cfg)),
         stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, cfg.H, cfg.L)) {}
 
@@ -306,8 +307,8 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   if (vocab_fused_) {
     if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
     vocab_->reserve(N, H, V, P_threads);
-    fused_forward(*vocab_, P_threads, top, P + *offsets_.decoder_weight,
-                  P + *offsets_.decoder_bias, y_class, row_loss);
+    fused_forward(*vocab_, P_threads, top, P + *offsets_.decoder_weight, P + *offsets_.decoder_bias,
+                  y_class, row_loss);
   } else {
     if (probs_.size() < static_cast<size_t>(N * V)) probs_.resize(static_cast<size_t>(N * V));
     if (lin && colsum_.size() < static_cast<size_t>(colsum_blocks(N) * V))

@@ -25,9 +25,9 @@ LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t as, const float* co
 #pragma GCC unroll 2
     for (int p = 0; p < NP; ++p)
       acc[r][p] = start == Start::row_bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
-  // The tile's C lines are fetched (for writing) while the K loop runs: a large C (the readout's
-  // [V, H] gradient, its [V, N] logits) comes from memory, and its misses would otherwise stall
-  // the stores at the end.
+      // The tile's C lines are fetched (for writing) while the K loop runs: a large C (the
+      // readout's [V, H] gradient, its [V, N] logits) comes from memory, and its misses would
+      // otherwise stall the stores at the end.
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2

@@ -108,9 +108,9 @@ LSTMGRAD_AVX512 void combine_stats(const float* max, const float* sum, int64_t c
 }
 
 // G chunk: g[p][v][16] = scale * exp(z[p][v] - lse[p]) for rows [0, rows) (lanes past position
-// N - 1 are 0), and dc[v] += the row's sum over all positions. z's panels are zs apart, g's gs apart.
-// While it runs, the lines the chunk's GEMMs read next are fetched: rows of `width` floats of
-// ahead0 (read) and ahead1 (written), W's and dW's rows of this chunk, one row per row of G.
+// N - 1 are 0), and dc[v] += the row's sum over all positions. z's panels are zs apart, g's gs
+// apart. While it runs, the lines the chunk's GEMMs read next are fetched: rows of `width` floats
+// of ahead0 (read) and ahead1 (written), W's and dW's rows of this chunk, one row per row of G.
 LSTMGRAD_AVX512 void chunk_softmax(const float* z, int64_t zs, const float* lse, int64_t N,
                                    int64_t np, int64_t rows, float scale, float* g, int64_t gs,
                                    float* dc, const float* ahead0, const float* ahead1,
@@ -258,7 +258,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
       panel_tiles(rows, Np, AForm::blocks, g, gs, hp_, Np * kW, H, dW + va * H, H, kW,
                   Start::accumulate, nullptr);
       // The chunk's rows of dW and dc are final: their squares, while they are in cache.
-      sumsq_[static_cast<size_t>(ch)] = sum_squares(dW + va * H, rows * H) + sum_squares(dc + va, rows);
+      sumsq_[static_cast<size_t>(ch)] =
+          sum_squares(dW + va * H, rows * H) + sum_squares(dc + va, rows);
       // dh^T[j][n] (+)= sum_v W[v][j] G[n][v]: A = W^T of the chunk, B = the chunk of G itself.
       panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW,
                   ch == c0 ? Start::zero : Start::accumulate, nullptr);

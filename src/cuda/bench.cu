@@ -115,7 +115,8 @@ double time_lm_step(const CudaBenchShape& p, int64_t V, int warmup, int runs, Re
   std::vector<Batch<float>> batches(kInputSets);
   for (Batch<float>& b : batches) {
     b.T = p.T, b.B = p.B;
-    for (int64_t r = 0; r < p.T * p.B; ++r) b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
+    for (int64_t r = 0; r < p.T * p.B; ++r)
+      b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
   }
   // The whole update as the trainer runs it: the loss comes back to the host at every step.
   auto step = [&](int i) {
@@ -130,7 +131,8 @@ double time_lm_step(const CudaBenchShape& p, int64_t V, int warmup, int runs, Re
     const auto t0 = std::chrono::steady_clock::now();
     step(i);
     lm.synchronize();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
   return ms[ms.size() / 2];
@@ -158,7 +160,9 @@ double bench_gemm_ms(int64_t M, int64_t N, int64_t K, int warmup, int runs) {
   LSTMGRAD_CUBLAS(cublasCreate(&blas));
   LSTMGRAD_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
   const double ms = median_ms(
-      [&](int) { gemm(blas, false, true, M, N, K, 1.0f, A.get(), K, B.get(), K, 0.0f, C.get(), N); },
+      [&](int) {
+        gemm(blas, false, true, M, N, K, 1.0f, A.get(), K, B.get(), K, 0.0f, C.get(), N);
+      },
       nullptr, warmup, runs);
   cublasDestroy(blas);
   return ms;

@@ -17,16 +17,17 @@ namespace lstmgrad::cuda {
                            std::to_string(line) + ")");
 }
 
-#define LSTMGRAD_CUDA(call)                                                          \
-  do {                                                                               \
-    const cudaError_t e_ = (call);                                                   \
-    if (e_ != cudaSuccess) ::lstmgrad::cuda::fail(#call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+#define LSTMGRAD_CUDA(call)                                                      \
+  do {                                                                           \
+    const cudaError_t e_ = (call);                                               \
+    if (e_ != cudaSuccess)                                                       \
+      ::lstmgrad::cuda::fail(#call, cudaGetErrorString(e_), __FILE__, __LINE__); \
   } while (0)
-#define LSTMGRAD_CUBLAS(call)                                                           \
-  do {                                                                                  \
-    const cublasStatus_t s_ = (call);                                                   \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                    \
-      ::lstmgrad::cuda::fail(#call, cublasGetStatusString(s_), __FILE__, __LINE__);     \
+#define LSTMGRAD_CUBLAS(call)                                                       \
+  do {                                                                              \
+    const cublasStatus_t s_ = (call);                                               \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                \
+      ::lstmgrad::cuda::fail(#call, cublasGetStatusString(s_), __FILE__, __LINE__); \
   } while (0)
 // After every kernel launch: a bad configuration shows here, not three kernels later.
 #define LSTMGRAD_LAUNCHED() LSTMGRAD_CUDA(cudaGetLastError())
@@ -39,7 +40,8 @@ class DeviceBuffer {
   ~DeviceBuffer() { release(); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) release(), p_ = std::exchange(o.p_, nullptr), n_ = std::exchange(o.n_, 0);
     return *this;

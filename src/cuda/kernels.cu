@@ -134,9 +134,9 @@ template <int NJ, int RB>
 __global__ void __launch_bounds__(kThreads) backward_persistent(RecurrentBackward a) {
   extern __shared__ float smem[];
   const int H = a.H, B = a.B, G = 4 * H;
-  float* Ut = smem;                // [NJ][G]: Ut[jj][q] = U[q][j0 + jj]
-  float* dhrec = Ut + NJ * G;      // [B][NJ]
-  float* ds = dhrec + B * NJ;      // [B][NJ]
+  float* Ut = smem;            // [NJ][G]: Ut[jj][q] = U[q][j0 + jj]
+  float* dhrec = Ut + NJ * G;  // [B][NJ]
+  float* ds = dhrec + B * NJ;  // [B][NJ]
   cg::grid_group grid = cg::this_grid();
   const int j0 = blockIdx.x * NJ, nj = min(NJ, H - j0);
   for (int idx = threadIdx.x; idx < NJ * G; idx += blockDim.x) {
@@ -158,8 +158,8 @@ __global__ void __launch_bounds__(kThreads) backward_persistent(RecurrentBackwar
       const float dh = (a.dh_out ? a.dh_out[st] : 0.0f) + dhrec[p];
       float dsv = ds[p];
       core::CellGates<float> d;
-      core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]), a.sseq[st],
-                          dh, dsv, d);
+      core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]),
+                          a.sseq[st], dh, dsv, d);
       ds[p] = dsv;
       a.dz[row + j] = d.i, a.dz[row + H + j] = d.f, a.dz[row + 2 * H + j] = d.a;
       a.dz[row + 3 * H + j] = d.o;
@@ -223,13 +223,20 @@ void* backward_kernel() {
 
 void* pick(int nj, bool forward) {
   switch (nj) {
-    case 1: return forward ? forward_kernel<1>() : backward_kernel<1>();
-    case 2: return forward ? forward_kernel<2>() : backward_kernel<2>();
-    case 3: return forward ? forward_kernel<3>() : backward_kernel<3>();
-    case 4: return forward ? forward_kernel<4>() : backward_kernel<4>();
-    case 6: return forward ? forward_kernel<6>() : backward_kernel<6>();
-    case 8: return forward ? forward_kernel<8>() : backward_kernel<8>();
-    default: return nullptr;
+    case 1:
+      return forward ? forward_kernel<1>() : backward_kernel<1>();
+    case 2:
+      return forward ? forward_kernel<2>() : backward_kernel<2>();
+    case 3:
+      return forward ? forward_kernel<3>() : backward_kernel<3>();
+    case 4:
+      return forward ? forward_kernel<4>() : backward_kernel<4>();
+    case 6:
+      return forward ? forward_kernel<6>() : backward_kernel<6>();
+    case 8:
+      return forward ? forward_kernel<8>() : backward_kernel<8>();
+    default:
+      return nullptr;
   }
 }
 
@@ -245,8 +252,8 @@ bool co_resident(void* kernel, size_t smem, int blocks, const DeviceInfo& d) {
 
 void launch_cooperative(void* kernel, int blocks, size_t smem, void* args, cudaStream_t stream) {
   void* params[] = {args};
-  LSTMGRAD_CUDA(cudaLaunchCooperativeKernel(kernel, dim3(blocks), dim3(kThreads), params, smem,
-                                            stream));
+  LSTMGRAD_CUDA(
+      cudaLaunchCooperativeKernel(kernel, dim3(blocks), dim3(kThreads), params, smem, stream));
   LSTMGRAD_LAUNCHED();
 }
 
@@ -260,7 +267,8 @@ __global__ void gates_forward_kernel(RecurrentForward a, int t) {
     const size_t row = (static_cast<size_t>(t) * B + b) * G;
     const size_t st = static_cast<size_t>(t) * B * H + k;
     float z[4];
-    for (int g = 0; g < 4; ++g) z[g] = a.gx[row + g * H + j] + a.b_ih[g * H + j] + a.b_hh[g * H + j];
+    for (int g = 0; g < 4; ++g)
+      z[g] = a.gx[row + g * H + j] + a.b_ih[g * H + j] + a.b_hh[g * H + j];
     float s, h;
     core::CellGates<float> c;
     core::cell_forward(Math{}, z[0], z[1], z[2], z[3], a.sseq[st], c, s, h);
@@ -277,13 +285,13 @@ __global__ void gates_backward_kernel(RecurrentBackward a, int t) {
     const int b = static_cast<int>(k / H), j = static_cast<int>(k - static_cast<int64_t>(b) * H);
     const size_t row = (static_cast<size_t>(t) * B + b) * G;
     const size_t st = static_cast<size_t>(t) * B * H + k;
-    const core::CellGates<float> g{a.gates[row + j], a.gates[row + H + j],
-                                   a.gates[row + 2 * H + j], a.gates[row + 3 * H + j]};
+    const core::CellGates<float> g{a.gates[row + j], a.gates[row + H + j], a.gates[row + 2 * H + j],
+                                   a.gates[row + 3 * H + j]};
     const float dh = (a.dh_out ? a.dh_out[st] : 0.0f) + a.dhrec[k];
     float dsv = a.ds[k];
     core::CellGates<float> d;
-    core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]), a.sseq[st], dh,
-                        dsv, d);
+    core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]), a.sseq[st],
+                        dh, dsv, d);
     a.ds[k] = dsv;
     a.dz[row + j] = d.i, a.dz[row + H + j] = d.f, a.dz[row + 2 * H + j] = d.a;
     a.dz[row + 3 * H + j] = d.o;
@@ -373,7 +381,8 @@ __global__ void softmax_xent_kernel(float* z, const int64_t* y, const float* yp,
   if (yp) {
     const float* yr = yp + r * V;
     float part = 0.0f;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) part += yr[v] > 0 ? yr[v] * (lse - zr[v]) : 0.0f;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
+      part += yr[v] > 0 ? yr[v] * (lse - zr[v]) : 0.0f;
     loss = block_broadcast(block_sum(part, scratch), scratch + 32);
   } else if (y) {
     loss = lse - zr[y[r]];
@@ -426,8 +435,8 @@ __global__ void sgd_kernel(float* p, float* g, int64_t n, float lr, const float*
   }
 }
 
-__global__ void adam_kernel(float* p, float* g, float* m, float* v, int64_t n, float step,
-                            float b1, float b2, float bc2, float eps, const float* scale) {
+__global__ void adam_kernel(float* p, float* g, float* m, float* v, int64_t n, float step, float b1,
+                            float b2, float bc2, float eps, const float* scale) {
   const float c = *scale;
   LSTMGRAD_FOR_EACH(k, n) {
     const float gk = g[k] * c;
@@ -539,8 +548,8 @@ void sgd_update(float* p, float* g, int64_t n, float lr, const float* scale, cud
   LSTMGRAD_LAUNCHED();
 }
 
-void adam_update(float* p, float* g, float* m, float* v, int64_t n, float step, float b1,
-                 float b2, float bc2, float eps, const float* scale, cudaStream_t stream) {
+void adam_update(float* p, float* g, float* m, float* v, int64_t n, float step, float b1, float b2,
+                 float bc2, float eps, const float* scale, cudaStream_t stream) {
   adam_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, g, m, v, n, step, b1, b2, bc2, eps, scale);
   LSTMGRAD_LAUNCHED();
 }

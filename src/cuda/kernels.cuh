@@ -64,8 +64,8 @@ void softmax_xent_grad(float* dz, const float* p, const int64_t* y, const float*
 void grad_norm(const float* g, int64_t n, double* partials, double* norm2, float* scale,
                double clip, cudaStream_t stream);
 void sgd_update(float* p, float* g, int64_t n, float lr, const float* scale, cudaStream_t stream);
-void adam_update(float* p, float* g, float* m, float* v, int64_t n, float step, float b1,
-                 float b2, float bc2, float eps, const float* scale, cudaStream_t stream);
+void adam_update(float* p, float* g, float* m, float* v, int64_t n, float step, float b1, float b2,
+                 float bc2, float eps, const float* scale, cudaStream_t stream);
 constexpr int kNormBlocks = 512;
 
 }  // namespace lstmgrad::cuda

@@ -218,8 +218,8 @@ double LanguageModel::Impl::forward(const Batch<float>& b, Reduction r) {
   logits.grow(static_cast<size_t>(N * V));
   if (cfg.readout == Readout::linear) {
     broadcast_rows(logits.get(), params.get() + decoder_b, N, V, stream);
-    gemm(blas, false, true, N, V, H, 1.0f, top, H, params.get() + decoder_w, H, 1.0f,
-         logits.get(), V);
+    gemm(blas, false, true, N, V, H, 1.0f, top, H, params.get() + decoder_w, H, 1.0f, logits.get(),
+         V);
   } else {
     LSTMGRAD_CUDA(cudaMemcpyAsync(logits.get(), top, N * V * sizeof(float),
                                   cudaMemcpyDeviceToDevice, stream));
@@ -250,8 +250,8 @@ void LanguageModel::Impl::backward(float* dinput, float* dh0, float* ds0) {
       ones.grow(static_cast<size_t>(N));
       fill(ones.get(), 1.0f, N, stream);
     }
-    gemm(blas, true, false, V, H, N, scale, logits.get(), V, top, H, 1.0f,
-         grad.get() + decoder_w, H);
+    gemm(blas, true, false, V, H, N, scale, logits.get(), V, top, H, 1.0f, grad.get() + decoder_w,
+         H);
     column_sums(blas, N, V, scale, logits.get(), ones.get(), grad.get() + decoder_b);
     gemm(blas, false, false, N, H, V, scale, logits.get(), V, params.get() + decoder_w, H, 0.0f,
          dh_top.get(), H);
@@ -271,8 +271,8 @@ void LanguageModel::Impl::backward(float* dinput, float* dh0, float* ds0) {
   if (dropped && dx) multiply(dx, dx, drop_in.get(), N * X, stream);
   if (emb) scatter_add_rows(grad.get() + embedding, dx, tokens.get(), N, X, stream);
   if (dinput && !emb)
-    LSTMGRAD_CUDA(cudaMemcpyAsync(dinput, dx, N * X * sizeof(float), cudaMemcpyDeviceToHost,
-                                  stream));
+    LSTMGRAD_CUDA(
+        cudaMemcpyAsync(dinput, dx, N * X * sizeof(float), cudaMemcpyDeviceToHost, stream));
   if (dh0)
     LSTMGRAD_CUDA(
         cudaMemcpyAsync(dh0, dh0_d.get(), S * sizeof(float), cudaMemcpyDeviceToHost, stream));

@@ -1,8 +1,7 @@
-#include "cuda/stack.hpp"
-
 #include <algorithm>
 
 #include "cpu/dropout.hpp"
+#include "cuda/stack.hpp"
 
 namespace lstmgrad::cuda {
 
@@ -58,8 +57,9 @@ void Stack::forward(const float* x, const LayerParams* w, const float* h0, const
     }
     // The input projection of all T steps at once: gx = x W_ih^T.
     gemm(blas_, false, true, N, G, I, 1.0f, layer_input(x, k), I, w[k].W_ih, I, 0.0f, gx_.get(), G);
-    RecurrentForward a{gx_.get(), w[k].W_hh, w[k].b_ih, w[k].b_hh, hseq(k), sseq(k), gates(k),
-                       static_cast<int>(T), static_cast<int>(B), static_cast<int>(H_)};
+    RecurrentForward a{
+        gx_.get(), w[k].W_hh, w[k].b_ih,           w[k].b_hh,           hseq(k),
+        sseq(k),   gates(k),  static_cast<int>(T), static_cast<int>(B), static_cast<int>(H_)};
     if (persistent_) {
       recurrent_forward_persistent(a, plan, stream_);
     } else {
@@ -84,10 +84,18 @@ void Stack::backward(float* dx, const LayerGrads* g, const float* dh_top, const 
   const float* dh_out = dh_top;
   for (int64_t k = L_ - 1; k >= 0; --k) {
     const int64_t I = k == 0 ? X_ : H_;
-    RecurrentBackward a{dh_out,  w[k].W_hh, gates(k),
-                        sseq(k), dz_.get(), dh0 ? dh0 + k * S : dhrec_.get(),
-                        ds0 ? ds0 + k * S : ds_.get(), dhrec_.get(), ds_.get(),
-                        static_cast<int>(T), static_cast<int>(B), static_cast<int>(H_)};
+    RecurrentBackward a{dh_out,
+                        w[k].W_hh,
+                        gates(k),
+                        sseq(k),
+                        dz_.get(),
+                        dh0 ? dh0 + k * S : dhrec_.get(),
+                        ds0 ? ds0 + k * S : ds_.get(),
+                        dhrec_.get(),
+                        ds_.get(),
+                        static_cast<int>(T),
+                        static_cast<int>(B),
+                        static_cast<int>(H_)};
     if (persistent_) {
       recurrent_backward_persistent(a, plan, stream_);
     } else {

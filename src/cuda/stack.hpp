@@ -34,9 +34,9 @@ class Stack {
   // x [T,B,X] (device); h0, s0 [L,B,H] device or null (zeros). Saves what backward needs.
   void forward(const float* x, const LayerParams* w, const float* h0, const float* s0, int64_t T,
                int64_t B);
-  const float* output() const { return hseq(L_ - 1) + B_ * H_; }                   // [T,B,H]
-  const float* h_last(int64_t k) const { return hseq(k) + T_ * B_ * H_; }          // [B,H]
-  const float* s_last(int64_t k) const { return sseq(k) + T_ * B_ * H_; }          // [B,H]
+  const float* output() const { return hseq(L_ - 1) + B_ * H_; }           // [T,B,H]
+  const float* h_last(int64_t k) const { return hseq(k) + T_ * B_ * H_; }  // [B,H]
+  const float* s_last(int64_t k) const { return sseq(k) + T_ * B_ * H_; }  // [B,H]
 
   // Backward of the last forward (same x and w). dh_top [T,B,H]: dL/dh from above the stack.
   // Gradients accumulate into g. Optional device outputs, overwritten: dx [T,B,X], dh0, ds0
@@ -58,8 +58,8 @@ class Stack {
   cublasHandle_t blas_;
   Recurrence rec_ = Recurrence::automatic;
   bool persistent_ = false;
-  PersistentPlan plan_;      // of the last forward (blocks 0: the steps path)
-  int64_t plan_B_ = -1;      // the batch it was made for
+  PersistentPlan plan_;  // of the last forward (blocks 0: the steps path)
+  int64_t plan_B_ = -1;  // the batch it was made for
   int64_t T_ = 0, B_ = 0, capN_ = 0, capB_ = 0;
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;

@@ -68,8 +68,7 @@ EvalResult evaluate_cuda(const EvalOptions& o) {
   const EvalInput<float> in = read_eval_input<float>(o);
   cuda::LanguageModel lm(in.model.cfg);
   lm.set_params(in.model.params);
-  return eval_result(
-      train::evaluate_stream(lm, in.ids, o.batch, o.seq, o.data.string().c_str()));
+  return eval_result(train::evaluate_stream(lm, in.ids, o.batch, o.seq, o.data.string().c_str()));
 }
 
 }  // namespace

@@ -484,11 +484,11 @@ class Trainer {
   std::optional<cuda::LanguageModel> gpu_;
   Batch<float> gpu_batch_;
   Batch<Real> batch_;
-  size_t embed_offset_ = 0;              // where the embedding table starts in params_
-  std::vector<uint8_t> row_mark_;        // [V] scratch of unused_rows
-  std::vector<ElementRange> zero_rows_;  // the embedding ranges the batch leaves at zero
+  size_t embed_offset_ = 0;                       // where the embedding table starts in params_
+  std::vector<uint8_t> row_mark_;                 // [V] scratch of unused_rows
+  std::vector<ElementRange> zero_rows_;           // the embedding ranges the batch leaves at zero
   std::array<ElementRange, 2> readout_ranges_{};  // decoder.weight and decoder.bias
-  std::vector<ElementRange> skip_;       // zero_rows_ and the readout (gradient_norm)
+  std::vector<ElementRange> skip_;                // zero_rows_ and the readout (gradient_norm)
   RunState run_;
   std::mt19937_64 rng_;
 };
@@ -521,7 +521,7 @@ int run_training(const TrainOptions& opts) {
     stored.out = o.resume, stored.resume = o.resume;
     stored.max_steps = o.max_steps, stored.checkpoint_every = o.checkpoint_every;
     stored.quiet = o.quiet;
-    if (o.device_given) stored.device = o.device;  // else the run's own
+    if (o.device_given) stored.device = o.device;   // else the run's own
     if (o.threads > 0) stored.threads = o.threads;  // else the run's own: results depend on it
     if (o.epochs_given) stored.epochs = o.epochs;
     o = stored;

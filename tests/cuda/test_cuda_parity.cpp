@@ -22,9 +22,9 @@
 namespace lstmgrad {
 namespace {
 
-#define SKIP_WITHOUT_GPU()                                          \
-  if (!cuda::available()) {                                          \
-    GTEST_SKIP() << "no GPU: " << cuda::describe();                  \
+#define SKIP_WITHOUT_GPU()                          \
+  if (!cuda::available()) {                         \
+    GTEST_SKIP() << "no GPU: " << cuda::describe(); \
   }
 
 struct Case {
@@ -56,8 +56,8 @@ void expect_parity(const Case& c, const std::string& recurrence) {
 
 const Case kCases[] = {
     {"embedding-linear", InputKind::embedding, Readout::linear, 5, 3, 6, 8, 2, 11},
-    {"dense-identity-soft-sum", InputKind::dense, Readout::identity, 4, 2, 5, 9, 3, 9, true,
-     false, Reduction::sum},
+    {"dense-identity-soft-sum", InputKind::dense, Readout::identity, 4, 2, 5, 9, 3, 9, true, false,
+     Reduction::sum},
     {"zero-state-batch-mean-dropout", InputKind::embedding, Readout::linear, 6, 4, 7, 10, 2, 13,
      false, true, Reduction::batch_mean, 0.3},
     // Blocks of 2 units, tiles of 4 rows: the Zaremba-small widths.
@@ -106,7 +106,8 @@ TEST(CudaParity, CarriedStateMatchesAnExplicitState) {
   got[0] = gpu.forward(fw[0], Reduction::sum);
   gpu.carry_state();
   got[1] = gpu.forward(fw[1], Reduction::sum);
-  for (int k = 0; k < 2; ++k) EXPECT_NEAR(got[k], ref[k], 1e-5 * std::abs(ref[k])) << "window " << k;
+  for (int k = 0; k < 2; ++k)
+    EXPECT_NEAR(got[k], ref[k], 1e-5 * std::abs(ref[k])) << "window " << k;
   // After reset_state the second window starts from zeros again.
   gpu.reset_state();
   const double zero_start = gpu.forward(fw[1], Reduction::sum);
