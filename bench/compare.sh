@@ -1,5 +1,5 @@
 #!/bin/bash
-# lstmgrad vs PyTorch 1.13 on the same machine, in one go (issue 5, docs/benchmarks.md).
+# lstmgrad vs PyTorch 1.13 on the same machine, in one go (docs/benchmarks.md).
 #
 #   bench/compare.sh [BUILD_DIR] [ROUNDS]     (defaults: build, 3)
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch side of `lstmgrad bench` (issue 5): the same presets, modes and JSON keys.
+"""PyTorch side of `lstmgrad bench` (docs/benchmarks.md): the same presets, modes and JSON keys.
 
 fwd: nn.LSTM forward under torch.no_grad() (PyTorch's fastest forward; lstmgrad's fwd also saves
 what backward needs). fwdbwd: forward with autograd, then backward of a fixed dL/dh (the input

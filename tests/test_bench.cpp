@@ -83,7 +83,7 @@ TEST(Engine, Float32IsBitIdenticalFromRunToRun) {
   }
 }
 
-TEST(Bench, PresetsAreTheIssuesShapes) {
+TEST(Bench, PresetsAreTheDocumentedShapes) {
   const auto& p = bench_presets();
   ASSERT_EQ(p.size(), 5u);
   EXPECT_EQ(p[0].name, "zaremba-small");

@@ -1,4 +1,4 @@
-// The cell's backward against central finite differences (and, in test_cell_tape.cpp, the tape).
+// The cell's backward against central finite differences (the tape: test_tape*.cpp).
 #include <gtest/gtest.h>
 
 #include "compare.hpp"

@@ -1,4 +1,4 @@
-// The handout's exercises: the numbers the issue asks for, the consistent example, Equation 3
+// The handout's exercises: the numbers of Exercises 1-3, the consistent example, Equation 3
 // against BPTT, and `lstmgrad exercise` end to end.
 #include <gtest/gtest.h>
 

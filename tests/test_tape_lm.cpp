@@ -1,6 +1,6 @@
 // The LSTM language model on the autodiff tape (tape_lm), checked two ways that do not involve
 // the tape's own backward: central finite differences of its loss, and a plain-loop forward pass
-// written out here from DESIGN.md's equations.
+// written out here from the equations of docs/derivation.md, "Forward".
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -166,7 +166,8 @@ TEST(TapeLm, ReductionsScaleTheSameSum) {
   EXPECT_LE(worst_bmean, 1e-13) << "max |sum grad - 2 batch_mean grad|";
 }
 
-// DESIGN.md's forward pass in plain loops: returns the summed loss, fills h_n, s_n [L,B,H].
+// The forward pass (docs/derivation.md, "Forward") in plain loops: returns the summed loss,
+// fills h_n, s_n [L,B,H].
 double plain_forward(const Case& c, std::vector<double>& h_n, std::vector<double>& s_n) {
   const ModelConfig& m = c.cfg;
   const Batch<double>& b = c.batch;

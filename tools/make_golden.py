@@ -146,7 +146,7 @@ def write_readme(out):
         "included, is uniform(-0.5, 0.5); dense inputs are uniform(-1, 1), h0 uniform(-0.5, 0.5),",
         "s0 uniform(-1, 1), soft targets softmax(N(0,1)). Each case is seeded by its name.",
         "",
-        "Formats (safetensors; see docs/interop.md and DESIGN.md):",
+        "Formats (safetensors; see docs/interop.md and docs/cli.md, \"File formats\"):",
         "",
         "- `model.safetensors`: nn.LSTM's state_dict with `rnn.` prefixed, plus `encoder.weight` /",
         "  `decoder.weight`, `decoder.bias`; `__metadata__` `lstmgrad.config` = JSON",

@@ -1,5 +1,5 @@
 // lstmgrad: write a file so that readers see either the old content or the complete new content,
-// never a partial file (the DESIGN's "no partial output file is ever left behind").
+// never a partial file (docs/design.md, "Errors and data safety").
 //
 // The data goes to a temporary file in the same folder as the target, named `.<name>.tmp.<pid>`,
 // which is flushed to disk (fsync) and then renamed over the target; the folder is fsynced after

@@ -127,7 +127,7 @@ class Tape {
 };
 
 // ---------------------------------------------------------------------------------------------
-// The LSTM language model of DESIGN.md, differentiated by the tape only.
+// The LSTM language model (docs/design.md, "The model"), differentiated by the tape only.
 
 struct TapeLmResult {
   double loss = 0;

@@ -1,4 +1,4 @@
-// lstmgrad: one batch of sequences, time-major, as in the batch file of DESIGN.md.
+// lstmgrad: one batch of sequences, time-major, as in the batch file of docs/cli.md.
 #pragma once
 #include <cstdint>
 #include <vector>

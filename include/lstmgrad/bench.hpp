@@ -1,4 +1,4 @@
-// lstmgrad: the CPU benchmark behind `lstmgrad bench` (issue 5, docs/benchmarks.md).
+// lstmgrad: the CPU benchmark behind `lstmgrad bench` (docs/benchmarks.md).
 // Presets are the shapes of the PyTorch comparison in bench/torch_lstm.py; everything is float32.
 // GFLOP/s counts 2*4H*(in+H) per token per layer for the forward pass and three times that for
 // forward+backward; the LM step also counts the readout, 2*V*H per token, times three.

@@ -1,4 +1,4 @@
-// lstmgrad: text corpora, the vocabulary and the batcher (DESIGN.md "Data flow": text ->
+// lstmgrad: text corpora, the vocabulary and the batcher (docs/design.md "Data flow": text ->
 // vocabulary -> batcher).
 //
 // Tokenization follows the two programs whose published numbers we reproduce:

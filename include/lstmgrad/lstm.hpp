@@ -1,10 +1,10 @@
 // lstmgrad: the LSTM language model on the CPU: embedding or dense input -> L-layer LSTM stack
 // -> identity or linear readout -> softmax cross-entropy, forward and backward through time.
 //
-// Performance shape (DESIGN.md): the input projection of all T steps is one GEMM before the time
-// loop; each step is one GEMM for the four gates (h_prev U^T) and one fused element-wise pass;
-// backward is one fused pass and one GEMM per step, and the weight gradients are one large GEMM
-// each after the loop. Activations live in one arena sized for (T, B); nothing is allocated
+// Performance shape (docs/design.md): the input projection of all T steps is one GEMM before the
+// time loop; each step is one GEMM for the four gates (h_prev U^T) and one fused element-wise
+// pass; backward is one fused pass and one GEMM per step, and the weight gradients are one large
+// GEMM each after the loop. Activations live in one arena sized for (T, B); nothing is allocated
 // inside the loop, and the arena only grows when a larger batch arrives.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// lstmgrad: model, batch and gradient files (safetensors; formats in DESIGN.md and docs/cli.md).
+// lstmgrad: model, batch and gradient files (safetensors; formats in docs/cli.md, "File formats").
 #pragma once
 #include <filesystem>
 #include <map>

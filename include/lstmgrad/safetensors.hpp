@@ -1,5 +1,5 @@
 // lstmgrad: reading and writing safetensors files (Hugging Face's format; models, batches and
-// gradients are stored in it, see docs/DESIGN "Command-line contract").
+// gradients are stored in it, see docs/cli.md, "File formats").
 //
 // Layout: 8 bytes little-endian uint64 N, then N bytes of UTF-8 JSON (possibly padded with
 // spaces), then the data area. The JSON maps each tensor name to {"dtype", "shape",

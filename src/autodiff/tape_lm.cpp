@@ -1,4 +1,4 @@
-// lstmgrad: the LSTM language model of DESIGN.md written on the autodiff tape.
+// lstmgrad: the LSTM language model (docs/design.md, "The model") written on the autodiff tape.
 //
 // Only the forward pass is written here; every gradient comes from Tape::backward. Nothing in
 // this file knows the hand-derived backward pass, which is the point: it is the independent
@@ -105,7 +105,7 @@ LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H) {
   return lv;
 }
 
-// One step of one layer: the equations of DESIGN.md, with x [B,in], h, s [B,H].
+// One step of one layer: the equations of docs/derivation.md, "Forward", with x [B,in], h, s [B,H].
 //   i = sigmoid(x V_i^T + h U_i^T + b_i)   (and f, o alike)   a = tanh(x V_a^T + h U_a^T + b_a)
 //   s = i * a + f * s_prev                 h = o * tanh(s)
 void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s) {

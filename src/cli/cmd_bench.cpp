@@ -1,5 +1,6 @@
 // `lstmgrad bench`: float32 speed of the LSTM stack (fwd, fwdbwd) and of the language-model step
-// (lm_step) on the presets of issue 5, and the BLAS's GEMM ceiling (--gemm). docs/benchmarks.md.
+// (lm_step) on the PyTorch comparison's presets, and the BLAS's GEMM ceiling (--gemm).
+// docs/benchmarks.md.
 #include <fmt/format.h>
 #include <omp.h>
 

@@ -1,5 +1,3 @@
-#include "lstmgrad/bench.hpp"
-
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -10,6 +8,7 @@
 
 #include "cpu/blas.hpp"
 #include "cpu/lstm_stack.hpp"
+#include "lstmgrad/bench.hpp"
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/threads.hpp"
 
