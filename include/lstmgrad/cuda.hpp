@@ -86,9 +86,11 @@ class LanguageModel {
   void set_adam_moments(std::span<const float> m, std::span<const float> v);
   void get_adam_moments(std::span<float> m, std::span<float> v) const;
 
-  std::span<const float> h_n() const;    // [L,B,H] final hidden state of the last forward
-  std::span<const float> s_n() const;    // [L,B,H] final cell state
-  std::span<const float> probs() const;  // [T,B,V] p of the last forward (downloaded on call)
+  std::span<const float> h_n() const;  // [L,B,H] final hidden state of the last forward
+  std::span<const float> s_n() const;  // [L,B,H] final cell state
+  // [T,B,V] p of the last forward (downloaded on call), as LanguageModel<Real>::probs(): available
+  // between forward and backward, std::logic_error after backward.
+  std::span<const float> probs() const;
   // Waits until the device has done all the work queued so far.
   void synchronize() const;
 

@@ -164,6 +164,7 @@ struct LanguageModel::Impl {
   DeviceBuffer<float> drop_in, drop_top;  // mask [N,X] + dropped x [N,X]; mask [N,H] + dropped top
   mutable std::vector<float> h_n, s_n, probs, row_loss_host;
   mutable bool states_fresh = false;
+  bool backward_done = false;  // backward turned the logits' memory into dL/dlogits
 };
 
 double LanguageModel::Impl::forward(const Batch<float>& b, Reduction r) {
@@ -173,6 +174,7 @@ double LanguageModel::Impl::forward(const Batch<float>& b, Reduction r) {
   soft = !b.target_probs.empty();
   dense_input = cfg.input == InputKind::dense;
   states_fresh = false;
+  backward_done = false;
   const float* x = nullptr;
   if (dense_input) {
     upload(dense, b.dense.data(), b.dense.size(), stream);
@@ -237,6 +239,7 @@ double LanguageModel::Impl::forward(const Batch<float>& b, Reduction r) {
 }
 
 void LanguageModel::Impl::backward(float* dinput, float* dh0, float* ds0) {
+  backward_done = true;
   const int64_t N = T * B, H = cfg.H, X = cfg.X, V = cfg.V, L = cfg.L, S = L * B * H;
   const float scale = loss_scale(red, T, B);
   const float* top = dropped ? drop_top.get() + N * H : stack->output();
@@ -460,6 +463,9 @@ std::span<const float> LanguageModel::s_n() const {
 }
 std::span<const float> LanguageModel::probs() const {
   Impl& m = *impl_;
+  if (m.backward_done)
+    throw std::logic_error(
+        "cuda::LanguageModel::probs(): p is gone after backward; take it before");
   const size_t n = static_cast<size_t>(m.T * m.B * m.cfg.V);
   m.probs.resize(n);
   LSTMGRAD_CUDA(cudaMemcpyAsync(m.probs.data(), m.logits.get(), n * sizeof(float),
