@@ -184,13 +184,8 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "A JSON list instead of the table");
   cmd->add_flag("--gemm", a->gemm, "The BLAS's sgemm alone (the GEMM ceiling)");
-  cmd->add_option("--device", a->device, "cpu, or cuda (CUDA events; adds the big-batch preset)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
-  cmd->add_option("--recurrence", a->recurrence,
-                  "--device cuda: the recurrent path (auto, persistent, steps)")
-      ->check(CLI::IsMember({"auto", "persistent", "steps"}))
-      ->capture_default_str();
+  add_device_option(cmd, a->device, "cpu, or cuda (CUDA events; adds the big-batch preset)");
+  add_recurrence_option(cmd, a->recurrence);
   cmd->callback([a] {
     if (a->device == "cuda") {
       cuda::require();

@@ -150,21 +150,16 @@ void register_check(CLI::App& app) {
                   "Finite differences on at most this many coordinates per tensor")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Machine-readable output");
-  cmd->add_option("--device", a->device,
-                  "cpu: hand vs tape vs finite differences; cuda: the CUDA engine (float32) vs "
-                  "the float64 hand BPTT, gradients and an SGD trajectory")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, a->device,
+                    "cpu: hand vs tape vs finite differences; cuda: the CUDA engine (float32) vs "
+                    "the float64 hand BPTT, gradients and an SGD trajectory");
   cmd->add_option("--sgd-steps", a->d.sgd_steps, "--device cuda: SGD updates compared")
       ->check(CLI::Range(0, 1000))
       ->capture_default_str();
   cmd->add_option("--dropout", a->d.dropout, "--device cuda: dropout in the compared passes")
       ->check(CLI::Range(0.0, 0.95))
       ->capture_default_str();
-  cmd->add_option("--recurrence", a->d.recurrence,
-                  "--device cuda: the recurrent path (auto, persistent, steps)")
-      ->check(CLI::IsMember({"auto", "persistent", "steps"}))
-      ->capture_default_str();
+  add_recurrence_option(cmd, a->d.recurrence);
   cmd->callback([a] { run(*a); });
 }
 

@@ -52,9 +52,7 @@ void register_grad(CLI::App& app) {
       ->check(CLI::IsMember({"mean", "sum", "batch_mean"}))
       ->capture_default_str();
   auto* dtype = cmd->get_option("--dtype");
-  cmd->add_option("--device", o->device, "cpu, or cuda (float32 on an NVIDIA GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o->device);
   cmd->callback([o, dtype] {
     if (o->device == "cuda") {
       if (dtype->count() > 0 && o->dtype != "f32")

@@ -82,9 +82,7 @@ void register_train(CLI::App& app) {
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "Also checkpoint every N updates");
   cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
-  auto* device = cmd->add_option("--device", o->device, "cpu, or cuda (float32 on an NVIDIA GPU)")
-                     ->check(CLI::IsMember({"cpu", "cuda"}))
-                     ->capture_default_str();
+  auto* device = add_device_option(cmd, o->device);
   cmd->callback([o, data_dir, threads, epochs, device] {
     o->device_given = device->count() > 0;
     if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
@@ -112,9 +110,7 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)");
   cmd->add_flag("--json", *json, "Machine-readable output");
-  cmd->add_option("--device", o->device, "cpu, or cuda (float32 on an NVIDIA GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o->device);
   auto* dtype = cmd->get_option("--dtype");
   cmd->callback([o, json, threads, dtype] {
     lstmgrad::set_threads(*threads);
@@ -147,9 +143,7 @@ void register_sample(CLI::App& app) {
   cmd->add_option("--temperature", o->temperature, "Below 1: safer; above 1: wilder")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--device", o->device, "cpu (float64), or cuda (float32 on an NVIDIA GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
-      ->capture_default_str();
+  add_device_option(cmd, o->device, "cpu (float64), or cuda (float32 on an NVIDIA GPU)");
   cmd->callback([o] { std::cout << sample_text(*o) << "\n"; });
 }
 

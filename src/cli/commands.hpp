@@ -2,6 +2,7 @@
 // static CommandRegistrar, so adding a command touches no shared file.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <string>
 
 namespace lstmgrad::cli {
 
@@ -13,6 +14,12 @@ struct CommandRegistrar {
 };
 
 void register_all(CLI::App& app);
+
+// --device cpu|cuda (default cpu), with `what` as its help text.
+CLI::Option* add_device_option(CLI::App* cmd, std::string& device,
+                               const std::string& what = "cpu, or cuda (float32 on an NVIDIA GPU)");
+// --recurrence auto|persistent|steps: the CUDA engine's recurrent path.
+CLI::Option* add_recurrence_option(CLI::App* cmd, std::string& recurrence);
 
 // A command that ran but found a problem (check above tolerance) sets a non-zero exit code.
 void set_exit_code(int code);

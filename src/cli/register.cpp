@@ -21,6 +21,20 @@ CommandRegistrar::CommandRegistrar(int order, Registration registration) {
   registry().emplace_back(order, registration);
 }
 
+CLI::Option* add_device_option(CLI::App* cmd, std::string& device, const std::string& what) {
+  return cmd->add_option("--device", device, what)
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+}
+
+CLI::Option* add_recurrence_option(CLI::App* cmd, std::string& recurrence) {
+  return cmd
+      ->add_option("--recurrence", recurrence,
+                   "--device cuda: the recurrent path (auto, persistent, steps)")
+      ->check(CLI::IsMember({"auto", "persistent", "steps"}))
+      ->capture_default_str();
+}
+
 void set_exit_code(int code) {
   g_exit_code = code;
 }
