@@ -35,6 +35,10 @@ struct BenchResult {
 // cross-entropy, backward, SGD update). Throws std::invalid_argument for an unknown mode.
 BenchResult run_bench(const BenchPreset& p, const std::string& mode, const BenchOptions& o);
 
+// The flops of one token in `mode` (the GFLOP/s of the tables): 2*4H*(in+H) per layer forward,
+// three times that for fwdbwd, and for lm_step three times (that plus 2*V*H of the readout).
+double bench_flops_per_token(const BenchPreset& p, const std::string& mode);
+
 // The BLAS's sgemm alone: C[M,N] = A[M,K] B[K,N] with `threads` BLAS threads (GEMM ceiling).
 struct GemmResult {
   int64_t M = 0, N = 0, K = 0;

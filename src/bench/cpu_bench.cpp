@@ -129,19 +129,25 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
 
 }  // namespace
 
+double bench_flops_per_token(const BenchPreset& p, const std::string& mode) {
+  const double fwd = stack_flops_per_token(p);
+  if (mode == "fwdbwd") return 3 * fwd;
+  if (mode == "lm_step") return 3 * (fwd + 2.0 * static_cast<double>(kBenchVocabulary * p.H));
+  return fwd;
+}
+
 BenchResult run_bench(const BenchPreset& p, const std::string& mode, const BenchOptions& o) {
   set_threads(o.threads);
   reset_peak_rss();
   BenchResult r;
   r.preset = p.name, r.mode = mode, r.threads = o.threads;
-  double flops = stack_flops_per_token(p);
+  const double flops = bench_flops_per_token(p, mode);
   if (mode == "fwd") {
     r.ms = time_stack(p, false, o);
   } else if (mode == "fwdbwd") {
-    r.ms = time_stack(p, true, o), flops *= 3;
+    r.ms = time_stack(p, true, o);
   } else if (mode == "lm_step") {
     r.ms = time_lm_step(p, o);
-    flops = 3 * (flops + 2.0 * static_cast<double>(kBenchVocabulary * p.H));
   } else {
     throw std::invalid_argument("bench: unknown mode '" + mode + "' (fwd, fwdbwd, lm_step)");
   }

@@ -40,14 +40,6 @@ std::vector<BenchPreset> chosen_presets(const std::string& name,
   throw InputError("--preset: unknown preset '" + name + "' (one of " + names + ")");
 }
 
-// 2*4H*(in+H) per token per layer (the forward pass), as lstmgrad/bench.hpp counts.
-double forward_flops_per_token(const BenchPreset& p) {
-  double f = 0;
-  for (int64_t k = 0; k < p.L; ++k)
-    f += 2.0 * 4 * static_cast<double>(p.H) * static_cast<double>((k == 0 ? p.X : p.H) + p.H);
-  return f;
-}
-
 // --device cuda: the same table, timed with CUDA events; fwdbwd includes dL/dx (as cuDNN's).
 void run_cuda_cases(const BenchCliOptions& a) {
   cuda::require();
@@ -63,10 +55,7 @@ void run_cuda_cases(const BenchCliOptions& a) {
       if (mode == "lm_step" && !p.lm_step) continue;
       const double ms = cuda::bench_ms({p.T, p.B, p.X, p.H, p.L}, mode, kBenchVocabulary,
                                        a.o.warmup, a.o.runs, rec);
-      double flops = forward_flops_per_token(p);
-      if (mode == "fwdbwd") flops *= 3;
-      if (mode == "lm_step")
-        flops = 3 * (flops + 2.0 * static_cast<double>(kBenchVocabulary * p.H));
+      const double flops = bench_flops_per_token(p, mode);
       const double tokens = static_cast<double>(p.T * p.B);
       const double tps = tokens / (ms / 1e3), gflops = flops * tokens / (ms / 1e3) / 1e9;
       if (a.json) {

@@ -68,13 +68,6 @@ void require(const std::string& flag) {
   if (!why.empty()) throw InputError(flag + ": " + why);
 }
 
-Recurrence parse_recurrence(const std::string& s) {
-  if (s == "auto") return Recurrence::automatic;
-  if (s == "persistent") return Recurrence::persistent;
-  if (s == "steps") return Recurrence::steps;
-  throw InputError("--recurrence: expected auto, persistent or steps, got '" + s + "'");
-}
-
 namespace {
 
 float loss_scale(Reduction red, int64_t T, int64_t B) {
@@ -98,7 +91,7 @@ void upload(DeviceBuffer<T>& d, const T* host, size_t n, cudaStream_t s) {
 }  // namespace
 
 struct LanguageModel::Impl {
-  explicit Impl(const ModelConfig& c) : cfg(c) {
+  explicit Impl(const ModelConfig& c) : cfg(c), at(parameter_offsets(c)) {
     validate_config(cfg);
     device_info();
     LSTMGRAD_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -112,9 +105,6 @@ struct LanguageModel::Impl {
     LSTMGRAD_CUDA(cudaMemsetAsync(params.get(), 0, n_params * sizeof(float), stream));
     LSTMGRAD_CUDA(cudaMemsetAsync(grad.get(), 0, n_params * sizeof(float), stream));
     norm_partials.grow(kNormBlocks), norm2.grow(1), clip_scale.grow(1);
-    const ParameterOffsets at = parameter_offsets(cfg);
-    for (const ParameterOffsets::Layer& l : at.layers)
-      layers.push_back({l.weight_ih, l.weight_hh, l.bias_ih, l.bias_hh});
     embedding = at.encoder_weight.value_or(0);
     decoder_w = at.decoder_weight.value_or(0), decoder_b = at.decoder_bias.value_or(0);
   }
@@ -123,14 +113,13 @@ struct LanguageModel::Impl {
     if (stream) cudaStreamDestroy(stream);
   }
 
-  struct LayerOffsets {
-    size_t W_ih, W_hh, b_ih, b_hh;
-  };
+  // Every layer's four tensors in the flat parameters (View = LayerParams) or gradients
+  // (View = LayerGrads).
   template <class View, class Ptr>
   std::vector<View> views(Ptr base) const {
     std::vector<View> v;
-    for (const LayerOffsets& o : layers)
-      v.push_back({base + o.W_ih, base + o.W_hh, base + o.b_ih, base + o.b_hh});
+    for (const ParameterOffsets::Layer& l : at.layers)
+      v.push_back({base + l.weight_ih, base + l.weight_hh, base + l.bias_ih, base + l.bias_hh});
     return v;
   }
 
@@ -141,7 +130,8 @@ struct LanguageModel::Impl {
   void optimizer_step(double lr, double clip, bool adam, int64_t step);
 
   ModelConfig cfg;
-  std::vector<LayerOffsets> layers;
+  ParameterOffsets at;  // every tensor by name
+  // Where the optional tensors start (0 where the model has none: never read then).
   size_t embedding = 0, decoder_w = 0, decoder_b = 0, n_params = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
@@ -168,7 +158,7 @@ struct LanguageModel::Impl {
 };
 
 double LanguageModel::Impl::forward(const Batch<float>& b, Reduction r) {
-  const int64_t N = b.T * b.B, H = cfg.H, X = cfg.X, V = cfg.V, L = cfg.L, S = L * b.B * H;
+  const int64_t N = b.T * b.B, H = cfg.H, X = cfg.X, V = cfg.V, L = cfg.L;
   T = b.T, B = b.B, red = r;
   has_targets = !b.target.empty() || !b.target_probs.empty();
   soft = !b.target_probs.empty();
@@ -198,7 +188,6 @@ double LanguageModel::Impl::forward(const Batch<float>& b, Reduction r) {
   } else if (carry && carried_B == b.B) {
     h0p = state_h.get(), s0p = state_s.get();
   }
-  (void)S;
   dropped = drop_p > 0;
   if (dropped) {  // site 0: the input of layer 0
     drop_in.grow(static_cast<size_t>(2 * N * X));

@@ -22,12 +22,6 @@ std::string describe() {
 void require(const std::string& flag) {
   throw InputError(flag + ": " + kWhy);
 }
-Recurrence parse_recurrence(const std::string& s) {
-  if (s == "auto") return Recurrence::automatic;
-  if (s == "persistent") return Recurrence::persistent;
-  if (s == "steps") return Recurrence::steps;
-  throw InputError("--recurrence: expected auto, persistent or steps, got '" + s + "'");
-}
 
 struct LanguageModel::Impl {};
 

@@ -130,8 +130,9 @@ std::string sample_text(const SampleOptions& o) {
     prime.pop_back();  // encode() ends a line with <eos>; the prime continues instead
   if (prime.empty()) prime.push_back(vocab.level() == data::Level::words ? vocab.eos() : 0);
   std::vector<int64_t> out;
-  if (o.device == "cuda") {
-    out = sample_tokens<float, cuda::LanguageModel>(o, load_model<float>(o.model), prime);
+  if (o.device == "cuda") {  // the same model in float32 (the file is read once)
+    const Model<float> mf{m.cfg, std::vector<float>(m.params.begin(), m.params.end()), {}, {}};
+    out = sample_tokens<float, cuda::LanguageModel>(o, mf, prime);
   } else {
     out = sample_tokens<double, LanguageModel<double>>(o, m, prime);
   }
