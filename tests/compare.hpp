@@ -57,4 +57,9 @@ std::vector<To> cast(const std::vector<double>& v) {
   return std::vector<To>(v.begin(), v.end());
 }
 
+// Test names for a suite run on the plain cell (false) and on the cell with peepholes (true).
+inline std::string cell_variant(const ::testing::TestParamInfo<bool>& p) {
+  return p.param ? "Peephole" : "Plain";
+}
+
 }  // namespace lstmgrad::test

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "compare.hpp"
 #include "core/gates.hpp"
 #include "cpu/fast_gates.hpp"
 #include "cpu/panel_gemm.hpp"
@@ -38,17 +39,25 @@ TEST(FastMath, SigmoidAndTanhAreWithinAbsoluteTolerance) {
   EXPECT_EQ(core::fast_sigmoid(-200.0f) >= 0.0f, true);
 }
 
-// The float32 gate kernels against the float64 reference kernels on the same inputs.
-TEST(FastMath, GateKernelsMatchTheFloat64Reference) {
+// The float32 gate kernels against the float64 reference kernels on the same inputs: the plain
+// cell and the cell with peepholes (CellUnit weights).
+class GateKernels : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GateKernels, MatchTheFloat64Reference) {
   const int64_t B = 3, H = 37, G = 4 * H;
   std::vector<double> z(B * G), bias(G), sp(B * H), s(B * H), h(B * H);
   for (int64_t k = 0; k < B * G; ++k) z[k] = std::sin(0.37 * static_cast<double>(k)) * 4;
   for (int64_t k = 0; k < G; ++k) bias[k] = std::cos(0.11 * static_cast<double>(k));
   for (int64_t k = 0; k < B * H; ++k) sp[k] = std::cos(0.53 * static_cast<double>(k)) * 2;
+  std::vector<double> unit(3 * H);
+  for (int64_t k = 0; k < 3 * H; ++k) unit[k] = std::sin(0.29 * static_cast<double>(k));
   std::vector<float> zf(z.begin(), z.end()), bf(bias.begin(), bias.end()),
-      spf(sp.begin(), sp.end()), sf(B * H), hf(B * H);
-  core::gates_forward(z.data(), G, H, bias.data(), s.data(), h.data(), sp.data(), H, B, H);
-  cpu::fast_gates_forward(zf.data(), G, H, bf.data(), sf.data(), hf.data(), spf.data(), H, B, H);
+      spf(sp.begin(), sp.end()), sf(B * H), hf(B * H), unitf(unit.begin(), unit.end());
+  const double* ud = GetParam() ? unit.data() : nullptr;
+  const float* uf = GetParam() ? unitf.data() : nullptr;
+  core::gates_forward(z.data(), G, H, bias.data(), ud, s.data(), h.data(), sp.data(), H, B, H);
+  cpu::fast_gates_forward(zf.data(), G, H, bf.data(), uf, sf.data(), hf.data(), spf.data(), H, B,
+                          H);
   double worst = 0;
   for (int64_t k = 0; k < B * H; ++k)
     worst = std::max({worst, std::abs(sf[k] - s[k]), std::abs(hf[k] - h[k])});
@@ -63,19 +72,22 @@ TEST(FastMath, GateKernelsMatchTheFloat64Reference) {
   std::vector<float> dzf(B * G), dsf(ds.begin(), ds.end()), dhof(dho.begin(), dho.end()),
       dhrf(dhr.begin(), dhr.end());
   core::gates_backward(dz.data(), G, H, ds.data(), dho.data(), dhr.data(), z.data(), s.data(),
-                       sp.data(), H, B, H);
+                       sp.data(), ud, H, B, H);
   cpu::fast_gates_backward(dzf.data(), G, H, dsf.data(), dhof.data(), dhrf.data(), zf.data(),
-                           sf.data(), spf.data(), H, B, H);
+                           sf.data(), spf.data(), uf, H, B, H);
   worst = 0;
   for (int64_t k = 0; k < B * G; ++k) worst = std::max(worst, std::abs(dzf[k] - dz[k]));
   for (int64_t k = 0; k < B * H; ++k) worst = std::max(worst, std::abs(dsf[k] - ds[k]));
   EXPECT_LE(worst, 1e-5);
 }
 
+INSTANTIATE_TEST_SUITE_P(Cells, GateKernels, ::testing::Values(false, true), cell_variant);
+
 // The fused step kernels (the recurrent GEMM and the gate pass in one, the sums in registers)
 // against the two they replace, panel_gemm then fast_gates_*: the same sums in the same order,
 // so the same bits, on ragged shapes (rows not a multiple of the tiles' 5 or 12, groups of fewer
-// than 16 or 32 units, K not a multiple of anything), with and without dh_out.
+// than 16 or 32 units, K not a multiple of anything), with and without dh_out, with and without
+// peepholes.
 TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
   if (!cpu::panel_gemm_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
   const int64_t H = 45, G = 4 * H;  // a layer's row stride; groups start at unit j
@@ -83,8 +95,11 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
     for (size_t k = 0; k < v.size(); ++k)
       v[k] = static_cast<float>(a * std::sin(f * static_cast<double>(k) + 0.3));
   };
+  std::vector<float> unit(3 * H);
+  fill(unit, 0.21, 0.8);
   for (int64_t B : {1, 4, 5, 7, 12, 13, 20, 26}) {
-    for (int64_t n : {16, 11, 1}) {  // forward: one group of up to 16 units
+    const float* u = B % 2 ? unit.data() + 3 : nullptr;  // peepholes on odd B
+    for (int64_t n : {16, 11, 1}) {                      // forward: one group of up to 16 units
       SCOPED_TRACE(::testing::Message() << "forward B " << B << " n " << n);
       const int64_t K = 37, j = 3;
       std::vector<float> hp(B * K), zin(B * G), bias(G), sp(B * H), W(G * K);
@@ -96,9 +111,9 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
       cpu::pack_panels(P, W.data() + j * K, K, true, layout);
       std::vector<float> z1 = zin, z2 = zin, s1(B * H), s2(B * H), h1(B * H), h2(B * H);
       cpu::panel_gemm(B, hp.data(), K, P, layout, z1.data() + j, G, true);
-      cpu::fast_gates_forward(z1.data() + j, G, H, bias.data() + j, s1.data() + j, h1.data() + j,
+      cpu::fast_gates_forward(z1.data() + j, G, H, bias.data() + j, u, s1.data() + j, h1.data() + j,
                               sp.data() + j, H, B, n);
-      cpu::fused_step_forward(B, hp.data(), K, K, P, z2.data() + j, G, H, bias.data() + j,
+      cpu::fused_step_forward(B, hp.data(), K, K, P, z2.data() + j, G, H, bias.data() + j, u,
                               s2.data() + j, h2.data() + j, sp.data() + j, H, n);
       EXPECT_EQ(z1, z2);
       EXPECT_EQ(s1, s2);
@@ -122,9 +137,9 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
         const float* out = with_out ? dho.data() + j : nullptr;
         cpu::panel_gemm(B, dzn.data(), G, P, layout, dh_rec.data() + j, H, false);
         cpu::fast_gates_backward(dz1.data() + j, G, H, ds1.data() + j, out, dh_rec.data() + j,
-                                 gates.data() + j, s.data() + j, sp.data() + j, H, B, n);
+                                 gates.data() + j, s.data() + j, sp.data() + j, u, H, B, n);
         cpu::fused_step_backward(B, dzn.data(), G, G, P, dz2.data() + j, H, ds2.data() + j, out,
-                                 gates.data() + j, s.data() + j, sp.data() + j, H, n);
+                                 gates.data() + j, s.data() + j, sp.data() + j, u, H, n);
         EXPECT_EQ(dz1, dz2);
         EXPECT_EQ(ds1, ds2);
       }

@@ -75,7 +75,8 @@ TEST_P(Golden, Float32MatchesPyTorch) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, Golden,
                          ::testing::Values("handout", "embed_class_sum", "deep_long", "tiny",
-                                           "embed_soft", "identity_class", "zaremba_scale"));
+                                           "embed_soft", "identity_class", "zaremba_scale",
+                                           "peephole"));
 
 // Ten plain SGD steps p -= lr * grad on one batch, with PyTorch's loss before each step and after
 // the last: every step depends on every gradient of the step before.

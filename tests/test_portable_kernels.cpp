@@ -38,20 +38,27 @@ TEST(PortableKernels, SwitchTurnsTheAvx512PathOff) {
   EXPECT_EQ(cpu::panel_gemm_available(), had);
 }
 
-// B rows of n = 37 units (a ragged 16-lane tail), gates gs = 40 apart, rows ldz = 4 * 40 apart.
-TEST(PortableKernels, GatePassesMatchTheFloat64Reference) {
+// B rows of n = 37 units (a ragged 16-lane tail), gates gs = 40 apart, rows ldz = 4 * 40 apart;
+// the plain cell and the cell with peepholes (CellUnit weights).
+class PortableGatePasses : public ::testing::TestWithParam<bool> {};
+
+TEST_P(PortableGatePasses, MatchTheFloat64Reference) {
   PortableKernels portable;
   std::mt19937_64 rng(9);
   const int64_t B = 3, n = 37, gs = 40, ldz = 4 * gs, ld = 41;
   const std::vector<double> z = uniform(static_cast<size_t>(B * ldz), rng, -3, 3);
   const std::vector<double> bias = uniform(static_cast<size_t>(4 * gs), rng, -1, 1);
   const std::vector<double> sp = uniform(static_cast<size_t>(B * ld), rng, -2, 2);
+  const std::vector<double> unit = uniform(static_cast<size_t>(3 * gs), rng, -1, 1);
+  const std::vector<float> unitf = cast<float>(unit);
+  const double* ud = GetParam() ? unit.data() : nullptr;
+  const float* uf = GetParam() ? unitf.data() : nullptr;
   std::vector<double> zd = z, s(sp.size()), h(sp.size());
-  core::gates_forward(zd.data(), ldz, gs, bias.data(), s.data(), h.data(), sp.data(), ld, B, n);
+  core::gates_forward(zd.data(), ldz, gs, bias.data(), ud, s.data(), h.data(), sp.data(), ld, B, n);
   std::vector<float> zf = cast<float>(z), sf(sp.size()), hf(sp.size());
   const std::vector<float> bf = cast<float>(bias), spf = cast<float>(sp);
-  cpu::fast_gates_forward(zf.data(), ldz, gs, bf.data(), sf.data(), hf.data(), spf.data(), ld, B,
-                          n);
+  cpu::fast_gates_forward(zf.data(), ldz, gs, bf.data(), uf, sf.data(), hf.data(), spf.data(), ld,
+                          B, n);
   auto within = [&](const char* what, const std::vector<float>& got,
                     const std::vector<double>& want) {
     for (int64_t r = 0; r < B; ++r)
@@ -70,14 +77,16 @@ TEST(PortableKernels, GatePassesMatchTheFloat64Reference) {
   const std::vector<double> ds0 = uniform(sp.size(), rng);
   std::vector<double> dz(z.size()), ds = ds0;
   core::gates_backward(dz.data(), ldz, gs, ds.data(), dh_out.data(), dh_rec.data(), zd.data(),
-                       s.data(), sp.data(), ld, B, n);
+                       s.data(), sp.data(), ud, ld, B, n);
   std::vector<float> dzf(z.size()), dsf = cast<float>(ds0);
   const std::vector<float> dhof = cast<float>(dh_out), dhrf = cast<float>(dh_rec);
   cpu::fast_gates_backward(dzf.data(), ldz, gs, dsf.data(), dhof.data(), dhrf.data(), zf.data(),
-                           sf.data(), spf.data(), ld, B, n);
+                           sf.data(), spf.data(), uf, ld, B, n);
   within("dz", dzf, dz);
   within("ds", dsf, ds);
 }
+
+INSTANTIATE_TEST_SUITE_P(Cells, PortableGatePasses, ::testing::Values(false, true), cell_variant);
 
 struct LmRun {
   double loss;
@@ -100,9 +109,11 @@ LmRun run_lm(const ModelConfig& cfg, const std::vector<double>& params, const Ba
   return r;
 }
 
-TEST(PortableKernels, LanguageModelMatchesFloat64AndAvx512) {
+class PortableLanguageModel : public ::testing::TestWithParam<bool> {};
+
+TEST_P(PortableLanguageModel, MatchesFloat64AndAvx512) {
   ModelConfig cfg;
-  cfg.V = 70, cfg.X = 20, cfg.H = 37, cfg.L = 2;
+  cfg.V = 70, cfg.X = 20, cfg.H = 37, cfg.L = 2, cfg.peephole = GetParam();
   std::mt19937_64 rng(4);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.3, 0.3);
   Batch<double> b;
@@ -133,6 +144,9 @@ TEST(PortableKernels, LanguageModelMatchesFloat64AndAvx512) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Cells, PortableLanguageModel, ::testing::Values(false, true),
+                         cell_variant);
 
 }  // namespace
 }  // namespace lstmgrad::test

@@ -113,6 +113,32 @@ TEST(TrainCli, ResumeIsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(ma.back()["valid_loss"], mb.back()["valid_loss"]);
 }
 
+// The cell with peepholes through the command line: its tensors in the model file, exact resume,
+// and eval reading the model back with the last validation's number.
+TEST(TrainCli, PeepholeModelTrainsResumesAndReadsBack) {
+  Corpus c;
+  const std::string common = "train --train " + c.train + " --valid " + c.valid + kSmall +
+                             " --peephole --epochs 2 --optimizer adam --lr 0.01 --dtype f64" +
+                             " --threads 1";
+  const auto a = c.dir / "a", b = c.dir / "b";
+  ASSERT_EQ(run_cli(common + " --out " + a.string()).rc, 0);
+  ASSERT_EQ(run_cli(common + " --out " + b.string() + " --max-steps 7").rc, 0);
+  const CliResult r = run_cli("train --resume " + b.string() + " --quiet");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_TRUE(same_tensors(a / "model.safetensors", b / "model.safetensors"));
+  const io::TensorFile f = io::read_safetensors(a / "model.safetensors");
+  const io::Tensor* p = f.find("rnn.weight_peephole_l0");
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(p->shape, (std::vector<int64_t>{3, 24}));
+  const auto m = metrics(a);
+  EXPECT_LT(m.back()["valid_loss"].get<double>(), m.front()["train_loss"].get<double>());
+  const CliResult e = run_cli("eval --json --batch 8 --seq 20 --dtype f64 --model " +
+                              (a / "model.safetensors").string() + " --data " + c.valid);
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_NEAR(nlohmann::json::parse(e.out)["loss"].get<double>(),
+              m.back()["valid_loss"].get<double>(), 1e-12);
+}
+
 TEST(TrainCli, SavedModelGivesTheSameOutputsWhenReadBack) {
   Corpus c;
   const auto run = c.dir / "run";

@@ -58,6 +58,9 @@ CASES = [
     dict(name="zaremba_scale", input="embedding", readout="linear", targets="class", L=2, T=6, B=3, V=9, X=5,
          H=5, reduction="batch_mean", state=False,
          covers="batch_mean reduction (sum over T of the mean over B = sum / B)"),
+    dict(name="peephole", input="embedding", readout="linear", targets="class", L=2, T=8, B=3, V=7, X=4, H=5,
+         reduction="mean", state=True, peephole=True,
+         covers="peepholes (the functional twin): rnn.weight_peephole_l{k}, s feeding i, f, o, initial state"),
 ]
 SGD = dict(name="sgd", input="embedding", readout="linear", targets="class", L=2, T=5, B=3, V=7, X=4, H=5,
            reduction="mean", state=False, lr=0.5, steps=10,
@@ -65,7 +68,10 @@ SGD = dict(name="sgd", input="embedding", readout="linear", targets="class", L=2
 
 
 def _config(case):
-    return {k: case[k] for k in ("input", "readout", "V", "X", "H", "L")}
+    cfg = {k: case[k] for k in ("input", "readout", "V", "X", "H", "L")}
+    if case.get("peephole"):
+        cfg["peephole"] = True
+    return cfg
 
 
 def _seed(case):
@@ -145,6 +151,10 @@ def write_readme(out):
         "and divided by T*B (`mean`), 1 (`sum`) or B (`batch_mean`). Every parameter, both biases",
         "included, is uniform(-0.5, 0.5); dense inputs are uniform(-1, 1), h0 uniform(-0.5, 0.5),",
         "s0 uniform(-1, 1), soft targets softmax(N(0,1)). Each case is seeded by its name.",
+        "The `peephole` case uses tools/torch_roundtrip.py's FunctionalLSTMLM (the same model written",
+        "from torch.nn.functional pieces, with i, f = sigmoid(... + p_i/p_f s_prev) and",
+        "o = sigmoid(... + p_o s), the weights in `rnn.weight_peephole_l{k}` [3,H]), which the",
+        "self-test first checks against nn.LSTM on the plain cell.",
         "",
         "Formats (safetensors; see docs/interop.md and docs/cli.md, \"File formats\"):",
         "",
@@ -211,7 +221,8 @@ def _sigmoid(z):
 def np_forward(params, cfg, batch, reduction):
     """The handout's equations in numpy, nothing shared with torch:
     i, f, o = sigmoid(V_* x + U_* h_prev + b_*), a = tanh(...), s = i*a + f*s_prev, h = o*tanh(s),
-    gate blocks of weight_ih / weight_hh rows in the order i, f, a (PyTorch's g), o.
+    gate blocks of weight_ih / weight_hh rows in the order i, f, a (PyTorch's g), o; with
+    peepholes, + p_i s_prev, + p_f s_prev and + p_o s inside the sigmoids of i, f and o.
     Returns (loss, h_n, s_n)."""
     L, H = cfg["L"], cfg["H"]
     inp = batch["input"]
@@ -226,8 +237,11 @@ def np_forward(params, cfg, batch, reduction):
         out = np.empty((T, B, H))
         for t in range(T):
             z = x[t] @ Wx.T + h @ Wh.T + b  # [B,4H]
-            i, f, a, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), _sigmoid(z[:, 3 * H:])
+            p = params.get(f"rnn.weight_peephole_l{k}", np.zeros((3, H)))
+            i, f = _sigmoid(z[:, :H] + p[0] * s), _sigmoid(z[:, H:2 * H] + p[1] * s)
+            a = np.tanh(z[:, 2 * H:3 * H])
             s = i * a + f * s
+            o = _sigmoid(z[:, 3 * H:] + p[2] * s)
             h = o * np.tanh(s)
             out[t] = h
         h_n[k], s_n[k], x = h, s, out
@@ -345,10 +359,25 @@ def selftest(out):
         worst = max((_rel(fd[n], expected[n]), n) for n in names)
         check(worst[0] < 1e-6, f"finite differences vs expected, {len(names)} tensors, worst {worst[1]} {worst[0]:.2e}")
 
-    print("3. handout: torch.autograd.gradcheck")
+    print("3. the functional twin (FunctionalLSTMLM) against nn.LSTM on the plain cell")
+    for case in CASES:
+        if case.get("peephole"):
+            continue
+        folder = os.path.join(out, case["name"])
+        tensors, _ = safetensors_np.load(os.path.join(folder, "model.safetensors"))
+        model, _ = rt.load_model(os.path.join(folder, "model.safetensors"))
+        twin = rt.FunctionalLSTMLM(model.cfg).double()
+        twin.load_state_dict({n: torch.from_numpy(tensors[n]) for n in twin.state_dict()})
+        batch = rt.load_batch(os.path.join(folder, "batch.safetensors"), model.cfg)
+        a = rt.reference_gradients(model, batch, case["reduction"])
+        b = rt.reference_gradients(twin, batch, case["reduction"])
+        worst = max((_rel(b[n], a[n]), n) for n in a)
+        check(sorted(a) == sorted(b) and worst[0] < 1e-12, f"{case['name']}: worst {worst[1]} {worst[0]:.1e}")
+
+    print("4. handout: torch.autograd.gradcheck")
     check(torch_gradcheck(CASES[0], os.path.join(out, "handout")), "gradcheck (params, input, h0, s0)")
 
-    print("4. sgd: trajectory")
+    print("5. sgd: trajectory")
     folder = os.path.join(out, "sgd")
     traj, meta = safetensors_np.load(os.path.join(folder, "trajectory.safetensors"))
     model, _ = rt.load_model(os.path.join(folder, "model.safetensors"))

@@ -45,7 +45,8 @@ class InputError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # The model: encoder (embedding or none) -> nn.LSTM stack -> decoder (linear or identity).
-# cfg: {"input": "dense"|"embedding", "readout": "identity"|"linear", "V", "X", "H", "L"}.
+# cfg: {"input": "dense"|"embedding", "readout": "identity"|"linear", "V", "X", "H", "L"}, and
+# "peephole": true for the cell with peepholes (FunctionalLSTMLM).
 
 
 class LSTMLM(torch.nn.Module):
@@ -73,6 +74,64 @@ class LSTMLM(torch.nn.Module):
         return logits, h_n, s_n
 
 
+class FunctionalLSTMLM(torch.nn.Module):
+    """The same model written from torch.nn.functional pieces, one step at a time, so that cell
+    variants nn.LSTM lacks can be expressed (and so that it runs alike on torch 1.13 and later).
+    cfg["peephole"]: i and f also see s_prev, o sees s, through the diagonal weights
+    rnn.weight_peephole_l{k} [3,H] (rows p_i, p_f, p_o). Parameter names are LSTMLM's."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = dict(cfg)
+        V, X, H, L = cfg["V"], cfg["X"], cfg["H"], cfg["L"]
+        if cfg["input"] == "embedding":
+            self.encoder = torch.nn.Embedding(V, X)
+        self.rnn = torch.nn.Module()
+        for k in range(L):
+            shapes = {"weight_ih": (4 * H, X if k == 0 else H), "weight_hh": (4 * H, H),
+                      "bias_ih": (4 * H,), "bias_hh": (4 * H,)}
+            if cfg.get("peephole"):
+                shapes["weight_peephole"] = (3, H)
+            for name, shape in shapes.items():
+                self.rnn.register_parameter(f"{name}_l{k}", torch.nn.Parameter(torch.empty(shape)))
+        if cfg["readout"] == "linear":
+            self.decoder = torch.nn.Linear(H, V)
+
+    def forward(self, inp, h0=None, s0=None):
+        F = torch.nn.functional
+        x = F.embedding(inp, self.encoder.weight) if self.cfg["input"] == "embedding" else inp
+        T, B = x.shape[0], x.shape[1]
+        L, H = self.cfg["L"], self.cfg["H"]
+        zeros = x.new_zeros(L, B, H)
+        h0 = zeros if h0 is None else h0
+        s0 = zeros if s0 is None else s0
+        h_n, s_n = [], []
+        for k in range(L):
+            W_ih, W_hh = getattr(self.rnn, f"weight_ih_l{k}"), getattr(self.rnn, f"weight_hh_l{k}")
+            b = getattr(self.rnn, f"bias_ih_l{k}") + getattr(self.rnn, f"bias_hh_l{k}")
+            P = getattr(self.rnn, f"weight_peephole_l{k}", None)
+            h, s, out = h0[k], s0[k], []
+            for t in range(T):
+                z = F.linear(x[t], W_ih) + F.linear(h, W_hh) + b  # [B,4H]: i, f, g, o
+                zi, zf, za, zo = z.split(H, dim=1)
+                if P is not None:
+                    zi, zf = zi + P[0] * s, zf + P[1] * s
+                i, f, a = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(za)
+                s = f * s + i * a
+                o = torch.sigmoid(zo + P[2] * s if P is not None else zo)
+                h = o * torch.tanh(s)
+                out.append(h)
+            h_n.append(h), s_n.append(s)
+            x = torch.stack(out)
+        logits = self.decoder(x) if self.cfg["readout"] == "linear" else x
+        return logits, torch.stack(h_n), torch.stack(s_n)
+
+
+def make_model(cfg):
+    """nn.LSTM's model for the plain cell, the functional twin for a cell variant."""
+    return FunctionalLSTMLM(cfg) if cfg.get("peephole") else LSTMLM(cfg)
+
+
 def lm_loss(logits, target, target_probs, reduction):
     """Cross-entropy -sum_k y_k log p_k, p = softmax(logits), written out so that soft targets
     work on torch 1.13. mean: over all T*B positions; sum; batch_mean: sum / B (the mean over the
@@ -96,7 +155,7 @@ def lm_loss(logits, target, target_probs, reduction):
 def new_model(cfg, rng, scale=0.5):
     """A float64 LSTMLM with every parameter uniform(-scale, scale) from the numpy Generator
     `rng` (bias_ih and bias_hh both random, so a reader that drops one of them is caught)."""
-    model = LSTMLM(cfg).double()
+    model = make_model(cfg).double()
     with torch.no_grad():
         for _, p in model.named_parameters():
             p.copy_(torch.from_numpy(rng.uniform(-scale, scale, size=tuple(p.shape))))
@@ -156,6 +215,8 @@ def config_from_tensors(tensors, metadata, where):
     inferred = {"input": "embedding" if "encoder.weight" in tensors else "dense",
                 "readout": "linear" if "decoder.weight" in tensors else "identity",
                 "X": X, "H": H, "L": L}
+    if "rnn.weight_peephole_l0" in tensors:
+        inferred["peephole"] = True
     if inferred["readout"] == "linear":
         inferred["V"] = shape("decoder.weight")[0]
     elif inferred["input"] == "embedding":
@@ -171,9 +232,12 @@ def config_from_tensors(tensors, metadata, where):
         for key, value in inferred.items():
             if key in stated and stated[key] != value:
                 raise InputError(f"{where}: {CONFIG_KEY} says {key}={stated[key]!r}, tensors say {value!r}")
+        if bool(stated.get("peephole", False)) != bool(inferred.get("peephole", False)):
+            raise InputError(f"{where}: {CONFIG_KEY} says peephole={stated.get('peephole', False)!r}, "
+                             "tensors say the opposite (rnn.weight_peephole_l0)")
         cfg = {**inferred, **{k: stated[k] for k in inferred if k in stated}}
     # Every expected tensor must be there with the right shape.
-    want = {name: list(t.shape) for name, t in LSTMLM(cfg).state_dict().items()}
+    want = {name: list(t.shape) for name, t in make_model(cfg).state_dict().items()}
     for name, s in want.items():
         if shape(name) != s:
             raise InputError(f"{where}: {name}: expected shape {s}, got {shape(name)}")
@@ -188,7 +252,7 @@ def load_model(path):
     file with all of b in bias_ih and zeros in bias_hh gives the same network)."""
     tensors, metadata = safetensors_np.load(path)
     cfg = config_from_tensors(tensors, metadata, path)
-    model = LSTMLM(cfg).double()
+    model = make_model(cfg).double()
     names = set(model.state_dict())
     model.load_state_dict({n: torch.from_numpy(np.asarray(tensors[n], dtype=np.float64)) for n in names})
     ignored = sorted(set(tensors) - names)

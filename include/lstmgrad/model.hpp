@@ -27,12 +27,17 @@ struct ModelConfig {
   int64_t X = 0;  // input width of layer 0: dense width, or embedding width E
   int64_t H = 0;  // hidden width of every layer
   int64_t L = 1;  // number of layers
+  // The cell's variant. Peepholes (Gers and Schmidhuber 2000): i and f also see s_prev, o sees s,
+  // each through a diagonal weight (one tensor rnn.weight_peephole_l{k} [3,H] per layer).
+  bool peephole = false;
 };
 
 // One named tensor inside the flat parameter vector. Names follow PyTorch's word_language_model:
 // encoder.weight [V,E], rnn.weight_ih_l{k} [4H,in], rnn.weight_hh_l{k} [4H,H],
 // rnn.bias_ih_l{k} [4H], rnn.bias_hh_l{k} [4H], decoder.weight [V,H], decoder.bias [V].
 // Rows of weight_ih/weight_hh are the gate blocks [V_i; V_f; V_a; V_o] (PyTorch's i, f, g, o).
+// With peepholes, after each layer's biases: rnn.weight_peephole_l{k} [3,H], rows p_i, p_f, p_o
+// (PyTorch's nn.LSTM has none; the name follows its pattern).
 struct ParamInfo {
   std::string name;
   std::vector<int64_t> shape;
@@ -50,6 +55,7 @@ size_t parameter_count(const ModelConfig& cfg);
 struct ParameterOffsets {
   struct Layer {
     size_t weight_ih, weight_hh, bias_ih, bias_hh;  // rnn.{weight,bias}_{ih,hh}_l{k}
+    std::optional<size_t> weight_peephole;          // rnn.weight_peephole_l{k}, peepholes only
   };
   std::optional<size_t> encoder_weight;  // [V,X], embedding input only
   std::vector<Layer> layers;             // L entries
@@ -57,6 +63,17 @@ struct ParameterOffsets {
   std::optional<size_t> decoder_bias;    // [V], linear readout only
 };
 ParameterOffsets parameter_offsets(const ModelConfig& cfg);
+
+// Every layer's tensors inside a flat vector of parameters or gradients at `base`, as an engine's
+// per-layer view: View{weight_ih, weight_hh, bias_ih, bias_hh, weight_peephole (or null)}.
+template <class View, class Ptr>
+std::vector<View> layer_views(const ParameterOffsets& o, Ptr base) {
+  std::vector<View> out;
+  for (const ParameterOffsets::Layer& l : o.layers)
+    out.push_back({base + l.weight_ih, base + l.weight_hh, base + l.bias_ih, base + l.bias_hh,
+                   l.weight_peephole ? base + *l.weight_peephole : nullptr});
+  return out;
+}
 // Checks that sizes are positive and consistent (identity readout needs V == H); throws InputError.
 void validate_config(const ModelConfig& cfg);
 std::string to_string(InputKind k);

@@ -18,6 +18,7 @@ struct TrainOptions {
   std::filesystem::path train, valid, test;  // text files (valid/test optional)
   std::string level = "word";                // word | char
   int64_t layers = 2, hidden = 200, embed = 200;
+  bool peephole = false;  // the cell with peepholes (ModelConfig::peephole)
   int64_t seq = 35, batch = 20, epochs = 13;
   bool epochs_given = false;  // on --resume, --epochs given on the command line extends the run
   double lr = 1.0;

@@ -9,6 +9,7 @@
 // flat data) whose blocks are transposed to [1,H] rows and broadcast over the batch.
 #include <fmt/format.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -71,6 +72,11 @@ struct Params {
       if (layout[k].name == name) return leaves[k];
     throw std::logic_error("tape_lm: no parameter " + name);
   }
+  bool has(const std::string& name) const {
+    for (const ParamInfo& info : layout)
+      if (info.name == name) return true;
+    return false;
+  }
 };
 
 Params make_params(Tape& tape, const ModelConfig& cfg, const std::vector<double>& flat) {
@@ -89,6 +95,7 @@ struct LayerVars {
   Var Vt[4];  // [in,H] V_g^T: the block rows [g*H, (g+1)*H) of weight_ih, transposed
   Var Ut[4];  // [H,H]  U_g^T: the same blocks of weight_hh
   Var b[4];   // [1,H]  b_g: bias_ih block + bias_hh block (PyTorch's two biases add up)
+  std::optional<core::CellUnit<Var>> unit;  // [1,H] each: the peephole rows p_i, p_f, p_o
 };
 
 LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H) {
@@ -102,6 +109,11 @@ LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H) {
     lv.Ut[g] = tape.transpose(tape.rows(W_hh, g * H, H));
     lv.b[g] = tape.transpose(tape.add(tape.rows(b_ih, g * H, H), tape.rows(b_hh, g * H, H)));
   }
+  const std::string peephole = fmt::format("rnn.weight_peephole_l{}", k);  // [3,H]
+  if (p.has(peephole)) {
+    const Var P = p.get(peephole);
+    lv.unit = core::CellUnit<Var>{tape.rows(P, 0, 1), tape.rows(P, 1, 1), tape.rows(P, 2, 1)};
+  }
   return lv;
 }
 
@@ -114,7 +126,8 @@ void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s) {
   };
   core::CellGates<Var> g;
   const Var s_prev = s;
-  core::cell_forward(TapeMath{tape}, pre(0), pre(1), pre(2), pre(3), s_prev, g, s, h);
+  core::cell_forward(TapeMath{tape}, pre(0), pre(1), pre(2), pre(3), s_prev,
+                     lv.unit ? &*lv.unit : nullptr, g, s, h);
 }
 
 // Rows [B,n] of a [T,B,n] array at step t.

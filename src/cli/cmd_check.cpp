@@ -23,15 +23,15 @@ struct CheckCliOptions {
 void print_table(const CheckOptions& o, const CheckReport& r) {
   const ModelConfig& c = o.cfg;
   fmt::print(
-      "lstmgrad check: T={} B={} X={} H={} L={} V={}, {} input, {} readout, {} targets, "
+      "lstmgrad check: T={} B={} X={} H={} L={} V={}{}, {} input, {} readout, {} targets, "
       "{} reduction, seed {}\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, to_string(c.input), to_string(c.readout),
-      o.soft_targets ? "soft" : "class", to_string(o.reduction), o.seed);
+      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", to_string(c.input),
+      to_string(c.readout), o.soft_targets ? "soft" : "class", to_string(o.reduction), o.seed);
   fmt::print("loss: hand {:.15g}, tape {:.15g}\n\n", r.loss_hand, r.loss_tape);
-  fmt::print("{:<20} {:<14} {:>10} {:>14} {:>14} {:>9}\n", "tensor", "shape", "max|grad|",
+  fmt::print("{:<24} {:<14} {:>10} {:>14} {:>14} {:>9}\n", "tensor", "shape", "max|grad|",
              "vs tape", "vs fin. diff.", "fd coords");
   for (const CheckRow& row : r.rows)
-    fmt::print("{:<20} {:<14} {:>10.3e} {:>14.2e} {:>14.2e} {:>9} {}\n", row.tensor,
+    fmt::print("{:<24} {:<14} {:>10.3e} {:>14.2e} {:>14.2e} {:>9} {}\n", row.tensor,
                fmt::format("[{}]", fmt::join(row.shape, ",")), row.max_abs, row.tape_rel,
                row.fd_rel, row.fd_coords, row.ok ? "" : "FAIL");
   fmt::print(
@@ -58,11 +58,11 @@ void print_device_table(const CheckOptions& o, const DeviceCheckOptions& d,
                         const DeviceCheckReport& r) {
   const ModelConfig& c = o.cfg;
   fmt::print(
-      "lstmgrad check --device cuda: T={} B={} X={} H={} L={} V={}, {} input, {} readout, {} "
+      "lstmgrad check --device cuda: T={} B={} X={} H={} L={} V={}{}, {} input, {} readout, {} "
       "targets, {} reduction, dropout {}, seed {}\n{} ({} recurrence)\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, to_string(c.input), to_string(c.readout),
-      o.soft_targets ? "soft" : "class", to_string(o.reduction), d.dropout, o.seed, r.device,
-      r.recurrence);
+      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", to_string(c.input),
+      to_string(c.readout), o.soft_targets ? "soft" : "class", to_string(o.reduction), d.dropout,
+      o.seed, r.device, r.recurrence);
   fmt::print("loss: float64 CPU {:.15g}, float32 CUDA {:.15g}\n\n", r.loss_ref, r.loss_device);
   fmt::print("{:<26} {:<14} {:>10} {:>12}\n", "tensor", "shape", "max|ref|", "rel. error");
   for (const DeviceCheckRow& row : r.rows)
@@ -129,6 +129,8 @@ void register_check(CLI::App& app) {
       ->check(positive)
       ->capture_default_str();
   cmd->add_option("-L,--layers", a->o.cfg.L, "Layers")->check(positive)->capture_default_str();
+  cmd->add_flag("--peephole", a->o.cfg.peephole,
+                "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");
   cmd->add_option("-V,--vocab", a->o.cfg.V, "Vocabulary / classes (identity readout: = H)")
       ->check(positive)
       ->capture_default_str();

@@ -47,6 +47,8 @@ void register_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--layers", o->layers, "LSTM layers")->capture_default_str();
   cmd->add_option("--hidden", o->hidden, "Hidden units per layer")->capture_default_str();
+  cmd->add_flag("--peephole", o->peephole,
+                "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");
   cmd->add_option("--embed", o->embed, "Embedding width")->capture_default_str();
   cmd->add_option("--seq", o->seq, "Unrolled steps per window (BPTT length)")
       ->capture_default_str();

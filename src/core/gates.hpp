@@ -54,13 +54,22 @@ inline float fast_tanh(float x) {
   return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
 }
 
+// Unit j's CellUnit weights from a block laid out like a gate row: p_i, p_f, p_o at u, u + gs,
+// u + 2 gs (zeros where u is null).
+template <class Real>
+inline CellUnit<Real> unit_at(const Real* u, int64_t gs, int64_t j) {
+  if (!u) return {0, 0, 0};
+  return {u[j], u[gs + j], u[2 * gs + j]};
+}
+
 // A slice of n hidden units (a thread's share, or all H). z: B rows with stride ldz, each holding
 // the four gates' n pre-activations (V x + U h_prev) at z, z + gs, z + 2 gs, z + 3 gs (gs = H in
-// a [B,4H] row); `bias` (same offsets, may be null) is added. Out: the activations i, f, a, o,
-// saved for backward. s_prev [B,n] in; s [B,n], h [B,n] out; state rows have stride ld.
+// a [B,4H] row); `bias` (same offsets, may be null) is added. `unit` (may be null): the units'
+// CellUnit weights, p_i, p_f, p_o at unit, unit + gs, unit + 2 gs. Out: the activations i, f, a,
+// o, saved for backward. s_prev [B,n] in; s [B,n], h [B,n] out; state rows have stride ld.
 template <class Real>
-inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Real* s, Real* h,
-                          const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
+inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, const Real* unit,
+                          Real* s, Real* h, const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r) {
     Real* zi = z + r * ldz;
     Real* zf = zi + gs;
@@ -73,7 +82,8 @@ inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Re
       Real pi = zi[j], pf = zf[j], pa = za[j], po = zo[j];
       if (bias) pi += bias[j], pf += bias[gs + j], pa += bias[2 * gs + j], po += bias[3 * gs + j];
       CellGates<Real> g;
-      cell_forward(ScalarMath<Real>{}, pi, pf, pa, po, sp[j], g, sr[j], hr[j]);
+      const CellUnit<Real> u = unit_at(unit, gs, j);
+      cell_forward(ScalarMath<Real>{}, pi, pf, pa, po, sp[j], unit ? &u : nullptr, g, sr[j], hr[j]);
       zi[j] = g.i, zf[j] = g.f, za[j] = g.a, zo[j] = g.o;
     }
   }
@@ -82,18 +92,19 @@ inline void gates_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Re
 // The dense layout: z [B,4H], states [B,H].
 template <class Real>
 inline void gates_forward(Real* z, Real* s, Real* h, const Real* s_prev, int64_t B, int64_t H) {
-  gates_forward(z, 4 * H, H, static_cast<const Real*>(nullptr), s, h, s_prev, H, B, H);
+  gates_forward(z, 4 * H, H, static_cast<const Real*>(nullptr), static_cast<const Real*>(nullptr),
+                s, h, s_prev, H, B, H);
 }
 
 // Backward of gates_forward. dh = dh_out + dh_rec (from the readout or the layer above, and from
 // step t+1); ds in: the gradient carried from step t+1 (ds_{t+1} * f_{t+1}); out: ds_prev, the
 // gradient for s_prev (may be the same buffer). dz out: pre-activation gradients, laid out like
 // gates (stride ldz, gate blocks gs apart). dh_out may be null (no gradient from outside at this
-// step). States, ds, dh_out and dh_rec have row stride ld.
+// step). States, ds, dh_out and dh_rec have row stride ld; `unit` as in gates_forward.
 template <class Real>
 inline void gates_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_out,
                            const Real* dh_rec, const Real* gates, const Real* s, const Real* s_prev,
-                           int64_t ld, int64_t B, int64_t n) {
+                           const Real* unit, int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r) {
     const Real* g = gates + r * ldz;
     Real* d = dz + r * ldz;
@@ -102,7 +113,9 @@ inline void gates_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Re
       const CellGates<Real> gk{g[j], g[gs + j], g[2 * gs + j], g[3 * gs + j]};
       const Real dh = (dh_out ? dh_out[k] : Real(0)) + dh_rec[k];
       CellGates<Real> dzk;
-      cell_backward(ScalarMath<Real>{}, gk, std::tanh(s[k]), s_prev[k], dh, ds[k], dzk);
+      const CellUnit<Real> u = unit_at(unit, gs, j);
+      cell_backward(ScalarMath<Real>{}, gk, std::tanh(s[k]), s_prev[k], unit ? &u : nullptr, dh,
+                    ds[k], dzk);
       d[j] = dzk.i, d[gs + j] = dzk.f, d[2 * gs + j] = dzk.a, d[3 * gs + j] = dzk.o;
     }
   }
@@ -113,7 +126,20 @@ template <class Real>
 inline void gates_backward(Real* dz, Real* ds, const Real* dh_out, const Real* dh_rec,
                            const Real* gates, const Real* s, const Real* s_prev, int64_t B,
                            int64_t H) {
-  gates_backward(dz, 4 * H, H, ds, dh_out, dh_rec, gates, s, s_prev, H, B, H);
+  gates_backward(dz, 4 * H, H, ds, dh_out, dh_rec, gates, s, s_prev,
+                 static_cast<const Real*>(nullptr), H, B, H);
+}
+
+// The CellUnit weights' gradients of n units, summed over N positions (rows of stride ldz for dz,
+// ld for the states) in order, added to du (p_i, p_f, p_o at du, du + gs, du + 2 gs). dz: the
+// pre-activation gradients (gate blocks gs apart); s_prev, s: each position's states.
+template <class Real>
+inline void unit_grads(Real* du, int64_t gs, const Real* dz, int64_t ldz, const Real* s_prev,
+                       const Real* s, int64_t ld, int64_t N, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const CellUnit<Real> g = cell_unit_grads(dz + j, ldz, gs, s_prev + j, s + j, ld, N);
+    du[j] += g.p_i, du[gs + j] += g.p_f, du[2 * gs + j] += g.p_o;
+  }
 }
 
 }  // namespace lstmgrad::core

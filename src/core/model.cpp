@@ -22,6 +22,7 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
     add(fmt::format("rnn.weight_hh_l{}", k), {4 * cfg.H, cfg.H});
     add(fmt::format("rnn.bias_ih_l{}", k), {4 * cfg.H});
     add(fmt::format("rnn.bias_hh_l{}", k), {4 * cfg.H});
+    if (cfg.peephole) add(fmt::format("rnn.weight_peephole_l{}", k), {3, cfg.H});
   }
   if (cfg.readout == Readout::linear) {
     add("decoder.weight", {cfg.V, cfg.H});
@@ -42,7 +43,8 @@ ParameterOffsets parameter_offsets(const ModelConfig& cfg) {
   for (int64_t k = 0; k < cfg.L; ++k)
     o.layers.push_back(
         {*find(fmt::format("rnn.weight_ih_l{}", k)), *find(fmt::format("rnn.weight_hh_l{}", k)),
-         *find(fmt::format("rnn.bias_ih_l{}", k)), *find(fmt::format("rnn.bias_hh_l{}", k))});
+         *find(fmt::format("rnn.bias_ih_l{}", k)), *find(fmt::format("rnn.bias_hh_l{}", k)),
+         find(fmt::format("rnn.weight_peephole_l{}", k))});
   o.decoder_weight = find("decoder.weight");
   o.decoder_bias = find("decoder.bias");
   return o;

@@ -16,16 +16,26 @@ LSTMGRAD_AVX512 inline __m512 biased(__mmask16 m, const float* z, const float* b
   return _mm512_add_ps(_mm512_maskz_loadu_ps(m, z), _mm512_maskz_loadu_ps(m, b));
 }
 
+// The 16 units' CellUnit weights (core/cell_math.hpp) from a block laid out like a gate row: p_i,
+// p_f, p_o at u, u + gs, u + 2 gs.
+LSTMGRAD_AVX512_FLAT inline core::CellUnit<Vec16> unit16(__mmask16 m, const float* u, int64_t gs) {
+  return {{_mm512_maskz_loadu_ps(m, u)},
+          {_mm512_maskz_loadu_ps(m, u + gs)},
+          {_mm512_maskz_loadu_ps(m, u + 2 * gs)}};
+}
+
 // The cell's forward (core::cell_forward) for 16 units of one row (lanes outside m untouched),
-// from the four gates' pre-activations (bias included): the activated gates into z (gs apart), s
-// and h.
-LSTMGRAD_AVX512_FLAT inline void cell_forward16(__mmask16 m, const __m512* pre, float* z,
-                                                int64_t gs, const float* s_prev, float* s,
+// from the four gates' pre-activations (bias included) and the units' weights (unit, may be
+// null): the activated gates into z (gs apart), s and h.
+LSTMGRAD_AVX512_FLAT inline void cell_forward16(__mmask16 m, const __m512* pre, const float* unit,
+                                                float* z, int64_t gs, const float* s_prev, float* s,
                                                 float* h) {
   core::CellGates<Vec16> g;
   Vec16 sv, hv;
+  core::CellUnit<Vec16> u;
+  if (unit) u = unit16(m, unit, gs);
   core::cell_forward(Avx512Math{}, Vec16{pre[0]}, Vec16{pre[1]}, Vec16{pre[2]}, Vec16{pre[3]},
-                     Vec16{_mm512_maskz_loadu_ps(m, s_prev)}, g, sv, hv);
+                     Vec16{_mm512_maskz_loadu_ps(m, s_prev)}, unit ? &u : nullptr, g, sv, hv);
   _mm512_mask_storeu_ps(z, m, g.i.v);
   _mm512_mask_storeu_ps(z + gs, m, g.f.v);
   _mm512_mask_storeu_ps(z + 2 * gs, m, g.a.v);
@@ -36,9 +46,9 @@ LSTMGRAD_AVX512_FLAT inline void cell_forward16(__mmask16 m, const __m512* pre, 
 
 // AVX-512: one pass per row over 16 units at a time, the four gates and the cell in registers
 // (the tail masked), instead of five passes through the row.
-LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const float* bias, float* s,
-                                     float* h, const float* s_prev, int64_t ld, int64_t B,
-                                     int64_t n) {
+LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const float* bias,
+                                     const float* unit, float* s, float* h, const float* s_prev,
+                                     int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r)
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 m = first_lanes(n - j);
@@ -46,16 +56,18 @@ LSTMGRAD_AVX512 void gates_forward16(float* z, int64_t ldz, int64_t gs, const fl
       const __m512 pre[4] = {biased(m, zr, bias + j), biased(m, zr + gs, bias + gs + j),
                              biased(m, zr + 2 * gs, bias + 2 * gs + j),
                              biased(m, zr + 3 * gs, bias + 3 * gs + j)};
-      cell_forward16(m, pre, zr, gs, s_prev + r * ld + j, s + r * ld + j, h + r * ld + j);
+      cell_forward16(m, pre, unit ? unit + j : nullptr, zr, gs, s_prev + r * ld + j, s + r * ld + j,
+                     h + r * ld + j);
     }
 }
 
 // The cell's backward for 16 units of one row (lanes outside m untouched): dh = dL/dh_t (all of
 // it) in; the four gates' gradients (gs apart) into d, and ds (dL/ds_t in) becomes dL/ds_{t-1}.
-// g: the row's saved gates; s, s_prev: this unit's cell state at t and t - 1.
+// g: the row's saved gates; s, s_prev: this unit's cell state at t and t - 1; unit: the units'
+// weights (may be null).
 LSTMGRAD_AVX512_FLAT inline void cell_backward16(__mmask16 m, __m512 dh, const float* g, int64_t gs,
-                                                 const float* s, const float* s_prev, float* ds,
-                                                 float* d) {
+                                                 const float* s, const float* s_prev,
+                                                 const float* unit, float* ds, float* d) {
   const core::CellGates<Vec16> gv{{_mm512_maskz_loadu_ps(m, g)},
                                   {_mm512_maskz_loadu_ps(m, g + gs)},
                                   {_mm512_maskz_loadu_ps(m, g + 2 * gs)},
@@ -63,8 +75,11 @@ LSTMGRAD_AVX512_FLAT inline void cell_backward16(__mmask16 m, __m512 dh, const f
   const Avx512Math math;
   Vec16 dsv{_mm512_maskz_loadu_ps(m, ds)};
   core::CellGates<Vec16> dz;
+  core::CellUnit<Vec16> u;
+  if (unit) u = unit16(m, unit, gs);
   core::cell_backward(math, gv, math.tanh(Vec16{_mm512_maskz_loadu_ps(m, s)}),
-                      Vec16{_mm512_maskz_loadu_ps(m, s_prev)}, Vec16{dh}, dsv, dz);
+                      Vec16{_mm512_maskz_loadu_ps(m, s_prev)}, unit ? &u : nullptr, Vec16{dh}, dsv,
+                      dz);
   _mm512_mask_storeu_ps(d, m, dz.i.v);
   _mm512_mask_storeu_ps(d + gs, m, dz.f.v);
   _mm512_mask_storeu_ps(d + 2 * gs, m, dz.a.v);
@@ -74,15 +89,16 @@ LSTMGRAD_AVX512_FLAT inline void cell_backward16(__mmask16 m, __m512 dh, const f
 
 LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float* ds,
                                       const float* dh_out, const float* dh_rec, const float* gates,
-                                      const float* s, const float* s_prev, int64_t ld, int64_t B,
-                                      int64_t n) {
+                                      const float* s, const float* s_prev, const float* unit,
+                                      int64_t ld, int64_t B, int64_t n) {
   for (int64_t r = 0; r < B; ++r)
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 m = first_lanes(n - j);
       const int64_t k = r * ld + j;
       __m512 dh = _mm512_maskz_loadu_ps(m, dh_rec + k);
       if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
-      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, ds + k, dz + r * ldz + j);
+      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, unit ? unit + j : nullptr,
+                      ds + k, dz + r * ldz + j);
     }
 }
 
@@ -109,8 +125,8 @@ LSTMGRAD_AVX512 inline void panel_sums(int64_t K, const float* a, int64_t lda, c
 // nonlinearities, the cell), without z going through memory in between.
 template <int MR>
 LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const float* P, float* z,
-                               int64_t ldz, int64_t gs, const float* bias, float* s, float* h,
-                               const float* s_prev, int64_t ld, __mmask16 m) {
+                               int64_t ldz, int64_t gs, const float* bias, const float* unit,
+                               float* s, float* h, const float* s_prev, int64_t ld, __mmask16 m) {
   __m512 acc[MR][4];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -133,7 +149,7 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(_mm512_add_ps(acc[r][g], _mm512_maskz_loadu_ps(m, zr + g * gs)), b[g]);
-    cell_forward16(m, pre, zr, gs, s_prev + r * ld, s + r * ld, h + r * ld);
+    cell_forward16(m, pre, unit, zr, gs, s_prev + r * ld, s + r * ld, h + r * ld);
   }
 }
 
@@ -144,7 +160,7 @@ template <int MR, int NP>
 LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz, const float* P,
                                         float* dz, int64_t gs, float* ds, const float* dh_out,
                                         const float* gates, const float* s, const float* s_prev,
-                                        int64_t ld, const __mmask16* mask) {
+                                        const float* unit, int64_t ld, const __mmask16* mask) {
   __m512 acc[MR][NP];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
@@ -171,7 +187,8 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
       const int64_t j = p * 16, k = r * ld + j;
       __m512 dh = acc[r][p];
       if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
-      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, ds + k, dz + r * ldz + j);
+      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, unit ? unit + j : nullptr,
+                      ds + k, dz + r * ldz + j);
     }
 }
 
@@ -195,12 +212,12 @@ LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
 // 9 loads for 20 FMAs.
 LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K,
                                         const float* panels, float* z, int64_t ldz, int64_t gs,
-                                        const float* bias, float* s, float* h, const float* s_prev,
-                                        int64_t ld, int64_t n) {
+                                        const float* bias, const float* unit, float* s, float* h,
+                                        const float* s_prev, int64_t ld, int64_t n) {
   const __mmask16 m = first_lanes(n);
   for (int64_t r = 0; r < B; r += 5)
     with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
-      step_tile<mr>(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, s + r * ld,
+      step_tile<mr>(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
                     h + r * ld, s_prev + r * ld, ld, m);
     });
 }
@@ -210,7 +227,8 @@ LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t 
 LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_t ldz, int64_t K,
                                          const float* panels, float* dz, int64_t gs, float* ds,
                                          const float* dh_out, const float* gates, const float* s,
-                                         const float* s_prev, int64_t ld, int64_t n) {
+                                         const float* s_prev, const float* unit, int64_t ld,
+                                         int64_t n) {
   const __mmask16 mask[2] = {first_lanes(n), first_lanes(std::max<int64_t>(n - 16, 0))};
   for (int64_t r = 0; r < B; r += 12)
     with_rows<12>(std::min<int64_t>(12, B - r), [&](auto mr) {
@@ -218,7 +236,7 @@ LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_
       const float* dho = dh_out ? dh_out + o : nullptr;
       auto tile = n > 16 ? &step_tile_backward<mr, 2> : &step_tile_backward<mr, 1>;
       tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz, s + o,
-           s_prev + o, ld, mask);
+           s_prev + o, unit, ld, mask);
     });
 }
 
@@ -259,11 +277,30 @@ inline void cell_update(float* __restrict s, float* __restrict h, const float* _
     core::cell_output(m, {i[j], f[j], a[j], o[j]}, m.tanh(s[j]), h[j]);
 }
 
+// With CellUnit weights: the cell per unit (core::cell_forward as it is), one loop.
+inline void cells_with_units(float* z, int64_t gs, const float* bias, const float* unit, float* s,
+                             float* h, const float* sp, int64_t n) {
+  const FastMath m;
+  for (int64_t j = 0; j < n; ++j) {
+    const core::CellUnit<float> u{unit[j], unit[gs + j], unit[2 * gs + j]};
+    core::CellGates<float> g;
+    core::cell_forward(m, z[j] + bias[j], z[gs + j] + bias[gs + j],
+                       z[2 * gs + j] + bias[2 * gs + j], z[3 * gs + j] + bias[3 * gs + j], sp[j],
+                       &u, g, s[j], h[j]);
+    z[j] = g.i, z[gs + j] = g.f, z[2 * gs + j] = g.a, z[3 * gs + j] = g.o;
+  }
+}
+
 LSTMGRAD_CLONES
-void fast_gates_forward(float* z, int64_t ldz, int64_t gs, const float* bias, float* s, float* h,
-                        const float* s_prev, int64_t ld, int64_t B, int64_t n) {
-  if (panel_gemm_available()) return gates_forward16(z, ldz, gs, bias, s, h, s_prev, ld, B, n);
+void fast_gates_forward(float* z, int64_t ldz, int64_t gs, const float* bias, const float* unit,
+                        float* s, float* h, const float* s_prev, int64_t ld, int64_t B, int64_t n) {
+  if (panel_gemm_available())
+    return gates_forward16(z, ldz, gs, bias, unit, s, h, s_prev, ld, B, n);
   for (int64_t r = 0; r < B; ++r) {
+    if (unit) {
+      cells_with_units(z + r * ldz, gs, bias, unit, s + r * ld, h + r * ld, s_prev + r * ld, n);
+      continue;
+    }
     float* zr = z + r * ldz;
     sigmoid_bias(zr, bias, n);
     sigmoid_bias(zr + gs, bias + gs, n);
@@ -278,24 +315,34 @@ inline void tanh_of(float* __restrict out, const float* __restrict v, int64_t n)
 }
 
 // d_i .. d_o out; d_i and d_f may hold dh and tanh(s) on entry (read before written at each j).
+// unit: the units' CellUnit weights (may be null: one loop each way, so that the plain cell's
+// vectorises as before).
 inline void gate_grads(float* d_i, float* d_f, float* __restrict d_a, float* __restrict d_o,
                        float* __restrict ds, const float* dh, const float* ts,
                        const float* __restrict g, int64_t gs, const float* __restrict sp,
-                       int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {  // core::cell_backward
+                       const float* __restrict unit, int64_t n) {
+  auto cell = [&](int64_t j, const core::CellUnit<float>* u) {  // core::cell_backward
     const core::CellGates<float> gj{g[j], g[gs + j], g[2 * gs + j], g[3 * gs + j]};
     core::CellGates<float> dz;
-    core::cell_backward(FastMath{}, gj, ts[j], sp[j], dh[j], ds[j], dz);
+    core::cell_backward(FastMath{}, gj, ts[j], sp[j], u, dh[j], ds[j], dz);
     d_i[j] = dz.i, d_f[j] = dz.f, d_a[j] = dz.a, d_o[j] = dz.o;
+  };
+  if (!unit) {
+    for (int64_t j = 0; j < n; ++j) cell(j, nullptr);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const core::CellUnit<float> u{unit[j], unit[gs + j], unit[2 * gs + j]};
+    cell(j, &u);
   }
 }
 
 LSTMGRAD_CLONES
 void fast_gates_backward(float* dz, int64_t ldz, int64_t gs, float* ds, const float* dh_out,
                          const float* dh_rec, const float* gates, const float* s,
-                         const float* s_prev, int64_t ld, int64_t B, int64_t n) {
+                         const float* s_prev, const float* unit, int64_t ld, int64_t B, int64_t n) {
   if (panel_gemm_available())
-    return gates_backward16(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, ld, B, n);
+    return gates_backward16(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, unit, ld, B, n);
   for (int64_t r = 0; r < B; ++r) {
     const float* __restrict g = gates + r * ldz;
     float* d = dz + r * ldz;
@@ -312,7 +359,7 @@ void fast_gates_backward(float* dz, int64_t ldz, int64_t gs, float* ds, const fl
       for (int64_t j = 0; j < n; ++j) dh[j] = dhr[j];
     }
     tanh_of(ts, s + r * ld, n);
-    gate_grads(d, d + gs, d + 2 * gs, d + 3 * gs, dsr, dh, ts, g, gs, sp, n);
+    gate_grads(d, d + gs, d + 2 * gs, d + 3 * gs, dsr, dh, ts, g, gs, sp, unit, n);
   }
 }
 

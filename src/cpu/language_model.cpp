@@ -45,16 +45,6 @@ Real loss_scale(Reduction red, int64_t T, int64_t B) {
   return Real(1);
 }
 
-// The four tensors of every layer inside a flat vector of parameters (View = LayerWeights) or of
-// gradients (View = LayerGrads). L small entries per call.
-template <class View, class Ptr>
-std::vector<View> layer_views(const ParameterOffsets& o, Ptr base) {
-  std::vector<View> out;
-  for (const ParameterOffsets::Layer& l : o.layers)
-    out.push_back({base + l.weight_ih, base + l.weight_hh, base + l.bias_ih, base + l.bias_hh});
-  return out;
-}
-
 // The fused float32 readout over a team of P threads (float64 never takes it).
 template <class Real>
 void fused_forward(cpu::VocabReadout& r, int P, const Real* h, const Real* W, const Real* c,

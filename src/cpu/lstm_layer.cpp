@@ -14,23 +14,23 @@ namespace {
 
 // float32 takes the vectorised kernels; float64 stays the std:: reference.
 template <class Real>
-void step_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, Real* s, Real* h,
-                  const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
+void step_forward(Real* z, int64_t ldz, int64_t gs, const Real* bias, const Real* unit, Real* s,
+                  Real* h, const Real* s_prev, int64_t ld, int64_t B, int64_t n) {
   if constexpr (std::is_same_v<Real, float>) {
-    fast_gates_forward(z, ldz, gs, bias, s, h, s_prev, ld, B, n);
+    fast_gates_forward(z, ldz, gs, bias, unit, s, h, s_prev, ld, B, n);
   } else {
-    core::gates_forward(z, ldz, gs, bias, s, h, s_prev, ld, B, n);
+    core::gates_forward(z, ldz, gs, bias, unit, s, h, s_prev, ld, B, n);
   }
 }
 
 template <class Real>
 void step_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_out,
                    const Real* dh_rec, const Real* gates, const Real* s, const Real* s_prev,
-                   int64_t ld, int64_t B, int64_t n) {
+                   const Real* unit, int64_t ld, int64_t B, int64_t n) {
   if constexpr (std::is_same_v<Real, float>) {
-    fast_gates_backward(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, ld, B, n);
+    fast_gates_backward(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, unit, ld, B, n);
   } else {
-    core::gates_backward(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, ld, B, n);
+    core::gates_backward(dz, ldz, gs, ds, dh_out, dh_rec, gates, s, s_prev, unit, ld, B, n);
   }
 }
 
@@ -88,8 +88,8 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
     for_each_claimed(saved, t, ts, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
       fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
-                         saved.sseq + (t + 1) * B * H + j, saved.hseq + (t + 1) * B * H + j,
-                         saved.sseq + t * B * H + j, H, n);
+                         w.unit ? w.unit + j : nullptr, saved.sseq + (t + 1) * B * H + j,
+                         saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, n);
     });
     saved.step_barrier->wait(ts.size);  // h_t complete before any thread's next GEMM reads it
   }
@@ -112,11 +112,13 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
       const float* gates = saved.gates + t * B * G + j;
       const float* s = saved.sseq + (t + 1) * B * H + j;
       const float* s_prev = saved.sseq + t * B * H + j;
+      const float* unit = w.unit ? w.unit + j : nullptr;
       if (t + 1 < T)  // z_{t+1} = ... + h_t U^T: dh_rec = dz_{t+1} U, in registers
         fused_step_backward(B, dzt + B * G, G, G, saved.panels + u * per, dzt + j, H, ds + j, dho,
-                            gates, s, s_prev, H, n);
+                            gates, s, s_prev, unit, H, n);
       else  // dh_rec from the caller
-        fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, H, B, n);
+        fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
+                            n);
     });
     saved.step_barrier->wait(ts.size);  // dz_t complete before any thread's GEMM reads it
   }
@@ -173,8 +175,9 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
       for (int64_t q = 0; q < 4; ++q)
         gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
              zt + q * H + j0, G);
-      step_forward(zt + j0, G, H, saved.bias + j0, saved.sseq + (t + 1) * B * H + j0,
-                   saved.hseq + (t + 1) * B * H + j0, saved.sseq + t * B * H + j0, H, B, n);
+      step_forward(zt + j0, G, H, saved.bias + j0, w.unit ? w.unit + j0 : nullptr,
+                   saved.sseq + (t + 1) * B * H + j0, saved.hseq + (t + 1) * B * H + j0,
+                   saved.sseq + t * B * H + j0, H, B, n);
     }
 #pragma omp barrier  // h_t complete before any thread's next GEMM reads it
   }
@@ -196,7 +199,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     if (n > 0)
       step_backward(dzt + j0, G, H, ds + j0, dh_out ? dh_out + t * B * H + j0 : nullptr,
                     dh_rec + j0, saved.gates + t * B * G + j0, saved.sseq + (t + 1) * B * H + j0,
-                    saved.sseq + t * B * H + j0, H, B, n);
+                    saved.sseq + t * B * H + j0, w.unit ? w.unit + j0 : nullptr, H, B, n);
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, this thread's columns.
     if (n > 0)
@@ -219,6 +222,11 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     }
     for (int64_t k = 0; k < g1 - g0; ++k) g.db_ih[g0 + k] += db[k], g.db_hh[g0 + k] += db[k];
   }
+  // The CellUnit weights' gradients (peepholes: z = ... + p s), this thread's units, over all
+  // positions in order: the same sums for any team size.
+  if (w.unit && n > 0)
+    core::unit_grads(g.dunit + j0, H, dz + j0, G, saved.sseq + j0, saved.sseq + B * H + j0, H, N,
+                     n);
   if (dx) {  // dx = dz W_ih, this thread's rows (all of dz is complete: the last barrier above)
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
     if (r1 > r0)

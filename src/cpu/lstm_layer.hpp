@@ -33,6 +33,9 @@ struct LayerWeights {
   const Real* W_hh;  // [G,H] rows [U_i; U_f; U_a; U_o]
   const Real* b_ih;  // [G]
   const Real* b_hh;  // [G]
+  // [3H] the cell's CellUnit weights (core/cell_math.hpp) p_i, p_f, p_o, H apart (peepholes:
+  // rnn.weight_peephole_l{k}); null: the plain cell.
+  const Real* unit = nullptr;
 };
 
 template <class Real>
@@ -41,6 +44,7 @@ struct LayerGrads {  // accumulated (+=)
   Real* dW_hh;
   Real* db_ih;
   Real* db_hh;
+  Real* dunit = nullptr;  // [3H], with LayerWeights::unit
 };
 
 // What forward saves for backward.

@@ -31,6 +31,12 @@ int grid_for(int64_t n) {
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < (n); \
        k += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
+// Unit j's CellUnit weights from [3H] (zeros where there are none).
+__device__ inline core::CellUnit<float> unit_of(const float* u, int H, int j) {
+  if (!u) return {0, 0, 0};
+  return {u[j], u[H + j], u[2 * H + j]};
+}
+
 __device__ inline float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
   return v;
@@ -65,8 +71,11 @@ __global__ void __launch_bounds__(kThreads) forward_persistent(RecurrentForward 
   const int my_r = lane / NJ, my_jj = lane - my_r * NJ, my_j = j0 + my_jj;
   const bool runs_cell = lane < RB * NJ && my_jj < nj;
   float bias[4] = {0, 0, 0, 0};
-  if (runs_cell)
+  core::CellUnit<float> unit{0, 0, 0};
+  if (runs_cell) {
     for (int g = 0; g < 4; ++g) bias[g] = a.b_ih[g * H + my_j] + a.b_hh[g * H + my_j];
+    if (a.unit) unit = {a.unit[my_j], a.unit[H + my_j], a.unit[2 * H + my_j]};
+  }
   for (int t = 0; t < a.T; ++t) {
     const float* hp = a.hseq + static_cast<size_t>(t) * B * H;
     for (int tile = warp; tile < tiles; tile += warps) {
@@ -116,7 +125,8 @@ __global__ void __launch_bounds__(kThreads) forward_persistent(RecurrentForward 
         for (int g = 0; g < 4; ++g) z[g] += xz[g];
         float s, h;
         core::CellGates<float> c;
-        core::cell_forward(Math{}, z[0], z[1], z[2], z[3], s_prev, c, s, h);
+        core::cell_forward(Math{}, z[0], z[1], z[2], z[3], s_prev, a.unit ? &unit : nullptr, c, s,
+                           h);
         a.gates[row + my_j] = c.i, a.gates[row + H + my_j] = c.f;
         a.gates[row + 2 * H + my_j] = c.a, a.gates[row + 3 * H + my_j] = c.o;
         a.sseq[st + static_cast<size_t>(B) * H] = s;
@@ -158,8 +168,9 @@ __global__ void __launch_bounds__(kThreads) backward_persistent(RecurrentBackwar
       const float dh = (a.dh_out ? a.dh_out[st] : 0.0f) + dhrec[p];
       float dsv = ds[p];
       core::CellGates<float> d;
+      const core::CellUnit<float> u = unit_of(a.unit, H, j);
       core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]),
-                          a.sseq[st], dh, dsv, d);
+                          a.sseq[st], a.unit ? &u : nullptr, dh, dsv, d);
       ds[p] = dsv;
       a.dz[row + j] = d.i, a.dz[row + H + j] = d.f, a.dz[row + 2 * H + j] = d.a;
       a.dz[row + 3 * H + j] = d.o;
@@ -271,7 +282,8 @@ __global__ void gates_forward_kernel(RecurrentForward a, int t) {
       z[g] = a.gx[row + g * H + j] + a.b_ih[g * H + j] + a.b_hh[g * H + j];
     float s, h;
     core::CellGates<float> c;
-    core::cell_forward(Math{}, z[0], z[1], z[2], z[3], a.sseq[st], c, s, h);
+    const core::CellUnit<float> u = unit_of(a.unit, H, j);
+    core::cell_forward(Math{}, z[0], z[1], z[2], z[3], a.sseq[st], a.unit ? &u : nullptr, c, s, h);
     a.gates[row + j] = c.i, a.gates[row + H + j] = c.f, a.gates[row + 2 * H + j] = c.a;
     a.gates[row + 3 * H + j] = c.o;
     a.sseq[st + static_cast<size_t>(B) * H] = s;
@@ -290,11 +302,22 @@ __global__ void gates_backward_kernel(RecurrentBackward a, int t) {
     const float dh = (a.dh_out ? a.dh_out[st] : 0.0f) + a.dhrec[k];
     float dsv = a.ds[k];
     core::CellGates<float> d;
+    const core::CellUnit<float> u = unit_of(a.unit, H, j);
     core::cell_backward(Math{}, g, Math{}.tanh(a.sseq[st + static_cast<size_t>(B) * H]), a.sseq[st],
-                        dh, dsv, d);
+                        a.unit ? &u : nullptr, dh, dsv, d);
     a.ds[k] = dsv;
     a.dz[row + j] = d.i, a.dz[row + H + j] = d.f, a.dz[row + 2 * H + j] = d.a;
     a.dz[row + 3 * H + j] = d.o;
+  }
+}
+
+__global__ void unit_grads_kernel(float* du, const float* dz, const float* sseq, int64_t N, int B,
+                                  int H) {
+  LSTMGRAD_FOR_EACH(j, H) {
+    const int64_t h = H;
+    const core::CellUnit<float> g =
+        core::cell_unit_grads(dz + j, 4 * h, h, sseq + j, sseq + B * h + j, h, N);
+    du[j] += g.p_i, du[H + j] += g.p_f, du[2 * H + j] += g.p_o;
   }
 }
 
@@ -487,6 +510,13 @@ void gates_forward_step(const RecurrentForward& a, int t, cudaStream_t stream) {
 
 void gates_backward_step(const RecurrentBackward& a, int t, cudaStream_t stream) {
   gates_backward_kernel<<<grid_for(static_cast<int64_t>(a.B) * a.H), kThreads, 0, stream>>>(a, t);
+  LSTMGRAD_LAUNCHED();
+}
+
+void unit_grads(float* du, const float* dz, const float* sseq, int64_t T, int64_t B, int64_t H,
+                cudaStream_t stream) {
+  unit_grads_kernel<<<grid_for(H), kThreads, 0, stream>>>(du, dz, sseq, T * B, static_cast<int>(B),
+                                                          static_cast<int>(H));
   LSTMGRAD_LAUNCHED();
 }
 

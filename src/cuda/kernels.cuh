@@ -13,6 +13,7 @@ namespace lstmgrad::cuda {
 struct RecurrentForward {
   float* gx;
   const float *U, *b_ih, *b_hh;  // [G,H], [G], [G]
+  const float* unit;             // [3H] the cell's CellUnit weights p_i, p_f, p_o, or null
   float *hseq, *sseq, *gates;
   int T, B, H;
 };
@@ -22,6 +23,7 @@ struct RecurrentForward {
 struct RecurrentBackward {
   const float* dh_out;
   const float *U, *gates, *sseq;
+  const float* unit;  // as in RecurrentForward
   float *dz, *dh0, *ds0, *dhrec, *ds;
   int T, B, H;
 };
@@ -41,6 +43,10 @@ void recurrent_backward_persistent(const RecurrentBackward& a, const PersistentP
 // The per-step path's element-wise halves (the GEMMs are the caller's).
 void gates_forward_step(const RecurrentForward& a, int t, cudaStream_t stream);
 void gates_backward_step(const RecurrentBackward& a, int t, cudaStream_t stream);
+// du [3H] += the CellUnit weights' gradients summed over the T*B positions of dz [T,B,G] and
+// the states sseq [T+1,B,H] (core::unit_grads, one thread per unit: a fixed order).
+void unit_grads(float* du, const float* dz, const float* sseq, int64_t T, int64_t B, int64_t H,
+                cudaStream_t stream);
 
 void gather_rows(float* out, const float* table, const int64_t* ids, int64_t N, int64_t X,
                  cudaStream_t stream);

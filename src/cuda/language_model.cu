@@ -113,14 +113,11 @@ struct LanguageModel::Impl {
     if (stream) cudaStreamDestroy(stream);
   }
 
-  // Every layer's four tensors in the flat parameters (View = LayerParams) or gradients
+  // Every layer's tensors in the flat parameters (View = LayerParams) or gradients
   // (View = LayerGrads).
   template <class View, class Ptr>
   std::vector<View> views(Ptr base) const {
-    std::vector<View> v;
-    for (const ParameterOffsets::Layer& l : at.layers)
-      v.push_back({base + l.weight_ih, base + l.weight_hh, base + l.bias_ih, base + l.bias_hh});
-    return v;
+    return layer_views<View>(at, base);
   }
 
   void sync() const { LSTMGRAD_CUDA(cudaStreamSynchronize(stream)); }

@@ -57,9 +57,17 @@ void Stack::forward(const float* x, const LayerParams* w, const float* h0, const
     }
     // The input projection of all T steps at once: gx = x W_ih^T.
     gemm(blas_, false, true, N, G, I, 1.0f, layer_input(x, k), I, w[k].W_ih, I, 0.0f, gx_.get(), G);
-    RecurrentForward a{
-        gx_.get(), w[k].W_hh, w[k].b_ih,           w[k].b_hh,           hseq(k),
-        sseq(k),   gates(k),  static_cast<int>(T), static_cast<int>(B), static_cast<int>(H_)};
+    RecurrentForward a{gx_.get(),
+                       w[k].W_hh,
+                       w[k].b_ih,
+                       w[k].b_hh,
+                       w[k].unit,
+                       hseq(k),
+                       sseq(k),
+                       gates(k),
+                       static_cast<int>(T),
+                       static_cast<int>(B),
+                       static_cast<int>(H_)};
     if (persistent_) {
       recurrent_forward_persistent(a, plan, stream_);
     } else {
@@ -88,6 +96,7 @@ void Stack::backward(float* dx, const LayerGrads* g, const float* dh_top, const 
                         w[k].W_hh,
                         gates(k),
                         sseq(k),
+                        w[k].unit,
                         dz_.get(),
                         dh0 ? dh0 + k * S : dhrec_.get(),
                         ds0 ? ds0 + k * S : ds_.get(),
@@ -119,6 +128,7 @@ void Stack::backward(float* dx, const LayerGrads* g, const float* dh_top, const 
     gemm(blas_, true, false, G, H_, N, 1.0f, dz_.get(), G, hseq(k), H_, 1.0f, g[k].dW_hh, H_);
     column_sums(blas_, N, G, 1.0f, dz_.get(), ones_.get(), g[k].db_ih);
     column_sums(blas_, N, G, 1.0f, dz_.get(), ones_.get(), g[k].db_hh);
+    if (w[k].unit) unit_grads(g[k].dunit, dz_.get(), sseq(k), T, B, H_, stream_);
     // dL/d(input) = dz W_ih: the layer below's dh_out, or dx.
     float* down = k == 0 ? dx : (dh_out == dh_a_.get() ? dh_b_.get() : dh_a_.get());
     if (down) {

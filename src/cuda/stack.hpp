@@ -16,9 +16,11 @@ namespace lstmgrad::cuda {
 
 struct LayerParams {
   const float *W_ih, *W_hh, *b_ih, *b_hh;  // [G,I], [G,H], [G], [G]
+  const float* unit = nullptr;             // [3H] CellUnit weights (peepholes) or null
 };
 struct LayerGrads {  // accumulated (+=)
   float *dW_ih, *dW_hh, *db_ih, *db_hh;
+  float* dunit = nullptr;  // [3H], with LayerParams::unit
 };
 
 class Stack {

@@ -88,7 +88,7 @@ std::vector<double> tape_dVa1(const CellParams<double>& c, const ExampleSequence
     core::CellGates<ad::Var> g;
     const ad::Var s_prev = s;
     core::cell_forward(ad::TapeMath{tp}, tp.rows(z, 0, kH), tp.rows(z, kH, kH),
-                       tp.rows(z, 2 * kH, kH), tp.rows(z, 3 * kH, kH), s_prev, g, s, h);
+                       tp.rows(z, 2 * kH, kH), tp.rows(z, 3 * kH, kH), s_prev, nullptr, g, s, h);
     const ad::Var logp = tp.log(tp.softmax(tp.transpose(h)));  // [1,H]
     const ad::Var y = tp.constant({1, kH, q.y[t]});
     loss = tp.sub(loss, tp.sum(tp.mul(y, logp)));  // L^t = -sum_k y_k log p_k

@@ -52,6 +52,7 @@ ModelConfig infer_config(const TensorFile& f, const std::string& file) {
   c.V = dec && !dec->shape.empty()   ? dec->shape[0]
         : enc && !enc->shape.empty() ? enc->shape[0]
                                      : c.H;
+  c.peephole = f.find("rnn.weight_peephole_l0") != nullptr;
   return c;
 }
 
@@ -81,17 +82,24 @@ ModelConfig config_from_json(const std::string& text, const std::string& file) {
   c.readout = readout == "identity" ? Readout::identity : Readout::linear;
   c.V = json_int(j, "V", file), c.X = json_int(j, "X", file);
   c.H = json_int(j, "H", file), c.L = json_int(j, "L", file);
+  if (j.contains("peephole")) {  // absent: the plain cell (files written before peepholes)
+    if (!j["peephole"].is_boolean())
+      fail(file,
+           fmt::format("__metadata__ '{}': key 'peephole' must be true or false", kConfigKey));
+    c.peephole = j["peephole"].get<bool>();
+  }
   return c;
 }
 
 std::string config_to_json(const ModelConfig& c) {
-  return json{{"input", to_string(c.input)},
-              {"readout", to_string(c.readout)},
-              {"V", c.V},
-              {"X", c.X},
-              {"H", c.H},
-              {"L", c.L}}
-      .dump();
+  json j{{"input", to_string(c.input)},
+         {"readout", to_string(c.readout)},
+         {"V", c.V},
+         {"X", c.X},
+         {"H", c.H},
+         {"L", c.L}};
+  if (c.peephole) j["peephole"] = true;  // the plain cell's files stay as they were
+  return j.dump();
 }
 
 namespace {

@@ -37,6 +37,7 @@ json options_to_json(const TrainOptions& o) {
           {"level", o.level},
           {"layers", o.layers},
           {"hidden", o.hidden},
+          {"peephole", o.peephole},
           {"embed", o.embed},
           {"seq", o.seq},
           {"batch", o.batch},
@@ -70,6 +71,7 @@ TrainOptions options_from_json(const json& j) {
   o.test_sequential = j.at("test_sequential");
   o.threads = j.value("threads", 0);
   o.device = j.value("device", std::string("cpu"));
+  o.peephole = j.value("peephole", false);  // absent in checkpoints written before peepholes
   return o;
 }
 
@@ -208,7 +210,8 @@ class Trainer {
     train_ids_ = std::move(t.ids);
     if (!o_.valid.empty()) valid_ids_ = data::read_text(o_.valid, vocab_);
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
-    cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers};
+    cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers,
+            o_.peephole};
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
       if (o_.device == "cuda") {
@@ -254,7 +257,8 @@ class Trainer {
       throw InputError(
           fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's",
                       o_.out.string(), o_.train.string()));
-    if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X)
+    if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X ||
+        c.cfg.peephole != cfg_.peephole)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
     params_ = c.params;

@@ -35,11 +35,13 @@ struct Case {
   bool soft = false, zero_state = false;
   Reduction red = Reduction::mean;
   double dropout = 0;
+  bool peephole = false;
 };
 
 void expect_parity(const Case& c, const std::string& recurrence) {
   CheckOptions o;
   o.cfg = {c.input, c.readout, c.readout == Readout::identity ? c.H : c.V, c.X, c.H, c.L};
+  o.cfg.peephole = c.peephole;
   o.T = c.T, o.B = c.B, o.soft_targets = c.soft, o.initial_state = !c.zero_state;
   o.reduction = c.red, o.seed = 11;
   DeviceCheckOptions d;
@@ -66,6 +68,9 @@ const Case kCases[] = {
     {"ragged", InputKind::dense, Readout::linear, 5, 13, 17, 133, 1, 7},
     // Blocks of 8 units, tiles of 2 rows: the large preset's width.
     {"wide", InputKind::dense, Readout::linear, 3, 33, 64, 1024, 1, 5},
+    // Peepholes: the CellUnit weights in both recurrences and their gradient kernel.
+    {"peephole", InputKind::embedding, Readout::linear, 7, 5, 6, 19, 2, 11, false, false,
+     Reduction::mean, 0.2, true},
 };
 
 TEST(CudaParity, EveryCaseOnThePersistentPath) {
