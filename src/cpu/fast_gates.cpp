@@ -6,6 +6,7 @@
 
 #include "core/gates.hpp"
 #include "cpu/panel_gemm.hpp"
+#include "cpu/panel_kernel.hpp"
 #include "cpu/simd_math.hpp"
 
 namespace lstmgrad::cpu {
@@ -102,22 +103,14 @@ LSTMGRAD_AVX512 void gates_backward16(float* dz, int64_t ldz, int64_t gs, float*
     }
 }
 
-// acc[r][p] = sum over k < K of a[r * lda + k] times row k of panel p (NP panels of [K][16]
-// floats one after another, 64-byte aligned): the fused steps' register-blocked GEMM.
+// acc[r][p] += sum over k < K of a[r * lda + k] times row k of panel p, for NP panels of
+// [K][16] floats one after another (a group's packed weights): the fused steps' GEMM.
 template <int MR, int NP>
-LSTMGRAD_AVX512 inline void panel_sums(int64_t K, const float* a, int64_t lda, const float* P,
+LSTMGRAD_AVX512 inline void group_sums(int64_t K, const float* a, int64_t lda, const float* P,
                                        __m512 (&acc)[MR][NP]) {
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 w[NP];
-#pragma GCC unroll 4
-    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P + (p * K + k) * 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-#pragma GCC unroll 4
-      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(av, w[p], acc[r][p]);
-    }
-  }
+  const float* panels[NP];
+  for (int p = 0; p < NP; ++p) panels[p] = P + p * K * kPanelWidth;
+  panel_sums<MR, NP, AForm::rows>(K, a, lda, panels, acc);
 }
 
 // The fused step: MR rows of one group of up to 16 units, z = z_in + h_prev U^T for the four
@@ -138,7 +131,7 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
     }
     __builtin_prefetch(s_prev + r * ld, 0, 3);
   }
-  panel_sums<MR, 4>(K, hp, ldh, P, acc);
+  group_sums<MR, 4>(K, hp, ldh, P, acc);
   __m512 b[4];
 #pragma GCC unroll 4
   for (int g = 0; g < 4; ++g) b[g] = _mm512_maskz_loadu_ps(m, bias + g * gs);
@@ -178,7 +171,7 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
       __builtin_prefetch(s_prev + k, 0, 3);
       __builtin_prefetch(ds + k, 1, 3);
     }
-  panel_sums<MR, NP>(K, dzn, ldz, P, acc);
+  group_sums<MR, NP>(K, dzn, ldz, P, acc);
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2

@@ -5,7 +5,7 @@
 #include <atomic>
 #include <utility>
 
-#include "cpu/simd_math.hpp"  // immintrin.h, LSTMGRAD_AVX512
+#include "cpu/panel_kernel.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -32,22 +32,7 @@ LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t as, const float* co
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
     for (int p = 0; p < NP; ++p) __builtin_prefetch(C[p] + r * ldc, 1, 3);
-  // Row r's A(r, k) is a[r * rs]: rs = as for rows, 1 for cols, 16 for blocks.
-  const int64_t rs = F == AForm::rows ? as : F == AForm::cols ? 1 : kPanelWidth;
-  for (int64_t k = 0; k < K; ++k) {
-    const float* a = F == AForm::rows   ? A + k
-                     : F == AForm::cols ? A + k * as
-                                        : A + (k / kPanelWidth) * as + k % kPanelWidth;
-    __m512 w[NP];
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) w[p] = _mm512_load_ps(P[p] + k * kPanelWidth);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * rs]);
-#pragma GCC unroll 2
-      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(av, w[p], acc[r][p]);
-    }
-  }
+  panel_sums<MR, NP, F>(K, A, as, P, acc);
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
