@@ -341,5 +341,26 @@ TEST(TrainCli, ResumeRefusesCheckpointsItCannotContinue) {
   EXPECT_EQ(r.rc, 0) << r.err;
 }
 
+// A corpus that is refused leaves no run folder behind, and one that existed as it was.
+TEST(TrainCli, RejectedCorpusCreatesNoFolder) {
+  Corpus c;
+  std::ofstream(c.dir / "empty.txt") << "";
+  std::ofstream(c.dir / "short.txt") << "abc";
+  for (const char* text : {"empty.txt", "short.txt"}) {
+    const auto out = c.dir / "new" / "run";
+    const CliResult r =
+        run_cli("train --train " + (c.dir / text).string() + kSmall + " --out " + out.string());
+    EXPECT_EQ(r.rc, 2) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(c.dir / "new")) << text;
+  }
+  const auto mine = c.dir / "mine";
+  std::filesystem::create_directory(mine);
+  std::ofstream(mine / "notes.txt") << "keep";
+  const CliResult r = run_cli("train --train " + (c.dir / "empty.txt").string() + kSmall +
+                              " --out " + mine.string());
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_EQ(folder_bytes(mine), (std::map<std::string, std::string>{{"notes.txt", "keep"}}));
+}
+
 }  // namespace
 }  // namespace lstmgrad::test

@@ -201,7 +201,8 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Refuses to write over a run the user already has.
+// Refuses to write over a run the user already has. Creates nothing: the folder is made once the
+// text has been read and accepted (create_out), so that a rejected corpus leaves none behind.
 void ensure_fresh_out(const fs::path& out) {
   for (const char* f : {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"})
     if (fs::exists(out / f))
@@ -209,6 +210,11 @@ void ensure_fresh_out(const fs::path& out) {
           fmt::format("--out {}: already holds a training run ({}); continue it with "
                       "--resume {} or choose another --out",
                       out.string(), f, out.string()));
+  if (fs::exists(out) && !fs::is_directory(out))
+    throw InputError(fmt::format("--out {}: exists and is not a folder", out.string()));
+}
+
+void create_out(const fs::path& out) {
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec)
@@ -285,6 +291,7 @@ class Trainer {
       check_against_text(*resume, n);
       restore(*resume);
     } else {
+      create_out(o_.out);  // only now: a rejected text leaves no folder behind
       init_fresh();
     }
     if (gpu_) to_device(resume != nullptr);
