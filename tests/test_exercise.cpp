@@ -2,6 +2,7 @@
 // against BPTT, and `lstmgrad exercise` end to end.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 
 #include "cli_runner.hpp"
@@ -134,6 +135,27 @@ TEST(ExerciseCli, ValuesFileRoundTrip) {
   EXPECT_NEAR(j["dL_dh"].get<double>(), -0.6, 1e-15);
 }
 
+// Exercise 3's finite differences once cost a dot product over X per evaluation, O(X^2) in all:
+// 10^5 entries took minutes. Each is O(1) now; the bound is far above the time it takes (well
+// under a second) and far below what the quadratic version took.
+TEST(ExerciseCli, LongValuesFileTakesLinearTime) {
+  TempDir dir;
+  const size_t n = 100'000;
+  nlohmann::json j = {{"p1", 0.4}, {"y1", 1}, {"o1", 0.5}, {"i1", 0.5}, {"s0", 0.2}, {"b1", 0}};
+  std::vector<double> va(n), x(n);
+  for (size_t k = 0; k < n; ++k) va[k] = 1e-7 * static_cast<double>(k % 7), x[k] = 0.5;
+  j["Va1"] = va, j["x"] = x, j["Ua1"] = {0.5}, j["h0"] = {0.1};
+  std::ofstream(dir / "long.json") << j.dump();
+  const auto t0 = std::chrono::steady_clock::now();
+  const HandoutValues v = read_handout_values(dir / "long.json");
+  const Exercise2 e = run_exercise2(v, 0.1);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(e.fd_dL_dVa1.size(), n);
+  EXPECT_LT(e.fd_rel_err, 1e-6);
+  EXPECT_LT(seconds, 10.0);
+}
+
 // Bad --values: one line on stderr naming the file and the key, exit code 2, nothing on stdout.
 TEST(ExerciseCli, BadValuesGetOneLineNamingFileAndKey) {
   TempDir dir;
@@ -145,6 +167,9 @@ TEST(ExerciseCli, BadValuesGetOneLineNamingFileAndKey) {
       {"{" + full + ", \"Va1\": [1, 1], \"x\": [1, 1]}", "'p1'"},                  // missing key
       {"{\"p1\": 1, " + full + ", \"Va1\": [1, \"a\"], \"x\": [1, 1]}", "'Va1'"},  // wrong type
       {"{\"p1\": 1, " + full, "malformed JSON"},                                   // malformed
+      // Numbers beyond a double (issue 17: once "internal error" without the file).
+      {"{\"p1\": 1e999, " + full + ", \"Va1\": [1, 1], \"x\": [1, 1]}", "'p1'"},
+      {"{\"p1\": 1, " + full + ", \"Va1\": [1, -2e400], \"x\": [1, 1]}", "'Va1'"},
   };
   for (size_t c = 0; c < cases.size(); ++c) {
     const auto path = dir / ("bad" + std::to_string(c) + ".json");

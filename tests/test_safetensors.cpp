@@ -295,6 +295,50 @@ TEST(Safetensors, RejectsMalformedHeaders) {
   }
 }
 
+// What the spec leaves no room for and the reader once let through (issue 17): bytes hidden
+// behind a NUL, a byte-order mark, padding other than spaces, keys that repeat (the parser kept the
+// last), unknown entry fields, and numbers beyond a double (once an internal error).
+TEST(Safetensors, RejectsWhatTheSpecDoesNotAllow) {
+  struct Case {
+    std::string header;
+    std::string data;
+    std::vector<std::string> parts;
+  };
+  const std::string w = R"("w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+  const std::string four(4, '\0');
+  const std::vector<Case> cases = {
+      {"{" + w + "}" + std::string("\0garbage", 8), four, {"NUL byte at offset 54"}},
+      {"{" + w + std::string("}\0\0\0", 4), four, {"NUL byte"}},
+      {"\xef\xbb\xbf{" + w + "}", four, {"byte-order mark"}},
+      {" {" + w + "}", four, {"must start with '{'"}},
+      {"{" + w + "}\n", four, {"byte 0x0a", "only spaces"}},
+      {"{" + w + "," + w + "}", four, {"key 'w' appears twice"}},
+      {R"({"w":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+       four,
+       {"key 'dtype' appears twice"}},
+      {R"({"__metadata__":{"a":"1","a":"2"}})", "", {"key 'a' appears twice"}},
+      {R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"grad":true}})",
+       four,
+       {"tensor 'w'", "unknown field 'grad'"}},
+      {R"({"w":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}})",
+       four,
+       {"key 'shape'", "overflow"}},
+      {R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,-1e400]}})",
+       four,
+       {"key 'data_offsets'", "overflow"}},
+  };
+  TempDir dir;
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const fs::path p = dir / ("case" + std::to_string(k) + ".safetensors");
+    spit(p, file_bytes(cases[k].header, cases[k].data));
+    SCOPED_TRACE(k);
+    expect_input_error(p, cases[k].parts);
+  }
+  // Spaces after the JSON are the padding writers use, and stay accepted.
+  spit(dir / "padded.safetensors", file_bytes("{" + w + "}   ", four));
+  EXPECT_EQ(read_safetensors(dir / "padded.safetensors").tensors.size(), 1u);
+}
+
 TEST(Safetensors, NamesTheMismatchedTensorSize) {
   TempDir dir;
   const std::string header =

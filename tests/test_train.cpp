@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -234,6 +237,155 @@ TEST(TrainCli, BadInputGetsOneLineAndOverwritesNothing) {
   expect_one_line_error(run_cli("eval --model " + (run / "model.safetensors").string() +
                                 " --data " + (c.dir / "other.txt").string()),
                         "other.txt", "vocabulary mismatch");
+}
+
+// Every file of a folder, by name, with its bytes.
+std::map<std::string, std::string> folder_bytes(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    out[e.path().filename().string()] = slurp(e.path());
+  return out;
+}
+
+// A checkpoint changed one way: its metadata and tensors as read, then `edit`.
+struct CheckpointEdit {
+  std::string what, must_name;
+  std::function<void(io::TensorFile&)> edit;
+};
+
+io::Tensor& tensor(io::TensorFile& f, const std::string& name) {
+  for (io::Tensor& t : f.tensors)
+    if (t.name == name) return t;
+  throw std::runtime_error("no tensor " + name);
+}
+
+void set_value(io::TensorFile& f, const std::string& name, size_t k, double v) {
+  io::Tensor& t = tensor(f, name);
+  std::vector<double> x = io::to_floats<double>(t, name);
+  x[k] = v;
+  t = io::make_tensor(name, t.shape, x, t.dtype);
+}
+
+void edit_json(io::TensorFile& f, const std::string& key,
+               const std::function<void(nlohmann::json&)>& edit) {
+  nlohmann::json j = nlohmann::json::parse(f.metadata.at(key));
+  edit(j);
+  f.metadata[key] = j.dump();
+}
+
+std::function<void(io::TensorFile&)> run_state(const std::string& key, nlohmann::json v) {
+  return [key, v](io::TensorFile& f) {
+    edit_json(f, "lstmgrad.run_state", [&](nlohmann::json& j) { j[key] = v; });
+  };
+}
+
+std::function<void(io::TensorFile&)> option(const std::string& key, nlohmann::json v) {
+  return [key, v](io::TensorFile& f) {
+    edit_json(f, "lstmgrad.train_options", [&](nlohmann::json& j) { j[key] = v; });
+  };
+}
+
+// Resume refuses a checkpoint it cannot continue exactly (issue 17), with one line naming the
+// checkpoint and the field, and before anything in the run folder is written: once a carry.s of
+// the wrong length trained, rewrote model.safetensors, best.safetensors and metrics.jsonl, and
+// only then failed; other cases ran on NaNs or a reset random-number state, or ended in
+// "internal error".
+TEST(TrainCli, ResumeRefusesCheckpointsItCannotContinue) {
+  Corpus c;
+  const auto good = c.dir / "good";
+  ASSERT_EQ(run_cli("train --train " + c.train + " --valid " + c.valid + kSmall +
+                    " --epochs 2 --optimizer adam --lr 0.01 --dtype f64 --out " + good.string() +
+                    " --max-steps 3")
+                .rc,
+            0);
+  const std::vector<CheckpointEdit> cases = {
+      {"NaN parameter", "decoder.bias",
+       [](io::TensorFile& f) { set_value(f, "decoder.bias", 2, std::nan("")); }},
+      {"infinite carried state", "carry.h",
+       [](io::TensorFile& f) { set_value(f, "carry.h", 0, INFINITY); }},
+      {"NaN Adam moment", "optimizer.m",
+       [](io::TensorFile& f) { set_value(f, "optimizer.m", 1, std::nan("")); }},
+      {"negative second moment", "optimizer.v",
+       [](io::TensorFile& f) { set_value(f, "optimizer.v", 1, -1.0); }},
+      {"carry.s of the wrong length", "carry.s",
+       [](io::TensorFile& f) {
+         tensor(f, "carry.s") = io::make_tensor("carry.s", {5}, std::vector<double>(5, 0.0));
+       }},
+      {"negative epoch", "'epoch'", run_state("epoch", -1)},
+      {"epoch past the run", "'epoch'", run_state("epoch", 9)},
+      {"window past the epoch", "'window'", run_state("window", 1000000)},
+      {"negative step", "'step'", run_state("step", -5)},
+      {"step that does not fit", "'step'",
+       [](io::TensorFile& f) {
+         run_state("step", 2)(f);
+         f.metadata["lstmgrad.optimizer_steps"] = "2";
+       }},
+      {"overflowing loss sum", "'epoch_loss_sum'",
+       [](io::TensorFile& f) {
+         std::string& s = f.metadata.at("lstmgrad.run_state");
+         const size_t at = s.find("\"epoch_loss_sum\":") + 17;
+         s.replace(at, s.find(',', at) - at, "1e999");
+       }},
+      {"unparsable RNG state", "'rng'", run_state("rng", "12 34 not a state")},
+      {"malformed optimizer steps", "lstmgrad.optimizer_steps",
+       [](io::TensorFile& f) { f.metadata["lstmgrad.optimizer_steps"] = "3x"; }},
+      {"optimizer switched to sgd", "Adam moments", option("optimizer", "sgd")},
+      {"missing moments", "Adam moments",
+       [](io::TensorFile& f) {
+         std::erase_if(f.tensors,
+                       [](const io::Tensor& t) { return t.name.rfind("optimizer.", 0) == 0; });
+       }},
+      {"bad stored option", "lstmgrad.train_options': key 'seq'", option("seq", 0)},
+      {"stored option of the wrong type", "key 'dropout'", option("dropout", "high")},
+      {"absurd stored batch", "carry.h", option("batch", int64_t{1} << 40)},
+      {"absurd hidden size", "H=1000000",
+       [](io::TensorFile& f) {
+         edit_json(f, "lstmgrad.config", [](nlohmann::json& j) { j["H"] = 1000000; });
+       }},
+      {"null in the config", "'input'",
+       [](io::TensorFile& f) {
+         edit_json(f, "lstmgrad.config", [](nlohmann::json& j) { j["input"] = nullptr; });
+       }},
+  };
+  for (const CheckpointEdit& e : cases) {
+    const auto run = c.dir / "case";
+    std::filesystem::remove_all(run);
+    std::filesystem::copy(good, run);
+    io::TensorFile f = io::read_safetensors(run / "checkpoint.safetensors");
+    e.edit(f);
+    io::write_safetensors(run / "checkpoint.safetensors", f);
+    const auto before = folder_bytes(run);
+    const CliResult r = run_cli("train --resume " + run.string() + " --quiet");
+    EXPECT_EQ(r.rc, 2) << e.what << ": " << r.err;
+    EXPECT_EQ(count_lines(r.err), 1u) << e.what << ": " << r.err;
+    EXPECT_NE(r.err.find("checkpoint.safetensors"), std::string::npos) << e.what << ": " << r.err;
+    EXPECT_NE(r.err.find(e.must_name), std::string::npos) << e.what << ": " << r.err;
+    EXPECT_TRUE(folder_bytes(run) == before) << e.what << ": the run folder changed";
+  }
+  // The checkpoint as written still resumes.
+  const CliResult r = run_cli("train --resume " + good.string() + " --quiet");
+  EXPECT_EQ(r.rc, 0) << r.err;
+}
+
+// A corpus that is refused leaves no run folder behind, and one that existed as it was.
+TEST(TrainCli, RejectedCorpusCreatesNoFolder) {
+  Corpus c;
+  std::ofstream(c.dir / "empty.txt") << "";
+  std::ofstream(c.dir / "short.txt") << "abc";
+  for (const char* text : {"empty.txt", "short.txt"}) {
+    const auto out = c.dir / "new" / "run";
+    const CliResult r =
+        run_cli("train --train " + (c.dir / text).string() + kSmall + " --out " + out.string());
+    EXPECT_EQ(r.rc, 2) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(c.dir / "new")) << text;
+  }
+  const auto mine = c.dir / "mine";
+  std::filesystem::create_directory(mine);
+  std::ofstream(mine / "notes.txt") << "keep";
+  const CliResult r = run_cli("train --train " + (c.dir / "empty.txt").string() + kSmall +
+                              " --out " + mine.string());
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_EQ(folder_bytes(mine), (std::map<std::string, std::string>{{"notes.txt", "keep"}}));
 }
 
 }  // namespace

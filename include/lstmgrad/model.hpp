@@ -74,7 +74,10 @@ std::vector<View> layer_views(const ParameterOffsets& o, Ptr base) {
                    l.weight_peephole ? base + *l.weight_peephole : nullptr});
   return out;
 }
-// Checks that sizes are positive and consistent (identity readout needs V == H); throws InputError.
+
+// Checks that sizes are positive, within limits (V, X, H <= 2^31, L <= 2^16, at most 2^48
+// parameters: the layout's arithmetic then fits 64 bits) and consistent (identity readout needs
+// V == H); throws InputError. It allocates nothing.
 void validate_config(const ModelConfig& cfg);
 std::string to_string(InputKind k);
 std::string to_string(Readout r);

@@ -7,9 +7,14 @@
 #include <vector>
 
 #include "lstmgrad/batch.hpp"
+#include "lstmgrad/data.hpp"
 #include "lstmgrad/model.hpp"
 
 namespace lstmgrad {
+
+namespace io {
+struct TensorFile;
+}
 
 // The "lstmgrad.config" metadata: {"input", "readout", "V", "X", "H", "L"} as JSON text, and
 // back (InputError naming `file` for malformed text).
@@ -27,9 +32,25 @@ struct Model {
 // Reads a model file. The configuration comes from __metadata__["lstmgrad.config"] when present
 // and is otherwise inferred from the tensors' shapes (a file written from PyTorch's state_dict
 // needs no metadata). Every tensor of parameter_layout must be present with its exact shape, none
-// other, all finite. Errors (InputError) name the file and the tensor.
+// other, all finite (read_parameters), and the vocabulary and level valid (model_vocabulary).
+// Errors (InputError) name the file and the tensor or field.
 template <class Real>
 Model<Real> load_model(const std::filesystem::path& path);
+
+// The parameters of `cfg` from the tensors of `f`, flat in parameter_layout order: every tensor
+// of the layout present with its exact shape, all values finite (other tensors are the caller's
+// business). The config is validated and every shape compared before anything is allocated, so
+// sizes that claim more than the file holds cost nothing. InputError naming `file` and the tensor.
+template <class Real>
+std::vector<Real> read_parameters(const io::TensorFile& f, const ModelConfig& cfg,
+                                  const std::string& file);
+
+// The vocabulary a model file carries: "lstmgrad.vocab" (a JSON list of V strings) at the level
+// "lstmgrad.level" names (word when absent), each entry checked by data::Vocabulary::from_words;
+// empty when the file has none. load_model runs it, so that grad, eval and sample refuse the same
+// files. InputError naming `file` and the field.
+data::Vocabulary model_vocabulary(const std::map<std::string, std::string>& metadata, int64_t V,
+                                  const std::string& file);
 
 // Writes atomically; `metadata` is added to the config (and vocabulary, when given).
 template <class Real>

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <tuple>
+
 #include "lstmgrad/error.hpp"
 
 namespace lstmgrad {
@@ -55,11 +57,39 @@ size_t parameter_count(const ModelConfig& cfg) {
   return layout.empty() ? 0 : layout.back().offset + layout.back().size;
 }
 
+namespace {
+
+constexpr int64_t kMaxWidth = int64_t{1} << 31;  // V, X, H
+constexpr int64_t kMaxLayers = 1 << 16;          // L
+constexpr double kMaxParameters = 0x1p48;        // 2^48 scalars: 1 PiB as float32
+
+// parameter_count in floating point, for sizes that may not fit the exact count's 64 bits.
+double parameter_count_estimate(const ModelConfig& c) {
+  const double V = static_cast<double>(c.V), X = static_cast<double>(c.X);
+  const double H = static_cast<double>(c.H), L = static_cast<double>(c.L);
+  const double first = 4 * H * (X + H + 2), rest = 4 * H * (2 * H + 2);
+  return V * X + first + (L - 1) * rest + V * (H + 1);
+}
+
+}  // namespace
+
 void validate_config(const ModelConfig& cfg) {
   if (cfg.H < 1) throw InputError(fmt::format("model: hidden size H must be >= 1, got {}", cfg.H));
   if (cfg.X < 1) throw InputError(fmt::format("model: input size X must be >= 1, got {}", cfg.X));
   if (cfg.L < 1) throw InputError(fmt::format("model: layers L must be >= 1, got {}", cfg.L));
   if (cfg.V < 1) throw InputError(fmt::format("model: vocabulary V must be >= 1, got {}", cfg.V));
+  // Sizes read from a file are checked against its tensors before anything is allocated; these
+  // limits keep the layout's arithmetic (4H x H, summed over L layers) inside 64 bits first.
+  for (const auto& [letter, what, v, most] : {std::tuple{"H", "hidden size", cfg.H, kMaxWidth},
+                                              std::tuple{"X", "input size", cfg.X, kMaxWidth},
+                                              std::tuple{"V", "vocabulary", cfg.V, kMaxWidth},
+                                              std::tuple{"L", "layers", cfg.L, kMaxLayers}})
+    if (v > most)
+      throw InputError(fmt::format("model: {} {} must be <= {}, got {}", what, letter, most, v));
+  if (parameter_count_estimate(cfg) > kMaxParameters)
+    throw InputError(fmt::format(
+        "model: V={}, X={}, H={}, L={} make {:.3g} parameters, more than the limit of {:.3g}",
+        cfg.V, cfg.X, cfg.H, cfg.L, parameter_count_estimate(cfg), kMaxParameters));
   if (cfg.readout == Readout::identity && cfg.V != cfg.H)
     throw InputError(fmt::format(
         "model: the identity readout needs as many classes as hidden units (V {} != H {})", cfg.V,

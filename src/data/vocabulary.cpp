@@ -12,7 +12,8 @@ namespace lstmgrad::data {
 Level parse_level(std::string_view s, std::string_view flag) {
   if (s == "char") return Level::chars;
   if (s == "word") return Level::words;
-  throw InputError(fmt::format("{}: expected 'char' or 'word', got '{}'", flag, s));
+  throw InputError(
+      fmt::format("{}: expected 'char' or 'word', got '{}'", flag, scan::printable(s)));
 }
 
 const char* level_name(Level level) {

@@ -64,10 +64,18 @@ json parse_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(fmt::format("{}: cannot open the file", file));
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string last_key;  // to name the key of a number that overflows a double
+  const json::parser_callback_t remember_key = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key) last_key = parsed.get<std::string>();
+    return true;
+  };
   try {
-    json j = json::parse(text, nullptr, true, /*ignore_comments=*/true);
+    json j = json::parse(text, remember_key, true, /*ignore_comments=*/true);
     if (!j.is_object()) throw InputError(fmt::format("{}: expected a JSON object", file));
     return j;
+  } catch (const json::out_of_range&) {  // 1e999: nlohmann refuses what a double cannot hold
+    throw InputError(
+        fmt::format("{}: key '{}': a number beyond the range of a double", file, last_key));
   } catch (const json::parse_error& e) {
     // JSON has no NaN or Infinity; Python's json module writes them anyway.
     const size_t at = e.byte > 0 ? e.byte - 1 : 0;

@@ -3,9 +3,12 @@
 #include <fmt/ranges.h>
 
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <unordered_map>
 
+#include "io/json_text.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
@@ -20,6 +23,7 @@ using nlohmann::json;
 
 constexpr const char* kConfigKey = "lstmgrad.config";
 constexpr const char* kVocabKey = "lstmgrad.vocab";
+constexpr const char* kLevelKey = "lstmgrad.level";
 
 std::string shape_str(const std::vector<int64_t>& s) {
   return fmt::format("[{}]", fmt::join(s, ", "));
@@ -56,36 +60,51 @@ ModelConfig infer_config(const TensorFile& f, const std::string& file) {
   return c;
 }
 
+[[noreturn]] void bad_config(const std::string& file, const std::string& what) {
+  fail(file, fmt::format("__metadata__ '{}': {}", kConfigKey, what));
+}
+
+// A size: an integer that fits int64 (validate_config checks its range).
 int64_t json_int(const json& j, const char* key, const std::string& file) {
-  if (!j.contains(key) || !j[key].is_number_integer())
-    fail(file, fmt::format("__metadata__ '{}': key '{}' must be an integer", kConfigKey, key));
-  return j[key].get<int64_t>();
+  const auto it = j.find(key);
+  const bool fits =
+      it != j.end() && it->is_number_integer() &&
+      (!it->is_number_unsigned() ||
+       it->get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+  if (!fits)
+    bad_config(file, fmt::format("key '{}' must be an integer, got {}", key,
+                                 it == j.end() ? "nothing" : it->dump()));
+  return it->get<int64_t>();
+}
+
+// One of `allowed`, as a JSON string.
+std::string json_choice(const json& j, const char* key, const char* a, const char* b,
+                        const std::string& file) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_string() || (*it != a && *it != b))
+    bad_config(file, fmt::format("key '{}' must be \"{}\" or \"{}\", got {}", key, a, b,
+                                 it == j.end() ? "nothing" : it->dump()));
+  return it->get<std::string>();
 }
 
 }  // namespace
 
 ModelConfig config_from_json(const std::string& text, const std::string& file) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error&) {
-    fail(file, fmt::format("__metadata__ '{}' is not valid JSON", kConfigKey));
-  }
-  if (!j.is_object()) fail(file, fmt::format("__metadata__ '{}' is not a JSON object", kConfigKey));
+  const json j = io::parse_json(text, fmt::format("{}: __metadata__ '{}'", file, kConfigKey));
+  if (!j.is_object())
+    bad_config(file, fmt::format("expected a JSON object, got {}", j.type_name()));
   ModelConfig c;
-  const std::string input = j.value("input", ""), readout = j.value("readout", "");
-  if (input != "dense" && input != "embedding")
-    fail(file, fmt::format("__metadata__ '{}': 'input' must be dense or embedding", kConfigKey));
-  if (readout != "identity" && readout != "linear")
-    fail(file, fmt::format("__metadata__ '{}': 'readout' must be identity or linear", kConfigKey));
-  c.input = input == "dense" ? InputKind::dense : InputKind::embedding;
-  c.readout = readout == "identity" ? Readout::identity : Readout::linear;
+  c.input = json_choice(j, "input", "dense", "embedding", file) == "dense" ? InputKind::dense
+                                                                           : InputKind::embedding;
+  c.readout = json_choice(j, "readout", "identity", "linear", file) == "identity"
+                  ? Readout::identity
+                  : Readout::linear;
   c.V = json_int(j, "V", file), c.X = json_int(j, "X", file);
   c.H = json_int(j, "H", file), c.L = json_int(j, "L", file);
   if (j.contains("peephole")) {  // absent: the plain cell (files written before peepholes)
     if (!j["peephole"].is_boolean())
-      fail(file,
-           fmt::format("__metadata__ '{}': key 'peephole' must be true or false", kConfigKey));
+      bad_config(file,
+                 fmt::format("key 'peephole' must be true or false, got {}", j["peephole"].dump()));
     c.peephole = j["peephole"].get<bool>();
   }
   return c;
@@ -112,9 +131,10 @@ void expect_finite(const std::vector<Real>& v, const std::string& file, const st
                              static_cast<double>(v[k]), k));
 }
 
-std::vector<std::string> read_vocab(const TensorFile& f, const std::string& file) {
-  auto it = f.metadata.find(kVocabKey);
-  if (it == f.metadata.end()) return {};
+std::vector<std::string> read_vocab(const std::map<std::string, std::string>& metadata,
+                                    const std::string& file) {
+  auto it = metadata.find(kVocabKey);
+  if (it == metadata.end()) return {};
   try {
     return json::parse(it->second).get<std::vector<std::string>>();
   } catch (const json::exception&) {
@@ -125,41 +145,72 @@ std::vector<std::string> read_vocab(const TensorFile& f, const std::string& file
 }  // namespace
 
 template <class Real>
+std::vector<Real> read_parameters(const io::TensorFile& f, const ModelConfig& cfg,
+                                  const std::string& file) {
+  try {
+    validate_config(cfg);
+  } catch (const InputError& e) {
+    fail(file, e.what());
+  }
+  std::unordered_map<std::string_view, const Tensor*> by_name;
+  for (const Tensor& t : f.tensors) by_name.emplace(t.name, &t);
+  const std::vector<ParamInfo> layout = parameter_layout(cfg);
+  // Every shape first: the sizes the config claims are then ones the file's bytes hold.
+  std::vector<const Tensor*> found;
+  for (const ParamInfo& p : layout) {
+    const auto it = by_name.find(p.name);
+    if (it == by_name.end())
+      fail(file, fmt::format("missing tensor '{}' (model H={}, X={}, V={}, L={})", p.name, cfg.H,
+                             cfg.X, cfg.V, cfg.L));
+    if (it->second->shape != p.shape)
+      fail(file,
+           fmt::format("tensor '{}': expected shape {}, got {} (model H={}, X={}, V={}, L={})",
+                       p.name, shape_str(p.shape), shape_str(it->second->shape), cfg.H, cfg.X,
+                       cfg.V, cfg.L));
+    found.push_back(it->second);
+  }
+  std::vector<Real> params(parameter_count(cfg));
+  for (size_t k = 0; k < layout.size(); ++k) {
+    const std::vector<Real> v = io::to_floats<Real>(*found[k], file);
+    expect_finite(v, file, layout[k].name);
+    std::copy(v.begin(), v.end(), params.begin() + static_cast<std::ptrdiff_t>(layout[k].offset));
+  }
+  return params;
+}
+
+data::Vocabulary model_vocabulary(const std::map<std::string, std::string>& metadata, int64_t V,
+                                  const std::string& file) {
+  const auto level = metadata.find(kLevelKey);
+  const data::Level lv = data::parse_level(level == metadata.end() ? "word" : level->second,
+                                           fmt::format("{}: __metadata__ '{}'", file, kLevelKey));
+  const std::vector<std::string> words = read_vocab(metadata, file);
+  if (!words.empty() && static_cast<int64_t>(words.size()) != V)
+    fail(file,
+         fmt::format("__metadata__ '{}' has {} words but V = {}", kVocabKey, words.size(), V));
+  return data::Vocabulary::from_words(lv, words,
+                                      fmt::format("{}: __metadata__ '{}'", file, kVocabKey));
+}
+
+template <class Real>
 Model<Real> load_model(const std::filesystem::path& path) {
   const std::string file = path.string();
   const TensorFile f = io::read_safetensors(path);
   Model<Real> m;
   auto it = f.metadata.find(kConfigKey);
   m.cfg = it != f.metadata.end() ? config_from_json(it->second, file) : infer_config(f, file);
-  try {
-    validate_config(m.cfg);
-  } catch (const InputError& e) {
-    fail(file, e.what());
-  }
-  const std::vector<ParamInfo> layout = parameter_layout(m.cfg);
-  std::set<std::string> expected;
-  m.params.resize(parameter_count(m.cfg));
-  for (const ParamInfo& p : layout) {
-    expected.insert(p.name);
-    const Tensor& t = f.require(p.name, file);
-    if (t.shape != p.shape)
-      fail(file,
-           fmt::format("tensor '{}': expected shape {}, got {} (model H={}, X={}, V={}, L={})",
-                       p.name, shape_str(p.shape), shape_str(t.shape), m.cfg.H, m.cfg.X, m.cfg.V,
-                       m.cfg.L));
-    std::vector<Real> v = io::to_floats<Real>(t, file);
-    expect_finite(v, file, p.name);
-    std::copy(v.begin(), v.end(), m.params.begin() + static_cast<std::ptrdiff_t>(p.offset));
-  }
+  m.params = read_parameters<Real>(f, m.cfg, file);
+  const std::set<std::string> expected = [&] {
+    std::set<std::string> names;
+    for (const ParamInfo& p : parameter_layout(m.cfg)) names.insert(p.name);
+    return names;
+  }();
   for (const Tensor& t : f.tensors)
     if (!expected.count(t.name))
       fail(file, fmt::format("unexpected tensor '{}' for a model with config {}", t.name,
                              config_to_json(m.cfg)));
+  model_vocabulary(f.metadata, m.cfg.V, file);  // checked here, so that every command refuses
   m.metadata = f.metadata;
-  m.vocab = read_vocab(f, file);
-  if (!m.vocab.empty() && static_cast<int64_t>(m.vocab.size()) != m.cfg.V)
-    fail(file, fmt::format("__metadata__ '{}' has {} words but V = {}", kVocabKey, m.vocab.size(),
-                           m.cfg.V));
+  m.vocab = read_vocab(f.metadata, file);
   return m;
 }
 
@@ -292,6 +343,8 @@ void save_gradients(const std::filesystem::path& path, const ModelConfig& cfg, i
 
 #define LSTMGRAD_INSTANTIATE(Real)                                                              \
   template Model<Real> load_model<Real>(const std::filesystem::path&);                          \
+  template std::vector<Real> read_parameters<Real>(const io::TensorFile&, const ModelConfig&,   \
+                                                   const std::string&);                         \
   template void save_model<Real>(const std::filesystem::path&, const ModelConfig&,              \
                                  std::span<const Real>, const std::vector<std::string>&,        \
                                  const std::map<std::string, std::string>&);                    \

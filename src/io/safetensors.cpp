@@ -19,6 +19,7 @@
 #include <tuple>
 #include <utility>
 
+#include "io/json_text.hpp"
 #include "lstmgrad/atomic_file.hpp"
 #include "lstmgrad/error.hpp"
 
@@ -131,21 +132,41 @@ uint64_t read_header_length(const InFile& in) {
   return n;
 }
 
+// The spec's framing around the JSON: no byte-order mark, no NUL (JSON text never holds one, and
+// nlohmann's parser would stop at it, ignoring what follows), an object from the first byte, and
+// only spaces (the padding writers use) after it.
+void check_framing(const std::string& text, const std::string& file) {
+  if (text.rfind("\xef\xbb\xbf", 0) == 0)
+    bad_file(file, "header starts with a UTF-8 byte-order mark (the JSON must start at '{')");
+  const size_t nul = text.find('\0');
+  if (nul != std::string::npos) {
+    bad_file(file, fmt::format("header holds a NUL byte at offset {} (only spaces may pad the "
+                               "header)",
+                               nul));
+  }
+}
+
+void check_padding(const std::string& text, const std::string& file) {
+  if (text.empty() || text.front() != '{')
+    bad_file(file, "header must start with '{' (no leading whitespace)");
+  const size_t last = text.find_last_not_of(' ');
+  if (text[last] != '}') {  // last exists: text starts with '{'
+    bad_file(file,
+             fmt::format("header: byte 0x{:02x} at offset {} after the JSON object (only "
+                         "spaces may pad the header)",
+                         static_cast<unsigned>(static_cast<unsigned char>(text[last])), last));
+  }
+}
+
 json parse_header(const InFile& in, uint64_t n) {
   std::string text(static_cast<size_t>(n), ' ');
   in.read_at(kLengthBytes, text.data(), text.size());
-  json header;
-  try {
-    header = json::parse(text);
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();
-    const size_t cut = what.find("] ");  // drop "[json.exception.parse_error.101] "
-    if (cut != std::string::npos) what.erase(0, cut + 2);
-    bad_file(in.label(), "header is not valid JSON: " + what);
-  }
+  check_framing(text, in.label());
+  const json header = parse_json(text, in.label() + ": header");
   if (!header.is_object()) {
     bad_file(in.label(), fmt::format("header must be a JSON object, got {}", header.type_name()));
   }
+  check_padding(text, in.label());
   return header;
 }
 
@@ -267,6 +288,12 @@ Entry parse_entry(const std::string& name, const json& v, uint64_t data_size,
                   const std::string& file) {
   if (!v.is_object()) {
     bad_tensor(file, name, fmt::format("entry must be an object, got {}", v.type_name()));
+  }
+  for (const auto& [key, value] : v.items()) {
+    if (key != "dtype" && key != "shape" && key != "data_offsets")
+      bad_tensor(file, name,
+                 fmt::format("unknown field {} (an entry holds dtype, shape and data_offsets)",
+                             quote_name(key)));
   }
   Entry e;
   e.name = name;

@@ -1,7 +1,12 @@
 #include <fmt/format.h>
 
+#include <charconv>
+#include <cmath>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 
+#include "io/json_text.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
@@ -12,6 +17,8 @@ namespace lstmgrad::train {
 namespace {
 
 using nlohmann::json;
+
+constexpr const char* kRunStateKey = "lstmgrad.run_state";
 
 template <class Real>
 std::vector<Real> slice(const std::vector<Real>& v, const ParamInfo& p) {
@@ -33,18 +40,128 @@ json run_to_json(const RunState& r) {
           {"metrics", r.metrics}};
 }
 
-RunState run_from_json(const json& j) {
+[[noreturn]] void bad_key(const std::string& file, const char* meta, const char* key,
+                          const std::string& what) {
+  throw InputError(fmt::format("{}: __metadata__ '{}': key '{}': {}", file, meta, key, what));
+}
+
+// A count: a JSON integer in [0, 2^53] (beyond it nothing a run counts can be).
+int64_t count_at(const json& j, const char* key, const std::string& file) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_number_integer())
+    bad_key(file, kRunStateKey, key,
+            fmt::format("expected an integer, got {}", it == j.end() ? "nothing" : it->dump()));
+  if (it->is_number_integer() && !it->is_number_unsigned())
+    bad_key(file, kRunStateKey, key, fmt::format("must be >= 0, got {}", it->get<int64_t>()));
+  const uint64_t u = it->get<uint64_t>();
+  if (u > (uint64_t{1} << 53))
+    bad_key(file, kRunStateKey, key, fmt::format("{} is out of range", u));
+  return static_cast<int64_t>(u);
+}
+
+// A loss or a time: a finite JSON number >= 0.
+double amount_at(const json& j, const char* key, const std::string& file) {
+  const auto it = j.find(key);
+  if (it == j.end() || !it->is_number() || !(it->get<double>() >= 0) ||
+      !std::isfinite(it->get<double>()))
+    bad_key(file, kRunStateKey, key,
+            fmt::format("expected a finite number >= 0, got {}",
+                        it == j.end() ? "nothing" : it->dump()));
+  return it->get<double>();
+}
+
+std::vector<std::string> metrics_at(const json& j, const std::string& file) {
+  const auto it = j.find("metrics");
+  if (it == j.end() || !it->is_array())
+    bad_key(file, kRunStateKey, "metrics", "expected a list of metrics.jsonl lines");
+  std::vector<std::string> lines;
+  for (const json& line : *it) {
+    // Each goes back into metrics.jsonl as one line holding one JSON object.
+    bool ok = line.is_string() && line.get<std::string>().find('\n') == std::string::npos;
+    if (ok) ok = json::parse(line.get<std::string>(), nullptr, false).is_object();
+    if (!ok)
+      bad_key(file, kRunStateKey, "metrics",
+              fmt::format("entry {} is not one line of a JSON object", lines.size()));
+    lines.push_back(line.get<std::string>());
+  }
+  return lines;
+}
+
+RunState run_from_json(const std::string& text, const std::string& file) {
+  const json j = io::parse_json(text, fmt::format("{}: __metadata__ '{}'", file, kRunStateKey));
+  if (!j.is_object())
+    throw InputError(
+        fmt::format("{}: __metadata__ '{}': expected a JSON object", file, kRunStateKey));
   RunState r;
-  r.epoch = j.at("epoch"), r.window = j.at("window"), r.step = j.at("step");
-  r.plateau_decays = j.at("plateau_decays"), r.best_valid = j.at("best_valid");
-  r.best_epoch_valid = j.at("best_epoch_valid");
-  r.epoch_loss_sum = j.at("epoch_loss_sum"), r.epoch_tokens = j.at("epoch_tokens");
-  r.wall_s = j.at("wall_s"), r.rng = j.at("rng");
-  r.metrics = j.at("metrics").get<std::vector<std::string>>();
+  r.epoch = count_at(j, "epoch", file), r.window = count_at(j, "window", file);
+  r.step = count_at(j, "step", file), r.plateau_decays = count_at(j, "plateau_decays", file);
+  r.epoch_tokens = count_at(j, "epoch_tokens", file);
+  r.best_valid = amount_at(j, "best_valid", file);
+  r.best_epoch_valid = amount_at(j, "best_epoch_valid", file);
+  r.epoch_loss_sum = amount_at(j, "epoch_loss_sum", file), r.wall_s = amount_at(j, "wall_s", file);
+  if (r.epoch < 1) bad_key(file, kRunStateKey, "epoch", "must be >= 1, got 0");
+  const auto rng = j.find("rng");
+  if (rng == j.end() || !rng->is_string())
+    bad_key(file, kRunStateKey, "rng", "expected the random-number state as a string");
+  r.rng = rng->get<std::string>();
+  rng_from_state(r.rng, fmt::format("{}: __metadata__ '{}': key 'rng'", file, kRunStateKey));
+  r.metrics = metrics_at(j, file);
   return r;
 }
 
+// The whole text as a decimal count >= 0 ("12abc", "-1" and "1e3" are refused).
+int64_t parse_count(const std::string& text, const std::string& file, const char* key) {
+  int64_t n = -1;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end != text.data() + text.size() || n < 0)
+    throw InputError(fmt::format("{}: __metadata__ '{}': expected a count >= 0, got {}", file, key,
+                                 json(text).dump(-1, ' ', false, json::error_handler_t::replace)));
+  return n;
+}
+
+std::vector<std::string> vocab_from_json(const std::string& text, const std::string& file) {
+  const std::string where = fmt::format("{}: __metadata__ 'lstmgrad.vocab'", file);
+  const json j = io::parse_json(text, where);
+  if (!j.is_array()) throw InputError(where + ": expected a JSON list of strings");
+  std::vector<std::string> words;
+  for (const json& w : j) {
+    if (!w.is_string())
+      throw InputError(fmt::format("{}: entry {} is not a string", where, words.size()));
+    words.push_back(w.get<std::string>());
+  }
+  return words;
+}
+
+// A vector tensor of n finite values (the moments, the carried state); `non_negative` for Adam's
+// second moment, whose square root the update takes.
+template <class Real>
+std::vector<Real> vector_tensor(const io::TensorFile& f, const char* name, const std::string& file,
+                                bool non_negative = false) {
+  const io::Tensor& t = f.require(name, file);
+  if (t.shape.size() != 1)
+    throw InputError(
+        fmt::format("{}: tensor '{}': expected one dimension, got {}", file, name, t.shape.size()));
+  std::vector<Real> v = io::to_floats<Real>(t, file);
+  for (size_t k = 0; k < v.size(); ++k)
+    if (!std::isfinite(v[k]) || (non_negative && v[k] < 0))
+      throw InputError(fmt::format("{}: tensor '{}': value {} at index {} is not {}", file, name,
+                                   static_cast<double>(v[k]), k,
+                                   non_negative ? "finite and >= 0" : "finite"));
+  return v;
+}
+
 }  // namespace
+
+std::mt19937_64 rng_from_state(const std::string& state, const std::string& where) {
+  std::mt19937_64 rng;
+  std::istringstream in(state);
+  in >> rng;
+  bool whole = !in.fail();
+  if (whole && !in.eof()) whole = (in >> std::ws).eof();  // nothing after the state
+  if (!whole)
+    throw InputError(fmt::format("{}: not a random-number state (std::mt19937_64)", where));
+  return rng;
+}
 
 template <class Real>
 void write_checkpoint(const std::filesystem::path& path, const Checkpoint<Real>& c) {
@@ -53,7 +170,7 @@ void write_checkpoint(const std::filesystem::path& path, const Checkpoint<Real>&
   f.metadata["lstmgrad.vocab"] = json(c.vocab).dump();
   f.metadata["lstmgrad.level"] = c.level;
   f.metadata["lstmgrad.train_options"] = c.options_json;
-  f.metadata["lstmgrad.run_state"] = run_to_json(c.run).dump();
+  f.metadata[kRunStateKey] = run_to_json(c.run).dump();
   f.metadata["lstmgrad.optimizer_steps"] = std::to_string(c.optimizer_steps);
   for (const ParamInfo& p : parameter_layout(c.cfg))
     f.add(io::make_tensor(p.name, p.shape, slice(c.params, p)));
@@ -80,33 +197,33 @@ Checkpoint<Real> read_checkpoint(const std::filesystem::path& path) {
           fmt::format("{}: not a training checkpoint (no __metadata__ '{}')", file, key));
     return it->second;
   };
-  try {
-    c.cfg = config_from_json(meta("lstmgrad.config"), file);
-    c.vocab = json::parse(meta("lstmgrad.vocab")).template get<std::vector<std::string>>();
-    c.run = run_from_json(json::parse(meta("lstmgrad.run_state")));
-    c.optimizer_steps = std::stoll(meta("lstmgrad.optimizer_steps"));
-  } catch (const json::exception& e) {
-    throw InputError(fmt::format("{}: corrupt checkpoint metadata ({})", file, e.what()));
-  }
+  c.cfg = config_from_json(meta("lstmgrad.config"), file);
+  c.vocab = vocab_from_json(meta("lstmgrad.vocab"), file);
+  c.run = run_from_json(meta(kRunStateKey), file);
+  c.optimizer_steps =
+      parse_count(meta("lstmgrad.optimizer_steps"), file, "lstmgrad.optimizer_steps");
   c.level = meta("lstmgrad.level");
   c.options_json = meta("lstmgrad.train_options");
-  validate_config(c.cfg);
-  c.params.resize(parameter_count(c.cfg));
-  for (const ParamInfo& p : parameter_layout(c.cfg)) {
-    const io::Tensor& t = f.require(p.name, file);
-    if (t.shape != p.shape)
-      throw InputError(fmt::format("{}: tensor '{}' has the wrong shape", file, p.name));
-    const std::vector<Real> v = io::to_floats<Real>(t, file);
-    std::copy(v.begin(), v.end(), c.params.begin() + static_cast<std::ptrdiff_t>(p.offset));
-  }
-  if (f.find("optimizer.m")) {
-    c.m = io::to_floats<Real>(f.require("optimizer.m", file), file);
-    c.v = io::to_floats<Real>(f.require("optimizer.v", file), file);
+  c.params = read_parameters<Real>(f, c.cfg, file);  // shapes checked before any allocation
+  if (f.find("optimizer.m") || f.find("optimizer.v")) {
+    c.m = vector_tensor<Real>(f, "optimizer.m", file);
+    c.v = vector_tensor<Real>(f, "optimizer.v", file, /*non_negative=*/true);
     if (c.m.size() != c.params.size() || c.v.size() != c.params.size())
-      throw InputError(fmt::format("{}: optimizer state does not match the model", file));
+      throw InputError(fmt::format(
+          "{}: tensors 'optimizer.m' and 'optimizer.v': {} and {} values for {} parameters", file,
+          c.m.size(), c.v.size(), c.params.size()));
   }
-  c.h = io::to_floats<Real>(f.require("carry.h", file), file);
-  c.s = io::to_floats<Real>(f.require("carry.s", file), file);
+  c.h = vector_tensor<Real>(f, "carry.h", file);
+  c.s = vector_tensor<Real>(f, "carry.s", file);
+  if (c.h.size() != c.s.size())
+    throw InputError(fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values", file,
+                                 c.h.size(), c.s.size()));
+  std::set<std::string> known{"carry.h", "carry.s"};
+  if (!c.m.empty()) known.insert({"optimizer.m", "optimizer.v"});
+  for (const ParamInfo& p : parameter_layout(c.cfg)) known.insert(p.name);
+  for (const io::Tensor& t : f.tensors)
+    if (!known.count(t.name))
+      throw InputError(fmt::format("{}: unexpected tensor '{}' in a checkpoint", file, t.name));
   return c;
 }
 

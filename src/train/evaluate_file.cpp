@@ -15,21 +15,19 @@ namespace lstmgrad {
 
 namespace {
 
-// The model's vocabulary and level, from the metadata lstmgrad train writes.
+// The model's vocabulary and level, from the metadata lstmgrad train writes (checked by
+// model_vocabulary, which load_model has run already: grad refuses the same files).
 template <class Real>
-data::Vocabulary model_vocabulary(const Model<Real>& m, const std::string& file) {
+data::Vocabulary language_model_vocabulary(const Model<Real>& m, const std::string& file) {
   if (m.vocab.empty())
     throw InputError(
         fmt::format("{}: the model has no vocabulary (__metadata__ 'lstmgrad.vocab'); "
                     "was it written by lstmgrad train?",
                     file));
-  auto it = m.metadata.find("lstmgrad.level");
-  const data::Level level =
-      data::parse_level(it == m.metadata.end() ? "word" : it->second, file + ": lstmgrad.level");
   if (m.cfg.input != InputKind::embedding || m.cfg.readout != Readout::linear)
     throw InputError(
         fmt::format("{}: not a language model (needs an embedding and a linear readout)", file));
-  return data::Vocabulary::from_words(level, m.vocab, file);
+  return model_vocabulary(m.metadata, m.cfg.V, file);
 }
 
 // The model and the text read with its vocabulary.
@@ -42,7 +40,7 @@ struct EvalInput {
 template <class Real>
 EvalInput<Real> read_eval_input(const EvalOptions& o) {
   EvalInput<Real> in{load_model<Real>(o.model), {}};
-  in.ids = data::read_text(o.data, model_vocabulary(in.model, o.model.string()));
+  in.ids = data::read_text(o.data, language_model_vocabulary(in.model, o.model.string()));
   return in;
 }
 
@@ -124,7 +122,7 @@ std::string sample_text(const SampleOptions& o) {
   if (o.device == "cuda") cuda::require();
   const std::string file = o.model.string();
   const Model<double> m = load_model<double>(o.model);
-  const data::Vocabulary vocab = model_vocabulary(m, file);
+  const data::Vocabulary vocab = language_model_vocabulary(m, file);
   std::vector<int64_t> prime = data::encode(o.prime, vocab, "--prime");
   if (vocab.level() == data::Level::words && !prime.empty() && prime.back() == vocab.eos())
     prime.pop_back();  // encode() ends a line with <eos>; the prime continues instead

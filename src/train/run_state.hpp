@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -39,8 +40,16 @@ struct Checkpoint {
   RunState run;
 };
 
+// The random-number state a RunState stores; InputError naming `where` when it is not one.
+std::mt19937_64 rng_from_state(const std::string& state, const std::string& where);
+
 template <class Real>
 void write_checkpoint(const std::filesystem::path& path, const Checkpoint<Real>& c);
+// Reads and checks on its own what the file can show: the config against the tensors (before any
+// allocation), every value finite (Adam's v also >= 0), counts >= 0, the random-number state,
+// moments of the parameters' size, carry.h and carry.s alike, no other tensor. What needs the
+// run's options and text (check_resumable, the trainer) comes after. InputError naming the file
+// and the field or tensor.
 template <class Real>
 Checkpoint<Real> read_checkpoint(const std::filesystem::path& path);
 

@@ -5,11 +5,15 @@
 #include <cassert>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <type_traits>
 
+#include "data/scan.hpp"
+#include "io/json_text.hpp"
 #include "lstmgrad/atomic_file.hpp"
 #include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
@@ -58,46 +62,133 @@ json options_to_json(const TrainOptions& o) {
           {"test_sequential", o.test_sequential}};
 }
 
-TrainOptions options_from_json(const json& j) {
+constexpr int64_t kMaxThreads = 1 << 16;
+
+// The fields of a checkpoint's stored options, each checked for its JSON type; InputError naming
+// the checkpoint and the key.
+class StoredOptions {
+ public:
+  StoredOptions(const json& j, std::string where) : j_(j), where_(std::move(where)) {}
+
+  std::string text(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_string()) bad(key, "expected a string", v);
+    return v.get<std::string>();
+  }
+  int64_t integer(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number_integer() ||
+        (v.is_number_unsigned() &&
+         v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+      bad(key, "expected an integer", v);
+    return v.get<int64_t>();
+  }
+  uint64_t natural(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number_unsigned()) bad(key, "expected an integer >= 0", v);
+    return v.get<uint64_t>();
+  }
+  double number(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_number()) bad(key, "expected a number", v);
+    return v.get<double>();
+  }
+  bool flag(const char* key) const {
+    const json& v = at(key);
+    if (!v.is_boolean()) bad(key, "expected true or false", v);
+    return v.get<bool>();
+  }
+  bool has(const char* key) const { return j_.contains(key); }
+
+ private:
+  const json& at(const char* key) const {
+    const auto it = j_.find(key);
+    if (it == j_.end()) throw InputError(fmt::format("{} '{}': missing", where_, key));
+    return *it;
+  }
+  [[noreturn]] void bad(const char* key, const char* what, const json& v) const {
+    throw InputError(fmt::format("{} '{}': {}, got {}", where_, key, what,
+                                 v.dump(-1, ' ', false, json::error_handler_t::replace)));
+  }
+
+  const json& j_;
+  std::string where_;
+};
+
+// How an option is named in messages: its flag ("--seq"), or on --resume, for an option the run
+// stored, the checkpoint's field ("run/checkpoint.safetensors: __metadata__
+// 'lstmgrad.train_options': key 'seq'").
+using OptionName = std::function<std::string(std::string_view flag)>;
+
+// `where` names the options in messages: "run/checkpoint.safetensors: __metadata__
+// 'lstmgrad.train_options': key".
+TrainOptions options_from_json(const json& j, const std::string& where) {
+  if (!j.is_object()) throw InputError(fmt::format("{}: expected a JSON object", where));
+  const StoredOptions s(j, where + ": key");
   TrainOptions o;
-  o.train = j.at("train").get<std::string>(), o.valid = j.at("valid").get<std::string>();
-  o.test = j.at("test").get<std::string>(), o.level = j.at("level");
-  o.layers = j.at("layers"), o.hidden = j.at("hidden"), o.embed = j.at("embed");
-  o.seq = j.at("seq"), o.batch = j.at("batch"), o.epochs = j.at("epochs"), o.lr = j.at("lr");
-  o.lr_decay = j.at("lr_decay"), o.decay_after = j.at("decay_after");
-  o.plateau_decay = j.at("plateau_decay"), o.clip = j.at("clip"), o.dropout = j.at("dropout");
-  o.init = j.at("init"), o.optimizer = j.at("optimizer"), o.loss = j.at("loss");
-  o.dtype = j.at("dtype"), o.seed = j.at("seed"), o.eval_batch = j.at("eval_batch");
-  o.test_sequential = j.at("test_sequential");
-  o.threads = j.value("threads", 0);
-  o.device = j.value("device", std::string("cpu"));
-  o.peephole = j.value("peephole", false);  // absent in checkpoints written before peepholes
+  o.train = s.text("train"), o.valid = s.text("valid"), o.test = s.text("test");
+  o.level = s.text("level");
+  o.layers = s.integer("layers"), o.hidden = s.integer("hidden"), o.embed = s.integer("embed");
+  o.seq = s.integer("seq"), o.batch = s.integer("batch"), o.epochs = s.integer("epochs");
+  o.lr = s.number("lr"), o.lr_decay = s.number("lr_decay"),
+  o.decay_after = s.integer("decay_after");
+  o.plateau_decay = s.number("plateau_decay"), o.clip = s.number("clip");
+  o.dropout = s.number("dropout"), o.init = s.number("init");
+  o.optimizer = s.text("optimizer"), o.loss = s.text("loss"), o.dtype = s.text("dtype");
+  o.seed = s.natural("seed"), o.eval_batch = s.integer("eval_batch");
+  o.test_sequential = s.flag("test_sequential");
+  if (s.has("threads")) {  // written by older versions
+    const int64_t t = s.integer("threads");
+    if (t < 0 || t > kMaxThreads)
+      throw InputError(
+          fmt::format("{}: key 'threads': must be in [0, {}], got {}", where, kMaxThreads, t));
+    o.threads = static_cast<int>(t);
+  }
+  o.device = s.has("device") ? s.text("device") : std::string("cpu");
+  o.peephole = s.has("peephole") && s.flag("peephole");  // absent: written before peepholes
   return o;
 }
 
-void validate_options(const TrainOptions& o) {
-  auto positive = [](const char* flag, int64_t v) {
-    if (v < 1) throw InputError(fmt::format("{}: must be >= 1, got {}", flag, v));
+// The flag itself ("--seq"): options from the command line.
+std::string flag_name(std::string_view flag) {
+  return std::string(flag);
+}
+
+void validate_options(const TrainOptions& o, const OptionName& name) {
+  auto positive = [&](const char* flag, int64_t v) {
+    if (v < 1) throw InputError(fmt::format("{}: must be >= 1, got {}", name(flag), v));
   };
   positive("--seq", o.seq), positive("--batch", o.batch), positive("--layers", o.layers);
   positive("--hidden", o.hidden), positive("--embed", o.embed), positive("--epochs", o.epochs);
-  if (!(o.lr > 0)) throw InputError(fmt::format("--lr: must be > 0, got {}", o.lr));
-  if (!(o.lr_decay >= 1) || !(o.plateau_decay >= 1))
-    throw InputError("--lr-decay and --plateau-decay: must be >= 1 (the lr is divided by them)");
-  if (!(o.init > 0)) throw InputError(fmt::format("--init: must be > 0, got {}", o.init));
-  if (o.dropout < 0 || o.dropout >= 1)
-    throw InputError(fmt::format("--dropout: must be in [0, 1), got {}", o.dropout));
-  if (o.loss != "mean" && o.loss != "batch_mean")
-    throw InputError(fmt::format("--loss: expected mean or batch_mean, got '{}'", o.loss));
-  if (o.dtype != "f32" && o.dtype != "f64")
-    throw InputError(fmt::format("--dtype: expected f32 or f64, got '{}'", o.dtype));
-  if (o.device != "cpu" && o.device != "cuda")
-    throw InputError(fmt::format("--device: expected cpu or cuda, got '{}'", o.device));
+  // A finite number >= low (> low when `strict`).
+  auto number = [&](const char* flag, double v, double low, bool strict, const char* rule) {
+    if (!std::isfinite(v) || v < low || (strict && v == low))
+      throw InputError(fmt::format("{}: must be {}, got {}", name(flag), rule, v));
+  };
+  number("--lr", o.lr, 0, true, "> 0"), number("--init", o.init, 0, true, "> 0");
+  number("--lr-decay", o.lr_decay, 1, false, ">= 1 (the lr is divided by it)");
+  number("--plateau-decay", o.plateau_decay, 1, false, ">= 1 (the lr is divided by it)");
+  number("--clip", o.clip, 0, false, ">= 0");
+  if (!(o.dropout >= 0 && o.dropout < 1))
+    throw InputError(fmt::format("{}: must be in [0, 1), got {}", name("--dropout"), o.dropout));
+  if (o.decay_after < 0)
+    throw InputError(fmt::format("{}: must be >= 0, got {}", name("--decay-after"), o.decay_after));
+  if (o.eval_batch < 0)
+    throw InputError(fmt::format("{}: must be >= 0, got {}", name("--eval-batch"), o.eval_batch));
+  if (o.threads < 0)
+    throw InputError(fmt::format("{}: must be >= 0, got {}", name("--threads"), o.threads));
+  auto choice = [&](const char* flag, const std::string& v, const char* a, const char* b) {
+    if (v != a && v != b)
+      throw InputError(fmt::format("{}: expected {} or {}, got '{}'", name(flag), a, b,
+                                   data::scan::printable(v)));
+  };
+  choice("--loss", o.loss, "mean", "batch_mean"), choice("--dtype", o.dtype, "f32", "f64");
+  choice("--device", o.device, "cpu", "cuda"), choice("--optimizer", o.optimizer, "sgd", "adam");
+  data::parse_level(o.level, name("--level"));
   if (o.device == "cuda" && o.dtype != "f32")
-    throw InputError(fmt::format("--dtype {}: --device cuda trains in float32 (f32)", o.dtype));
+    throw InputError(
+        fmt::format("{} {}: --device cuda trains in float32 (f32)", name("--dtype"), o.dtype));
   if (o.device == "cuda") cuda::require();  // before anything is written
-  parse_optimizer(o.optimizer);
-  data::parse_level(o.level);
 }
 
 }  // namespace train
@@ -112,7 +203,8 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Refuses to write over a run the user already has.
+// Refuses to write over a run the user already has. Creates nothing: the folder is made once the
+// text has been read and accepted (create_out), so that a rejected corpus leaves none behind.
 void ensure_fresh_out(const fs::path& out) {
   for (const char* f : {"checkpoint.safetensors", "model.safetensors", "metrics.jsonl"})
     if (fs::exists(out / f))
@@ -120,11 +212,71 @@ void ensure_fresh_out(const fs::path& out) {
           fmt::format("--out {}: already holds a training run ({}); continue it with "
                       "--resume {} or choose another --out",
                       out.string(), f, out.string()));
+  if (fs::exists(out) && !fs::is_directory(out))
+    throw InputError(fmt::format("--out {}: exists and is not a folder", out.string()));
+}
+
+void create_out(const fs::path& out) {
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec)
     throw InputError(
         fmt::format("--out {}: cannot create the folder ({})", out.string(), ec.message()));
+}
+
+// a * b + c, or nullopt beyond int64.
+std::optional<int64_t> checked_mul_add(int64_t a, int64_t b, int64_t c) {
+  int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r) || __builtin_add_overflow(r, c, &r)) return std::nullopt;
+  return r;
+}
+
+// What a checkpoint must agree with in its run's options `o` (the epochs as stored, before a
+// command-line --epochs), checked before the trainer allocates by those options: the model's sizes,
+// the level, the optimizer's state, the carried state's length, the counters.
+template <class Real>
+void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t stored_epochs,
+                     const std::string& ck) {
+  if (c.cfg.input != InputKind::embedding || c.cfg.readout != Readout::linear ||
+      c.cfg.H != o.hidden || c.cfg.L != o.layers || c.cfg.X != o.embed)
+    throw InputError(fmt::format(
+        "{}: the model (__metadata__ 'lstmgrad.config' {}) does not match the stored options "
+        "(hidden {}, layers {}, embed {})",
+        ck, config_to_json(c.cfg), o.hidden, o.layers, o.embed));
+  if (c.level != o.level)
+    throw InputError(
+        fmt::format("{}: __metadata__ 'lstmgrad.level' '{}' differs from the stored "
+                    "option level '{}'",
+                    ck, data::scan::printable(c.level), o.level));
+  const bool adam = parse_optimizer(o.optimizer) == OptimizerKind::adam;
+  if (adam && c.m.empty())
+    throw InputError(
+        fmt::format("{}: the run uses adam but the checkpoint has no Adam moments "
+                    "(tensors 'optimizer.m', 'optimizer.v')",
+                    ck));
+  if (!adam && !c.m.empty())
+    throw InputError(
+        fmt::format("{}: the run uses {} but the checkpoint holds Adam moments "
+                    "(tensors 'optimizer.m', 'optimizer.v')",
+                    ck, o.optimizer));
+  const auto S = checked_mul_add(c.cfg.L * c.cfg.H, o.batch, 0);  // L*H fits: validate_config
+  if (!S || static_cast<size_t>(*S) != c.h.size())
+    throw InputError(
+        fmt::format("{}: tensor 'carry.h': {} values, but layers x batch x hidden "
+                    "is {} x {} x {}",
+                    ck, c.h.size(), c.cfg.L, o.batch, c.cfg.H));
+  const std::string run = ck + ": __metadata__ 'lstmgrad.run_state'";
+  if (c.run.epoch - 1 > stored_epochs)
+    throw InputError(fmt::format("{}: key 'epoch': {} is past the run's {} epochs", run,
+                                 c.run.epoch, stored_epochs));
+  if (c.run.plateau_decays > c.run.epoch - 1)
+    throw InputError(fmt::format("{}: key 'plateau_decays': {} in {} finished epochs", run,
+                                 c.run.plateau_decays, c.run.epoch - 1));
+  if (c.optimizer_steps != c.run.step)
+    throw InputError(
+        fmt::format("{}: __metadata__ 'lstmgrad.optimizer_steps' {} differs from the "
+                    "run state's step {}",
+                    ck, c.optimizer_steps, c.run.step));
 }
 
 template <class Real>
@@ -135,14 +287,16 @@ class Trainer {
   int run(const Checkpoint<Real>* resume) {
     set_threads(o_.threads);  // 0: the defaults
     load_data();
+    data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
+    const int64_t n = batcher.windows();
     if (resume) {
+      check_against_text(*resume, n);
       restore(*resume);
     } else {
+      create_out(o_.out);  // only now: a rejected text leaves no folder behind
       init_fresh();
     }
     if (gpu_) to_device(resume != nullptr);
-    data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
-    const int64_t n = batcher.windows();
     if (!resume)
       progress_.line(
           fmt::format("lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x "
@@ -251,8 +405,10 @@ class Trainer {
     }
   }
 
-  void restore(const Checkpoint<Real>& c) {
-    remove_stale_temporaries();
+  // What the checkpoint must agree with in the run's text and model: checked, with
+  // check_resumable and read_checkpoint before it, before anything in the run folder is touched.
+  void check_against_text(const Checkpoint<Real>& c, int64_t windows) const {
+    const std::string ck = (o_.out / "checkpoint.safetensors").string();
     if (c.vocab != vocab_.words())
       throw InputError(
           fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's",
@@ -261,20 +417,41 @@ class Trainer {
         c.cfg.peephole != cfg_.peephole)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
+    if (c.h.size() != batch_.h0.size() || c.s.size() != batch_.s0.size())
+      throw InputError(fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values for {}",
+                                   ck, c.h.size(), c.s.size(), batch_.h0.size()));
+    // Each window is one update: step = (epoch - 1) * windows + window.
+    const std::string run = ck + ": __metadata__ 'lstmgrad.run_state'";
+    if (c.run.window > windows)
+      throw InputError(fmt::format("{}: key 'window': {} is past the {} windows of an epoch of {}",
+                                   run, c.run.window, windows, o_.train.string()));
+    if (checked_mul_add(c.run.epoch - 1, windows, c.run.window) != c.run.step)
+      throw InputError(
+          fmt::format("{}: key 'step': {} updates do not fit epoch {}, window {} "
+                      "({} windows an epoch)",
+                      run, c.run.step, c.run.epoch, c.run.window, windows));
+  }
+
+  void restore(const Checkpoint<Real>& c) {
+    const fs::path best = o_.out / "best.safetensors";
+    best_params_ = c.params;  // replaced by best.safetensors' contents when it exists
+    if (fs::exists(best)) {
+      Model<Real> m = load_model<Real>(best);
+      if (m.cfg.V != cfg_.V || m.cfg.H != cfg_.H || m.cfg.L != cfg_.L || m.cfg.X != cfg_.X ||
+          m.cfg.input != cfg_.input || m.cfg.readout != cfg_.readout)
+        throw InputError(fmt::format("{}: its model ({}) is not the checkpoint's ({})",
+                                     best.string(), config_to_json(m.cfg), config_to_json(cfg_)));
+      best_params_ = std::move(m.params);
+    }
+    rng_ = rng_from_state(c.run.rng, (o_.out / "checkpoint.safetensors").string());
+    remove_stale_temporaries();  // the first change to the run folder, after every check
     params_ = c.params;
     opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
     if (!c.m.empty()) opt_->m() = c.m, opt_->v() = c.v;
     opt_->set_steps(c.optimizer_steps);
     grad_.assign(params_.size(), Real(0));
-    if (c.h.size() != batch_.h0.size())
-      throw InputError(
-          fmt::format("--resume {}: the carried state does not match --batch", o_.out.string()));
     batch_.h0 = c.h, batch_.s0 = c.s;
     run_ = c.run;
-    std::istringstream(run_.rng) >> rng_;
-    best_params_ = params_;  // replaced by best.safetensors' contents below when it exists
-    const fs::path best = o_.out / "best.safetensors";
-    if (fs::exists(best)) best_params_ = load_model<Real>(best).params;
     progress_.line(fmt::format("resuming {} at epoch {}, window {}, update {}", o_.out.string(),
                                run_.epoch, run_.window, run_.step));
   }
@@ -510,26 +687,32 @@ int run_training(const TrainOptions& opts) {
       throw InputError(
           fmt::format("--resume {}: no checkpoint.safetensors there", o.resume.string()));
     // The run continues with its own options; only how long it runs may change.
-    std::string options_json;
-    {
-      // Read once as double to get the options (parameters are re-read in the run's dtype).
-      const Checkpoint<double> probe = train::read_checkpoint<double>(ck);
-      options_json = probe.options_json;
-    }
-    TrainOptions stored;
-    try {
-      stored = train::options_from_json(json::parse(options_json));
-    } catch (const json::exception& e) {
-      throw InputError(fmt::format("{}: corrupt checkpoint options ({})", ck.string(), e.what()));
-    }
+    const std::string file = ck.string();
+    const std::string where = file + ": __metadata__ 'lstmgrad.train_options'";
+    // Read once as double to get the options (parameters are re-read in the run's dtype).
+    const Checkpoint<double> probe = train::read_checkpoint<double>(ck);
+    TrainOptions stored =
+        train::options_from_json(io::parse_json(probe.options_json, where), where);
+    // Named as the checkpoint's fields, except those the command line gives.
+    const bool threads_given = o.threads > 0;
+    auto name = [&](std::string_view flag) {
+      if ((flag == "--epochs" && o.epochs_given) || (flag == "--device" && o.device_given) ||
+          (flag == "--threads" && threads_given))
+        return std::string(flag);
+      std::string key(flag.substr(2));
+      std::replace(key.begin(), key.end(), '-', '_');
+      return fmt::format("{}: key '{}'", where, key);
+    };
+    const int64_t stored_epochs = stored.epochs;
     stored.out = o.resume, stored.resume = o.resume;
     stored.max_steps = o.max_steps, stored.checkpoint_every = o.checkpoint_every;
     stored.quiet = o.quiet;
     if (o.device_given) stored.device = o.device;   // else the run's own
-    if (o.threads > 0) stored.threads = o.threads;  // else the run's own: results depend on it
+    if (threads_given) stored.threads = o.threads;  // else the run's own: results depend on it
     if (o.epochs_given) stored.epochs = o.epochs;
     o = stored;
-    train::validate_options(o);
+    train::validate_options(o, name);
+    train::check_resumable(probe, o, stored_epochs, file);
     if (o.dtype == "f32") {
       const Checkpoint<float> c = train::read_checkpoint<float>(ck);
       return train::Trainer<float>(o).run(&c);
@@ -537,7 +720,7 @@ int run_training(const TrainOptions& opts) {
     const Checkpoint<double> c = train::read_checkpoint<double>(ck);
     return train::Trainer<double>(o).run(&c);
   }
-  train::validate_options(o);
+  train::validate_options(o, train::flag_name);
   train::ensure_fresh_out(o.out);
   return o.dtype == "f32" ? train::Trainer<float>(o).run(nullptr)
                           : train::Trainer<double>(o).run(nullptr);
