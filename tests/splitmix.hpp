@@ -8,6 +8,7 @@
 namespace lstmgrad::test {
 
 struct SplitMix {
+  SplitMix(uint64_t seed) : state(seed) {}  // implicit: a seed is a generator
   uint64_t state;
   double uniform(double lo, double hi) {
     uint64_t z = (state += 0x9e3779b97f4a7c15ULL);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/clones.hpp"
 #include "core/gates.hpp"
 
 namespace lstmgrad {
@@ -13,8 +14,8 @@ namespace {
 // max kept in 16 lanes so that the compiler vectorises them without reordering anything else.
 // AVX-512, AVX2 and baseline clones, picked at load time. Returns log sum_j exp(z_j - max) and
 // the max.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void softmax_row_f32(
-    float* __restrict p, const float* z, int64_t V, float* zmax_out, float* log_sum_out) {
+LSTMGRAD_CLONES void softmax_row_f32(float* __restrict p, const float* z, int64_t V,
+                                     float* zmax_out, float* log_sum_out) {
   constexpr int kLanes = 16;
   float m[kLanes];
   for (int l = 0; l < kLanes; ++l) m[l] = -3.0e38f;

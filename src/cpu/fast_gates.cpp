@@ -4,6 +4,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "core/clones.hpp"
 #include "core/gates.hpp"
 #include "cpu/panel_gemm.hpp"
 #include "cpu/panel_kernel.hpp"
@@ -194,7 +195,7 @@ namespace {
 template <int N, class F>
 LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
   [&]<int... I>(std::integer_sequence<int, I...>) {
-    ((mr == I + 1 ? (f(std::integral_constant<int, I + 1>{}), true) : false) || ...);
+    (void)((mr == I + 1 ? (f(std::integral_constant<int, I + 1>{}), true) : false) || ...);
   }
   (std::make_integer_sequence<int, N>{});
 }
@@ -246,9 +247,6 @@ struct FastMath {
   float sigmoid(float x) const { return fast_sigmoid(x); }
   float tanh(float x) const { return fast_tanh(x); }
 };
-
-#define LSTMGRAD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 // Simple loops, one function each, so that the compiler vectorises every one of them (a single
 // loop with all five nonlinearities does not if-convert). A row's blocks stay in L1 between them.
@@ -355,7 +353,5 @@ void fast_gates_backward(float* dz, int64_t ldz, int64_t gs, float* ds, const fl
     gate_grads(d, d + gs, d + 2 * gs, d + 3 * gs, dsr, dh, ts, g, gs, sp, unit, n);
   }
 }
-
-#undef LSTMGRAD_CLONES
 
 }  // namespace lstmgrad::cpu
