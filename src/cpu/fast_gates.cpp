@@ -116,8 +116,9 @@ LSTMGRAD_AVX512 inline void group_sums(int64_t K, const float* a, int64_t lda, c
 
 // The fused step: MR rows of one group of up to 16 units, z = z_in + h_prev U^T for the four
 // gates accumulated in registers over K, then the gate pass on those registers (bias, the
-// nonlinearities, the cell), without z going through memory in between.
-template <int MR>
+// nonlinearities, the cell), without z going through memory in between. Units: whether the cell
+// has CellUnit weights (a template argument, so that the plain cell's tile has no test for them).
+template <int MR, bool Units>
 LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const float* P, float* z,
                                int64_t ldz, int64_t gs, const float* bias, const float* unit,
                                float* s, float* h, const float* s_prev, int64_t ld, __mmask16 m) {
@@ -143,14 +144,14 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g)
       pre[g] = _mm512_add_ps(_mm512_add_ps(acc[r][g], _mm512_maskz_loadu_ps(m, zr + g * gs)), b[g]);
-    cell_forward16(m, pre, unit, zr, gs, s_prev + r * ld, s + r * ld, h + r * ld);
+    cell_forward16(m, pre, Units ? unit : nullptr, zr, gs, s_prev + r * ld, s + r * ld, h + r * ld);
   }
 }
 
 // The fused backward step: MR rows of one group of up to 32 units (NP panels), dh_rec =
 // dz_{t+1} U accumulated in registers over K = 4H, then gates_backward16's pass on those
-// registers (plus dh_out) for the group's units.
-template <int MR, int NP>
+// registers (plus dh_out) for the group's units. Units as in step_tile.
+template <int MR, int NP, bool Units>
 LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz, const float* P,
                                         float* dz, int64_t gs, float* ds, const float* dh_out,
                                         const float* gates, const float* s, const float* s_prev,
@@ -181,7 +182,7 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
       const int64_t j = p * 16, k = r * ld + j;
       __m512 dh = acc[r][p];
       if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
-      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, unit ? unit + j : nullptr,
+      cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, Units ? unit + j : nullptr,
                       ds + k, dz + r * ldz + j);
     }
 }
@@ -211,8 +212,9 @@ LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t 
   const __mmask16 m = first_lanes(n);
   for (int64_t r = 0; r < B; r += 5)
     with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
-      step_tile<mr>(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
-                    h + r * ld, s_prev + r * ld, ld, m);
+      auto tile = unit ? &step_tile<mr, true> : &step_tile<mr, false>;
+      tile(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
+           h + r * ld, s_prev + r * ld, ld, m);
     });
 }
 
@@ -228,7 +230,9 @@ LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_
     with_rows<12>(std::min<int64_t>(12, B - r), [&](auto mr) {
       const int64_t o = r * ld;
       const float* dho = dh_out ? dh_out + o : nullptr;
-      auto tile = n > 16 ? &step_tile_backward<mr, 2> : &step_tile_backward<mr, 1>;
+      auto tile =
+          unit ? (n > 16 ? &step_tile_backward<mr, 2, true> : &step_tile_backward<mr, 1, true>)
+               : (n > 16 ? &step_tile_backward<mr, 2, false> : &step_tile_backward<mr, 1, false>);
       tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz, s + o,
            s_prev + o, unit, ld, mask);
     });
