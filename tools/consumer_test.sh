@@ -50,9 +50,15 @@ step "building tests/consumer"
 cmake --build "$work/consumer" -j"$jobs" >"$work/consumer-build.log" 2>&1 ||
   { cat "$work/consumer-build.log"; exit 1; }
 
-if [ "$shared" = ON ] && ! ldd "$work/consumer/consumer" | grep -q "liblstmgrad\.so"; then
-  echo "consumer_test: the consumer does not load liblstmgrad.so" >&2
-  exit 1
+# ldd's whole output first: `ldd | grep -q` under pipefail fails when grep stops reading early
+# and ldd dies of SIGPIPE.
+if [ "$shared" = ON ]; then
+  libs=$(ldd "$work/consumer/consumer")
+  if ! grep -q "liblstmgrad\.so" <<<"$libs"; then
+    echo "consumer_test: the consumer does not load liblstmgrad.so:" >&2
+    echo "$libs" >&2
+    exit 1
+  fi
 fi
 step "running the consumer"
 out=$("$work/consumer/consumer")
