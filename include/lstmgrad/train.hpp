@@ -39,8 +39,11 @@ struct TrainOptions {
   std::filesystem::path resume;  // a run folder to continue
   int64_t max_steps = 0;         // stop after this many updates in all (0 = no limit)
   int64_t checkpoint_every = 0;  // also checkpoint every N updates (0 = per epoch only)
-  int64_t eval_batch = 0;        // validation batch (0 = --batch)
-  bool test_sequential = true;   // test with batch 1, as papers report
+  // A non-finite loss or gradient norm: "stop" (exit 1, the last checkpoint kept as it is) or
+  // "skip" (the update is not applied and counted in metrics.jsonl's "skipped_nonfinite"; CPU).
+  std::string on_nonfinite = "stop";
+  int64_t eval_batch = 0;       // validation batch (0 = --batch)
+  bool test_sequential = true;  // test with batch 1, as papers report
   bool quiet = false;
 };
 

@@ -82,6 +82,10 @@ void register_train(CLI::App& app) {
   cmd->add_option("--resume", o->resume, "Continue the run in this folder");
   cmd->add_option("--max-steps", o->max_steps, "Stop after this many updates (0: no limit)");
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "Also checkpoint every N updates");
+  cmd->add_option("--on-nonfinite", o->on_nonfinite,
+                  "A NaN or infinite loss or gradient: stop (keep the last checkpoint) or skip "
+                  "the update")
+      ->capture_default_str();
   cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   auto* device = add_device_option(cmd, o->device);

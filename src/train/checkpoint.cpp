@@ -35,6 +35,7 @@ json run_to_json(const RunState& r) {
           {"best_epoch_valid", r.best_epoch_valid},
           {"epoch_loss_sum", r.epoch_loss_sum},
           {"epoch_tokens", r.epoch_tokens},
+          {"skipped", r.skipped},
           {"wall_s", r.wall_s},
           {"rng", r.rng},
           {"metrics", r.metrics}};
@@ -96,6 +97,7 @@ RunState run_from_json(const std::string& text, const std::string& file) {
   r.epoch = count_at(j, "epoch", file), r.window = count_at(j, "window", file);
   r.step = count_at(j, "step", file), r.plateau_decays = count_at(j, "plateau_decays", file);
   r.epoch_tokens = count_at(j, "epoch_tokens", file);
+  if (j.contains("skipped")) r.skipped = count_at(j, "skipped", file);  // absent: none (older)
   r.best_valid = amount_at(j, "best_valid", file);
   r.best_epoch_valid = amount_at(j, "best_epoch_valid", file);
   r.epoch_loss_sum = amount_at(j, "epoch_loss_sum", file), r.wall_s = amount_at(j, "wall_s", file);

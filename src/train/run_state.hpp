@@ -20,6 +20,7 @@ struct RunState {
   double best_epoch_valid = 0;  // best end-of-epoch validation loss (drives the plateau decay)
   double epoch_loss_sum = 0;    // training loss (nats) summed over this epoch's tokens so far
   int64_t epoch_tokens = 0;
+  int64_t skipped = 0;               // updates skipped for a non-finite loss or gradient
   double wall_s = 0;                 // training time before this process
   std::string rng;                   // std::mt19937_64 state
   std::vector<std::string> metrics;  // metrics.jsonl lines so far

@@ -1,15 +1,23 @@
 // `lstmgrad train`: the training loop, its schedule, validation and checkpoints.
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cassert>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <system_error>
 #include <type_traits>
 
 #include "data/scan.hpp"
@@ -41,6 +49,7 @@ json options_to_json(const TrainOptions& o) {
           {"level", o.level},
           {"layers", o.layers},
           {"hidden", o.hidden},
+          {"on_nonfinite", o.on_nonfinite},
           {"peephole", o.peephole},
           {"embed", o.embed},
           {"seq", o.seq},
@@ -146,6 +155,7 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   }
   o.device = s.has("device") ? s.text("device") : std::string("cpu");
   o.peephole = s.has("peephole") && s.flag("peephole");  // absent: written before peepholes
+  if (s.has("on_nonfinite")) o.on_nonfinite = s.text("on_nonfinite");
   return o;
 }
 
@@ -184,6 +194,12 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   };
   choice("--loss", o.loss, "mean", "batch_mean"), choice("--dtype", o.dtype, "f32", "f64");
   choice("--device", o.device, "cpu", "cuda"), choice("--optimizer", o.optimizer, "sgd", "adam");
+  choice("--on-nonfinite", o.on_nonfinite, "stop", "skip");
+  if (o.device == "cuda" && o.on_nonfinite == "skip")
+    throw InputError(
+        fmt::format("{} skip: the CUDA engine applies its update on the device; "
+                    "use stop",
+                    name("--on-nonfinite")));
   data::parse_level(o.level, name("--level"));
   if (o.device == "cuda" && o.dtype != "f32")
     throw InputError(
@@ -198,6 +214,113 @@ namespace train {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Training cannot go on, with nothing wrong in the input (a non-finite loss): run_training prints
+// it and returns 1; the last checkpoint stays as it was.
+class Halted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// SIGINT and SIGTERM while training: the first lets the update in progress finish, writes a
+// checkpoint and ends the run with 128 + the signal's number (130, 143: what a shell reports for a
+// process the signal ended); a second ends the process at once (every file is written atomically,
+// so the last complete checkpoint survives that too). SIGXFSZ is ignored, so that a file-size
+// limit reaches the writer as an error (EFBIG) the way a full disk does (ENOSPC), not as a kill.
+std::atomic<int> stop_signal{0};
+
+void on_stop_signal(int sig) {
+  if (stop_signal.exchange(sig) != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+class StopSignals {
+ public:
+  StopSignals() {
+    stop_signal = 0;
+    install(SIGINT, on_stop_signal, old_[0]), install(SIGTERM, on_stop_signal, old_[1]);
+    install(SIGXFSZ, SIG_IGN, old_[2]);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &old_[0], nullptr), ::sigaction(SIGTERM, &old_[1], nullptr);
+    ::sigaction(SIGXFSZ, &old_[2], nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+  int pending() const { return stop_signal.load(); }
+  static const char* name(int sig) { return sig == SIGINT ? "SIGINT" : "SIGTERM"; }
+
+ private:
+  static void install(int sig, void (*handler)(int), struct sigaction& old) {
+    struct sigaction sa {};
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(sig, &sa, &old);
+  }
+  struct sigaction old_[3]{};
+};
+
+// One training at a time per run folder: an exclusive flock(2) on OUT/.lstmgrad.lock, held while
+// the process lives (the kernel drops it when the process ends, however it ends, so a killed run
+// leaves no stale lock behind). The file holds the holder's pid, for the message.
+class RunLock {
+ public:
+  explicit RunLock(const fs::path& out) {
+    const fs::path p = out / ".lstmgrad.lock";
+    fd_ = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0)
+      throw InputError(fmt::format("{}: cannot open the run's lock file: {}", p.string(),
+                                   std::generic_category().message(errno)));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      char pid[32] = {};
+      const ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
+      ::close(fd_);
+      if (err == EWOULDBLOCK)
+        throw InputError(fmt::format(
+            "{}: another lstmgrad train is using this run folder (pid {}); wait for it to end, "
+            "or choose another --out",
+            out.string(), n > 0 ? std::string(pid, static_cast<size_t>(n)) : "unknown"));
+      throw InputError(
+          fmt::format("{}: cannot lock: {}", p.string(), std::generic_category().message(err)));
+    }
+    const std::string me = std::to_string(::getpid());
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) < 0) {
+      // The pid is only for the message; the lock itself is held.
+    }
+  }
+  ~RunLock() { ::close(fd_); }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// Refuses, before anything is allocated, a model whose training would not fit in this machine's
+// memory: the parameters and the copies training keeps (gradient, best model, Adam's moments,
+// the checkpoint's copies while it is written), and the activations of one window (the stack's
+// gates and states, the readout's probabilities).
+template <class Real>
+void require_memory(const ModelConfig& cfg, const TrainOptions& o) {
+  const double P = static_cast<double>(parameter_count(cfg));
+  const double copies = o.optimizer == "adam" ? 9 : 6;
+  const double N = static_cast<double>(o.seq) * static_cast<double>(o.batch);
+  const double H = static_cast<double>(cfg.H), L = static_cast<double>(cfg.L);
+  const double width = static_cast<double>(std::max(cfg.X, cfg.H));
+  const double act = N * ((L + 1) * 4 * H + 2 * L * H + 2 * width + 2 * static_cast<double>(cfg.V));
+  const double need = (P * copies + act) * sizeof(Real);
+  const double have =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (have > 0 && need > have)
+    throw InputError(fmt::format(
+        "--hidden {} --layers {} --embed {}: training this model needs about {:.1f} GiB ({:.3g} "
+        "parameters, {} copies, and one window's activations), and this machine has {:.1f} GiB",
+        o.hidden, o.layers, o.embed, need / (1 << 30), P, copies, have / (1 << 30)));
+}
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -272,11 +395,11 @@ void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t s
   if (c.run.plateau_decays > c.run.epoch - 1)
     throw InputError(fmt::format("{}: key 'plateau_decays': {} in {} finished epochs", run,
                                  c.run.plateau_decays, c.run.epoch - 1));
-  if (c.optimizer_steps != c.run.step)
+  if (c.run.skipped > c.run.step || c.optimizer_steps != c.run.step - c.run.skipped)
     throw InputError(
-        fmt::format("{}: __metadata__ 'lstmgrad.optimizer_steps' {} differs from the "
-                    "run state's step {}",
-                    ck, c.optimizer_steps, c.run.step));
+        fmt::format("{}: __metadata__ 'lstmgrad.optimizer_steps' {} is not the run state's "
+                    "step {} less its {} skipped updates",
+                    ck, c.optimizer_steps, c.run.step, c.run.skipped));
 }
 
 template <class Real>
@@ -289,13 +412,17 @@ class Trainer {
     load_data();
     data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
     const int64_t n = batcher.windows();
+    std::optional<RunLock> lock;
     if (resume) {
       check_against_text(*resume, n);
+      lock.emplace(o_.out);  // before restore touches the folder
       restore(*resume);
     } else {
       create_out(o_.out);  // only now: a rejected text leaves no folder behind
+      lock.emplace(o_.out);
       init_fresh();
     }
+    const StopSignals signals;
     if (gpu_) to_device(resume != nullptr);
     if (!resume)
       progress_.line(
@@ -328,17 +455,30 @@ class Trainer {
                           run_.step, o_.out.string()));
           return 0;
         }
+        if (const int sig = signals.pending()) return interrupted(sig);
         if (o_.checkpoint_every > 0 && run_.step % o_.checkpoint_every == 0) checkpoint();
       }
       validate(tokens_per_s(), lr, /*end_of_epoch=*/true);
       ++run_.epoch, run_.window = 0;  // the checkpoint resumes at the next epoch
       checkpoint();
+      if (const int sig = signals.pending(); sig && run_.epoch <= o_.epochs)
+        return interrupted(sig);
     }
     test();
     return 0;
   }
 
  private:
+  // After a stop signal: the update in progress is done; a checkpoint, then 128 + the signal.
+  int interrupted(int sig) {
+    checkpoint();
+    std::fprintf(stderr,
+                 "lstmgrad train: %s after update %lld: checkpoint written; continue with "
+                 "--resume %s\n",
+                 StopSignals::name(sig), static_cast<long long>(run_.step), o_.out.c_str());
+    return 128 + sig;
+  }
+
   // The GPU engine: parameters, optimizer moments and the carried state move there once; the host
   // copies are refreshed only where the run writes them (validation's best model, checkpoints).
   void to_device(bool resumed) {
@@ -366,6 +506,7 @@ class Trainer {
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers,
             o_.peephole};
+    require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
       if (o_.device == "cuda") {
@@ -494,7 +635,11 @@ class Trainer {
 
   void train_step(Reduction red, double lr) {
     if (gpu_) {
-      count_step(red, gpu_step(red, lr));
+      // The device applied the update already: a non-finite loss stops the run before anything
+      // is written (validate_options refuses skip on the GPU).
+      const double loss = gpu_step(red, lr);
+      if (!std::isfinite(loss)) return nonfinite(loss, 0);
+      count_step(red, loss);
       return;
     }
     // Each update its own dropout masks, a function of (seed, update): resumes replay them.
@@ -506,11 +651,53 @@ class Trainer {
     // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
     const std::span<const ElementRange> zero = unused_embedding_rows();
     const double norm = gradient_norm(zero);
+    if (!std::isfinite(loss) || !std::isfinite(norm)) return nonfinite(loss, norm);
     opt_->step_and_zero(params_, grad_, lr, clip_factor(norm, o_.clip), zero);
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
     std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
     count_step(red, loss);
+  }
+
+  // A NaN or infinite loss or gradient norm at this update: --on-nonfinite stop ends the run
+  // (the last checkpoint as it was); skip leaves the parameters, the optimizer and the carried
+  // state as they were and counts the update as done and skipped.
+  void nonfinite(double loss, double norm) {
+    const double bad = std::isfinite(loss) ? norm : loss;
+    const std::string what =
+        fmt::format("update {} (epoch {}, window {}): {} is {}", run_.step + 1, run_.epoch,
+                    run_.window + 1, std::isfinite(loss) ? "the gradient's norm" : "the loss",
+                    std::isnan(bad) ? "NaN" : (bad > 0 ? "inf" : "-inf"));
+    if (o_.on_nonfinite == "stop")
+      throw Halted(fmt::format("{}; training stopped, {} (--on-nonfinite skip skips such updates)",
+                               what, last_checkpoint()));
+    std::fill(grad_.begin(), grad_.end(), Real(0));
+    ++run_.step, ++run_.skipped;
+    progress_.line(what + ": update skipped (--on-nonfinite skip)");
+  }
+
+  // Before anything is written from the parameters (a checkpoint, a validation's files): an
+  // update with a finite gradient can still overflow them (an absurd learning rate), and such a
+  // model must not replace the last good one. The host copy of the parameters is current.
+  void require_finite_parameters() {
+    const auto bad = std::find_if(params_.begin(), params_.end(),
+                                  [](Real p) { return !std::isfinite(static_cast<double>(p)); });
+    if (bad == params_.end()) return;
+    const size_t k = static_cast<size_t>(bad - params_.begin());
+    std::string tensor = "?";
+    for (const ParamInfo& info : parameter_layout(cfg_))
+      if (k >= info.offset && k < info.offset + info.size) tensor = info.name;
+    throw Halted(fmt::format(
+        "update {} (epoch {}, window {}): the parameters are non-finite after the update ({} "
+        "holds {}); training stopped, {}",
+        run_.step, run_.epoch, run_.window, tensor, static_cast<double>(*bad), last_checkpoint()));
+  }
+
+  // What a halted run leaves: the last checkpoint as it was, or none yet.
+  std::string last_checkpoint() const {
+    const fs::path ck = o_.out / "checkpoint.safetensors";
+    return fs::exists(ck) ? fmt::format("{} kept as it was", ck.string())
+                          : std::string("no checkpoint was written before it");
   }
 
   void count_step(Reduction red, double loss) {
@@ -553,9 +740,11 @@ class Trainer {
                  {"train_loss", train_loss},
                  {"tokens_per_s", tokens_per_s},
                  {"wall_s", run_.wall_s}};
+    if (run_.skipped > 0) line["skipped_nonfinite"] = run_.skipped;
     bool improved = true;
     lm_->set_dropout(0, 0);  // evaluation sees the whole network
     if (gpu_) from_device();
+    require_finite_parameters();
     if (!valid_ids_.empty()) {
       const int64_t B = o_.eval_batch > 0 ? o_.eval_batch : o_.batch;
       const double v = evaluate(params_, valid_ids_, B, o_.seq, o_.valid.string().c_str()).mean();
@@ -611,6 +800,7 @@ class Trainer {
       from_device();
       if constexpr (std::is_same_v<Real, float>) gpu_->get_carried_state(batch_.h0, batch_.s0);
     }
+    require_finite_parameters();
     save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(),
                      {{"lstmgrad.level", o_.level}});
     Checkpoint<Real> c;
@@ -678,7 +868,9 @@ class Trainer {
 
 }  // namespace train
 
-int run_training(const TrainOptions& opts) {
+namespace {
+
+int start_training(const TrainOptions& opts) {
   using train::Checkpoint;
   TrainOptions o = opts;
   if (!o.resume.empty()) {
@@ -724,6 +916,17 @@ int run_training(const TrainOptions& opts) {
   train::ensure_fresh_out(o.out);
   return o.dtype == "f32" ? train::Trainer<float>(o).run(nullptr)
                           : train::Trainer<double>(o).run(nullptr);
+}
+
+}  // namespace
+
+int run_training(const TrainOptions& opts) {
+  try {
+    return start_training(opts);
+  } catch (const train::Halted& e) {
+    std::fprintf(stderr, "lstmgrad train: %s\n", e.what());
+    return 1;
+  }
 }
 
 }  // namespace lstmgrad
