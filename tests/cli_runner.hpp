@@ -24,17 +24,21 @@ inline std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
-// `args` is appended to the binary's path as shell words (the tests quote what they pass).
-inline CliResult run_cli(const std::string& args) {
+// A shell command line, its stdout and stderr captured.
+inline CliResult run_shell(const std::string& command) {
   TempDir tmp;
-  const std::string cmd = std::string(LSTMGRAD_CLI_PATH) + " " + args + " >" +
-                          (tmp / "out").string() + " 2>" + (tmp / "err").string();
+  const std::string cmd = command + " >" + (tmp / "out").string() + " 2>" + (tmp / "err").string();
   const int status = std::system(cmd.c_str());
   CliResult r;
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = slurp(tmp / "out");
   r.err = slurp(tmp / "err");
   return r;
+}
+
+// `args` is appended to the binary's path as shell words (the tests quote what they pass).
+inline CliResult run_cli(const std::string& args) {
+  return run_shell(std::string(LSTMGRAD_CLI_PATH) + " " + args);
 }
 
 inline size_t count_lines(const std::string& s) {

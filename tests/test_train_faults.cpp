@@ -47,14 +47,7 @@ CliResult shell(const std::string& script) {
   TempDir tmp;
   const fs::path file = tmp / "script.sh";
   std::ofstream(file) << "LSTMGRAD=" << LSTMGRAD_CLI_PATH << "\n" << script << "\n";
-  const std::string cmd =
-      "sh " + file.string() + " >" + (tmp / "out").string() + " 2>" + (tmp / "err").string();
-  const int status = std::system(cmd.c_str());
-  CliResult r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(tmp / "out");
-  r.err = slurp(tmp / "err");
-  return r;
+  return run_shell("sh " + file.string());
 }
 
 std::string bytes(const fs::path& p) {
