@@ -277,7 +277,7 @@ inline void cells_with_units(float* z, int64_t gs, const float* bias, const floa
                              float* h, const float* sp, int64_t n) {
   const FastMath m;
   for (int64_t j = 0; j < n; ++j) {
-    const core::CellUnit<float> u{unit[j], unit[gs + j], unit[2 * gs + j]};
+    const core::CellUnit<float> u = core::unit_at(unit, gs, j);
     core::CellGates<float> g;
     core::cell_forward(m, z[j] + bias[j], z[gs + j] + bias[gs + j],
                        z[2 * gs + j] + bias[2 * gs + j], z[3 * gs + j] + bias[3 * gs + j], sp[j],
@@ -327,7 +327,7 @@ inline void gate_grads(float* d_i, float* d_f, float* __restrict d_a, float* __r
     return;
   }
   for (int64_t j = 0; j < n; ++j) {
-    const core::CellUnit<float> u{unit[j], unit[gs + j], unit[2 * gs + j]};
+    const core::CellUnit<float> u = core::unit_at(unit, gs, j);
     cell(j, &u);
   }
 }
