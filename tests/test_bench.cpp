@@ -18,7 +18,8 @@ struct ModelRun {
 };
 
 template <class Real>
-ModelRun<Real> run_model(const ModelConfig& cfg, int64_t T, int64_t B, int threads) {
+ModelRun<Real> run_model(const ModelConfig& cfg, int64_t T, int64_t B, int threads,
+                         int running = -1, int running_backward = -1) {
   std::mt19937_64 rng(11);
   std::uniform_real_distribution<double> u(-0.5, 0.5);
   std::vector<Real> params(parameter_count(cfg));
@@ -32,9 +33,10 @@ ModelRun<Real> run_model(const ModelConfig& cfg, int64_t T, int64_t B, int threa
   for (Real& v : b.h0) v = static_cast<Real>(u(rng));
   for (Real& v : b.s0) v = static_cast<Real>(u(rng));
   LanguageModel<Real> lm(cfg);
-  lm.set_threads(threads);
+  lm.set_team(threads, running < 0 ? threads : running);
   ModelRun<Real> r;
   r.loss = lm.forward(params, b, Reduction::mean);
+  if (running_backward >= 0) lm.set_team(threads, running_backward);
   r.grad.assign(params.size(), Real(0));
   r.dh0.resize(b.h0.size()), r.ds0.resize(b.h0.size());
   lm.backward(r.grad, params, b, nullptr, r.dh0.data(), r.ds0.data());
@@ -81,6 +83,28 @@ TEST(Engine, Float32IsBitIdenticalFromRunToRun) {
     for (int again = 0; again < 4; ++again)
       expect_same_run(first, run_model<float>(cfg, 7, 5, threads), threads);
   }
+}
+
+// The team that runs the shares (fewer threads on a busy machine, cpu/team.hpp) changes no bit:
+// the splits, and so every sum, depend on the shares alone. Each precision on its own paths
+// (float32: the claimed steps and the fused readout on AVX-512; float64: the static split and the
+// BLAS readout); forward and backward each with any team (each site has its own tuner, so a
+// backward may run with another team than its forward), and running = 0 (the tuner) too.
+template <class Real>
+void expect_running_changes_nothing(const ModelConfig& cfg) {
+  for (int shares : {2, 3}) {
+    const ModelRun<Real> all = run_model<Real>(cfg, 7, 5, shares);
+    for (int fwd = 0; fwd <= shares; ++fwd)
+      for (int bwd = 0; bwd <= shares; ++bwd)
+        expect_same_run(all, run_model<Real>(cfg, 7, 5, shares, fwd, bwd), 10 * fwd + bwd);
+  }
+}
+
+TEST(Engine, RunningThreadsChangeNoBit) {
+  ModelConfig cfg;
+  cfg.V = 300, cfg.X = 20, cfg.H = 40, cfg.L = 2;
+  expect_running_changes_nothing<float>(cfg);
+  expect_running_changes_nothing<double>(cfg);
 }
 
 TEST(Bench, PresetsAreTheDocumentedShapes) {

@@ -19,7 +19,7 @@ const std::vector<BenchPreset>& bench_presets();
 inline constexpr int64_t kBenchVocabulary = 10000;
 
 struct BenchOptions {
-  int threads = 2;  // engine team and BLAS threads
+  int threads = 2;  // engine team and BLAS threads, pinned; 0: the default, adaptive team
   int warmup = 2;   // untimed runs first
   int runs = 7;     // timed runs; the median is reported
 };

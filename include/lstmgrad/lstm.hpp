@@ -26,9 +26,14 @@ class LanguageModel {
   LanguageModel(LanguageModel&&) noexcept;
   LanguageModel& operator=(LanguageModel&&) noexcept;
 
-  // Threads for forward and backward (the engine's own team; the BLAS runs one thread inside
-  // it). 0, the default: up to omp_get_max_threads(), fewer where the shapes are too small to
-  // share. float64 results are bit-identical for every thread count.
+  // The threads of forward and backward (the engine's own team; the BLAS runs one thread inside
+  // it), in two parts. `shares`: how the work is split (n >= 1: n ways; 0, the default: up to
+  // omp_get_max_threads(), fewer where the shapes are too small to share). float32 results
+  // depend on the shares alone; float64 results on neither. `running`: the threads that run the
+  // shares (n >= 1: that many, at most one per share; 0, the default: chosen by measuring, so
+  // that a machine busy with other work gets fewer threads than shares and each per-step barrier
+  // does not wait for a thread that is off its core). set_threads(n) is set_team(n, n).
+  void set_team(int shares, int running);
   void set_threads(int n);
   int threads() const;
 

@@ -1,3 +1,5 @@
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -8,6 +10,7 @@
 
 #include "cpu/blas.hpp"
 #include "cpu/lstm_stack.hpp"
+#include "cpu/team.hpp"
 #include "lstmgrad/bench.hpp"
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/threads.hpp"
@@ -112,6 +115,7 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
     b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
   LanguageModel<float> lm(cfg);
   lm.set_threads(o.threads);
+  cpu::TeamTuner sgd_tuner;  // the update's team, as the trainer's optimizer chooses it
   const float lr = 1e-3f;
   return median_ms(
       [&] {
@@ -121,7 +125,9 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
         const size_t n = params.size();
         float* P = params.data();
         const float* D = grad.data();
-#pragma omp parallel for num_threads(o.threads) schedule(static)
+        const cpu::TeamCall team(sgd_tuner, o.threads > 0 ? o.threads : omp_get_max_threads(),
+                                 o.threads, static_cast<double>(n));
+#pragma omp parallel for num_threads(team.threads()) schedule(static)
         for (size_t i = 0; i < n; ++i) P[i] -= lr * D[i];  // SGD: p -= lr g
       },
       o);

@@ -95,7 +95,8 @@ void run_cases(const BenchCliOptions& a) {
                        {"peak_rss_mb", r.peak_rss_mb}});
       } else {
         fmt::print("{:<15} {:<8} {:>7} {:>10.2f} {:>12.0f} {:>9.1f} {:>9.1f}\n", r.preset, r.mode,
-                   r.threads, r.ms, r.tokens_per_s, r.gflops, r.peak_rss_mb);
+                   r.threads > 0 ? std::to_string(r.threads) : "auto", r.ms, r.tokens_per_s,
+                   r.gflops, r.peak_rss_mb);
         std::fflush(stdout);
       }
     }
@@ -154,7 +155,7 @@ void run_gemms(const BenchCliOptions& a) {
 
 void register_bench(CLI::App& app) {
   auto a = std::make_shared<BenchCliOptions>();
-  a->o.threads = omp_get_max_threads();
+  a->o.threads = 0;
   CLI::App* cmd = app.add_subcommand(
       "bench", "float32 speed: LSTM stack fwd / fwd+bwd, LM step, GEMM ceiling (--gemm)");
   cmd->add_option("--preset", a->preset,
@@ -162,8 +163,10 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--mode", a->mode, "fwd, fwdbwd, lm_step or all")
       ->check(CLI::IsMember({"all", "fwd", "fwdbwd", "lm_step"}))
       ->capture_default_str();
-  cmd->add_option("--threads", a->o.threads, "Threads (engine team and BLAS)")
-      ->check(CLI::Range(1, 1024))
+  cmd->add_option("--threads", a->o.threads,
+                  "Threads, pinned (engine team and BLAS); 0: as training runs, up to every core, "
+                  "the team adapting to the machine's load")
+      ->check(CLI::Range(0, 1024))
       ->capture_default_str();
   cmd->add_option("--runs", a->o.runs, "Timed runs (the median is reported)")
       ->check(CLI::Range(1, 1000))

@@ -89,8 +89,12 @@ struct LanguageModel<Real>::Impl {
   int64_t T_ = 0, B_ = 0;        // shape of the last forward
   int64_t capT_ = 0, capB_ = 0;  // shape the arena is sized for (T*B positions, B rows)
   Reduction red_ = Reduction::mean;
-  int threads_ = 0;
+  int threads_ = 0, running_ = 0;                // set_team's shares and running threads
   std::unique_ptr<cpu::LstmStack<Real>> stack_;  // the layers' activations and thread team
+  // The readout's shares are the threads asked for (or team_size_for its GEMM); the threads that
+  // run them, pinned or chosen by these (cpu/team.hpp).
+  int readout_shares(int64_t N) const;
+  cpu::TeamTuner readout_forward_, readout_backward_;
   // float32, linear readout, class targets, AVX-512: the fused readout (vocab_fused_ says the last
   // forward used it; probs() then converts its logits into probs_ on demand).
   std::unique_ptr<cpu::VocabReadout> vocab_;
@@ -141,9 +145,14 @@ const ModelConfig& LanguageModel<Real>::config() const {
 }
 
 template <class Real>
+void LanguageModel<Real>::set_team(int shares, int running) {
+  impl_->threads_ = shares, impl_->running_ = running;
+  impl_->stack_->set_team(shares, running);
+}
+
+template <class Real>
 void LanguageModel<Real>::set_threads(int n) {
-  impl_->threads_ = n;
-  impl_->stack_->set_threads(n);
+  set_team(n, n);
 }
 
 template <class Real>
@@ -237,6 +246,14 @@ std::span<const Real> LanguageModel<Real>::Impl::probs() const {
   return {probs_.data(), n};
 }
 
+template <class Real>
+int LanguageModel<Real>::Impl::readout_shares(int64_t N) const {
+  return threads_ > 0 ? threads_
+                      : cpu::team_size_for(
+                            2.0 * static_cast<double>(N) * static_cast<double>(cfg_.V * cfg_.H),
+                            omp_get_max_threads());
+}
+
 // Whether forward takes the fused float32 readout (cpu/vocab_readout.hpp).
 template <class Real>
 bool LanguageModel<Real>::Impl::fuses_readout(const Batch<Real>& batch) const {
@@ -252,10 +269,6 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   assert(cfg_.input == InputKind::embedding ? batch.tokens.size() == static_cast<size_t>(N)
                                             : batch.dense.size() == static_cast<size_t>(N * X));
   backward_done_ = false;
-  const int P_threads =
-      threads_ > 0 ? threads_
-                   : cpu::team_size_for(2.0 * static_cast<double>(N) * static_cast<double>(V * H),
-                                        omp_get_max_threads());
   reserve(T, B);
   T_ = T, B_ = B, red_ = red;
   readout_dropped_ = false;
@@ -265,7 +278,6 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     const Real* E = P + *offsets_.encoder_weight;
     Real* x0 = buf_.x0;
     const int64_t* tok = batch.tokens.data();
-#pragma omp parallel for num_threads(P_threads) schedule(static)
     for (int64_t r = 0; r < N; ++r) std::copy_n(E + tok[r] * X, X, x0 + r * X);
     x = buf_.x0;
   }
@@ -294,48 +306,52 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   double* row_loss = row_loss_.data();
   vocab_fused_ = fuses_readout(batch);
   readout_sumsq_ = false;
-  if (vocab_fused_) {
+  const int S = readout_shares(N);
+  const cpu::TeamCall call(readout_forward_, S, running_, static_cast<double>(N));
+  if (vocab_fused_) {  // the same bits for any team (vocab_readout.hpp): the shares are moot
     if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
-    vocab_->reserve(N, H, V, P_threads);
-    fused_forward(*vocab_, P_threads, top, P + *offsets_.decoder_weight, P + *offsets_.decoder_bias,
-                  y_class, row_loss);
+    vocab_->reserve(N, H, V, S);
+    fused_forward(*vocab_, call.threads(), top, P + *offsets_.decoder_weight,
+                  P + *offsets_.decoder_bias, y_class, row_loss);
   } else {
     if (probs_.size() < static_cast<size_t>(N * V)) probs_.resize(static_cast<size_t>(N * V));
     if (lin && colsum_.size() < static_cast<size_t>(colsum_blocks(N) * V))
       colsum_.resize(static_cast<size_t>(colsum_blocks(N) * V));
     Real* logits = probs_.data();
     cpu::BlasThreads one(1);
-    // Each thread its share of the rows: logits = h W^T + c (or h), then the softmax. Every row
-    // is computed alike whatever the team size (bit-identical float64 for any thread count).
-#pragma omp parallel num_threads(P_threads)
+    // Each share its rows: logits = h W^T + c (or h), then the softmax. Every row is computed
+    // alike whatever the shares (bit-identical float64 for any thread count).
+#pragma omp parallel num_threads(call.threads())
     {
-      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
-      if (lin) {
-        const Real* c = P + *offsets_.decoder_bias;
-        for (int64_t r = r0; r < r1; ++r) std::copy_n(c, V, logits + r * V);
-        if (r1 > r0)
-          gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H, P + *offsets_.decoder_weight,
-               H, Real(1), logits + r0 * V, V);
-      } else {
-        std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
-      }
-      for (int64_t r = r0; r < r1; ++r) {
-        Real* p = logits + r * V;
-        const Real* y = y_probs ? y_probs + r * V : nullptr;
-        row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
-        if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
-        Real* cs = colsum_.data() + (r / kColsumRows) * V;  // this block's sum of p - y
-        if (r % kColsumRows == 0)
-          std::copy_n(p, V, cs);
-        else
-          for (int64_t v = 0; v < V; ++v) cs[v] += p[v];
-        if (y_class) {
-          cs[y_class[r]] -= Real(1);
+      const cpu::TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+      tm.for_shares(0, [&](const cpu::TeamSlice& ts) {
+        const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+        if (lin) {
+          const Real* c = P + *offsets_.decoder_bias;
+          for (int64_t r = r0; r < r1; ++r) std::copy_n(c, V, logits + r * V);
+          if (r1 > r0)
+            gemm(Tr::N, Tr::T, r1 - r0, V, H, Real(1), top + r0 * H, H,
+                 P + *offsets_.decoder_weight, H, Real(1), logits + r0 * V, V);
         } else {
-          for (int64_t v = 0; v < V; ++v) cs[v] -= y[v];
+          std::copy_n(top + r0 * V, (r1 - r0) * V, logits + r0 * V);
         }
-      }
+        for (int64_t r = r0; r < r1; ++r) {
+          Real* p = logits + r * V;
+          const Real* y = y_probs ? y_probs + r * V : nullptr;
+          row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
+          if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
+          Real* cs = colsum_.data() + (r / kColsumRows) * V;  // this block's sum of p - y
+          if (r % kColsumRows == 0)
+            std::copy_n(p, V, cs);
+          else
+            for (int64_t v = 0; v < V; ++v) cs[v] += p[v];
+          if (y_class) {
+            cs[y_class[r]] -= Real(1);
+          } else {
+            for (int64_t v = 0; v < V; ++v) cs[v] -= y[v];
+          }
+        }
+      });
     }
   }
   double sum = 0;
@@ -351,10 +367,7 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   assert(grad.size() == n_params_ && params.size() == n_params_ && batch.T == T && batch.B == B);
   assert(grad.data() != params.data());
   backward_done_ = true;
-  const int P_threads =
-      threads_ > 0 ? threads_
-                   : cpu::team_size_for(2.0 * static_cast<double>(N) * static_cast<double>(V * H),
-                                        omp_get_max_threads());
+  const int S = readout_shares(N);
   const Real* P = params.data();
   Real* D = grad.data();
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
@@ -363,7 +376,8 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   Real* dlogits = probs_.data();  // dL/dlogits = scale * (p - y), in place over p
   const Real* dh_top = dlogits;   // identity readout: dL/dh = dL/dlogits
   if (vocab_fused_) {
-    fused_backward(*vocab_, P_threads, scale, P + *offsets_.decoder_weight, y_class,
+    const cpu::TeamCall call(readout_backward_, S, running_, static_cast<double>(N));
+    fused_backward(*vocab_, call.threads(), scale, P + *offsets_.decoder_weight, y_class,
                    D + *offsets_.decoder_weight, D + *offsets_.decoder_bias, buf_.dh);
     dh_top = buf_.dh;
     readout_sumsq_ = true;
@@ -381,24 +395,29 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
     Real* dc = D + *offsets_.decoder_bias;
     Real* dh = buf_.dh;
     cpu::BlasThreads one(1);
-#pragma omp parallel num_threads(P_threads)
+    const cpu::TeamCall call(readout_backward_, S, running_, static_cast<double>(N));
+#pragma omp parallel num_threads(call.threads())
     {
-      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t v0 = cpu::split_edge(V, id, nt), v1 = cpu::split_edge(V, id + 1, nt);
-      const int64_t r0 = cpu::split_edge(N, id, nt), r1 = cpu::split_edge(N, id + 1, nt);
-      // logits = h W^T + c: dc += scale * column sums of (p - y) (the blocks' sums, in block
-      // order, accumulated into block 0), dW += scale (p - y)^T h.
-      Real* cs0 = colsum_.data();
-      for (int64_t b = 1; b < colsum_blocks(N); ++b) {
-        const Real* cs = colsum_.data() + b * V;
-        for (int64_t v = v0; v < v1; ++v) cs0[v] += cs[v];
-      }
-      for (int64_t v = v0; v < v1; ++v) dc[v] += scale * cs0[v];
-      if (v1 > v0)
-        gemm(Tr::T, Tr::N, v1 - v0, H, N, scale, dlogits + v0, V, top, H, Real(1), dWd + v0 * H, H);
-      if (r1 > r0)  // dh = scale (p - y) W
-        gemm(Tr::N, Tr::N, r1 - r0, H, V, scale, dlogits + r0 * V, V, Wd, H, Real(0), dh + r0 * H,
-             H);
+      const cpu::TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+      tm.for_shares(0, [&](const cpu::TeamSlice& ts) {
+        const int64_t v0 = cpu::split_edge(V, ts.id, ts.size),
+                      v1 = cpu::split_edge(V, ts.id + 1, ts.size);
+        const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+        // logits = h W^T + c: dc += scale * column sums of (p - y) (the blocks' sums, in block
+        // order, accumulated into block 0), dW += scale (p - y)^T h.
+        Real* cs0 = colsum_.data();
+        for (int64_t b = 1; b < colsum_blocks(N); ++b) {
+          const Real* cs = colsum_.data() + b * V;
+          for (int64_t v = v0; v < v1; ++v) cs0[v] += cs[v];
+        }
+        for (int64_t v = v0; v < v1; ++v) dc[v] += scale * cs0[v];
+        if (v1 > v0)
+          gemm(Tr::T, Tr::N, v1 - v0, H, N, scale, dlogits + v0, V, top, H, Real(1), dWd + v0 * H,
+               H);
+        if (r1 > r0)  // dh = scale (p - y) W
+          gemm(Tr::N, Tr::N, r1 - r0, H, V, scale, dlogits + r0 * V, V, Wd, H, Real(0), dh + r0 * H,
+               H);
+      });
     }
     dh_top = buf_.dh;
   } else {

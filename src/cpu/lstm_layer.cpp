@@ -52,46 +52,49 @@ PanelLayout group_backward(int64_t u, int64_t H) {
   return {1, std::min(kBackwardGroup, H - u * kBackwardGroup), 0, 4 * H};
 }
 
-// Packs this thread's share of the groups and resets its shares of the step sets; the caller's
+// Packs this thread's shares of the groups and resets its shares of the step sets; the caller's
 // barrier follows before any group is taken.
-void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamSlice& ts, int64_t T,
+void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamMember& tm, int64_t T,
                  int64_t H, bool forward) {
   const int64_t width = forward ? kForwardGroup : kBackwardGroup, per = 4 * H * width;
   const int64_t ng = unit_groups(H, width);
-  for (int64_t u = ng * ts.id / ts.size; u < ng * (ts.id + 1) / ts.size; ++u) {
-    if (forward)
-      pack_panels(saved.panels + u * per, W_hh + u * width * H, H, true, group_forward(u, H));
-    else
-      pack_panels(saved.panels + u * per, W_hh + u * width, H, false, group_backward(u, H));
-  }
-  for (int64_t t = 0; t <= T; ++t) saved.claims->reset(t, ts.id, ts.size, ng);
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    for (int64_t u = ng * ts.id / ts.size; u < ng * (ts.id + 1) / ts.size; ++u) {
+      if (forward)
+        pack_panels(saved.panels + u * per, W_hh + u * width * H, H, true, group_forward(u, H));
+      else
+        pack_panels(saved.panels + u * per, W_hh + u * width, H, false, group_backward(u, H));
+    }
+    for (int64_t t = 0; t <= T; ++t) saved.claims->reset(t, ts.id, ts.size, ng);
+  });
 }
 
-// The groups this thread takes at step set s, until none is left.
+// The groups this thread takes at step set s, until none is left: its own share's first (the
+// share with its number), then those left in the others'.
 template <class F>
-void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamSlice& ts, F&& run) {
-  for (int64_t u = saved.claims->take(s, ts.id, ts.size); u >= 0;
-       u = saved.claims->take(s, ts.id, ts.size))
+void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamMember& tm, F&& run) {
+  for (int64_t u = saved.claims->take(s, tm.thread, tm.shares); u >= 0;
+       u = saved.claims->take(s, tm.thread, tm.shares))
     run(u);
 }
 
 // layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet): each
 // group's h_prev U^T and its gate pass in one kernel, the sums in registers.
 void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
-                     const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
+                     const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
   const int64_t G = 4 * H, per = 4 * H * kForwardGroup;
-  pack_groups(saved, w.W_hh, ts, T, H, true);
+  pack_groups(saved, w.W_hh, tm, T, H, true);
 #pragma omp barrier  // every row of z, every group packed, the shares reset
   for (int64_t t = 0; t < T; ++t) {
     float* zt = saved.gates + t * B * G;
     const float* h_prev = saved.hseq + t * B * H;
-    for_each_claimed(saved, t, ts, [&](int64_t u) {
+    for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
       fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
                          w.unit ? w.unit + j : nullptr, saved.sseq + (t + 1) * B * H + j,
                          saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, n);
     });
-    saved.step_barrier->wait(ts.size);  // h_t complete before any thread's next GEMM reads it
+    saved.step_barrier->wait(tm.threads);  // h_t complete before any thread's next GEMM reads it
   }
 }
 
@@ -100,13 +103,13 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
 // them. Ends with dh_rec = dz_0 U (dL/dh0) and a barrier: dh_rec and ds complete for the caller.
 void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                       const LayerSaved<float>& saved, const LayerWeights<float>& w,
-                      const TeamSlice& ts, int64_t T, int64_t B, int64_t H) {
+                      const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
   const int64_t G = 4 * H, per = 4 * H * kBackwardGroup;
-  pack_groups(saved, w.W_hh, ts, T, H, false);
+  pack_groups(saved, w.W_hh, tm, T, H, false);
 #pragma omp barrier  // every group packed, dh_rec and ds set by the caller, the shares reset
   for (int64_t t = T - 1; t >= 0; --t) {
     float* dzt = dz + t * B * G;
-    for_each_claimed(saved, t, ts, [&](int64_t u) {
+    for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
       const float* dho = dh_out ? dh_out + t * B * H + j : nullptr;
       const float* gates = saved.gates + t * B * G + j;
@@ -120,9 +123,9 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
         fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
                             n);
     });
-    saved.step_barrier->wait(ts.size);  // dz_t complete before any thread's GEMM reads it
+    saved.step_barrier->wait(tm.threads);  // dz_t complete before any thread's GEMM reads it
   }
-  for_each_claimed(saved, T, ts, [&](int64_t u) {
+  for_each_claimed(saved, T, tm, [&](int64_t u) {
     panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup,
                H, false);
   });
@@ -142,10 +145,6 @@ int64_t panel_floats(int64_t H) {
   }
 }
 
-TeamSlice team_slice(int id, int size, int64_t H) {
-  return {id, size, split_edge(H, id, size), split_edge(H, id + 1, size)};
-}
-
 template <class Real>
 void layer_pack(const LayerSaved<Real>& saved, const LayerWeights<Real>& w, const TeamSlice& ts,
                 int64_t H) {
@@ -155,30 +154,34 @@ void layer_pack(const LayerSaved<Real>& saved, const LayerWeights<Real>& w, cons
 
 template <class Real>
 void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeights<Real>& w,
-                   const TeamSlice& ts, int64_t T, int64_t B, int64_t I, int64_t H) {
-  const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
+                   const TeamMember& tm, int64_t T, int64_t B, int64_t I, int64_t H) {
+  const int64_t G = 4 * H, N = T * B;
   Real* z = saved.gates;
-  // z = x W_ih^T for all T*B positions at once (the hoisted input projection), this thread's
-  // rows; the bias is added in the gate pass.
-  const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-  if (r1 > r0)
-    gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
+  // z = x W_ih^T for all T*B positions at once (the hoisted input projection), each share's rows;
+  // the bias is added in the gate pass.
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+    if (r1 > r0)
+      gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
+  });
   if constexpr (std::is_same_v<Real, float>) {
-    if (saved.panels) return claimed_forward(saved, w, ts, T, B, H);
+    if (saved.panels) return claimed_forward(saved, w, tm, T, B, H);
   }
 #pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
     Real* zt = z + t * B * G;
     const Real* h_prev = saved.hseq + t * B * H;
-    if (n > 0) {
-      // z_q += h_prev U_q^T, this thread's units of the four gates
+    tm.for_shares(H, [&](const TeamSlice& ts) {
+      const int64_t n = ts.n(), j0 = ts.j0;
+      if (n == 0) return;
+      // z_q += h_prev U_q^T, the share's units of the four gates
       for (int64_t q = 0; q < 4; ++q)
         gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
              zt + q * H + j0, G);
       step_forward(zt + j0, G, H, saved.bias + j0, w.unit ? w.unit + j0 : nullptr,
                    saved.sseq + (t + 1) * B * H + j0, saved.hseq + (t + 1) * B * H + j0,
                    saved.sseq + t * B * H + j0, H, B, n);
-    }
+    });
 #pragma omp barrier  // h_t complete before any thread's next GEMM reads it
   }
 }
@@ -186,65 +189,72 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
 template <class Real>
 void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec, Real* ds,
                     const Real* dh_out, const LayerSaved<Real>& saved, const Real* x,
-                    const LayerWeights<Real>& w, const TeamSlice& ts, int64_t T, int64_t B,
+                    const LayerWeights<Real>& w, const TeamMember& tm, int64_t T, int64_t B,
                     int64_t I, int64_t H) {
-  const int64_t G = 4 * H, N = T * B, n = ts.n(), j0 = ts.j0;
+  const int64_t G = 4 * H, N = T * B;
   bool claimed = false;
   if constexpr (std::is_same_v<Real, float>) {
     claimed = saved.panels != nullptr;
-    if (claimed) claimed_backward(dz, dh_rec, ds, dh_out, saved, w, ts, T, B, H);
+    if (claimed) claimed_backward(dz, dh_rec, ds, dh_out, saved, w, tm, T, B, H);
   }
   for (int64_t t = T - 1; t >= 0 && !claimed; --t) {
     Real* dzt = dz + t * B * G;
-    if (n > 0)
-      step_backward(dzt + j0, G, H, ds + j0, dh_out ? dh_out + t * B * H + j0 : nullptr,
-                    dh_rec + j0, saved.gates + t * B * G + j0, saved.sseq + (t + 1) * B * H + j0,
-                    saved.sseq + t * B * H + j0, w.unit ? w.unit + j0 : nullptr, H, B, n);
+    tm.for_shares(H, [&](const TeamSlice& ts) {
+      const int64_t j0 = ts.j0;
+      if (ts.n() > 0)
+        step_backward(dzt + j0, G, H, ds + j0, dh_out ? dh_out + t * B * H + j0 : nullptr,
+                      dh_rec + j0, saved.gates + t * B * G + j0, saved.sseq + (t + 1) * B * H + j0,
+                      saved.sseq + t * B * H + j0, w.unit ? w.unit + j0 : nullptr, H, B, ts.n());
+    });
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
-    // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, this thread's columns.
-    if (n > 0)
-      gemm(Tr::N, Tr::N, B, n, G, Real(1), dzt, G, w.W_hh + j0, H, Real(0), dh_rec + j0, H);
+    // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, each share's columns.
+    tm.for_shares(H, [&](const TeamSlice& ts) {
+      if (ts.n() > 0)
+        gemm(Tr::N, Tr::N, B, ts.n(), G, Real(1), dzt, G, w.W_hh + ts.j0, H, Real(0),
+             dh_rec + ts.j0, H);
+    });
   }
-  // Weight gradients over all steps at once (dz is complete: the last barrier above), each thread
-  // a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four of H / P):
-  // dW_ih += dz^T x, dW_hh += dz^T h_prev.
-  const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
-  if (g1 > g0) {
-    gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
-    gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, saved.hseq, H, Real(1), g.dW_hh + g0 * H,
-         H);
-    // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
-    Real* db = saved.dbias + g0;
-    std::fill_n(db, g1 - g0, Real(0));
-    for (int64_t r = 0; r < N; ++r) {
-      const Real* dzr = dz + r * G + g0;
-      for (int64_t k = 0; k < g1 - g0; ++k) db[k] += dzr[k];
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    // Weight gradients over all steps at once (dz is complete: the last barrier above), each
+    // share a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four
+    // of H / P): dW_ih += dz^T x, dW_hh += dz^T h_prev.
+    const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
+    if (g1 > g0) {
+      gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
+      gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, saved.hseq, H, Real(1),
+           g.dW_hh + g0 * H, H);
+      // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
+      Real* db = saved.dbias + g0;
+      std::fill_n(db, g1 - g0, Real(0));
+      for (int64_t r = 0; r < N; ++r) {
+        const Real* dzr = dz + r * G + g0;
+        for (int64_t k = 0; k < g1 - g0; ++k) db[k] += dzr[k];
+      }
+      for (int64_t k = 0; k < g1 - g0; ++k) g.db_ih[g0 + k] += db[k], g.db_hh[g0 + k] += db[k];
     }
-    for (int64_t k = 0; k < g1 - g0; ++k) g.db_ih[g0 + k] += db[k], g.db_hh[g0 + k] += db[k];
-  }
-  // The CellUnit weights' gradients (peepholes: z = ... + p s), this thread's units, over all
-  // positions in order: the same sums for any team size.
-  if (w.unit && n > 0)
-    core::unit_grads(g.dunit + j0, H, dz + j0, G, saved.sseq + j0, saved.sseq + B * H + j0, H, N,
-                     n);
-  if (dx) {  // dx = dz W_ih, this thread's rows (all of dz is complete: the last barrier above)
+    // The CellUnit weights' gradients (peepholes: z = ... + p s), the share's units, over all
+    // positions in order: the same sums for any team size.
+    if (w.unit && ts.n() > 0)
+      core::unit_grads(g.dunit + ts.j0, H, dz + ts.j0, G, saved.sseq + ts.j0,
+                       saved.sseq + B * H + ts.j0, H, N, ts.n());
+    // dx = dz W_ih, the share's rows (all of dz is complete: the last barrier above)
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-    if (r1 > r0)
+    if (dx && r1 > r0)
       gemm(Tr::N, Tr::N, r1 - r0, I, G, Real(1), dz + r0 * G, G, w.W_ih, I, Real(0), dx + r0 * I,
            I);
-  }
+  });
 }
 
-#define LSTMGRAD_INSTANTIATE(Real)                                                                 \
-  template int64_t panel_floats<Real>(int64_t);                                                    \
-  template void layer_pack<Real>(const LayerSaved<Real>&, const LayerWeights<Real>&,               \
-                                 const TeamSlice&, int64_t);                                       \
-  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                          \
-                                    const LayerWeights<Real>&, const TeamSlice&, int64_t, int64_t, \
-                                    int64_t, int64_t);                                             \
-  template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,          \
-                                     const Real*, const LayerSaved<Real>&, const Real*,            \
-                                     const LayerWeights<Real>&, const TeamSlice&, int64_t,         \
+#define LSTMGRAD_INSTANTIATE(Real)                                                          \
+  template int64_t panel_floats<Real>(int64_t);                                             \
+  template void layer_pack<Real>(const LayerSaved<Real>&, const LayerWeights<Real>&,        \
+                                 const TeamSlice&, int64_t);                                \
+  template void layer_forward<Real>(const LayerSaved<Real>&, const Real*,                   \
+                                    const LayerWeights<Real>&, const TeamMember&, int64_t,  \
+                                    int64_t, int64_t, int64_t);                             \
+  template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,   \
+                                     const Real*, const LayerSaved<Real>&, const Real*,     \
+                                     const LayerWeights<Real>&, const TeamMember&, int64_t, \
                                      int64_t, int64_t, int64_t);
 LSTMGRAD_INSTANTIATE(float)
 LSTMGRAD_INSTANTIATE(double)

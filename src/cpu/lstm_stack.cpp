@@ -75,20 +75,24 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
     for (int64_t k = 0; k + 1 < L_; ++k)
       dropout_mask(drop_mask(k), N * H, drop_p_, drop_seed_, static_cast<uint64_t>(k + 1));
   }
-  const int P = team_ = threads(B);
-  claims_.reserve(T + 1, P);
+  const int S = team_ = threads(B);
+  claims_.reserve(T + 1, S);
   BlasThreads one(1);  // the team is the parallelism; each GEMM inside runs one BLAS thread
-#pragma omp parallel num_threads(P)
+  const TeamCall call(forward_tuner_, S, running_cap_, static_cast<double>(N));
+  running_ = call.threads();
+#pragma omp parallel num_threads(call.threads())
   {
-    const TeamSlice ts = team_slice(omp_get_thread_num(), omp_get_num_threads(), H);
+    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
       const int64_t I = k == 0 ? X_ : H;
-      layer_pack(saved_[k], w[k], ts, H);
-      layer_forward(saved_[k], xk, w[k], ts, T, B, I, H);
+      tm.for_shares(H, [&](const TeamSlice& ts) { layer_pack(saved_[k], w[k], ts, H); });
+      layer_forward(saved_[k], xk, w[k], tm, T, B, I, H);
       xk = saved_[k].hseq + B * H;   // h_1 .. h_T [T,B,H] feed the next layer
       if (dropped_ && k + 1 < L_) {  // the next layer reads the dropped copy; h stays for s, h
-        apply_mask(drop_input(k), xk, drop_mask(k), ts.row0(N) * H, ts.row1(N) * H);
+        tm.for_shares(H, [&](const TeamSlice& ts) {
+          apply_mask(drop_input(k), xk, drop_mask(k), ts.row0(N) * H, ts.row1(N) * H);
+        });
 #pragma omp barrier
         xk = drop_input(k);
       }
@@ -100,30 +104,37 @@ template <class Real>
 void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top,
                                const Real* x0, const LayerWeights<Real>* w, Real* dh0, Real* ds0) {
   const int64_t T = T_, B = B_, H = H_;
-  const int P = team_;
+  const int S = team_;  // the forward's shares (its claims are sized for them)
   BlasThreads one(1);
-#pragma omp parallel num_threads(P)
+  const TeamCall call(backward_tuner_, S, running_cap_, static_cast<double>(T * B));
+#pragma omp parallel num_threads(call.threads())
   {
-    const TeamSlice ts = team_slice(omp_get_thread_num(), omp_get_num_threads(), H);
+    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
     const Real* dh_out = dh_top;
     Real* dx_buf = dh_a_;
     for (int64_t k = L_ - 1; k >= 0; --k) {
       const int64_t I = k == 0 ? X_ : H;
       const Real* x = k == 0 ? x0 : dropped_ ? drop_input(k - 1) : saved_[k - 1].hseq + B * H;
       Real* dxk = k > 0 ? dx_buf : dx;
-      for (int64_t r = 0; r < B; ++r) {  // nothing flows back from h_T, s_T
-        std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
-        std::fill_n(ds_ + r * H + ts.j0, ts.n(), Real(0));
-      }
-      layer_backward(dxk, g[k], dz_, dh_rec_, ds_, dh_out, saved_[k], x, w[k], ts, T, B, I, H);
-      for (int64_t r = 0; r < B; ++r) {
-        if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + (k * B + r) * H + ts.j0);
-        if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + (k * B + r) * H + ts.j0);
-      }
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        for (int64_t r = 0; r < B; ++r) {  // nothing flows back from h_T, s_T
+          std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
+          std::fill_n(ds_ + r * H + ts.j0, ts.n(), Real(0));
+        }
+      });
+      layer_backward(dxk, g[k], dz_, dh_rec_, ds_, dh_out, saved_[k], x, w[k], tm, T, B, I, H);
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        for (int64_t r = 0; r < B; ++r) {
+          if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + (k * B + r) * H + ts.j0);
+          if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + (k * B + r) * H + ts.j0);
+        }
+      });
 #pragma omp barrier             // dx complete, dz free, before the layer below starts
       if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
         const int64_t N = T * B;
-        apply_mask(dxk, dxk, drop_mask(k - 1), ts.row0(N) * H, ts.row1(N) * H);
+        tm.for_shares(H, [&](const TeamSlice& ts) {
+          apply_mask(dxk, dxk, drop_mask(k - 1), ts.row0(N) * H, ts.row1(N) * H);
+        });
 #pragma omp barrier
       }
       dh_out = dxk;

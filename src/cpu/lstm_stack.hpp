@@ -16,10 +16,14 @@ class LstmStack {
  public:
   LstmStack(int64_t X, int64_t H, int64_t L);
 
-  // Threads for the stack's own team; 0 (the default): up to omp_get_max_threads(), fewer for
-  // small shapes (team_size_for the per-step GEMM).
-  void set_threads(int n) { threads_ = n; }
+  // The stack's team (cpu/team.hpp). shares >= 1: the split (the results depend on it alone);
+  // 0, the default: up to omp_get_max_threads(), fewer for small shapes (team_size_for the
+  // per-step GEMM). running >= 1: the threads that run the shares (at most one per share); 0,
+  // the default: chosen by measuring (TeamTuner, forward and backward apart).
+  void set_team(int shares, int running) { threads_ = shares, running_cap_ = running; }
+  void set_threads(int n) { set_team(n, n); }  // n shares run by n threads; 0: the defaults
   int threads(int64_t B) const;
+  int running() const { return running_; }  // the threads that ran the last forward
 
   // x [T,B,X]; w [L]; h0, s0 [L,B,H] or null (zeros). Saves what backward needs.
   void forward(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0,
@@ -44,7 +48,10 @@ class LstmStack {
 
   int64_t X_, H_, L_;
   int threads_ = 0;
-  int team_ = 1;  // the team of the last forward
+  int team_ = 1;         // the shares of the last forward
+  int running_cap_ = 0;  // set_team's running
+  int running_ = 1;      // the threads that ran the last forward
+  TeamTuner forward_tuner_, backward_tuner_;
   int64_t T_ = 0, B_ = 0, capN_ = 0, capB_ = 0;
   std::vector<Real> arena_;
   std::vector<LayerSaved<Real>> saved_;  // per layer

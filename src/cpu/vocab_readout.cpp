@@ -210,7 +210,6 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
   const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_;
   pack_h(h, N, H, Np, split(np, id, nt), split(np, id + 1, nt), hT_, hp_);
   work_.reset(0, id, nt, nc);
-  work_.reset(1, id, nt, groups_);  // for backward (no one takes from it before then)
 #pragma omp barrier
   // While a chunk's statistics run, the rows of W of the chunk after it (usually this thread's
   // next) are fetched, an equal share of its lines per token panel.
@@ -242,6 +241,8 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
   const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_, ng = groups_;
   const int64_t gs = kChunk * kW;  // one token panel of a G chunk
   float* g = G_ + id * Np * kChunk;
+  work_.reset(1, id, nt, ng);  // this team's shares of the groups (forward's may have been another)
+#pragma omp barrier
   for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
     float* dhT = dhT_ + grp * H * Np;
     const int64_t c0 = group_start(grp, nc, ng), c1 = group_start(grp + 1, nc, ng);
@@ -266,7 +267,6 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
     }
   }
 #pragma omp barrier
-  work_.reset(1, id, nt, ng);  // for another backward of the same forward (no one takes now)
   // dh = the groups' dh^T summed in group order, this thread's token panels.
   sum_transpose(dhT_, ng, H, Np, N, split(np, id, nt), split(np, id + 1, nt), tmp_ + id * kW * kW,
                 dh);

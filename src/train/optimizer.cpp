@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/team.hpp"
 #include "lstmgrad/error.hpp"
 
 namespace lstmgrad {
@@ -17,13 +18,24 @@ namespace {
 constexpr size_t kNormBlock = 4096;  // elements per block of the norm's sum
 constexpr size_t kNormLanes = 8;     // independent partial sums in a block (vectorisable)
 
+// The team of one of the element-wise passes below, over n elements: up to
+// omp_get_max_threads(), chosen by measuring (cpu/team.hpp); fewer on a machine busy with other
+// work, where a thread off its core would hold up the pass's end (and, kept awake by the passes,
+// the engine's team that had already left it). Element-wise, so the team changes no bit. Each
+// pass keeps its own tuner per calling thread.
+cpu::TeamCall pass_team(cpu::TeamTuner& tuner, size_t n) {
+  return {tuner, omp_get_max_threads(), 0, static_cast<double>(std::max<size_t>(n, 1))};
+}
+
 // g *= factor (rounded to Real first, as clipping has always done), element-wise and threaded.
 template <class Real>
 void scale_in_place(std::span<Real> g, double factor) {
   const Real c = static_cast<Real>(factor);
   Real* v = g.data();
   const size_t n = g.size();
-#pragma omp parallel for schedule(static)
+  thread_local cpu::TeamTuner tuner;
+  const cpu::TeamCall team = pass_team(tuner, n);
+#pragma omp parallel for num_threads(team.threads()) schedule(static)
   for (size_t k = 0; k < n; ++k) v[k] *= c;
 }
 
@@ -103,7 +115,9 @@ double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero) {
   const Real* v = g.data();
   // Each block: kNormLanes running sums (element i into lane i % kNormLanes), then the lanes in
   // order; then the blocks in order. The order is fixed by the code, not by the team.
-#pragma omp parallel
+  thread_local cpu::TeamTuner tuner;
+  const cpu::TeamCall team = pass_team(tuner, n);
+#pragma omp parallel num_threads(team.threads())
   {
     const ElementRange part = thread_part(n, zero);  // the blocks that start in it
     const size_t b1 = (part.end + kNormBlock - 1) / kNormBlock;
@@ -183,7 +197,9 @@ void Optimizer<Real>::step_and_zero(std::span<Real> params, std::span<Real> grad
   Real* g = grad.data();
   // Element-wise: the same result for any thread count and any parts. The lambda takes copies
   // (a store to p[k] could alias a captured reference to a or c, and stop the vectorisation).
-#pragma omp parallel
+  thread_local cpu::TeamTuner tuner;
+  const cpu::TeamCall team = pass_team(tuner, params.size());
+#pragma omp parallel num_threads(team.threads())
   {
     const ElementRange part = thread_part(params.size(), zero);
     for_kept_runs(part.begin, part.end, zero, [p, g, a, c, scaled](size_t k0, size_t k1) {

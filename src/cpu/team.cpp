@@ -1,0 +1,79 @@
+#include "cpu/team.hpp"
+
+#include <algorithm>
+
+namespace lstmgrad::cpu {
+
+double TeamTuner::State::recent_median() const {
+  const double a = recent[0], b = recent[1], c = recent[2];
+  if (recent_n == 1) return a;
+  if (recent_n == 2) return std::min(a, b);  // the better of two (the first may be cold)
+  return std::max(std::min(a, b), std::min(std::max(a, b), c));
+}
+
+void TeamTuner::State::push(double cost) {
+  recent[recent_pos++ % 3] = cost;
+  recent_n = std::min(recent_n + 1, 3);
+}
+
+int TeamTuner::threads(int shares, int64_t shape) {
+  State* st = nullptr;
+  for (State& s : states_)
+    if (s.shares == shares && s.shape == shape) st = &s;
+  if (!st) {  // a new shape: the least recently used state starts over, one thread per share
+    st = std::min_element(std::begin(states_), std::end(states_),
+                          [](const State& a, const State& b) { return a.used < b.used; });
+    *st = State{};
+    st->shares = shares, st->shape = shape, st->cur = shares;
+    st->interval = 3, st->next_trial = 3;
+  }
+  st->used = ++uses_;
+  last_ = st;
+  if (shares <= 1) return last_threads_ = 1;
+  if (st->trial == 0 && st->calls >= st->next_trial) {
+    if (st->cur == shares) {
+      st->trial = st->cur - 1;
+    } else if (st->cur == 1) {
+      st->trial = 2;
+    } else {
+      st->trial = st->cur + st->direction;
+    }
+    st->trial_calls = 0, st->trial_best = 0;
+  }
+  return last_threads_ = st->trial != 0 ? st->trial : st->cur;
+}
+
+void TeamTuner::record(double cost) {
+  State* st = last_;
+  if (!st) return;
+  ++st->calls;
+  if (st->shares <= 1) return;
+  if (st->trial != 0 && last_threads_ == st->trial) {
+    st->trial_best = st->trial_calls++ == 0 ? cost : std::min(st->trial_best, cost);
+    const double now = st->recent_n > 0 ? st->recent_median() : st->trial_best;
+    const bool clear_loss = st->trial_best > 1.5 * now;
+    if (st->trial_calls < kTrial && !clear_loss) return;
+    if (st->trial_best < 0.9 * now) {  // the neighbour wins: it becomes the choice
+      // Walk on the same way soon; at an end of [1, shares] the only neighbour is the team just
+      // left, so its next trial waits as if it had lost clearly twice.
+      st->direction = st->trial > st->cur ? 1 : -1;
+      st->cur = st->trial, st->recent_n = 0, st->recent_pos = 0;
+      st->push(st->trial_best);
+      st->level = st->trial_best;
+      st->interval = st->cur == 1 || st->cur == st->shares ? 48 : 3;
+    } else {
+      st->level = now;
+      st->direction = -st->direction;  // in the middle: the other neighbour next
+      st->interval = std::min(st->interval * (clear_loss ? 4 : 2), kMaxInterval);
+    }
+    st->trial = 0, st->next_trial = st->calls + st->interval;
+    return;
+  }
+  st->push(cost);
+  // A team of several threads that got slower: another process may have taken a core.
+  if (st->cur > 1 && st->level > 0 && st->recent_n == 3 && st->trial == 0 &&
+      st->recent_median() > 1.5 * st->level)
+    st->next_trial = st->calls, st->interval = 3;
+}
+
+}  // namespace lstmgrad::cpu

@@ -1,0 +1,134 @@
+// cpu/team.hpp: the shares and the tuner that chooses how many threads run them. The tuner is fed
+// made-up costs here (a model of a machine, quiet or busy), so its choices can be checked exactly;
+// tests/test_bench.cpp checks that its choices change no bit of a model's results.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <vector>
+
+#include "cpu/team.hpp"
+
+namespace lstmgrad::cpu {
+namespace {
+
+// Runs `calls` calls of one shape through the tuner, each costing cost(threads); returns the
+// threads of every call.
+std::vector<int> drive(TeamTuner& tuner, int shares, int64_t shape, int calls,
+                       const std::function<double(int)>& cost) {
+  std::vector<int> used;
+  for (int i = 0; i < calls; ++i) {
+    const int t = tuner.threads(shares, shape);
+    used.push_back(t);
+    tuner.record(cost(t));
+  }
+  return used;
+}
+
+int count(const std::vector<int>& v, int x, size_t from = 0) {
+  int n = 0;
+  for (size_t i = from; i < v.size(); ++i) n += v[i] == x;
+  return n;
+}
+
+// Quiet: two threads take 0.55 of one thread's time. The tuner keeps 2 and tries 1 less and less
+// often: after the first trial at call 4, the trials' intervals grow 4x (each is a clear loss,
+// one call long).
+TEST(TeamTuner, KeepsEveryThreadOnAQuietMachine) {
+  TeamTuner tuner;
+  const auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 0.55 : 1.0; });
+  EXPECT_EQ(used[0], 2);
+  EXPECT_EQ(used[3], 1);  // the first trial
+  EXPECT_LE(count(used, 1), 6) << "trials of one thread in 2000 calls";
+  EXPECT_EQ(used.back(), 2);
+}
+
+// Busy: a thread of the team is often off its core, and two threads take 3x one thread's time.
+// The tuner moves to one thread at its first trial and stays; its trials of two threads are
+// single calls (a clear loss ends a trial at once), ever rarer.
+TEST(TeamTuner, LeavesTheBusyCoreOnALoadedMachine) {
+  TeamTuner tuner;
+  const auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 3.0 : 1.0; });
+  EXPECT_EQ(used[3], 1);
+  EXPECT_EQ(used[4], 1);  // chosen after the trial
+  EXPECT_LE(count(used, 2, 5), 6) << "calls on two threads after the switch";
+}
+
+// Small differences (within 10%) do not move it: noise must not make the team flap.
+TEST(TeamTuner, IgnoresSmallDifferences) {
+  TeamTuner tuner;
+  const auto used = drive(tuner, 2, 700, 500, [](int t) { return t == 2 ? 1.0 : 0.95; });
+  EXPECT_EQ(used.back(), 2);
+  EXPECT_LE(count(used, 1), 16);  // trials of 2 calls at doubling intervals
+}
+
+// A quiet machine that turns busy: the rise of the 2-thread team's cost triggers a trial at once,
+// not after the long interval it had reached.
+TEST(TeamTuner, NoticesACoreTakenMidRun) {
+  TeamTuner tuner;
+  bool busy = false;
+  const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
+  drive(tuner, 2, 700, 600, cost);
+  busy = true;
+  const auto used = drive(tuner, 2, 700, 10, cost);
+  EXPECT_EQ(used.back(), 1) << "still on two threads 10 calls after the core was taken";
+}
+
+// A core freed again: the periodic trial finds two threads faster and takes them back within the
+// longest interval.
+TEST(TeamTuner, TakesAFreedCoreBack) {
+  TeamTuner tuner;
+  bool busy = true;
+  const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
+  drive(tuner, 2, 700, 600, cost);
+  busy = false;
+  const auto used = drive(tuner, 2, 700, TeamTuner::kMaxInterval + 10, cost);
+  EXPECT_EQ(used.back(), 2);
+}
+
+// Each shape keeps its own state: a validation pass's shape, busy or not, does not reset what the
+// training shape learnt.
+TEST(TeamTuner, KeepsShapesApart) {
+  TeamTuner tuner;
+  drive(tuner, 2, 700, 100, [](int t) { return t == 2 ? 3.0 : 1.0; });  // training: one thread
+  drive(tuner, 2, 20, 100, [](int t) { return t == 2 ? 0.5 : 1.0; });   // validation: two
+  EXPECT_EQ(tuner.threads(2, 700), 1);
+  tuner.record(1.0);
+  EXPECT_EQ(tuner.threads(2, 20), 2);
+  tuner.record(0.5);
+}
+
+// Neighbours only, in [1, shares]: with 4 shares and 3 free cores, it walks to 3 and stays.
+TEST(TeamTuner, WalksToTheBestTeamOfMany) {
+  TeamTuner tuner;
+  const auto cost = [](int t) { return t == 3 ? 0.4 : t == 4 ? 1.5 : 1.0 / t; };
+  const auto used = drive(tuner, 4, 700, 300, cost);
+  for (int t : used) {
+    EXPECT_GE(t, 1);
+    EXPECT_LE(t, 4);
+  }
+  EXPECT_EQ(used.back(), 3);
+}
+
+TEST(TeamTuner, OneShareIsOneThread) {
+  TeamTuner tuner;
+  for (int t : drive(tuner, 1, 700, 50, [](int) { return 1.0; })) EXPECT_EQ(t, 1);
+}
+
+// Every share runs exactly once, on one thread, for any team.
+TEST(TeamMember, RunsEveryShareOnce) {
+  for (int shares = 1; shares <= 5; ++shares)
+    for (int threads = 1; threads <= shares; ++threads) {
+      std::vector<int> runs(static_cast<size_t>(shares), 0);
+      for (int t = 0; t < threads; ++t) {
+        const TeamMember tm{t, threads, shares};
+        tm.for_shares(100, [&](const TeamSlice& ts) {
+          EXPECT_EQ(ts.size, shares);
+          ++runs[static_cast<size_t>(ts.id)];
+        });
+      }
+      for (int r : runs) EXPECT_EQ(r, 1) << shares << " shares, " << threads << " threads";
+    }
+}
+
+}  // namespace
+}  // namespace lstmgrad::cpu
