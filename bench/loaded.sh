@@ -29,8 +29,8 @@ sleep 1
 for round in $(seq "$ROUNDS"); do
   for p in $PRESETS; do
     echo "round $round: $p" >&2
-    "$LSTMGRAD" bench --preset "$p" --runs 25 --warmup 3 --json >"$OUT/lstmgrad.$p.auto.$round.json"
-    "$LSTMGRAD" bench --preset "$p" --threads 1 --runs 25 --warmup 3 --json \
+    "$LSTMGRAD" bench --preset "$p" --runs 25 --warmup 5 --json >"$OUT/lstmgrad.$p.auto.$round.json"
+    "$LSTMGRAD" bench --preset "$p" --threads 1 --runs 25 --warmup 5 --json \
       >"$OUT/lstmgrad.$p.one.$round.json"
   done
 done

@@ -20,7 +20,7 @@ inline constexpr int64_t kBenchVocabulary = 10000;
 
 struct BenchOptions {
   int threads = 2;  // engine team and BLAS threads, pinned; 0: the default, adaptive team
-  int warmup = 2;   // untimed runs first
+  int warmup = 5;   // untimed runs first (the default team tries its neighbour after 5 calls)
   int runs = 7;     // timed runs; the median is reported
 };
 

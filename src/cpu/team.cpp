@@ -25,7 +25,7 @@ int TeamTuner::threads(int shares, int64_t shape) {
                           [](const State& a, const State& b) { return a.used < b.used; });
     *st = State{};
     st->shares = shares, st->shape = shape, st->cur = shares;
-    st->interval = 3, st->next_trial = 3;
+    st->interval = 3, st->next_trial = 5;  // calls 3-5 (past the cold first ones) for its median
   }
   st->used = ++uses_;
   last_ = st;
@@ -53,7 +53,10 @@ void TeamTuner::record(double cost) {
     const double now = st->recent_n > 0 ? st->recent_median() : st->trial_best;
     const bool clear_loss = st->trial_best > 1.5 * now;
     if (st->trial_calls < kTrial && !clear_loss) return;
-    if (st->trial_best < 0.9 * now) {  // the neighbour wins: it becomes the choice
+    // Fewer threads win when they are no slower; more must be 10% faster (a thread should pay
+    // for itself: an idle member of the team spins, and on a busy machine takes a share of a
+    // core from this process's other work and from other processes).
+    if (st->trial_best < (st->trial < st->cur ? 0.97 : 0.9) * now) {  // the neighbour wins
       // Walk on the same way soon; at an end of [1, shares] the only neighbour is the team just
       // left, so its next trial waits as if it had lost clearly twice.
       st->direction = st->trial > st->cur ? 1 : -1;

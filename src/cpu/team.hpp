@@ -63,14 +63,15 @@ struct TeamMember {
 //
 // A state runs one choice (one thread per share at first) and now and then tries a neighbour,
 // one thread fewer or more, for up to kTrial calls. The neighbour replaces the choice when its
-// best call beats the choice's recent median by 10%; a first call that costs 1.5 times the
-// choice's is a clear loss and ends the trial at once (a trial should cost little: a thread off
-// its core makes a team several times slower). Trials come after 3 calls, then at intervals that
-// grow while the choice holds (4x after a clear loss, else 2x; at most kMaxInterval calls). A
-// neighbour that won is followed by a trial one step further the same way; at an end of
-// [1, shares] (where the only neighbour is the team just left) the next trial waits 48 calls. A
-// choice of several threads whose cost rises by half over its level at the last decision (another
-// process took a core) is tried again at the next call.
+// best call beats the choice's recent median: by 3% for fewer threads, by 10% for more (threads
+// must pay for themselves; the band keeps noise from making the team flap); a first call
+// that costs 1.5 times the choice's is a clear loss and ends the trial at once (a trial should cost
+// little: a thread off its core makes a team several times slower). The first trial comes after 5
+// calls, then at intervals that grow while the choice holds (4x after a clear loss, else 2x; at
+// most kMaxInterval calls). A neighbour that won is followed by a trial one step further the same
+// way; at an end of [1, shares] (where the only neighbour is the team just left) the next trial
+// waits 48 calls. A choice of several threads whose cost rises by half over its level at the last
+// decision (another process took a core) is tried again at the next call.
 class TeamTuner {
  public:
   static constexpr int kTrial = 2, kStates = 4;
