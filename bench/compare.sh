@@ -11,16 +11,8 @@
 # and 2, PyTorch torch threads 1, 2 x BLAS threads 1, 2; each side's best median per preset and
 # mode is compared (PyTorch's is the anchor).
 # Then the sgemm ceiling (1 and 2 threads, square 2048 and the presets' GEMM shapes).
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${1:-$ROOT/build}
-ROUNDS=${2:-3}
-LSTMGRAD=$BUILD/lstmgrad
-TORCH="/usr/bin/python3 $ROOT/bench/torch_lstm.py"
-OUT=$(mktemp -d)
+source "$(dirname "$0")/bench_env.sh"
 trap 'rm -rf "$OUT"' EXIT
-unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS OMP_NUM_THREADS
-export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 PRESETS="zaremba-small zaremba-medium char-rnn throughput large"
 
 for round in $(seq "$ROUNDS"); do

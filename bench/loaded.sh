@@ -10,15 +10,7 @@
 # median); PyTorch runs once per setting (it is several times slower; its spread does not decide
 # anything). The same environment as bench/compare.sh: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 # unset for both sides, glibc keeping freed memory for both.
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${1:-$ROOT/build}
-ROUNDS=${2:-3}
-LSTMGRAD=$BUILD/lstmgrad
-TORCH="/usr/bin/python3 $ROOT/bench/torch_lstm.py"
-OUT=$(mktemp -d)
-unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS OMP_NUM_THREADS
-export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+source "$(dirname "$0")/bench_env.sh"
 PRESETS="zaremba-small zaremba-medium char-rnn"
 CORE=$(($(nproc) - 1))
 taskset -c "$CORE" bash -c 'while :; do :; done' &
