@@ -79,7 +79,6 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
   claims_.reserve(T + 1, S);
   BlasThreads one(1);  // the team is the parallelism; each GEMM inside runs one BLAS thread
   const TeamCall call(forward_tuner_, S, running_cap_, static_cast<double>(N));
-  running_ = call.threads();
 #pragma omp parallel num_threads(call.threads())
   {
     const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};

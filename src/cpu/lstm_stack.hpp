@@ -23,7 +23,6 @@ class LstmStack {
   void set_team(int shares, int running) { threads_ = shares, running_cap_ = running; }
   void set_threads(int n) { set_team(n, n); }  // n shares run by n threads; 0: the defaults
   int threads(int64_t B) const;
-  int running() const { return running_; }  // the threads that ran the last forward
 
   // x [T,B,X]; w [L]; h0, s0 [L,B,H] or null (zeros). Saves what backward needs.
   void forward(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0,
@@ -50,7 +49,6 @@ class LstmStack {
   int threads_ = 0;
   int team_ = 1;         // the shares of the last forward
   int running_cap_ = 0;  // set_team's running
-  int running_ = 1;      // the threads that ran the last forward
   TeamTuner forward_tuner_, backward_tuner_;
   int64_t T_ = 0, B_ = 0, capN_ = 0, capB_ = 0;
   std::vector<Real> arena_;
