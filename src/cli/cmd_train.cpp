@@ -25,7 +25,7 @@ void resolve_data_dir(TrainOptions& o, const fs::path& dir) {
   for (const char* prefix : {"", "ptb."}) {
     const fs::path train = dir / fmt::format("{}train.txt", prefix);
     if (!fs::exists(train)) continue;
-    o.train = train;
+    if (o.train.empty()) o.train = train;  // --train given beside --data wins
     for (auto [name, dst] : {std::pair{"valid", &o.valid}, std::pair{"test", &o.test}}) {
       const fs::path p = dir / fmt::format("{}{}.txt", prefix, name);
       if (dst->empty() && fs::exists(p)) *dst = p;
@@ -109,15 +109,17 @@ void register_train(CLI::App& app) {
     if (job.world && o->threads == 0)
       o->threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / job.local);
     try {
-      if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
-      if (o->resume.empty() && o->train.empty())
-        throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
+      try {
+        if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
+        if (o->resume.empty() && o->train.empty())
+          throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
+      } catch (const InputError& e) {
+        // The other ranks wait for this one at the start of the job: stop them too.
+        if (!job.world) throw;
+        refuse_training_start(*job.world, e.what());
+      }
       o->epochs_given = epochs->count() > 0;
       set_exit_code(job.world ? run_training(*o, *job.world) : run_training(*o));
-    } catch (const InputError& e) {
-      // Before run_training: the other ranks wait for this one at the start; stop them too.
-      if (!job.world) throw;
-      refuse_training_start(*job.world, e.what());
     } catch (const StoppedByOtherRank& e) {
       set_exit_code(e.code());  // rank 0 printed the message
     }

@@ -281,8 +281,8 @@ class StartGate {
       for (size_t k = 0; k < mine.hashes.size(); ++k)
         if (all[q].hashes[k] != all[0].hashes[k])
           stop(fmt::format(
-              "rank {}: {} differ from rank 0's; every process of a job must be given the same "
-              "flags and files",
+              "rank {}: {}: not the same as rank 0's; every process of a job must be given "
+              "the same flags and files",
               q, StartReport::kWhat[k]));
   }
 
