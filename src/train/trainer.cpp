@@ -833,12 +833,14 @@ class Trainer {
     } else {
       // Each rank's loss and gradient are its streams' mean (or batch mean); the whole batch's
       // are their mean over the ranks: the sum, divided by the ranks.
-      world_.sum(std::span<Real>(grad_), "the gradient");
+      const auto c0 = Clock::now();
+      sum_gradient(zero);
       // With it, the stop signals: SIGTERM when any rank has one, else SIGINT when any has one.
       const int sig = signals_->pending();
       std::array<double, 3> shared = {loss, sig == SIGTERM ? 1.0 : 0.0, sig == SIGINT ? 1.0 : 0.0};
       world_.sum(std::span<double>(shared), "the loss");
       loss = shared[0] / ranks_;
+      comm_s_ += seconds_since(c0);
       agreed_stop_ = shared[1] > 0 ? SIGTERM : (shared[2] > 0 ? SIGINT : 0);
       scale = 1.0 / ranks_;
       norm = grad_norm<Real>(grad_, zero) * scale;
@@ -900,6 +902,35 @@ class Trainer {
     ++run_.step;
   }
 
+  // The gradient summed over the ranks, except the ranges `zero` (the embedding rows no token of
+  // the whole window used: 0 on every rank). The ranges between them that are short (the used
+  // embedding rows) travel packed together in one sum; long ones (the LSTM and the readout) are
+  // summed where they lie. For zaremba-small on PTB this sends about 2.7M of the 4.65M values.
+  void sum_gradient(std::span<const ElementRange> zero) {
+    constexpr size_t kPackBelow = size_t{1} << 16;
+    live_.clear();
+    size_t at = 0;
+    for (const ElementRange& z : zero) {
+      if (z.begin > at) live_.push_back({at, z.begin});
+      at = z.end;
+    }
+    if (at < grad_.size()) live_.push_back({at, grad_.size()});
+    pack_.clear();
+    for (const ElementRange& r : live_)
+      if (r.end - r.begin < kPackBelow)
+        pack_.insert(pack_.end(), grad_.begin() + r.begin, grad_.begin() + r.end);
+    if (!pack_.empty()) world_.sum(std::span<Real>(pack_), "the gradient");
+    size_t k = 0;
+    for (const ElementRange& r : live_) {
+      if (r.end - r.begin < kPackBelow) {
+        std::copy_n(pack_.begin() + k, r.end - r.begin, grad_.begin() + r.begin);
+        k += r.end - r.begin;
+      } else {
+        world_.sum(std::span<Real>(grad_).subspan(r.begin, r.end - r.begin), "the gradient");
+      }
+    }
+  }
+
   // The gradient's global norm; the readout's part from the backward that just ran when it took
   // it (the fused readout, while its rows were in cache), saving a pass over the largest tensors.
   double gradient_norm(std::span<const ElementRange> zero) {
@@ -935,6 +966,7 @@ class Trainer {
                  {"wall_s", run_.wall_s},
                  {"world_size", ranks_}};
     if (run_.skipped > 0) line["skipped_nonfinite"] = run_.skipped;
+    if (ranks_ > 1) line["sum_wait_s"] = comm_s_;  // rank 0's, this process
     bool improved = true;
     lm_->set_dropout(0, 0);  // evaluation sees the whole network
     if (gpu_) from_device();
@@ -1059,7 +1091,12 @@ class Trainer {
   const int ranks_, rank_;  // the processes training this model, and this one's place
   Progress progress_;
   const StopSignals* signals_ = nullptr;
-  int agreed_stop_ = 0;  // on several ranks: the stop signal all act on after this update
+  int agreed_stop_ = 0;
+  double comm_s_ = 0;
+  std::vector<ElementRange> live_;  // sum_gradient: the ranges that travel
+  std::vector<Real>
+      pack_;  // and the short ones, packed  // on several ranks: seconds in the gradient's sum,
+              // this process  // on several ranks: the stop signal all act on after this update
   std::vector<int64_t> window_tokens_, window_target_;  // on several ranks: the whole window
   data::Vocabulary vocab_;
   std::vector<int64_t> train_ids_, valid_ids_, test_ids_;
