@@ -194,6 +194,30 @@ TEST(Mpi, ResumesOnTheSameOrAnotherNumberOfProcesses) {
   }
 }
 
+// eval splits its streams among the processes and prints one result, the one process's within
+// float64 rounding; batch 1 (the sequential protocol) runs on rank 0 alone, to the same bits.
+TEST(Mpi, EvalSplitsTheStreamsAndPrintsOnce) {
+  REQUIRE_MPI();
+  Corpus c;
+  const fs::path run = c.dir / "run";
+  ASSERT_EQ(run_cli("train" + c.data() + kF64 + " --epochs 1 --out " + run.string()).rc, 0);
+  for (int batch : {1, 4}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const std::string eval = "eval --json --dtype f64 --model " +
+                             (run / "best.safetensors").string() + " --data " +
+                             (c.dir / "test.txt").string() + " --batch " + std::to_string(batch);
+    const CliResult one = run_cli(eval);
+    const CliResult two = run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + eval);
+    ASSERT_EQ(one.rc, 0) << one.err;
+    ASSERT_EQ(two.rc, 0) << two.err;
+    ASSERT_EQ(count_lines(two.out), 1u) << two.out;
+    const auto a = nlohmann::json::parse(one.out), b = nlohmann::json::parse(two.out);
+    EXPECT_EQ(b["tokens"], a["tokens"]);
+    EXPECT_LT(relative(b["loss"], a["loss"]), 1e-12);
+    if (batch == 1) EXPECT_EQ(b["loss"], a["loss"]);
+  }
+}
+
 // Wrong input on any rank: one line from rank 0, every rank exits non-zero, nothing written.
 TEST(Mpi, BadInputOnAnyRankStopsEveryRankWithOneMessage) {
   REQUIRE_MPI();

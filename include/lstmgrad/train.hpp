@@ -78,6 +78,10 @@ struct EvalOptions {
 };
 
 EvalResult evaluate_file(const EvalOptions& o);
+// The same over the processes of `world` (mpirun): each evaluates its share of the --batch streams
+// and every rank returns the whole text's result; a batch that does not split among them (batch
+// 1, the sequential protocol) is evaluated by rank 0 alone (the others return an empty result).
+EvalResult evaluate_file(const EvalOptions& o, Collective& world);
 
 struct SampleOptions {
   std::filesystem::path model;

@@ -145,13 +145,19 @@ void register_eval(CLI::App& app) {
   add_device_option(cmd, o->device);
   auto* dtype = cmd->get_option("--dtype");
   cmd->callback([o, json, threads, dtype] {
-    lstmgrad::set_threads(*threads);
+    // Under mpirun or srun: the streams split among the processes; rank 0 prints.
+    const Launched job = launched_job(60);
+    lstmgrad::set_threads(
+        job.world && *threads == 0
+            ? std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / job.local)
+            : *threads);
     if (o->device == "cuda") {
       if (dtype->count() > 0 && o->dtype != "f32")
         throw InputError("--dtype " + o->dtype + ": --device cuda computes in float32 (f32)");
       o->dtype = "f32";
     }
-    const EvalResult r = evaluate_file(*o);
+    const EvalResult r = job.world ? evaluate_file(*o, *job.world) : evaluate_file(*o);
+    if (job.world && job.world->rank() != 0) return;
     if (*json) {
       std::cout << nlohmann::json{{"loss", r.loss},
                                   {"ppl", r.ppl},

@@ -1,6 +1,7 @@
 // `lstmgrad eval` and `lstmgrad sample`: a trained model on a text file, or generating text.
 #include <fmt/format.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 
@@ -53,12 +54,25 @@ EvalResult eval_result(const train::StreamLoss& s) {
   return r;
 }
 
+// On several processes each evaluates its share of the streams and the sums are added; a batch
+// that does not split (the sequential protocol, batch 1) runs on rank 0 alone.
 template <class Real>
-EvalResult evaluate_typed(const EvalOptions& o) {
+EvalResult evaluate_typed(const EvalOptions& o, Collective& world) {
   const EvalInput<Real> in = read_eval_input<Real>(o);
   LanguageModel<Real> lm(in.model.cfg);
-  return eval_result(train::evaluate_stream<Real>(lm, in.model.params, in.ids, o.batch, o.seq,
-                                                  o.data.string().c_str()));
+  const int n = world.size();
+  if (n == 1 || o.batch % n != 0) {
+    if (world.rank() != 0) return {};
+    return eval_result(train::evaluate_stream<Real>(lm, in.model.params, in.ids, o.batch, o.seq,
+                                                    o.data.string().c_str()));
+  }
+  const int64_t part = o.batch / n;
+  const train::StreamLoss mine =
+      train::evaluate_stream<Real>(lm, in.model.params, in.ids, o.batch, o.seq,
+                                   o.data.string().c_str(), world.rank() * part, part);
+  std::array<double, 2> both = {mine.sum, static_cast<double>(mine.tokens)};
+  world.sum(std::span<double>(both), "the evaluation");
+  return eval_result({both[0], static_cast<int64_t>(both[1])});
 }
 
 EvalResult evaluate_cuda(const EvalOptions& o) {
@@ -72,10 +86,19 @@ EvalResult evaluate_cuda(const EvalOptions& o) {
 }  // namespace
 
 EvalResult evaluate_file(const EvalOptions& o) {
+  SingleProcess alone;
+  return evaluate_file(o, alone);
+}
+
+EvalResult evaluate_file(const EvalOptions& o, Collective& world) {
   if (o.batch < 1 || o.seq < 1)
     throw InputError(fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
-  if (o.device == "cuda") return evaluate_cuda(o);
-  return o.dtype == "f32" ? evaluate_typed<float>(o) : evaluate_typed<double>(o);
+  if (o.device == "cuda") {
+    if (world.size() > 1)
+      throw InputError("--device cuda: eval on several processes runs on the CPU");
+    return evaluate_cuda(o);
+  }
+  return o.dtype == "f32" ? evaluate_typed<float>(o, world) : evaluate_typed<double>(o, world);
 }
 
 namespace {
