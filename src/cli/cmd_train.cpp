@@ -140,7 +140,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "f32 or f64")
       ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
-  cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)");
+  cmd->add_option(
+      "--threads", *threads,
+      "Threads (0: the cores; under mpirun the cores over the processes on each machine)");
   cmd->add_flag("--json", *json, "Machine-readable output");
   add_device_option(cmd, o->device);
   auto* dtype = cmd->get_option("--dtype");

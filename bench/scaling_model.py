@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Tokens/s of data-parallel lstmgrad training on 1 to 64 nodes, modelled from measured numbers.
+
+Each node runs one process of `lstmgrad train` with B_node streams (weak scaling: the global batch
+grows with the nodes, as data-parallel language-model training does). One update costs
+
+    t(N) = t_compute + t_sum(N)
+    t_sum(N) = 2 (N-1)/N * S / bandwidth + 2 (N-1) * latency
+
+t_compute: one node's forward, backward and update at B_node streams (measured: `lstmgrad train`
+on this 2-core machine, tokens/s of one process). S: the bytes of one update's sum (the LSTM and
+readout gradients, and the embedding rows the window used; measured by counting). The sum is a
+reduce-scatter and an all-gather of point-to-point messages (src/cli/mpi_collective.cpp): each rank
+sends and receives 2 (N-1)/N of S, and posts 2 (N-1) messages, whose start-up cost `latency` is
+counted as if the network card handled them one after another (pessimistic for small N).
+
+Usage: bench/scaling_model.py  (the measured inputs are the constants below; docs/scaling.md)
+"""
+
+PRESETS = {
+    # name: (tokens per update per node, measured seconds per update on one node, bytes summed)
+    # zaremba-small: T 20 x B 20; 4.65M parameters, of which the sum sends the LSTM and readout
+    # (2.65M) and the embedding rows a window uses (about 300 of 10000 rows x 200).
+    "zaremba-small": (400, None, 4 * (2_650_000 + 300 * 200)),
+    # zaremba-medium: T 35 x B 20; 19.8M parameters: LSTM 6.77M, readout 6.51M, embedding rows
+    # about 450 of 10000 x 650.
+    "zaremba-medium": (700, None, 4 * (6_770_000 + 6_510_000 + 450 * 650)),
+}
+
+LINKS = {"10 Gb/s": 10e9 / 8 * 0.9, "100 Gb/s": 100e9 / 8 * 0.9}  # 90% of the line rate
+LATENCY = 20e-6  # seconds per message over Ethernet (loopback TCP measured 14 us: docs/scaling.md)
+NODES = [1, 2, 4, 8, 16, 32, 64]
+
+
+def table(step_seconds):
+    lines = []
+    for name, (tokens, _, S) in PRESETS.items():
+        t_c = step_seconds[name]
+        for link, bw in LINKS.items():
+            row = []
+            crossover = None
+            for n in NODES:
+                t_sum = 0 if n == 1 else 2 * (n - 1) / n * S / bw + 2 * (n - 1) * LATENCY
+                row.append(n * tokens / (t_c + t_sum))
+                if crossover is None and t_sum > t_c:
+                    crossover = n
+            lines.append((name, link, S, t_c, row, crossover))
+    return lines
+
+
+def main():
+    import sys
+    # seconds per update on one node, measured (docs/scaling.md gives the command)
+    step = {"zaremba-small": float(sys.argv[1]) if len(sys.argv) > 1 else 0.0408,
+            "zaremba-medium": float(sys.argv[2]) if len(sys.argv) > 2 else 0.25}
+    print("| preset | link | summed per update | compute per update | "
+          + " | ".join(f"N={n}" for n in NODES) + " | sum > compute from |")
+    print("|---|---|---|---|" + "---|" * len(NODES) + "---|")
+    for name, link, S, t_c, row, crossover in table(step):
+        cells = " | ".join(f"{v / 1000:.0f}k" for v in row)
+        print(f"| {name} | {link} | {S / 1e6:.1f} MB | {t_c * 1000:.1f} ms | {cells} | "
+              f"{'N=' + str(crossover) if crossover else 'never (N <= 64)'} |")
+
+
+if __name__ == "__main__":
+    main()
