@@ -1,0 +1,97 @@
+// lstmgrad: the L-layer LSTM stack on the CPU on its own, without the language model's readout
+// and loss: PyTorch's nn.LSTM (unidirectional, time-major, no dropout) with a hand-derived
+// backward.
+//
+// Sizes: T time steps, B sequences, X input width, H hidden width, L layers, G = 4H.
+// Equations (docs/derivation.md, "One step"), per layer k and step t, x the layer's input:
+//   i, f, o = sigmoid(V x + U h_prev + b_ih + b_hh) (their rows), a = tanh(...),
+//   s = i * a + f * s_prev, h = o * tanh(s); layer k+1 reads layer k's h_1 .. h_T.
+// Outputs: y [T,B,H] the top layer's h_1 .. h_T; h_n, s_n [L,B,H] every layer's h_T, s_T.
+// Backward takes dL/dy, dL/dh_n, dL/ds_n (the last two optional: zeros) and returns dL/dx,
+// dL/dh0, dL/ds0 and the weights' gradients.
+//
+// Weights per layer are PyTorch's tensors (weight_ih_l{k} [G,in], weight_hh_l{k} [G,H],
+// bias_ih_l{k}, bias_hh_l{k} [G], rows [V_i; V_f; V_a; V_o], PyTorch's i, f, g, o); in = X for
+// layer 0 and H above. Float64 is the reference path; float32 takes the fast fused kernels.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "lstmgrad/model.hpp"
+
+namespace lstmgrad {
+
+// One layer's weights, read only. Biases may be null (no bias: nn.LSTM(bias=False)).
+template <class Real>
+struct LstmLayerWeights {
+  const Real* weight_ih = nullptr;  // [G,in]
+  const Real* weight_hh = nullptr;  // [G,H]
+  const Real* bias_ih = nullptr;    // [G] or null
+  const Real* bias_hh = nullptr;    // [G] or null
+};
+
+// One layer's gradients, accumulated (+=; the caller zeroes them). A null bias gradient is not
+// computed. Must not alias the weights.
+template <class Real>
+struct LstmLayerGrads {
+  Real* weight_ih = nullptr;  // [G,in]
+  Real* weight_hh = nullptr;  // [G,H]
+  Real* bias_ih = nullptr;    // [G] or null
+  Real* bias_hh = nullptr;    // [G] or null
+};
+
+// The flat layout of a stack's parameters, nn.LSTM's order and names: weight_ih_l0,
+// weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ... (bias = false: the weights only).
+std::vector<ParamInfo> lstm_parameter_layout(int64_t X, int64_t H, int64_t L, bool bias = true);
+// Every layer's tensors inside a flat vector in that layout (bias = true).
+template <class Real>
+std::vector<LstmLayerWeights<Real>> lstm_layer_weights(std::span<const Real> flat, int64_t X,
+                                                       int64_t H, int64_t L);
+template <class Real>
+std::vector<LstmLayerGrads<Real>> lstm_layer_grads(std::span<Real> flat, int64_t X, int64_t H,
+                                                   int64_t L);
+
+template <class Real>
+class Lstm {
+ public:
+  // Throws InputError for sizes out of range (X, H >= 1, L >= 1, the limits of validate_config).
+  Lstm(int64_t X, int64_t H, int64_t L);
+  ~Lstm();
+  Lstm(Lstm&&) noexcept;
+  Lstm& operator=(Lstm&&) noexcept;
+
+  // The threads of forward and backward, as LanguageModel::set_team (lstm.hpp).
+  void set_team(int shares, int running);
+  void set_threads(int n);
+
+  int64_t input_size() const;
+  int64_t hidden_size() const;
+  int64_t num_layers() const;
+
+  // x [T,B,X] read; w [L] read; h0, s0 [L,B,H] read, or null (zeros). Written: y [T,B,H] and
+  // h_n, s_n [L,B,H] (each may be null: not wanted). Saves what backward needs; x and the
+  // weights must stay unchanged and alive until that backward (the engine keeps no copy).
+  // Throws std::invalid_argument for T, B < 1, a w of the wrong size or a null weight.
+  void forward(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,
+               const Real* s0, int64_t T, int64_t B, Real* y, Real* h_n, Real* s_n);
+
+  // Backward of the last forward (the same x and w). dy [T,B,H] read (null: zeros); dh_n,
+  // ds_n [L,B,H] read, or null (zeros). g [L] accumulated (+=). Written (each may be null: not
+  // wanted): dx [T,B,X], dh0, ds0 [L,B,H]. May be called again for the same forward.
+  // Throws std::logic_error before any forward.
+  void backward(const Real* dy, const Real* dh_n, const Real* ds_n, const Real* x,
+                std::span<const LstmLayerWeights<Real>> w, std::span<const LstmLayerGrads<Real>> g,
+                Real* dx, Real* dh0, Real* ds0);
+
+  int64_t steps() const;  // T of the last forward (0 before any)
+  int64_t batch() const;  // B of the last forward
+
+  struct Impl;  // src/cpu/stack.cpp
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lstmgrad

@@ -1,0 +1,348 @@
+// The public LSTM stack (lstmgrad/stack.hpp): its hand-derived backward against the autodiff tape
+// (the stack written here on ad::Tape from the equations of docs/derivation.md, "Forward"),
+// against central finite differences of its own forward, against PyTorch's nn.LSTM (golden files
+// written by tools/make_stack_golden.py), float32 against float64, and its argument checks.
+//
+// Every check differentiates the scalar
+//   L = sum(gy * y) + sum(ghn * h_n) + sum(gsn * s_n)
+// for fixed random gy [T,B,H], ghn, gsn [L,B,H], so that dL/dy = gy, dL/dh_n = ghn, dL/ds_n = gsn.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "compare.hpp"
+#include "lstmgrad/autodiff.hpp"
+#include "lstmgrad/error.hpp"
+#include "lstmgrad/finite_diff.hpp"
+#include "lstmgrad/safetensors.hpp"
+#include "lstmgrad/stack.hpp"
+#include "splitmix.hpp"
+
+namespace lstmgrad::test {
+namespace {
+
+struct Shape {
+  int64_t T, B, X, H, L;
+};
+
+// A random stack problem in float64: weights flat in lstm_parameter_layout order.
+struct Problem {
+  Shape n;
+  std::vector<double> params, x, h0, s0, gy, ghn, gsn;
+};
+
+Problem make_problem(Shape n, uint64_t seed) {
+  SplitMix rng{seed};
+  Problem p{n, {}, {}, {}, {}, {}, {}, {}};
+  const size_t state = static_cast<size_t>(n.L * n.B * n.H);
+  size_t count = 0;
+  for (const ParamInfo& i : lstm_parameter_layout(n.X, n.H, n.L)) count += i.size;
+  p.params = rng.vec(count, -0.8, 0.8);
+  p.x = rng.vec(static_cast<size_t>(n.T * n.B * n.X), -1, 1);
+  p.h0 = rng.vec(state, -0.5, 0.5), p.s0 = rng.vec(state, -0.5, 0.5);
+  p.gy = rng.vec(static_cast<size_t>(n.T * n.B * n.H), -1, 1);
+  p.ghn = rng.vec(state, -1, 1), p.gsn = rng.vec(state, -1, 1);
+  return p;
+}
+
+// What the engine or the tape computed: outputs, and the gradients of L.
+struct Result {
+  double loss = 0;
+  std::vector<double> y, h_n, s_n, grad, dx, dh0, ds0;
+};
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t k = 0; k < a.size(); ++k) s += a[k] * b[k];
+  return s;
+}
+
+template <class Real>
+Result run_engine(const Problem& p, bool with_state, int threads = 1) {
+  const Shape n = p.n;
+  const auto params = cast<Real>(p.params), x = cast<Real>(p.x), h0 = cast<Real>(p.h0),
+             s0 = cast<Real>(p.s0), gy = cast<Real>(p.gy), ghn = cast<Real>(p.ghn),
+             gsn = cast<Real>(p.gsn);
+  Lstm<Real> lstm(n.X, n.H, n.L);
+  lstm.set_threads(threads);
+  const auto w = lstm_layer_weights<Real>(params, n.X, n.H, n.L);
+  std::vector<Real> y(p.gy.size()), h_n(p.h0.size()), s_n(p.h0.size());
+  lstm.forward(x.data(), w, with_state ? h0.data() : nullptr, with_state ? s0.data() : nullptr, n.T,
+               n.B, y.data(), h_n.data(), s_n.data());
+  std::vector<Real> grad(params.size(), Real(0)), dx(x.size()), dh0(h0.size()), ds0(s0.size());
+  const auto g = lstm_layer_grads<Real>(grad, n.X, n.H, n.L);
+  lstm.backward(gy.data(), ghn.data(), gsn.data(), x.data(), w, g, dx.data(), dh0.data(),
+                ds0.data());
+  Result r;
+  r.y.assign(y.begin(), y.end()), r.h_n.assign(h_n.begin(), h_n.end());
+  r.s_n.assign(s_n.begin(), s_n.end()), r.grad.assign(grad.begin(), grad.end());
+  r.dx.assign(dx.begin(), dx.end()), r.dh0.assign(dh0.begin(), dh0.end());
+  r.ds0.assign(ds0.begin(), ds0.end());
+  r.loss = dot(r.y, p.gy) + dot(r.h_n, p.ghn) + dot(r.s_n, p.gsn);
+  return r;
+}
+
+// The stack on the tape, written from the equations alone (no engine code).
+Result run_tape(const Problem& p) {
+  const Shape n = p.n;
+  const int64_t B = n.B, H = n.H;
+  ad::Tape tape;
+  std::vector<ad::Var> leaves;  // the parameters in layout order
+  const auto layout = lstm_parameter_layout(n.X, n.H, n.L);
+  for (const ParamInfo& i : layout) {
+    const int64_t rows = i.shape[0], cols = i.shape.size() > 1 ? i.shape[1] : 1;
+    leaves.push_back(tape.leaf(
+        ad::Tensor(rows, cols,
+                   std::vector<double>(p.params.begin() + static_cast<long>(i.offset),
+                                       p.params.begin() + static_cast<long>(i.offset + i.size)))));
+  }
+  const ad::Var x = tape.leaf(ad::Tensor(n.T * B, n.X, p.x));
+  std::vector<ad::Var> h0, s0;
+  for (int64_t k = 0; k < n.L; ++k) {
+    auto part = [&](const std::vector<double>& v) {
+      return std::vector<double>(v.begin() + k * B * H, v.begin() + (k + 1) * B * H);
+    };
+    h0.push_back(tape.leaf(ad::Tensor(B, H, part(p.h0))));
+    s0.push_back(tape.leaf(ad::Tensor(B, H, part(p.s0))));
+  }
+  ad::Var loss = tape.constant(ad::Tensor::scalar(0));
+  auto add_dot = [&](ad::Var v, const std::vector<double>& g, int64_t at) {
+    const ad::Tensor& t = tape.value(v);
+    std::vector<double> part(g.begin() + at, g.begin() + at + static_cast<long>(t.size()));
+    loss = tape.add(loss, tape.sum(tape.mul(v, tape.constant(ad::Tensor(t.rows, t.cols, part)))));
+  };
+  ad::Var input = x;
+  std::vector<ad::Var> h_last, s_last;
+  for (int64_t k = 0; k < n.L; ++k) {
+    const ad::Var W_ih = leaves[4 * k], W_hh = leaves[4 * k + 1], b_ih = leaves[4 * k + 2],
+                  b_hh = leaves[4 * k + 3];
+    ad::Var Vt[4], Ut[4], b[4];  // gate blocks i, f, a, o: V^T [in,H], U^T [H,H], b [1,H]
+    for (int q = 0; q < 4; ++q) {
+      Vt[q] = tape.transpose(tape.rows(W_ih, q * H, H));
+      Ut[q] = tape.transpose(tape.rows(W_hh, q * H, H));
+      b[q] = tape.transpose(tape.add(tape.rows(b_ih, q * H, H), tape.rows(b_hh, q * H, H)));
+    }
+    ad::Var h = h0[k], s = s0[k];
+    std::vector<ad::Var> hs;
+    for (int64_t t = 0; t < n.T; ++t) {
+      const ad::Var xt = tape.rows(input, t * B, B);
+      ad::Var z[4];
+      for (int q = 0; q < 4; ++q)
+        z[q] = tape.add(tape.add(tape.matmul(xt, Vt[q]), tape.matmul(h, Ut[q])), b[q]);
+      const ad::Var i = tape.sigmoid(z[0]), f = tape.sigmoid(z[1]), a = tape.tanh(z[2]),
+                    o = tape.sigmoid(z[3]);
+      s = tape.add(tape.mul(i, a), tape.mul(f, s));  // s = i * a + f * s_prev
+      h = tape.mul(o, tape.tanh(s));                 // h = o * tanh(s)
+      hs.push_back(h);
+    }
+    input = tape.concat_rows(hs);  // [T*B,H]
+    h_last.push_back(h), s_last.push_back(s);
+  }
+  add_dot(input, p.gy, 0);
+  for (int64_t k = 0; k < n.L; ++k) {
+    add_dot(h_last[k], p.ghn, k * B * H);
+    add_dot(s_last[k], p.gsn, k * B * H);
+  }
+  tape.backward(loss);
+  Result r;
+  r.loss = tape.value(loss).v[0];
+  r.y = tape.value(input).v;
+  for (int64_t k = 0; k < n.L; ++k) {
+    const auto &hv = tape.value(h_last[k]).v, &sv = tape.value(s_last[k]).v;
+    r.h_n.insert(r.h_n.end(), hv.begin(), hv.end());
+    r.s_n.insert(r.s_n.end(), sv.begin(), sv.end());
+    const auto &dh = tape.grad(h0[k]).v, &ds = tape.grad(s0[k]).v;
+    r.dh0.insert(r.dh0.end(), dh.begin(), dh.end());
+    r.ds0.insert(r.ds0.end(), ds.begin(), ds.end());
+  }
+  for (const ad::Var l : leaves) {
+    const auto& g = tape.grad(l).v;
+    r.grad.insert(r.grad.end(), g.begin(), g.end());
+  }
+  r.dx = tape.grad(x).v;
+  return r;
+}
+
+void expect_same(const Result& got, const Result& want, double tol) {
+  EXPECT_TRUE(close("y", got.y, want.y, tol));
+  EXPECT_TRUE(close("h_n", got.h_n, want.h_n, tol));
+  EXPECT_TRUE(close("s_n", got.s_n, want.s_n, tol));
+  EXPECT_TRUE(close("dL/dweights", got.grad, want.grad, tol));
+  EXPECT_TRUE(close("dL/dx", got.dx, want.dx, tol));
+  EXPECT_TRUE(close("dL/dh0", got.dh0, want.dh0, tol));
+  EXPECT_TRUE(close("dL/ds0", got.ds0, want.ds0, tol));
+}
+
+const Shape kShapes[] = {{3, 2, 3, 2, 2}, {1, 1, 1, 1, 1}, {6, 3, 4, 5, 3}, {5, 4, 2, 3, 1}};
+
+TEST(stack, backward_matches_tape_float64) {
+  for (const Shape& n : kShapes) {
+    SCOPED_TRACE("T B X H L = " + std::to_string(n.T) + " " + std::to_string(n.B) + " " +
+                 std::to_string(n.X) + " " + std::to_string(n.H) + " " + std::to_string(n.L));
+    const Problem p = make_problem(n, 15 + static_cast<uint64_t>(n.T));
+    expect_same(run_engine<double>(p, true), run_tape(p), 1e-12);
+  }
+}
+
+TEST(stack, backward_matches_finite_differences) {
+  const Problem p = make_problem({3, 2, 3, 2, 2}, 7);
+  const Result r = run_engine<double>(p, true);
+  // L as a function of one input vector, the others fixed.
+  auto loss_of = [&](std::vector<double> Problem::*field) {
+    return [&p, field](std::span<const double> v) {
+      Problem q = p;
+      q.*field = std::vector<double>(v.begin(), v.end());
+      return run_engine<double>(q, true).loss;
+    };
+  };
+  // Central differences at e = 1e-6: about 1e-10 relative for O(1) values (finite_diff.hpp).
+  EXPECT_TRUE(
+      close("weights", r.grad, central_difference(loss_of(&Problem::params), p.params), 1e-7));
+  EXPECT_TRUE(close("x", r.dx, central_difference(loss_of(&Problem::x), p.x), 1e-7));
+  EXPECT_TRUE(close("h0", r.dh0, central_difference(loss_of(&Problem::h0), p.h0), 1e-7));
+  EXPECT_TRUE(close("s0", r.ds0, central_difference(loss_of(&Problem::s0), p.s0), 1e-7));
+}
+
+TEST(stack, float32_matches_float64) {
+  // float32 runs the fast kernels (polynomial sigmoid and tanh, packed panels on AVX-512).
+  const Problem p = make_problem({7, 5, 6, 20, 2}, 3);
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE(std::to_string(threads) + " threads");
+    expect_same(run_engine<float>(p, true, threads), run_engine<double>(p, true), 1e-4);
+  }
+}
+
+TEST(stack, float64_same_bits_for_any_thread_count) {
+  const Problem p = make_problem({6, 4, 5, 9, 2}, 5);
+  const Result one = run_engine<double>(p, true, 1), three = run_engine<double>(p, true, 3);
+  expect_same(three, one, 0.0);
+}
+
+TEST(stack, no_initial_state_is_zeros) {
+  Problem p = make_problem({4, 2, 3, 3, 2}, 9);
+  const Result none = run_engine<double>(p, false);
+  std::fill(p.h0.begin(), p.h0.end(), 0.0), std::fill(p.s0.begin(), p.s0.end(), 0.0);
+  expect_same(none, run_engine<double>(p, true), 0.0);
+}
+
+TEST(stack, null_bias_is_zero_bias_and_its_gradient_untouched) {
+  const Shape n{4, 2, 3, 3, 2};
+  Problem p = make_problem(n, 11);
+  for (const ParamInfo& i : lstm_parameter_layout(n.X, n.H, n.L))
+    if (i.name.find("bias") != std::string::npos)
+      std::fill_n(p.params.begin() + static_cast<long>(i.offset), i.size, 0.0);
+  const Result with_zeros = run_engine<double>(p, true);
+  Lstm<double> lstm(n.X, n.H, n.L);
+  auto w = lstm_layer_weights<double>(p.params, n.X, n.H, n.L);
+  std::vector<double> grad(p.params.size(), 0.0), y(p.gy.size());
+  auto g = lstm_layer_grads<double>(grad, n.X, n.H, n.L);
+  for (auto& l : w) l.bias_ih = l.bias_hh = nullptr;
+  for (auto& l : g) l.bias_ih = l.bias_hh = nullptr;
+  lstm.forward(p.x.data(), w, p.h0.data(), p.s0.data(), n.T, n.B, y.data(), nullptr, nullptr);
+  lstm.backward(p.gy.data(), p.ghn.data(), p.gsn.data(), p.x.data(), w, g, nullptr, nullptr,
+                nullptr);
+  EXPECT_TRUE(close("y", y, with_zeros.y, 0.0));
+  for (const ParamInfo& i : lstm_parameter_layout(n.X, n.H, n.L)) {
+    const bool bias = i.name.find("bias") != std::string::npos;
+    for (size_t k = i.offset; k < i.offset + i.size; ++k)
+      ASSERT_EQ(grad[k], bias ? 0.0 : with_zeros.grad[k]) << i.name << " at " << k - i.offset;
+  }
+}
+
+TEST(stack, backward_twice_accumulates_the_same_gradient) {
+  const Shape n{3, 2, 2, 4, 2};
+  const Problem p = make_problem(n, 13);
+  Lstm<float> lstm(n.X, n.H, n.L);
+  const auto params = cast<float>(p.params), x = cast<float>(p.x), gy = cast<float>(p.gy);
+  const auto w = lstm_layer_weights<float>(params, n.X, n.H, n.L);
+  lstm.forward(x.data(), w, nullptr, nullptr, n.T, n.B, nullptr, nullptr, nullptr);
+  std::vector<float> once(params.size(), 0.f), twice(params.size(), 0.f);
+  lstm.backward(gy.data(), nullptr, nullptr, x.data(), w,
+                lstm_layer_grads<float>(once, n.X, n.H, n.L), nullptr, nullptr, nullptr);
+  for (int k = 0; k < 2; ++k)
+    lstm.backward(gy.data(), nullptr, nullptr, x.data(), w,
+                  lstm_layer_grads<float>(twice, n.X, n.H, n.L), nullptr, nullptr, nullptr);
+  for (size_t k = 0; k < once.size(); ++k) ASSERT_EQ(twice[k], 2 * once[k]) << "at " << k;
+}
+
+TEST(stack, layout_is_nn_lstm_order) {
+  const auto l = lstm_parameter_layout(3, 2, 2);
+  const std::vector<std::string> names{"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+                                       "weight_ih_l1", "weight_hh_l1", "bias_ih_l1", "bias_hh_l1"};
+  ASSERT_EQ(l.size(), names.size());
+  for (size_t k = 0; k < l.size(); ++k) EXPECT_EQ(l[k].name, names[k]);
+  EXPECT_EQ(l[0].shape, (std::vector<int64_t>{8, 3}));
+  EXPECT_EQ(l[4].shape, (std::vector<int64_t>{8, 2}));
+  EXPECT_EQ(l[4].offset, 24u + 16u + 8u + 8u);
+  const auto nb = lstm_parameter_layout(3, 2, 2, false);
+  ASSERT_EQ(nb.size(), 4u);
+  EXPECT_EQ(nb[2].name, "weight_ih_l1");
+  EXPECT_EQ(nb[2].offset, 24u + 16u);
+}
+
+TEST(stack, rejects_bad_arguments) {
+  EXPECT_THROW(Lstm<double>(0, 2, 1), InputError);
+  EXPECT_THROW(Lstm<double>(2, 2, 0), InputError);
+  Lstm<double> lstm(2, 2, 2);
+  std::vector<double> params(parameter_count({InputKind::dense, Readout::identity, 2, 2, 2, 2}));
+  std::vector<double> x(2 * 2 * 2), grad(params.size());
+  auto w = lstm_layer_weights<double>(params, 2, 2, 2);
+  auto g = lstm_layer_grads<double>(grad, 2, 2, 2);
+  EXPECT_THROW(lstm.backward(nullptr, nullptr, nullptr, x.data(), w, g, nullptr, nullptr, nullptr),
+               std::logic_error);  // no forward yet
+  const std::span<const LstmLayerWeights<double>> one_layer(w.data(), 1);
+  EXPECT_THROW(lstm.forward(x.data(), one_layer, nullptr, nullptr, 2, 2, nullptr, nullptr, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(lstm.forward(x.data(), w, nullptr, nullptr, 0, 2, nullptr, nullptr, nullptr),
+               std::invalid_argument);
+  w[1].weight_hh = nullptr;
+  EXPECT_THROW(lstm.forward(x.data(), w, nullptr, nullptr, 2, 2, nullptr, nullptr, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(lstm_layer_weights<double>(std::span<const double>(params).first(3), 2, 2, 2),
+               std::invalid_argument);
+}
+
+// PyTorch's nn.LSTM (float64) on the same problems: tests/data/golden_stack/<case>.safetensors,
+// written by tools/make_stack_golden.py with everything the check needs, inputs and results.
+void check_golden(const std::string& name, bool with_state) {
+  SCOPED_TRACE(name);
+  const std::string file =
+      std::string(LSTMGRAD_TEST_DATA) + "/golden_stack/" + name + ".safetensors";
+  const io::TensorFile f = io::read_safetensors(file);
+  auto get = [&](const std::string& key) {
+    return io::to_floats<double>(f.require(key, file), file);
+  };
+  auto size = [&](const char* key) { return std::stoll(f.metadata.at(key)); };
+  Problem p{{size("T"), size("B"), size("X"), size("H"), size("L")}, {}, {}, {}, {}, {}, {}, {}};
+  for (const ParamInfo& i : lstm_parameter_layout(p.n.X, p.n.H, p.n.L)) {
+    const auto v = get("param." + i.name);
+    p.params.insert(p.params.end(), v.begin(), v.end());
+  }
+  p.x = get("input"), p.gy = get("grad_output"), p.ghn = get("grad_h_n"), p.gsn = get("grad_c_n");
+  if (with_state)
+    p.h0 = get("h0"), p.s0 = get("c0");
+  else
+    p.h0.assign(p.ghn.size(), 0.0), p.s0.assign(p.ghn.size(), 0.0);
+  Result want;
+  want.y = get("output"), want.h_n = get("h_n"), want.s_n = get("c_n");
+  for (const ParamInfo& i : lstm_parameter_layout(p.n.X, p.n.H, p.n.L)) {
+    const auto v = get("grad." + i.name);
+    want.grad.insert(want.grad.end(), v.begin(), v.end());
+  }
+  want.dx = get("grad.input"), want.dh0 = get("grad.h0"), want.ds0 = get("grad.c0");
+  // float64 against float64: both sum in different orders, so agreement to ~1e-12 relative.
+  expect_same(run_engine<double>(p, with_state), want, 1e-11);
+  expect_same(run_engine<float>(p, with_state), want, 1e-4);
+}
+
+TEST(stack, matches_pytorch_golden) {
+  check_golden("one_layer_state", true);
+  check_golden("two_layers", false);
+  check_golden("three_layers_long", true);
+}
+
+}  // namespace
+}  // namespace lstmgrad::test
