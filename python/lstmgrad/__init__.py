@@ -1,0 +1,86 @@
+"""lstmgrad: an LSTM stack with a hand-derived backward pass, from numpy (docs/python.md).
+
+    import numpy as np, lstmgrad
+    lstm = lstmgrad.Lstm(input_size=3, hidden_size=4, num_layers=2, dtype=np.float64)
+    params = lstm.init_params(seed=0)                      # nn.LSTM's names and shapes
+    y, h_n, s_n = lstm.forward(x, params)                  # x [T,B,X] -> y [T,B,H], [L,B,H] x2
+    dx, dh0, ds0, grads = lstm.backward(dy, dh_n, ds_n)    # grads: name -> array
+
+s is the cell state (PyTorch's c). Arrays are time-major and of the engine's dtype (float32 or
+float64); C-contiguous arrays are read in place. Bad input raises ValueError naming the argument.
+`lstmgrad.torch.LSTM` is the drop-in for torch.nn.LSTM (import it explicitly; it needs torch).
+"""
+
+import numpy as np
+
+from . import _core
+from ._core import parameter_layout
+
+__all__ = ["Lstm", "parameter_layout"]
+
+_ENGINES = {np.dtype(np.float32): _core.LstmFloat32, np.dtype(np.float64): _core.LstmFloat64}
+
+
+class Lstm:
+    """The L-layer LSTM stack: forward over x [T,B,X] with optional h0, s0 [L,B,H]; backward
+    from dL/dy [T,B,H] and optional dL/dh_n, dL/ds_n. Parameters are a dict with nn.LSTM's names
+    (weight_ih_l{k} [4H,in], weight_hh_l{k} [4H,H], bias_ih_l{k}, bias_hh_l{k} [4H]; a layer
+    without both biases has none). threads: the engine's threads (0: its own choice)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, dtype=np.float64, threads=0):
+        dtype = np.dtype(dtype)
+        if dtype not in _ENGINES:
+            raise ValueError(f"dtype: {dtype}, expected float32 or float64")
+        self.dtype = dtype
+        self._engine = _ENGINES[dtype](int(input_size), int(hidden_size), int(num_layers))
+        self._engine.set_threads(int(threads))
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self._bias = None  # per layer: whether the last forward's params had biases
+
+    def set_threads(self, n):
+        """The engine's threads for the calls that follow (0: chosen by the engine)."""
+        self._engine.set_threads(int(n))
+
+    def parameter_layout(self, bias=True):
+        """[(name, shape)] in nn.LSTM's order."""
+        return parameter_layout(self.input_size, self.hidden_size, self.num_layers, bias)
+
+    def init_params(self, seed=0, bias=True):
+        """nn.LSTM's initialisation, uniform in [-1/sqrt(H), 1/sqrt(H)], from numpy's generator."""
+        rng = np.random.default_rng(seed)
+        k = 1.0 / np.sqrt(self.hidden_size)
+        return {
+            name: rng.uniform(-k, k, size=shape).astype(self.dtype)
+            for name, shape in self.parameter_layout(bias)
+        }
+
+    def _layers(self, params):
+        missing = [n for n, _ in self.parameter_layout(False) if n not in params]
+        if missing:
+            raise ValueError(f"params: missing {', '.join(missing)}")
+        known = {n for n, _ in self.parameter_layout(True)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"params: unknown names {', '.join(unknown)}")
+        return [
+            tuple(params.get(f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(self.num_layers)
+        ]
+
+    def forward(self, input, params, h0=None, s0=None):
+        """Returns (y [T,B,H], h_n [L,B,H], s_n [L,B,H]) and keeps what backward needs: input
+        and params must stay unchanged until then."""
+        layers = self._layers(params)
+        self._bias = [layer[2] is not None for layer in layers]
+        return self._engine.forward(input, layers, h0, s0)
+
+    def backward(self, grad_output=None, grad_h_n=None, grad_s_n=None):
+        """Backward of the last forward; None stands for zeros. Returns (dL/dx [T,B,X],
+        dL/dh0, dL/ds0 [L,B,H], {name: dL/dparam})."""
+        dx, dh0, ds0, layers = self._engine.backward(grad_output, grad_h_n, grad_s_n)
+        grads = {}
+        for k, g in enumerate(layers):
+            for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), g):
+                if a is not None:
+                    grads[f"{name}_l{k}"] = a
+        return dx, dh0, ds0, grads

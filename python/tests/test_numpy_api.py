@@ -1,0 +1,167 @@
+"""lstmgrad.Lstm, the numpy API: forward against a plain numpy LSTM written here from the
+equations (docs/derivation.md, "Forward"), backward against central finite differences of that
+forward, float32 against float64, and the errors for bad input. Needs numpy only."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import lstmgrad
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def reference(x, params, h0, s0, L):
+    """The stack in float64 numpy loops: gate blocks i, f, a (PyTorch's g), o."""
+    T, B, _ = x.shape
+    H = h0.shape[2]
+    inp, hn, sn = x, [], []
+    for k in range(L):
+        W, U = params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"]
+        b = params.get(f"bias_ih_l{k}", 0) + params.get(f"bias_hh_l{k}", 0)
+        h, s, out = h0[k], s0[k], []
+        for t in range(T):
+            z = inp[t] @ W.T + h @ U.T + b
+            i, f, a, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), np.tanh(z[:, 2 * H : 3 * H]), sigmoid(z[:, 3 * H :])
+            s = i * a + f * s
+            h = o * np.tanh(s)
+            out.append(h)
+        inp = np.stack(out)
+        hn.append(h)
+        sn.append(s)
+    return inp, np.stack(hn), np.stack(sn)
+
+
+def problem(T, B, X, H, L, seed, dtype=np.float64, bias=True):
+    lstm = lstmgrad.Lstm(X, H, L, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    params = {n: rng.uniform(-0.8, 0.8, s).astype(dtype) for n, s in lstm.parameter_layout(bias)}
+    x = rng.uniform(-1, 1, (T, B, X)).astype(dtype)
+    h0 = rng.uniform(-0.5, 0.5, (L, B, H)).astype(dtype)
+    s0 = rng.uniform(-0.5, 0.5, (L, B, H)).astype(dtype)
+    gy = rng.uniform(-1, 1, (T, B, H)).astype(dtype)
+    ghn = rng.uniform(-1, 1, (L, B, H)).astype(dtype)
+    gsn = rng.uniform(-1, 1, (L, B, H)).astype(dtype)
+    return lstm, params, x, h0, s0, gy, ghn, gsn
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_matches_numpy_reference(bias):
+    lstm, params, x, h0, s0, *_ = problem(5, 3, 4, 6, 2, 1, bias=bias)
+    y, hn, sn = lstm.forward(x, params, h0, s0)
+    ry, rhn, rsn = reference(x, params, h0, s0, 2)
+    for got, want in ((y, ry), (hn, rhn), (sn, rsn)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+
+
+def test_backward_matches_finite_differences():
+    L = 2
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(4, 2, 3, 3, L, 2)
+
+    def loss(x, params, h0, s0):
+        y, hn, sn = reference(x, params, h0, s0, L)
+        return (y * gy).sum() + (hn * ghn).sum() + (sn * gsn).sum()
+
+    lstm.forward(x, params, h0, s0)
+    dx, dh0, ds0, grads = lstm.backward(gy, ghn, gsn)
+
+    def fd(arr, *args):  # central differences, e = 1e-6: ~1e-10 relative for O(1) values
+        g = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + 1e-6
+            up = loss(*args)
+            arr[i] = old - 1e-6
+            down = loss(*args)
+            arr[i] = old
+            g[i] = (up - down) / 2e-6
+        return g
+
+    args = (x, params, h0, s0)
+    np.testing.assert_allclose(dx, fd(x, *args), atol=1e-8)
+    np.testing.assert_allclose(dh0, fd(h0, *args), atol=1e-8)
+    np.testing.assert_allclose(ds0, fd(s0, *args), atol=1e-8)
+    for name, p in params.items():
+        np.testing.assert_allclose(grads[name], fd(p, *args), atol=1e-8, err_msg=name)
+
+
+def test_float32_matches_float64():
+    lstm64, params, x, h0, s0, gy, ghn, gsn = problem(6, 4, 5, 20, 2, 3)
+    lstm32 = lstmgrad.Lstm(5, 20, 2, dtype=np.float32)
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    out64 = lstm64.forward(x, params, h0, s0)
+    out32 = lstm32.forward(f32(x), {n: f32(p) for n, p in params.items()}, f32(h0), f32(s0))
+    for a, b in zip(out32, out64):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    g64 = lstm64.backward(gy, ghn, gsn)
+    g32 = lstm32.backward(f32(gy), f32(ghn), f32(gsn))
+    for a, b in zip(g32[:3], g64[:3]):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    for n in params:
+        np.testing.assert_allclose(g32[3][n], g64[3][n], atol=1e-4, err_msg=n)
+
+
+def test_non_contiguous_input_is_copied_not_misread():
+    lstm, params, x, h0, s0, gy, *_ = problem(4, 3, 2, 3, 1, 4)
+    y = lstm.forward(x, params)[0]
+    xf = np.asfortranarray(x)
+    assert not xf.flags.c_contiguous
+    np.testing.assert_array_equal(lstm.forward(xf, params)[0], y)
+
+
+def test_none_gradients_are_zeros():
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(3, 2, 2, 3, 2, 5)
+    lstm.forward(x, params, h0, s0)
+    a = lstm.backward(gy, None, None)
+    b = lstm.backward(gy, np.zeros_like(ghn), np.zeros_like(gsn))
+    for u, v in zip(a[:3], b[:3]):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_threads_in_parallel_release_the_gil():
+    # Two engines in two Python threads at once give what each gives alone.
+    problems = [problem(20, 8, 16, 32, 2, s) for s in (6, 7)]
+    alone = [p[0].forward(p[2], p[1], p[3], p[4])[0].copy() for p in problems]
+    out = [None, None]
+
+    def run(k):
+        p = problems[k]
+        for _ in range(5):
+            out[k] = p[0].forward(p[2], p[1], p[3], p[4])[0]
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for k in (0, 1):
+        np.testing.assert_array_equal(out[k], alone[k])
+
+
+def test_bad_input_raises_value_error_naming_it():
+    lstm, params, x, h0, s0, gy, *_ = problem(3, 2, 4, 5, 2, 8)
+    with pytest.raises(ValueError, match=r"input: shape \(3, 2, 3\), expected \(-1, -1, 4\)"):
+        lstm.forward(x[:, :, :3], params)
+    with pytest.raises(ValueError, match=r"h0: shape \(2, 3, 5\), expected \(2, 2, 5\)"):
+        lstm.forward(x, params, np.zeros((2, 3, 5)))
+    with pytest.raises(ValueError, match=r"input: dtype float32, expected float64"):
+        lstm.forward(x.astype(np.float32), params)
+    with pytest.raises(ValueError, match=r"weight_hh_l1: shape \(20, 4\), expected \(20, 5\)"):
+        lstm.forward(x, {**params, "weight_hh_l1": np.zeros((20, 4))})
+    with pytest.raises(ValueError, match=r"missing weight_ih_l0"):
+        lstm.forward(x, {n: p for n, p in params.items() if n != "weight_ih_l0"})
+    with pytest.raises(ValueError, match=r"input: expected a numpy array, got list"):
+        lstm.forward([[1.0]], params)
+    lstm.forward(x, params)
+    with pytest.raises(ValueError, match=r"grad_output: shape \(3, 2, 4\), expected \(3, 2, 5\)"):
+        lstm.backward(gy[:, :, :4])
+    fresh = lstmgrad.Lstm(4, 5, 2)
+    with pytest.raises(ValueError, match=r"no forward"):
+        fresh.backward(gy)
+    with pytest.raises(ValueError):
+        lstmgrad.Lstm(0, 5, 1)
+    with pytest.raises(ValueError, match=r"dtype: float16"):
+        lstmgrad.Lstm(4, 5, 1, dtype=np.float16)
