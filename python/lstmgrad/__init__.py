@@ -6,17 +6,24 @@
     y, h_n, s_n = lstm.forward(x, params)                  # x [T,B,X] -> y [T,B,H], [L,B,H] x2
     dx, dh0, ds0, grads = lstm.backward(dy, dh_n, ds_n)    # grads: name -> array
 
+The language model (float64, the command line's reference path): load_model / save_model
+(model files, docs/cli.md), load_batch, grad(config, params, batch) (what `lstmgrad grad`
+computes), exercise2() (the handout's Exercise 2, what `lstmgrad exercise` prints).
+
 s is the cell state (PyTorch's c). Arrays are time-major and of the engine's dtype (float32 or
 float64); C-contiguous arrays are read in place. Bad input raises ValueError naming the argument.
 `lstmgrad.torch.LSTM` is the drop-in for torch.nn.LSTM (import it explicitly; it needs torch).
 """
 
+import json
+
 import numpy as np
 
 from . import _core
-from ._core import parameter_layout
+from ._core import InputError, parameter_layout
 
-__all__ = ["Lstm", "parameter_layout"]
+__all__ = ["Lstm", "InputError", "parameter_layout", "load_model", "save_model", "load_batch", "grad",
+           "exercise2"]
 
 _ENGINES = {np.dtype(np.float32): _core.LstmFloat32, np.dtype(np.float64): _core.LstmFloat64}
 
@@ -84,3 +91,35 @@ class Lstm:
                 if a is not None:
                     grads[f"{name}_l{k}"] = a
         return dx, dh0, ds0, grads
+
+
+def load_model(path):
+    """A model file (docs/cli.md): {"config": dict (input, readout, V, X, H, L), "params":
+    {name: float64 array}, "metadata": dict, "vocab": list}. InputError (a ValueError) names
+    the file and the tensor for a bad file."""
+    config, params, metadata, vocab = _core.load_model(str(path))
+    return {"config": json.loads(config), "params": params, "metadata": metadata, "vocab": vocab}
+
+
+def save_model(path, config, params, vocab=None, metadata=None):
+    """Writes a model file atomically; config as load_model gives it, params {name: array}."""
+    _core.save_model(str(path), json.dumps(config), params, list(vocab or []), dict(metadata or {}))
+
+
+def load_batch(path, config):
+    """A batch file for `config`: {"tokens" [T,B] int64 or "input" [T,B,X], "target" [T,B] int64
+    or "target_probs" [T,B,V], optionally "h0", "s0" [L,B,H]}."""
+    return _core.load_batch(str(path), json.dumps(config))
+
+
+def grad(config, params, batch, reduction="mean", threads=0):
+    """The loss of the language model `config` with `params` on `batch` (a dict as load_batch
+    gives) and its gradients, in float64: {"loss", "grads": {name: array}, "h_n", "s_n",
+    "grad_input" (dense input), "grad_h0", "grad_s0"}. reduction: mean, sum or batch_mean."""
+    return _core.gradient(json.dumps(config), params, batch, reduction, int(threads))
+
+
+def exercise2(values=None, lr=0.1):
+    """The handout's Exercise 2 (docs/derivation.md): the handout's numbers, or those of a
+    --values JSON file; returns every intermediate as a dict."""
+    return _core.exercise2(None if values is None else str(values), float(lr))

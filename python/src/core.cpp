@@ -16,6 +16,7 @@
 
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/stack.hpp"
+#include "models.hpp"
 
 namespace py = pybind11;
 
@@ -255,4 +256,5 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
       py::arg("bias") = true, "nn.LSTM's parameters of a stack in order: a list of (name, shape)");
+  lstmgrad::python::bind_models(m);
 }

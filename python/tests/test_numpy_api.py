@@ -1,7 +1,10 @@
 """lstmgrad.Lstm, the numpy API: forward against a plain numpy LSTM written here from the
 equations (docs/derivation.md, "Forward"), backward against central finite differences of that
-forward, float32 against float64, and the errors for bad input. Needs numpy only."""
+forward, float32 against float64, the errors for bad input; model files, grad and the handout's
+Exercise 2. Needs numpy only."""
 
+import pathlib
+import sys
 import threading
 
 import numpy as np
@@ -165,3 +168,46 @@ def test_bad_input_raises_value_error_naming_it():
         lstmgrad.Lstm(0, 5, 1)
     with pytest.raises(ValueError, match=r"dtype: float16"):
         lstmgrad.Lstm(4, 5, 1, dtype=np.float16)
+
+
+# The language model's side, against the PyTorch golden files of the C++ suite
+# (tests/data/golden, tools/make_golden.py), read with tools/safetensors_np.py.
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data" / "golden"
+sys.path.insert(0, str(GOLDEN.parents[2] / "tools"))
+import safetensors_np  # noqa: E402
+
+
+@pytest.mark.parametrize("case", ["handout", "deep_long", "embed_class_sum"])
+def test_grad_matches_pytorch_golden(case):
+    m = lstmgrad.load_model(GOLDEN / case / "model.safetensors")
+    b = lstmgrad.load_batch(GOLDEN / case / "batch.safetensors", m["config"])
+    want, meta = safetensors_np.load(GOLDEN / case / "expected.safetensors")
+    got = lstmgrad.grad(m["config"], m["params"], b, reduction=meta["reduction"])
+    assert abs(got["loss"] - float(want["loss"])) <= 1e-12 * max(1.0, abs(float(want["loss"])))
+    for name, g in got["grads"].items():
+        np.testing.assert_allclose(g, want[name], rtol=0, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(got["h_n"], want["h_n"], rtol=0, atol=1e-12)
+    if "grad.h0" in want:
+        np.testing.assert_allclose(got["grad_h0"], want["grad.h0"], rtol=0, atol=1e-12)
+
+
+def test_model_file_round_trip(tmp_path):
+    m = lstmgrad.load_model(GOLDEN / "deep_long" / "model.safetensors")
+    lstmgrad.save_model(tmp_path / "m.safetensors", m["config"], m["params"], metadata={"note": "x"})
+    back = lstmgrad.load_model(tmp_path / "m.safetensors")
+    assert back["config"] == m["config"] and back["metadata"]["note"] == "x"
+    for name, p in m["params"].items():
+        np.testing.assert_array_equal(back["params"][name], p)
+    with pytest.raises(ValueError, match=r"params: missing rnn.weight_hh_l0"):
+        lstmgrad.save_model(tmp_path / "bad.safetensors", m["config"],
+                            {k: v for k, v in m["params"].items() if k != "rnn.weight_hh_l0"})
+    with pytest.raises(lstmgrad.InputError, match=r"nope.safetensors"):
+        lstmgrad.load_model(tmp_path / "nope.safetensors")
+
+
+def test_exercise2_handout_values():
+    e = lstmgrad.exercise2()
+    # The handout's numbers: q = 5 (V_a1 x + U_a1 h0 + b_1 with every value 1), a = tanh(5).
+    assert e["q"] == 5.0 and abs(e["a"] - np.tanh(5.0)) < 1e-15
+    assert e["autodiff_rel_err"] < 1e-12 and e["fd_rel_err"] < 1e-6
+    np.testing.assert_allclose(e["Va1_after"], np.array(e["Va1_before"]) - 0.1 * np.array(e["dL_dVa1"]))
