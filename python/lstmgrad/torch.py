@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _core
@@ -109,6 +110,7 @@ class _StackFunction(torch.autograd.Function):
         return torch.from_numpy(y), torch.from_numpy(hn), torch.from_numpy(cn)
 
     @staticmethod
+    @once_differentiable  # the backward is the engine's: a double backward raises, clearly
     def backward(ctx, gy, ghn, gcn):
         ctx.saved_tensors  # raises if x or a weight was modified in place since forward
         engine = ctx.lease.engine

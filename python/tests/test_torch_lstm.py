@@ -281,3 +281,22 @@ def test_deepcopy_and_no_grad():
     clone = copy.deepcopy(mine)
     with torch.no_grad():
         close(clone(x)[0], ref(x)[0], 1e-5, "deepcopy output under no_grad")
+
+
+def test_docs_example_runs():
+    # docs/python.md's example, as written (the first python block under "## Example").
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "python.md").read_text()
+    section = doc[doc.index("## Example"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "docs/python.md example", "exec"), {})
+
+
+def test_double_backward_raises():
+    m = lt.LSTM(2, 3).double()
+    x = torch.randn(3, 1, 2, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"does not require grad|differentiable"):
+        g.sum().backward()
