@@ -13,6 +13,7 @@ Errors for bad input are ValueError with the tensor's name, its shape and what w
 """
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -45,21 +46,30 @@ class _Engine:
     def __init__(self, dtype, X, H, L):
         self.core = _ENGINES[dtype](X, H, L)
         self.generation = 0
+        self.rows = 0  # the most T*B it has run: its activations' memory grows to fit
 
 
 class _Pool:
     """Free engines by (dtype, X, H, L). A forward that records a graph leases one until the
     graph is freed (_Lease); one that does not gives it back at once. So several calls of one
-    module in one graph each keep their own activations."""
+    module in one graph each keep their own activations. A call takes the free engine that fits
+    its T*B rows most tightly (else the largest, which grows): the segments of a PackedSequence
+    find the engines they had last time, and memory stays near what one graph needs."""
 
     def __init__(self):
         self.free = {}
 
-    def take(self, key):
+    def take(self, key, rows, threads=None):
         free = self.free.get(key)
-        engine = free.pop() if free else _Engine(*key)
-        engine.core.set_threads(_threads)
+        if free:
+            fits = [e for e in free if e.rows >= rows]
+            engine = min(fits, key=lambda e: e.rows) if fits else max(free, key=lambda e: e.rows)
+            free.remove(engine)
+        else:
+            engine = _Engine(*key)
+        engine.core.set_threads(_threads if threads is None else threads)
         engine.generation += 1
+        engine.rows = max(engine.rows, rows)
         return engine
 
     def give(self, key, engine):
@@ -88,8 +98,8 @@ class _Lease:
     """An engine taken from a pool for one forward's graph: back to the pool when the graph is
     freed (its backward may run more than once, with retain_graph, between other forwards)."""
 
-    def __init__(self, pool, key):
-        self.pool, self.key, self.engine = pool, key, pool.take(key)
+    def __init__(self, pool, key, rows):
+        self.pool, self.key, self.engine = pool, key, pool.take(key, rows)
 
     def __del__(self):
         self.pool.give(self.key, self.engine)
@@ -101,7 +111,7 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pool, key, per_layer, x, h0, c0, *weights):
-        lease = _Lease(pool, key)
+        lease = _Lease(pool, key, x.shape[0] * x.shape[1])
         engine = lease.engine
         y, hn, cn = engine.core.forward(_np(x), _layers(weights, per_layer), _np(h0), _np(c0))
         ctx.set_materialize_grads(False)
@@ -135,7 +145,7 @@ def _run_stack(pool, x, h0, c0, weights, per_layer):
     tensors = [x, h0, c0, *weights]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _StackFunction.apply(pool, key, per_layer, x, h0, c0, *weights)
-    engine = pool.take(key)
+    engine = pool.take(key, x.shape[0] * x.shape[1])
     try:
         y, hn, cn = engine.core.forward(_np(x), _layers(weights, per_layer), _np(h0), _np(c0))
     finally:
@@ -239,6 +249,10 @@ class LSTM(torch.nn.Module):
         if int(num_layers) < 1 or int(hidden_size) < 1 or int(input_size) < 1:
             raise ValueError("input_size, hidden_size and num_layers must be >= 1, got "
                              f"{input_size}, {hidden_size}, {num_layers}")
+        if dropout > 0 and int(num_layers) == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
+                          f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                          f"num_layers={num_layers}")  # nn.LSTM's warning
         self.mode = "LSTM"
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.num_layers, self.bias, self.batch_first = int(num_layers), bool(bias), bool(batch_first)
@@ -265,6 +279,9 @@ class LSTM(torch.nn.Module):
         k = 1.0 / math.sqrt(self.hidden_size)
         for w in self.parameters():
             torch.nn.init.uniform_(w, -k, k)
+
+    def flatten_parameters(self):
+        """nn.LSTM's call to pack its weights for cuDNN: nothing to do here."""
 
     @property
     def all_weights(self):
@@ -403,10 +420,8 @@ class _ThreadedPool:
     def __init__(self, pool, threads):
         self.pool, self.threads = pool, threads
 
-    def take(self, key):
-        engine = self.pool.take(key)
-        engine.core.set_threads(self.threads)
-        return engine
+    def take(self, key, rows):
+        return self.pool.take(key, rows, self.threads)
 
     def give(self, key, engine):
         self.pool.give(key, engine)

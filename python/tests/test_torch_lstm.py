@@ -300,3 +300,23 @@ def test_double_backward_raises():
     (g,) = torch.autograd.grad(m(x)[0].sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"does not require grad|differentiable"):
         g.sum().backward()
+
+
+def test_packed_segments_reuse_engines_that_fit():
+    # Each run of equal batch size is one engine call holding its own engine until the graph is
+    # freed; the next batches take back the engines that fit: memory stays one graph's.
+    m = lt.LSTM(3, 4)
+    x = torch.randn(9, 4, 3, requires_grad=True)
+    for _ in range(3):
+        out, (hn, cn) = m(pack_padded_sequence(x, torch.tensor([9, 7, 4, 2])))
+        (out.data.sum() + hn.sum()).backward()
+        del out, hn, cn
+    engines = [e for free in m._pool.free.values() for e in free]
+    # batch sizes 4, 4, 3, 3, 2, 2, 2, 1, 1: segments of 8, 6, 6 and 2 rows
+    assert sorted(e.rows for e in engines) == [2, 6, 6, 8]
+
+
+def test_flatten_parameters_and_single_layer_dropout_warning():
+    with pytest.warns(UserWarning, match="dropout"):
+        m = lt.LSTM(3, 4, dropout=0.5)
+    m.flatten_parameters()  # nn.LSTM's cuDNN call: accepted, nothing to do
