@@ -4,10 +4,11 @@ and optionally a whole word-language-model training step (issue 15, docs/python.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
         [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
-        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--lm-step] [--tiny] [--json]
+        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--lm-step] [--no-input-grad] [--tiny]
+        [--json]
 
-fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has), then
-backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
+fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
+with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
 lm_step (--lm-step, presets that have it): Embedding -> LSTM -> Linear(H, 10000) -> cross-entropy
 -> backward -> SGD step. Each (module, torch threads) pair is timed as the median of --runs after
 --warmup; the modules alternate run by run so that a change in machine load touches both.
@@ -84,6 +85,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--lm-step", action="store_true", help="also time the language-model step")
+    p.add_argument("--no-input-grad", action="store_true",
+                   help="x needs no gradient (as in `lstmgrad bench` fwdbwd: the wrapper's overhead)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: check that the script runs")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     a = p.parse_args()
@@ -95,7 +98,7 @@ def main():
         ref = torch.nn.LSTM(X, H, L).to(dtype)
         mine = lt.LSTM(X, H, L).to(dtype)
         mine.load_state_dict(ref.state_dict())
-        x = torch.randn(T, B, X, dtype=dtype, requires_grad=True)
+        x = torch.randn(T, B, X, dtype=dtype, requires_grad=not a.no_input_grad)
         gy = torch.randn(T, B, H, dtype=dtype)
         for tt in (int(s) for s in a.torch_threads.split(",")):
             torch.set_num_threads(tt)
