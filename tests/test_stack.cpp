@@ -305,6 +305,143 @@ TEST(stack, rejects_bad_arguments) {
                std::invalid_argument);
 }
 
+// A packed batch (forward_packed): sequences of lengths `len` (non-increasing) taken from the
+// padded problem p ([T,B,...] with T = len[0]): each sequence's rows at the steps it is active.
+struct Packed {
+  std::vector<int64_t> batch_sizes;
+  std::vector<double> x, gy;  // [N,X], [N,H]
+};
+
+Packed pack(const Problem& p, const std::vector<int64_t>& len) {
+  const Shape n = p.n;
+  Packed k;
+  for (int64_t t = 0; t < n.T; ++t) {
+    int64_t rows = 0;
+    for (int64_t l : len) rows += l > t ? 1 : 0;
+    k.batch_sizes.push_back(rows);
+    for (int64_t b = 0; b < rows; ++b) {
+      const auto xr = p.x.begin() + (t * n.B + b) * n.X, yr = p.gy.begin() + (t * n.B + b) * n.H;
+      k.x.insert(k.x.end(), xr, xr + n.X);
+      k.gy.insert(k.gy.end(), yr, yr + n.H);
+    }
+  }
+  return k;
+}
+
+Result run_packed(const Problem& p, const Packed& k, int threads = 1) {
+  const Shape n = p.n;
+  Lstm<double> lstm(n.X, n.H, n.L);
+  lstm.set_threads(threads);
+  const auto w = lstm_layer_weights<double>(p.params, n.X, n.H, n.L);
+  Result r;
+  r.y.resize(k.gy.size()), r.h_n.resize(p.h0.size()), r.s_n.resize(p.h0.size());
+  lstm.forward_packed(k.x.data(), w, p.h0.data(), p.s0.data(), k.batch_sizes, r.y.data(),
+                      r.h_n.data(), r.s_n.data());
+  EXPECT_EQ(lstm.rows(), static_cast<int64_t>(k.x.size()) / n.X);
+  r.grad.assign(p.params.size(), 0.0), r.dx.resize(k.x.size());
+  r.dh0.resize(p.h0.size()), r.ds0.resize(p.h0.size());
+  lstm.backward(k.gy.data(), p.ghn.data(), p.gsn.data(), k.x.data(), w,
+                lstm_layer_grads<double>(r.grad, n.X, n.H, n.L), r.dx.data(), r.dh0.data(),
+                r.ds0.data());
+  return r;
+}
+
+TEST(stack, packed_is_each_sequence_alone) {
+  const Shape n{6, 5, 3, 4, 2};
+  const std::vector<int64_t> len{6, 6, 4, 3, 1};
+  const Problem p = make_problem(n, 21);
+  const Packed k = pack(p, len);
+  const Result got = run_packed(p, k, 3);
+  Result want;  // assembled from B runs of one sequence each, in the packed layout
+  want.y.resize(got.y.size()), want.dx.resize(got.dx.size());
+  want.h_n.resize(p.h0.size()), want.s_n.resize(p.h0.size());
+  want.dh0.resize(p.h0.size()), want.ds0.resize(p.h0.size());
+  want.grad.assign(p.params.size(), 0.0);
+  for (int64_t b = 0; b < n.B; ++b) {
+    Problem one = make_problem({len[b], 1, n.X, n.H, n.L}, 1);
+    one.params = p.params;
+    for (int64_t t = 0; t < len[b]; ++t) {
+      std::copy_n(p.x.begin() + (t * n.B + b) * n.X, n.X, one.x.begin() + t * n.X);
+      std::copy_n(p.gy.begin() + (t * n.B + b) * n.H, n.H, one.gy.begin() + t * n.H);
+    }
+    auto rows = [&](const std::vector<double>& from, std::vector<double>& to, bool out) {
+      for (int64_t l = 0; l < n.L; ++l) {
+        auto a = from.begin() + (l * (out ? 1 : n.B) + (out ? 0 : b)) * n.H;
+        auto c = to.begin() + (l * (out ? n.B : 1) + (out ? b : 0)) * n.H;
+        std::copy_n(a, n.H, c);
+      }
+    };
+    rows(p.h0, one.h0, false), rows(p.s0, one.s0, false);
+    rows(p.ghn, one.ghn, false), rows(p.gsn, one.gsn, false);
+    const Result r = run_engine<double>(one, true);
+    rows(r.h_n, want.h_n, true), rows(r.s_n, want.s_n, true);
+    rows(r.dh0, want.dh0, true), rows(r.ds0, want.ds0, true);
+    for (size_t i = 0; i < r.grad.size(); ++i) want.grad[i] += r.grad[i];
+    int64_t off = 0;  // row of sequence b at step t in the packed layout
+    for (int64_t t = 0; t < len[b]; ++t) {
+      std::copy_n(r.y.begin() + t * n.H, n.H, want.y.begin() + (off + b) * n.H);
+      std::copy_n(r.dx.begin() + t * n.X, n.X, want.dx.begin() + (off + b) * n.X);
+      off += k.batch_sizes[t];
+    }
+  }
+  expect_same(got, want, 1e-12);
+}
+
+TEST(stack, packed_of_equal_lengths_is_the_dense_stack) {
+  const Shape n{5, 3, 4, 6, 2};
+  const Problem p = make_problem(n, 23);
+  const Result packed = run_packed(p, pack(p, {5, 5, 5}), 2),
+               dense = run_engine<double>(p, true, 2);
+  expect_same(packed, dense, 0.0);
+}
+
+TEST(stack, packed_backward_matches_finite_differences) {
+  const Shape n{4, 3, 2, 3, 2};
+  const Problem p = make_problem(n, 25);
+  const std::vector<int64_t> len{4, 2, 1};
+  const Packed k = pack(p, len);
+  const Result r = run_packed(p, k);
+  auto loss = [&](const Problem& q, const Packed& kq) {
+    const Result o = run_packed(q, kq);
+    return dot(o.y, kq.gy) + dot(o.h_n, q.ghn) + dot(o.s_n, q.gsn);
+  };
+  auto of_params = [&](std::span<const double> v) {
+    Problem q = p;
+    q.params.assign(v.begin(), v.end());
+    return loss(q, k);
+  };
+  auto of_x = [&](std::span<const double> v) {
+    Packed kq = k;
+    kq.x.assign(v.begin(), v.end());
+    return loss(p, kq);
+  };
+  auto of_h0 = [&](std::span<const double> v) {
+    Problem q = p;
+    q.h0.assign(v.begin(), v.end());
+    return loss(q, k);
+  };
+  auto of_s0 = [&](std::span<const double> v) {
+    Problem q = p;
+    q.s0.assign(v.begin(), v.end());
+    return loss(q, k);
+  };
+  EXPECT_TRUE(close("weights", r.grad, central_difference(of_params, p.params), 1e-7));
+  EXPECT_TRUE(close("x", r.dx, central_difference(of_x, k.x), 1e-7));
+  EXPECT_TRUE(close("h0", r.dh0, central_difference(of_h0, p.h0), 1e-7));
+  EXPECT_TRUE(close("s0", r.ds0, central_difference(of_s0, p.s0), 1e-7));
+}
+
+TEST(stack, packed_rejects_increasing_batch_sizes) {
+  Lstm<double> lstm(2, 2, 1);
+  std::vector<double> params(parameter_count({InputKind::dense, Readout::identity, 2, 2, 2, 1}));
+  std::vector<double> x(6 * 2);
+  const auto w = lstm_layer_weights<double>(params, 2, 2, 1);
+  const std::vector<int64_t> up{2, 3, 1}, zero{2, 0}, none{};
+  for (const auto* bs : {&up, &zero, &none})
+    EXPECT_THROW(lstm.forward_packed(x.data(), w, nullptr, nullptr, *bs, nullptr, nullptr, nullptr),
+                 std::invalid_argument);
+}
+
 // PyTorch's nn.LSTM (float64) on the same problems: tests/data/golden_stack/<case>.safetensors,
 // written by tools/make_stack_golden.py with everything the check needs, inputs and results.
 void check_golden(const std::string& name, bool with_state) {

@@ -77,16 +77,28 @@ class Lstm {
   void forward(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,
                const Real* s0, int64_t T, int64_t B, Real* y, Real* h_n, Real* s_n);
 
+  // A batch of sequences of different lengths in PyTorch's PackedSequence layout: batch_sizes
+  // [T] the rows of each step, non-increasing and >= 1 (sequences sorted longest first); x [N,X]
+  // and y [N,H] hold step 0's rows, then step 1's, ... (N = the sum of batch_sizes; sequence b is
+  // row b of every step it is active in). h0, s0, h_n, s_n [L,B,H] with B = batch_sizes[0];
+  // each sequence's final state is its state at its own last step. Runs as one stack per run of
+  // steps of equal batch size, no padding computed. Throws std::invalid_argument for bad
+  // batch_sizes. Backward (below) then takes dy [N,H] and writes dx [N,X].
+  void forward_packed(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,
+                      const Real* s0, std::span<const int64_t> batch_sizes, Real* y, Real* h_n,
+                      Real* s_n);
+
   // Backward of the last forward (the same x and w). dy [T,B,H] read (null: zeros); dh_n,
   // ds_n [L,B,H] read, or null (zeros). g [L] accumulated (+=). Written (each may be null: not
-  // wanted): dx [T,B,X], dh0, ds0 [L,B,H]. May be called again for the same forward.
-  // Throws std::logic_error before any forward.
+  // wanted): dx [T,B,X], dh0, ds0 [L,B,H]. May be called again for the same forward. After
+  // forward_packed: dy [N,H], dx [N,X]. Throws std::logic_error before any forward.
   void backward(const Real* dy, const Real* dh_n, const Real* ds_n, const Real* x,
                 std::span<const LstmLayerWeights<Real>> w, std::span<const LstmLayerGrads<Real>> g,
                 Real* dx, Real* dh0, Real* ds0);
 
   int64_t steps() const;  // T of the last forward (0 before any)
-  int64_t batch() const;  // B of the last forward
+  int64_t batch() const;  // B of the last forward (forward_packed: batch_sizes[0])
+  int64_t rows() const;   // T*B of the last forward (forward_packed: N)
 
   struct Impl;  // src/cpu/stack.cpp
 

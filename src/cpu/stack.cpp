@@ -72,9 +72,23 @@ struct Lstm<Real>::Impl {
   std::vector<cpu::LayerWeights<Real>> engine_weights(std::span<const LstmLayerWeights<Real>> w,
                                                       const char* where) const;
 
+  void packed_backward(const Real* dy, const Real* dh_n, const Real* ds_n, const Real* x,
+                       const cpu::LayerWeights<Real>* w, const cpu::LayerGrads<Real>* g, Real* dx,
+                       Real* dh0, Real* ds0);
+
   int64_t X_, H_, L_;
-  int64_t T_ = 0, B_ = 0;  // shape of the last forward
+  int64_t T_ = 0, B_ = 0, N_ = 0;  // shape of the last forward (N: rows, T*B when dense)
   cpu::LstmStack<Real> stack_;
+  // forward_packed: one stack per run of steps of equal batch size; the state carried between
+  // them, and in backward the gradients carried back, [L,B,H] each.
+  struct Segment {
+    int64_t off, n, b;  // first row in the packed layout, steps, rows per step
+    std::unique_ptr<cpu::LstmStack<Real>> stack;
+  };
+  std::vector<Segment> segs_;
+  size_t n_segs_ = 0;  // segments of the last forward; 0: it was dense
+  int shares_ = 0, running_ = 0;
+  std::vector<Real> carry_h_, carry_s_, part_a_, part_b_, part_c_, part_d_, zero_dy_;
   std::vector<Real> zeros_;    // [G] the bias of a layer without one
   std::vector<Real> scratch_;  // [2G] where the bias gradients of a layer without them go
 };
@@ -110,10 +124,16 @@ Lstm<Real>& Lstm<Real>::operator=(Lstm&&) noexcept = default;
 template <class Real>
 void Lstm<Real>::set_team(int shares, int running) {
   impl_->stack_.set_team(shares, running);
+  impl_->shares_ = shares, impl_->running_ = running;
+  for (auto& seg : impl_->segs_) seg.stack->set_team(shares, running);
 }
 template <class Real>
 void Lstm<Real>::set_threads(int n) {
-  impl_->stack_.set_threads(n);
+  set_team(n, n);
+}
+template <class Real>
+int64_t Lstm<Real>::rows() const {
+  return impl_->N_;
 }
 template <class Real>
 int64_t Lstm<Real>::input_size() const {
@@ -146,7 +166,7 @@ void Lstm<Real>::forward(const Real* x, std::span<const LstmLayerWeights<Real>> 
   if (!x) throw std::invalid_argument("Lstm::forward: x must be given");
   const auto ew = m.engine_weights(w, "Lstm::forward");
   m.stack_.forward(x, ew.data(), h0, s0, T, B);
-  m.T_ = T, m.B_ = B;
+  m.T_ = T, m.B_ = B, m.N_ = T * B, m.n_segs_ = 0;
   const int64_t H = m.H_;
   if (y) std::copy_n(m.stack_.output(), T * B * H, y);
   for (int64_t k = 0; k < m.L_; ++k) {
@@ -176,9 +196,107 @@ void Lstm<Real>::backward(const Real* dy, const Real* dh_n, const Real* ds_n, co
   }
   // The stack reads dL/dy [T,B,H] for every step; null is zeros (only the final state's
   // gradients flow back).
+  if (m.n_segs_ > 0)
+    return m.packed_backward(dy, dh_n, ds_n, x, ew.data(), eg.data(), dx, dh0, ds0);
   std::vector<Real> zero_dy;
   if (!dy) zero_dy.assign(static_cast<size_t>(m.T_ * m.B_ * m.H_), Real(0)), dy = zero_dy.data();
   m.stack_.backward(dx, eg.data(), dy, x, ew.data(), dh0, ds0, dh_n, ds_n);
+}
+
+namespace {
+
+// Rows [0, b) of every layer of a state [L,B,H] into a [L,b,H] buffer, and back.
+template <class Real>
+void take_rows(Real* out, const Real* state, int64_t L, int64_t B, int64_t b, int64_t H) {
+  for (int64_t k = 0; k < L; ++k) std::copy_n(state + k * B * H, b * H, out + k * b * H);
+}
+template <class Real>
+void put_rows(Real* state, const Real* in, int64_t L, int64_t B, int64_t b, int64_t H) {
+  for (int64_t k = 0; k < L; ++k) std::copy_n(in + k * b * H, b * H, state + k * B * H);
+}
+
+}  // namespace
+
+template <class Real>
+void Lstm<Real>::forward_packed(const Real* x, std::span<const LstmLayerWeights<Real>> w,
+                                const Real* h0, const Real* s0,
+                                std::span<const int64_t> batch_sizes, Real* y, Real* h_n,
+                                Real* s_n) {
+  Impl& m = *impl_;
+  if (batch_sizes.empty() || batch_sizes.back() < 1)
+    throw std::invalid_argument("Lstm::forward_packed: batch_sizes must be non-empty and >= 1");
+  for (size_t t = 1; t < batch_sizes.size(); ++t)
+    if (batch_sizes[t] > batch_sizes[t - 1])
+      throw std::invalid_argument("Lstm::forward_packed: batch_sizes must be non-increasing, got " +
+                                  std::to_string(batch_sizes[t]) + " after " +
+                                  std::to_string(batch_sizes[t - 1]) + " at step " +
+                                  std::to_string(t));
+  if (!x) throw std::invalid_argument("Lstm::forward_packed: x must be given");
+  const auto ew = m.engine_weights(w, "Lstm::forward_packed");
+  const int64_t T = static_cast<int64_t>(batch_sizes.size()), B = batch_sizes[0], H = m.H_,
+                L = m.L_, state = L * B * H;
+  // The runs of equal batch size: one stack each, made once and kept.
+  m.n_segs_ = 0;
+  int64_t off = 0;
+  for (int64_t t0 = 0, t = 1; t <= T; ++t) {
+    if (t < T && batch_sizes[t] == batch_sizes[t0]) continue;
+    if (m.segs_.size() <= m.n_segs_) {
+      m.segs_.push_back({0, 0, 0, std::make_unique<cpu::LstmStack<Real>>(m.X_, H, L)});
+      m.segs_.back().stack->set_team(m.shares_, m.running_);
+    }
+    auto& seg = m.segs_[m.n_segs_++];
+    seg.off = off, seg.n = t - t0, seg.b = batch_sizes[t0];
+    off += seg.n * seg.b, t0 = t;
+  }
+  m.T_ = T, m.B_ = B, m.N_ = off;
+  m.carry_h_.assign(static_cast<size_t>(state), Real(0));  // the state of every sequence
+  m.carry_s_.assign(static_cast<size_t>(state), Real(0));
+  if (h0) std::copy_n(h0, state, m.carry_h_.data());
+  if (s0) std::copy_n(s0, state, m.carry_s_.data());
+  m.part_a_.resize(static_cast<size_t>(state)), m.part_b_.resize(static_cast<size_t>(state));
+  for (size_t i = 0; i < m.n_segs_; ++i) {
+    const auto& seg = m.segs_[i];
+    // The rows still going start from their state so far; rows [b, B) ended: theirs is final.
+    take_rows(m.part_a_.data(), m.carry_h_.data(), L, B, seg.b, H);
+    take_rows(m.part_b_.data(), m.carry_s_.data(), L, B, seg.b, H);
+    seg.stack->forward(x + seg.off * m.X_, ew.data(), m.part_a_.data(), m.part_b_.data(), seg.n,
+                       seg.b);
+    if (y) std::copy_n(seg.stack->output(), seg.n * seg.b * H, y + seg.off * H);
+    for (int64_t k = 0; k < L; ++k) {
+      std::copy_n(seg.stack->h_last(k), seg.b * H, m.carry_h_.data() + k * B * H);
+      std::copy_n(seg.stack->s_last(k), seg.b * H, m.carry_s_.data() + k * B * H);
+    }
+  }
+  if (h_n) std::copy_n(m.carry_h_.data(), state, h_n);
+  if (s_n) std::copy_n(m.carry_s_.data(), state, s_n);
+}
+
+// Backward of forward_packed, the runs from the last: each run's dL/dh_T, dL/ds_T are the
+// gradients carried back from the run after it (its rows that go on) or from outside (dh_n,
+// ds_n: rows that end with it); its dL/dh0, dL/ds0 are carried to the run before.
+template <class Real>
+void Lstm<Real>::Impl::packed_backward(const Real* dy, const Real* dh_n, const Real* ds_n,
+                                       const Real* x, const cpu::LayerWeights<Real>* w,
+                                       const cpu::LayerGrads<Real>* g, Real* dx, Real* dh0,
+                                       Real* ds0) {
+  const int64_t B = B_, H = H_, L = L_, state = L * B * H;
+  carry_h_.assign(static_cast<size_t>(state), Real(0));
+  carry_s_.assign(static_cast<size_t>(state), Real(0));
+  if (dh_n) std::copy_n(dh_n, state, carry_h_.data());
+  if (ds_n) std::copy_n(ds_n, state, carry_s_.data());
+  for (auto* v : {&part_a_, &part_b_, &part_c_, &part_d_}) v->resize(static_cast<size_t>(state));
+  if (!dy) zero_dy_.assign(static_cast<size_t>(N_ * H), Real(0)), dy = zero_dy_.data();
+  for (size_t i = n_segs_; i-- > 0;) {
+    const Segment& seg = segs_[i];
+    take_rows(part_a_.data(), carry_h_.data(), L, B, seg.b, H);
+    take_rows(part_b_.data(), carry_s_.data(), L, B, seg.b, H);
+    seg.stack->backward(dx ? dx + seg.off * X_ : nullptr, g, dy + seg.off * H, x + seg.off * X_, w,
+                        part_c_.data(), part_d_.data(), part_a_.data(), part_b_.data());
+    put_rows(carry_h_.data(), part_c_.data(), L, B, seg.b, H);
+    put_rows(carry_s_.data(), part_d_.data(), L, B, seg.b, H);
+  }
+  if (dh0) std::copy_n(carry_h_.data(), state, dh0);
+  if (ds0) std::copy_n(carry_s_.data(), state, ds0);
 }
 
 template class Lstm<float>;
