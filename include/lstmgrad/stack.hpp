@@ -1,6 +1,7 @@
 // lstmgrad: the L-layer LSTM stack on the CPU on its own, without the language model's readout
-// and loss: PyTorch's nn.LSTM (unidirectional, time-major, no dropout) with a hand-derived
-// backward.
+// and loss: PyTorch's nn.LSTM (unidirectional, time-major or packed variable-length, no
+// dropout) with a hand-derived backward. Bidirectional stacks and dropout between layers are
+// built from it layer by layer (python/lstmgrad/torch.py does).
 //
 // Sizes: T time steps, B sequences, X input width, H hidden width, L layers, G = 4H.
 // Equations (docs/derivation.md, "One step"), per layer k and step t, x the layer's input:

@@ -81,6 +81,14 @@ class Lstm:
         self._bias = [layer[2] is not None for layer in layers]
         return self._engine.forward(input, layers, h0, s0)
 
+    def forward_packed(self, input, params, batch_sizes, h0=None, s0=None):
+        """Sequences of different lengths in PyTorch's PackedSequence layout: batch_sizes [T] the
+        rows of each step (non-increasing), input [N,X] step 0's rows, then step 1's, ...
+        Returns (y [N,H], h_n, s_n [L,B,H], B = batch_sizes[0]), each sequence's final state at
+        its own last step; backward then takes grad_output [N,H] and returns dL/dx [N,X]."""
+        layers = self._layers(params)
+        return self._engine.forward_packed(input, layers, np.asarray(batch_sizes, dtype=np.int64), h0, s0)
+
     def backward(self, grad_output=None, grad_h_n=None, grad_s_n=None):
         """Backward of the last forward; None stands for zeros. Returns (dL/dx [T,B,X],
         dL/dh0, dL/ds0 [L,B,H], {name: dL/dparam})."""

@@ -105,15 +105,22 @@ class _Lease:
         self.pool.give(self.key, self.engine)
 
 
+def _engine_forward(engine, x, h0, c0, weights, per_layer, batch_sizes):
+    if batch_sizes is None:
+        return engine.core.forward(_np(x), _layers(weights, per_layer), _np(h0), _np(c0))
+    return engine.core.forward_packed(_np(x), _layers(weights, per_layer), batch_sizes, _np(h0), _np(c0))
+
+
 class _StackFunction(torch.autograd.Function):
-    """y, h_n, c_n = the L-layer stack over x [T,B,X] from (h0, c0) [L,B,H] (None: zeros), with
-    weights per layer (weight_ih, weight_hh[, bias_ih, bias_hh])."""
+    """y, h_n, c_n = the L-layer stack over x [T,B,X] (or packed rows [N,X] with batch_sizes, a
+    numpy int64 array) from (h0, c0) [L,B,H] (None: zeros), with weights per layer (weight_ih,
+    weight_hh[, bias_ih, bias_hh])."""
 
     @staticmethod
-    def forward(ctx, pool, key, per_layer, x, h0, c0, *weights):
-        lease = _Lease(pool, key, x.shape[0] * x.shape[1])
+    def forward(ctx, pool, key, per_layer, batch_sizes, x, h0, c0, *weights):
+        lease = _Lease(pool, key, _rows(x, batch_sizes))
         engine = lease.engine
-        y, hn, cn = engine.core.forward(_np(x), _layers(weights, per_layer), _np(h0), _np(c0))
+        y, hn, cn = _engine_forward(engine, x, h0, c0, weights, per_layer, batch_sizes)
         ctx.set_materialize_grads(False)
         ctx.lease, ctx.generation = lease, engine.generation
         ctx.save_for_backward(x, *weights)  # torch checks they were not modified in place
@@ -128,26 +135,30 @@ class _StackFunction(torch.autograd.Function):
             raise RuntimeError("lstmgrad.torch.LSTM: this backward's activations were reused")
         need = ctx.needs_input_grad
         dx, dh0, dc0, grads = engine.core.backward(
-            _np(gy), _np(ghn), _np(gcn), None, need[3], need[4], need[5]
+            _np(gy), _np(ghn), _np(gcn), None, need[4], need[5], need[6]
         )
-        out = [None, None, None]
+        out = [None, None, None, None]
         out += [None if a is None else torch.from_numpy(a) for a in (dx, dh0, dc0)]
         for layer in grads:
             out += [torch.from_numpy(a) for a in layer if a is not None]
         return tuple(out)
 
 
-def _run_stack(pool, x, h0, c0, weights, per_layer):
-    """The stack on x [T,B,X]: through the autograd Function when a gradient may be asked for,
-    straight to the engine otherwise."""
+def _rows(x, batch_sizes):
+    return x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
+
+
+def _run_stack(pool, x, h0, c0, weights, per_layer, batch_sizes=None):
+    """The stack on x [T,B,X] (or packed rows [N,X] with batch_sizes): through the autograd
+    Function when a gradient may be asked for, straight to the engine otherwise."""
     L = len(weights) // per_layer
     key = (x.dtype, x.shape[-1], weights[1].shape[1], L)
     tensors = [x, h0, c0, *weights]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _StackFunction.apply(pool, key, per_layer, x, h0, c0, *weights)
-    engine = pool.take(key, x.shape[0] * x.shape[1])
+        return _StackFunction.apply(pool, key, per_layer, batch_sizes, x, h0, c0, *weights)
+    engine = pool.take(key, _rows(x, batch_sizes))
     try:
-        y, hn, cn = engine.core.forward(_np(x), _layers(weights, per_layer), _np(h0), _np(c0))
+        y, hn, cn = _engine_forward(engine, x, h0, c0, weights, per_layer, batch_sizes)
     finally:
         pool.give(key, engine)
     return torch.from_numpy(y), torch.from_numpy(hn), torch.from_numpy(cn)
@@ -170,10 +181,8 @@ def _scan(pool, data, segs, h0, c0, weights, per_layer, reverse):
     by decreasing length) from h0, c0 [L,B,H] (B = the first segment's rows; None: zeros).
     Returns (y [N,H], h_n, c_n [L,B,H]); each sequence's final state is at its own last step.
     reverse: each sequence is read from its last step to its first (bidirectional's second
-    direction)."""
+    direction). Several segments run as one packed engine call (Lstm::forward_packed)."""
     H = weights[1].shape[1]
-    L = len(weights) // per_layer
-    B = segs[0][2]
     if len(segs) == 1:  # padded: one segment, all rows the same length
         off, n, b = segs[0]
         x = data.view(n, b, -1)
@@ -183,36 +192,25 @@ def _scan(pool, data, segs, h0, c0, weights, per_layer, reverse):
         if reverse:
             y = y.flip(0)
         return y.reshape(n * b, H), hn, cn
-    if h0 is None:
-        h0 = data.new_zeros(L, B, H)
-        c0 = data.new_zeros(L, B, H)
-    outs = [None] * len(segs)
-    if not reverse:  # rows end as the batch shrinks: their state is final there
-        h, c, finals = h0, c0, []
-        for i, (off, n, b) in enumerate(segs):
-            if h.shape[1] > b:
-                finals.append((h[:, b:], c[:, b:]))
-                h, c = h[:, :b], c[:, :b]
-            y, h, c = _run_stack(pool, data[off : off + n * b].view(n, b, -1), h, c, weights, per_layer)
-            outs[i] = y.reshape(n * b, H)
-        finals.append((h, c))
-        finals.reverse()  # rows in order: the longest sequences first
-        hn = torch.cat([f[0] for f in finals], dim=1)
-        cn = torch.cat([f[1] for f in finals], dim=1)
-    else:  # from the end: rows join as the batch grows, each from its own initial state
-        h = c = None
-        for i in reversed(range(len(segs))):
-            off, n, b = segs[i]
-            if h is None:
-                h, c = h0[:, :b], c0[:, :b]
-            elif h.shape[1] < b:
-                h = torch.cat([h, h0[:, h.shape[1] : b]], dim=1)
-                c = torch.cat([c, c0[:, c.shape[1] : b]], dim=1)
-            x = data[off : off + n * b].view(n, b, -1).flip(0)
-            y, h, c = _run_stack(pool, x, h, c, weights, per_layer)
-            outs[i] = y.flip(0).reshape(n * b, H)
-        hn, cn = h, c
-    return torch.cat(outs, dim=0), hn, cn
+    bs = torch.tensor([b for _, n, b in segs for _ in range(n)], dtype=torch.int64)
+    if reverse:  # each sequence from its own last step: a permutation of the rows (its own inverse)
+        order = _reversal(bs)
+        data = data.index_select(0, order)
+    y, hn, cn = _run_stack(pool, data, h0, c0, weights, per_layer, bs.numpy())
+    if reverse:
+        y = y.index_select(0, order)
+    return y, hn, cn
+
+
+def _reversal(bs):
+    """The rows of a packed batch with batch sizes bs [T] with each sequence's steps reversed:
+    row (t, b) takes row (len_b - 1 - t, b)."""
+    T, B = len(bs), int(bs[0])
+    lengths = (bs.unsqueeze(1) > torch.arange(B)).sum(0)  # [B]
+    off = torch.cumsum(bs, 0) - bs  # [T] first row of each step
+    t = torch.repeat_interleave(torch.arange(T), bs)  # [N] the step of each row
+    b = torch.arange(int(bs.sum())) - off[t]  # [N] its sequence
+    return off[lengths[b] - 1 - t] + b
 
 
 class LSTM(torch.nn.Module):

@@ -98,19 +98,57 @@ class PyLstm {
       lstm_.forward(xp, w, h0p, s0p, T, B, yp, hp, sp);
     }
     // What backward reads: the same x and weights, kept alive (and unchanged, the caller's part).
-    saved_x_ = x, saved_keep_ = std::move(keep), saved_w_ = std::move(w);
+    saved_x_ = x, saved_keep_ = std::move(keep), saved_w_ = std::move(w), packed_ = false;
     return py::make_tuple(y, h_n, s_n);
   }
 
-  // dy [T,B,H] or None (zeros); dh_n, ds_n [L,B,H] or None (zeros). grads: None (new zero
-  // arrays) or L tuples of arrays to add into (bias entries None where the layer has no bias).
-  // Returns (dx or None, dh0 or None, ds0 or None, grads).
+  // A packed batch (Lstm::forward_packed): data [N,X], batch_sizes [T] int64, non-increasing;
+  // h0, s0 [L,B,H] with B = batch_sizes[0] or None. Returns (y [N,H], h_n, s_n [L,B,H]).
+  py::tuple forward_packed(py::handle x_obj, py::sequence weights, py::handle sizes_obj,
+                           py::handle h0_obj, py::handle s0_obj) {
+    auto sizes = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(sizes_obj);
+    if (!sizes || sizes.ndim() != 1 || sizes.size() == 0)
+      throw py::value_error("batch_sizes: expected a non-empty 1-D array of integers");
+    const std::vector<int64_t> bs(sizes.data(), sizes.data() + sizes.size());
+    int64_t N = 0;
+    for (size_t t = 0; t < bs.size(); ++t) {
+      if (bs[t] < 1 || (t > 0 && bs[t] > bs[t - 1]))
+        throw py::value_error("batch_sizes: expected positive and non-increasing, got " +
+                              std::string(py::str(py::cast(bs))));
+      N += bs[t];
+    }
+    const int64_t B = bs[0];
+    auto x = as_array<Real>(x_obj, "input", {N, X_});
+    std::vector<py::object> keep;
+    auto w = read_weights(weights, keep);
+    std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {L_, B, H_});
+    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {L_, B, H_});
+    py::array_t<Real> y({N, H_}), h_n({L_, B, H_}), s_n({L_, B, H_});
+    Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
+    const Real* xp = x.data();
+    const Real* h0p = h0 ? h0->data() : nullptr;
+    const Real* s0p = s0 ? s0->data() : nullptr;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard lock(mutex_);
+      lstm_.forward_packed(xp, w, h0p, s0p, bs, yp, hp, sp);
+    }
+    saved_x_ = x, saved_keep_ = std::move(keep), saved_w_ = std::move(w), packed_ = true;
+    return py::make_tuple(y, h_n, s_n);
+  }
+
+  // dy [T,B,H] ([N,H] after forward_packed) or None (zeros); dh_n, ds_n [L,B,H] or None (zeros).
+  // grads: None (new zero arrays) or L tuples of arrays to add into (bias entries None where the
+  // layer has no bias). Returns (dx or None, dh0 or None, ds0 or None, grads).
   py::tuple backward(py::handle dy_obj, py::handle dh_n_obj, py::handle ds_n_obj,
                      py::handle grads_obj, bool need_dx, bool need_dh0, bool need_ds0) {
     const int64_t T = lstm_.steps(), B = lstm_.batch();
     if (T == 0) throw py::value_error("backward: no forward to differentiate");
     std::optional<py::array_t<Real, py::array::c_style>> dy, dh_n, ds_n;
-    if (!dy_obj.is_none()) dy = as_array<Real>(dy_obj, "grad_output", {T, B, H_});
+    const Shape ys = packed_ ? Shape{lstm_.rows(), H_} : Shape{T, B, H_};
+    const Shape xs = packed_ ? Shape{lstm_.rows(), X_} : Shape{T, B, X_};
+    if (!dy_obj.is_none()) dy = as_array<Real>(dy_obj, "grad_output", ys);
     if (!dh_n_obj.is_none()) dh_n = as_array<Real>(dh_n_obj, "grad_h_n", {L_, B, H_});
     if (!ds_n_obj.is_none()) ds_n = as_array<Real>(ds_n_obj, "grad_s_n", {L_, B, H_});
     py::list grads;
@@ -151,7 +189,7 @@ class PyLstm {
       }
     }
     std::optional<py::array_t<Real>> dx, dh0, ds0;
-    if (need_dx) dx.emplace(Shape{T, B, X_});
+    if (need_dx) dx.emplace(xs);
     if (need_dh0) dh0.emplace(Shape{L_, B, H_});
     if (need_ds0) ds0.emplace(Shape{L_, B, H_});
     const Real* dyp = dy ? dy->data() : nullptr;
@@ -218,6 +256,7 @@ class PyLstm {
   py::array_t<Real, py::array::c_style> saved_x_;  // the last forward's input and weights
   std::vector<py::object> saved_keep_;
   std::vector<lstmgrad::LstmLayerWeights<Real>> saved_w_;
+  bool packed_ = false;  // the last forward was forward_packed
 };
 
 template <class Real>
@@ -227,6 +266,8 @@ void bind_lstm(py::module_& m, const char* name) {
            py::arg("num_layers") = 1)
       .def("forward", &PyLstm<Real>::forward, py::arg("input"), py::arg("weights"),
            py::arg("h0") = py::none(), py::arg("s0") = py::none())
+      .def("forward_packed", &PyLstm<Real>::forward_packed, py::arg("input"), py::arg("weights"),
+           py::arg("batch_sizes"), py::arg("h0") = py::none(), py::arg("s0") = py::none())
       .def("backward", &PyLstm<Real>::backward, py::arg("grad_output") = py::none(),
            py::arg("grad_h_n") = py::none(), py::arg("grad_s_n") = py::none(),
            py::arg("grads") = py::none(), py::arg("need_input_grad") = true,

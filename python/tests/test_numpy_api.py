@@ -211,3 +211,31 @@ def test_exercise2_handout_values():
     assert e["q"] == 5.0 and abs(e["a"] - np.tanh(5.0)) < 1e-15
     assert e["autodiff_rel_err"] < 1e-12 and e["fd_rel_err"] < 1e-6
     np.testing.assert_allclose(e["Va1_after"], np.array(e["Va1_before"]) - 0.1 * np.array(e["dL_dVa1"]))
+
+
+def test_packed_is_each_sequence_alone():
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(5, 3, 2, 3, 2, 9)
+    lengths, bs = [5, 3, 2], [3, 3, 2, 1, 1]
+    data = np.concatenate([x[t, :b] for t, b in enumerate(bs)])
+    gdata = np.concatenate([gy[t, :b] for t, b in enumerate(bs)])
+    y, hn, sn = lstm.forward_packed(data, params, bs, h0, s0)
+    dx, dh0, ds0, grads = lstm.backward(gdata, ghn, gsn)
+    off = np.cumsum([0] + bs[:-1])
+    total = {n: 0 for n in params}
+    for b, n in enumerate(lengths):
+        one = lstmgrad.Lstm(2, 3, 2)
+        rows = [off[t] + b for t in range(n)]
+        y1, hn1, sn1 = one.forward(x[:n, b : b + 1], params, h0[:, b : b + 1].copy(), s0[:, b : b + 1].copy())
+        dx1, dh01, ds01, g1 = one.backward(gy[:n, b : b + 1], ghn[:, b : b + 1].copy(), gsn[:, b : b + 1].copy())
+        np.testing.assert_allclose(y[rows], y1[:, 0], atol=1e-13)
+        np.testing.assert_allclose(dx[rows], dx1[:, 0], atol=1e-13)
+        for a, a1 in ((hn, hn1), (sn, sn1), (dh0, dh01), (ds0, ds01)):
+            np.testing.assert_allclose(a[:, b], a1[:, 0], atol=1e-13)
+        for name in params:
+            total[name] = total[name] + g1[name]
+    for name in params:
+        np.testing.assert_allclose(grads[name], total[name], atol=1e-12, err_msg=name)
+    with pytest.raises(ValueError, match=r"batch_sizes: expected positive and non-increasing"):
+        lstm.forward_packed(data, params, [2, 3, 2, 1, 1])
+    with pytest.raises(ValueError, match=r"input: shape \(10, 2\), expected \(9, 2\)"):
+        lstm.forward_packed(data[:10], params, [3, 3, 2, 1])

@@ -302,18 +302,17 @@ def test_double_backward_raises():
         g.sum().backward()
 
 
-def test_packed_segments_reuse_engines_that_fit():
-    # Each run of equal batch size is one engine call holding its own engine until the graph is
-    # freed; the next batches take back the engines that fit: memory stays one graph's.
+def test_engines_are_reused_and_fit_their_calls():
+    # Each forward holds its own engine until its graph is freed; the next batches take back the
+    # engine that fits their rows most tightly: memory stays what one graph needs.
     m = lt.LSTM(3, 4)
-    x = torch.randn(9, 4, 3, requires_grad=True)
+    x1, x2 = torch.randn(9, 4, 3, requires_grad=True), torch.randn(2, 3, 3, requires_grad=True)
     for _ in range(3):
-        out, (hn, cn) = m(pack_padded_sequence(x, torch.tensor([9, 7, 4, 2])))
-        (out.data.sum() + hn.sum()).backward()
+        out, (hn, cn) = m(pack_padded_sequence(x1, torch.tensor([9, 7, 4, 2])))
+        (out.data.sum() + hn.sum() + m(x2)[0].sum()).backward()
         del out, hn, cn
     engines = [e for free in m._pool.free.values() for e in free]
-    # batch sizes 4, 4, 3, 3, 2, 2, 2, 1, 1: segments of 8, 6, 6 and 2 rows
-    assert sorted(e.rows for e in engines) == [2, 6, 6, 8]
+    assert sorted(e.rows for e in engines) == [6, 22]  # 2*3 rows; 4+4+3+3+2+2+2+1+1 rows
 
 
 def test_flatten_parameters_and_single_layer_dropout_warning():
