@@ -442,9 +442,12 @@ TEST(stack, packed_rejects_increasing_batch_sizes) {
                  std::invalid_argument);
 }
 
-// PyTorch's nn.LSTM (float64) on the same problems: tests/data/golden_stack/<case>.safetensors,
-// written by tools/make_stack_golden.py with everything the check needs, inputs and results.
-void check_golden(const std::string& name, bool with_state) {
+// PyTorch's nn.LSTM (float64): tests/data/golden_stack/<case>.safetensors, written by
+// tools/make_stack_golden.py with everything the check needs, inputs and results: stacks of one
+// direction (Lstm) or two (BidirectionalLstm), dense or packed (padded tensors and `lengths` in
+// the file; the packed rows are taken from them).
+template <class Real>
+void check_golden(const std::string& name, double tol) {
   SCOPED_TRACE(name);
   const std::string file =
       std::string(LSTMGRAD_TEST_DATA) + "/golden_stack/" + name + ".safetensors";
@@ -453,32 +456,150 @@ void check_golden(const std::string& name, bool with_state) {
     return io::to_floats<double>(f.require(key, file), file);
   };
   auto size = [&](const char* key) { return std::stoll(f.metadata.at(key)); };
-  Problem p{{size("T"), size("B"), size("X"), size("H"), size("L")}, {}, {}, {}, {}, {}, {}, {}};
-  for (const ParamInfo& i : lstm_parameter_layout(p.n.X, p.n.H, p.n.L)) {
-    const auto v = get("param." + i.name);
-    p.params.insert(p.params.end(), v.begin(), v.end());
+  const int64_t T = size("T"), B = size("B"), X = size("X"), H = size("H"), L = size("L"),
+                D = size("D"), U = L * D;
+  // Weights and gradients per unit k * D + d (nn.LSTM's order).
+  const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  std::vector<std::vector<Real>> wt, gt;
+  std::vector<std::string> names;
+  for (int64_t k = 0; k < L; ++k)
+    for (int64_t d = 0; d < D; ++d)
+      for (const char* kind : kinds) {
+        names.push_back(std::string(kind) + "_l" + std::to_string(k) + (d ? "_reverse" : ""));
+        wt.push_back(cast<Real>(get("param." + names.back())));
+        gt.emplace_back(wt.back().size(), Real(0));
+      }
+  std::vector<LstmLayerWeights<Real>> w;
+  std::vector<LstmLayerGrads<Real>> g;
+  for (int64_t u = 0; u < U; ++u) {
+    w.push_back(
+        {wt[4 * u].data(), wt[4 * u + 1].data(), wt[4 * u + 2].data(), wt[4 * u + 3].data()});
+    g.push_back(
+        {gt[4 * u].data(), gt[4 * u + 1].data(), gt[4 * u + 2].data(), gt[4 * u + 3].data()});
   }
-  p.x = get("input"), p.gy = get("grad_output"), p.ghn = get("grad_h_n"), p.gsn = get("grad_c_n");
-  if (with_state)
-    p.h0 = get("h0"), p.s0 = get("c0");
-  else
-    p.h0.assign(p.ghn.size(), 0.0), p.s0.assign(p.ghn.size(), 0.0);
-  Result want;
-  want.y = get("output"), want.h_n = get("h_n"), want.s_n = get("c_n");
-  for (const ParamInfo& i : lstm_parameter_layout(p.n.X, p.n.H, p.n.L)) {
-    const auto v = get("grad." + i.name);
-    want.grad.insert(want.grad.end(), v.begin(), v.end());
+  // The rows: every (t, b) of the padded tensors, or only those before each sequence's end.
+  std::vector<int64_t> lengths(static_cast<size_t>(B), T), bs;
+  if (f.find("lengths")) lengths = io::to_ints(f.require("lengths", file), file);
+  std::vector<int64_t> rows;  // index t * B + b of each packed row, in order
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b)
+      if (lengths[b] > t) rows.push_back(t * B + b), ++n;
+    bs.push_back(n);
   }
-  want.dx = get("grad.input"), want.dh0 = get("grad.h0"), want.ds0 = get("grad.c0");
-  // float64 against float64: both sum in different orders, so agreement to ~1e-12 relative.
-  expect_same(run_engine<double>(p, with_state), want, 1e-11);
-  expect_same(run_engine<float>(p, with_state), want, 1e-4);
+  auto pick = [&](const std::vector<double>& padded, int64_t width) {
+    std::vector<double> out;
+    for (int64_t r : rows)
+      out.insert(out.end(), padded.begin() + r * width, padded.begin() + (r + 1) * width);
+    return out;
+  };
+  const bool packed = f.find("lengths") != nullptr;
+  const auto x = cast<Real>(pick(get("input"), X)),
+             gy = cast<Real>(pick(get("grad_output"), D * H));
+  const auto ghn = cast<Real>(get("grad_h_n")), gcn = cast<Real>(get("grad_c_n"));
+  std::vector<Real> h0, s0;
+  if (f.find("h0")) h0 = cast<Real>(get("h0")), s0 = cast<Real>(get("c0"));
+  const Real* h0p = h0.empty() ? nullptr : h0.data();
+  const Real* s0p = s0.empty() ? nullptr : s0.data();
+  const size_t N = rows.size(), state = static_cast<size_t>(U * B * H);
+  std::vector<Real> y(N * D * H), hn(state), cn(state), dx(x.size()), dh0(state), ds0(state);
+  auto run = [&](auto& lstm) {
+    if (packed)
+      lstm.forward_packed(x.data(), w, h0p, s0p, bs, y.data(), hn.data(), cn.data());
+    else
+      lstm.forward(x.data(), w, h0p, s0p, T, B, y.data(), hn.data(), cn.data());
+    lstm.backward(gy.data(), ghn.data(), gcn.data(), x.data(), w, g, dx.data(), dh0.data(),
+                  ds0.data());
+  };
+  if (D == 1) {
+    Lstm<Real> lstm(X, H, L);
+    run(lstm);
+  } else {
+    BidirectionalLstm<Real> lstm(X, H, L);
+    run(lstm);
+  }
+  auto d = [](const std::vector<Real>& v) { return std::vector<double>(v.begin(), v.end()); };
+  EXPECT_TRUE(close("output", d(y), pick(get("output"), D * H), tol));
+  EXPECT_TRUE(close("h_n", d(hn), get("h_n"), tol));
+  EXPECT_TRUE(close("c_n", d(cn), get("c_n"), tol));
+  EXPECT_TRUE(close("grad.input", d(dx), pick(get("grad.input"), X), tol));
+  EXPECT_TRUE(close("grad.h0", d(dh0), get("grad.h0"), tol));
+  EXPECT_TRUE(close("grad.c0", d(ds0), get("grad.c0"), tol));
+  for (size_t i = 0; i < names.size(); ++i)
+    EXPECT_TRUE(close("grad." + names[i], d(gt[i]), get("grad." + names[i]), tol));
 }
 
+const char* const kGoldenCases[] = {"one_layer_state",   "two_layers",    "three_layers_long",
+                                    "packed_two_layers", "bidirectional", "bidirectional_packed"};
+
 TEST(stack, matches_pytorch_golden) {
-  check_golden("one_layer_state", true);
-  check_golden("two_layers", false);
-  check_golden("three_layers_long", true);
+  // float64 against float64: both sum in different orders, so agreement to ~1e-12 relative.
+  for (const char* name : kGoldenCases) check_golden<double>(name, 1e-11);
+  for (const char* name : kGoldenCases) check_golden<float>(name, 1e-4);
+}
+
+TEST(stack, bidirectional_backward_matches_finite_differences) {
+  // Two layers, packed lengths 4, 2, 1: the reverse direction starts at each sequence's end.
+  const int64_t X = 2, H = 2, L = 2, B = 3;
+  const std::vector<int64_t> bs{3, 2, 1, 1};
+  SplitMix rng{31};
+  const int64_t N = 7, S = 2 * L * B * H;
+  std::vector<double> params, x = rng.vec(N * X, -1, 1), h0 = rng.vec(S, -0.5, 0.5),
+                              s0 = rng.vec(S, -0.5, 0.5), gy = rng.vec(N * 2 * H, -1, 1),
+                              ghn = rng.vec(S, -1, 1), gsn = rng.vec(S, -1, 1);
+  std::vector<size_t> at;  // where each unit's weights start in params
+  for (int64_t u = 0; u < 2 * L; ++u) {
+    const int64_t I = u < 2 ? X : 2 * H;
+    at.push_back(params.size());
+    const auto v = rng.vec(static_cast<size_t>(4 * H * (I + H) + 8 * H), -0.8, 0.8);
+    params.insert(params.end(), v.begin(), v.end());
+  }
+  auto views = [&](auto* base) {
+    using P = decltype(base);
+    std::vector<std::conditional_t<std::is_const_v<std::remove_pointer_t<P>>,
+                                   LstmLayerWeights<double>, LstmLayerGrads<double>>>
+        out;
+    for (int64_t u = 0; u < 2 * L; ++u) {
+      const int64_t I = u < 2 ? X : 2 * H;
+      P p = base + at[u];
+      out.push_back({p, p + 4 * H * I, p + 4 * H * (I + H), p + 4 * H * (I + H) + 4 * H});
+    }
+    return out;
+  };
+  struct Out {
+    double loss;
+    std::vector<double> grad, dx, dh0, ds0;
+  };
+  auto run = [&](const std::vector<double>& p, const std::vector<double>& xv,
+                 const std::vector<double>& h, const std::vector<double>& s, bool back) {
+    BidirectionalLstm<double> lstm(X, H, L);
+    const auto w = views(static_cast<const double*>(p.data()));
+    std::vector<double> y(N * 2 * H), hn(S), sn(S);
+    lstm.forward_packed(xv.data(), w, h.data(), s.data(), bs, y.data(), hn.data(), sn.data());
+    Out o{dot(y, gy) + dot(hn, ghn) + dot(sn, gsn), {}, {}, {}, {}};
+    if (back) {
+      o.grad.assign(p.size(), 0.0), o.dx.resize(xv.size()), o.dh0.resize(S), o.ds0.resize(S);
+      lstm.backward(gy.data(), ghn.data(), gsn.data(), xv.data(), w, views(o.grad.data()),
+                    o.dx.data(), o.dh0.data(), o.ds0.data());
+    }
+    return o;
+  };
+  const Out r = run(params, x, h0, s0, true);
+  auto fd = [&](int which) {
+    std::vector<double> v = which == 0 ? params : which == 1 ? x : which == 2 ? h0 : s0;
+    return central_difference(
+        [&](std::span<const double> e) {
+          std::vector<double> q(e.begin(), e.end());
+          return run(which == 0 ? q : params, which == 1 ? q : x, which == 2 ? q : h0,
+                     which == 3 ? q : s0, false)
+              .loss;
+        },
+        v);
+  };
+  EXPECT_TRUE(close("weights", r.grad, fd(0), 1e-7));
+  EXPECT_TRUE(close("x", r.dx, fd(1), 1e-7));
+  EXPECT_TRUE(close("h0", r.dh0, fd(2), 1e-7));
+  EXPECT_TRUE(close("s0", r.ds0, fd(3), 1e-7));
 }
 
 }  // namespace

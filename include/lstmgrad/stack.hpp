@@ -107,4 +107,40 @@ class Lstm {
   std::unique_ptr<Impl> impl_;
 };
 
+// nn.LSTM(bidirectional=True): every layer runs two stacks of one layer, one reading each sequence
+// forwards and one from its own last step backwards; the layer's output, [fwd | rev] per row
+// (2H wide), is the next layer's input. Weights and states in nn.LSTM's order: w, g [2L] and
+// h0, s0, h_n, s_n [2L,B,H] with layer k's forward direction at 2k and its reverse at 2k+1
+// (weight_*_l{k}, weight_*_l{k}_reverse); layer k's input is X wide for k = 0, 2H above.
+// y [T,B,2H] (or [N,2H] packed), dy alike. Each direction's h_n is its state after its last
+// step (the reverse direction's: after step 0). The backward is the stacks' own, composed by
+// hand: each layer's dL/dinput is the sum of its two directions'.
+template <class Real>
+class BidirectionalLstm {
+ public:
+  BidirectionalLstm(int64_t X, int64_t H, int64_t L);  // InputError for bad sizes
+  ~BidirectionalLstm();
+  BidirectionalLstm(BidirectionalLstm&&) noexcept;
+  BidirectionalLstm& operator=(BidirectionalLstm&&) noexcept;
+  void set_team(int shares, int running);
+  void set_threads(int n);
+
+  // As Lstm::forward and Lstm::forward_packed, with the sizes above.
+  void forward(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,
+               const Real* s0, int64_t T, int64_t B, Real* y, Real* h_n, Real* s_n);
+  void forward_packed(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,
+                      const Real* s0, std::span<const int64_t> batch_sizes, Real* y, Real* h_n,
+                      Real* s_n);
+  // As Lstm::backward: dy read (null: zeros), g accumulated, dx, dh0, ds0 written (null: not
+  // wanted). The engine keeps its own copies of every layer's input except x.
+  void backward(const Real* dy, const Real* dh_n, const Real* ds_n, const Real* x,
+                std::span<const LstmLayerWeights<Real>> w, std::span<const LstmLayerGrads<Real>> g,
+                Real* dx, Real* dh0, Real* ds0);
+
+  struct Impl;  // src/cpu/bidirectional.cpp
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace lstmgrad
