@@ -137,6 +137,10 @@ class BidirectionalLstm {
                 std::span<const LstmLayerWeights<Real>> w, std::span<const LstmLayerGrads<Real>> g,
                 Real* dx, Real* dh0, Real* ds0);
 
+  int64_t steps() const;  // T of the last forward (0 before any)
+  int64_t batch() const;  // B of the last forward (forward_packed: batch_sizes[0])
+  int64_t rows() const;   // T*B of the last forward (forward_packed: N)
+
   struct Impl;  // src/cpu/bidirectional.cpp
 
  private:

@@ -26,23 +26,32 @@ __all__ = ["Lstm", "InputError", "parameter_layout", "load_model", "save_model",
            "exercise2"]
 
 _ENGINES = {np.dtype(np.float32): _core.LstmFloat32, np.dtype(np.float64): _core.LstmFloat64}
+_BIDIRECTIONAL = {
+    np.dtype(np.float32): _core.BidirectionalLstmFloat32,
+    np.dtype(np.float64): _core.BidirectionalLstmFloat64,
+}
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class Lstm:
     """The L-layer LSTM stack: forward over x [T,B,X] with optional h0, s0 [L,B,H]; backward
     from dL/dy [T,B,H] and optional dL/dh_n, dL/ds_n. Parameters are a dict with nn.LSTM's names
     (weight_ih_l{k} [4H,in], weight_hh_l{k} [4H,H], bias_ih_l{k}, bias_hh_l{k} [4H]; a layer
-    without both biases has none). threads: the engine's threads (0: its own choice)."""
+    without both biases has none). threads: the engine's threads (0: its own choice).
+    bidirectional: nn.LSTM's, with its `_reverse` parameters; outputs [T,B,2H], states [2L,B,H]
+    (layer k's forward direction at 2k, its reverse at 2k+1)."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, dtype=np.float64, threads=0):
+    def __init__(self, input_size, hidden_size, num_layers=1, dtype=np.float64, threads=0,
+                 bidirectional=False):
         dtype = np.dtype(dtype)
         if dtype not in _ENGINES:
             raise ValueError(f"dtype: {dtype}, expected float32 or float64")
         self.dtype = dtype
-        self._engine = _ENGINES[dtype](int(input_size), int(hidden_size), int(num_layers))
+        self.bidirectional = bool(bidirectional)
+        engines = _BIDIRECTIONAL if self.bidirectional else _ENGINES
+        self._engine = engines[dtype](int(input_size), int(hidden_size), int(num_layers))
         self._engine.set_threads(int(threads))
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self._bias = None  # per layer: whether the last forward's params had biases
 
     def set_threads(self, n):
         """The engine's threads for the calls that follow (0: chosen by the engine)."""
@@ -50,7 +59,18 @@ class Lstm:
 
     def parameter_layout(self, bias=True):
         """[(name, shape)] in nn.LSTM's order."""
-        return parameter_layout(self.input_size, self.hidden_size, self.num_layers, bias)
+        if not self.bidirectional:
+            return parameter_layout(self.input_size, self.hidden_size, self.num_layers, bias)
+        H, out = self.hidden_size, []
+        for name, k in self._units():
+            shapes = [(4 * H, self.input_size if k == 0 else 2 * H), (4 * H, H), (4 * H,), (4 * H,)]
+            out += [(kind + name, s) for kind, s in zip(_KINDS, shapes[: 4 if bias else 2])]
+        return out
+
+    def _units(self):
+        """(suffix, layer) of every direction of every layer, in nn.LSTM's order."""
+        D = ["", "_reverse"] if self.bidirectional else [""]
+        return [(f"_l{k}{d}", k) for k in range(self.num_layers) for d in D]
 
     def init_params(self, seed=0, bias=True):
         """nn.LSTM's initialisation, uniform in [-1/sqrt(H), 1/sqrt(H)], from numpy's generator."""
@@ -69,17 +89,12 @@ class Lstm:
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"params: unknown names {', '.join(unknown)}")
-        return [
-            tuple(params.get(f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            for k in range(self.num_layers)
-        ]
+        return [tuple(params.get(kind + name) for kind in _KINDS) for name, _ in self._units()]
 
     def forward(self, input, params, h0=None, s0=None):
         """Returns (y [T,B,H], h_n [L,B,H], s_n [L,B,H]) and keeps what backward needs: input
         and params must stay unchanged until then."""
-        layers = self._layers(params)
-        self._bias = [layer[2] is not None for layer in layers]
-        return self._engine.forward(input, layers, h0, s0)
+        return self._engine.forward(input, self._layers(params), h0, s0)
 
     def forward_packed(self, input, params, batch_sizes, h0=None, s0=None):
         """Sequences of different lengths in PyTorch's PackedSequence layout: batch_sizes [T] the
@@ -94,10 +109,10 @@ class Lstm:
         dL/dh0, dL/ds0 [L,B,H], {name: dL/dparam})."""
         dx, dh0, ds0, layers = self._engine.backward(grad_output, grad_h_n, grad_s_n)
         grads = {}
-        for k, g in enumerate(layers):
-            for name, a in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), g):
+        for (unit, _), g in zip(self._units(), layers):
+            for kind, a in zip(_KINDS, g):
                 if a is not None:
-                    grads[f"{name}_l{k}"] = a
+                    grads[kind + unit] = a
         return dx, dh0, ds0, grads
 
 

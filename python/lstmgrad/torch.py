@@ -25,6 +25,7 @@ from . import _core
 __all__ = ["LSTM", "set_num_threads", "get_num_threads"]
 
 _ENGINES = {torch.float32: _core.LstmFloat32, torch.float64: _core.LstmFloat64}
+_BIDIRECTIONAL = {torch.float32: _core.BidirectionalLstmFloat32, torch.float64: _core.BidirectionalLstmFloat64}
 _threads = 0  # the engine's threads for every module; 0: the engine's own choice
 
 
@@ -43,8 +44,8 @@ class _Engine:
     """One C++ stack with the activations of one forward; `generation` counts its forwards, so
     that a backward can tell whether its forward's activations are still there."""
 
-    def __init__(self, dtype, X, H, L):
-        self.core = _ENGINES[dtype](X, H, L)
+    def __init__(self, dtype, X, H, L, D):
+        self.core = (_BIDIRECTIONAL if D == 2 else _ENGINES)[dtype](X, H, L)
         self.generation = 0
         self.rows = 0  # the most T*B it has run: its activations' memory grows to fit
 
@@ -148,11 +149,12 @@ def _rows(x, batch_sizes):
     return x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
 
 
-def _run_stack(pool, x, h0, c0, weights, per_layer, batch_sizes=None):
-    """The stack on x [T,B,X] (or packed rows [N,X] with batch_sizes): through the autograd
-    Function when a gradient may be asked for, straight to the engine otherwise."""
-    L = len(weights) // per_layer
-    key = (x.dtype, x.shape[-1], weights[1].shape[1], L)
+def _run_stack(pool, x, h0, c0, weights, per_layer, batch_sizes=None, D=1):
+    """The stack on x [T,B,X] (or packed rows [N,X] with batch_sizes), of one direction or two
+    (D = 2: BidirectionalLstm): through the autograd Function when a gradient may be asked for,
+    straight to the engine otherwise."""
+    L = len(weights) // per_layer // D
+    key = (x.dtype, x.shape[-1], weights[1].shape[1], L, D)
     tensors = [x, h0, c0, *weights]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _StackFunction.apply(pool, key, per_layer, batch_sizes, x, h0, c0, *weights)
@@ -391,8 +393,14 @@ class LSTM(torch.nn.Module):
         per = 4 if self.bias else 2
         D, L = 2 if self.bidirectional else 1, self.num_layers
         drop = self.dropout > 0 and self.training and L > 1
-        if D == 1 and not drop:  # the whole stack in one engine call per segment
-            return _scan(self._pool_for(), x, segs, h0, c0, self._weights(range(L)), per, False)
+        if not drop:  # the whole stack, both directions, in one engine call
+            off, n, b = segs[0]
+            w = self._weights(range(L * D))
+            if len(segs) == 1:  # padded
+                y, hn, cn = _run_stack(self._pool_for(), x.view(n, b, -1), h0, c0, w, per, None, D)
+                return y.reshape(n * b, D * self.hidden_size), hn, cn
+            bs = np.array([b for _, n, b in segs for _ in range(n)], dtype=np.int64)
+            return _run_stack(self._pool_for(), x, h0, c0, w, per, bs, D)
         hs, cs = [], []
         for k in range(L):  # layer by layer: directions side by side, dropout between layers
             outs = []

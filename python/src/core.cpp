@@ -69,10 +69,12 @@ Real* out_array(py::handle obj, const std::string& name, const Shape& want) {
   return a.mutable_data();
 }
 
-template <class Real>
+// Bi: nn.LSTM(bidirectional=True) (BidirectionalLstm): units 2k, 2k+1 per layer, outputs 2H wide.
+template <class Real, bool Bi>
 class PyLstm {
  public:
-  PyLstm(int64_t X, int64_t H, int64_t L) : lstm_(X, H, L), X_(X), H_(H), L_(L) {}
+  PyLstm(int64_t X, int64_t H, int64_t L)
+      : lstm_(X, H, L), X_(X), H_(H), L_(L), U_(L * (Bi ? 2 : 1)), Y_(H * (Bi ? 2 : 1)) {}
 
   // x [T,B,X]; weights: L tuples (weight_ih [4H,in], weight_hh [4H,H], bias_ih [4H] or None,
   // bias_hh [4H] or None); h0, s0 [L,B,H] or None. Returns (y [T,B,H], h_n, s_n [L,B,H]).
@@ -85,9 +87,9 @@ class PyLstm {
     std::vector<py::object> keep;
     auto w = read_weights(weights, keep);
     std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
-    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {L_, B, H_});
-    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {L_, B, H_});
-    py::array_t<Real> y({T, B, H_}), h_n({L_, B, H_}), s_n({L_, B, H_});
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, H_});
+    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
+    py::array_t<Real> y({T, B, Y_}), h_n({U_, B, H_}), s_n({U_, B, H_});
     Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
     const Real* xp = x.data();
     const Real* h0p = h0 ? h0->data() : nullptr;
@@ -122,9 +124,9 @@ class PyLstm {
     std::vector<py::object> keep;
     auto w = read_weights(weights, keep);
     std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
-    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {L_, B, H_});
-    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {L_, B, H_});
-    py::array_t<Real> y({N, H_}), h_n({L_, B, H_}), s_n({L_, B, H_});
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, H_});
+    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
+    py::array_t<Real> y({N, Y_}), h_n({U_, B, H_}), s_n({U_, B, H_});
     Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
     const Real* xp = x.data();
     const Real* h0p = h0 ? h0->data() : nullptr;
@@ -146,16 +148,16 @@ class PyLstm {
     const int64_t T = lstm_.steps(), B = lstm_.batch();
     if (T == 0) throw py::value_error("backward: no forward to differentiate");
     std::optional<py::array_t<Real, py::array::c_style>> dy, dh_n, ds_n;
-    const Shape ys = packed_ ? Shape{lstm_.rows(), H_} : Shape{T, B, H_};
+    const Shape ys = packed_ ? Shape{lstm_.rows(), Y_} : Shape{T, B, Y_};
     const Shape xs = packed_ ? Shape{lstm_.rows(), X_} : Shape{T, B, X_};
     if (!dy_obj.is_none()) dy = as_array<Real>(dy_obj, "grad_output", ys);
-    if (!dh_n_obj.is_none()) dh_n = as_array<Real>(dh_n_obj, "grad_h_n", {L_, B, H_});
-    if (!ds_n_obj.is_none()) ds_n = as_array<Real>(ds_n_obj, "grad_s_n", {L_, B, H_});
+    if (!dh_n_obj.is_none()) dh_n = as_array<Real>(dh_n_obj, "grad_h_n", {U_, B, H_});
+    if (!ds_n_obj.is_none()) ds_n = as_array<Real>(ds_n_obj, "grad_s_n", {U_, B, H_});
     py::list grads;
     std::vector<lstmgrad::LstmLayerGrads<Real>> g;
     if (grads_obj.is_none()) {
-      for (int64_t k = 0; k < L_; ++k) {
-        const int64_t in = k == 0 ? X_ : H_;
+      for (int64_t k = 0; k < U_; ++k) {
+        const int64_t in = in_of(k);
         const bool bias = saved_w_[k].bias_ih || saved_w_[k].bias_hh;
         py::array_t<Real> wi({4 * H_, in}), wh({4 * H_, H_});
         std::optional<py::array_t<Real>> bi, bh;
@@ -170,16 +172,16 @@ class PyLstm {
       }
     } else {
       auto seq = py::reinterpret_borrow<py::sequence>(grads_obj);
-      if (static_cast<int64_t>(py::len(seq)) != L_)
+      if (static_cast<int64_t>(py::len(seq)) != U_)
         throw py::value_error("grads: " + std::to_string(py::len(seq)) + " layers, expected " +
-                              std::to_string(L_));
-      for (int64_t k = 0; k < L_; ++k) {
+                              std::to_string(U_));
+      for (int64_t k = 0; k < U_; ++k) {
         auto t = py::reinterpret_borrow<py::sequence>(seq[k]);
         if (py::len(t) != 4)
           throw py::value_error("grads[" + std::to_string(k) +
                                 "]: expected (weight_ih, weight_hh, bias_ih, bias_hh)");
-        const std::string l = "_l" + std::to_string(k);
-        const int64_t in = k == 0 ? X_ : H_;
+        const std::string l = suffix(k);
+        const int64_t in = in_of(k);
         g.push_back(
             {out_array<Real>(t[0], "grad weight_ih" + l, {4 * H_, in}),
              out_array<Real>(t[1], "grad weight_hh" + l, {4 * H_, H_}),
@@ -190,8 +192,8 @@ class PyLstm {
     }
     std::optional<py::array_t<Real>> dx, dh0, ds0;
     if (need_dx) dx.emplace(xs);
-    if (need_dh0) dh0.emplace(Shape{L_, B, H_});
-    if (need_ds0) ds0.emplace(Shape{L_, B, H_});
+    if (need_dh0) dh0.emplace(Shape{U_, B, H_});
+    if (need_ds0) ds0.emplace(Shape{U_, B, H_});
     const Real* dyp = dy ? dy->data() : nullptr;
     const Real* dhp = dh_n ? dh_n->data() : nullptr;
     const Real* dsp = ds_n ? ds_n->data() : nullptr;
@@ -219,17 +221,17 @@ class PyLstm {
  private:
   std::vector<lstmgrad::LstmLayerWeights<Real>> read_weights(py::sequence weights,
                                                              std::vector<py::object>& keep) {
-    if (static_cast<int64_t>(py::len(weights)) != L_)
+    if (static_cast<int64_t>(py::len(weights)) != U_)
       throw py::value_error("weights: " + std::to_string(py::len(weights)) + " layers, expected " +
-                            std::to_string(L_));
+                            std::to_string(U_));
     std::vector<lstmgrad::LstmLayerWeights<Real>> w;
-    for (int64_t k = 0; k < L_; ++k) {
+    for (int64_t k = 0; k < U_; ++k) {
       auto t = py::reinterpret_borrow<py::sequence>(weights[k]);
       if (py::len(t) != 4)
         throw py::value_error("weights[" + std::to_string(k) +
                               "]: expected (weight_ih, weight_hh, bias_ih, bias_hh)");
-      const std::string l = "_l" + std::to_string(k);
-      const int64_t in = k == 0 ? X_ : H_;
+      const std::string l = suffix(k);
+      const int64_t in = in_of(k);
       auto take = [&](py::handle o, const std::string& name, const Shape& s) -> const Real* {
         if (o.is_none()) return nullptr;
         auto a = as_array<Real>(o, name, s);
@@ -250,8 +252,14 @@ class PyLstm {
     return w;
   }
 
-  lstmgrad::Lstm<Real> lstm_;
-  int64_t X_, H_, L_;
+  // Unit u (nn.LSTM's order): layer u / D, reverse direction when u % D == 1.
+  int64_t in_of(int64_t u) const { return u < (Bi ? 2 : 1) ? X_ : Y_; }
+  std::string suffix(int64_t u) const {
+    return "_l" + std::to_string(Bi ? u / 2 : u) + (Bi && u % 2 ? "_reverse" : "");
+  }
+
+  std::conditional_t<Bi, lstmgrad::BidirectionalLstm<Real>, lstmgrad::Lstm<Real>> lstm_;
+  int64_t X_, H_, L_, U_, Y_;  // U: units (layers times directions), Y: output width
   std::mutex mutex_;
   py::array_t<Real, py::array::c_style> saved_x_;  // the last forward's input and weights
   std::vector<py::object> saved_keep_;
@@ -259,25 +267,26 @@ class PyLstm {
   bool packed_ = false;  // the last forward was forward_packed
 };
 
-template <class Real>
+template <class Real, bool Bi>
 void bind_lstm(py::module_& m, const char* name) {
-  py::class_<PyLstm<Real>>(m, name)
+  using P = PyLstm<Real, Bi>;
+  py::class_<P>(m, name)
       .def(py::init<int64_t, int64_t, int64_t>(), py::arg("input_size"), py::arg("hidden_size"),
            py::arg("num_layers") = 1)
-      .def("forward", &PyLstm<Real>::forward, py::arg("input"), py::arg("weights"),
-           py::arg("h0") = py::none(), py::arg("s0") = py::none())
-      .def("forward_packed", &PyLstm<Real>::forward_packed, py::arg("input"), py::arg("weights"),
+      .def("forward", &P::forward, py::arg("input"), py::arg("weights"), py::arg("h0") = py::none(),
+           py::arg("s0") = py::none())
+      .def("forward_packed", &P::forward_packed, py::arg("input"), py::arg("weights"),
            py::arg("batch_sizes"), py::arg("h0") = py::none(), py::arg("s0") = py::none())
-      .def("backward", &PyLstm<Real>::backward, py::arg("grad_output") = py::none(),
+      .def("backward", &P::backward, py::arg("grad_output") = py::none(),
            py::arg("grad_h_n") = py::none(), py::arg("grad_s_n") = py::none(),
            py::arg("grads") = py::none(), py::arg("need_input_grad") = true,
            py::arg("need_h0_grad") = true, py::arg("need_s0_grad") = true)
-      .def("set_threads", &PyLstm<Real>::set_threads, py::arg("n"))
-      .def("set_team", &PyLstm<Real>::set_team, py::arg("shares"), py::arg("running"))
-      .def_property_readonly("input_size", &PyLstm<Real>::X)
-      .def_property_readonly("hidden_size", &PyLstm<Real>::H)
-      .def_property_readonly("num_layers", &PyLstm<Real>::L)
-      .def_property_readonly("dtype", [](const PyLstm<Real>&) { return py::dtype::of<Real>(); });
+      .def("set_threads", &P::set_threads, py::arg("n"))
+      .def("set_team", &P::set_team, py::arg("shares"), py::arg("running"))
+      .def_property_readonly("input_size", &P::X)
+      .def_property_readonly("hidden_size", &P::H)
+      .def_property_readonly("num_layers", &P::L)
+      .def_property_readonly("dtype", [](const P&) { return py::dtype::of<Real>(); });
 }
 
 }  // namespace
@@ -285,8 +294,10 @@ void bind_lstm(py::module_& m, const char* name) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstmgrad's C++ engine: the LSTM stack forward and hand-derived backward";
   py::register_exception<lstmgrad::InputError>(m, "InputError", PyExc_ValueError);
-  bind_lstm<float>(m, "LstmFloat32");
-  bind_lstm<double>(m, "LstmFloat64");
+  bind_lstm<float, false>(m, "LstmFloat32");
+  bind_lstm<double, false>(m, "LstmFloat64");
+  bind_lstm<float, true>(m, "BidirectionalLstmFloat32");
+  bind_lstm<double, true>(m, "BidirectionalLstmFloat64");
   m.def(
       "parameter_layout",
       [](int64_t X, int64_t H, int64_t L, bool bias) {

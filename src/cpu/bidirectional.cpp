@@ -23,7 +23,7 @@ struct BidirectionalLstm<Real>::Impl {
                const Real* s0, std::span<const int64_t> bs, Real* y, Real* h_n, Real* s_n);
 
   int64_t X_, H_, L_;
-  int64_t N_ = 0, B_ = 0;
+  int64_t N_ = 0, B_ = 0, T_ = 0;
   std::vector<Lstm<Real>> dirs_;  // [2L]
   std::vector<int64_t> perm_;     // [N] row r of the reversed batch is row perm_[r]; an involution
   std::vector<std::vector<Real>> out_;  // [L] [N,2H] each layer's output (the next one's input)
@@ -79,7 +79,7 @@ void BidirectionalLstm<Real>::Impl::forward(const Real* x,
     throw std::invalid_argument("BidirectionalLstm: batch_sizes must be non-empty and >= 1");
   perm_ = reversal(bs);  // (Lstm::forward_packed checks the rest of bs)
   const int64_t N = static_cast<int64_t>(perm_.size()), B = bs[0], H = H_, S = B * H;
-  N_ = N, B_ = B;
+  N_ = N, B_ = B, T_ = static_cast<int64_t>(bs.size());
   out_.resize(static_cast<size_t>(L_)), rev_.resize(static_cast<size_t>(L_));
   const size_t wide = static_cast<size_t>(N * std::max(X_, 2 * H));
   a_.resize(wide), b_.resize(wide), c_.resize(wide), d_.resize(wide);
@@ -120,6 +120,18 @@ void BidirectionalLstm<Real>::set_team(int shares, int running) {
 template <class Real>
 void BidirectionalLstm<Real>::set_threads(int n) {
   set_team(n, n);
+}
+template <class Real>
+int64_t BidirectionalLstm<Real>::steps() const {
+  return impl_->T_;
+}
+template <class Real>
+int64_t BidirectionalLstm<Real>::batch() const {
+  return impl_->B_;
+}
+template <class Real>
+int64_t BidirectionalLstm<Real>::rows() const {
+  return impl_->N_;
 }
 
 template <class Real>
