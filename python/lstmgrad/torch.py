@@ -13,6 +13,7 @@ Errors for bad input are ValueError with the tensor's name, its shape and what w
 """
 
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -59,14 +60,17 @@ class _Pool:
 
     def __init__(self):
         self.free = {}
+        self.lock = threading.Lock()  # a module may run in several Python threads at once
 
     def take(self, key, rows, threads=None):
-        free = self.free.get(key)
-        if free:
-            fits = [e for e in free if e.rows >= rows]
-            engine = min(fits, key=lambda e: e.rows) if fits else max(free, key=lambda e: e.rows)
-            free.remove(engine)
-        else:
+        with self.lock:
+            free = self.free.get(key)
+            engine = None
+            if free:
+                fits = [e for e in free if e.rows >= rows]
+                engine = min(fits, key=lambda e: e.rows) if fits else max(free, key=lambda e: e.rows)
+                free.remove(engine)
+        if engine is None:
             engine = _Engine(*key)
         engine.core.set_threads(_threads if threads is None else threads)
         engine.generation += 1
@@ -74,13 +78,14 @@ class _Pool:
         return engine
 
     def give(self, key, engine):
-        self.free.setdefault(key, []).append(engine)
+        with self.lock:
+            self.free.setdefault(key, []).append(engine)
 
     def __getstate__(self):  # a copied or pickled module starts with no engines
         return {}
 
     def __setstate__(self, state):
-        self.free = {}
+        self.__init__()
 
 
 def _np(t):

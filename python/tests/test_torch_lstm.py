@@ -319,3 +319,28 @@ def test_flatten_parameters_and_single_layer_dropout_warning():
     with pytest.warns(UserWarning, match="dropout"):
         m = lt.LSTM(3, 4, dropout=0.5)
     m.flatten_parameters()  # nn.LSTM's cuDNN call: accepted, nothing to do
+
+
+def test_one_module_in_two_threads():
+    # Each call leases its own engine (the pool is locked): the same results as one at a time.
+    import threading
+
+    ref, mine = pair(torch.float64, input_size=3, hidden_size=8, num_layers=2)
+    xs = [torch.randn(12, 4, 3, dtype=torch.float64) for _ in range(2)]
+    want = [ref(x)[0].detach() for x in xs]
+    got = [None, None]
+
+    def run(k):
+        for _ in range(20):
+            x = xs[k].clone().requires_grad_()
+            y = mine(x)[0]
+            y.sum().backward()
+            got[k] = y.detach()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in (0, 1):
+        close(got[k], want[k], 1e-10, f"thread {k}")
