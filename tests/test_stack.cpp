@@ -431,6 +431,59 @@ TEST(stack, packed_backward_matches_finite_differences) {
   EXPECT_TRUE(close("s0", r.ds0, central_difference(of_s0, p.s0), 1e-7));
 }
 
+// run_engine with dropout p between layers (seed 7).
+Result run_dropout(const Problem& p, double drop, bool packed) {
+  const Shape n = p.n;
+  Lstm<double> lstm(n.X, n.H, n.L);
+  lstm.set_dropout(drop, 7);
+  const auto w = lstm_layer_weights<double>(p.params, n.X, n.H, n.L);
+  Result r;
+  r.y.resize(p.gy.size()), r.h_n.resize(p.h0.size()), r.s_n.resize(p.h0.size());
+  const std::vector<int64_t> bs(static_cast<size_t>(n.T), n.B);
+  if (packed)
+    lstm.forward_packed(p.x.data(), w, p.h0.data(), p.s0.data(), bs, r.y.data(), r.h_n.data(),
+                        r.s_n.data());
+  else
+    lstm.forward(p.x.data(), w, p.h0.data(), p.s0.data(), n.T, n.B, r.y.data(), r.h_n.data(),
+                 r.s_n.data());
+  r.loss = dot(r.y, p.gy) + dot(r.h_n, p.ghn) + dot(r.s_n, p.gsn);
+  r.grad.assign(p.params.size(), 0.0), r.dx.resize(p.x.size());
+  r.dh0.resize(p.h0.size()), r.ds0.resize(p.h0.size());
+  lstm.backward(p.gy.data(), p.ghn.data(), p.gsn.data(), p.x.data(), w,
+                lstm_layer_grads<double>(r.grad, n.X, n.H, n.L), r.dx.data(), r.dh0.data(),
+                r.ds0.data());
+  return r;
+}
+
+TEST(stack, dropout_backward_matches_finite_differences) {
+  const Problem p = make_problem({4, 3, 3, 4, 3}, 27);
+  for (bool packed : {false, true}) {
+    SCOPED_TRACE(packed ? "forward_packed" : "forward");
+    const Result r = run_dropout(p, 0.4, packed);
+    auto of_params = [&](std::span<const double> v) {
+      Problem q = p;
+      q.params.assign(v.begin(), v.end());
+      return run_dropout(q, 0.4, packed).loss;
+    };
+    auto of_x = [&](std::span<const double> v) {
+      Problem q = p;
+      q.x.assign(v.begin(), v.end());
+      return run_dropout(q, 0.4, packed).loss;
+    };
+    EXPECT_TRUE(close("weights", r.grad, central_difference(of_params, p.params), 1e-7));
+    EXPECT_TRUE(close("x", r.dx, central_difference(of_x, p.x), 1e-7));
+  }
+  // It drops: the outputs differ from p = 0's, which are the plain stack's.
+  const Result none = run_dropout(p, 0.0, false), plain = run_engine<double>(p, true);
+  EXPECT_TRUE(close("p = 0", none.y, plain.y, 0.0));
+  EXPECT_GT(
+      diff(std::span<const double>(run_dropout(p, 0.4, false).y), std::span<const double>(plain.y))
+          .max_abs,
+      1e-3);
+  Lstm<double> lstm(2, 2, 2);
+  EXPECT_THROW(lstm.set_dropout(1.0, 0), std::invalid_argument);
+}
+
 TEST(stack, packed_rejects_increasing_batch_sizes) {
   Lstm<double> lstm(2, 2, 1);
   std::vector<double> params(parameter_count({InputKind::dense, Readout::identity, 2, 2, 2, 1}));

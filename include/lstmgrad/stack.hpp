@@ -71,6 +71,13 @@ class Lstm {
   int64_t hidden_size() const;
   int64_t num_layers() const;
 
+  // Dropout between layers, as nn.LSTM's dropout in training: layer k+1 reads layer k's output
+  // times a mask (1/(1-p) with probability 1-p, else 0), never the recurrent h or s, and not the
+  // top layer's output. The masks are lstmgrad's own (a pure function of seed, layer and
+  // position, not torch's generator); p = 0, the default, turns it off. Throws
+  // std::invalid_argument for p outside [0, 1).
+  void set_dropout(double p, uint64_t seed);
+
   // x [T,B,X] read; w [L] read; h0, s0 [L,B,H] read, or null (zeros). Written: y [T,B,H] and
   // h_n, s_n [L,B,H] (each may be null: not wanted). Saves what backward needs; x and the
   // weights must stay unchanged and alive until that backward (the engine keeps no copy).

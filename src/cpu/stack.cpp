@@ -88,6 +88,10 @@ struct Lstm<Real>::Impl {
   std::vector<Segment> segs_;
   size_t n_segs_ = 0;  // segments of the last forward; 0: it was dense
   int shares_ = 0, running_ = 0;
+  double drop_p_ = 0;
+  uint64_t drop_seed_ = 0;
+  // Segment i's masks: their own stream, so that runs of steps do not repeat one another's.
+  uint64_t segment_seed(size_t i) const { return drop_seed_ ^ (0x9e3779b97f4a7c15ULL * (i + 1)); }
   std::vector<Real> carry_h_, carry_s_, part_a_, part_b_, part_c_, part_d_, zero_dy_;
   std::vector<Real> zeros_;    // [G] the bias of a layer without one
   std::vector<Real> scratch_;  // [2G] where the bias gradients of a layer without them go
@@ -130,6 +134,15 @@ void Lstm<Real>::set_team(int shares, int running) {
 template <class Real>
 void Lstm<Real>::set_threads(int n) {
   set_team(n, n);
+}
+template <class Real>
+void Lstm<Real>::set_dropout(double p, uint64_t seed) {
+  if (!(p >= 0 && p < 1))
+    throw std::invalid_argument("Lstm::set_dropout: p must be in [0, 1), got " + std::to_string(p));
+  Impl& m = *impl_;
+  m.drop_p_ = p, m.drop_seed_ = seed;
+  m.stack_.set_dropout(p, seed);
+  for (size_t i = 0; i < m.segs_.size(); ++i) m.segs_[i].stack->set_dropout(p, m.segment_seed(i));
 }
 template <class Real>
 int64_t Lstm<Real>::rows() const {
@@ -244,6 +257,7 @@ void Lstm<Real>::forward_packed(const Real* x, std::span<const LstmLayerWeights<
       m.segs_.push_back({0, 0, 0, std::make_unique<cpu::LstmStack<Real>>(m.X_, H, L)});
       m.segs_.back().stack->set_team(m.shares_, m.running_);
     }
+    m.segs_[m.n_segs_].stack->set_dropout(m.drop_p_, m.segment_seed(m.n_segs_));
     auto& seg = m.segs_[m.n_segs_++];
     seg.off = off, seg.n = t - t0, seg.b = batch_sizes[t0];
     off += seg.n * seg.b, t0 = t;
