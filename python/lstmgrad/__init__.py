@@ -57,6 +57,14 @@ class Lstm:
         """The engine's threads for the calls that follow (0: chosen by the engine)."""
         self._engine.set_threads(int(n))
 
+    def set_dropout(self, p, seed=0):
+        """Dropout between layers for the forwards that follow (Lstm::set_dropout: lstmgrad's own
+        masks from `seed`; p = 0 turns it off). Not for a bidirectional stack."""
+        if self.bidirectional:
+            raise NotImplementedError("lstmgrad.Lstm.set_dropout: bidirectional stacks have no dropout "
+                                      "(lstmgrad.torch.LSTM applies torch.dropout between layers)")
+        self._engine.set_dropout(float(p), int(seed))
+
     def parameter_layout(self, bias=True):
         """[(name, shape)] in nn.LSTM's order."""
         if not self.bidirectional:

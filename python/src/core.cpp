@@ -213,6 +213,12 @@ class PyLstm {
   }
 
   void set_threads(int n) { lstm_.set_threads(n); }
+  void set_dropout(double p, uint64_t seed) {
+    if constexpr (Bi)
+      throw py::value_error("set_dropout: not available for a bidirectional stack");
+    else
+      lstm_.set_dropout(p, seed);
+  }
   void set_team(int shares, int running) { lstm_.set_team(shares, running); }
   int64_t X() const { return X_; }
   int64_t H() const { return H_; }
@@ -282,6 +288,7 @@ void bind_lstm(py::module_& m, const char* name) {
            py::arg("grads") = py::none(), py::arg("need_input_grad") = true,
            py::arg("need_h0_grad") = true, py::arg("need_s0_grad") = true)
       .def("set_threads", &P::set_threads, py::arg("n"))
+      .def("set_dropout", &P::set_dropout, py::arg("p"), py::arg("seed"))
       .def("set_team", &P::set_team, py::arg("shares"), py::arg("running"))
       .def_property_readonly("input_size", &P::X)
       .def_property_readonly("hidden_size", &P::H)

@@ -262,3 +262,19 @@ def test_bidirectional_is_two_directions_by_hand():
     np.testing.assert_allclose(y, inp, atol=1e-13)
     dx, dh0, ds0, grads = lstm.backward(np.ones_like(y))
     assert dx.shape == x.shape and dh0.shape == h0.shape and set(grads) == set(params)
+
+
+def test_dropout_drops_between_layers_only():
+    lstm, params, x, h0, s0, gy, *_ = problem(4, 3, 3, 5, 2, 12)
+    plain = lstm.forward(x, params, h0, s0)
+    lstm.set_dropout(0.5, seed=1)
+    dropped = lstm.forward(x, params, h0, s0)
+    np.testing.assert_array_equal(dropped[1][0], plain[1][0])  # layer 0's state: nothing dropped below it
+    assert np.abs(dropped[0] - plain[0]).max() > 1e-3  # layer 1 reads a dropped input
+    np.testing.assert_array_equal(lstm.forward(x, params, h0, s0)[0], dropped[0])  # same masks
+    lstm.set_dropout(0.0)
+    np.testing.assert_array_equal(lstm.forward(x, params, h0, s0)[0], plain[0])
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        lstm.set_dropout(1.5)
+    with pytest.raises(NotImplementedError, match="bidirectional"):
+        lstmgrad.Lstm(3, 5, 2, bidirectional=True).set_dropout(0.5)
