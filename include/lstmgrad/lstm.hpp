@@ -44,6 +44,10 @@ class LanguageModel {
   // are a pure function of (seed, layer, position): give each training step its own seed, and
   // p = 0 (the default) for evaluation.
   void set_dropout(double p, uint64_t seed);
+  // The batches that follow are streams [first, first + B) of a batch of `total` streams (one
+  // process's shard in data-parallel training): the dropout masks are the whole batch's at those
+  // streams, so that they do not depend on how the batch is split. total = 0: the batch is whole.
+  void set_stream_shard(int64_t first, int64_t total);
 
   // Runs the model over `batch` with parameters `params` (flat, parameter_layout order, size
   // parameter_count) and saves what backward needs. Returns the loss combined by `red`, or 0 when

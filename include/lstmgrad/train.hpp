@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "lstmgrad/collective.hpp"
 #include "lstmgrad/model.hpp"
 
 namespace lstmgrad {
@@ -50,6 +51,18 @@ struct TrainOptions {
 // Runs (or resumes) training; writes model.safetensors, best.safetensors, checkpoint.safetensors
 // and metrics.jsonl into opts.out. Returns the process exit code.
 int run_training(const TrainOptions& opts);
+
+// The same, data-parallel over the processes of `world` (docs/scaling.md): each rank trains
+// batch / world.size() of the streams, the gradients are summed in a fixed order, every rank
+// applies the same update, and rank 0 alone prints and writes the run's files. Every rank calls
+// it with the same options. Throws StoppedByOtherRank on the ranks other than 0 when the job stops
+// for an error that rank 0 reports.
+int run_training(const TrainOptions& opts, Collective& world);
+
+// For a rank of `world` that cannot call run_training (its options are wrong): meets the other
+// ranks at the start of the job, where all of them stop. Throws InputError on rank 0 (the first
+// failing rank's message), StoppedByOtherRank on the others.
+[[noreturn]] void refuse_training_start(Collective& world, const std::string& error);
 
 struct EvalResult {
   double loss = 0;  // nats per token

@@ -1,10 +1,13 @@
 // `lstmgrad train`, `lstmgrad eval`, `lstmgrad sample`: language models on text.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cli/commands.hpp"
+#include "cli/mpi_collective.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/threads.hpp"
 #include "lstmgrad/train.hpp"
@@ -22,7 +25,7 @@ void resolve_data_dir(TrainOptions& o, const fs::path& dir) {
   for (const char* prefix : {"", "ptb."}) {
     const fs::path train = dir / fmt::format("{}train.txt", prefix);
     if (!fs::exists(train)) continue;
-    o.train = train;
+    if (o.train.empty()) o.train = train;  // --train given beside --data wins
     for (auto [name, dst] : {std::pair{"valid", &o.valid}, std::pair{"test", &o.test}}) {
       const fs::path p = dir / fmt::format("{}{}.txt", prefix, name);
       if (dst->empty() && fs::exists(p)) *dst = p;
@@ -77,7 +80,16 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
-  cmd->add_option("--threads", *threads, "Threads (0: the BLAS default)")->capture_default_str();
+  cmd->add_option("--threads", *threads,
+                  "Threads (0: the cores, fewer while the machine is busy; under mpirun the cores "
+                  "over the processes on each machine)")
+      ->capture_default_str();
+  auto comm_timeout = std::make_shared<double>(60);
+  cmd->add_option("--comm-timeout", *comm_timeout,
+                  "Under mpirun or srun: seconds a process waits for another before it ends the "
+                  "job, naming the rank that does not answer")
+      ->check(CLI::Range(1.0, 86400.0))
+      ->capture_default_str();
   cmd->add_option("--out", o->out, "Run folder")->capture_default_str();
   cmd->add_option("--resume", o->resume, "Continue the run in this folder");
   cmd->add_option("--max-steps", o->max_steps, "Stop after this many updates (0: no limit)");
@@ -89,14 +101,28 @@ void register_train(CLI::App& app) {
   cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   auto* device = add_device_option(cmd, o->device);
-  cmd->callback([o, data_dir, threads, epochs, device] {
+  cmd->callback([o, data_dir, threads, epochs, device, comm_timeout] {
+    // Started by mpirun or srun with several processes: one model, data-parallel over them.
+    const Launched job = launched_job(*comm_timeout);
     o->device_given = device->count() > 0;
-    if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
-    if (o->resume.empty() && o->train.empty())
-      throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
-    o->epochs_given = epochs->count() > 0;
     o->threads = *threads;  // applied by the trainer (on --resume, the run's own by default)
-    set_exit_code(run_training(*o));
+    if (job.world && o->threads == 0)
+      o->threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / job.local);
+    try {
+      try {
+        if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
+        if (o->resume.empty() && o->train.empty())
+          throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
+      } catch (const InputError& e) {
+        // The other ranks wait for this one at the start of the job: stop them too.
+        if (!job.world) throw;
+        refuse_training_start(*job.world, e.what());
+      }
+      o->epochs_given = epochs->count() > 0;
+      set_exit_code(job.world ? run_training(*o, *job.world) : run_training(*o));
+    } catch (const StoppedByOtherRank& e) {
+      set_exit_code(e.code());  // rank 0 printed the message
+    }
   });
 }
 

@@ -35,6 +35,31 @@ void dropout_mask(Real* mask, int64_t n, double p, uint64_t seed, uint64_t site)
   for (int64_t k = 0; k < n; ++k) mask[k] = dropout_entry(base, static_cast<uint64_t>(k), p, keep);
 }
 
+// Which streams of a batch a model runs: [first, first + B) of `total` (0: the batch is whole).
+// A shard of a batch (one process's part in data-parallel training) draws the same mask entries
+// as the whole batch would at those streams, so that the masks do not depend on the split.
+struct StreamShard {
+  int64_t first = 0, total = 0;
+};
+
+// mask [T,B,W] of the streams `shard` names: entry (t, b, j) is entry ((t * total + first + b) * W
+// + j) of the whole batch's mask, as dropout_mask above draws it (the same, when the batch is
+// whole).
+template <class Real>
+void dropout_mask(Real* mask, int64_t T, int64_t B, int64_t W, StreamShard shard, double p,
+                  uint64_t seed, uint64_t site) {
+  if (shard.total == 0) return dropout_mask(mask, T * B * W, p, seed, site);
+  const Real keep = static_cast<Real>(1.0 / (1.0 - p));
+  const uint64_t base = dropout_base(seed, site);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < B; ++b) {
+      const uint64_t k0 = static_cast<uint64_t>((t * shard.total + shard.first + b) * W);
+      Real* m = mask + (t * B + b) * W;
+      for (int64_t j = 0; j < W; ++j)
+        m[j] = dropout_entry(base, k0 + static_cast<uint64_t>(j), p, keep);
+    }
+}
+
 // y[k] = x[k] * mask[k] for k in [k0, k1).
 template <class Real>
 void apply_mask(Real* y, const Real* x, const Real* mask, int64_t k0, int64_t k1) {

@@ -111,6 +111,7 @@ struct LanguageModel<Real>::Impl {
   std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;
+  cpu::StreamShard shard_;
   bool dropped_ = false;  // whether the last forward used dropout
   // With dropout, one allocation grown on demand (never inside the time loop): the input mask
   // and the dropped input [T,B,X] each, then the top mask, the dropped top and dL/d(top) [T,B,H]
@@ -159,6 +160,12 @@ template <class Real>
 void LanguageModel<Real>::set_dropout(double p, uint64_t seed) {
   impl_->drop_p_ = p, impl_->drop_seed_ = seed;
   impl_->stack_->set_dropout(p, seed);
+}
+
+template <class Real>
+void LanguageModel<Real>::set_stream_shard(int64_t first, int64_t total) {
+  impl_->shard_ = {first, total};
+  impl_->stack_->set_stream_shard({first, total});
 }
 
 template <class Real>
@@ -222,7 +229,7 @@ const Real* LanguageModel<Real>::Impl::readout_input() {
   Real* mask = top_mask();
   Real* top_d = dropped_top();
   if (!readout_dropped_) {
-    cpu::dropout_mask(mask, N * H, drop_p_, drop_seed_, static_cast<uint64_t>(cfg_.L));
+    cpu::dropout_mask(mask, T_, B_, H, shard_, drop_p_, drop_seed_, static_cast<uint64_t>(cfg_.L));
     cpu::apply_mask(top_d, top, mask, 0, N * H);
     readout_dropped_ = true;
   }
@@ -285,7 +292,7 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   if (dropped_) {  // site 0: the input of layer 0
     if (drop_.size() < static_cast<size_t>(2 * N * X + 3 * N * H))
       drop_.resize(2 * N * X + 3 * N * H);
-    cpu::dropout_mask(input_mask(), N * X, drop_p_, drop_seed_, 0);
+    cpu::dropout_mask(input_mask(), batch.T, batch.B, X, shard_, drop_p_, drop_seed_, 0);
     cpu::apply_mask(dropped_input(), x, input_mask(), 0, N * X);
     x = dropped_input();
   }

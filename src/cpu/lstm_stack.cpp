@@ -73,7 +73,8 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
     if (drop_.size() < static_cast<size_t>(2 * (L_ - 1) * N * H))
       drop_.resize(2 * (L_ - 1) * N * H);
     for (int64_t k = 0; k + 1 < L_; ++k)
-      dropout_mask(drop_mask(k), N * H, drop_p_, drop_seed_, static_cast<uint64_t>(k + 1));
+      dropout_mask(drop_mask(k), T, B, H, shard_, drop_p_, drop_seed_,
+                   static_cast<uint64_t>(k + 1));
   }
   const int S = team_ = threads(B);
   claims_.reserve(T + 1, S);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/dropout.hpp"
 #include "cpu/lstm_layer.hpp"
 
 namespace lstmgrad::cpu {
@@ -44,6 +45,8 @@ class LstmStack {
   // Dropout between layers (on layer k's output before layer k+1 reads it), for the forward
   // calls that follow; p = 0 turns it off. Masks come from (seed, site k+1, position).
   void set_dropout(double p, uint64_t seed) { drop_p_ = p, drop_seed_ = seed; }
+  // The batch's streams are `shard` of a larger batch: the masks are that batch's (dropout.hpp).
+  void set_stream_shard(StreamShard shard) { shard_ = shard; }
 
  private:
   void reserve(int64_t T, int64_t B);
@@ -65,6 +68,7 @@ class LstmStack {
   Real* ds_ = nullptr;                   // [B,H]
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;
+  StreamShard shard_;
   bool dropped_ = false;    // whether the last forward used dropout
   std::vector<Real> drop_;  // per boundary k < L-1: mask [T,B,H], then the dropped input [T,B,H]
   Real* drop_mask(int64_t k) { return drop_.data() + 2 * k * T_ * B_ * H_; }

@@ -16,10 +16,13 @@ struct StreamLoss {
 };
 
 // B = 1 is the sequential protocol papers use for test perplexity (every token but the first is
-// predicted once, from everything before it).
+// predicted once, from everything before it). `count` > 0: only the streams [first, first +
+// count) of the B (one rank's share in data-parallel training; the shares' sums add up to the
+// whole's).
 template <class Real>
 StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params,
-                           std::span<const int64_t> ids, int64_t B, int64_t seq, const char* where);
+                           std::span<const int64_t> ids, int64_t B, int64_t seq, const char* where,
+                           int64_t first = 0, int64_t count = 0);
 
 // The same on the GPU with the parameters already on the device (set_params); uses the model's
 // carried state (reset first, left carried at the end).

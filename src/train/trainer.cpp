@@ -12,10 +12,12 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <sstream>
 #include <system_error>
 #include <type_traits>
@@ -23,6 +25,7 @@
 #include "data/scan.hpp"
 #include "io/json_text.hpp"
 #include "lstmgrad/atomic_file.hpp"
+#include "lstmgrad/collective.hpp"
 #include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
@@ -222,6 +225,87 @@ class Halted : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A 64-bit hash of bytes, the same on every machine (splitmix64 over 8-byte words, the tail
+// zero-padded): the ranks of a job compare their options, texts and parameters with it.
+uint64_t content_hash(std::span<const std::byte> bytes, uint64_t h = 0) {
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  size_t k = 0;
+  for (; k + 8 <= bytes.size(); k += 8) {
+    uint64_t w = 0;
+    std::memcpy(&w, bytes.data() + k, 8);
+    h = mix(h ^ w);
+  }
+  uint64_t tail = 0;
+  std::memcpy(&tail, bytes.data() + k, bytes.size() - k);
+  return mix(h ^ tail ^ (static_cast<uint64_t>(bytes.size()) << 56));
+}
+template <class T>
+uint64_t content_hash(std::span<const T> v, uint64_t h = 0) {
+  return content_hash(std::as_bytes(v), h);
+}
+uint64_t content_hash(std::string_view s, uint64_t h = 0) {
+  return content_hash(std::as_bytes(std::span<const char>(s.data(), s.size())), h);
+}
+
+// What each rank brings to the start of a job of several processes: the error that stops it
+// (empty: none), or hashes of what it would train.
+struct StartReport {
+  static constexpr const char* kWhat[] = {"the options", "the training text and vocabulary",
+                                          "the validation text", "the test text", "the checkpoint"};
+  std::array<char, 1024> error{};
+  std::array<uint64_t, 5> hashes{};
+};
+
+// The one point every rank of a job passes before any writes a file: the ranks exchange their
+// StartReports, and either all start or all stop, with one message from rank 0 (the lowest
+// failing rank's error, or what differs between the ranks) and exit code 2 everywhere.
+class StartGate {
+ public:
+  explicit StartGate(Collective& world) : world_(world) {}
+  bool passed() const { return passed_; }
+
+  void pass(const StartReport& mine) {
+    passed_ = true;
+    std::vector<StartReport> all(static_cast<size_t>(world_.size()));
+    const std::vector<std::byte> bytes = world_.all_gather(
+        std::as_bytes(std::span<const StartReport>(&mine, 1)), "the start of the job");
+    std::memcpy(all.data(), bytes.data(), bytes.size());
+    for (int q = 0; q < world_.size(); ++q)
+      if (all[q].error[0] != 0) stop(fmt::format("rank {}: {}", q, all[q].error.data()));
+    for (int q = 1; q < world_.size(); ++q)
+      for (size_t k = 0; k < mine.hashes.size(); ++k)
+        if (all[q].hashes[k] != all[0].hashes[k])
+          stop(fmt::format(
+              "rank {}: {}: not the same as rank 0's; every process of a job must be given "
+              "the same flags and files",
+              q, StartReport::kWhat[k]));
+  }
+
+  // This rank cannot start: `error` says why.
+  [[noreturn]] void fail(const std::string& error) {
+    StartReport r;
+    const size_t n = std::min(error.size(), r.error.size() - 1);
+    std::memcpy(r.error.data(), error.data(), n);
+    if (n == 0) r.error[0] = '?';
+    pass(r);
+    throw std::logic_error("StartGate::fail: the gate let a failed rank through");
+  }
+
+ private:
+  [[noreturn]] void stop(const std::string& message) {
+    if (world_.rank() == 0) throw InputError(message);
+    throw StoppedByOtherRank(2);
+  }
+
+  Collective& world_;
+  bool passed_ = false;
+};
+
 // SIGINT and SIGTERM while training: the first lets the update in progress finish, writes a
 // checkpoint and ends the run with 128 + the signal's number (130, 143: what a shell reports for a
 // process the signal ended); a second ends the process at once (every file is written atomically,
@@ -405,24 +489,32 @@ void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t s
 template <class Real>
 class Trainer {
  public:
-  explicit Trainer(TrainOptions o) : o_(std::move(o)), progress_(o_.quiet) {}
+  Trainer(TrainOptions o, Collective& world, StartGate& gate)
+      : o_(std::move(o)),
+        world_(world),
+        gate_(gate),
+        ranks_(world.size()),
+        rank_(world.rank()),
+        progress_(o_.quiet || rank_ != 0) {}
 
   int run(const Checkpoint<Real>* resume) {
     set_threads(o_.threads);  // 0: the defaults
     load_data();
     data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
     const int64_t n = batcher.windows();
+    if (resume) check_against_text(*resume, n);
+    if (ranks_ > 1) gate_.pass(start_report(resume));  // every rank starts, or none does
     std::optional<RunLock> lock;
     if (resume) {
-      check_against_text(*resume, n);
-      lock.emplace(o_.out);  // before restore touches the folder
+      if (rank_ == 0) lock.emplace(o_.out);  // before restore touches the folder
       restore(*resume);
     } else {
-      create_out(o_.out);  // only now: a rejected text leaves no folder behind
-      lock.emplace(o_.out);
+      if (rank_ == 0) create_out(o_.out);  // only now: a rejected text leaves no folder behind
+      if (rank_ == 0) lock.emplace(o_.out);
       init_fresh();
     }
     const StopSignals signals;
+    signals_ = &signals;
     if (gpu_) to_device(resume != nullptr);
     if (!resume)
       progress_.line(
@@ -439,7 +531,13 @@ class Trainer {
         return static_cast<double>(run_.epoch_tokens - tokens0) / std::max(seconds_since(t0), 1e-9);
       };
       while (run_.window < n) {
-        batch_.T = batcher.window(run_.window, batch_.tokens, batch_.target);
+        if (ranks_ == 1) {
+          batch_.T = batcher.window(run_.window, batch_.tokens, batch_.target);
+        } else {  // the whole window, then this rank's streams of it
+          batch_.T = batcher.window(run_.window, window_tokens_, window_target_);
+          take_streams(window_tokens_, batch_.tokens, batch_.T);
+          take_streams(window_target_, batch_.target, batch_.T);
+        }
         train_step(red, lr);
         ++run_.window;
         run_.wall_s = wall0 + seconds_since(t0);
@@ -455,27 +553,32 @@ class Trainer {
                           run_.step, o_.out.string()));
           return 0;
         }
-        if (const int sig = signals.pending()) return interrupted(sig);
+        if (const int sig = stop_pending()) return interrupted(sig);
         if (o_.checkpoint_every > 0 && run_.step % o_.checkpoint_every == 0) checkpoint();
+        if (ranks_ > 1 && run_.step % kSameModelEvery == 0) require_same_model();
       }
       validate(tokens_per_s(), lr, /*end_of_epoch=*/true);
       ++run_.epoch, run_.window = 0;  // the checkpoint resumes at the next epoch
       checkpoint();
-      if (const int sig = signals.pending(); sig && run_.epoch <= o_.epochs)
-        return interrupted(sig);
+      if (const int sig = stop_pending(); sig && run_.epoch <= o_.epochs) return interrupted(sig);
     }
     test();
     return 0;
   }
 
  private:
+  // The stop signal every rank acts on after this update: the process's own, or on several
+  // ranks the largest any rank received (train_step agrees on it with the update's loss).
+  int stop_pending() const { return ranks_ == 1 ? signals_->pending() : agreed_stop_; }
+
   // After a stop signal: the update in progress is done; a checkpoint, then 128 + the signal.
   int interrupted(int sig) {
     checkpoint();
-    std::fprintf(stderr,
-                 "lstmgrad train: %s after update %lld: checkpoint written; continue with "
-                 "--resume %s\n",
-                 StopSignals::name(sig), static_cast<long long>(run_.step), o_.out.c_str());
+    if (rank_ == 0)
+      std::fprintf(stderr,
+                   "lstmgrad train: %s after update %lld: checkpoint written; continue with "
+                   "--resume %s\n",
+                   StopSignals::name(sig), static_cast<long long>(run_.step), o_.out.c_str());
     return 128 + sig;
   }
 
@@ -522,9 +625,80 @@ class Trainer {
     readout_ranges_[1] = {c, c + V};
     if (readout_ranges_[1].begin < readout_ranges_[0].begin)
       std::swap(readout_ranges_[0], readout_ranges_[1]);
-    const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
-    batch_.B = o_.batch;
+    // This rank's streams of the batch: [first, first + B/ranks) (validate_options: B divides).
+    const int64_t B = o_.batch / ranks_;
+    if (ranks_ > 1) lm_->set_stream_shard(rank_ * B, o_.batch);
+    const size_t S = static_cast<size_t>(cfg_.L * B * cfg_.H);
+    batch_.B = B;
     batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
+  }
+
+  // This rank's streams of a [T, o_.batch] window: [T, B/ranks] (the tokens or the targets).
+  void take_streams(const std::vector<int64_t>& whole, std::vector<int64_t>& mine,
+                    int64_t T) const {
+    const int64_t B = batch_.B, first = rank_ * B;
+    mine.resize(static_cast<size_t>(T * B));
+    for (int64_t t = 0; t < T; ++t)
+      std::copy_n(whole.begin() + t * o_.batch + first, B, mine.begin() + t * B);
+  }
+
+  // The state carried into the next window, [L, o_.batch, H], from every rank's part [L, B/ranks,
+  // H] of it (`mine`): each rank's rows in place, zeros elsewhere, summed (x + 0 is exact).
+  std::vector<Real> whole_state(const std::vector<Real>& mine) {
+    if (ranks_ == 1) return mine;
+    const int64_t B = batch_.B, H = cfg_.H;
+    std::vector<Real> whole(static_cast<size_t>(cfg_.L * o_.batch * H), Real(0));
+    for (int64_t l = 0; l < cfg_.L; ++l)
+      std::copy_n(mine.begin() + l * B * H, B * H, whole.begin() + (l * o_.batch + rank_ * B) * H);
+    world_.sum(std::span<Real>(whole), "the carried state");
+    return whole;
+  }
+
+  // This rank's part of a whole carried state (a checkpoint's).
+  void take_state(const std::vector<Real>& whole, std::vector<Real>& mine) const {
+    const int64_t B = batch_.B, H = cfg_.H;
+    for (int64_t l = 0; l < cfg_.L; ++l)
+      std::copy_n(whole.begin() + (l * o_.batch + rank_ * B) * H, B * H, mine.begin() + l * B * H);
+  }
+
+  // What this rank would train, for the ranks to compare before any of them starts (StartGate):
+  // the options that shape the run (not the paths, which may differ between machines, nor the
+  // threads), the texts and the vocabulary, and the checkpoint resumed.
+  StartReport start_report(const Checkpoint<Real>* resume) const {
+    json shaping = options_to_json(o_);
+    for (const char* path : {"train", "valid", "test"}) shaping.erase(path);
+    StartReport r;
+    r.hashes[0] = content_hash(shaping.dump());
+    r.hashes[1] = content_hash(std::span<const int64_t>(train_ids_));
+    for (const std::string& w : vocab_.words()) r.hashes[1] = content_hash(w, r.hashes[1]);
+    r.hashes[2] = content_hash(std::span<const int64_t>(valid_ids_));
+    r.hashes[3] = content_hash(std::span<const int64_t>(test_ids_));
+    r.hashes[4] = resume ? content_hash(std::span<const Real>(resume->params)) ^
+                               content_hash(std::span<const Real>(resume->h)) ^
+                               static_cast<uint64_t>(resume->run.step)
+                         : 0;
+    return r;
+  }
+
+  // Every kSameModelEvery updates and at each checkpoint: the ranks compare a hash of their
+  // parameters, and a difference (which the fixed-order sums should make impossible) halts the
+  // run before a diverged model is written.
+  static constexpr int64_t kSameModelEvery = 100;
+  void require_same_model() {
+    const uint64_t mine = content_hash(std::span<const Real>(params_));
+    const std::vector<std::byte> all = world_.all_gather(
+        std::as_bytes(std::span<const uint64_t>(&mine, 1)), "the parameter hashes");
+    for (int q = 0; q < ranks_; ++q) {
+      uint64_t h = 0;
+      std::memcpy(&h, all.data() + q * sizeof h, sizeof h);
+      uint64_t h0 = 0;
+      std::memcpy(&h0, all.data(), sizeof h0);
+      if (h != h0)
+        throw Halted(fmt::format(
+            "after update {} rank {} holds other parameters than rank 0 (hash {:016x}, not "
+            "{:016x}); training stopped, {}",
+            run_.step, q, h, h0, last_checkpoint()));
+    }
   }
 
   void init_fresh() {
@@ -558,9 +732,10 @@ class Trainer {
         c.cfg.peephole != cfg_.peephole)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
-    if (c.h.size() != batch_.h0.size() || c.s.size() != batch_.s0.size())
+    const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
+    if (c.h.size() != S || c.s.size() != S)
       throw InputError(fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values for {}",
-                                   ck, c.h.size(), c.s.size(), batch_.h0.size()));
+                                   ck, c.h.size(), c.s.size(), S));
     // Each window is one update: step = (epoch - 1) * windows + window.
     const std::string run = ck + ": __metadata__ 'lstmgrad.run_state'";
     if (c.run.window > windows)
@@ -585,13 +760,13 @@ class Trainer {
       best_params_ = std::move(m.params);
     }
     rng_ = rng_from_state(c.run.rng, (o_.out / "checkpoint.safetensors").string());
-    remove_stale_temporaries();  // the first change to the run folder, after every check
+    if (rank_ == 0) remove_stale_temporaries();  // the first change to the run folder
     params_ = c.params;
     opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
     if (!c.m.empty()) opt_->m() = c.m, opt_->v() = c.v;
     opt_->set_steps(c.optimizer_steps);
     grad_.assign(params_.size(), Real(0));
-    batch_.h0 = c.h, batch_.s0 = c.s;
+    take_state(c.h, batch_.h0), take_state(c.s, batch_.s0);
     run_ = c.run;
     progress_.line(fmt::format("resuming {} at epoch {}, window {}, update {}", o_.out.string(),
                                run_.epoch, run_.window, run_.step));
@@ -645,14 +820,31 @@ class Trainer {
     // Each update its own dropout masks, a function of (seed, update): resumes replay them.
     lm_->set_dropout(o_.dropout,
                      o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
-    const double loss = lm_->forward(params_, batch_, red);
+    double loss = lm_->forward(params_, batch_, red);
     lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
     // The embedding rows no token of the batch used hold a zero gradient (backward adds only to
     // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
+    // On several ranks the whole window's tokens decide, so that every rank skips the same rows.
     const std::span<const ElementRange> zero = unused_embedding_rows();
-    const double norm = gradient_norm(zero);
+    double scale = 1;  // what the summed gradient is multiplied by
+    double norm = 0;
+    if (ranks_ == 1) {
+      norm = gradient_norm(zero);
+    } else {
+      // Each rank's loss and gradient are its streams' mean (or batch mean); the whole batch's
+      // are their mean over the ranks: the sum, divided by the ranks.
+      world_.sum(std::span<Real>(grad_), "the gradient");
+      // With it, the stop signals: SIGTERM when any rank has one, else SIGINT when any has one.
+      const int sig = signals_->pending();
+      std::array<double, 3> shared = {loss, sig == SIGTERM ? 1.0 : 0.0, sig == SIGINT ? 1.0 : 0.0};
+      world_.sum(std::span<double>(shared), "the loss");
+      loss = shared[0] / ranks_;
+      agreed_stop_ = shared[1] > 0 ? SIGTERM : (shared[2] > 0 ? SIGINT : 0);
+      scale = 1.0 / ranks_;
+      norm = grad_norm<Real>(grad_, zero) * scale;
+    }
     if (!std::isfinite(loss) || !std::isfinite(norm)) return nonfinite(loss, norm);
-    opt_->step_and_zero(params_, grad_, lr, clip_factor(norm, o_.clip), zero);
+    opt_->step_and_zero(params_, grad_, lr, scale * clip_factor(norm, o_.clip), zero);
     // The state carries into the next window; its gradient does not (truncated BPTT).
     std::copy(lm_->h_n().begin(), lm_->h_n().end(), batch_.h0.begin());
     std::copy(lm_->s_n().begin(), lm_->s_n().end(), batch_.s0.begin());
@@ -701,10 +893,10 @@ class Trainer {
   }
 
   void count_step(Reduction red, double loss) {
-    const double per_sum = red == Reduction::mean ? static_cast<double>(batch_.T * batch_.B)
-                                                  : static_cast<double>(batch_.B);
+    const double per_sum = red == Reduction::mean ? static_cast<double>(batch_.T * o_.batch)
+                                                  : static_cast<double>(o_.batch);
     run_.epoch_loss_sum += loss * per_sum;
-    run_.epoch_tokens += batch_.T * batch_.B;
+    run_.epoch_tokens += batch_.T * o_.batch;
     ++run_.step;
   }
 
@@ -725,7 +917,8 @@ class Trainer {
   // this batch's tokens do not select; none for a dense input.
   std::span<const ElementRange> unused_embedding_rows() {
     if (cfg_.input != InputKind::embedding) return {};
-    unused_rows(batch_.tokens, cfg_.V, cfg_.X, embed_offset_, row_mark_, zero_rows_);
+    unused_rows(ranks_ == 1 ? batch_.tokens : window_tokens_, cfg_.V, cfg_.X, embed_offset_,
+                row_mark_, zero_rows_);
     return zero_rows_;
   }
 
@@ -739,7 +932,8 @@ class Trainer {
                  {"lr", lr},
                  {"train_loss", train_loss},
                  {"tokens_per_s", tokens_per_s},
-                 {"wall_s", run_.wall_s}};
+                 {"wall_s", run_.wall_s},
+                 {"world_size", ranks_}};
     if (run_.skipped > 0) line["skipped_nonfinite"] = run_.skipped;
     bool improved = true;
     lm_->set_dropout(0, 0);  // evaluation sees the whole network
@@ -767,12 +961,12 @@ class Trainer {
       progress_.line(fmt::format("epoch {} update {}: train loss {:.4f}, lr {:.4g}", run_.epoch,
                                  run_.step, train_loss, lr));
     }
-    if (improved) {
-      best_params_ = params_;
+    run_.metrics.push_back(line.dump());
+    if (improved) best_params_ = params_;
+    if (rank_ != 0) return;  // rank 0 writes the run's files
+    if (improved)
       save_model<Real>(o_.out / "best.safetensors", cfg_, params_, vocab_.words(),
                        {{"lstmgrad.level", o_.level}});
-    }
-    run_.metrics.push_back(line.dump());
     std::string text;
     for (const std::string& l : run_.metrics) text += l + "\n";
     io_write_text(o_.out / "metrics.jsonl", text);
@@ -792,7 +986,15 @@ class Trainer {
         return s;
       }
     }
-    return evaluate_stream<Real>(*lm_, params, ids, B, seq, where);
+    if (ranks_ == 1 || B % ranks_ != 0)
+      return evaluate_stream<Real>(*lm_, params, ids, B, seq, where);
+    // Each rank its share of the streams; the sums and counts added over the ranks.
+    const int64_t part = B / ranks_;
+    const StreamLoss mine =
+        evaluate_stream<Real>(*lm_, params, ids, B, seq, where, rank_ * part, part);
+    std::array<double, 2> both = {mine.sum, static_cast<double>(mine.tokens)};
+    world_.sum(std::span<double>(both), "the evaluation");
+    return {both[0], static_cast<int64_t>(both[1])};
   }
 
   void checkpoint() {
@@ -801,16 +1003,19 @@ class Trainer {
       if constexpr (std::is_same_v<Real, float>) gpu_->get_carried_state(batch_.h0, batch_.s0);
     }
     require_finite_parameters();
+    std::vector<Real> h = whole_state(batch_.h0), s = whole_state(batch_.s0);
+    if (ranks_ > 1) require_same_model();
+    std::ostringstream rng;
+    rng << rng_;
+    run_.rng = rng.str();
+    if (rank_ != 0) return;  // rank 0 writes the run's files
     save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(),
                      {{"lstmgrad.level", o_.level}});
     Checkpoint<Real> c;
     c.cfg = cfg_, c.vocab = vocab_.words(), c.level = o_.level;
     c.options_json = options_to_json(o_).dump();
     c.params = params_, c.m = opt_->m(), c.v = opt_->v(), c.optimizer_steps = opt_->steps();
-    c.h = batch_.h0, c.s = batch_.s0;
-    std::ostringstream rng;
-    rng << rng_;
-    run_.rng = rng.str();
+    c.h = std::move(h), c.s = std::move(s);
     c.run = run_;
     write_checkpoint(o_.out / "checkpoint.safetensors", c);
   }
@@ -819,9 +1024,14 @@ class Trainer {
     json results = {{"valid_loss", run_.best_valid},
                     {"valid_ppl", std::exp(run_.best_valid)},
                     {"updates", run_.step},
-                    {"wall_s", run_.wall_s}};
+                    {"wall_s", run_.wall_s},
+                    {"world_size", ranks_}};
+    const int64_t B = o_.test_sequential ? 1 : (o_.eval_batch > 0 ? o_.eval_batch : o_.batch);
+    // A test that splits into the ranks' streams runs on all of them; the sequential test (one
+    // stream) on rank 0 alone.
+    const bool shared = B % ranks_ == 0;
+    if (!shared && rank_ != 0) return;
     if (!test_ids_.empty()) {
-      const int64_t B = o_.test_sequential ? 1 : (o_.eval_batch > 0 ? o_.eval_batch : o_.batch);
       const auto t0 = Clock::now();
       lm_->set_dropout(0, 0);
       const StreamLoss t = evaluate(best_params_, test_ids_, B, std::max<int64_t>(o_.seq, 100),
@@ -836,7 +1046,7 @@ class Trainer {
           "test (best model, batch {}): loss {:.4f}, ppl {:.2f}, bpc {:.4f} over {} tokens", B,
           t.mean(), std::exp(t.mean()), t.mean() / std::log(2.0), t.tokens));
     }
-    io_write_text(o_.out / "results.json", results.dump(2) + "\n");
+    if (rank_ == 0) io_write_text(o_.out / "results.json", results.dump(2) + "\n");
   }
 
   static void io_write_text(const fs::path& p, const std::string& text) {
@@ -844,7 +1054,13 @@ class Trainer {
   }
 
   TrainOptions o_;
+  Collective& world_;
+  StartGate& gate_;
+  const int ranks_, rank_;  // the processes training this model, and this one's place
   Progress progress_;
+  const StopSignals* signals_ = nullptr;
+  int agreed_stop_ = 0;  // on several ranks: the stop signal all act on after this update
+  std::vector<int64_t> window_tokens_, window_target_;  // on several ranks: the whole window
   data::Vocabulary vocab_;
   std::vector<int64_t> train_ids_, valid_ids_, test_ids_;
   ModelConfig cfg_;
@@ -870,7 +1086,20 @@ class Trainer {
 
 namespace {
 
-int start_training(const TrainOptions& opts) {
+// On several processes: each rank trains B / ranks of the streams on the CPU.
+void validate_ranks(const TrainOptions& o, const train::OptionName& name, int ranks) {
+  if (ranks == 1) return;
+  if (o.batch % ranks != 0)
+    throw InputError(fmt::format(
+        "{} {}: must be a multiple of the {} processes of the job (each trains an equal share of "
+        "the streams)",
+        name("--batch"), o.batch, ranks));
+  if (o.device != "cpu")
+    throw InputError(fmt::format("{} {}: training on several processes runs on the CPU",
+                                 name("--device"), o.device));
+}
+
+int start_training(const TrainOptions& opts, Collective& world, train::StartGate& gate) {
   using train::Checkpoint;
   TrainOptions o = opts;
   if (!o.resume.empty()) {
@@ -904,28 +1133,48 @@ int start_training(const TrainOptions& opts) {
     if (o.epochs_given) stored.epochs = o.epochs;
     o = stored;
     train::validate_options(o, name);
+    validate_ranks(o, name, world.size());
     train::check_resumable(probe, o, stored_epochs, file);
     if (o.dtype == "f32") {
       const Checkpoint<float> c = train::read_checkpoint<float>(ck);
-      return train::Trainer<float>(o).run(&c);
+      return train::Trainer<float>(o, world, gate).run(&c);
     }
     const Checkpoint<double> c = train::read_checkpoint<double>(ck);
-    return train::Trainer<double>(o).run(&c);
+    return train::Trainer<double>(o, world, gate).run(&c);
   }
   train::validate_options(o, train::flag_name);
-  train::ensure_fresh_out(o.out);
-  return o.dtype == "f32" ? train::Trainer<float>(o).run(nullptr)
-                          : train::Trainer<double>(o).run(nullptr);
+  validate_ranks(o, train::flag_name, world.size());
+  if (world.rank() == 0) train::ensure_fresh_out(o.out);
+  return o.dtype == "f32" ? train::Trainer<float>(o, world, gate).run(nullptr)
+                          : train::Trainer<double>(o, world, gate).run(nullptr);
 }
 
 }  // namespace
 
+void refuse_training_start(Collective& world, const std::string& error) {
+  train::StartGate(world).fail(error);
+}
+
 int run_training(const TrainOptions& opts) {
+  SingleProcess alone;
+  return run_training(opts, alone);
+}
+
+int run_training(const TrainOptions& opts, Collective& world) {
+  train::StartGate gate(world);
   try {
-    return start_training(opts);
-  } catch (const train::Halted& e) {
-    std::fprintf(stderr, "lstmgrad train: %s\n", e.what());
+    return start_training(opts, world, gate);
+  } catch (const train::Halted& e) {  // every rank halts at the same update; rank 0 says why
+    if (world.rank() == 0) std::fprintf(stderr, "lstmgrad train: %s\n", e.what());
     return 1;
+  } catch (const InputError& e) {
+    if (world.size() == 1) throw;
+    if (!gate.passed()) gate.fail(e.what());  // every rank stops; rank 0 says why
+    // After the start (a file rank 0 cannot write): the other ranks wait for this one in an
+    // exchange; end the job now, with the message.
+    std::fprintf(stderr, "lstmgrad: error: rank %d: %s\n", world.rank(), e.what());
+    world.abort(2);
+    throw;
   }
 }
 
