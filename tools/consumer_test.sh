@@ -28,7 +28,7 @@ step() { echo "consumer_test [$mode, $((SECONDS - start)) s]: $*"; }
 
 step "configuring lstmgrad (BUILD_SHARED_LIBS=$shared $*)"
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS="$shared" \
-  -DLSTMGRAD_BUILD_TESTS=OFF -DLSTMGRAD_BUILD_CLI=OFF "$@" >"$work/configure.log" 2>&1 ||
+  -DLSTMGRAD_BUILD_TESTS=OFF -DLSTMGRAD_BUILD_CLI=OFF -DLSTMGRAD_WITH_PYTHON=OFF "$@" >"$work/configure.log" 2>&1 ||
   { cat "$work/configure.log"; exit 1; }
 step "building lstmgrad"
 cmake --build "$work/build" -j"$jobs" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }

@@ -16,8 +16,10 @@ build=${2:-build-$kind}
 cd "$(dirname "$0")/.."
 read -r -a extra <<<"${LSTMGRAD_CMAKE_FLAGS:-}"
 # MPI off: Open MPI's runtime is not built for the sanitizers (its allocations at exit read as
-# leaks); the plain build's tests run lstmgrad under mpirun (tests/test_mpi.cpp).
+# leaks); the plain build's tests run lstmgrad under mpirun (tests/test_mpi.cpp). No Python
+# package: its tests would need the sanitizer runtimes preloaded into python3.
 common=(-DCMAKE_BUILD_TYPE=Release -DLSTMGRAD_WITH_CUDA=OFF -DLSTMGRAD_WERROR=ON -DLSTMGRAD_WITH_MPI=OFF
+        -DLSTMGRAD_WITH_PYTHON=OFF
         -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ "${extra[@]}")
 case "$kind" in
   address)

@@ -102,7 +102,8 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
 
 template <class Real>
 void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top,
-                               const Real* x0, const LayerWeights<Real>* w, Real* dh0, Real* ds0) {
+                               const Real* x0, const LayerWeights<Real>* w, Real* dh0, Real* ds0,
+                               const Real* dh_n, const Real* ds_n) {
   const int64_t T = T_, B = B_, H = H_;
   const int S = team_;  // the forward's shares (its claims are sized for them)
   BlasThreads one(1);
@@ -117,9 +118,16 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
       const Real* x = k == 0 ? x0 : dropped_ ? drop_input(k - 1) : saved_[k - 1].hseq + B * H;
       Real* dxk = k > 0 ? dx_buf : dx;
       tm.for_shares(H, [&](const TeamSlice& ts) {
-        for (int64_t r = 0; r < B; ++r) {  // nothing flows back from h_T, s_T
-          std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
-          std::fill_n(ds_ + r * H + ts.j0, ts.n(), Real(0));
+        for (int64_t r = 0; r < B; ++r) {  // dL/dh_T, dL/ds_T from outside, or zeros
+          const int64_t at = (k * B + r) * H + ts.j0;
+          if (dh_n)
+            std::copy_n(dh_n + at, ts.n(), dh_rec_ + r * H + ts.j0);
+          else
+            std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
+          if (ds_n)
+            std::copy_n(ds_n + at, ts.n(), ds_ + r * H + ts.j0);
+          else
+            std::fill_n(ds_ + r * H + ts.j0, ts.n(), Real(0));
         }
       });
       layer_backward(dxk, g[k], dz_, dh_rec_, ds_, dh_out, saved_[k], x, w[k], tm, T, B, I, H);

@@ -34,8 +34,11 @@ class LstmStack {
 
   // Backward of the last forward (same x and w). dh_top [T,B,H]: dL/dh_t from above the stack.
   // Gradients g [L] accumulated (+=). Optional outputs, overwritten: dx [T,B,X], dh0, ds0 [L,B,H].
+  // Optional inputs dh_n, ds_n [L,B,H]: dL/dh_T, dL/ds_T of every layer from outside the stack
+  // (null: zeros, nothing flows back from the final state).
   void backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top, const Real* x,
-                const LayerWeights<Real>* w, Real* dh0, Real* ds0);
+                const LayerWeights<Real>* w, Real* dh0, Real* ds0, const Real* dh_n = nullptr,
+                const Real* ds_n = nullptr);
 
   size_t arena_bytes() const { return (arena_.size() + drop_.size()) * sizeof(Real); }
 

@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""lstmgrad.torch.LSTM against torch.nn.LSTM in one process: forward + backward of the LSTM alone,
+and optionally a whole word-language-model training step (issue 15, docs/python.md).
+
+    PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
+        [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
+        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--lm-step] [--no-input-grad] [--tiny]
+        [--json]
+
+fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
+with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
+lm_step (--lm-step, presets that have it): Embedding -> LSTM -> Linear(H, 10000) -> cross-entropy
+-> backward -> SGD step. Each (module, torch threads) pair is timed as the median of --runs after
+--warmup; the modules alternate run by run so that a change in machine load touches both.
+--torch-threads: torch.set_num_threads for each measurement (PyTorch's best setting is the
+fastest of the list); --lstmgrad-threads: the engine's threads (0: its own choice, up to
+OMP_NUM_THREADS). --tiny: small shapes, a check that the script runs (no meaningful times).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import lstmgrad.torch as lt
+
+PRESETS = {  # name: (T, B, X, H, L, has lm_step) as in `lstmgrad bench`
+    "zaremba-small": (35, 20, 200, 200, 2, True),
+    "zaremba-medium": (35, 20, 650, 650, 2, True),
+    "char-rnn": (50, 50, 65, 512, 2, False),
+}
+TINY = {"tiny": (5, 3, 7, 8, 2, True)}
+V = 10000
+
+
+def fwdbwd_step(module, x, gy):
+    def step():
+        y, _ = module(x)
+        y.backward(gy)
+        x.grad = None
+        for p in module.parameters():
+            p.grad = None
+
+    return step
+
+
+def lm_step(emb, rnn, dec, tokens, targets, v):
+    params = [*emb.parameters(), *rnn.parameters(), *dec.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1)
+
+    def step():
+        out, _ = rnn(emb(tokens))
+        loss = torch.nn.functional.cross_entropy(dec(out).reshape(-1, v), targets.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def time_pair(steps, warmup, runs):
+    """Median seconds of each step, alternating between them run by run."""
+    for s in steps:
+        for _ in range(warmup):
+            s()
+    times = [[] for _ in steps]
+    for _ in range(runs):
+        for k, s in enumerate(steps):
+            t0 = time.perf_counter()
+            s()
+            times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default=",".join(PRESETS))
+    p.add_argument("--torch-threads", default=str(torch.get_num_threads()),
+                   help="comma-separated torch.set_num_threads values to try")
+    p.add_argument("--lstmgrad-threads", type=int, default=0)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--lm-step", action="store_true", help="also time the language-model step")
+    p.add_argument("--no-input-grad", action="store_true",
+                   help="x needs no gradient (as in `lstmgrad bench` fwdbwd: the wrapper's overhead)")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes: check that the script runs")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    a = p.parse_args()
+    dtype = getattr(torch, a.dtype)
+    presets = TINY if a.tiny else {n: PRESETS[n] for n in a.presets.split(",")}
+    lt.set_num_threads(a.lstmgrad_threads)
+    for name, (T, B, X, H, L, has_lm) in presets.items():
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(X, H, L).to(dtype)
+        mine = lt.LSTM(X, H, L).to(dtype)
+        mine.load_state_dict(ref.state_dict())
+        x = torch.randn(T, B, X, dtype=dtype, requires_grad=not a.no_input_grad)
+        gy = torch.randn(T, B, H, dtype=dtype)
+        for tt in (int(s) for s in a.torch_threads.split(",")):
+            torch.set_num_threads(tt)
+            rows = [("fwdbwd", *time_pair([fwdbwd_step(ref, x, gy), fwdbwd_step(mine, x, gy)],
+                                          a.warmup, a.runs))]
+            if a.lm_step and has_lm:
+                v = 50 if a.tiny else V
+                tokens = torch.randint(0, v, (T, B))
+                targets = torch.randint(0, v, (T, B))
+                steps = []
+                for rnn in (ref, mine):
+                    torch.manual_seed(1)
+                    emb = torch.nn.Embedding(v, X).to(dtype)
+                    dec = torch.nn.Linear(H, v).to(dtype)
+                    steps.append(lm_step(emb, rnn, dec, tokens, targets, v))
+                rows.append(("lm_step", *time_pair(steps, a.warmup, a.runs)))
+            for mode, t_ref, t_mine in rows:
+                r = dict(preset=name, mode=mode, dtype=a.dtype, torch_threads=tt,
+                         lstmgrad_threads=a.lstmgrad_threads, nn_lstm_ms=1e3 * t_ref,
+                         lstmgrad_ms=1e3 * t_mine, speedup=t_ref / t_mine, runs=a.runs)
+                if a.json:
+                    print(json.dumps(r))
+                else:
+                    print(f"{name:15s} {mode:7s} torch threads {tt:2d}: nn.LSTM {1e3 * t_ref:9.2f} ms"
+                          f"  lstmgrad {1e3 * t_mine:9.2f} ms  speedup {t_ref / t_mine:5.2f}x")
+                sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+// lstmgrad._core: the public LSTM stack (lstmgrad/stack.hpp) for numpy, through pybind11.
+//
+// Arrays come in as numpy arrays of the engine's dtype (float32 or float64); C-contiguous ones
+// are read in place, others are copied once. Every check raises ValueError naming the argument,
+// its shape or dtype and what was expected, before the engine runs. forward and backward release
+// the GIL while the engine works; one engine object runs one call at a time (a mutex).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lstmgrad/error.hpp"
+#include "lstmgrad/stack.hpp"
+#include "models.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t k = 0; k < s.size(); ++k) o << (k ? ", " : "") << s[k];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+template <class Real>
+const char* dtype_name() {
+  return std::is_same_v<Real, float> ? "float32" : "float64";
+}
+
+// `obj` as a C-contiguous array of Real with shape `want` (-1: any size, returned in `got`).
+// Copies only when obj is not C-contiguous; a different dtype is an error, not a conversion.
+template <class Real>
+py::array_t<Real, py::array::c_style> as_array(py::handle obj, const std::string& name,
+                                               const Shape& want) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::value_error(name + ": expected a numpy array, got " +
+                          std::string(py::str(py::type::of(obj).attr("__name__"))));
+  const py::array a = py::reinterpret_borrow<py::array>(obj);
+  Shape got(a.shape(), a.shape() + a.ndim());
+  if (!a.dtype().is(py::dtype::of<Real>()))
+    throw py::value_error(name + ": dtype " + std::string(py::str(a.dtype())) + ", expected " +
+                          dtype_name<Real>() + " (the engine's dtype)");
+  bool ok = got.size() == want.size();
+  for (size_t k = 0; ok && k < got.size(); ++k) ok = want[k] < 0 || got[k] == want[k];
+  if (!ok)
+    throw py::value_error(name + ": shape " + shape_str(got) + ", expected " + shape_str(want));
+  return py::array_t<Real, py::array::c_style>::ensure(a);  // no copy when already C-contiguous
+}
+
+// A writable C-contiguous array of Real with exactly shape `want` (gradients accumulated in
+// place: a copy would lose them, so it is an error).
+template <class Real>
+Real* out_array(py::handle obj, const std::string& name, const Shape& want) {
+  auto a = as_array<Real>(obj, name, want);
+  if (a.ptr() != obj.ptr() || !a.writeable())
+    throw py::value_error(name +
+                          ": must be a writable C-contiguous array (gradients are added "
+                          "into it in place)");
+  return a.mutable_data();
+}
+
+// Bi: nn.LSTM(bidirectional=True) (BidirectionalLstm): units 2k, 2k+1 per layer, outputs 2H wide.
+template <class Real, bool Bi>
+class PyLstm {
+ public:
+  PyLstm(int64_t X, int64_t H, int64_t L)
+      : lstm_(X, H, L), X_(X), H_(H), L_(L), U_(L * (Bi ? 2 : 1)), Y_(H * (Bi ? 2 : 1)) {}
+
+  // x [T,B,X]; weights: L tuples (weight_ih [4H,in], weight_hh [4H,H], bias_ih [4H] or None,
+  // bias_hh [4H] or None); h0, s0 [L,B,H] or None. Returns (y [T,B,H], h_n, s_n [L,B,H]).
+  py::tuple forward(py::handle x_obj, py::sequence weights, py::handle h0_obj, py::handle s0_obj) {
+    auto x = as_array<Real>(x_obj, "input", {-1, -1, X_});
+    const int64_t T = x.shape(0), B = x.shape(1);
+    if (T < 1 || B < 1)
+      throw py::value_error("input: shape " + shape_str({T, B, X_}) +
+                            ", expected at least one step and one sequence");
+    std::vector<py::object> keep;
+    auto w = read_weights(weights, keep);
+    std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, H_});
+    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
+    py::array_t<Real> y({T, B, Y_}), h_n({U_, B, H_}), s_n({U_, B, H_});
+    Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
+    const Real* xp = x.data();
+    const Real* h0p = h0 ? h0->data() : nullptr;
+    const Real* s0p = s0 ? s0->data() : nullptr;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard lock(mutex_);
+      lstm_.forward(xp, w, h0p, s0p, T, B, yp, hp, sp);
+    }
+    // What backward reads: the same x and weights, kept alive (and unchanged, the caller's part).
+    saved_x_ = x, saved_keep_ = std::move(keep), saved_w_ = std::move(w), packed_ = false;
+    return py::make_tuple(y, h_n, s_n);
+  }
+
+  // A packed batch (Lstm::forward_packed): data [N,X], batch_sizes [T] int64, non-increasing;
+  // h0, s0 [L,B,H] with B = batch_sizes[0] or None. Returns (y [N,H], h_n, s_n [L,B,H]).
+  py::tuple forward_packed(py::handle x_obj, py::sequence weights, py::handle sizes_obj,
+                           py::handle h0_obj, py::handle s0_obj) {
+    auto sizes = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(sizes_obj);
+    if (!sizes || sizes.ndim() != 1 || sizes.size() == 0)
+      throw py::value_error("batch_sizes: expected a non-empty 1-D array of integers");
+    const std::vector<int64_t> bs(sizes.data(), sizes.data() + sizes.size());
+    int64_t N = 0;
+    for (size_t t = 0; t < bs.size(); ++t) {
+      if (bs[t] < 1 || (t > 0 && bs[t] > bs[t - 1]))
+        throw py::value_error("batch_sizes: expected positive and non-increasing, got " +
+                              std::string(py::str(py::cast(bs))));
+      N += bs[t];
+    }
+    const int64_t B = bs[0];
+    auto x = as_array<Real>(x_obj, "input", {N, X_});
+    std::vector<py::object> keep;
+    auto w = read_weights(weights, keep);
+    std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, H_});
+    if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
+    py::array_t<Real> y({N, Y_}), h_n({U_, B, H_}), s_n({U_, B, H_});
+    Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
+    const Real* xp = x.data();
+    const Real* h0p = h0 ? h0->data() : nullptr;
+    const Real* s0p = s0 ? s0->data() : nullptr;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard lock(mutex_);
+      lstm_.forward_packed(xp, w, h0p, s0p, bs, yp, hp, sp);
+    }
+    saved_x_ = x, saved_keep_ = std::move(keep), saved_w_ = std::move(w), packed_ = true;
+    return py::make_tuple(y, h_n, s_n);
+  }
+
+  // dy [T,B,H] ([N,H] after forward_packed) or None (zeros); dh_n, ds_n [L,B,H] or None (zeros).
+  // grads: None (new zero arrays) or L tuples of arrays to add into (bias entries None where the
+  // layer has no bias). Returns (dx or None, dh0 or None, ds0 or None, grads).
+  py::tuple backward(py::handle dy_obj, py::handle dh_n_obj, py::handle ds_n_obj,
+                     py::handle grads_obj, bool need_dx, bool need_dh0, bool need_ds0) {
+    const int64_t T = lstm_.steps(), B = lstm_.batch();
+    if (T == 0) throw py::value_error("backward: no forward to differentiate");
+    std::optional<py::array_t<Real, py::array::c_style>> dy, dh_n, ds_n;
+    const Shape ys = packed_ ? Shape{lstm_.rows(), Y_} : Shape{T, B, Y_};
+    const Shape xs = packed_ ? Shape{lstm_.rows(), X_} : Shape{T, B, X_};
+    if (!dy_obj.is_none()) dy = as_array<Real>(dy_obj, "grad_output", ys);
+    if (!dh_n_obj.is_none()) dh_n = as_array<Real>(dh_n_obj, "grad_h_n", {U_, B, H_});
+    if (!ds_n_obj.is_none()) ds_n = as_array<Real>(ds_n_obj, "grad_s_n", {U_, B, H_});
+    py::list grads;
+    std::vector<lstmgrad::LstmLayerGrads<Real>> g;
+    if (grads_obj.is_none()) {
+      for (int64_t k = 0; k < U_; ++k) {
+        const int64_t in = in_of(k);
+        const bool bias = saved_w_[k].bias_ih || saved_w_[k].bias_hh;
+        py::array_t<Real> wi({4 * H_, in}), wh({4 * H_, H_});
+        std::optional<py::array_t<Real>> bi, bh;
+        if (bias) bi.emplace(Shape{4 * H_}), bh.emplace(Shape{4 * H_});
+        for (py::array_t<Real>* a : {&wi, &wh}) std::fill_n(a->mutable_data(), a->size(), Real(0));
+        if (bias)
+          for (auto* a : {&*bi, &*bh}) std::fill_n(a->mutable_data(), a->size(), Real(0));
+        g.push_back({wi.mutable_data(), wh.mutable_data(), bias ? bi->mutable_data() : nullptr,
+                     bias ? bh->mutable_data() : nullptr});
+        grads.append(py::make_tuple(wi, wh, bias ? py::object(*bi) : py::none(),
+                                    bias ? py::object(*bh) : py::none()));
+      }
+    } else {
+      auto seq = py::reinterpret_borrow<py::sequence>(grads_obj);
+      if (static_cast<int64_t>(py::len(seq)) != U_)
+        throw py::value_error("grads: " + std::to_string(py::len(seq)) + " layers, expected " +
+                              std::to_string(U_));
+      for (int64_t k = 0; k < U_; ++k) {
+        auto t = py::reinterpret_borrow<py::sequence>(seq[k]);
+        if (py::len(t) != 4)
+          throw py::value_error("grads[" + std::to_string(k) +
+                                "]: expected (weight_ih, weight_hh, bias_ih, bias_hh)");
+        const std::string l = suffix(k);
+        const int64_t in = in_of(k);
+        g.push_back(
+            {out_array<Real>(t[0], "grad weight_ih" + l, {4 * H_, in}),
+             out_array<Real>(t[1], "grad weight_hh" + l, {4 * H_, H_}),
+             t[2].is_none() ? nullptr : out_array<Real>(t[2], "grad bias_ih" + l, {4 * H_}),
+             t[3].is_none() ? nullptr : out_array<Real>(t[3], "grad bias_hh" + l, {4 * H_})});
+        grads.append(t);
+      }
+    }
+    std::optional<py::array_t<Real>> dx, dh0, ds0;
+    if (need_dx) dx.emplace(xs);
+    if (need_dh0) dh0.emplace(Shape{U_, B, H_});
+    if (need_ds0) ds0.emplace(Shape{U_, B, H_});
+    const Real* dyp = dy ? dy->data() : nullptr;
+    const Real* dhp = dh_n ? dh_n->data() : nullptr;
+    const Real* dsp = ds_n ? ds_n->data() : nullptr;
+    Real* dxp = dx ? dx->mutable_data() : nullptr;
+    Real* dh0p = dh0 ? dh0->mutable_data() : nullptr;
+    Real* ds0p = ds0 ? ds0->mutable_data() : nullptr;
+    const Real* xp = saved_x_.data();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard lock(mutex_);
+      lstm_.backward(dyp, dhp, dsp, xp, saved_w_, g, dxp, dh0p, ds0p);
+    }
+    auto opt = [](std::optional<py::array_t<Real>>& a) {
+      return a ? py::object(*a) : py::object(py::none());
+    };
+    return py::make_tuple(opt(dx), opt(dh0), opt(ds0), grads);
+  }
+
+  void set_threads(int n) { lstm_.set_threads(n); }
+  void set_dropout(double p, uint64_t seed) {
+    if constexpr (Bi)
+      throw py::value_error("set_dropout: not available for a bidirectional stack");
+    else
+      lstm_.set_dropout(p, seed);
+  }
+  void set_team(int shares, int running) { lstm_.set_team(shares, running); }
+  int64_t X() const { return X_; }
+  int64_t H() const { return H_; }
+  int64_t L() const { return L_; }
+
+ private:
+  std::vector<lstmgrad::LstmLayerWeights<Real>> read_weights(py::sequence weights,
+                                                             std::vector<py::object>& keep) {
+    if (static_cast<int64_t>(py::len(weights)) != U_)
+      throw py::value_error("weights: " + std::to_string(py::len(weights)) + " layers, expected " +
+                            std::to_string(U_));
+    std::vector<lstmgrad::LstmLayerWeights<Real>> w;
+    for (int64_t k = 0; k < U_; ++k) {
+      auto t = py::reinterpret_borrow<py::sequence>(weights[k]);
+      if (py::len(t) != 4)
+        throw py::value_error("weights[" + std::to_string(k) +
+                              "]: expected (weight_ih, weight_hh, bias_ih, bias_hh)");
+      const std::string l = suffix(k);
+      const int64_t in = in_of(k);
+      auto take = [&](py::handle o, const std::string& name, const Shape& s) -> const Real* {
+        if (o.is_none()) return nullptr;
+        auto a = as_array<Real>(o, name, s);
+        keep.push_back(a);
+        return a.data();
+      };
+      if (t[0].is_none() || t[1].is_none())
+        throw py::value_error("weights[" + std::to_string(k) + "]: weight_ih" + l +
+                              " and weight_hh" + l + " must be given");
+      const Real* bi = take(t[2], "bias_ih" + l, {4 * H_});
+      const Real* bh = take(t[3], "bias_hh" + l, {4 * H_});
+      if (!bi != !bh)
+        throw py::value_error("weights[" + std::to_string(k) + "]: bias_ih" + l + " and bias_hh" +
+                              l + " must both be given or both be None");
+      w.push_back({take(t[0], "weight_ih" + l, {4 * H_, in}),
+                   take(t[1], "weight_hh" + l, {4 * H_, H_}), bi, bh});
+    }
+    return w;
+  }
+
+  // Unit u (nn.LSTM's order): layer u / D, reverse direction when u % D == 1.
+  int64_t in_of(int64_t u) const { return u < (Bi ? 2 : 1) ? X_ : Y_; }
+  std::string suffix(int64_t u) const {
+    return "_l" + std::to_string(Bi ? u / 2 : u) + (Bi && u % 2 ? "_reverse" : "");
+  }
+
+  std::conditional_t<Bi, lstmgrad::BidirectionalLstm<Real>, lstmgrad::Lstm<Real>> lstm_;
+  int64_t X_, H_, L_, U_, Y_;  // U: units (layers times directions), Y: output width
+  std::mutex mutex_;
+  py::array_t<Real, py::array::c_style> saved_x_;  // the last forward's input and weights
+  std::vector<py::object> saved_keep_;
+  std::vector<lstmgrad::LstmLayerWeights<Real>> saved_w_;
+  bool packed_ = false;  // the last forward was forward_packed
+};
+
+template <class Real, bool Bi>
+void bind_lstm(py::module_& m, const char* name) {
+  using P = PyLstm<Real, Bi>;
+  py::class_<P>(m, name)
+      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("input_size"), py::arg("hidden_size"),
+           py::arg("num_layers") = 1)
+      .def("forward", &P::forward, py::arg("input"), py::arg("weights"), py::arg("h0") = py::none(),
+           py::arg("s0") = py::none())
+      .def("forward_packed", &P::forward_packed, py::arg("input"), py::arg("weights"),
+           py::arg("batch_sizes"), py::arg("h0") = py::none(), py::arg("s0") = py::none())
+      .def("backward", &P::backward, py::arg("grad_output") = py::none(),
+           py::arg("grad_h_n") = py::none(), py::arg("grad_s_n") = py::none(),
+           py::arg("grads") = py::none(), py::arg("need_input_grad") = true,
+           py::arg("need_h0_grad") = true, py::arg("need_s0_grad") = true)
+      .def("set_threads", &P::set_threads, py::arg("n"))
+      .def("set_dropout", &P::set_dropout, py::arg("p"), py::arg("seed"))
+      .def("set_team", &P::set_team, py::arg("shares"), py::arg("running"))
+      .def_property_readonly("input_size", &P::X)
+      .def_property_readonly("hidden_size", &P::H)
+      .def_property_readonly("num_layers", &P::L)
+      .def_property_readonly("dtype", [](const P&) { return py::dtype::of<Real>(); });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lstmgrad's C++ engine: the LSTM stack forward and hand-derived backward";
+  py::register_exception<lstmgrad::InputError>(m, "InputError", PyExc_ValueError);
+  bind_lstm<float, false>(m, "LstmFloat32");
+  bind_lstm<double, false>(m, "LstmFloat64");
+  bind_lstm<float, true>(m, "BidirectionalLstmFloat32");
+  bind_lstm<double, true>(m, "BidirectionalLstmFloat64");
+  m.def(
+      "parameter_layout",
+      [](int64_t X, int64_t H, int64_t L, bool bias) {
+        py::list out;
+        for (const lstmgrad::ParamInfo& p : lstmgrad::lstm_parameter_layout(X, H, L, bias))
+          out.append(py::make_tuple(p.name, py::tuple(py::cast(p.shape))));
+        return out;
+      },
+      py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
+      py::arg("bias") = true, "nn.LSTM's parameters of a stack in order: a list of (name, shape)");
+  lstmgrad::python::bind_models(m);
+}
