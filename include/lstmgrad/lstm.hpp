@@ -55,6 +55,12 @@ class LanguageModel {
   // be valid for the model (validate_batch; checked by assertions in debug builds).
   double forward(std::span<const Real> params, const Batch<Real>& batch, Reduction red);
 
+  // Inference: runs the model as forward does and gives the same loss, probs(), h_n() and s_n()
+  // (the same bits, for any team), but keeps nothing for backward, in less memory: no gates or
+  // cell states of past steps, one layer's gates at a time. Dropout does not apply (evaluation),
+  // and backward() after it throws std::logic_error.
+  double infer(std::span<const Real> params, const Batch<Real>& batch, Reduction red);
+
   // Backward of the last forward: the same params and batch (the model keeps pointers into
   // neither, but its saved activations are theirs). Accumulates (+=) the gradient of the loss
   // into `grad` (flat, parameter_layout order; the caller zeroes it; must not alias params).

@@ -78,7 +78,9 @@ struct LanguageModel<Real>::Impl {
   void reserve(int64_t T, int64_t B);
   bool fuses_readout(const Batch<Real>& batch) const;
   const Real* readout_input();
-  double forward(std::span<const Real> params, const Batch<Real>& batch, Reduction red);
+  // keep = false: infer (LanguageModel::infer), nothing kept for backward.
+  double forward(std::span<const Real> params, const Batch<Real>& batch, Reduction red,
+                 bool keep = true);
   void backward(std::span<Real> grad, std::span<const Real> params, const Batch<Real>& batch,
                 Real* dinput, Real* dh0, Real* ds0);
   std::span<const Real> probs() const;
@@ -101,6 +103,8 @@ struct LanguageModel<Real>::Impl {
   bool vocab_fused_ = false;
   bool readout_sumsq_ = false;  // the last backward took the fused readout's grad_sumsq
   bool backward_done_ = false;  // the last forward's p is gone (dL/dlogits took its place)
+  bool inferred_ = false;       // the last forward was infer: the stack kept nothing
+  std::vector<Real> infer_x0_;  // [T,B,X] infer's embedded input (embedding only)
   // [T,B,V]: the logits, then p (what probs() returns), then in backward dL/dlogits; sized on use
   mutable std::vector<Real> probs_;
   // The BLAS readout (linear): [ceil(T*B/16),V] per 16-row block, the column sums of p - y
@@ -175,7 +179,8 @@ int LanguageModel<Real>::threads() const {
 
 template <class Real>
 size_t LanguageModel<Real>::arena_bytes() const {
-  return impl_->arena_.size() * sizeof(Real) + impl_->stack_->arena_bytes();
+  return (impl_->arena_.size() + impl_->infer_x0_.size()) * sizeof(Real) +
+         impl_->stack_->arena_bytes() + impl_->stack_->infer_bytes();
 }
 
 template <class Real>
@@ -192,6 +197,12 @@ template <class Real>
 double LanguageModel<Real>::forward(std::span<const Real> params, const Batch<Real>& batch,
                                     Reduction red) {
   return impl_->forward(params, batch, red);
+}
+
+template <class Real>
+double LanguageModel<Real>::infer(std::span<const Real> params, const Batch<Real>& batch,
+                                  Reduction red) {
+  return impl_->forward(params, batch, red, false);
 }
 
 template <class Real>
@@ -223,7 +234,7 @@ void LanguageModel<Real>::Impl::reserve(int64_t T, int64_t B) {
 // What the readout reads: the top layer's h_1 .. h_T [T,B,H], or its dropped copy (site L).
 template <class Real>
 const Real* LanguageModel<Real>::Impl::readout_input() {
-  const Real* top = stack_->output();
+  const Real* top = inferred_ ? stack_->infer_output() : stack_->output();
   if (!dropped_) return top;
   const int64_t N = T_ * B_, H = cfg_.H;
   Real* mask = top_mask();
@@ -270,25 +281,30 @@ bool LanguageModel<Real>::Impl::fuses_readout(const Batch<Real>& batch) const {
 
 template <class Real>
 double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Batch<Real>& batch,
-                                          Reduction red) {
+                                          Reduction red, bool keep) {
   const int64_t T = batch.T, B = batch.B, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
   assert(params.size() == n_params_ && T >= 1 && B >= 1);
   assert(cfg_.input == InputKind::embedding ? batch.tokens.size() == static_cast<size_t>(N)
                                             : batch.dense.size() == static_cast<size_t>(N * X));
   backward_done_ = false;
-  reserve(T, B);
+  inferred_ = !keep;
+  if (keep) {
+    reserve(T, B);
+  } else if (cfg_.input == InputKind::embedding && infer_x0_.size() < static_cast<size_t>(N * X)) {
+    infer_x0_.resize(static_cast<size_t>(N * X));
+  }
   T_ = T, B_ = B, red_ = red;
   readout_dropped_ = false;
   const Real* P = params.data();
   const Real* x = batch.dense.data();
   if (cfg_.input == InputKind::embedding) {  // x_t = encoder.weight[token]
     const Real* E = P + *offsets_.encoder_weight;
-    Real* x0 = buf_.x0;
+    Real* x0 = keep ? buf_.x0 : infer_x0_.data();
     const int64_t* tok = batch.tokens.data();
     for (int64_t r = 0; r < N; ++r) std::copy_n(E + tok[r] * X, X, x0 + r * X);
-    x = buf_.x0;
+    x = x0;
   }
-  dropped_ = drop_p_ > 0;
+  dropped_ = keep && drop_p_ > 0;
   if (dropped_) {  // site 0: the input of layer 0
     if (drop_.size() < static_cast<size_t>(2 * N * X + 3 * N * H))
       drop_.resize(2 * N * X + 3 * N * H);
@@ -297,13 +313,17 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     x = dropped_input();
   }
   const auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
-  stack_->forward(x, w.data(), batch.h0.empty() ? nullptr : batch.h0.data(),
-                  batch.s0.empty() ? nullptr : batch.s0.data(), T, B);
+  const Real* h0 = batch.h0.empty() ? nullptr : batch.h0.data();
+  const Real* s0 = batch.s0.empty() ? nullptr : batch.s0.data();
+  if (keep)
+    stack_->forward(x, w.data(), h0, s0, T, B);
+  else
+    stack_->infer(x, w.data(), h0, s0, T, B);
   h_n_.resize(static_cast<size_t>(cfg_.L * B * H));
   s_n_.resize(h_n_.size());
   for (int64_t k = 0; k < cfg_.L; ++k) {
-    std::copy_n(stack_->h_last(k), B * H, h_n_.data() + k * B * H);
-    std::copy_n(stack_->s_last(k), B * H, s_n_.data() + k * B * H);
+    std::copy_n(keep ? stack_->h_last(k) : stack_->infer_h_last(k), B * H, h_n_.data() + k * B * H);
+    std::copy_n(keep ? stack_->s_last(k) : stack_->infer_s_last(k), B * H, s_n_.data() + k * B * H);
   }
   const Real* top = readout_input();
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
@@ -317,7 +337,7 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   const cpu::TeamCall call(readout_forward_, S, running_, static_cast<double>(N));
   if (vocab_fused_) {  // the same bits for any team (vocab_readout.hpp): the shares are moot
     if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
-    vocab_->reserve(N, H, V, S);
+    vocab_->reserve(N, H, V, S, keep);
     fused_forward(*vocab_, call.threads(), top, P + *offsets_.decoder_weight,
                   P + *offsets_.decoder_bias, y_class, row_loss);
   } else {
@@ -346,7 +366,8 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
           Real* p = logits + r * V;
           const Real* y = y_probs ? y_probs + r * V : nullptr;
           row_loss[r] = softmax_xent_forward(p, p, y, y_class ? y_class + r : nullptr, 1, V);
-          if (!lin || (!y && !y_class)) continue;  // no targets (sampling): no gradient follows
+          // No targets (sampling) or infer: no gradient follows.
+          if (!lin || (!y && !y_class) || !keep) continue;
           Real* cs = colsum_.data() + (r / kColsumRows) * V;  // this block's sum of p - y
           if (r % kColsumRows == 0)
             std::copy_n(p, V, cs);
@@ -373,6 +394,10 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   const int64_t T = T_, B = B_, N = T * B, H = cfg_.H, X = cfg_.X, V = cfg_.V;
   assert(grad.size() == n_params_ && params.size() == n_params_ && batch.T == T && batch.B == B);
   assert(grad.data() != params.data());
+  if (inferred_)
+    throw std::logic_error(
+        "LanguageModel::backward: the last forward was infer(), which keeps "
+        "nothing for backward");
   backward_done_ = true;
   const int S = readout_shares(N);
   const Real* P = params.data();

@@ -91,8 +91,8 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
       fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
-                         w.unit ? w.unit + j : nullptr, saved.sseq + (t + 1) * B * H + j,
-                         saved.hseq + (t + 1) * B * H + j, saved.sseq + t * B * H + j, H, n);
+                         w.unit ? w.unit + j : nullptr, cell_state_at(saved, t + 1, B, H) + j,
+                         saved.hseq + (t + 1) * B * H + j, cell_state_at(saved, t, B, H) + j, H, n);
     });
     saved.step_barrier->wait(tm.threads);  // h_t complete before any thread's next GEMM reads it
   }
@@ -179,8 +179,8 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
         gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
              zt + q * H + j0, G);
       step_forward(zt + j0, G, H, saved.bias + j0, w.unit ? w.unit + j0 : nullptr,
-                   saved.sseq + (t + 1) * B * H + j0, saved.hseq + (t + 1) * B * H + j0,
-                   saved.sseq + t * B * H + j0, H, B, n);
+                   cell_state_at(saved, t + 1, B, H) + j0, saved.hseq + (t + 1) * B * H + j0,
+                   cell_state_at(saved, t, B, H) + j0, H, B, n);
     });
 #pragma omp barrier  // h_t complete before any thread's next GEMM reads it
   }

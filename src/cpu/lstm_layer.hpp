@@ -64,7 +64,16 @@ struct LayerSaved {
   // the barrier between steps.
   StealRanges* claims;
   SpinBarrier* step_barrier;
+  // The inference forward (LstmStack::infer), which keeps nothing for backward: sseq is a ring
+  // of two states [2,B,H], s_t in slot t % 2, and gates is scratch the next layer overwrites.
+  bool s_ring = false;
 };
+
+// Where layer_forward reads s_t and writes it: [B,H] at step t of sseq, or its ring slot.
+template <class Real>
+Real* cell_state_at(const LayerSaved<Real>& saved, int64_t t, int64_t B, int64_t H) {
+  return saved.sseq + (saved.s_ring ? t % 2 : t) * B * H;
+}
 
 // Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole panels of 16,
 // plus one panel's slack for the alignment.

@@ -151,6 +151,77 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
   }
 }
 
+template <class Real>
+void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
+  infer_T_ = T, infer_B_ = B;
+  if (!infer_arena_.empty() && T * B <= infer_capN_ && B <= infer_capB_) return;
+  infer_capN_ = std::max(T * B, infer_capN_), infer_capB_ = std::max(B, infer_capB_);
+  const int64_t N = infer_capN_, H = H_, G = 4 * H, BH = infer_capB_ * H;
+  const int64_t P = panel_floats<Real>(H);
+  infer_arena_.assign(static_cast<size_t>(N * G + G + 2 * BH + 2 * (N * H + BH) + 2 * L_ * BH + P),
+                      Real(0));
+  Carver<Real> carve(infer_arena_.data());
+  LayerSaved<Real>& sv = infer_layer_;
+  sv.panels = nullptr;
+  if (P > 0) {  // 64-byte aligned, as reserve's
+    Real* raw = carve(P);
+    sv.panels = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64 / sizeof(Real);
+  }
+  sv.gates = carve(N * G), sv.bias = carve(G), sv.dbias = nullptr;
+  sv.hseq = nullptr, sv.sseq = carve(2 * BH), sv.s_ring = true;
+  sv.claims = P > 0 ? &claims_ : nullptr;
+  sv.step_barrier = P > 0 ? &step_barrier_ : nullptr;
+  infer_h_[0] = carve(N * H + BH), infer_h_[1] = carve(N * H + BH);
+  infer_last_ = carve(2 * L_ * BH);
+}
+
+template <class Real>
+void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Real* h0,
+                            const Real* s0, int64_t T, int64_t B) {
+  reserve_infer(T, B);
+  const int64_t H = H_, BH = B * H;
+  const int S = threads(B);  // forward's shares: the same split, the same bits
+  claims_.reserve(T + 1, S);
+  BlasThreads one(1);
+  const TeamCall call(infer_tuner_, S, running_cap_, static_cast<double>(T * B));
+#pragma omp parallel num_threads(call.threads())
+  {
+    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+    const Real* xk = x;
+    for (int64_t k = 0; k < L_; ++k) {
+      LayerSaved<Real> sv = infer_layer_;
+      sv.hseq = infer_h_[k % 2];
+      // Each share its units of the bias, h0 and s0 (layer_forward's first barrier follows
+      // before any step reads them); the layer before is done with all three (its last barrier).
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        layer_pack(sv, w[k], ts, H);
+        for (int64_t r = 0; r < B; ++r) {
+          Real* h = sv.hseq + r * H + ts.j0;
+          Real* s = sv.sseq + r * H + ts.j0;
+          if (h0)
+            std::copy_n(h0 + k * BH + r * H + ts.j0, ts.n(), h);
+          else
+            std::fill_n(h, ts.n(), Real(0));
+          if (s0)
+            std::copy_n(s0 + k * BH + r * H + ts.j0, ts.n(), s);
+          else
+            std::fill_n(s, ts.n(), Real(0));
+        }
+      });
+      layer_forward(sv, xk, w[k], tm, T, B, k == 0 ? X_ : H, H);
+      tm.for_shares(H, [&](const TeamSlice& ts) {  // h_T, s_T before the next layer's s0
+        const Real* s_T = cell_state_at(sv, T, B, H);
+        for (int64_t r = 0; r < B; ++r) {
+          std::copy_n(sv.hseq + T * BH + r * H + ts.j0, ts.n(),
+                      infer_last_ + k * BH + r * H + ts.j0);
+          std::copy_n(s_T + r * H + ts.j0, ts.n(), infer_last_ + (L_ + k) * BH + r * H + ts.j0);
+        }
+      });
+      xk = sv.hseq + BH;  // h_1 .. h_T [T,B,H] feed the next layer
+    }
+  }
+}
+
 template class LstmStack<float>;
 template class LstmStack<double>;
 

@@ -42,6 +42,19 @@ class LstmStack {
 
   size_t arena_bytes() const { return (arena_.size() + drop_.size()) * sizeof(Real); }
 
+  // Inference: forward's arithmetic, the same bits of output and final states, keeping nothing
+  // for backward, in an arena of its own (infer_bytes): the gates of one layer at a time, the
+  // cell state of one step, and the h sequences of two layers (one feeds the next). Dropout does
+  // not apply; backward() does not follow it. Sizes and arguments as forward's.
+  void infer(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0, int64_t T,
+             int64_t B);
+  const Real* infer_output() const { return infer_h_[(L_ - 1) % 2] + infer_B_ * H_; }    // [T,B,H]
+  const Real* infer_h_last(int64_t k) const { return infer_last_ + k * infer_B_ * H_; }  // [B,H]
+  const Real* infer_s_last(int64_t k) const {                                            // [B,H]
+    return infer_last_ + (L_ + k) * infer_B_ * H_;
+  }
+  size_t infer_bytes() const { return infer_arena_.size() * sizeof(Real); }
+
   // Dropout between layers (on layer k's output before layer k+1 reads it), for the forward
   // calls that follow; p = 0 turns it off. Masks come from (seed, site k+1, position).
   void set_dropout(double p, uint64_t seed) { drop_p_ = p, drop_seed_ = seed; }
@@ -73,6 +86,17 @@ class LstmStack {
   std::vector<Real> drop_;  // per boundary k < L-1: mask [T,B,H], then the dropped input [T,B,H]
   Real* drop_mask(int64_t k) { return drop_.data() + 2 * k * T_ * B_ * H_; }
   Real* drop_input(int64_t k) { return drop_mask(k) + T_ * B_ * H_; }
+
+  // infer's arena, one allocation grown only for a larger T*B: the layer being run (its gates
+  // [T,B,G] scratch, bias [G], the s ring [2,B,H], panels), the h sequences [T+1,B,H] of layers
+  // k % 2 = 0 and 1, and the final states [2,L,B,H] (h_T of every layer, then s_T).
+  void reserve_infer(int64_t T, int64_t B);
+  std::vector<Real> infer_arena_;
+  int64_t infer_T_ = 0, infer_B_ = 0, infer_capN_ = 0, infer_capB_ = 0;
+  LayerSaved<Real> infer_layer_{};  // hseq set per layer
+  Real* infer_h_[2] = {nullptr, nullptr};
+  Real* infer_last_ = nullptr;
+  TeamTuner infer_tuner_;
 };
 
 }  // namespace lstmgrad::cpu

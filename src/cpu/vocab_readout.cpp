@@ -177,12 +177,12 @@ LSTMGRAD_AVX512 void sum_transpose(const float* dhT, int64_t parts, int64_t H, i
 
 }  // namespace
 
-void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
+void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads, bool backward) {
   const int64_t Np = round_up(N, kW), Hq = (H + kW - 1) / kW;
   const int64_t chunks = (V + kChunk - 1) / kChunk, groups = std::min(chunks, kGroups);
-  const int64_t need = Np * H + Hq * Np * kW + chunks * Np * kChunk + Np + 2 * chunks * Np +
-                       threads * Np * kChunk + groups * H * Np + threads * kW * kW +
-                       10 * kW;  // + alignment
+  const int64_t G = backward ? threads * Np * kChunk : 0, dhT = backward ? groups * H * Np : 0;
+  const int64_t need = Np * H + Hq * Np * kW + chunks * Np * kChunk + Np + 2 * chunks * Np + G +
+                       dhT + threads * kW * kW + 10 * kW;  // + alignment
   N_ = N, H_ = H, V_ = V, Np_ = Np, chunks_ = chunks, groups_ = groups;
   sumsq_.resize(static_cast<size_t>(chunks));  // each backward writes every entry
   work_.reserve(2, threads);
@@ -200,8 +200,8 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads) {
   lse_ = carve(Np);
   max_ = carve(chunks * Np);
   sum_ = carve(chunks * Np);
-  G_ = carve(threads * Np * kChunk);
-  dhT_ = carve(groups * H * Np);
+  G_ = carve(G);  // backward's (empty without)
+  dhT_ = carve(dhT);
   tmp_ = carve(threads * kW * kW);
 }
 

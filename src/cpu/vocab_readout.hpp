@@ -36,8 +36,9 @@ namespace lstmgrad::cpu {
 class VocabReadout {
  public:
   // Sizes the buffers for N positions, H inputs, V classes and a team of up to `threads`;
-  // allocates only when one grows.
-  void reserve(int64_t N, int64_t H, int64_t V, int threads);
+  // allocates only when one grows. backward = false: for a forward no backward follows (infer),
+  // without backward's buffers.
+  void reserve(int64_t N, int64_t H, int64_t V, int threads, bool backward = true);
 
   // Both are called by every thread of one team (thread `id` of `nt`, nt <= the reserved team),
   // with the same arguments; they synchronise with OpenMP barriers inside. The calling parallel

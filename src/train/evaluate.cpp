@@ -28,7 +28,7 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
     } else {
       b.T = batcher.window(k, b.tokens, b.target);
     }
-    out.sum += lm.forward(params, b, Reduction::sum);
+    out.sum += lm.infer(params, b, Reduction::sum);  // the training forward's bits, less memory
     out.tokens += b.T * b.B;
     std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());  // carry the state
     std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());

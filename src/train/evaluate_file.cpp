@@ -118,7 +118,10 @@ std::vector<int64_t> sample_tokens(const SampleOptions& o, const Model<Real>& m,
   auto feed = [&](std::span<const int64_t> tokens) {  // run the tokens; state carried
     b.T = static_cast<int64_t>(tokens.size());
     b.tokens.assign(tokens.begin(), tokens.end());
-    lm.forward(m.params, b, Reduction::sum);
+    if constexpr (requires { lm.infer(m.params, b, Reduction::sum); })
+      lm.infer(m.params, b, Reduction::sum);  // the CPU engine: nothing kept for backward
+    else
+      lm.forward(m.params, b, Reduction::sum);
     std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());
     std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());
     return lm.probs().subspan(static_cast<size_t>((b.T - 1) * m.cfg.V));  // p of the last step
