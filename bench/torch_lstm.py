@@ -1,9 +1,10 @@
 #!/usr/bin/python3
 """PyTorch side of `lstmgrad bench` (docs/benchmarks.md): the same presets, modes and JSON keys.
 
-fwd: nn.LSTM forward under torch.no_grad() (PyTorch's fastest forward; lstmgrad's fwd also saves
-what backward needs). fwdbwd: forward with autograd, then backward of a fixed dL/dh (the input
-needs no gradient, as in lstmgrad's bench). lm_step: Embedding -> LSTM -> Linear(H, 10000) ->
+fwd: nn.LSTM forward under torch.no_grad() (PyTorch's fastest forward, an inference forward:
+compare.sh sets it beside lstmgrad's infer too; lstmgrad's fwd also saves what backward needs).
+fwdbwd: forward with autograd, then backward of a fixed dL/dh, with dL/dx (x.requires_grad, as
+lstmgrad's and oneDNN's fwdbwd compute it). lm_step: Embedding -> LSTM -> Linear(H, 10000) ->
 cross-entropy (mean) -> backward -> SGD step, zero_grad(set_to_none=True). float32 throughout.
 
 BLAS threads are fixed by the environment before torch loads (OPENBLAS_NUM_THREADS): run once per
@@ -64,6 +65,8 @@ def run(name, mode, warmup, runs):
     if mode in ("fwd", "fwdbwd"):
         lstm = torch.nn.LSTM(X, H, L)
         x = torch.rand(T, B, X) * 2 - 1
+        if mode == "fwdbwd":
+            x.requires_grad_(True)
         dh = torch.rand(T, B, H) * 2 - 1
         if mode == "fwd":
             def step():
@@ -75,6 +78,7 @@ def run(name, mode, warmup, runs):
             def step():
                 for p in lstm.parameters():
                     p.grad = None
+                x.grad = None
                 out, _ = lstm(x)
                 out.backward(dh)
     else:

@@ -121,7 +121,7 @@ TEST(Bench, ReportsEveryField) {
   BenchPreset tiny{"tiny", 3, 2, 5, 8, 2, true};
   BenchOptions o;
   o.threads = 2, o.warmup = 1, o.runs = 3;
-  for (const char* mode : {"fwd", "fwdbwd", "lm_step"}) {
+  for (const char* mode : {"fwd", "infer", "fwdbwd", "fwdbwd_nodx", "lm_step"}) {
     const BenchResult r = run_bench(tiny, mode, o);
     EXPECT_EQ(r.mode, mode);
     EXPECT_GT(r.ms, 0);

@@ -1,7 +1,8 @@
 // lstmgrad: the CPU benchmark behind `lstmgrad bench` (docs/benchmarks.md).
 // Presets are the shapes of the PyTorch comparison in bench/torch_lstm.py; everything is float32.
-// GFLOP/s counts 2*4H*(in+H) per token per layer for the forward pass and three times that for
-// forward+backward; the LM step also counts the readout, 2*V*H per token, times three.
+// GFLOP/s counts 2*4H*(in+H) per token per layer for the forward pass (and inference) and three
+// times that for forward+backward; the LM step also counts the readout, 2*V*H per token, times
+// three.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -25,18 +26,22 @@ struct BenchOptions {
 };
 
 struct BenchResult {
-  std::string preset, mode;  // mode: fwd, fwdbwd, lm_step
+  std::string preset, mode;  // mode: fwd, infer, fwdbwd, fwdbwd_nodx, lm_step
   int threads = 0;
   double ms = 0, tokens_per_s = 0, gflops = 0;
   double peak_rss_mb = 0;  // the process's peak resident memory while this case ran
 };
 
-// mode: "fwd" (the stack), "fwdbwd" (the stack), "lm_step" (embedding, stack, readout, softmax
-// cross-entropy, backward, SGD update). Throws std::invalid_argument for an unknown mode.
+// mode: "fwd" (the stack's forward, saving what backward needs), "infer" (its inference forward,
+// LstmStack::infer), "fwdbwd" (the stack's forward and backward with dL/dx, as oneDNN and cuDNN
+// compute it), "fwdbwd_nodx" (the same without dL/dx of layer 0: the fwdbwd of lstmgrad before
+// issue 18), "lm_step" (embedding, stack, readout, softmax cross-entropy, backward, SGD update).
+// Throws std::invalid_argument for an unknown mode.
 BenchResult run_bench(const BenchPreset& p, const std::string& mode, const BenchOptions& o);
 
-// The flops of one token in `mode` (the GFLOP/s of the tables): 2*4H*(in+H) per layer forward,
-// three times that for fwdbwd, and for lm_step three times (that plus 2*V*H of the readout).
+// The flops of one token in `mode` (the GFLOP/s of the tables): 2*4H*(in+H) per layer forward
+// (and infer), three times that for fwdbwd (and fwdbwd_nodx, which skips 2*4H*X of it), and for
+// lm_step three times (that plus 2*V*H of the readout).
 double bench_flops_per_token(const BenchPreset& p, const std::string& mode);
 
 // The BLAS's sgemm alone: C[M,N] = A[M,K] B[K,N] with `threads` BLAS threads (GEMM ceiling).

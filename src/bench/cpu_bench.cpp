@@ -68,7 +68,10 @@ double stack_flops_per_token(const BenchPreset& p) {
   return f;
 }
 
-double time_stack(const BenchPreset& p, bool backward, const BenchOptions& o) {
+// mode: fwd (the forward that saves what backward needs), infer (LstmStack::infer), fwdbwd
+// (forward, backward with dL/dx, as oneDNN's and cuDNN's), fwdbwd_nodx (without dL/dx: layer 0's
+// dx GEMM skipped, as a model whose input needs no gradient).
+double time_stack(const BenchPreset& p, const std::string& mode, const BenchOptions& o) {
   std::mt19937_64 rng(5);
   const int64_t G = 4 * p.H, N = p.T * p.B;
   std::vector<std::vector<float>> weights(static_cast<size_t>(p.L)), grads(weights.size());
@@ -86,17 +89,21 @@ double time_stack(const BenchPreset& p, bool backward, const BenchOptions& o) {
     float* d = grads[k].data();
     g.push_back({d, d + G * I, d + G * (I + p.H), d + G * (I + p.H) + G});
   }
-  std::vector<float> x(static_cast<size_t>(N * p.X)), dh(static_cast<size_t>(N * p.H));
+  std::vector<float> x(static_cast<size_t>(N * p.X)), dh(static_cast<size_t>(N * p.H)),
+      dx(mode == "fwdbwd" ? x.size() : 0);
   fill_uniform(x, 1.0f, rng);
   fill_uniform(dh, 1.0f, rng);
   cpu::LstmStack<float> stack(p.X, p.H, p.L);
   stack.set_threads(o.threads);
+  if (mode == "infer")
+    return median_ms([&] { stack.infer(x.data(), w.data(), nullptr, nullptr, p.T, p.B); }, o);
   return median_ms(
       [&] {
         stack.forward(x.data(), w.data(), nullptr, nullptr, p.T, p.B);
-        if (!backward) return;
+        if (mode == "fwd") return;
         for (auto& gk : grads) std::fill(gk.begin(), gk.end(), 0.0f);
-        stack.backward(nullptr, g.data(), dh.data(), x.data(), w.data(), nullptr, nullptr);
+        stack.backward(dx.empty() ? nullptr : dx.data(), g.data(), dh.data(), x.data(), w.data(),
+                       nullptr, nullptr);
       },
       o);
 }
@@ -137,7 +144,7 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
 
 double bench_flops_per_token(const BenchPreset& p, const std::string& mode) {
   const double fwd = stack_flops_per_token(p);
-  if (mode == "fwdbwd") return 3 * fwd;
+  if (mode == "fwdbwd" || mode == "fwdbwd_nodx") return 3 * fwd;
   if (mode == "lm_step") return 3 * (fwd + 2.0 * static_cast<double>(kBenchVocabulary * p.H));
   return fwd;
 }
@@ -148,14 +155,13 @@ BenchResult run_bench(const BenchPreset& p, const std::string& mode, const Bench
   BenchResult r;
   r.preset = p.name, r.mode = mode, r.threads = o.threads;
   const double flops = bench_flops_per_token(p, mode);
-  if (mode == "fwd") {
-    r.ms = time_stack(p, false, o);
-  } else if (mode == "fwdbwd") {
-    r.ms = time_stack(p, true, o);
+  if (mode == "fwd" || mode == "infer" || mode == "fwdbwd" || mode == "fwdbwd_nodx") {
+    r.ms = time_stack(p, mode, o);
   } else if (mode == "lm_step") {
     r.ms = time_lm_step(p, o);
   } else {
-    throw std::invalid_argument("bench: unknown mode '" + mode + "' (fwd, fwdbwd, lm_step)");
+    throw std::invalid_argument("bench: unknown mode '" + mode +
+                                "' (fwd, infer, fwdbwd, fwdbwd_nodx, lm_step)");
   }
   const double tokens = static_cast<double>(p.T * p.B);
   r.tokens_per_s = tokens / (r.ms / 1e3);
