@@ -8,6 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${1:-$ROOT/build}
 ROUNDS=${2:-3}
 LSTMGRAD=$BUILD/lstmgrad
+ONEDNN=$BUILD/onednn_lstm  # built where libdnnl-dev is installed; compare.sh skips it otherwise
 TORCH="/usr/bin/python3 $ROOT/bench/torch_lstm.py"
 OUT=$(mktemp -d)
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS OMP_NUM_THREADS
