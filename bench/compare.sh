@@ -3,11 +3,12 @@
 #
 #   bench/compare.sh [BUILD_DIR] [ROUNDS]     (defaults: build, 3)
 #
-# Both sides run in the same environment: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for
-# both (OpenBLAS picks its AVX-512 kernels; the test environment's Haswell setting is left alone
-# everywhere else), and glibc keeps freed memory for both (MALLOC_*_THRESHOLD_, without which
+# Every side runs in the same environment: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for
+# all (OpenBLAS picks its AVX-512 kernels; the test environment's Haswell setting is left alone
+# everywhere else), and glibc keeps freed memory for all (MALLOC_*_THRESHOLD_, without which
 # PyTorch pays a page fault per re-allocated page). Each preset runs in fresh processes (peak
-# memory per preset), lstmgrad, oneDNN and PyTorch alternating, ROUNDS times; lstmgrad and oneDNN
+# memory per preset and, for lstmgrad and oneDNN, per mode), lstmgrad, oneDNN and PyTorch
+# alternating, ROUNDS times; lstmgrad and oneDNN
 # (bench/onednn_lstm, where the build has it) try 1 and 2 threads, PyTorch torch threads 1, 2 x
 # BLAS threads 1, 2; each side's best median per preset and mode is compared: lstmgrad's
 # tokens/s over PyTorch's and over oneDNN's. Modes: fwd (a forward that keeps what backward
@@ -22,14 +23,19 @@ PRESETS="zaremba-small zaremba-medium char-rnn throughput large"
 for round in $(seq "$ROUNDS"); do
   for p in $PRESETS; do
     echo "round $round: $p" >&2
-    for lt in 1 2; do
-      "$LSTMGRAD" bench --preset "$p" --threads $lt --json >"$OUT/lstmgrad.$p.$lt.$round.json"
-    done
-    if [ -x "$ONEDNN" ]; then
-      for ot in 1 2; do
-        "$ONEDNN" --preset "$p" --threads $ot --json >"$OUT/onednn.$p.$ot.$round.json"
+    # One process per mode: with glibc keeping freed memory, a mode's peak would otherwise count
+    # the mode before it (infer after fwd). PyTorch's fwd, the one light mode, runs first.
+    for m in fwd infer fwdbwd lm_step; do
+      for lt in 1 2; do
+        "$LSTMGRAD" bench --preset "$p" --mode $m --threads $lt --json \
+          >"$OUT/lstmgrad.$p.$m.$lt.$round.json"
       done
-    fi
+      if [ -x "$ONEDNN" ] && [ $m != lm_step ]; then
+        for ot in 1 2; do
+          "$ONEDNN" --preset "$p" --mode $m --threads $ot --json >"$OUT/onednn.$p.$m.$ot.$round.json"
+        done
+      fi
+    done
     for tt in 1 2; do
       for bt in 1 2; do
         OPENBLAS_NUM_THREADS=$bt $TORCH --preset "$p" --threads $tt --json \
