@@ -186,10 +186,11 @@ TEST(Mpi, ResumesOnTheSameOrAnotherNumberOfProcesses) {
     const CliResult rest =
         run_shell(mpirun(n) + LSTMGRAD_CLI_PATH + " train --quiet --resume " + part.string());
     ASSERT_EQ(rest.rc, 0) << rest.err;
-    if (n == 2)
+    if (n == 2) {
       EXPECT_TRUE(same_tensors(part / "model.safetensors", whole / "model.safetensors"));
-    else
+    } else {
       EXPECT_LT(tensor_difference(part / "model.safetensors", whole / "model.safetensors"), 1e-10);
+    }
     EXPECT_EQ(metrics(part).back()["world_size"], n);
   }
 }
@@ -214,7 +215,9 @@ TEST(Mpi, EvalSplitsTheStreamsAndPrintsOnce) {
     const auto a = nlohmann::json::parse(one.out), b = nlohmann::json::parse(two.out);
     EXPECT_EQ(b["tokens"], a["tokens"]);
     EXPECT_LT(relative(b["loss"], a["loss"]), 1e-12);
-    if (batch == 1) EXPECT_EQ(b["loss"], a["loss"]);
+    if (batch == 1) {
+      EXPECT_EQ(b["loss"], a["loss"]);  // rank 0 alone: the same computation
+    }
   }
 }
 
@@ -285,10 +288,11 @@ TEST_P(MpiFault, EndsTheJobAndResumeFinishesIt) {
   EXPECT_NE(r.rc, 0) << r.err;
   const double took_s = std::stod(slurp(c.dir / "took_ms")) / 1000;
   EXPECT_LT(took_s, 30) << "the job did not end in time";
-  if (sig == "STOP")
+  if (sig == "STOP") {
     EXPECT_NE(r.err.find("no answer from rank 1"), std::string::npos) << r.err;
-  else
+  } else {
     EXPECT_NE(r.err.find("process rank 1"), std::string::npos) << r.err;  // mpirun's report
+  }
   const CliResult rest =
       run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " train --quiet --resume " + hurt.string());
   ASSERT_EQ(rest.rc, 0) << rest.err;
