@@ -18,7 +18,7 @@
 # Then the sgemm ceiling (1 and 2 threads, square 2048 and the presets' GEMM shapes).
 source "$(dirname "$0")/bench_env.sh"
 trap 'rm -rf "$OUT"' EXIT
-PRESETS="zaremba-small zaremba-medium char-rnn throughput large"
+PRESETS=${PRESETS:-"zaremba-small zaremba-medium char-rnn throughput large"}  # env: a subset
 
 for round in $(seq "$ROUNDS"); do
   for p in $PRESETS; do

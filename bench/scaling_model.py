@@ -20,11 +20,11 @@ Usage: bench/scaling_model.py  (the measured inputs are the constants below; doc
 PRESETS = {
     # name: (tokens per update per node, measured seconds per update on one node, bytes summed)
     # zaremba-small: T 20 x B 20; 4.65M parameters, of which the sum sends the LSTM and readout
-    # (2.65M) and the embedding rows a window uses (about 300 of 10000 rows x 200).
-    "zaremba-small": (400, None, 4 * (2_650_000 + 300 * 200)),
+    # (2.65M) and the embedding rows a window uses (235 of 10000 rows x 200 on average in PTB).
+    "zaremba-small": (400, None, 4 * (2_653_200 + 235 * 200)),
     # zaremba-medium: T 35 x B 20; 19.8M parameters: LSTM 6.77M, readout 6.51M, embedding rows
-    # about 450 of 10000 x 650.
-    "zaremba-medium": (700, None, 4 * (6_770_000 + 6_510_000 + 450 * 650)),
+    # 361 of 10000 x 650 on average in PTB.
+    "zaremba-medium": (700, None, 4 * (6_770_400 + 6_510_000 + 361 * 650)),
 }
 
 LINKS = {"10 Gb/s": 10e9 / 8 * 0.9, "100 Gb/s": 100e9 / 8 * 0.9}  # 90% of the line rate
@@ -32,20 +32,8 @@ LATENCY = 20e-6  # seconds per message over Ethernet (loopback TCP measured 14 u
 NODES = [1, 2, 4, 8, 16, 32, 64]
 
 
-def table(step_seconds):
-    lines = []
-    for name, (tokens, _, S) in PRESETS.items():
-        t_c = step_seconds[name]
-        for link, bw in LINKS.items():
-            row = []
-            crossover = None
-            for n in NODES:
-                t_sum = 0 if n == 1 else 2 * (n - 1) / n * S / bw + 2 * (n - 1) * LATENCY
-                row.append(n * tokens / (t_c + t_sum))
-                if crossover is None and t_sum > t_c:
-                    crossover = n
-            lines.append((name, link, S, t_c, row, crossover))
-    return lines
+def t_sum(n, S, bw):
+    return 0 if n == 1 else 2 * (n - 1) / n * S / bw + 2 * (n - 1) * LATENCY
 
 
 def main():
@@ -53,13 +41,32 @@ def main():
     # seconds per update on one node, measured (docs/scaling.md gives the command)
     step = {"zaremba-small": float(sys.argv[1]) if len(sys.argv) > 1 else 0.0408,
             "zaremba-medium": float(sys.argv[2]) if len(sys.argv) > 2 else 0.25}
-    print("| preset | link | summed per update | compute per update | "
-          + " | ".join(f"N={n}" for n in NODES) + " | sum > compute from |")
-    print("|---|---|---|---|" + "---|" * len(NODES) + "---|")
-    for name, link, S, t_c, row, crossover in table(step):
-        cells = " | ".join(f"{v / 1000:.0f}k" for v in row)
-        print(f"| {name} | {link} | {S / 1e6:.1f} MB | {t_c * 1000:.1f} ms | {cells} | "
-              f"{'N=' + str(crossover) if crossover else 'never (N <= 64)'} |")
+    head = " | ".join(f"N={n}" for n in NODES)
+    print("Weak scaling: every node B = 20 streams (global batch 20 N); tokens/s, and the share of")
+    print("an update spent in the sum.\n")
+    print(f"| preset | link | summed per update | compute per update | {head} |")
+    print("|---|---|---|---|" + "---|" * len(NODES))
+    for name, (tokens, _, S) in PRESETS.items():
+        t_c = step[name]
+        for link, bw in LINKS.items():
+            cells = []
+            for n in NODES:
+                ts = t_sum(n, S, bw)
+                cells.append(f"{n * tokens / (t_c + ts) / 1000:.0f}k ({100 * ts / (t_c + ts):.0f}%)")
+            print(f"| {name} | {link} | {S / 1e6:.1f} MB | {t_c * 1000:.1f} ms | "
+                  + " | ".join(cells) + " |")
+    print("\nStrong scaling: the recipe's global batch of 20 split over N nodes (compute taken as")
+    print("t_compute / N, which small per-node batches do not reach); tokens/s.\n")
+    strong = [n for n in NODES if n <= 20] + [20]
+    strong = sorted(set(strong))
+    print("| preset | link | " + " | ".join(f"N={n}" for n in strong) + " | sum > compute from |")
+    print("|---|---|" + "---|" * len(strong) + "---|")
+    for name, (tokens, _, S) in PRESETS.items():
+        t_c = step[name]
+        for link, bw in LINKS.items():
+            cross = next((n for n in strong if t_sum(n, S, bw) > t_c / n), None)
+            cells = " | ".join(f"{tokens / (t_c / n + t_sum(n, S, bw)) / 1000:.0f}k" for n in strong)
+            print(f"| {name} | {link} | {cells} | {'N=' + str(cross) if cross else '-'} |")
 
 
 if __name__ == "__main__":
