@@ -16,6 +16,7 @@
 #include "cli_runner.hpp"
 #include "lstmgrad/safetensors.hpp"
 #include "temp_dir.hpp"
+#include "tensor_files.hpp"
 
 namespace lstmgrad::test {
 namespace {
@@ -101,16 +102,6 @@ double tensor_difference(const fs::path& a, const fs::path& b) {
       worst = std::max(worst, std::abs(x[k] - y[k]) / std::max(scale, 1e-300));
   }
   return worst;
-}
-
-bool same_tensors(const fs::path& a, const fs::path& b) {
-  const io::TensorFile fa = io::read_safetensors(a), fb = io::read_safetensors(b);
-  if (fa.tensors.size() != fb.tensors.size()) return false;
-  for (const io::Tensor& t : fa.tensors) {
-    const io::Tensor* u = fb.find(t.name);
-    if (!u || u->bytes != t.bytes) return false;
-  }
-  return true;
 }
 
 // The same run on 1, 2 and 3 processes (B = 6 splits 6, 3+3, 2+2+2): every metrics line and the

@@ -15,6 +15,7 @@
 #include "cli_runner.hpp"
 #include "lstmgrad/safetensors.hpp"
 #include "temp_dir.hpp"
+#include "tensor_files.hpp"
 
 namespace lstmgrad::test {
 namespace {
@@ -64,17 +65,6 @@ CliResult shell(const std::string& script) {
 
 std::string bytes(const fs::path& p) {
   return slurp(p);
-}
-
-// Every tensor of the two files bit for bit (metadata aside: wall times differ).
-bool same_tensors(const fs::path& a, const fs::path& b) {
-  const io::TensorFile fa = io::read_safetensors(a), fb = io::read_safetensors(b);
-  if (fa.tensors.size() != fb.tensors.size()) return false;
-  for (const io::Tensor& t : fa.tensors) {
-    const io::Tensor* u = fb.find(t.name);
-    if (!u || u->bytes != t.bytes) return false;
-  }
-  return true;
 }
 
 class StopSignal : public ::testing::TestWithParam<int> {};
