@@ -249,15 +249,7 @@ struct Options {
 };
 
 double median_ms(const std::function<void()>& step, const Options& o) {
-  for (int i = 0; i < o.warmup; ++i) step();
-  std::vector<double> ms;
-  for (int i = 0; i < std::max(o.runs, 1); ++i) {
-    const auto t0 = Clock::now();
-    step();
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-  }
-  std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
-  return ms[ms.size() / 2];
+  return lstmgrad::median_ms(step, o.warmup, o.runs);
 }
 
 std::vector<float> uniform(size_t n, float a, std::mt19937_64& rng) {

@@ -5,6 +5,7 @@
 // three.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ struct BenchOptions {
   int warmup = 5;   // untimed runs first (the default team tries its neighbour after 5 calls)
   int runs = 7;     // timed runs; the median is reported
 };
+
+// `warmup` untimed calls of `step`, then the median of `runs` timed ones, in milliseconds.
+double median_ms(const std::function<void()>& step, int warmup, int runs);
 
 struct BenchResult {
   std::string preset, mode;  // mode: fwd, infer, fwdbwd, fwdbwd_nodx, lm_step

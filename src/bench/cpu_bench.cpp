@@ -38,26 +38,30 @@ void reset_peak_rss() {
   f << "5";  // resets VmHWM to the current RSS (Linux >= 4.0); harmless where unsupported
 }
 
+double median_ms(const std::function<void()>& step, int warmup, int runs) {
+  for (int i = 0; i < warmup; ++i) step();
+  std::vector<double> ms;
+  for (int i = 0; i < std::max(runs, 1); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
+  return ms[ms.size() / 2];
+}
+
 namespace {
+
+double median_ms(const std::function<void()>& step, const BenchOptions& o) {
+  return lstmgrad::median_ms(step, o.warmup, o.runs);
+}
 
 using Clock = std::chrono::steady_clock;
 
 void fill_uniform(std::vector<float>& v, float a, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> d(-a, a);
   for (float& x : v) x = d(rng);
-}
-
-// Warm-up runs, then the median of the timed runs, in milliseconds.
-double median_ms(const std::function<void()>& step, const BenchOptions& o) {
-  for (int i = 0; i < o.warmup; ++i) step();
-  std::vector<double> ms;
-  for (int i = 0; i < std::max(o.runs, 1); ++i) {
-    const auto t0 = Clock::now();
-    step();
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-  }
-  std::nth_element(ms.begin(), ms.begin() + static_cast<long>(ms.size() / 2), ms.end());
-  return ms[ms.size() / 2];
 }
 
 // 2*4H*(in+H) per token per layer (the forward pass).

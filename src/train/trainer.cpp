@@ -688,11 +688,11 @@ class Trainer {
     const uint64_t mine = content_hash(std::span<const Real>(params_));
     const std::vector<std::byte> all = world_.all_gather(
         std::as_bytes(std::span<const uint64_t>(&mine, 1)), "the parameter hashes");
-    for (int q = 0; q < ranks_; ++q) {
+    uint64_t h0 = 0;
+    std::memcpy(&h0, all.data(), sizeof h0);
+    for (int q = 1; q < ranks_; ++q) {
       uint64_t h = 0;
       std::memcpy(&h, all.data() + q * sizeof h, sizeof h);
-      uint64_t h0 = 0;
-      std::memcpy(&h0, all.data(), sizeof h0);
       if (h != h0)
         throw Halted(fmt::format(
             "after update {} rank {} holds other parameters than rank 0 (hash {:016x}, not "
