@@ -13,6 +13,7 @@
 #include "compare.hpp"
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/optimizer.hpp"
+#include "lstmgrad/safetensors.hpp"
 #include "splitmix.hpp"
 
 namespace lstmgrad::test {
@@ -51,29 +52,119 @@ TEST(Optimizer, ClipFactorFollowsPyTorch) {
 
 // step_and_zero must give bit for bit what clip_grad_norm, step and a zero fill give.
 template <class Real>
-void expect_fused_equals_separate(OptimizerKind kind, double max_norm) {
-  SCOPED_TRACE(::testing::Message()
-               << to_string(kind) << " max_norm " << max_norm << " " << sizeof(Real) * 8 << "-bit");
+void expect_fused_equals_separate(OptimizerKind kind, double max_norm, double decay = 0) {
+  SCOPED_TRACE(::testing::Message() << to_string(kind) << " max_norm " << max_norm << " decay "
+                                    << decay << " " << sizeof(Real) * 8 << "-bit");
   auto p1 = random_vector<Real>(kSize, 5, 1.0), g1 = random_vector<Real>(kSize, 7, 0.5);
   auto p2 = p1, g2 = g1;
-  Optimizer<Real> a(kind, kSize), b(kind, kSize);
-  for (int step = 0; step < 3; ++step) {  // Adam's moments carry over the steps
+  Optimizer<Real> a(kind, kSize, 0.9, 0.999, 1e-8, decay), b(kind, kSize, 0.9, 0.999, 1e-8, decay);
+  for (int step = 0; step < 4; ++step) {  // Adam's moments and ASGD's average carry over
+    const double lr = 0.1 + 0.01 * step;  // ASGD's update takes the lr of the step before
     clip_grad_norm<Real>(g1, max_norm);
-    a.step(p1, g1, 0.1);
+    a.step(p1, g1, lr);
     std::fill(g1.begin(), g1.end(), Real(0));
-    b.step_and_zero(p2, g2, 0.1, clip_factor(grad_norm<Real>(g2), max_norm));
+    b.step_and_zero(p2, g2, lr, clip_factor(grad_norm<Real>(g2), max_norm));
     ASSERT_EQ(p1, p2) << "step " << step;
     ASSERT_EQ(g1, g2);
+    ASSERT_EQ(a.ax(), b.ax()) << "step " << step;
     g1 = random_vector<Real>(kSize, 11 + static_cast<uint64_t>(step), 0.5), g2 = g1;
   }
 }
 
 TEST(Optimizer, FusedStepIsBitIdenticalToClipStepZero) {
-  for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam})
-    for (double max_norm : {0.0, 1.0, 1e6}) {  // none, active (the norm is ~50), inactive
-      expect_fused_equals_separate<float>(kind, max_norm);
-      expect_fused_equals_separate<double>(kind, max_norm);
+  for (OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::asgd})
+    for (double max_norm : {0.0, 1.0, 1e6})  // none, active (the norm is ~50), inactive
+      for (double decay : {0.0, 1e-2}) {
+        expect_fused_equals_separate<float>(kind, max_norm, decay);
+        expect_fused_equals_separate<double>(kind, max_norm, decay);
+      }
+}
+
+// torch.optim (tools/make_optimizer_golden.py): the same gradients, learning rates, clipping and
+// weight decay through lstmgrad::Optimizer, the parameters (and ASGD's average) after every
+// step within `tol` relative to the largest of them: 1e-12 in float64 (the only differences are
+// the order of the norm's sum and torch's fused multiply-adds), 1e-5 in float32 (rounding of
+// the same formulas: 14 steps of float32 updates of values near 1).
+template <class Real>
+void expect_golden_trajectory(const std::string& name, double tol) {
+  SCOPED_TRACE(::testing::Message() << name << " " << sizeof(Real) * 8 << "-bit");
+  const std::string file = std::string(LSTMGRAD_TEST_DATA) + "/optimizer/" + name + ".safetensors";
+  const io::TensorFile f = io::read_safetensors(file);
+  auto tensor = [&](const char* t) { return io::to_floats<double>(f.require(t, file), file); };
+  const std::vector<double> p0 = tensor("p0"), grads = tensor("grads"), lr = tensor("lr"),
+                            want = tensor("params");
+  const std::string kind = f.metadata.at("kind");
+  const double decay = std::stod(f.metadata.at("weight_decay")),
+               clip = std::stod(f.metadata.at("clip"));
+  const bool nt = kind == "nt_asgd";
+  const size_t n = p0.size(), steps = lr.size(),
+               to_avg = nt ? std::stoul(f.metadata.at("switch")) : steps;
+  const std::vector<double> want_ax = nt ? tensor("ax") : std::vector<double>(n * steps, 0.0);
+  Optimizer<Real> opt(nt ? OptimizerKind::sgd : parse_optimizer(kind), n, 0.9, 0.999, 1e-8, decay);
+  std::vector<Real> p(p0.begin(), p0.end()), g(n);
+  for (size_t t = 0; t < steps; ++t) {
+    if (t == to_avg) opt.start_averaging();
+    std::copy_n(grads.begin() + static_cast<std::ptrdiff_t>(t * n), n, g.begin());
+    const double norm = grad_norm<Real>(g);
+    opt.step_and_zero(p, g, lr[t], clip_factor(norm, clip));
+    const auto at = [&](const std::vector<double>& v) {
+      return std::vector<double>(v.begin() + static_cast<std::ptrdiff_t>(t * n),
+                                 v.begin() + static_cast<std::ptrdiff_t>((t + 1) * n));
+    };
+    ASSERT_TRUE(close("params after step " + std::to_string(t), p, at(want), tol));
+    if (nt && t >= to_avg) {
+      ASSERT_TRUE(close("ax after step " + std::to_string(t), opt.ax(), at(want_ax), tol));
     }
+  }
+  if (nt) {
+    EXPECT_EQ(opt.averaging_steps(), static_cast<int64_t>(steps - to_avg));
+  }
+}
+
+TEST(Optimizer, MatchesTorchOptimWithWeightDecayClippingAndAveraging) {
+  for (const char* name : {"sgd_decay_clip", "nt_asgd", "asgd_no_decay", "adam_decay_clip"}) {
+    expect_golden_trajectory<double>(name, 1e-12);
+    expect_golden_trajectory<float>(name, 1e-5);
+  }
+}
+
+// ASGD's average is the plain mean of the parameters after steps 2..t (mu = 1 at steps 1 and 2,
+// then 1/(t-1)), and each update uses the lr given to the step before it.
+TEST(Optimizer, AsgdAveragesFromTheSecondStepAndLagsTheLearningRate) {
+  const size_t n = 3;
+  Optimizer<double> opt(OptimizerKind::asgd, n);
+  std::vector<double> p = {1, 2, 3}, g(n), sum(n, 0.0), expect = p;
+  const double lrs[] = {0.5, 0.25, 0.125, 1.0, 2.0};
+  for (int t = 0; t < 5; ++t) {
+    std::fill(g.begin(), g.end(), 1.0);
+    opt.step_and_zero(p, g, lrs[t], 1.0);
+    const double used = lrs[t == 0 ? 0 : t - 1];
+    for (size_t k = 0; k < n; ++k) expect[k] -= used;
+    EXPECT_EQ(p, expect) << "step " << t + 1;
+    if (t >= 1)
+      for (size_t k = 0; k < n; ++k) sum[k] += p[k];
+    for (size_t k = 0; k < n; ++k)
+      EXPECT_NEAR(opt.ax()[k], t == 0 ? p[k] : sum[k] / t, 1e-15) << "step " << t + 1;
+  }
+  EXPECT_EQ(opt.eta(), 2.0);
+}
+
+// AWD-LSTM's rule: with history h (the earlier checks) and this check's loss v, switch when
+// len(h) > N and v > min(h[:-N]), the checks older than the last N.
+TEST(Optimizer, NonMonotoneTriggerComparesWithTheChecksOlderThanTheLastN) {
+  const std::vector<double> h = {5.0, 4.0, 4.5, 4.6};
+  EXPECT_FALSE(nonmono_triggered(std::span(h).first(2), 9.0, 2));  // 2 checks: not more than N
+  EXPECT_TRUE(nonmono_triggered(std::span(h).first(3), 5.5, 2));   // min of h[:1] = 5
+  EXPECT_FALSE(nonmono_triggered(std::span(h).first(3), 5.0, 2));  // equal is not worse
+  EXPECT_FALSE(nonmono_triggered(std::span(h).first(3), 4.9, 2));
+  // With 4 checks the older ones are 5 and 4: 4.2 > 4 triggers, though it beats the last two.
+  EXPECT_TRUE(nonmono_triggered(h, 4.2, 2));
+  EXPECT_FALSE(nonmono_triggered(h, 4.0, 2));
+  // N = 1: the older checks are all but the last one (4.6 is not among them).
+  EXPECT_TRUE(nonmono_triggered(h, 4.55, 1));
+  EXPECT_FALSE(nonmono_triggered(h, 3.9, 1));
+  EXPECT_FALSE(nonmono_triggered(h, 100.0, 4));  // 4 checks, N = 4: none older
+  EXPECT_TRUE(nonmono_triggered(h, 100.0, 3));
 }
 
 // Bit for bit (0 == -0 aside); on a failure, the largest difference and where it is.

@@ -37,24 +37,41 @@ double clip_grad_norm(std::span<Real> g, double max_norm);
 void unused_rows(std::span<const int64_t> ids, int64_t rows, int64_t width, size_t offset,
                  std::vector<uint8_t>& mark, std::vector<ElementRange>& zero);
 
-enum class OptimizerKind { sgd, adam };
+// asgd: torch.optim.ASGD with t0 = 0 and lambd = 0, as AWD-LSTM runs it (below).
+// NT-ASGD's trigger (AWD-LSTM's main.py): `history` holds the earlier validation losses (not
+// `loss`, this one's); true when more than n checks exist and `loss` is above the best of those
+// older than the last n: len(history) > n and loss > min(history[:-n]). n >= 1.
+bool nonmono_triggered(std::span<const double> history, double loss, int64_t n);
+
+enum class OptimizerKind { sgd, adam, asgd };
 OptimizerKind parse_optimizer(const std::string& s);
 std::string to_string(OptimizerKind k);
 
+// Every kind first takes g = clip_factor * g + weight_decay * p (torch.optim's weight_decay: an L2
+// term added after clipping). Then
 // SGD: p -= lr g. Adam (torch.optim.Adam defaults): m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
 // p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
+// ASGD (torch.optim.ASGD, t0 = 0, lambd = 0, as torch 1.13's _single_tensor_asgd computes it):
+// at step t (1-based), p -= eta g; then ax = p while mu == 1, else ax += (p - ax) mu; then
+// eta = lr (this step's) and mu = 1 / max(1, t). eta starts as the first step's lr, so from the
+// second step on each update uses the lr given to the step before it (torch's order; it matters
+// when the lr changes from step to step, as with --bptt-jitter). mu is 1 at steps 1 and 2, so
+// after step t >= 2, ax is the mean of the parameters after steps 2..t. eta and mu are Real, as
+// torch keeps them in tensors of the default dtype.
+// start_averaging() turns an SGD optimizer into ASGD from its next step (NT-ASGD's switch: AWD
+// builds a new torch.optim.ASGD, so the averaging's own step count starts at 0).
 template <class Real>
 class Optimizer {
  public:
   Optimizer(OptimizerKind kind, size_t n, double beta1 = 0.9, double beta2 = 0.999,
-            double eps = 1e-8);
+            double eps = 1e-8, double weight_decay = 0);
   void step(std::span<Real> params, std::span<const Real> grad, double lr);
   // The same update with g * grad_scale (clip_factor) for g, in one pass that also zeroes grad
   // for the next accumulation: what a training step needs, without three more passes over the
   // parameters. The result is bit-identical to clip_grad_norm, then step, then zeroing.
-  // `zero`: sorted, disjoint ranges where grad is already 0 (as for grad_norm). SGD neither reads
-  // nor writes them (p -= lr * 0 leaves p as it is); Adam ignores them, as its moments decay at
-  // every step.
+  // `zero`: sorted, disjoint ranges where grad is already 0 (as for grad_norm). SGD without weight
+  // decay neither reads nor writes them (p -= lr * 0 leaves p as it is); Adam, ASGD and weight
+  // decay ignore them, as the moments, the average and w * p change there too.
   void step_and_zero(std::span<Real> params, std::span<Real> grad, double lr, double grad_scale,
                      std::span<const ElementRange> zero = {});
 
@@ -66,12 +83,26 @@ class Optimizer {
   const std::vector<Real>& m() const { return m_; }
   const std::vector<Real>& v() const { return v_; }
   void set_steps(int64_t t) { t_ = t; }
+  double weight_decay() const { return weight_decay_; }
+
+  // ASGD: the average ax (empty before averaging starts), its own step count and eta (the lr
+  // the next step uses; 0 before the first step). set_averaging restores them from a checkpoint.
+  void start_averaging();
+  bool averaging() const { return kind_ == OptimizerKind::asgd; }
+  const std::vector<Real>& ax() const { return ax_; }
+  int64_t averaging_steps() const { return avg_t_; }
+  double eta() const { return eta_; }
+  void set_averaging(std::vector<Real> ax, int64_t steps, double eta);
 
  private:
   OptimizerKind kind_;
-  double beta1_, beta2_, eps_;
+  size_t n_;
+  double beta1_, beta2_, eps_, weight_decay_;
   int64_t t_ = 0;
   std::vector<Real> m_, v_;
+  std::vector<Real> ax_;  // ASGD's average
+  int64_t avg_t_ = 0;     // ASGD's steps
+  double eta_ = 0;        // ASGD's lr for its next step (0: take that step's)
 };
 
 }  // namespace lstmgrad

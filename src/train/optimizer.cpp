@@ -164,51 +164,124 @@ double clip_grad_norm(std::span<Real> g, double max_norm) {
   return norm;
 }
 
+bool nonmono_triggered(std::span<const double> history, double loss, int64_t n) {
+  const size_t N = static_cast<size_t>(std::max<int64_t>(n, 1));
+  if (history.size() <= N) return false;
+  const auto older = history.first(history.size() - N);
+  return loss > *std::min_element(older.begin(), older.end());
+}
+
 OptimizerKind parse_optimizer(const std::string& s) {
   if (s == "sgd") return OptimizerKind::sgd;
   if (s == "adam") return OptimizerKind::adam;
-  throw InputError(fmt::format("--optimizer: expected sgd or adam, got '{}'", s));
+  if (s == "asgd") return OptimizerKind::asgd;
+  throw InputError(fmt::format("--optimizer: expected sgd, adam or asgd, got '{}'", s));
 }
 
 std::string to_string(OptimizerKind k) {
-  return k == OptimizerKind::sgd ? "sgd" : "adam";
+  return k == OptimizerKind::sgd ? "sgd" : (k == OptimizerKind::adam ? "adam" : "asgd");
 }
 
 template <class Real>
-Optimizer<Real>::Optimizer(OptimizerKind kind, size_t n, double beta1, double beta2, double eps)
-    : kind_(kind), beta1_(beta1), beta2_(beta2), eps_(eps) {
+Optimizer<Real>::Optimizer(OptimizerKind kind, size_t n, double beta1, double beta2, double eps,
+                           double weight_decay)
+    : kind_(kind), n_(n), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay) {
   if (kind_ == OptimizerKind::adam) m_.assign(n, Real(0)), v_.assign(n, Real(0));
+  if (kind_ == OptimizerKind::asgd) ax_.assign(n, Real(0));
 }
+
+template <class Real>
+void Optimizer<Real>::start_averaging() {
+  if (kind_ != OptimizerKind::sgd)
+    throw std::logic_error("Optimizer::start_averaging: only SGD switches to averaging");
+  kind_ = OptimizerKind::asgd;
+  ax_.assign(n_, Real(0));
+  avg_t_ = 0, eta_ = 0;
+}
+
+template <class Real>
+void Optimizer<Real>::set_averaging(std::vector<Real> ax, int64_t steps, double eta) {
+  kind_ = OptimizerKind::asgd;
+  ax_ = std::move(ax), avg_t_ = steps, eta_ = eta;
+}
+
+namespace {
+
+// One run [k0, k1) of the SGD or ASGD update (see the header), with the flags as template
+// arguments so that each combination is a loop of its own, without branches in it.
+template <class Real, bool kScaled, bool kDecay, bool kAverage>
+inline void sgd_run(Real* p, Real* g, Real* ax, size_t k0, size_t k1, Real a, Real c, Real w,
+                    Real mu, bool copy) {
+  for (size_t k = k0; k < k1; ++k) {
+    Real gk = kScaled ? g[k] * c : g[k];
+    if constexpr (kDecay) gk = gk + w * p[k];
+    p[k] -= a * gk;
+    if constexpr (kAverage) ax[k] = copy ? p[k] : ax[k] + (p[k] - ax[k]) * mu;
+    g[k] = Real(0);
+  }
+}
+
+template <class Real, bool kScaled, bool kDecay, bool kAverage>
+void sgd_pass(std::span<Real> params, std::span<Real> grad, Real* ax, Real a, Real c, Real w,
+              Real mu, bool copy, std::span<const ElementRange> zero, cpu::TeamTuner& tuner) {
+  Real* p = params.data();
+  Real* g = grad.data();
+  const size_t n = params.size();
+  const cpu::TeamCall team = pass_team(tuner, n);
+#pragma omp parallel num_threads(team.threads())
+  {
+    const ElementRange part = thread_part(n, zero);
+    for_kept_runs(part.begin, part.end, zero, [=](size_t k0, size_t k1) {
+      sgd_run<Real, kScaled, kDecay, kAverage>(p, g, ax, k0, k1, a, c, w, mu, copy);
+    });
+  }
+}
+
+}  // namespace
 
 template <class Real>
 void Optimizer<Real>::step_and_zero(std::span<Real> params, std::span<Real> grad, double lr,
                                     double grad_scale, std::span<const ElementRange> zero) {
-  if (kind_ != OptimizerKind::sgd) {  // Adam: the scaled gradient, then the usual step
+  if (kind_ == OptimizerKind::adam) {  // the scaled gradient, then the usual step
     if (grad_scale != 1.0) scale_in_place(grad, grad_scale);
     step(params, grad, lr);
     std::fill(grad.begin(), grad.end(), Real(0));
     return;
   }
   check_ranges(zero, grad.size(), "step_and_zero");
+  const bool average = kind_ == OptimizerKind::asgd, decay = weight_decay_ != 0;
+  // Weight decay and the average change the elements whose gradient is 0 too.
+  if (average || decay) zero = {};
   ++t_;
-  const Real a = static_cast<Real>(lr), c = static_cast<Real>(grad_scale);
-  const bool scaled = grad_scale != 1.0;
-  Real* p = params.data();
-  Real* g = grad.data();
-  // Element-wise: the same result for any thread count and any parts. The lambda takes copies
-  // (a store to p[k] could alias a captured reference to a or c, and stop the vectorisation).
+  Real a = static_cast<Real>(lr), mu = Real(1);
+  if (average) {
+    if (avg_t_ == 0) eta_ = lr;  // torch: eta starts as the lr of the first step
+    a = static_cast<Real>(eta_);
+    mu = static_cast<Real>(1.0 / static_cast<double>(std::max<int64_t>(1, avg_t_)));
+    ++avg_t_;
+    eta_ = lr;
+  }
+  const Real c = static_cast<Real>(grad_scale), w = static_cast<Real>(weight_decay_);
+  const bool copy = mu == Real(1);
+  Real* ax = ax_.data();
+  // Element-wise: the same result for any thread count and any parts. One tuner per variant.
   thread_local cpu::TeamTuner tuner;
-  const cpu::TeamCall team = pass_team(tuner, params.size());
-#pragma omp parallel num_threads(team.threads())
-  {
-    const ElementRange part = thread_part(params.size(), zero);
-    for_kept_runs(part.begin, part.end, zero, [p, g, a, c, scaled](size_t k0, size_t k1) {
-      for (size_t k = k0; k < k1; ++k) {
-        const Real gk = scaled ? g[k] * c : g[k];
-        p[k] -= a * gk;
-        g[k] = Real(0);
-      }
-    });
+  auto pass = [&]<bool kScaled, bool kDecay, bool kAverage>() {
+    sgd_pass<Real, kScaled, kDecay, kAverage>(params, grad, ax, a, c, w, mu, copy, zero, tuner);
+  };
+  const bool scaled = grad_scale != 1.0;
+  if (!average && !decay) {
+    scaled ? pass.template operator()<true, false, false>()
+           : pass.template operator()<false, false, false>();
+  } else if (!average) {
+    scaled ? pass.template operator()<true, true, false>()
+           : pass.template operator()<false, true, false>();
+  } else if (!decay) {
+    scaled ? pass.template operator()<true, false, true>()
+           : pass.template operator()<false, false, true>();
+  } else {
+    scaled ? pass.template operator()<true, true, true>()
+           : pass.template operator()<false, true, true>();
   }
 }
 
@@ -216,9 +289,24 @@ template <class Real>
 void Optimizer<Real>::step(std::span<Real> params, std::span<const Real> grad, double lr) {
   ++t_;
   const size_t n = params.size();
+  const Real w = static_cast<Real>(weight_decay_);
+  const bool decay = weight_decay_ != 0;
+  auto gradient = [&](size_t k) { return decay ? grad[k] + w * params[k] : grad[k]; };
   if (kind_ == OptimizerKind::sgd) {
     const Real a = static_cast<Real>(lr);
-    for (size_t k = 0; k < n; ++k) params[k] -= a * grad[k];
+    for (size_t k = 0; k < n; ++k) params[k] -= a * gradient(k);
+    return;
+  }
+  if (kind_ == OptimizerKind::asgd) {
+    if (avg_t_ == 0) eta_ = lr;
+    const Real a = static_cast<Real>(eta_);
+    const Real mu = static_cast<Real>(1.0 / static_cast<double>(std::max<int64_t>(1, avg_t_)));
+    for (size_t k = 0; k < n; ++k) {
+      params[k] -= a * gradient(k);
+      ax_[k] = mu == Real(1) ? params[k] : ax_[k] + (params[k] - ax_[k]) * mu;
+    }
+    ++avg_t_;
+    eta_ = lr;
     return;
   }
   const double td = static_cast<double>(t_);
@@ -227,7 +315,7 @@ void Optimizer<Real>::step(std::span<Real> params, std::span<const Real> grad, d
   const Real bc2 = static_cast<Real>(std::sqrt(1 - std::pow(beta2_, td)));
   const Real eps = static_cast<Real>(eps_);
   for (size_t k = 0; k < n; ++k) {
-    const Real g = grad[k];
+    const Real g = gradient(k);
     m_[k] = b1 * m_[k] + (Real(1) - b1) * g;
     v_[k] = b2 * v_[k] + (Real(1) - b2) * g * g;
     params[k] -= step * m_[k] / (std::sqrt(v_[k]) / bc2 + eps);
