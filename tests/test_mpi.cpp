@@ -140,6 +140,34 @@ TEST(Mpi, RanksTrainTheModelOneProcessTrains) {
   }
 }
 
+// AWD-LSTM's loop on 2 processes: the jitter draws, the NT-ASGD switch and the average are the
+// same as on one process (every rank draws from the same generator and applies the same update),
+// within the same 1e-10 as above.
+TEST(Mpi, NtAsgdWithJitterMatchesOneProcess) {
+  REQUIRE_MPI();
+  Corpus c;
+  const std::string run = "train" + c.data() + kF64 +
+                          " --epochs 6 --optimizer nt-asgd --lr 8 --nonmono 1 --eval-every 3"
+                          " --bptt-jitter --weight-decay 1e-3";
+  const fs::path one = c.dir / "one", two = c.dir / "two";
+  ASSERT_EQ(run_cli(run + " --out " + one.string()).rc, 0);
+  const CliResult r =
+      run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + run + " --out " + two.string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto a = metrics(one), b = metrics(two);
+  ASSERT_EQ(b.size(), a.size());
+  bool switched = false;
+  for (size_t k = 0; k < a.size(); ++k) {
+    EXPECT_EQ(b[k]["step"], a[k]["step"]) << k;
+    EXPECT_EQ(b[k].value("asgd_switch", false), a[k].value("asgd_switch", false)) << k;
+    switched |= a[k].value("asgd_switch", false);
+    EXPECT_LT(relative(b[k]["valid_loss"], a[k]["valid_loss"]), 1e-10) << k;
+  }
+  EXPECT_TRUE(switched);
+  for (const char* f : {"model.safetensors", "average.safetensors", "checkpoint.safetensors"})
+    EXPECT_LT(tensor_difference(two / f, one / f), 1e-10) << f;
+}
+
 // Two runs on 2 processes: the same bits (the fixed-order sums), in float32 too.
 TEST(Mpi, RepeatedRunsAreBitIdentical) {
   REQUIRE_MPI();

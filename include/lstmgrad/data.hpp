@@ -147,6 +147,11 @@ class Batcher {
   // which does not reallocate when their capacity suffices (B*seq). Throws std::out_of_range
   // unless 0 <= k < windows().
   int64_t window(int64_t k, std::vector<int64_t>& inputs, std::vector<int64_t>& targets) const;
+  // Variable-length windows (train --bptt-jitter): the window of up to `len` steps starting at
+  // stream position `pos`, T = min(len, stream_length() - 1 - pos), filled and returned as
+  // window() does. Throws std::out_of_range unless 0 <= pos < stream_length() - 1 and len >= 1.
+  int64_t window_at(int64_t pos, int64_t len, std::vector<int64_t>& inputs,
+                    std::vector<int64_t>& targets) const;
 
   // The cursor through one epoch. next() fills the window at position() and advances; it returns
   // T, or 0 (leaving the vectors alone) once the epoch's windows are done. rewind() starts the

@@ -43,8 +43,19 @@ struct TrainOptions {
   // A non-finite loss or gradient norm: "stop" (exit 1, the last checkpoint kept as it is) or
   // "skip" (the update is not applied and counted in metrics.jsonl's "skipped_nonfinite"; CPU).
   std::string on_nonfinite = "stop";
-  int64_t eval_batch = 0;       // validation batch (0 = --batch)
-  bool test_sequential = true;  // test with batch 1, as papers report
+  // AWD-LSTM's training loop (docs/cli.md, "AWD-LSTM's optimizer"): the optimizer adds
+  // weight_decay * p to the clipped gradient; --bptt-jitter draws each window's length (and scales
+  // its lr by length / seq); nt-asgd switches SGD to averaged SGD when validation stops improving
+  // (`nonmono`); `eval_every` validates every N updates too; `finetune` starts from a run's model
+  // with ASGD and stops by the same rule.
+  double weight_decay = 0;
+  bool bptt_jitter = false;
+  int64_t nonmono = 5;
+  int64_t eval_every = 0;          // 0: validate at epoch ends only
+  std::filesystem::path finetune;  // a run folder
+  std::vector<std::string> given;  // the flags given on the command line (--finetune's merge)
+  int64_t eval_batch = 0;          // validation batch (0 = --batch)
+  bool test_sequential = true;     // test with batch 1, as papers report
   bool quiet = false;
 };
 

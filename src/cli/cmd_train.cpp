@@ -69,9 +69,27 @@ void register_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dropout", o->dropout, "Non-recurrent dropout")->capture_default_str();
   cmd->add_option("--init", o->init, "Every parameter uniform(-init, init)")->capture_default_str();
-  cmd->add_option("--optimizer", o->optimizer, "sgd or adam")
-      ->check(CLI::IsMember({"sgd", "adam"}))
+  cmd->add_option("--optimizer", o->optimizer,
+                  "sgd, adam, asgd (averaged SGD), or nt-asgd (SGD, then averaged SGD once "
+                  "validation stops improving: AWD-LSTM)")
+      ->check(CLI::IsMember({"sgd", "adam", "asgd", "nt-asgd"}))
       ->capture_default_str();
+  cmd->add_option("--weight-decay", o->weight_decay,
+                  "Add this times the parameters to the clipped gradient (torch.optim's)")
+      ->capture_default_str();
+  cmd->add_flag("--bptt-jitter", o->bptt_jitter,
+                "Draw each window's length as AWD-LSTM (about --seq, sometimes --seq/2) and "
+                "scale its lr by length/seq");
+  cmd->add_option("--nonmono", o->nonmono,
+                  "nt-asgd and --finetune: checks a validation is compared past (non-monotone "
+                  "interval)")
+      ->capture_default_str();
+  cmd->add_option("--eval-every", o->eval_every,
+                  "Also validate every N updates (0: at epoch ends only)")
+      ->capture_default_str();
+  cmd->add_option("--finetune", o->finetune,
+                  "Start from this run's best model with averaged SGD and stop when validation "
+                  "stops improving (AWD-LSTM's finetune); writes into --out");
   cmd->add_option("--loss", o->loss,
                   "mean over T*B, or batch_mean (per-step batch mean summed over T: Zaremba)")
       ->check(CLI::IsMember({"mean", "batch_mean"}))
@@ -101,18 +119,24 @@ void register_train(CLI::App& app) {
   cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   auto* device = add_device_option(cmd, o->device);
-  cmd->callback([o, data_dir, threads, epochs, device, comm_timeout] {
+  cmd->callback([o, cmd, data_dir, threads, epochs, device, comm_timeout] {
     // Started by mpirun or srun with several processes: one model, data-parallel over them.
     const Launched job = launched_job(*comm_timeout);
     o->device_given = device->count() > 0;
     o->threads = *threads;  // applied by the trainer (on --resume, the run's own by default)
     if (job.world && o->threads == 0)
       o->threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / job.local);
+    // The flags given (--finetune takes the others from the run it starts from).
+    for (const CLI::Option* opt : cmd->get_options())
+      if (opt->count() > 0 && !opt->get_lnames().empty())
+        o->given.push_back("--" + opt->get_lnames()[0]);
+    if (!data_dir->empty()) o->given.insert(o->given.end(), {"--train", "--valid", "--test"});
     try {
       try {
         if (!data_dir->empty()) resolve_data_dir(*o, *data_dir);
-        if (o->resume.empty() && o->train.empty())
-          throw InputError("train: give --train FILE or --data DIR (or --resume DIR)");
+        if (o->resume.empty() && o->finetune.empty() && o->train.empty())
+          throw InputError(
+              "train: give --train FILE or --data DIR (or --resume DIR, or --finetune DIR)");
       } catch (const InputError& e) {
         // The other ranks wait for this one at the start of the job: stop them too.
         if (!job.world) throw;

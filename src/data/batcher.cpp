@@ -62,6 +62,23 @@ int64_t Batcher::window(int64_t k, std::vector<int64_t>& inputs,
   return T;
 }
 
+int64_t Batcher::window_at(int64_t pos, int64_t len, std::vector<int64_t>& inputs,
+                           std::vector<int64_t>& targets) const {
+  if (pos < 0 || pos >= n_ - 1 || len < 1)
+    throw std::out_of_range(
+        fmt::format("{}: a window of {} steps at position {} is outside the "
+                    "streams' {} positions",
+                    where_, len, pos, n_ - 1));
+  const int64_t T = std::min(len, n_ - 1 - pos);
+  const auto count = static_cast<size_t>(T * B_);
+  inputs.resize(count);
+  targets.resize(count);
+  const int64_t* first = data_.data() + pos * B_;  // row pos of [n, B]
+  std::memcpy(inputs.data(), first, count * sizeof(int64_t));
+  std::memcpy(targets.data(), first + B_, count * sizeof(int64_t));
+  return T;
+}
+
 int64_t Batcher::next(std::vector<int64_t>& inputs, std::vector<int64_t>& targets) {
   if (pos_ >= windows_) return 0;
   const int64_t T = window(pos_, inputs, targets);

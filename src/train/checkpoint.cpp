@@ -37,6 +37,12 @@ json run_to_json(const RunState& r) {
           {"epoch_tokens", r.epoch_tokens},
           {"skipped", r.skipped},
           {"wall_s", r.wall_s},
+          {"offset", r.offset},
+          {"valid_history", r.valid_history},
+          {"asgd_from", r.asgd_from},
+          {"asgd_steps", r.asgd_steps},
+          {"asgd_eta", r.asgd_eta},
+          {"finished", r.finished},
           {"rng", r.rng},
           {"metrics", r.metrics}};
 }
@@ -108,6 +114,29 @@ RunState run_from_json(const std::string& text, const std::string& file) {
   r.rng = rng->get<std::string>();
   rng_from_state(r.rng, fmt::format("{}: __metadata__ '{}': key 'rng'", file, kRunStateKey));
   r.metrics = metrics_at(j, file);
+  // Written since AWD-LSTM's loop (absent in older checkpoints: no jitter, no averaging).
+  if (j.contains("offset")) r.offset = count_at(j, "offset", file);
+  if (j.contains("asgd_steps")) r.asgd_steps = count_at(j, "asgd_steps", file);
+  if (j.contains("asgd_eta")) r.asgd_eta = amount_at(j, "asgd_eta", file);
+  if (const auto it = j.find("asgd_from"); it != j.end()) {
+    if (!it->is_number_integer() || it->get<int64_t>() < -1 || it->get<int64_t>() > r.step)
+      bad_key(file, kRunStateKey, "asgd_from",
+              fmt::format("expected an update count in [-1, {}], got {}", r.step, it->dump()));
+    r.asgd_from = it->get<int64_t>();
+  }
+  if (const auto it = j.find("finished"); it != j.end()) {
+    if (!it->is_boolean()) bad_key(file, kRunStateKey, "finished", "expected true or false");
+    r.finished = it->get<bool>();
+  }
+  if (const auto it = j.find("valid_history"); it != j.end()) {
+    if (!it->is_array()) bad_key(file, kRunStateKey, "valid_history", "expected a list of losses");
+    for (const json& v : *it) {
+      if (!v.is_number() || !std::isfinite(v.get<double>()))
+        bad_key(file, kRunStateKey, "valid_history",
+                fmt::format("entry {} is not a finite number", r.valid_history.size()));
+      r.valid_history.push_back(v.get<double>());
+    }
+  }
   return r;
 }
 
@@ -181,6 +210,7 @@ void write_checkpoint(const std::filesystem::path& path, const Checkpoint<Real>&
     f.add(io::make_tensor("optimizer.m", {n}, c.m));
     f.add(io::make_tensor("optimizer.v", {n}, c.v));
   }
+  if (!c.ax.empty()) f.add(io::make_tensor("optimizer.ax", {n}, c.ax));
   const int64_t S = static_cast<int64_t>(c.h.size());
   f.add(io::make_tensor("carry.h", {S}, c.h));
   f.add(io::make_tensor("carry.s", {S}, c.s));
@@ -215,6 +245,16 @@ Checkpoint<Real> read_checkpoint(const std::filesystem::path& path) {
           "{}: tensors 'optimizer.m' and 'optimizer.v': {} and {} values for {} parameters", file,
           c.m.size(), c.v.size(), c.params.size()));
   }
+  if (f.find("optimizer.ax")) {
+    c.ax = vector_tensor<Real>(f, "optimizer.ax", file);
+    if (c.ax.size() != c.params.size())
+      throw InputError(fmt::format("{}: tensor 'optimizer.ax': {} values for {} parameters", file,
+                                   c.ax.size(), c.params.size()));
+  }
+  if ((c.run.asgd_from >= 0) != !c.ax.empty())
+    throw InputError(fmt::format(
+        "{}: __metadata__ '{}' key 'asgd_from' {} does not fit the tensor 'optimizer.ax' ({})",
+        file, kRunStateKey, c.run.asgd_from, c.ax.empty() ? "absent" : "present"));
   c.h = vector_tensor<Real>(f, "carry.h", file);
   c.s = vector_tensor<Real>(f, "carry.s", file);
   if (c.h.size() != c.s.size())
@@ -222,6 +262,7 @@ Checkpoint<Real> read_checkpoint(const std::filesystem::path& path) {
                                  c.h.size(), c.s.size()));
   std::set<std::string> known{"carry.h", "carry.s"};
   if (!c.m.empty()) known.insert({"optimizer.m", "optimizer.v"});
+  if (!c.ax.empty()) known.insert("optimizer.ax");
   for (const ParamInfo& p : parameter_layout(c.cfg)) known.insert(p.name);
   for (const io::Tensor& t : f.tensors)
     if (!known.count(t.name))

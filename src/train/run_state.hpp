@@ -20,10 +20,16 @@ struct RunState {
   double best_epoch_valid = 0;  // best end-of-epoch validation loss (drives the plateau decay)
   double epoch_loss_sum = 0;    // training loss (nats) summed over this epoch's tokens so far
   int64_t epoch_tokens = 0;
-  int64_t skipped = 0;               // updates skipped for a non-finite loss or gradient
-  double wall_s = 0;                 // training time before this process
-  std::string rng;                   // std::mt19937_64 state
-  std::vector<std::string> metrics;  // metrics.jsonl lines so far
+  int64_t skipped = 0;                // updates skipped for a non-finite loss or gradient
+  double wall_s = 0;                  // training time before this process
+  int64_t offset = 0;                 // --bptt-jitter: where the next window starts in the streams
+  std::vector<double> valid_history;  // NT-ASGD's and --finetune's checks (validation losses)
+  int64_t asgd_from = -1;             // averaging began after this many updates (-1: not averaging)
+  int64_t asgd_steps = 0;             // the averaging optimizer's own steps
+  double asgd_eta = 0;                // and the lr its next step uses (Optimizer::eta)
+  bool finished = false;              // --finetune: the non-monotone rule ended the training
+  std::string rng;                    // std::mt19937_64 state
+  std::vector<std::string> metrics;   // metrics.jsonl lines so far
 };
 
 // A checkpoint: parameters, optimizer state, the carried state and RunState, in one file written
@@ -36,6 +42,7 @@ struct Checkpoint {
   std::string options_json;  // the TrainOptions of the run
   std::vector<Real> params;
   std::vector<Real> m, v;  // Adam moments (empty for SGD)
+  std::vector<Real> ax;    // ASGD's average (empty before averaging starts)
   int64_t optimizer_steps = 0;
   std::vector<Real> h, s;  // [L,B,H] state carried into the next window
   RunState run;

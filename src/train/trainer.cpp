@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cassert>
@@ -34,6 +35,7 @@
 #include "lstmgrad/optimizer.hpp"
 #include "lstmgrad/threads.hpp"
 #include "lstmgrad/train.hpp"
+#include "train/bptt_jitter.hpp"
 #include "train/evaluate.hpp"
 #include "train/progress.hpp"
 #include "train/run_state.hpp"
@@ -71,7 +73,12 @@ json options_to_json(const TrainOptions& o) {
           {"device", o.device},
           {"seed", o.seed},
           {"eval_batch", o.eval_batch},
-          {"test_sequential", o.test_sequential}};
+          {"test_sequential", o.test_sequential},
+          {"weight_decay", o.weight_decay},
+          {"bptt_jitter", o.bptt_jitter},
+          {"nonmono", o.nonmono},
+          {"eval_every", o.eval_every},
+          {"finetune", o.finetune.string()}};
 }
 
 constexpr int64_t kMaxThreads = 1 << 16;
@@ -159,6 +166,12 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.device = s.has("device") ? s.text("device") : std::string("cpu");
   o.peephole = s.has("peephole") && s.flag("peephole");  // absent: written before peepholes
   if (s.has("on_nonfinite")) o.on_nonfinite = s.text("on_nonfinite");
+  // absent: written before AWD-LSTM's loop (none of it)
+  if (s.has("weight_decay")) o.weight_decay = s.number("weight_decay");
+  if (s.has("bptt_jitter")) o.bptt_jitter = s.flag("bptt_jitter");
+  if (s.has("nonmono")) o.nonmono = s.integer("nonmono");
+  if (s.has("eval_every")) o.eval_every = s.integer("eval_every");
+  if (s.has("finetune")) o.finetune = s.text("finetune");
   return o;
 }
 
@@ -196,7 +209,40 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
                                    data::scan::printable(v)));
   };
   choice("--loss", o.loss, "mean", "batch_mean"), choice("--dtype", o.dtype, "f32", "f64");
-  choice("--device", o.device, "cpu", "cuda"), choice("--optimizer", o.optimizer, "sgd", "adam");
+  choice("--device", o.device, "cpu", "cuda");
+  if (o.optimizer != "sgd" && o.optimizer != "adam" && o.optimizer != "asgd" &&
+      o.optimizer != "nt-asgd")
+    throw InputError(fmt::format("{}: expected sgd, adam, asgd or nt-asgd, got '{}'",
+                                 name("--optimizer"), data::scan::printable(o.optimizer)));
+  number("--weight-decay", o.weight_decay, 0, false, ">= 0");
+  if ((o.optimizer == "nt-asgd" || !o.finetune.empty()) && o.valid.empty())
+    throw InputError(
+        fmt::format("{}: needs a validation text (--valid or --data): its "
+                    "validations decide when to {}",
+                    o.finetune.empty() ? "--optimizer nt-asgd" : "--finetune",
+                    o.finetune.empty() ? "switch to averaging" : "stop"));
+  if (o.nonmono < 1)
+    throw InputError(
+        fmt::format("{}: must be >= 1 (validations), got {}", name("--nonmono"), o.nonmono));
+  if (o.eval_every < 0)
+    throw InputError(fmt::format("{}: must be >= 0 (updates; 0: epoch ends only), got {}",
+                                 name("--eval-every"), o.eval_every));
+  if (!o.finetune.empty() && o.optimizer != "asgd")
+    throw InputError(
+        fmt::format("{} {}: --finetune trains with asgd", name("--optimizer"), o.optimizer));
+  if (o.device == "cuda") {  // what the CUDA engine's update does not have yet
+    const char* flag = o.weight_decay != 0        ? "--weight-decay"
+                       : o.bptt_jitter            ? "--bptt-jitter"
+                       : !o.finetune.empty()      ? "--finetune"
+                       : o.optimizer == "asgd"    ? "--optimizer asgd"
+                       : o.optimizer == "nt-asgd" ? "--optimizer nt-asgd"
+                                                  : nullptr;
+    if (flag)
+      throw InputError(
+          fmt::format("{} {}: the CUDA engine does not support {} yet (use --device "
+                      "cpu)",
+                      name("--device"), o.device, flag));
+  }
   choice("--on-nonfinite", o.on_nonfinite, "stop", "skip");
   if (o.device == "cuda" && o.on_nonfinite == "skip")
     throw InputError(
@@ -391,8 +437,9 @@ class RunLock {
 template <class Real>
 void require_memory(const ModelConfig& cfg, const TrainOptions& o) {
   const double P = static_cast<double>(parameter_count(cfg));
-  const double copies = o.optimizer == "adam" ? 9 : 6;
-  const double N = static_cast<double>(o.seq) * static_cast<double>(o.batch);
+  const double copies = o.optimizer == "adam" ? 9 : (o.optimizer == "sgd" ? 6 : 8);  // ASGD: ax
+  const int64_t T = o.bptt_jitter ? bptt_jitter_cap(o.seq) : o.seq;
+  const double N = static_cast<double>(T) * static_cast<double>(o.batch);
   const double H = static_cast<double>(cfg.H), L = static_cast<double>(cfg.L);
   const double width = static_cast<double>(std::max(cfg.X, cfg.H));
   const double act = N * ((L + 1) * 4 * H + 2 * L * H + 2 * width + 2 * static_cast<double>(cfg.V));
@@ -455,7 +502,15 @@ void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t s
         fmt::format("{}: __metadata__ 'lstmgrad.level' '{}' differs from the stored "
                     "option level '{}'",
                     ck, data::scan::printable(c.level), o.level));
-  const bool adam = parse_optimizer(o.optimizer) == OptimizerKind::adam;
+  const bool adam = o.optimizer == "adam";
+  if (c.run.asgd_from >= 0 && o.optimizer != "asgd" && o.optimizer != "nt-asgd")
+    throw InputError(
+        fmt::format("{}: the run uses {} but the checkpoint holds an average (tensor "
+                    "'optimizer.ax')",
+                    ck, o.optimizer));
+  if (o.optimizer == "asgd" && c.run.asgd_from != 0)
+    throw InputError(fmt::format(
+        "{}: the run uses asgd but the checkpoint has no average from its first update", ck));
   if (adam && c.m.empty())
     throw InputError(
         fmt::format("{}: the run uses adam but the checkpoint has no Adam moments "
@@ -502,7 +557,7 @@ class Trainer {
     load_data();
     data::Batcher batcher(train_ids_, o_.batch, o_.seq, false, o_.train.string());
     const int64_t n = batcher.windows();
-    if (resume) check_against_text(*resume, n);
+    if (resume) check_against_text(*resume, n, batcher.stream_length() - 1);
     if (ranks_ > 1) gate_.pass(start_report(resume));  // every rank starts, or none does
     std::optional<RunLock> lock;
     if (resume) {
@@ -519,10 +574,17 @@ class Trainer {
     if (!resume)
       progress_.line(
           fmt::format("lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x "
-                      "{} per epoch",
-                      train_ids_.size(), vocab_.size(), params_.size(), n, o_.seq, o_.batch));
+                      "{} per epoch{}",
+                      train_ids_.size(), vocab_.size(), params_.size(), n, o_.seq, o_.batch,
+                      o_.bptt_jitter ? " (about: --bptt-jitter)" : ""));
+    // --finetune: the model it starts from is the best so far (AWD-LSTM's finetune.py).
+    if (!resume && !o_.finetune.empty()) validate(0, lr_now(), false, false);
     const Reduction red = o_.loss == "batch_mean" ? Reduction::batch_mean : Reduction::mean;
-    while (run_.epoch <= o_.epochs) {
+    // The epoch's windows: n of --seq steps, or with --bptt-jitter drawn lengths until the
+    // streams' last position (run_.offset: where the next one starts).
+    const int64_t positions = batcher.stream_length() - 1;
+    auto epoch_done = [&] { return o_.bptt_jitter ? run_.offset >= positions : run_.window >= n; };
+    while (run_.epoch <= o_.epochs && !run_.finished) {
       if (run_.window == 0) start_epoch();
       const double lr = lr_now(), wall0 = run_.wall_s;
       const auto t0 = Clock::now();
@@ -530,22 +592,36 @@ class Trainer {
       auto tokens_per_s = [&] {
         return static_cast<double>(run_.epoch_tokens - tokens0) / std::max(seconds_since(t0), 1e-9);
       };
-      while (run_.window < n) {
+      while (!epoch_done()) {
+        // --bptt-jitter: this window's length from the run's generator, its lr scaled by it
+        // (AWD-LSTM: by the drawn length, also where the streams' end cuts the window short).
+        const int64_t len = o_.bptt_jitter ? draw_bptt_length(rng_, o_.seq) : o_.seq;
+        const double step_lr =
+            o_.bptt_jitter ? lr * static_cast<double>(len) / static_cast<double>(o_.seq) : lr;
+        auto fetch = [&](std::vector<int64_t>& in, std::vector<int64_t>& target) {
+          return o_.bptt_jitter ? batcher.window_at(run_.offset, len, in, target)
+                                : batcher.window(run_.window, in, target);
+        };
         if (ranks_ == 1) {
-          batch_.T = batcher.window(run_.window, batch_.tokens, batch_.target);
+          batch_.T = fetch(batch_.tokens, batch_.target);
         } else {  // the whole window, then this rank's streams of it
-          batch_.T = batcher.window(run_.window, window_tokens_, window_target_);
+          batch_.T = fetch(window_tokens_, window_target_);
           take_streams(window_tokens_, batch_.tokens, batch_.T);
           take_streams(window_target_, batch_.target, batch_.T);
         }
-        train_step(red, lr);
+        train_step(red, step_lr);
         ++run_.window;
+        if (o_.bptt_jitter) run_.offset += len;
         run_.wall_s = wall0 + seconds_since(t0);
-        progress_.update(run_.epoch, o_.epochs, run_.window, n,
-                         run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens),
+        progress_.update(run_.epoch, o_.epochs,
+                         o_.bptt_jitter ? std::min(run_.offset, positions) / o_.seq : run_.window,
+                         n, run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens),
                          tokens_per_s(), lr, seconds_since(t0));
+        // --eval-every: a validation every N updates, except the one an epoch's end makes.
+        const bool eval_now = o_.eval_every > 0 && run_.step % o_.eval_every == 0 && !epoch_done();
         if (o_.max_steps > 0 && run_.step >= o_.max_steps) {
-          validate(tokens_per_s(), lr, /*end_of_epoch=*/false);
+          // A scheduled validation here counts as one (the resumed run starts after it).
+          validate(tokens_per_s(), lr, /*end_of_epoch=*/false, /*scheduled=*/eval_now);
           checkpoint();
           progress_.line(
               fmt::format("stopped after {} updates (--max-steps); continue with "
@@ -553,12 +629,18 @@ class Trainer {
                           run_.step, o_.out.string()));
           return 0;
         }
+        if (eval_now) validate(tokens_per_s(), lr, /*end_of_epoch=*/false, /*scheduled=*/true);
+        if (run_.finished) break;  // --finetune's rule: the checkpoint below, then the test
         if (const int sig = stop_pending()) return interrupted(sig);
         if (o_.checkpoint_every > 0 && run_.step % o_.checkpoint_every == 0) checkpoint();
         if (ranks_ > 1 && run_.step % kSameModelEvery == 0) require_same_model();
       }
-      validate(tokens_per_s(), lr, /*end_of_epoch=*/true);
-      ++run_.epoch, run_.window = 0;  // the checkpoint resumes at the next epoch
+      if (run_.finished) {
+        checkpoint();
+        break;
+      }
+      validate(tokens_per_s(), lr, /*end_of_epoch=*/true, /*scheduled=*/true);
+      ++run_.epoch, run_.window = 0, run_.offset = 0;  // the checkpoint resumes at the next epoch
       checkpoint();
       if (const int sig = stop_pending(); sig && run_.epoch <= o_.epochs) return interrupted(sig);
     }
@@ -666,7 +748,7 @@ class Trainer {
   // threads), the texts and the vocabulary, and the checkpoint resumed.
   StartReport start_report(const Checkpoint<Real>* resume) const {
     json shaping = options_to_json(o_);
-    for (const char* path : {"train", "valid", "test"}) shaping.erase(path);
+    for (const char* path : {"train", "valid", "test", "finetune"}) shaping.erase(path);
     StartReport r;
     r.hashes[0] = content_hash(shaping.dump());
     r.hashes[1] = content_hash(std::span<const int64_t>(train_ids_));
@@ -706,8 +788,34 @@ class Trainer {
     std::uniform_real_distribution<double> u(-o_.init, o_.init);
     params_.resize(parameter_count(cfg_));
     for (Real& p : params_) p = static_cast<Real>(u(rng_));
-    opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
+    if (!o_.finetune.empty()) params_ = finetune_start();
+    make_optimizer();
+    if (opt_->averaging()) run_.asgd_from = 0;  // asgd: averaging from the first update
     grad_.assign(params_.size(), Real(0));
+  }
+
+  // nt-asgd starts as SGD (nonmono_check switches it); asgd averages from the first update.
+  void make_optimizer() {
+    const OptimizerKind kind =
+        o_.optimizer == "nt-asgd" ? OptimizerKind::sgd : parse_optimizer(o_.optimizer);
+    opt_.emplace(kind, params_.size(), 0.9, 0.999, 1e-8, o_.weight_decay);
+  }
+
+  // --finetune RUN: RUN's best model (the average, when RUN had switched to averaged SGD before
+  // its best validation, as AWD-LSTM's saved model), or its last model when it has no best.
+  std::vector<Real> finetune_start() const {
+    fs::path from = o_.finetune / "best.safetensors";
+    if (!fs::exists(from)) from = o_.finetune / "model.safetensors";
+    Model<Real> m = load_model<Real>(from);
+    if (config_to_json(m.cfg) != config_to_json(cfg_))
+      throw InputError(fmt::format(
+          "--finetune {}: {}'s model ({}) is not the one these options "
+          "train ({})",
+          o_.finetune.string(), from.string(), config_to_json(m.cfg), config_to_json(cfg_)));
+    if (!m.vocab.empty() && m.vocab != vocab_.words())
+      throw InputError(fmt::format("--finetune {}: the vocabulary of {} differs from {}'s",
+                                   o_.finetune.string(), o_.train.string(), from.string()));
+    return std::move(m.params);
   }
 
   // Temporary files of writes a killed process left half done (io::AtomicFile's names).
@@ -715,14 +823,15 @@ class Trainer {
     for (const auto& e : fs::directory_iterator(o_.out)) {
       const std::string name = e.path().filename().string();
       for (const char* f : {"checkpoint.safetensors", "model.safetensors", "best.safetensors",
-                            "metrics.jsonl", "results.json"})
+                            "average.safetensors", "metrics.jsonl", "results.json"})
         if (name.rfind(fmt::format(".{}.tmp.", f), 0) == 0) fs::remove(e.path());
     }
   }
 
   // What the checkpoint must agree with in the run's text and model: checked, with
   // check_resumable and read_checkpoint before it, before anything in the run folder is touched.
-  void check_against_text(const Checkpoint<Real>& c, int64_t windows) const {
+  void check_against_text(const Checkpoint<Real>& c, int64_t windows,
+                          int64_t stream_positions) const {
     const std::string ck = (o_.out / "checkpoint.safetensors").string();
     if (c.vocab != vocab_.words())
       throw InputError(
@@ -736,8 +845,14 @@ class Trainer {
     if (c.h.size() != S || c.s.size() != S)
       throw InputError(fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values for {}",
                                    ck, c.h.size(), c.s.size(), S));
-    // Each window is one update: step = (epoch - 1) * windows + window.
     const std::string run = ck + ": __metadata__ 'lstmgrad.run_state'";
+    if (o_.bptt_jitter) {  // windows of drawn lengths: the position in the streams
+      if (c.run.offset > stream_positions)
+        throw InputError(fmt::format("{}: key 'offset': {} is past the streams' {} positions", run,
+                                     c.run.offset, stream_positions));
+      return;
+    }
+    // Each window is one update: step = (epoch - 1) * windows + window.
     if (c.run.window > windows)
       throw InputError(fmt::format("{}: key 'window': {} is past the {} windows of an epoch of {}",
                                    run, c.run.window, windows, o_.train.string()));
@@ -762,8 +877,9 @@ class Trainer {
     rng_ = rng_from_state(c.run.rng, (o_.out / "checkpoint.safetensors").string());
     if (rank_ == 0) remove_stale_temporaries();  // the first change to the run folder
     params_ = c.params;
-    opt_.emplace(parse_optimizer(o_.optimizer), params_.size());
+    make_optimizer();
     if (!c.m.empty()) opt_->m() = c.m, opt_->v() = c.v;
+    if (!c.ax.empty()) opt_->set_averaging(c.ax, c.run.asgd_steps, c.run.asgd_eta);
     opt_->set_steps(c.optimizer_steps);
     grad_.assign(params_.size(), Real(0));
     take_state(c.h, batch_.h0), take_state(c.s, batch_.s0);
@@ -954,8 +1070,11 @@ class Trainer {
   }
 
   // Every validation reports and keeps the best model; only the end-of-epoch ones drive the
-  // plateau schedule, so that a run stopped by --max-steps and resumed follows the same schedule.
-  void validate(double tokens_per_s, double lr, bool end_of_epoch) {
+  // plateau schedule, and only the scheduled ones (epoch ends, --eval-every) NT-ASGD's and
+  // --finetune's rule, so that a run stopped by --max-steps and resumed follows the same schedule.
+  // While averaging, the average is what is validated and kept as the best model (AWD-LSTM swaps
+  // it in for evaluation); training goes on from the raw parameters.
+  void validate(double tokens_per_s, double lr, bool end_of_epoch, bool scheduled) {
     const double train_loss =
         run_.epoch_tokens ? run_.epoch_loss_sum / static_cast<double>(run_.epoch_tokens) : 0;
     json line = {{"epoch", run_.epoch},
@@ -971,9 +1090,13 @@ class Trainer {
     lm_->set_dropout(0, 0);  // evaluation sees the whole network
     if (gpu_) from_device();
     require_finite_parameters();
+    // (The average exists once averaging has taken a step.)
+    const bool averaged = opt_->averaging() && opt_->averaging_steps() > 0;
+    const std::vector<Real>& evaluated = averaged ? opt_->ax() : params_;
+    if (averaged) line["asgd"] = true, line["asgd_from_step"] = run_.asgd_from + 1;
     if (!valid_ids_.empty()) {
       const int64_t B = o_.eval_batch > 0 ? o_.eval_batch : o_.batch;
-      const double v = evaluate(params_, valid_ids_, B, o_.seq, o_.valid.string().c_str()).mean();
+      const double v = evaluate(evaluated, valid_ids_, B, o_.seq, o_.valid.string().c_str()).mean();
       line["valid_loss"] = v;
       line["valid_ppl"] = std::exp(v);
       improved = run_.best_valid == 0 || v < run_.best_valid;
@@ -983,6 +1106,7 @@ class Trainer {
           ++run_.plateau_decays;
         if (run_.best_epoch_valid == 0 || v < run_.best_epoch_valid) run_.best_epoch_valid = v;
       }
+      if (scheduled) nonmono_check(v, line);
       progress_.line(
           fmt::format("epoch {} update {}: train loss {:.4f} (ppl {:.2f}), valid loss {:.4f} (ppl "
                       "{:.2f}), lr {:.4g}, {:.0f} tok/s",
@@ -994,14 +1118,41 @@ class Trainer {
                                  run_.step, train_loss, lr));
     }
     run_.metrics.push_back(line.dump());
-    if (improved) best_params_ = params_;
+    if (improved) best_params_ = evaluated;
     if (rank_ != 0) return;  // rank 0 writes the run's files
     if (improved)
-      save_model<Real>(o_.out / "best.safetensors", cfg_, params_, vocab_.words(),
+      save_model<Real>(o_.out / "best.safetensors", cfg_, evaluated, vocab_.words(),
                        {{"lstmgrad.level", o_.level}});
     std::string text;
     for (const std::string& l : run_.metrics) text += l + "\n";
     io_write_text(o_.out / "metrics.jsonl", text);
+  }
+
+  // NT-ASGD (AWD-LSTM's main.py): at each scheduled validation before the switch, switch to
+  // averaged SGD when nonmono_triggered; each such check then joins the history. --finetune
+  // (finetune.py): the same rule on the averaged model's checks ends the training.
+  void nonmono_check(double v, json& line) {
+    const bool switching = o_.optimizer == "nt-asgd" && !opt_->averaging();
+    if (!switching && o_.finetune.empty()) return;
+    if (nonmono_triggered(run_.valid_history, v, o_.nonmono)) {
+      if (switching) {
+        opt_->start_averaging();
+        run_.asgd_from = run_.step;
+        line["asgd_switch"] = true, line["asgd_from_step"] = run_.step + 1;
+        progress_.line(
+            fmt::format("update {}: validation has not improved on the checks before "
+                        "the last {}; switching to averaged SGD (--optimizer nt-asgd)",
+                        run_.step, o_.nonmono));
+      } else {
+        run_.finished = true;
+        line["finetune_done"] = true;
+        progress_.line(
+            fmt::format("update {}: validation has not improved on the checks before "
+                        "the last {}; finetuning done",
+                        run_.step, o_.nonmono));
+      }
+    }
+    run_.valid_history.push_back(v);
   }
 
   // evaluate_stream on the engine of the run; on the GPU with `params` on the device already
@@ -1040,13 +1191,18 @@ class Trainer {
     std::ostringstream rng;
     rng << rng_;
     run_.rng = rng.str();
+    run_.asgd_steps = opt_->averaging_steps(), run_.asgd_eta = opt_->eta();
     if (rank_ != 0) return;  // rank 0 writes the run's files
     save_model<Real>(o_.out / "model.safetensors", cfg_, params_, vocab_.words(),
                      {{"lstmgrad.level", o_.level}});
+    if (opt_->averaging() && opt_->averaging_steps() > 0)  // what validation evaluates
+      save_model<Real>(o_.out / "average.safetensors", cfg_, opt_->ax(), vocab_.words(),
+                       {{"lstmgrad.level", o_.level}});
     Checkpoint<Real> c;
     c.cfg = cfg_, c.vocab = vocab_.words(), c.level = o_.level;
     c.options_json = options_to_json(o_).dump();
     c.params = params_, c.m = opt_->m(), c.v = opt_->v(), c.optimizer_steps = opt_->steps();
+    c.ax = opt_->ax();
     c.h = std::move(h), c.s = std::move(s);
     c.run = run_;
     write_checkpoint(o_.out / "checkpoint.safetensors", c);
@@ -1136,9 +1292,52 @@ void validate_ranks(const TrainOptions& o, const train::OptionName& name, int ra
                                  name("--device"), o.device));
 }
 
+// --finetune RUN: RUN's stored options, with the flags given on the command line in their place
+// (the model's shape and level are RUN's and may only be repeated); averaged SGD (asgd).
+TrainOptions finetune_options(const TrainOptions& o) {
+  const std::string run = o.finetune.string();
+  if (!o.resume.empty())
+    throw InputError(
+        fmt::format("--finetune {}: not with --resume (continue a finetuning run "
+                    "with --resume OUT alone)",
+                    run));
+  const fs::path ck = o.finetune / "checkpoint.safetensors";
+  if (!fs::is_directory(o.finetune))
+    throw InputError(fmt::format("--finetune {}: not a folder", run));
+  if (!fs::exists(ck))
+    throw InputError(fmt::format(
+        "--finetune {}: no checkpoint.safetensors there (a run folder of lstmgrad train)", run));
+  const train::Checkpoint<double> probe = train::read_checkpoint<double>(ck);
+  const std::string where = ck.string() + ": __metadata__ 'lstmgrad.train_options'";
+  json base = train::options_to_json(
+      train::options_from_json(io::parse_json(probe.options_json, where), where));
+  const auto given = [&](const std::string& flag) {
+    return std::find(o.given.begin(), o.given.end(), flag) != o.given.end();
+  };
+  const json mine = train::options_to_json(o);
+  for (const auto& [key, value] : mine.items()) {
+    std::string flag = "--" + key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    if (!given(flag)) continue;
+    const bool model = key == "layers" || key == "hidden" || key == "embed" || key == "peephole" ||
+                       key == "level" || key == "tie_weights";
+    if (model && base.contains(key) && base[key] != value)
+      throw InputError(fmt::format("{} {}: --finetune keeps the model of {} ({} {})", flag,
+                                   value.dump(), run, key, base[key].dump()));
+    base[key] = value;
+  }
+  TrainOptions f = train::options_from_json(base, where);
+  f.finetune = o.finetune, f.given = o.given;
+  f.optimizer = given("--optimizer") ? o.optimizer : "asgd";
+  f.out = o.out, f.threads = o.threads, f.max_steps = o.max_steps;
+  f.checkpoint_every = o.checkpoint_every, f.quiet = o.quiet;
+  return f;
+}
+
 int start_training(const TrainOptions& opts, Collective& world, train::StartGate& gate) {
   using train::Checkpoint;
   TrainOptions o = opts;
+  if (!o.finetune.empty()) o = finetune_options(o);
   if (!o.resume.empty()) {
     const fs::path ck = o.resume / "checkpoint.safetensors";
     if (!fs::exists(ck))
