@@ -335,6 +335,24 @@ TEST(TrainCli, ResumeRefusesCheckpointsItCannotContinue) {
          std::erase_if(f.tensors,
                        [](const io::Tensor& t) { return t.name.rfind("optimizer.", 0) == 0; });
        }},
+      // NT-ASGD's state (the average, its start, the validation history) and jitter's offset.
+      {"average without its start", "'asgd_from'",
+       [](io::TensorFile& f) {
+         const io::Tensor& m = tensor(f, "optimizer.m");
+         f.add(io::make_tensor("optimizer.ax", m.shape, io::to_floats<double>(m, "m")));
+       }},
+      {"average in an adam run", "holds an average",
+       [](io::TensorFile& f) {
+         const io::Tensor& m = tensor(f, "optimizer.m");
+         f.add(io::make_tensor("optimizer.ax", m.shape, io::to_floats<double>(m, "m")));
+         run_state("asgd_from", 1)(f);
+       }},
+      {"averaging after the last update", "'asgd_from'", run_state("asgd_from", 99)},
+      {"averaging without an average", "'asgd_from'", run_state("asgd_from", 0)},
+      {"bad validation history", "'valid_history'",
+       run_state("valid_history", nlohmann::json::array({1.0, "x"}))},
+      {"negative offset", "'offset'", run_state("offset", -1)},
+      {"unknown optimizer", "key 'optimizer'", option("optimizer", "rmsprop")},
       {"bad stored option", "lstmgrad.train_options': key 'seq'", option("seq", 0)},
       {"stored option of the wrong type", "key 'dropout'", option("dropout", "high")},
       {"absurd stored batch", "carry.h", option("batch", int64_t{1} << 40)},

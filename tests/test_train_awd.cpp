@@ -11,6 +11,7 @@
 #include <set>
 
 #include "cli_runner.hpp"
+#include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
 #include "train/bptt_jitter.hpp"
 
@@ -111,17 +112,17 @@ TEST(TrainAwd, NtAsgdSwitchesAndValidatesTheAverage) {
   // average.safetensors is the checkpoint's optimizer.ax, and the last validation evaluated it.
   const fs::path ck = run / "checkpoint.safetensors";
   const auto ax = tensor(ck, "optimizer.ax");
-  const auto avg = all_values(run / "average.safetensors");
-  ASSERT_EQ(avg.size(), ax.size());
-  std::vector<double> sorted_ax = ax, sorted_avg = avg;  // the same values, in other orders
-  std::sort(sorted_ax.begin(), sorted_ax.end()), std::sort(sorted_avg.begin(), sorted_avg.end());
-  EXPECT_EQ(sorted_ax, sorted_avg);
-  EXPECT_NE(all_values(run / "model.safetensors"), avg);  // the raw parameters differ
+  const auto avg = load_model<double>(run / "average.safetensors").params;  // layout order
+  EXPECT_EQ(avg, ax);
+  EXPECT_NE(load_model<double>(run / "model.safetensors").params, avg);  // the raw ones differ
   EXPECT_NEAR(eval_loss(run / "average.safetensors", c.valid), m.back()["valid_loss"].get<double>(),
               1e-12);
   double best = 1e300;
   for (const json& l : m) best = std::min(best, l["valid_loss"].get<double>());
   EXPECT_NEAR(eval_loss(run / "best.safetensors", c.valid), best, 1e-12);
+  // This run's last validation is its best: best.safetensors is the checkpoint's average.
+  EXPECT_EQ(m.back()["valid_loss"].get<double>(), best);
+  EXPECT_EQ(load_model<double>(run / "best.safetensors").params, ax);
   const json rs = json::parse(io::read_safetensors(ck).metadata.at("lstmgrad.run_state"));
   EXPECT_EQ(rs["asgd_from"], m[sw]["step"]);
   EXPECT_EQ(rs["asgd_steps"], rs["step"].get<int64_t>() - m[sw]["step"].get<int64_t>());
