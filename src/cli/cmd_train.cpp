@@ -81,8 +81,8 @@ void register_train(CLI::App& app) {
                 "Draw each window's length as AWD-LSTM (about --seq, sometimes --seq/2) and "
                 "scale its lr by length/seq");
   cmd->add_option("--nonmono", o->nonmono,
-                  "nt-asgd and --finetune: checks a validation is compared past (non-monotone "
-                  "interval)")
+                  "nt-asgd and --finetune: a validation is compared with the checks before the "
+                  "last N (the non-monotone interval)")
       ->capture_default_str();
   cmd->add_option("--eval-every", o->eval_every,
                   "Also validate every N updates (0: at epoch ends only)")
