@@ -296,6 +296,17 @@ TEST(TrainAwd, FinetuneWritesANewFolderAndLeavesTheRunAsItWas) {
   for (size_t k = 1; k < m.size(); ++k) h.push_back(m[k]["valid_loss"].get<double>());
   const bool rule = h.size() >= 3 && h.back() > *std::min_element(h.begin(), h.end() - 2);
   EXPECT_EQ(done, rule);
+  // Stopped after 5 updates and resumed: the same run, bit for bit.
+  const fs::path part = c.dir / "part";
+  const CliResult p1 =
+      run_cli("train --finetune " + run.string() + " --epochs 3 --lr 40 " +
+              "--eval-every 2 --nonmono 1 --quiet --max-steps 5 --out " + part.string());
+  ASSERT_EQ(p1.rc, 0) << p1.err;
+  const CliResult p2 = run_cli("train --resume " + part.string() + " --quiet");
+  ASSERT_EQ(p2.rc, 0) << p2.err;
+  for (const char* f : {"model.safetensors", "average.safetensors"})
+    EXPECT_EQ(all_values(fine / f), all_values(part / f)) << f;
+  EXPECT_EQ(json::parse(slurp(part / "results.json"))["updates"], res["updates"]);
 }
 
 void expect_refused(const CliResult& r, const std::string& must, const fs::path& out) {

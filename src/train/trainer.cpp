@@ -576,9 +576,13 @@ class Trainer {
           fmt::format("lstmgrad train: {} tokens, vocabulary {}, {} parameters, {} windows of {} x "
                       "{} per epoch{}",
                       train_ids_.size(), vocab_.size(), params_.size(), n, o_.seq, o_.batch,
-                      o_.bptt_jitter ? " (about: --bptt-jitter)" : ""));
-    // --finetune: the model it starts from is the best so far (AWD-LSTM's finetune.py).
-    if (!resume && !o_.finetune.empty()) validate(0, lr_now(), false, false);
+                      o_.bptt_jitter ? " (about as many, of drawn lengths: --bptt-jitter)" : ""));
+    // --finetune: the model it starts from is the best so far (AWD-LSTM's finetune.py); a
+    // checkpoint with it, so that the run folder can be resumed from its first file on.
+    if (!resume && !o_.finetune.empty()) {
+      validate(0, lr_now(), false, false);
+      checkpoint();
+    }
     const Reduction red = o_.loss == "batch_mean" ? Reduction::batch_mean : Reduction::mean;
     // The epoch's windows: n of --seq steps, or with --bptt-jitter drawn lengths until the
     // streams' last position (run_.offset: where the next one starts).
