@@ -156,6 +156,12 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.optimizer = s.text("optimizer"), o.loss = s.text("loss"), o.dtype = s.text("dtype");
   o.seed = s.natural("seed"), o.eval_batch = s.integer("eval_batch");
   o.test_sequential = s.flag("test_sequential");
+  // absent: written before AWD-LSTM's loop (none of it)
+  if (s.has("weight_decay")) o.weight_decay = s.number("weight_decay");
+  if (s.has("bptt_jitter")) o.bptt_jitter = s.flag("bptt_jitter");
+  if (s.has("nonmono")) o.nonmono = s.integer("nonmono");
+  if (s.has("eval_every")) o.eval_every = s.integer("eval_every");
+  if (s.has("finetune")) o.finetune = s.text("finetune");
   if (s.has("threads")) {  // written by older versions
     const int64_t t = s.integer("threads");
     if (t < 0 || t > kMaxThreads)
@@ -166,12 +172,6 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.device = s.has("device") ? s.text("device") : std::string("cpu");
   o.peephole = s.has("peephole") && s.flag("peephole");  // absent: written before peepholes
   if (s.has("on_nonfinite")) o.on_nonfinite = s.text("on_nonfinite");
-  // absent: written before AWD-LSTM's loop (none of it)
-  if (s.has("weight_decay")) o.weight_decay = s.number("weight_decay");
-  if (s.has("bptt_jitter")) o.bptt_jitter = s.flag("bptt_jitter");
-  if (s.has("nonmono")) o.nonmono = s.integer("nonmono");
-  if (s.has("eval_every")) o.eval_every = s.integer("eval_every");
-  if (s.has("finetune")) o.finetune = s.text("finetune");
   return o;
 }
 
