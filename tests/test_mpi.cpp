@@ -140,6 +140,25 @@ TEST(Mpi, RanksTrainTheModelOneProcessTrains) {
   }
 }
 
+// Two runs on 2 processes: the same bits (the fixed-order sums), in float32 too.
+TEST(Mpi, RepeatedRunsAreBitIdentical) {
+  REQUIRE_MPI();
+  Corpus c;
+  for (const char* dtype : {"f64", "f32"}) {
+    SCOPED_TRACE(dtype);
+    const std::string run =
+        "train" + c.data() + kModel + " --epochs 2 --dtype " + std::string(dtype);
+    const fs::path a = c.dir / (std::string("a") + dtype), b = c.dir / (std::string("b") + dtype);
+    for (const fs::path& out : {a, b}) {
+      const CliResult r =
+          run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + run + " --out " + out.string());
+      ASSERT_EQ(r.rc, 0) << r.err;
+    }
+    EXPECT_TRUE(same_tensors(a / "model.safetensors", b / "model.safetensors"));
+    EXPECT_TRUE(same_tensors(a / "checkpoint.safetensors", b / "checkpoint.safetensors"));
+  }
+}
+
 // AWD-LSTM's loop on 2 processes: the jitter draws, the NT-ASGD switch and the average are the
 // same as on one process (every rank draws from the same generator and applies the same update),
 // within the same 1e-10 as above.
@@ -166,25 +185,6 @@ TEST(Mpi, NtAsgdWithJitterMatchesOneProcess) {
   EXPECT_TRUE(switched);
   for (const char* f : {"model.safetensors", "average.safetensors", "checkpoint.safetensors"})
     EXPECT_LT(tensor_difference(two / f, one / f), 1e-10) << f;
-}
-
-// Two runs on 2 processes: the same bits (the fixed-order sums), in float32 too.
-TEST(Mpi, RepeatedRunsAreBitIdentical) {
-  REQUIRE_MPI();
-  Corpus c;
-  for (const char* dtype : {"f64", "f32"}) {
-    SCOPED_TRACE(dtype);
-    const std::string run =
-        "train" + c.data() + kModel + " --epochs 2 --dtype " + std::string(dtype);
-    const fs::path a = c.dir / (std::string("a") + dtype), b = c.dir / (std::string("b") + dtype);
-    for (const fs::path& out : {a, b}) {
-      const CliResult r =
-          run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + run + " --out " + out.string());
-      ASSERT_EQ(r.rc, 0) << r.err;
-    }
-    EXPECT_TRUE(same_tensors(a / "model.safetensors", b / "model.safetensors"));
-    EXPECT_TRUE(same_tensors(a / "checkpoint.safetensors", b / "checkpoint.safetensors"));
-  }
 }
 
 // A run stopped by --max-steps resumes on the same number of processes bit for bit, and on
