@@ -31,7 +31,8 @@ struct Case {
   bool peephole = false;
 };
 
-Regularization awd() {  // AWD-LSTM's PTB rates (embedding dropout 0.1, weight drop 0.5, AR 2, TAR 1)
+Regularization
+awd() {  // AWD-LSTM's PTB rates (embedding dropout 0.1, weight drop 0.5, AR 2, TAR 1)
   Regularization r;
   r.dropout_in = 0.4, r.dropout_hid = 0.25, r.dropout_out = 0.4, r.dropout_emb = 0.1;
   r.weight_drop = 0.5, r.ar = 2, r.tar = 1;
@@ -215,8 +216,7 @@ TEST(RegularizeMasks, EntriesAreZeroOrKeepAtTheRate) {
   EXPECT_EQ(m.weight[0].size(), 4u * 40u * 40u);
   // A rate of 0: no mask there.
   draw_masks(m, cfg, Regularization{}, 50, 123);
-  EXPECT_TRUE(m.emb.empty() && m.in.empty() && m.hid.empty() && m.out.empty() &&
-              m.weight.empty());
+  EXPECT_TRUE(m.emb.empty() && m.in.empty() && m.hid.empty() && m.out.empty() && m.weight.empty());
 }
 
 // A shard's locked masks are the whole batch's rows at its streams, and the embedding and weight
@@ -236,7 +236,8 @@ TEST(RegularizeMasks, ShardsDrawTheWholeBatchsRows) {
       };
       EXPECT_EQ(part.in, rows(whole.in, cfg.X));
       EXPECT_EQ(part.out, rows(whole.out, cfg.H));
-      for (size_t k = 0; k < part.hid.size(); ++k) EXPECT_EQ(part.hid[k], rows(whole.hid[k], cfg.H));
+      for (size_t k = 0; k < part.hid.size(); ++k)
+        EXPECT_EQ(part.hid[k], rows(whole.hid[k], cfg.H));
       EXPECT_EQ(part.emb, whole.emb);
       EXPECT_EQ(part.weight, whole.weight);
     }
@@ -266,7 +267,8 @@ TEST(RegularizeMasks, LockedMaskIsTheSameAtEveryStep) {
   const double a = lm.forward(params, b, Reduction::mean);
   Batch<double> pre = b;
   for (int64_t t = 0; t < 6; ++t)
-    for (int64_t k = 0; k < 3 * 4; ++k) pre.dense[static_cast<size_t>(t * 12 + k)] *= m.in[static_cast<size_t>(k)];
+    for (int64_t k = 0; k < 3 * 4; ++k)
+      pre.dense[static_cast<size_t>(t * 12 + k)] *= m.in[static_cast<size_t>(k)];
   EXPECT_EQ(plain.forward(params, pre, Reduction::mean), a);
   EXPECT_EQ(std::vector<double>(lm.h_n().begin(), lm.h_n().end()),
             std::vector<double>(plain.h_n().begin(), plain.h_n().end()));
@@ -333,8 +335,9 @@ TEST(TieWeights, NoDecoderWeightAndAClearError) {
     validate_config(cfg);
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
-    EXPECT_STREQ(e.what(),
-                 "--tie-weights needs --hidden (top layer, H) equal to --embed (E): got H 7 and E 6");
+    EXPECT_STREQ(
+        e.what(),
+        "--tie-weights needs --hidden (top layer, H) equal to --embed (E): got H 7 and E 6");
   }
   cfg.H = 6, cfg.input = InputKind::dense;
   EXPECT_THROW(validate_config(cfg), InputError);
@@ -447,8 +450,8 @@ TEST(RegularizeTrain, BadCombinationsGetOneLineAndExit2) {
   TempDir dir;
   const std::string train = (dir / "train.txt").string();
   std::ofstream(train) << phrases(50, 1);
-  const std::string base = "train --train " + train + " --level char --quiet --out " +
-                           (dir / "run").string();
+  const std::string base =
+      "train --train " + train + " --level char --quiet --out " + (dir / "run").string();
   const CliResult both = run_cli(base + " --dropout 0.2 --dropout-hid 0.3");
   EXPECT_EQ(both.rc, 2);
   EXPECT_NE(both.err.find("--dropout and --dropout-in/--dropout-hid/--dropout-out"),

@@ -66,7 +66,7 @@ struct ParameterOffsets {
   // [V,H], linear readout only; with tie_weights the same offset as encoder_weight (the readout
   // reads, and its gradient adds into, the embedding table)
   std::optional<size_t> decoder_weight;
-  std::optional<size_t> decoder_bias;    // [V], linear readout only
+  std::optional<size_t> decoder_bias;  // [V], linear readout only
 };
 ParameterOffsets parameter_offsets(const ModelConfig& cfg);
 

@@ -17,7 +17,7 @@ struct Regularization {
   double dropout_out = 0;  // locked mask [B,H] on the top layer's output before the readout
   double dropout_emb = 0;  // mask over the V rows of encoder.weight, for the lookup only
   double weight_drop = 0;  // DropConnect mask [4H,H] on each layer's weight_hh
-  double ar = 0;   // + ar * mean of (top output after dropout_out)^2 over its T*B*H entries
+  double ar = 0;           // + ar * mean of (top output after dropout_out)^2 over its T*B*H entries
   double tar = 0;  // + tar * mean of (h_top[t+1] - h_top[t])^2 before dropout, (T-1)*B*H entries
 
   bool any_dropout() const {
@@ -35,12 +35,12 @@ void validate_regularization(const Regularization& r, const ModelConfig& cfg);
 // Locked masks are [B, width], the same at every step t.
 template <class Real>
 struct Masks {
-  int64_t B = 0;                           // the batch rows the locked masks are for
-  std::vector<Real> emb;                   // [V] rows of encoder.weight (lookup only)
-  std::vector<Real> in;                    // [B,X] layer 0's input
-  std::vector<std::vector<Real>> hid;      // [L-1] of [B,H]: layer k's output into layer k+1
-  std::vector<Real> out;                   // [B,H] the top layer's output into the readout
-  std::vector<std::vector<Real>> weight;   // [L] of [4H,H]: each layer's weight_hh
+  int64_t B = 0;                          // the batch rows the locked masks are for
+  std::vector<Real> emb;                  // [V] rows of encoder.weight (lookup only)
+  std::vector<Real> in;                   // [B,X] layer 0's input
+  std::vector<std::vector<Real>> hid;     // [L-1] of [B,H]: layer k's output into layer k+1
+  std::vector<Real> out;                  // [B,H] the top layer's output into the readout
+  std::vector<std::vector<Real>> weight;  // [L] of [4H,H]: each layer's weight_hh
 };
 
 // Draws the masks of `r` for a batch of B rows as a pure function of (seed, site, index) (the

@@ -104,8 +104,8 @@ LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
   Var W_hh = p.get(fmt::format("rnn.weight_hh_l{}", k));        // [4H,H]
   if (weight_mask)  // weight drop: U' = U * M, a constant mask
     W_hh = tape.mul(W_hh, tape.constant(Tensor(4 * H, H, *weight_mask)));
-  const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));    // [4H,1]
-  const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));    // [4H,1]
+  const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));  // [4H,1]
+  const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));  // [4H,1]
   LayerVars lv;
   for (int g = 0; g < 4; ++g) {
     lv.Vt[g] = tape.transpose(tape.rows(W_ih, g * H, H));
@@ -221,16 +221,16 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
   const std::vector<double>& s0 = batch.s0.empty() ? zeros : batch.s0;
   std::vector<Var> h0_vars, s0_vars, hn_vars, sn_vars;  // [L] each [B,H]
   for (int64_t k = 0; k < L; ++k) {
-    const LayerVars lv = layer_vars(tape, p, k, H,
-                                    m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
+    const LayerVars lv =
+        layer_vars(tape, p, k, H, m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
     Var h = tape.leaf(step_rows(h0, k, B, H));  // h0[k] and s0[k] are leaves: we want dh0, ds0
     Var s = tape.leaf(step_rows(s0, k, B, H));
     h0_vars.push_back(h);
     s0_vars.push_back(s);
     const std::optional<Var> mask =
-        k + 1 < L ? (m.hid.empty() ? std::nullopt
-                                   : locked(m.hid[static_cast<size_t>(k)], H, "hid[k]"))
-                  : locked(m.out, H, "out");
+        k + 1 < L
+            ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], H, "hid[k]"))
+            : locked(m.out, H, "out");
     for (int64_t t = 0; t < T; ++t) {
       cell(tape, lv, x[static_cast<size_t>(t)], h, s);
       if (k + 1 == L) top[static_cast<size_t>(t)] = h;
@@ -246,7 +246,7 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
   Var Wt{}, bias{};
   if (cfg.readout == Readout::linear) {
     Wt = tape.transpose(p.get(cfg.tie_weights ? "encoder.weight" : "decoder.weight"));  // [H,V]
-    bias = tape.transpose(p.get("decoder.bias"));                                        // [1,V]
+    bias = tape.transpose(p.get("decoder.bias"));                                       // [1,V]
   }
   Var total{};
   for (int64_t t = 0; t < T; ++t) {

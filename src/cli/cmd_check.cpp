@@ -22,12 +22,10 @@ struct CheckCliOptions {
 
 std::string describe(const Regularization& r, bool tied) {
   std::string s;
-  for (const auto& [name, v] : {std::pair{"dropout-in", r.dropout_in},
-                                std::pair{"dropout-hid", r.dropout_hid},
-                                std::pair{"dropout-out", r.dropout_out},
-                                std::pair{"dropout-emb", r.dropout_emb},
-                                std::pair{"weight-drop", r.weight_drop}, std::pair{"ar", r.ar},
-                                std::pair{"tar", r.tar}})
+  for (const auto& [name, v] :
+       {std::pair{"dropout-in", r.dropout_in}, std::pair{"dropout-hid", r.dropout_hid},
+        std::pair{"dropout-out", r.dropout_out}, std::pair{"dropout-emb", r.dropout_emb},
+        std::pair{"weight-drop", r.weight_drop}, std::pair{"ar", r.ar}, std::pair{"tar", r.tar}})
     if (v > 0) s += fmt::format(", {} {}", name, v);
   if (tied) s += ", tied weights";
   return s;
@@ -38,9 +36,9 @@ void print_table(const CheckOptions& o, const CheckReport& r) {
   fmt::print(
       "lstmgrad check: T={} B={} X={} H={} L={} V={}{}{}, {} input, {} readout, {} targets, "
       "{} reduction, seed {}\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "",
-      describe(o.reg, c.tie_weights), to_string(c.input), to_string(c.readout),
-      o.soft_targets ? "soft" : "class", to_string(o.reduction), o.seed);
+      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", describe(o.reg, c.tie_weights),
+      to_string(c.input), to_string(c.readout), o.soft_targets ? "soft" : "class",
+      to_string(o.reduction), o.seed);
   fmt::print("loss: hand {:.15g}, tape {:.15g}", r.loss_hand, r.loss_tape);
   if (o.reg.ar > 0 || o.reg.tar > 0)
     fmt::print(" (cross-entropy {:.15g}, tape {:.15g}; the rest AR/TAR)", r.ce_hand, r.ce_tape);
@@ -68,8 +66,12 @@ nlohmann::json to_json(const CheckReport& r) {
                     {"fd_rel", row.fd_rel},
                     {"fd_coords", row.fd_coords},
                     {"ok", row.ok}});
-  return {{"loss_hand", r.loss_hand}, {"loss_tape", r.loss_tape}, {"ce_hand", r.ce_hand},
-          {"ce_tape", r.ce_tape},     {"ok", r.ok},               {"rows", rows}};
+  return {{"loss_hand", r.loss_hand},
+          {"loss_tape", r.loss_tape},
+          {"ce_hand", r.ce_hand},
+          {"ce_tape", r.ce_tape},
+          {"ok", r.ok},
+          {"rows", rows}};
 }
 
 void print_device_table(const CheckOptions& o, const DeviceCheckOptions& d,

@@ -91,9 +91,9 @@ struct LanguageModel<Real>::Impl {
   // The layers' weights in `P`, weight_hh replaced by its dropped copy U' = U * M when weight drop
   // applies to the last forward.
   std::vector<cpu::LayerWeights<Real>> layer_weights(const Real* P) const;
-  double regularizer_terms();                  // AR + TAR of the last forward
-  void regularizer_grad(Real* dtop_dropped);   // AR's part, dL/d(dropped top)
-  void tar_grad(Real* dtop);                   // TAR's part, dL/d(top before dropout)
+  double regularizer_terms();                 // AR + TAR of the last forward
+  void regularizer_grad(Real* dtop_dropped);  // AR's part, dL/d(dropped top)
+  void tar_grad(Real* dtop);                  // TAR's part, dL/d(top before dropout)
 
   ModelConfig cfg_;
   ParameterOffsets offsets_;  // every tensor by name
@@ -131,12 +131,12 @@ struct LanguageModel<Real>::Impl {
   Regularization reg_;
   uint64_t reg_seed_ = 0;
   bool explicit_masks_ = false;
-  bool reg_on_ = false;      // the last forward applied them
-  bool wdropped_ = false;    // ... and weight drop
-  double ce_ = 0;            // the last forward's cross-entropy
-  Masks<Real> masks_;        // the masks of the last forward (reused storage)
-  std::vector<Real> wd_;     // [L,4H,H] U' = U * M, then
-  std::vector<Real> wd_grad_;  // [L,4H,H] dL/dU' in backward
+  bool reg_on_ = false;                // the last forward applied them
+  bool wdropped_ = false;              // ... and weight drop
+  double ce_ = 0;                      // the last forward's cross-entropy
+  Masks<Real> masks_;                  // the masks of the last forward (reused storage)
+  std::vector<Real> wd_;               // [L,4H,H] U' = U * M, then
+  std::vector<Real> wd_grad_;          // [L,4H,H] dL/dU' in backward
   std::vector<const Real*> hid_ptrs_;  // [L-1] into masks_.hid
   // The masks the last forward applied at the input and before the readout, and their period
   // in rows (cpu::apply_mask_rows: T*B per position, B locked); null: none.
@@ -467,9 +467,10 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
   } else {
     auto need = [](const std::vector<Real>& v, int64_t n, const char* what) {
       if (!v.empty() && v.size() != static_cast<size_t>(n))
-        throw std::invalid_argument(fmt::format("LanguageModel::set_masks: {} has {} entries, the "
-                                                "model and batch need {}",
-                                                what, v.size(), n));
+        throw std::invalid_argument(
+            fmt::format("LanguageModel::set_masks: {} has {} entries, the "
+                        "model and batch need {}",
+                        what, v.size(), n));
     };
     need(masks_.emb, cfg_.input == InputKind::embedding ? cfg_.V : -1, "emb");
     need(masks_.in, B * cfg_.X, "in");

@@ -61,10 +61,11 @@ class LstmStack {
   // The batch's streams are `shard` of a larger batch: the masks are that batch's (dropout.hpp).
   void set_stream_shard(StreamShard shard) { shard_ = shard; }
   // Locked dropout between layers for the next forward: masks[k] [B,H] on layer k's output
-  // (k < L-1), the same at every step; null (or masks = null): none. Takes the place of set_dropout's
-  // masks. The caller keeps the masks alive until backward is done.
+  // (k < L-1), the same at every step; null (or masks = null): none. Takes the place of
+  // set_dropout's masks. The caller keeps the masks alive until backward is done.
   void set_locked_masks(const Real* const* masks) {
-    for (int64_t k = 0; k + 1 < L_; ++k) locked_[static_cast<size_t>(k)] = masks ? masks[k] : nullptr;
+    for (int64_t k = 0; k + 1 < L_; ++k)
+      locked_[static_cast<size_t>(k)] = masks ? masks[k] : nullptr;
   }
 
  private:
@@ -95,7 +96,9 @@ class LstmStack {
   std::vector<const Real*> locked_;  // [L-1] set_locked_masks's, or null
   bool locked_used_ = false;         // the last forward used them
   // Boundary k's mask and its period in rows (apply_mask_rows): locked [B,H] or per position.
-  const Real* mask_of(int64_t k) { return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k); }
+  const Real* mask_of(int64_t k) {
+    return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k);
+  }
   int64_t mask_period() const { return locked_used_ ? B_ : T_ * B_; }
 
   // infer's arena, one allocation grown only for a larger T*B: the layer being run (its gates

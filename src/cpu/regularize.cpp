@@ -28,8 +28,8 @@ void fill(std::vector<Real>& v, int64_t n, double p, uint64_t seed, uint64_t sit
 // A locked mask [B,W]: row b is the whole batch's row first + b (dropout_mask's [T,B,W] form at
 // T = 1 draws entry (first + b) * W + j).
 template <class Real>
-void fill_locked(std::vector<Real>& v, int64_t B, int64_t W, int64_t first, int64_t total,
-                 double p, uint64_t seed, uint64_t site) {
+void fill_locked(std::vector<Real>& v, int64_t B, int64_t W, int64_t first, int64_t total, double p,
+                 uint64_t seed, uint64_t site) {
   v.resize(static_cast<size_t>(B * W));
   cpu::dropout_mask(v.data(), 1, B, W, cpu::StreamShard{first, total}, p, seed, site);
 }
@@ -37,13 +37,11 @@ void fill_locked(std::vector<Real>& v, int64_t B, int64_t W, int64_t first, int6
 }  // namespace
 
 void validate_regularization(const Regularization& r, const ModelConfig& cfg) {
-  for (const auto& [flag, p] : {std::pair{"--dropout-in", r.dropout_in},
-                                std::pair{"--dropout-hid", r.dropout_hid},
-                                std::pair{"--dropout-out", r.dropout_out},
-                                std::pair{"--dropout-emb", r.dropout_emb},
-                                std::pair{"--weight-drop", r.weight_drop}})
-    if (!(p >= 0 && p < 1))
-      throw InputError(fmt::format("{}: must be in [0, 1), got {}", flag, p));
+  for (const auto& [flag, p] :
+       {std::pair{"--dropout-in", r.dropout_in}, std::pair{"--dropout-hid", r.dropout_hid},
+        std::pair{"--dropout-out", r.dropout_out}, std::pair{"--dropout-emb", r.dropout_emb},
+        std::pair{"--weight-drop", r.weight_drop}})
+    if (!(p >= 0 && p < 1)) throw InputError(fmt::format("{}: must be in [0, 1), got {}", flag, p));
   for (const auto& [flag, a] : {std::pair{"--ar", r.ar}, std::pair{"--tar", r.tar}})
     if (!(a >= 0 && std::isfinite(a)))
       throw InputError(fmt::format("{}: must be finite and >= 0, got {}", flag, a));

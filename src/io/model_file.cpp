@@ -126,7 +126,7 @@ std::string config_to_json(const ModelConfig& c) {
          {"X", c.X},
          {"H", c.H},
          {"L", c.L}};
-  if (c.peephole) j["peephole"] = true;  // the plain cell's files stay as they were
+  if (c.peephole) j["peephole"] = true;        // the plain cell's files stay as they were
   if (c.tie_weights) j["tie_weights"] = true;  // untied files too
   return j.dump();
 }

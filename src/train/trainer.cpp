@@ -223,17 +223,16 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   if (o.device == "cuda" && o.dtype != "f32")
     throw InputError(
         fmt::format("{} {}: --device cuda trains in float32 (f32)", name("--dtype"), o.dtype));
-  if (o.dropout > 0 &&
-      (o.reg.dropout_in > 0 || o.reg.dropout_hid > 0 || o.reg.dropout_out > 0))
+  if (o.dropout > 0 && (o.reg.dropout_in > 0 || o.reg.dropout_hid > 0 || o.reg.dropout_out > 0))
     throw InputError(fmt::format(
         "{} and {}/{}/{}: both drop at the same sites (a mask per position, or locked masks); "
         "give one or the other",
         name("--dropout"), name("--dropout-in"), name("--dropout-hid"), name("--dropout-out")));
   validate_regularization(o.reg, {InputKind::embedding, Readout::linear, 1, 1, 1, 1});
   if (o.tie_weights && o.hidden != o.embed)
-    throw InputError(fmt::format(
-        "{} needs {} (top layer, H) equal to {} (E): got {} and {}", name("--tie-weights"),
-        name("--hidden"), name("--embed"), o.hidden, o.embed));
+    throw InputError(fmt::format("{} needs {} (top layer, H) equal to {} (E): got {} and {}",
+                                 name("--tie-weights"), name("--hidden"), name("--embed"), o.hidden,
+                                 o.embed));
   if (o.device == "cuda" && (o.reg.any() || o.tie_weights))
     throw InputError(
         "--device cuda: the CUDA engine does not support --dropout-in/-hid/-out/-emb, "
@@ -639,7 +638,8 @@ class Trainer {
     if (!o_.valid.empty()) valid_ids_ = data::read_text(o_.valid, vocab_);
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers,
-            o_.peephole, o_.tie_weights};
+            o_.peephole};
+    cfg_.tie_weights = o_.tie_weights;
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
@@ -852,8 +852,9 @@ class Trainer {
     const uint64_t masks = o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step);
     lm_->set_dropout(o_.dropout, masks);
     lm_->set_regularization(o_.reg, masks);  // sites of their own: other masks than --dropout's
-    lm_->forward(params_, batch_, red);  // the objective CE + AR + TAR is what backward derives
-    double loss = lm_->cross_entropy();  // what is logged: the cross-entropy alone
+    // backward derives the objective CE + AR + TAR; the cross-entropy alone is what is logged
+    lm_->forward(params_, batch_, red);
+    double loss = lm_->cross_entropy();
     lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
     // The embedding rows no token of the batch used hold a zero gradient (backward adds only to
     // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
