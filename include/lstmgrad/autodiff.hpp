@@ -18,6 +18,7 @@
 
 #include "lstmgrad/batch.hpp"
 #include "lstmgrad/model.hpp"
+#include "lstmgrad/regularize.hpp"
 
 namespace lstmgrad::ad {
 
@@ -131,6 +132,7 @@ class Tape {
 
 struct TapeLmResult {
   double loss = 0;
+  double ce = 0;               // the cross-entropy part of loss (= loss without regularisers)
   std::vector<double> grad;    // d loss / d params, flat, in parameter_layout(cfg) order
   std::vector<double> h_n;     // [L,B,H] the last step's hidden state per layer
   std::vector<double> s_n;     // [L,B,H] the last step's cell state per layer
@@ -143,5 +145,15 @@ struct TapeLmResult {
 // in parameter_layout(cfg) order. Throws std::invalid_argument when sizes do not match.
 TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
                      const Batch<double>& batch, Reduction red);
+
+// The same with AWD-LSTM's regularisers (lstmgrad/regularize.hpp): the masks as given (constants
+// on the tape; an empty vector: none at that site) and the AR and TAR rates. loss is then the
+// objective CE + AR + TAR, ce the cross-entropy alone.
+struct TapeRegularization {
+  const Masks<double>* masks = nullptr;
+  double ar = 0, tar = 0;
+};
+TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
+                     const Batch<double>& batch, Reduction red, const TapeRegularization& reg);
 
 }  // namespace lstmgrad::ad

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "lstmgrad/model.hpp"
+#include "lstmgrad/regularize.hpp"
 
 namespace lstmgrad {
 
@@ -20,6 +21,10 @@ struct CheckOptions {
   size_t fd_max_coords = 64;  // finite differences on at most this many coordinates per tensor
   double tape_tol = 1e-10;    // relative to each tensor's max-abs
   double fd_tol = 1e-6;
+  // AWD-LSTM's regularisers on both (lstmgrad/regularize.hpp): the engine draws its masks from
+  // mask_seed(), the tape is given the same masks (draw_masks), finite differences see them fixed.
+  Regularization reg;
+  uint64_t mask_seed() const { return seed * 0x9e3779b97f4a7c15ULL + 12345; }
 };
 
 struct CheckRow {
@@ -33,7 +38,8 @@ struct CheckRow {
 };
 
 struct CheckReport {
-  double loss_hand = 0, loss_tape = 0;
+  double loss_hand = 0, loss_tape = 0;  // the objective (CE + AR + TAR)
+  double ce_hand = 0, ce_tape = 0;      // its cross-entropy part
   std::vector<CheckRow> rows;
   bool ok = true;
 };

@@ -15,6 +15,7 @@
 
 #include "lstmgrad/batch.hpp"
 #include "lstmgrad/model.hpp"
+#include "lstmgrad/regularize.hpp"
 
 namespace lstmgrad {
 
@@ -48,6 +49,21 @@ class LanguageModel {
   // process's shard in data-parallel training): the dropout masks are the whole batch's at those
   // streams, so that they do not depend on how the batch is split. total = 0: the batch is whole.
   void set_stream_shard(int64_t first, int64_t total);
+
+  // AWD-LSTM's regularisers (lstmgrad/regularize.hpp) for the forward calls that follow: each
+  // forward draws its masks as draw_masks(r, seed, this batch's B and stream shard) does (a pure
+  // function of the seed: give each update its own, and the same seed for the same masks). The
+  // locked dropouts (dropout_in/hid/out) and set_dropout's are exclusive (InputError at forward).
+  // forward() then returns the objective CE + AR + TAR; cross_entropy() the CE alone. infer()
+  // applies none of them. A Regularization of zeros turns them off.
+  void set_regularization(const Regularization& r, uint64_t seed);
+  // Explicit masks (e.g. drawn by PyTorch) instead of drawn ones, for the forwards that follow
+  // until set_regularization is called again; the AR and TAR rates stay set_regularization's.
+  // Their sizes must fit the model and the batch (std::invalid_argument at forward).
+  void set_masks(const Masks<Real>& m);
+  // The cross-entropy part of the last forward's objective (the same as its return value when no
+  // AR or TAR applies).
+  double cross_entropy() const;
 
   // Runs the model over `batch` with parameters `params` (flat, parameter_layout order, size
   // parameter_count) and saves what backward needs. Returns the loss combined by `red`, or 0 when

@@ -30,6 +30,10 @@ struct ModelConfig {
   // The cell's variant. Peepholes (Gers and Schmidhuber 2000): i and f also see s_prev, o sees s,
   // each through a diagonal weight (one tensor rnn.weight_peephole_l{k} [3,H] per layer).
   bool peephole = false;
+  // Tied embedding and readout (Inan et al. 2017; Press and Wolf 2017): the readout's weight is
+  // encoder.weight [V,E] (no decoder.weight in the layout), so its gradient adds into the
+  // embedding's. Needs the embedding input, the linear readout and H == E.
+  bool tie_weights = false;
 };
 
 // One named tensor inside the flat parameter vector. Names follow PyTorch's word_language_model:
@@ -59,8 +63,10 @@ struct ParameterOffsets {
   };
   std::optional<size_t> encoder_weight;  // [V,X], embedding input only
   std::vector<Layer> layers;             // L entries
-  std::optional<size_t> decoder_weight;  // [V,H], linear readout only
-  std::optional<size_t> decoder_bias;    // [V], linear readout only
+  // [V,H], linear readout only; with tie_weights the same offset as encoder_weight (the readout
+  // reads, and its gradient adds into, the embedding table)
+  std::optional<size_t> decoder_weight;
+  std::optional<size_t> decoder_bias;  // [V], linear readout only
 };
 ParameterOffsets parameter_offsets(const ModelConfig& cfg);
 
@@ -77,7 +83,8 @@ std::vector<View> layer_views(const ParameterOffsets& o, Ptr base) {
 
 // Checks that sizes are positive, within limits (V, X, H <= 2^31, L <= 2^16, at most 2^48
 // parameters: the layout's arithmetic then fits 64 bits) and consistent (identity readout needs
-// V == H); throws InputError. It allocates nothing.
+// V == H; tie_weights needs the embedding input, the linear readout and H == X); throws
+// InputError. It allocates nothing.
 void validate_config(const ModelConfig& cfg);
 std::string to_string(InputKind k);
 std::string to_string(Readout r);

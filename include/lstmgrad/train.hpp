@@ -12,6 +12,7 @@
 
 #include "lstmgrad/collective.hpp"
 #include "lstmgrad/model.hpp"
+#include "lstmgrad/regularize.hpp"
 
 namespace lstmgrad {
 
@@ -28,7 +29,11 @@ struct TrainOptions {
   double plateau_decay = 1.0;  // divide the lr by this when validation loss does not improve
   double clip = 0;             // global gradient norm; 0 = none
   double dropout = 0;          // non-recurrent (embedding output, between layers, before readout)
-  double init = 0.1;           // every parameter uniform(-init, init)
+  // AWD-LSTM's regularisers (lstmgrad/regularize.hpp; CPU only): locked and embedding dropout,
+  // weight drop, AR and TAR, new masks at every update; and the tied embedding and readout.
+  Regularization reg;
+  bool tie_weights = false;
+  double init = 0.1;  // every parameter uniform(-init, init)
   std::string optimizer = "sgd";
   std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
   std::string dtype = "f32";

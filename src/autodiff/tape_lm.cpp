@@ -98,11 +98,14 @@ struct LayerVars {
   std::optional<core::CellUnit<Var>> unit;  // [1,H] each: the peephole rows p_i, p_f, p_o
 };
 
-LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H) {
+LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
+                     const std::vector<double>* weight_mask) {
   const Var W_ih = p.get(fmt::format("rnn.weight_ih_l{}", k));  // [4H,in]
-  const Var W_hh = p.get(fmt::format("rnn.weight_hh_l{}", k));  // [4H,H]
-  const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));    // [4H,1]
-  const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));    // [4H,1]
+  Var W_hh = p.get(fmt::format("rnn.weight_hh_l{}", k));        // [4H,H]
+  if (weight_mask)  // weight drop: U' = U * M, a constant mask
+    W_hh = tape.mul(W_hh, tape.constant(Tensor(4 * H, H, *weight_mask)));
+  const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));  // [4H,1]
+  const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));  // [4H,1]
   LayerVars lv;
   for (int g = 0; g < 4; ++g) {
     lv.Vt[g] = tape.transpose(tape.rows(W_ih, g * H, H));
@@ -152,54 +155,102 @@ void append(std::vector<double>& out, const Tensor& t) {
 
 TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
                      const Batch<double>& batch, Reduction red) {
+  return tape_lm(cfg, params, batch, red, TapeRegularization{});
+}
+
+TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
+                     const Batch<double>& batch, Reduction red, const TapeRegularization& reg) {
   check_inputs(cfg, params, batch);
   const int64_t T = batch.T, B = batch.B, H = cfg.H, L = cfg.L, V = cfg.V, X = cfg.X;
   Tape tape;
   const Params p = make_params(tape, cfg, params);
+  const Masks<double> none;
+  const Masks<double>& m = reg.masks ? *reg.masks : none;
+  auto need = [](const std::vector<double>& v, int64_t n, const char* what) {
+    if (!v.empty() && v.size() != static_cast<size_t>(n))
+      throw std::invalid_argument(
+          fmt::format("tape_lm: mask {}: expected {} values, got {}", what, n, v.size()));
+  };
+  // A locked mask [B,W] as one constant, the same at every step (none: nullopt).
+  auto locked = [&](const std::vector<double>& v, int64_t W,
+                    const char* what) -> std::optional<Var> {
+    if (v.empty()) return std::nullopt;
+    need(v, B * W, what);
+    return tape.constant(Tensor(B, W, v));
+  };
+  if (!m.hid.empty() && m.hid.size() != static_cast<size_t>(L - 1))
+    throw std::invalid_argument("tape_lm: mask hid: expected L-1 masks");
+  if (!m.weight.empty() && m.weight.size() != static_cast<size_t>(L))
+    throw std::invalid_argument("tape_lm: mask weight: expected L masks");
+  for (const auto& w : m.weight) need(w, 4 * H * H, "weight[k]");
 
   // Layer 0's input per step, [B,X]: the dense vectors as leaves (so dinput comes out), or the
-  // embedding rows of the tokens (gather_rows accumulates the gradient of repeated tokens).
+  // embedding rows of the tokens (gather_rows accumulates the gradient of repeated tokens). With
+  // embedding dropout the rows come from encoder.weight * mask (the mask over rows, broadcast
+  // over the X columns as a [V,X] constant).
+  Var table{};
+  if (cfg.input == InputKind::embedding) {
+    table = p.get("encoder.weight");
+    if (!m.emb.empty()) {
+      need(m.emb, V, "emb");
+      Tensor full(V, X);
+      for (int64_t v = 0; v < V; ++v)
+        for (int64_t j = 0; j < X; ++j) full(v, j) = m.emb[static_cast<size_t>(v)];
+      table = tape.mul(table, tape.constant(full));
+    }
+  }
+  const std::optional<Var> in_mask = locked(m.in, X, "in");
   std::vector<Var> x0(static_cast<size_t>(T));  // [T] each [B,X]
+  std::vector<Var> x(static_cast<size_t>(T));   // layer 0's input, after the input mask
   for (int64_t t = 0; t < T; ++t) {
     if (cfg.input == InputKind::dense) {
       x0[static_cast<size_t>(t)] = tape.leaf(step_rows(batch.dense, t, B, X));
     } else {
       const auto first = batch.tokens.begin() + static_cast<std::ptrdiff_t>(t * B);
-      x0[static_cast<size_t>(t)] =
-          tape.gather_rows(p.get("encoder.weight"), std::vector<int64_t>(first, first + B));
+      x0[static_cast<size_t>(t)] = tape.gather_rows(table, std::vector<int64_t>(first, first + B));
     }
+    x[static_cast<size_t>(t)] =
+        in_mask ? tape.mul(x0[static_cast<size_t>(t)], *in_mask) : x0[static_cast<size_t>(t)];
   }
 
-  // The stack: layer k runs over all T steps; its outputs replace `x` as layer k+1's inputs.
-  std::vector<Var> x = x0;  // [T] each [B,in]
+  // The stack: layer k runs over all T steps; its outputs replace `x` as layer k+1's inputs
+  // (through the locked mask between layers, when there is one).
+  std::vector<Var> top(static_cast<size_t>(T));  // the top layer's h_1 .. h_T before any mask
   const std::vector<double> zeros(static_cast<size_t>(L * B * H), 0.0);
   const std::vector<double>& h0 = batch.h0.empty() ? zeros : batch.h0;
   const std::vector<double>& s0 = batch.s0.empty() ? zeros : batch.s0;
   std::vector<Var> h0_vars, s0_vars, hn_vars, sn_vars;  // [L] each [B,H]
   for (int64_t k = 0; k < L; ++k) {
-    const LayerVars lv = layer_vars(tape, p, k, H);
+    const LayerVars lv =
+        layer_vars(tape, p, k, H, m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
     Var h = tape.leaf(step_rows(h0, k, B, H));  // h0[k] and s0[k] are leaves: we want dh0, ds0
     Var s = tape.leaf(step_rows(s0, k, B, H));
     h0_vars.push_back(h);
     s0_vars.push_back(s);
+    const std::optional<Var> mask =
+        k + 1 < L
+            ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], H, "hid[k]"))
+            : locked(m.out, H, "out");
     for (int64_t t = 0; t < T; ++t) {
       cell(tape, lv, x[static_cast<size_t>(t)], h, s);
-      x[static_cast<size_t>(t)] = h;
+      if (k + 1 == L) top[static_cast<size_t>(t)] = h;
+      x[static_cast<size_t>(t)] = mask ? tape.mul(h, *mask) : h;
     }
     hn_vars.push_back(h);
     sn_vars.push_back(s);
   }
 
-  // Readout and loss. logits [B,V] = h, or h W_dec^T + b_dec; p = softmax(logits) row-wise;
-  // per position L = -sum_k y_k log p_k. The total is scaled by -1/N, N the reduction's count.
+  // Readout and loss. logits [B,V] = h, or h W_dec^T + b_dec (tied: W_dec = encoder.weight,
+  // undropped); p = softmax(logits) row-wise; per position L = -sum_k y_k log p_k. The total is
+  // scaled by -1/N, N the reduction's count.
   Var Wt{}, bias{};
   if (cfg.readout == Readout::linear) {
-    Wt = tape.transpose(p.get("decoder.weight"));  // [H,V]
-    bias = tape.transpose(p.get("decoder.bias"));  // [1,V]
+    Wt = tape.transpose(p.get(cfg.tie_weights ? "encoder.weight" : "decoder.weight"));  // [H,V]
+    bias = tape.transpose(p.get("decoder.bias"));                                       // [1,V]
   }
   Var total{};
   for (int64_t t = 0; t < T; ++t) {
-    const Var h = x[static_cast<size_t>(t)];  // [B,H] the top layer's output
+    const Var h = x[static_cast<size_t>(t)];  // [B,H] the top layer's output (after its mask)
     const Var logits = cfg.readout == Readout::linear ? tape.add(tape.matmul(h, Wt), bias) : h;
     const Var y = tape.constant(targets_at(batch, t, V));                     // [B,V]
     const Var ylogp = tape.sum(tape.mul(y, tape.log(tape.softmax(logits))));  // 1x1
@@ -208,12 +259,34 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
   const double n = red == Reduction::mean         ? static_cast<double>(T * B)
                    : red == Reduction::batch_mean ? static_cast<double>(B)
                                                   : 1.0;
-  const Var loss = tape.scale(total, -1.0 / n);
+  const Var ce = tape.scale(total, -1.0 / n);
+  Var loss = ce;
+  // AR: ar * mean of the readout's input squared, over T*B*H entries.
+  if (reg.ar > 0) {
+    Var sq{};
+    for (int64_t t = 0; t < T; ++t) {
+      const Var o = x[static_cast<size_t>(t)];
+      const Var st = tape.sum(tape.mul(o, o));
+      sq = t == 0 ? st : tape.add(sq, st);
+    }
+    loss = tape.add(loss, tape.scale(sq, reg.ar / static_cast<double>(T * B * H)));
+  }
+  // TAR: tar * mean of (h_{t+1} - h_t)^2 of the top layer before its mask, over (T-1)*B*H.
+  if (reg.tar > 0 && T > 1) {
+    Var sq{};
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      const Var d = tape.sub(top[static_cast<size_t>(t + 1)], top[static_cast<size_t>(t)]);
+      const Var st = tape.sum(tape.mul(d, d));
+      sq = t == 0 ? st : tape.add(sq, st);
+    }
+    loss = tape.add(loss, tape.scale(sq, reg.tar / static_cast<double>((T - 1) * B * H)));
+  }
 
   tape.backward(loss);
 
   TapeLmResult out;
   out.loss = tape.value(loss).v[0];
+  out.ce = tape.value(ce).v[0];
   for (Var leaf : p.leaves) append(out.grad, tape.grad(leaf));
   for (int64_t k = 0; k < L; ++k) {
     append(out.h_n, tape.value(hn_vars[static_cast<size_t>(k)]));

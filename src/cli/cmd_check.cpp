@@ -20,14 +20,29 @@ struct CheckCliOptions {
   bool zero_state = false, json = false;
 };
 
+std::string describe(const Regularization& r, bool tied) {
+  std::string s;
+  for (const auto& [name, v] :
+       {std::pair{"dropout-in", r.dropout_in}, std::pair{"dropout-hid", r.dropout_hid},
+        std::pair{"dropout-out", r.dropout_out}, std::pair{"dropout-emb", r.dropout_emb},
+        std::pair{"weight-drop", r.weight_drop}, std::pair{"ar", r.ar}, std::pair{"tar", r.tar}})
+    if (v > 0) s += fmt::format(", {} {}", name, v);
+  if (tied) s += ", tied weights";
+  return s;
+}
+
 void print_table(const CheckOptions& o, const CheckReport& r) {
   const ModelConfig& c = o.cfg;
   fmt::print(
-      "lstmgrad check: T={} B={} X={} H={} L={} V={}{}, {} input, {} readout, {} targets, "
+      "lstmgrad check: T={} B={} X={} H={} L={} V={}{}{}, {} input, {} readout, {} targets, "
       "{} reduction, seed {}\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", to_string(c.input),
-      to_string(c.readout), o.soft_targets ? "soft" : "class", to_string(o.reduction), o.seed);
-  fmt::print("loss: hand {:.15g}, tape {:.15g}\n\n", r.loss_hand, r.loss_tape);
+      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", describe(o.reg, c.tie_weights),
+      to_string(c.input), to_string(c.readout), o.soft_targets ? "soft" : "class",
+      to_string(o.reduction), o.seed);
+  fmt::print("loss: hand {:.15g}, tape {:.15g}", r.loss_hand, r.loss_tape);
+  if (o.reg.ar > 0 || o.reg.tar > 0)
+    fmt::print(" (cross-entropy {:.15g}, tape {:.15g}; the rest AR/TAR)", r.ce_hand, r.ce_tape);
+  fmt::print("\n\n");
   fmt::print("{:<24} {:<14} {:>10} {:>14} {:>14} {:>9}\n", "tensor", "shape", "max|grad|",
              "vs tape", "vs fin. diff.", "fd coords");
   for (const CheckRow& row : r.rows)
@@ -51,7 +66,12 @@ nlohmann::json to_json(const CheckReport& r) {
                     {"fd_rel", row.fd_rel},
                     {"fd_coords", row.fd_coords},
                     {"ok", row.ok}});
-  return {{"loss_hand", r.loss_hand}, {"loss_tape", r.loss_tape}, {"ok", r.ok}, {"rows", rows}};
+  return {{"loss_hand", r.loss_hand},
+          {"loss_tape", r.loss_tape},
+          {"ce_hand", r.ce_hand},
+          {"ce_tape", r.ce_tape},
+          {"ok", r.ok},
+          {"rows", rows}};
 }
 
 void print_device_table(const CheckOptions& o, const DeviceCheckOptions& d,
@@ -162,10 +182,48 @@ void register_check(CLI::App& app) {
       ->check(CLI::Range(0.0, 0.95))
       ->capture_default_str();
   add_recurrence_option(cmd, a->d.recurrence);
+  add_regularization_options(cmd, a->o.reg, a->o.cfg.tie_weights);
   cmd->callback([a] { run(*a); });
 }
 
 }  // namespace
+
+void add_regularization_options(CLI::App* cmd, Regularization& r, bool& tie_weights) {
+  const auto rate = CLI::Range(0.0, 0.99);
+  cmd->add_option("--dropout-in", r.dropout_in,
+                  "Locked (variational) dropout on layer 0's input: one [B,E] mask per update, "
+                  "the same at every step")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--dropout-hid", r.dropout_hid,
+                  "Locked dropout between layers: one [B,H] mask per boundary and update")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--dropout-out", r.dropout_out,
+                  "Locked dropout on the top layer's output before the readout")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--dropout-emb", r.dropout_emb,
+                  "Embedding dropout: whole rows of encoder.weight dropped (rescaled 1/(1-p)) in "
+                  "the lookup, one mask per update shared by all streams")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--weight-drop", r.weight_drop,
+                  "DropConnect on each layer's recurrent matrix weight_hh: one mask per update")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--ar", r.ar,
+                  "Activation regularisation: + AR * mean((top output after --dropout-out)^2)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  cmd->add_option("--tar", r.tar,
+                  "Temporal AR: + TAR * mean((h_top[t+1] - h_top[t])^2), before dropout")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  cmd->add_flag("--tie-weights", tie_weights,
+                "Tie the readout's weight to the embedding (encoder.weight); needs hidden = "
+                "embedding width");
+}
 
 const CommandRegistrar kCheckRegistrar(40, register_check);
 

@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "lstmgrad/regularize.hpp"
+
 namespace lstmgrad::cli {
 
 using Registration = void (*)(CLI::App& app);
@@ -20,6 +22,9 @@ CLI::Option* add_device_option(CLI::App* cmd, std::string& device,
                                const std::string& what = "cpu, or cuda (float32 on an NVIDIA GPU)");
 // --recurrence auto|persistent|steps: the CUDA engine's recurrent path.
 CLI::Option* add_recurrence_option(CLI::App* cmd, std::string& recurrence);
+// AWD-LSTM's regularisers and --tie-weights, the same flags on check and train
+// (lstmgrad/regularize.hpp; docs/cli.md).
+void add_regularization_options(CLI::App* cmd, Regularization& r, bool& tie_weights);
 
 // A command that ran but found a problem (check above tolerance) sets a non-zero exit code.
 void set_exit_code(int code);

@@ -6,6 +6,7 @@
 
 #include "lstmgrad/autodiff.hpp"
 #include "lstmgrad/cuda.hpp"
+#include "lstmgrad/error.hpp"
 #include "lstmgrad/finite_diff.hpp"
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/optimizer.hpp"
@@ -90,15 +91,21 @@ CheckReport run_check(const CheckOptions& o) {
 
   // Hand-derived BPTT.
   LanguageModel<double> lm(c);
+  lm.set_regularization(o.reg, o.mask_seed());
   CheckReport rep;
   rep.loss_hand = lm.forward(params, batch, o.reduction);
+  rep.ce_hand = lm.cross_entropy();
   const size_t S = static_cast<size_t>(c.L * o.B * c.H);
   std::vector<double> grad(params.size(), 0.0), dh0(S), ds0(S), dinput(batch.dense.size());
   lm.backward(grad, params, batch, dinput.empty() ? nullptr : dinput.data(), dh0.data(),
               ds0.data());
   // The tape.
-  const ad::TapeLmResult tape = ad::tape_lm(c, params, batch, o.reduction);
+  Masks<double> masks;
+  draw_masks(masks, c, o.reg, o.B, o.mask_seed());
+  const ad::TapeLmResult tape =
+      ad::tape_lm(c, params, batch, o.reduction, {&masks, o.reg.ar, o.reg.tar});
   rep.loss_tape = tape.loss;
+  rep.ce_tape = tape.ce;
 
   // Finite differences over one vector [params | h0 | s0 | dense input], through the forward.
   std::vector<double> all = params;
@@ -109,6 +116,7 @@ CheckReport run_check(const CheckOptions& o) {
   const size_t o_in = all.size();
   all.insert(all.end(), batch.dense.begin(), batch.dense.end());
   LanguageModel<double> fwd(c);
+  fwd.set_regularization(o.reg, o.mask_seed());  // the same masks at every evaluation
   Batch<double> work = batch;
   auto loss_at = [&](std::span<const double> v) {
     std::copy(v.begin() + o_h0, v.begin() + o_s0, work.h0.begin());
@@ -189,6 +197,10 @@ DeviceCheckReport run_device_check(const CheckOptions& o, const DeviceCheckOptio
   const ModelConfig& c = o.cfg;
   validate_config(c);
   cuda::require();
+  if (o.reg.any())
+    throw InputError(
+        "--device cuda: the CUDA engine does not support --dropout-in/-hid/-out/-emb, "
+        "--weight-drop, --ar or --tar yet (use --device cpu)");
   std::mt19937_64 rng(o.seed);
   std::vector<double> params = uniform(parameter_count(c), rng, -0.5, 0.5);
   const Batch<double> batch = random_batch(o, rng);

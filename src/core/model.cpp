@@ -27,7 +27,7 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
     if (cfg.peephole) add(fmt::format("rnn.weight_peephole_l{}", k), {3, cfg.H});
   }
   if (cfg.readout == Readout::linear) {
-    add("decoder.weight", {cfg.V, cfg.H});
+    if (!cfg.tie_weights) add("decoder.weight", {cfg.V, cfg.H});  // tied: encoder.weight
     add("decoder.bias", {cfg.V});
   }
   return out;
@@ -47,7 +47,7 @@ ParameterOffsets parameter_offsets(const ModelConfig& cfg) {
         {*find(fmt::format("rnn.weight_ih_l{}", k)), *find(fmt::format("rnn.weight_hh_l{}", k)),
          *find(fmt::format("rnn.bias_ih_l{}", k)), *find(fmt::format("rnn.bias_hh_l{}", k)),
          find(fmt::format("rnn.weight_peephole_l{}", k))});
-  o.decoder_weight = find("decoder.weight");
+  o.decoder_weight = cfg.tie_weights ? o.encoder_weight : find("decoder.weight");
   o.decoder_bias = find("decoder.bias");
   return o;
 }
@@ -68,7 +68,7 @@ double parameter_count_estimate(const ModelConfig& c) {
   const double V = static_cast<double>(c.V), X = static_cast<double>(c.X);
   const double H = static_cast<double>(c.H), L = static_cast<double>(c.L);
   const double first = 4 * H * (X + H + 2), rest = 4 * H * (2 * H + 2);
-  return V * X + first + (L - 1) * rest + V * (H + 1);
+  return V * X + first + (L - 1) * rest + V * ((c.tie_weights ? 0 : H) + 1);
 }
 
 }  // namespace
@@ -94,6 +94,16 @@ void validate_config(const ModelConfig& cfg) {
     throw InputError(fmt::format(
         "model: the identity readout needs as many classes as hidden units (V {} != H {})", cfg.V,
         cfg.H));
+  if (cfg.tie_weights) {
+    if (cfg.input != InputKind::embedding || cfg.readout != Readout::linear)
+      throw InputError(
+          "--tie-weights needs the embedding input and the linear readout (the readout's weight "
+          "is encoder.weight)");
+    if (cfg.H != cfg.X)
+      throw InputError(fmt::format(
+          "--tie-weights needs --hidden (top layer, H) equal to --embed (E): got H {} and E {}",
+          cfg.H, cfg.X));
+  }
 }
 
 std::string to_string(InputKind k) {

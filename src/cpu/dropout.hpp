@@ -66,4 +66,17 @@ void apply_mask(Real* y, const Real* x, const Real* mask, int64_t k0, int64_t k1
   for (int64_t k = k0; k < k1; ++k) y[k] = x[k] * mask[k];
 }
 
+// Rows [r0, r1) of y [N,W] = x * mask, where row r takes mask row r % period: period N for a
+// mask per position [T,B,W], B for a locked mask [B,W] shared by the T steps (no [T,B,W] copy).
+template <class Real>
+void apply_mask_rows(Real* y, const Real* x, const Real* mask, int64_t W, int64_t period,
+                     int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const Real* m = mask + (r % period) * W;
+    Real* yr = y + r * W;
+    const Real* xr = x + r * W;
+    for (int64_t j = 0; j < W; ++j) yr[j] = xr[j] * m[j];
+  }
+}
+
 }  // namespace lstmgrad::cpu

@@ -1,3 +1,4 @@
+#include <fmt/format.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "cpu/lstm_stack.hpp"
 #include "cpu/panel_gemm.hpp"
 #include "cpu/vocab_readout.hpp"
+#include "lstmgrad/error.hpp"
 #include "lstmgrad/loss.hpp"
 #include "lstmgrad/lstm.hpp"
 
@@ -84,6 +86,14 @@ struct LanguageModel<Real>::Impl {
   void backward(std::span<Real> grad, std::span<const Real> params, const Batch<Real>& batch,
                 Real* dinput, Real* dh0, Real* ds0);
   std::span<const Real> probs() const;
+  // The regularisers of a forward that keeps activations: its masks (drawn or explicit), checked.
+  void prepare_regularization(int64_t B, const Real* P);
+  // The layers' weights in `P`, weight_hh replaced by its dropped copy U' = U * M when weight drop
+  // applies to the last forward.
+  std::vector<cpu::LayerWeights<Real>> layer_weights(const Real* P) const;
+  double regularizer_terms();                 // AR + TAR of the last forward
+  void regularizer_grad(Real* dtop_dropped);  // AR's part, dL/d(dropped top)
+  void tar_grad(Real* dtop);                  // TAR's part, dL/d(top before dropout)
 
   ModelConfig cfg_;
   ParameterOffsets offsets_;  // every tensor by name
@@ -116,7 +126,23 @@ struct LanguageModel<Real>::Impl {
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;
   cpu::StreamShard shard_;
-  bool dropped_ = false;  // whether the last forward used dropout
+  bool dropped_ = false;  // whether the last forward used dropout (set_dropout's)
+  // set_regularization / set_masks
+  Regularization reg_;
+  uint64_t reg_seed_ = 0;
+  bool explicit_masks_ = false;
+  bool reg_on_ = false;                // the last forward applied them
+  bool wdropped_ = false;              // ... and weight drop
+  double ce_ = 0;                      // the last forward's cross-entropy
+  Masks<Real> masks_;                  // the masks of the last forward (reused storage)
+  std::vector<Real> wd_;               // [L,4H,H] U' = U * M, then
+  std::vector<Real> wd_grad_;          // [L,4H,H] dL/dU' in backward
+  std::vector<const Real*> hid_ptrs_;  // [L-1] into masks_.hid
+  // The masks the last forward applied at the input and before the readout, and their period
+  // in rows (cpu::apply_mask_rows: T*B per position, B locked); null: none.
+  const Real* in_mask_ = nullptr;
+  const Real* out_mask_ = nullptr;
+  int64_t in_period_ = 1, out_period_ = 1;
   // With dropout, one allocation grown on demand (never inside the time loop): the input mask
   // and the dropped input [T,B,X] each, then the top mask, the dropped top and dL/d(top) [T,B,H]
   // each. The views below name them.
@@ -170,6 +196,22 @@ template <class Real>
 void LanguageModel<Real>::set_stream_shard(int64_t first, int64_t total) {
   impl_->shard_ = {first, total};
   impl_->stack_->set_stream_shard({first, total});
+}
+
+template <class Real>
+void LanguageModel<Real>::set_regularization(const Regularization& r, uint64_t seed) {
+  validate_regularization(r, impl_->cfg_);
+  impl_->reg_ = r, impl_->reg_seed_ = seed, impl_->explicit_masks_ = false;
+}
+
+template <class Real>
+void LanguageModel<Real>::set_masks(const Masks<Real>& m) {
+  impl_->masks_ = m, impl_->explicit_masks_ = true;
+}
+
+template <class Real>
+double LanguageModel<Real>::cross_entropy() const {
+  return impl_->ce_;
 }
 
 template <class Real>
@@ -235,13 +277,10 @@ void LanguageModel<Real>::Impl::reserve(int64_t T, int64_t B) {
 template <class Real>
 const Real* LanguageModel<Real>::Impl::readout_input() {
   const Real* top = inferred_ ? stack_->infer_output() : stack_->output();
-  if (!dropped_) return top;
-  const int64_t N = T_ * B_, H = cfg_.H;
-  Real* mask = top_mask();
+  if (!out_mask_) return top;
   Real* top_d = dropped_top();
   if (!readout_dropped_) {
-    cpu::dropout_mask(mask, T_, B_, H, shard_, drop_p_, drop_seed_, static_cast<uint64_t>(cfg_.L));
-    cpu::apply_mask(top_d, top, mask, 0, N * H);
+    cpu::apply_mask_rows(top_d, top, out_mask_, cfg_.H, out_period_, 0, T_ * B_);
     readout_dropped_ = true;
   }
   return top_d;
@@ -297,22 +336,50 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   readout_dropped_ = false;
   const Real* P = params.data();
   const Real* x = batch.dense.data();
+  dropped_ = keep && drop_p_ > 0;
+  reg_on_ = keep && (explicit_masks_ || reg_.any());
+  in_mask_ = out_mask_ = nullptr;
+  wdropped_ = false;
+  if (reg_on_) prepare_regularization(B, P);
+  if (dropped_ || reg_on_) {
+    if (drop_.size() < static_cast<size_t>(2 * N * X + 3 * N * H))
+      drop_.resize(static_cast<size_t>(2 * N * X + 3 * N * H));
+  }
   if (cfg_.input == InputKind::embedding) {  // x_t = encoder.weight[token]
     const Real* E = P + *offsets_.encoder_weight;
     Real* x0 = keep ? buf_.x0 : infer_x0_.data();
     const int64_t* tok = batch.tokens.data();
-    for (int64_t r = 0; r < N; ++r) std::copy_n(E + tok[r] * X, X, x0 + r * X);
+    const Real* me = reg_on_ && !masks_.emb.empty() ? masks_.emb.data() : nullptr;
+    for (int64_t r = 0; r < N; ++r) {
+      if (!me) {
+        std::copy_n(E + tok[r] * X, X, x0 + r * X);
+      } else {  // embedding dropout: the row times its mask entry (0 or 1/(1-p))
+        const Real m = me[tok[r]];
+        for (int64_t j = 0; j < X; ++j) x0[r * X + j] = E[tok[r] * X + j] * m;
+      }
+    }
     x = x0;
   }
-  dropped_ = keep && drop_p_ > 0;
   if (dropped_) {  // site 0: the input of layer 0
-    if (drop_.size() < static_cast<size_t>(2 * N * X + 3 * N * H))
-      drop_.resize(2 * N * X + 3 * N * H);
     cpu::dropout_mask(input_mask(), batch.T, batch.B, X, shard_, drop_p_, drop_seed_, 0);
-    cpu::apply_mask(dropped_input(), x, input_mask(), 0, N * X);
+    in_mask_ = input_mask(), in_period_ = N;
+    cpu::dropout_mask(top_mask(), T, B, H, shard_, drop_p_, drop_seed_,
+                      static_cast<uint64_t>(cfg_.L));  // site L: before the readout
+    out_mask_ = top_mask(), out_period_ = N;
+  } else if (reg_on_) {  // locked masks [B,W], the same at every step
+    if (!masks_.in.empty()) in_mask_ = masks_.in.data(), in_period_ = B;
+    if (!masks_.out.empty()) out_mask_ = masks_.out.data(), out_period_ = B;
+  }
+  if (in_mask_) {
+    cpu::apply_mask_rows(dropped_input(), x, in_mask_, X, in_period_, 0, N);
     x = dropped_input();
   }
-  const auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
+  if (keep) {
+    const bool hid = reg_on_ && !masks_.hid.empty();
+    for (size_t k = 0; hid && k < masks_.hid.size(); ++k) hid_ptrs_[k] = masks_.hid[k].data();
+    stack_->set_locked_masks(hid ? hid_ptrs_.data() : nullptr);
+  }
+  const auto w = layer_weights(P);
   const Real* h0 = batch.h0.empty() ? nullptr : batch.h0.data();
   const Real* s0 = batch.s0.empty() ? nullptr : batch.s0.data();
   if (keep)
@@ -384,7 +451,105 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   }
   double sum = 0;
   for (int64_t r = 0; r < N; ++r) sum += row_loss[r];  // in row order: reproducible
-  return sum * static_cast<double>(loss_scale<Real>(red, T, B));
+  ce_ = sum * static_cast<double>(loss_scale<Real>(red, T, B));
+  return reg_on_ ? ce_ + regularizer_terms() : ce_;
+}
+
+template <class Real>
+void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P) {
+  const int64_t H = cfg_.H, L = cfg_.L;
+  if (drop_p_ > 0 && (reg_.dropout_in > 0 || reg_.dropout_hid > 0 || reg_.dropout_out > 0))
+    throw InputError(
+        "--dropout (a mask per position) and --dropout-in/--dropout-hid/--dropout-out (locked "
+        "masks) drop at the same sites: give one or the other");
+  if (!explicit_masks_) {
+    draw_masks(masks_, cfg_, reg_, B, reg_seed_, shard_.first, shard_.total);
+  } else {
+    auto need = [](const std::vector<Real>& v, int64_t n, const char* what) {
+      if (!v.empty() && v.size() != static_cast<size_t>(n))
+        throw std::invalid_argument(
+            fmt::format("LanguageModel::set_masks: {} has {} entries, the "
+                        "model and batch need {}",
+                        what, v.size(), n));
+    };
+    need(masks_.emb, cfg_.input == InputKind::embedding ? cfg_.V : -1, "emb");
+    need(masks_.in, B * cfg_.X, "in");
+    need(masks_.out, B * H, "out");
+    if (!masks_.hid.empty() && masks_.hid.size() != static_cast<size_t>(L - 1))
+      throw std::invalid_argument("LanguageModel::set_masks: hid needs L-1 masks");
+    for (const auto& m : masks_.hid) need(m, B * H, "hid[k]");
+    if (!masks_.weight.empty() && masks_.weight.size() != static_cast<size_t>(L))
+      throw std::invalid_argument("LanguageModel::set_masks: weight needs L masks");
+    for (const auto& m : masks_.weight) need(m, 4 * H * H, "weight[k]");
+  }
+  hid_ptrs_.resize(static_cast<size_t>(std::max<int64_t>(L - 1, 0)));
+  if (!masks_.weight.empty()) {  // U' = U * M per layer, into a buffer kept between forwards
+    const size_t GH = static_cast<size_t>(4 * H * H);
+    if (wd_.size() < L * GH) wd_.resize(L * GH);
+    for (int64_t k = 0; k < L; ++k) {
+      const Real* U = P + offsets_.layers[static_cast<size_t>(k)].weight_hh;
+      const Real* M = masks_.weight[static_cast<size_t>(k)].data();
+      Real* Ud = wd_.data() + static_cast<size_t>(k) * GH;
+      for (size_t i = 0; i < GH; ++i) Ud[i] = U[i] * M[i];
+    }
+    wdropped_ = true;
+  }
+}
+
+template <class Real>
+std::vector<cpu::LayerWeights<Real>> LanguageModel<Real>::Impl::layer_weights(const Real* P) const {
+  auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
+  if (wdropped_)
+    for (size_t k = 0; k < w.size(); ++k) w[k].W_hh = wd_.data() + k * 4 * cfg_.H * cfg_.H;
+  return w;
+}
+
+// AR: ar * mean over [T,B,H] of the readout's input squared (after the output mask); TAR: tar *
+// mean over [T-1,B,H] of (h_{t+1} - h_t)^2 of the top layer before it (0 when T = 1).
+template <class Real>
+double LanguageModel<Real>::Impl::regularizer_terms() {
+  const int64_t N = T_ * B_, H = cfg_.H, BH = B_ * H;
+  double out = 0;
+  if (reg_.ar > 0) {
+    const Real* o = readout_input();
+    double sq = 0;
+    for (int64_t k = 0; k < N * H; ++k) sq += static_cast<double>(o[k]) * static_cast<double>(o[k]);
+    out += reg_.ar * sq / static_cast<double>(N * H);
+  }
+  if (reg_.tar > 0 && T_ > 1) {
+    const Real* h = stack_->output();
+    double sq = 0;
+    for (int64_t k = BH; k < N * H; ++k) {
+      const double d = static_cast<double>(h[k]) - static_cast<double>(h[k - BH]);
+      sq += d * d;
+    }
+    out += reg_.tar * sq / static_cast<double>((T_ - 1) * BH);
+  }
+  return out;
+}
+
+template <class Real>
+void LanguageModel<Real>::Impl::regularizer_grad(Real* dtop) {
+  if (reg_.ar <= 0) return;
+  const int64_t N = T_ * B_, H = cfg_.H;
+  const Real c = static_cast<Real>(2 * reg_.ar / static_cast<double>(N * H));
+  const Real* o = readout_input();
+  for (int64_t k = 0; k < N * H; ++k) dtop[k] += c * o[k];
+}
+
+template <class Real>
+void LanguageModel<Real>::Impl::tar_grad(Real* dtop) {
+  if (reg_.tar <= 0 || T_ < 2) return;
+  const int64_t N = T_ * B_, BH = B_ * cfg_.H;
+  const Real c = static_cast<Real>(2 * reg_.tar / static_cast<double>((T_ - 1) * BH));
+  const Real* h = stack_->output();
+  // d/dh_t of sum_t (h_{t+1} - h_t)^2 = 2 (h_t - h_{t-1}) [t > 0] - 2 (h_{t+1} - h_t) [t < T-1]
+  for (int64_t k = 0; k < N * cfg_.H; ++k) {
+    Real g = 0;
+    if (k >= BH) g += h[k] - h[k - BH];
+    if (k + BH < N * cfg_.H) g -= h[k + BH] - h[k];
+    dtop[k] += c * g;
+  }
 }
 
 template <class Real>
@@ -406,13 +571,13 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   const Real* y_probs = batch.target_probs.empty() ? nullptr : batch.target_probs.data();
   const Real scale = loss_scale<Real>(red_, T, B);
   Real* dlogits = probs_.data();  // dL/dlogits = scale * (p - y), in place over p
-  const Real* dh_top = dlogits;   // identity readout: dL/dh = dL/dlogits
+  Real* dh_top = dlogits;         // identity readout: dL/dh = dL/dlogits
   if (vocab_fused_) {
     const cpu::TeamCall call(readout_backward_, S, running_, static_cast<double>(N));
     fused_backward(*vocab_, call.threads(), scale, P + *offsets_.decoder_weight, y_class,
                    D + *offsets_.decoder_weight, D + *offsets_.decoder_bias, buf_.dh);
     dh_top = buf_.dh;
-    readout_sumsq_ = true;
+    readout_sumsq_ = !cfg_.tie_weights;  // tied: the embedding's rows add into it below
   } else if (cfg_.readout == Readout::linear) {
     // p - y in place; the scale goes into the GEMMs' alpha (one pass over [N,V] saved). For class
     // targets p - y touches one entry per row.
@@ -455,23 +620,45 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   } else {
     softmax_xent_backward(dlogits, dlogits, y_probs, y_class, scale, N, V);
   }
-  if (dropped_) {  // the readout saw top * mask: dL/dtop = dL/d(dropped top) * mask
-    cpu::apply_mask(top_grad(), dh_top, top_mask(), 0, N * H);
+  if (reg_on_) regularizer_grad(dh_top);  // AR, on the readout's input
+  if (out_mask_) {  // the readout saw top * mask: dL/dtop = dL/d(dropped top) * mask
+    cpu::apply_mask_rows(top_grad(), dh_top, out_mask_, H, out_period_, 0, N);
     dh_top = top_grad();
   }
+  if (reg_on_) tar_grad(dh_top);  // TAR, on the top layer's output before the mask
   const bool emb = cfg_.input == InputKind::embedding;
-  const auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
-  const auto g = layer_views<cpu::LayerGrads<Real>>(offsets_, D);
-  const Real* x = dropped_ ? dropped_input() : emb ? buf_.x0 : batch.dense.data();
+  const auto w = layer_weights(P);
+  auto g = layer_views<cpu::LayerGrads<Real>>(offsets_, D);
+  const size_t GH = static_cast<size_t>(4 * H * H);
+  if (wdropped_) {  // dL/dU' into scratch, then dL/dU += dL/dU' * M
+    if (wd_grad_.size() < g.size() * GH) wd_grad_.resize(g.size() * GH);
+    std::fill_n(wd_grad_.data(), g.size() * GH, Real(0));
+    for (size_t k = 0; k < g.size(); ++k) g[k].dW_hh = wd_grad_.data() + k * GH;
+  }
+  const Real* x = in_mask_ ? dropped_input() : emb ? buf_.x0 : batch.dense.data();
   stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
+  if (wdropped_)
+    for (size_t k = 0; k < g.size(); ++k) {
+      Real* dU = D + offsets_.layers[k].weight_hh;
+      const Real* dUd = wd_grad_.data() + k * GH;
+      const Real* M = masks_.weight[k].data();
+      for (size_t i = 0; i < GH; ++i) dU[i] += dUd[i] * M[i];
+    }
   Real* dx = emb ? buf_.dx0 : dinput;
-  if (dropped_ && dx) cpu::apply_mask(dx, dx, input_mask(), 0, N * X);  // through the input mask
+  if (in_mask_ && dx) cpu::apply_mask_rows(dx, dx, in_mask_, X, in_period_, 0, N);
   if (emb) {  // x_t = encoder.weight[token]: scatter-add the rows of dx (only the rows used)
     Real* dE = D + *offsets_.encoder_weight;
+    const Real* me = reg_on_ && !masks_.emb.empty() ? masks_.emb.data() : nullptr;
     for (int64_t r = 0; r < N; ++r) {
       Real* row = dE + batch.tokens[r] * X;
       const Real* src = buf_.dx0 + r * X;
-      for (int64_t j = 0; j < X; ++j) row[j] += src[j];
+      if (!me) {
+        for (int64_t j = 0; j < X; ++j) row[j] += src[j];
+      } else {  // through the embedding mask: the row's entry (0 or 1/(1-p))
+        const Real m = me[batch.tokens[r]];
+        if (m != Real(0))
+          for (int64_t j = 0; j < X; ++j) row[j] += src[j] * m;
+      }
     }
   }
 }

@@ -12,7 +12,8 @@
 namespace lstmgrad::cpu {
 
 template <class Real>
-LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L) : X_(X), H_(H), L_(L), saved_(L) {}
+LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
+    : X_(X), H_(H), L_(L), saved_(L), locked_(static_cast<size_t>(L - 1), nullptr) {}
 
 template <class Real>
 int LstmStack<Real>::threads(int64_t B) const {
@@ -68,11 +69,12 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
       std::fill_n(sv.sseq, B * H, Real(0));
   }
   const int64_t N = T * B;
-  dropped_ = drop_p_ > 0 && L_ > 1;
+  locked_used_ = L_ > 1 && locked_[0] != nullptr;
+  dropped_ = (drop_p_ > 0 || locked_used_) && L_ > 1;
   if (dropped_) {
     if (drop_.size() < static_cast<size_t>(2 * (L_ - 1) * N * H))
       drop_.resize(2 * (L_ - 1) * N * H);
-    for (int64_t k = 0; k + 1 < L_; ++k)
+    for (int64_t k = 0; k + 1 < L_ && !locked_used_; ++k)
       dropout_mask(drop_mask(k), T, B, H, shard_, drop_p_, drop_seed_,
                    static_cast<uint64_t>(k + 1));
   }
@@ -91,7 +93,7 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
       xk = saved_[k].hseq + B * H;   // h_1 .. h_T [T,B,H] feed the next layer
       if (dropped_ && k + 1 < L_) {  // the next layer reads the dropped copy; h stays for s, h
         tm.for_shares(H, [&](const TeamSlice& ts) {
-          apply_mask(drop_input(k), xk, drop_mask(k), ts.row0(N) * H, ts.row1(N) * H);
+          apply_mask_rows(drop_input(k), xk, mask_of(k), H, mask_period(), ts.row0(N), ts.row1(N));
         });
 #pragma omp barrier
         xk = drop_input(k);
@@ -141,7 +143,7 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
       if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
         const int64_t N = T * B;
         tm.for_shares(H, [&](const TeamSlice& ts) {
-          apply_mask(dxk, dxk, drop_mask(k - 1), ts.row0(N) * H, ts.row1(N) * H);
+          apply_mask_rows(dxk, dxk, mask_of(k - 1), H, mask_period(), ts.row0(N), ts.row1(N));
         });
 #pragma omp barrier
       }

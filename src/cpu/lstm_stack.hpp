@@ -60,6 +60,13 @@ class LstmStack {
   void set_dropout(double p, uint64_t seed) { drop_p_ = p, drop_seed_ = seed; }
   // The batch's streams are `shard` of a larger batch: the masks are that batch's (dropout.hpp).
   void set_stream_shard(StreamShard shard) { shard_ = shard; }
+  // Locked dropout between layers for the next forward: masks[k] [B,H] on layer k's output
+  // (k < L-1), the same at every step; null (or masks = null): none. Takes the place of
+  // set_dropout's masks. The caller keeps the masks alive until backward is done.
+  void set_locked_masks(const Real* const* masks) {
+    for (int64_t k = 0; k + 1 < L_; ++k)
+      locked_[static_cast<size_t>(k)] = masks ? masks[k] : nullptr;
+  }
 
  private:
   void reserve(int64_t T, int64_t B);
@@ -86,6 +93,13 @@ class LstmStack {
   std::vector<Real> drop_;  // per boundary k < L-1: mask [T,B,H], then the dropped input [T,B,H]
   Real* drop_mask(int64_t k) { return drop_.data() + 2 * k * T_ * B_ * H_; }
   Real* drop_input(int64_t k) { return drop_mask(k) + T_ * B_ * H_; }
+  std::vector<const Real*> locked_;  // [L-1] set_locked_masks's, or null
+  bool locked_used_ = false;         // the last forward used them
+  // Boundary k's mask and its period in rows (apply_mask_rows): locked [B,H] or per position.
+  const Real* mask_of(int64_t k) {
+    return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k);
+  }
+  int64_t mask_period() const { return locked_used_ ? B_ : T_ * B_; }
 
   // infer's arena, one allocation grown only for a larger T*B: the layer being run (its gates
   // [T,B,G] scratch, bias [G], the s ring [2,B,H], panels), the h sequences [T+1,B,H] of layers

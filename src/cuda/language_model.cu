@@ -295,6 +295,9 @@ void LanguageModel::Impl::optimizer_step(double lr, double clip, bool adam, int6
 
 LanguageModel::LanguageModel(const ModelConfig& cfg) {
   require();
+  if (cfg.tie_weights)
+    throw InputError(
+        "--device cuda: the CUDA engine does not support --tie-weights yet (use --device cpu)");
   impl_ = std::make_unique<Impl>(cfg);
 }
 LanguageModel::~LanguageModel() = default;

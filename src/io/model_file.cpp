@@ -52,7 +52,10 @@ ModelConfig infer_config(const TensorFile& f, const std::string& file) {
   c.input = enc ? InputKind::embedding : InputKind::dense;
   c.X = enc && enc->shape.size() == 2 ? enc->shape[1] : ih->shape[1];
   const Tensor* dec = f.find("decoder.weight");
-  c.readout = dec ? Readout::linear : Readout::identity;
+  // decoder.bias without decoder.weight: the readout tied to encoder.weight (AWD-LSTM's state_dict
+  // holds the one shared tensor under encoder.weight too).
+  c.tie_weights = !dec && enc && f.find("decoder.bias");
+  c.readout = dec || c.tie_weights ? Readout::linear : Readout::identity;
   c.V = dec && !dec->shape.empty()   ? dec->shape[0]
         : enc && !enc->shape.empty() ? enc->shape[0]
                                      : c.H;
@@ -107,6 +110,12 @@ ModelConfig config_from_json(const std::string& text, const std::string& file) {
                  fmt::format("key 'peephole' must be true or false, got {}", j["peephole"].dump()));
     c.peephole = j["peephole"].get<bool>();
   }
+  if (j.contains("tie_weights")) {  // absent: untied (files written before --tie-weights)
+    if (!j["tie_weights"].is_boolean())
+      bad_config(file, fmt::format("key 'tie_weights' must be true or false, got {}",
+                                   j["tie_weights"].dump()));
+    c.tie_weights = j["tie_weights"].get<bool>();
+  }
   return c;
 }
 
@@ -117,7 +126,8 @@ std::string config_to_json(const ModelConfig& c) {
          {"X", c.X},
          {"H", c.H},
          {"L", c.L}};
-  if (c.peephole) j["peephole"] = true;  // the plain cell's files stay as they were
+  if (c.peephole) j["peephole"] = true;        // the plain cell's files stay as they were
+  if (c.tie_weights) j["tie_weights"] = true;  // untied files too
   return j.dump();
 }
 

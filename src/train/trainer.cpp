@@ -66,6 +66,14 @@ json options_to_json(const TrainOptions& o) {
           {"plateau_decay", o.plateau_decay},
           {"clip", o.clip},
           {"dropout", o.dropout},
+          {"dropout_in", o.reg.dropout_in},
+          {"dropout_hid", o.reg.dropout_hid},
+          {"dropout_out", o.reg.dropout_out},
+          {"dropout_emb", o.reg.dropout_emb},
+          {"weight_drop", o.reg.weight_drop},
+          {"ar", o.reg.ar},
+          {"tar", o.reg.tar},
+          {"tie_weights", o.tie_weights},
           {"init", o.init},
           {"optimizer", o.optimizer},
           {"loss", o.loss},
@@ -172,6 +180,14 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.device = s.has("device") ? s.text("device") : std::string("cpu");
   o.peephole = s.has("peephole") && s.flag("peephole");  // absent: written before peepholes
   if (s.has("on_nonfinite")) o.on_nonfinite = s.text("on_nonfinite");
+  // absent: written before the regularisers (none of them)
+  for (const auto& [key, v] :
+       {std::pair{"dropout_in", &o.reg.dropout_in}, std::pair{"dropout_hid", &o.reg.dropout_hid},
+        std::pair{"dropout_out", &o.reg.dropout_out}, std::pair{"dropout_emb", &o.reg.dropout_emb},
+        std::pair{"weight_drop", &o.reg.weight_drop}, std::pair{"ar", &o.reg.ar},
+        std::pair{"tar", &o.reg.tar}})
+    if (s.has(key)) *v = s.number(key);
+  o.tie_weights = s.has("tie_weights") && s.flag("tie_weights");
   return o;
 }
 
@@ -253,6 +269,20 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   if (o.device == "cuda" && o.dtype != "f32")
     throw InputError(
         fmt::format("{} {}: --device cuda trains in float32 (f32)", name("--dtype"), o.dtype));
+  if (o.dropout > 0 && (o.reg.dropout_in > 0 || o.reg.dropout_hid > 0 || o.reg.dropout_out > 0))
+    throw InputError(fmt::format(
+        "{} and {}/{}/{}: both drop at the same sites (a mask per position, or locked masks); "
+        "give one or the other",
+        name("--dropout"), name("--dropout-in"), name("--dropout-hid"), name("--dropout-out")));
+  validate_regularization(o.reg, {InputKind::embedding, Readout::linear, 1, 1, 1, 1});
+  if (o.tie_weights && o.hidden != o.embed)
+    throw InputError(fmt::format("{} needs {} (top layer, H) equal to {} (E): got {} and {}",
+                                 name("--tie-weights"), name("--hidden"), name("--embed"), o.hidden,
+                                 o.embed));
+  if (o.device == "cuda" && (o.reg.any() || o.tie_weights))
+    throw InputError(
+        "--device cuda: the CUDA engine does not support --dropout-in/-hid/-out/-emb, "
+        "--weight-drop, --ar, --tar or --tie-weights yet (use --device cpu)");
   if (o.device == "cuda") cuda::require();  // before anything is written
 }
 
@@ -695,6 +725,7 @@ class Trainer {
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers,
             o_.peephole};
+    cfg_.tie_weights = o_.tie_weights;
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
@@ -842,7 +873,7 @@ class Trainer {
           fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's",
                       o_.out.string(), o_.train.string()));
     if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X ||
-        c.cfg.peephole != cfg_.peephole)
+        c.cfg.peephole != cfg_.peephole || c.cfg.tie_weights != cfg_.tie_weights)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
     const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
@@ -938,9 +969,12 @@ class Trainer {
       return;
     }
     // Each update its own dropout masks, a function of (seed, update): resumes replay them.
-    lm_->set_dropout(o_.dropout,
-                     o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step));
-    double loss = lm_->forward(params_, batch_, red);
+    const uint64_t masks = o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step);
+    lm_->set_dropout(o_.dropout, masks);
+    lm_->set_regularization(o_.reg, masks);  // sites of their own: other masks than --dropout's
+    // backward derives the objective CE + AR + TAR; the cross-entropy alone is what is logged
+    lm_->forward(params_, batch_, red);
+    double loss = lm_->cross_entropy();
     lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
     // The embedding rows no token of the batch used hold a zero gradient (backward adds only to
     // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
@@ -1067,7 +1101,8 @@ class Trainer {
   // The element ranges of the embedding table (encoder.weight, [V,X]) whose rows
   // this batch's tokens do not select; none for a dense input.
   std::span<const ElementRange> unused_embedding_rows() {
-    if (cfg_.input != InputKind::embedding) return {};
+    // Tied: the readout's gradient fills every row of the table.
+    if (cfg_.input != InputKind::embedding || cfg_.tie_weights) return {};
     unused_rows(ranks_ == 1 ? batch_.tokens : window_tokens_, cfg_.V, cfg_.X, embed_offset_,
                 row_mark_, zero_rows_);
     return zero_rows_;

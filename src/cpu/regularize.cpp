@@ -1,0 +1,84 @@
+#include "lstmgrad/regularize.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "cpu/dropout.hpp"
+#include "lstmgrad/error.hpp"
+
+namespace lstmgrad {
+
+namespace {
+
+// Mask sites, apart from the non-recurrent dropout's 0 .. L (L <= 2^16): a tag in the high bits,
+// the layer in the low ones.
+constexpr uint64_t kSiteEmb = uint64_t{1} << 40;
+constexpr uint64_t kSiteIn = (uint64_t{1} << 40) + 1;
+constexpr uint64_t kSiteOut = (uint64_t{1} << 40) + 2;
+constexpr uint64_t kSiteHid = uint64_t{2} << 40;     // + k, the boundary above layer k
+constexpr uint64_t kSiteWeight = uint64_t{3} << 40;  // + k, layer k's weight_hh
+
+template <class Real>
+void fill(std::vector<Real>& v, int64_t n, double p, uint64_t seed, uint64_t site) {
+  v.resize(static_cast<size_t>(n));
+  cpu::dropout_mask(v.data(), n, p, seed, site);
+}
+
+// A locked mask [B,W]: row b is the whole batch's row first + b (dropout_mask's [T,B,W] form at
+// T = 1 draws entry (first + b) * W + j).
+template <class Real>
+void fill_locked(std::vector<Real>& v, int64_t B, int64_t W, int64_t first, int64_t total, double p,
+                 uint64_t seed, uint64_t site) {
+  v.resize(static_cast<size_t>(B * W));
+  cpu::dropout_mask(v.data(), 1, B, W, cpu::StreamShard{first, total}, p, seed, site);
+}
+
+}  // namespace
+
+void validate_regularization(const Regularization& r, const ModelConfig& cfg) {
+  for (const auto& [flag, p] :
+       {std::pair{"--dropout-in", r.dropout_in}, std::pair{"--dropout-hid", r.dropout_hid},
+        std::pair{"--dropout-out", r.dropout_out}, std::pair{"--dropout-emb", r.dropout_emb},
+        std::pair{"--weight-drop", r.weight_drop}})
+    if (!(p >= 0 && p < 1)) throw InputError(fmt::format("{}: must be in [0, 1), got {}", flag, p));
+  for (const auto& [flag, a] : {std::pair{"--ar", r.ar}, std::pair{"--tar", r.tar}})
+    if (!(a >= 0 && std::isfinite(a)))
+      throw InputError(fmt::format("{}: must be finite and >= 0, got {}", flag, a));
+  if (r.dropout_emb > 0 && cfg.input != InputKind::embedding)
+    throw InputError("--dropout-emb: needs the embedding input (--input embedding)");
+}
+
+template <class Real>
+void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r, int64_t B,
+                uint64_t seed, int64_t first, int64_t total) {
+  const int64_t H = cfg.H, L = cfg.L;
+  m.B = B;
+  if (r.dropout_emb > 0 && cfg.input == InputKind::embedding)
+    fill(m.emb, cfg.V, r.dropout_emb, seed, kSiteEmb);
+  else
+    m.emb.clear();
+  if (r.dropout_in > 0)
+    fill_locked(m.in, B, cfg.X, first, total, r.dropout_in, seed, kSiteIn);
+  else
+    m.in.clear();
+  m.hid.resize(r.dropout_hid > 0 ? static_cast<size_t>(L - 1) : 0);
+  for (int64_t k = 0; k + 1 < L && r.dropout_hid > 0; ++k)
+    fill_locked(m.hid[static_cast<size_t>(k)], B, H, first, total, r.dropout_hid, seed,
+                kSiteHid + static_cast<uint64_t>(k));
+  if (r.dropout_out > 0)
+    fill_locked(m.out, B, H, first, total, r.dropout_out, seed, kSiteOut);
+  else
+    m.out.clear();
+  m.weight.resize(r.weight_drop > 0 ? static_cast<size_t>(L) : 0);
+  for (int64_t k = 0; k < L && r.weight_drop > 0; ++k)
+    fill(m.weight[static_cast<size_t>(k)], 4 * H * H, r.weight_drop, seed,
+         kSiteWeight + static_cast<uint64_t>(k));
+}
+
+template void draw_masks(Masks<float>&, const ModelConfig&, const Regularization&, int64_t,
+                         uint64_t, int64_t, int64_t);
+template void draw_masks(Masks<double>&, const ModelConfig&, const Regularization&, int64_t,
+                         uint64_t, int64_t, int64_t);
+
+}  // namespace lstmgrad

@@ -1,0 +1,93 @@
+// The regularised language model against PyTorch (tools/make_awd_golden.py: a functional twin,
+// tools/awd_twin.py, with masks torch drew): the objective, its cross-entropy and every gradient,
+// float64 and float32, each regulariser alone and AWD-LSTM's combination.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "compare.hpp"
+#include "lstmgrad/lstm.hpp"
+#include "lstmgrad/safetensors.hpp"
+
+namespace lstmgrad::test {
+namespace {
+
+const std::string kDir = std::string(LSTMGRAD_TEST_DATA) + "/golden_awd/";
+
+template <class Real>
+void check_case(const std::string& name, double tol) {
+  SCOPED_TRACE(name);
+  const std::string file = kDir + name + ".safetensors";
+  const io::TensorFile f = io::read_safetensors(file);
+  auto get = [&](const std::string& t) { return io::to_floats<Real>(f.require(t, file), file); };
+  auto want = [&](const std::string& t) { return io::to_floats<double>(f.require(t, file), file); };
+  const nlohmann::json c = nlohmann::json::parse(f.metadata.at("config"));
+  ModelConfig cfg;
+  cfg.V = c["V"], cfg.X = c["E"], cfg.H = c["H"], cfg.L = c["L"];
+  cfg.tie_weights = c["tie_weights"];
+  const std::vector<ParamInfo> layout = parameter_layout(cfg);
+  std::vector<Real> params(parameter_count(cfg));
+  for (const ParamInfo& p : layout) {
+    const std::vector<Real> v = get(p.name);
+    ASSERT_EQ(v.size(), p.size) << p.name;
+    std::copy(v.begin(), v.end(), params.begin() + static_cast<std::ptrdiff_t>(p.offset));
+  }
+  Batch<Real> b;
+  const io::Tensor& tok = f.require("tokens", file);
+  b.T = tok.shape[0], b.B = tok.shape[1];
+  b.tokens = io::to_ints(tok, file);
+  b.target = io::to_ints(f.require("targets", file), file);
+  b.h0 = get("h0"), b.s0 = get("s0");
+  Masks<Real> m;
+  m.B = b.B;
+  if (f.find("mask.emb")) m.emb = get("mask.emb");
+  if (f.find("mask.in")) m.in = get("mask.in");
+  if (f.find("mask.out")) m.out = get("mask.out");
+  for (int64_t k = 0; f.find("mask.hid." + std::to_string(k)); ++k)
+    m.hid.push_back(get("mask.hid." + std::to_string(k)));
+  for (int64_t k = 0; f.find("mask.weight." + std::to_string(k)); ++k)
+    m.weight.push_back(get("mask.weight." + std::to_string(k)));
+  Regularization r;
+  r.ar = std::stod(f.metadata.at("ar")), r.tar = std::stod(f.metadata.at("tar"));
+
+  LanguageModel<Real> lm(cfg);
+  lm.set_regularization(r, 0);
+  lm.set_masks(m);
+  const double loss = lm.forward(params, b, Reduction::mean);
+  EXPECT_TRUE(close("loss", std::vector<double>{loss}, want("loss"), tol));
+  EXPECT_TRUE(close("ce", std::vector<double>{lm.cross_entropy()}, want("ce"), tol));
+  std::vector<Real> grad(params.size(), Real(0));
+  const size_t S = static_cast<size_t>(cfg.L * b.B * cfg.H);
+  std::vector<Real> dh0(S), ds0(S);
+  lm.backward(grad, params, b, nullptr, dh0.data(), ds0.data());
+  for (const ParamInfo& p : layout) {
+    const std::vector<Real> g(grad.begin() + static_cast<std::ptrdiff_t>(p.offset),
+                              grad.begin() + static_cast<std::ptrdiff_t>(p.offset + p.size));
+    EXPECT_TRUE(close(p.name, g, want("grad." + p.name), tol));
+  }
+  EXPECT_TRUE(close("grad.h0", dh0, want("grad.h0"), tol));
+  EXPECT_TRUE(close("grad.s0", ds0, want("grad.s0"), tol));
+}
+
+class AwdGolden : public ::testing::TestWithParam<std::string> {};
+
+// float64: the same arithmetic as PyTorch in another order, sums of at most a few hundred O(1)
+// terms: ~1e-15 relative; 1e-10 of each tensor's scale, as the other golden tests.
+TEST_P(AwdGolden, Float64MatchesPyTorch) {
+  check_case<double>(GetParam(), 1e-10);
+}
+
+// float32: 24-bit mantissas over T = 7 steps and 3 layers; 1e-4 of each tensor's scale, as the
+// other float32 golden tests (a derivation slip is O(1)).
+TEST_P(AwdGolden, Float32MatchesPyTorch) {
+  check_case<float>(GetParam(), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, AwdGolden,
+                         ::testing::Values("dropout_in", "dropout_hid", "dropout_out",
+                                           "dropout_emb", "weight_drop", "ar", "tar", "tied",
+                                           "awd"));
+
+}  // namespace
+}  // namespace lstmgrad::test

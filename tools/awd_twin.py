@@ -1,0 +1,139 @@
+#!/usr/bin/python3
+"""A functional PyTorch twin of lstmgrad's regularised language model (AWD-LSTM's regularisers).
+
+Written from torch.nn.functional pieces and an explicit LSTM cell loop (no nn.LSTM, no
+WeightDrop module), so that it runs on Debian's torch 1.13 and on current releases alike, and
+takes its masks as explicit tensors: the golden files (tools/make_awd_golden.py) hand the same
+masks to lstmgrad; a training script can let the model draw its own (`draw_masks`).
+
+The model, in lstmgrad's parameter names (docs/design.md, "Regularisation"):
+
+    E' = encoder.weight * m_emb[:, None]          embedding dropout (rows, lookup only)
+    x_t = E'[token_t] * m_in                      locked mask [B,E], the same at every t
+    layer k: U' = weight_hh_l{k} * m_weight[k]    weight drop (DropConnect on U)
+             i, f, g, o = split(x W_ih^T + b_ih + h U'^T + b_hh); s = f s + i g; h = o tanh(s)
+             the next layer reads h * m_hid[k]    locked [B,H]
+    top:     d_t = h_t * m_out                    locked [B,H]
+    logits = d W_dec^T + b_dec                    W_dec = encoder.weight (undropped) when tied
+    objective = CE(mean) + ar * mean(d^2) + tar * mean((h_{t+1} - h_t)^2)   (h: top, before m_out)
+
+Each mask entry is 0 or 1/(1-p). Per-layer hidden sizes are allowed here (AWD's 400/1150/400) even
+where lstmgrad's engine takes one H for every layer.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class Masks:
+    """The masks of one forward; None where a regulariser is off."""
+
+    def __init__(self, emb=None, inp=None, hid=None, out=None, weight=None):
+        self.emb = emb        # [V]
+        self.inp = inp        # [B,E]
+        self.hid = hid        # list of L-1 [B,H_k] (None entries allowed), or None
+        self.out = out        # [B,H_top]
+        self.weight = weight  # list of L [4H_k,H_k], or None
+
+
+def _mask(shape, p, generator, dtype):
+    if p <= 0:
+        return None
+    keep = torch.bernoulli(torch.full(shape, 1 - p, dtype=dtype), generator=generator)
+    return keep / (1 - p)
+
+
+class AwdTwin:
+    """Parameters as a dict of leaf tensors named as lstmgrad's layout (encoder.weight,
+    rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_ih_l{k}, rnn.bias_hh_l{k}, decoder.weight
+    unless tied, decoder.bias)."""
+
+    def __init__(self, V, E, hidden, tie=False, dtype=torch.float64, init=0.1, generator=None):
+        self.V, self.E, self.tie, self.dtype = V, E, tie, dtype
+        self.hidden = list(hidden) if isinstance(hidden, (list, tuple)) else [hidden]
+        self.L = len(self.hidden)
+        if tie and self.hidden[-1] != E:
+            raise ValueError(f"tie needs the top hidden size ({self.hidden[-1]}) equal to E ({E})")
+        self.params = {}
+
+        def u(*shape):
+            t = (torch.rand(*shape, generator=generator, dtype=dtype) * 2 - 1) * init
+            return t.requires_grad_()
+
+        self.params["encoder.weight"] = u(V, E)
+        for k, H in enumerate(self.hidden):
+            n_in = E if k == 0 else self.hidden[k - 1]
+            self.params[f"rnn.weight_ih_l{k}"] = u(4 * H, n_in)
+            self.params[f"rnn.weight_hh_l{k}"] = u(4 * H, H)
+            self.params[f"rnn.bias_ih_l{k}"] = u(4 * H)
+            self.params[f"rnn.bias_hh_l{k}"] = u(4 * H)
+        if not tie:
+            self.params["decoder.weight"] = u(V, self.hidden[-1])
+        self.params["decoder.bias"] = u(V)
+
+    def names(self):
+        return list(self.params)
+
+    def draw_masks(self, B, dropout_emb=0, dropout_in=0, dropout_hid=0, dropout_out=0,
+                   weight_drop=0, generator=None):
+        d = self.dtype
+        return Masks(
+            emb=_mask((self.V,), dropout_emb, generator, d),
+            inp=_mask((B, self.E), dropout_in, generator, d),
+            hid=[_mask((B, H), dropout_hid, generator, d) for H in self.hidden[:-1]]
+            if dropout_hid > 0 else None,
+            out=_mask((B, self.hidden[-1]), dropout_out, generator, d),
+            weight=[_mask((4 * H, H), weight_drop, generator, d) for H in self.hidden]
+            if weight_drop > 0 else None)
+
+    def forward(self, tokens, targets, masks=None, ar=0.0, tar=0.0, h0=None, s0=None):
+        """tokens, targets: int64 [T,B]. h0, s0: lists of L [B,H_k] or None (zeros).
+        Returns (objective, cross_entropy, h_n list, s_n list)."""
+        m = masks or Masks()
+        P = self.params
+        T, B = tokens.shape
+        table = P["encoder.weight"]
+        if m.emb is not None:
+            table = table * m.emb[:, None]
+        x = F.embedding(tokens, table)  # [T,B,E]
+        if m.inp is not None:
+            x = x * m.inp
+        h_n, s_n = [], []
+        top = None
+        for k, H in enumerate(self.hidden):
+            W_ih, U = P[f"rnn.weight_ih_l{k}"], P[f"rnn.weight_hh_l{k}"]
+            if m.weight is not None and m.weight[k] is not None:
+                U = U * m.weight[k]
+            b = P[f"rnn.bias_ih_l{k}"] + P[f"rnn.bias_hh_l{k}"]
+            h = h0[k] if h0 is not None else torch.zeros(B, H, dtype=self.dtype)
+            s = s0[k] if s0 is not None else torch.zeros(B, H, dtype=self.dtype)
+            pre_x = F.linear(x, W_ih)  # [T,B,4H]: the input projection of all steps
+            outs = []
+            for t in range(T):
+                z = pre_x[t] + F.linear(h, U) + b
+                i, f, g, o = z.chunk(4, dim=1)
+                s = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(s)
+                outs.append(h)
+            out = torch.stack(outs)  # [T,B,H]
+            h_n.append(h)
+            s_n.append(s)
+            if k + 1 < self.L:
+                x = out * m.hid[k] if m.hid is not None and m.hid[k] is not None else out
+            else:
+                top = out
+        dropped = top * m.out if m.out is not None else top
+        W_dec = P["encoder.weight"] if self.tie else P["decoder.weight"]
+        logits = F.linear(dropped, W_dec, P["decoder.bias"])
+        ce = F.cross_entropy(logits.reshape(T * B, self.V), targets.reshape(T * B))
+        loss = ce
+        if ar > 0:
+            loss = loss + ar * dropped.pow(2).mean()
+        if tar > 0 and T > 1:
+            loss = loss + tar * (top[1:] - top[:-1]).pow(2).mean()
+        return loss, ce, h_n, s_n
+
+    def perplexity(self, ce):
+        return math.exp(float(ce))

@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+"""Writes tests/data/golden_awd/*.safetensors: PyTorch's objective and every gradient of the
+regularised language model (tools/awd_twin.py) with masks PyTorch draws, for
+tests/test_regularize_golden.cpp (no Python at test time).
+
+    /usr/bin/python3 tools/make_awd_golden.py [--out tests/data/golden_awd] [--selftest]
+
+Each file holds, in float64: the parameters under lstmgrad's names; the masks (mask.emb [V],
+mask.in [B,E], mask.hid.{k} [B,H], mask.out [B,H], mask.weight.{k} [4H,H], each present only when
+that regulariser is on); tokens and targets (I64 [T,B]); h0, s0 [L,B,H]; the objective `loss`, its
+cross-entropy `ce`; grad.{name} for every parameter, grad.h0 and grad.s0. __metadata__: `config`
+(JSON: V, E, H, L, tie_weights), `ar`, `tar`, `generator`. Seeded per case name: a rerun on the
+same torch writes the same bytes.
+
+--selftest first checks the twin: without masks it is nn.LSTM (the same h_n, s_n and outputs to
+1e-12 with the same weights), and torch.autograd.gradcheck passes on its objective with every
+regulariser on.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import awd_twin  # noqa: E402
+import safetensors_np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_awd")
+
+BASE = dict(V=11, E=6, H=6, L=2, T=5, B=3, tie=False, state=False,
+            dropout_emb=0.0, dropout_in=0.0, dropout_hid=0.0, dropout_out=0.0, weight_drop=0.0,
+            ar=0.0, tar=0.0)
+CASES = [
+    dict(BASE, name="dropout_in", dropout_in=0.5),
+    dict(BASE, name="dropout_hid", dropout_hid=0.5),
+    dict(BASE, name="dropout_out", dropout_out=0.5),
+    dict(BASE, name="dropout_emb", dropout_emb=0.5),
+    dict(BASE, name="weight_drop", weight_drop=0.5),
+    dict(BASE, name="ar", ar=2.0),
+    dict(BASE, name="tar", tar=1.0),
+    dict(BASE, name="tied", tie=True),
+    # AWD-LSTM's combination (its PTB rates), 3 layers, tied, a carried-in state.
+    dict(BASE, name="awd", L=3, T=7, B=4, tie=True, state=True, dropout_emb=0.1, dropout_in=0.4,
+         dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0),
+]
+
+
+def _seed(case):
+    return int.from_bytes(case["name"].encode(), "little") % (2**32)
+
+
+def build(case):
+    g = torch.Generator().manual_seed(_seed(case))
+    model = awd_twin.AwdTwin(case["V"], case["E"], [case["H"]] * case["L"], tie=case["tie"],
+                             init=0.5, generator=g)
+    T, B, L, H = case["T"], case["B"], case["L"], case["H"]
+    tokens = torch.randint(0, case["V"], (T, B), generator=g)
+    targets = torch.randint(0, case["V"], (T, B), generator=g)
+    masks = model.draw_masks(B, case["dropout_emb"], case["dropout_in"], case["dropout_hid"],
+                             case["dropout_out"], case["weight_drop"], generator=g)
+    if case["state"]:
+        h0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
+        s0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
+    else:
+        h0 = torch.zeros(L, B, H, dtype=torch.float64, requires_grad=True)
+        s0 = torch.zeros(L, B, H, dtype=torch.float64, requires_grad=True)
+    return model, tokens, targets, masks, h0, s0
+
+
+def compute(case):
+    model, tokens, targets, masks, h0, s0 = build(case)
+    loss, ce, _, _ = model.forward(tokens, targets, masks, case["ar"], case["tar"],
+                                   list(h0.unbind(0)), list(s0.unbind(0)))
+    loss.backward()
+    out = {}
+    for name, p in model.params.items():
+        out[name] = p.detach().numpy()
+        out["grad." + name] = p.grad.numpy()
+    if masks.emb is not None:
+        out["mask.emb"] = masks.emb.numpy()
+    if masks.inp is not None:
+        out["mask.in"] = masks.inp.numpy()
+    for k, m in enumerate(masks.hid or []):
+        out[f"mask.hid.{k}"] = m.numpy()
+    if masks.out is not None:
+        out["mask.out"] = masks.out.numpy()
+    for k, m in enumerate(masks.weight or []):
+        out[f"mask.weight.{k}"] = m.numpy()
+    out["tokens"] = tokens.numpy().astype(np.int64)
+    out["targets"] = targets.numpy().astype(np.int64)
+    out["h0"] = h0.detach().numpy()
+    out["s0"] = s0.detach().numpy()
+    out["grad.h0"] = h0.grad.numpy()
+    out["grad.s0"] = s0.grad.numpy()
+    out["loss"] = np.array(loss.item(), dtype=np.float64)
+    out["ce"] = np.array(ce.item(), dtype=np.float64)
+    meta = {
+        "config": json.dumps({"V": case["V"], "E": case["E"], "H": case["H"], "L": case["L"],
+                              "tie_weights": case["tie"]}),
+        "ar": repr(case["ar"]),
+        "tar": repr(case["tar"]),
+        "generator": f"tools/make_awd_golden.py, torch {torch.__version__}, numpy {np.__version__}",
+    }
+    return out, meta
+
+
+def selftest():
+    torch.set_default_dtype(torch.float64)
+    # 1. Without masks the twin is nn.LSTM (gate order i, f, g, o; both biases).
+    g = torch.Generator().manual_seed(1)
+    V, E, H, L, T, B = 7, 4, 4, 2, 6, 3
+    twin = awd_twin.AwdTwin(V, E, [H] * L, generator=g, init=0.5)
+    lstm = torch.nn.LSTM(E, H, num_layers=L)
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            p.copy_(twin.params["rnn." + name])
+    tokens = torch.randint(0, V, (T, B), generator=g)
+    targets = torch.randint(0, V, (T, B), generator=g)
+    _, _, h_n, s_n = twin.forward(tokens, targets)
+    x = torch.nn.functional.embedding(tokens, twin.params["encoder.weight"])
+    _, (h_ref, s_ref) = lstm(x)
+    err = max((torch.stack(h_n) - h_ref).abs().max().item(), (torch.stack(s_n) - s_ref).abs().max().item())
+    assert err < 1e-12, f"twin vs nn.LSTM: {err}"
+    # 2. gradcheck of the objective with every regulariser on, as a function of every parameter.
+    case = CASES[-1]
+    model, tokens, targets, masks, h0, s0 = build(case)
+    names = model.names()
+
+    def objective(*ps):
+        model.params = dict(zip(names, ps))
+        return model.forward(tokens, targets, masks, case["ar"], case["tar"],
+                             list(h0.unbind(0)), list(s0.unbind(0)))[0]
+
+    ps = [model.params[n].detach().clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(objective, ps, eps=1e-6, atol=1e-7), "gradcheck"
+    print(f"selftest: twin = nn.LSTM ({err:.1e}); gradcheck passes on the AWD combination")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--selftest", action="store_true")
+    a = ap.parse_args()
+    torch.set_default_dtype(torch.float64)
+    if a.selftest:
+        selftest()
+    os.makedirs(a.out, exist_ok=True)
+    for case in CASES:
+        tensors, meta = compute(case)
+        path = os.path.join(a.out, case["name"] + ".safetensors")
+        safetensors_np.save(path, tensors, meta)
+        print(f"{path}: loss {float(tensors['loss']):.12g} (ce {float(tensors['ce']):.12g})")
+
+
+if __name__ == "__main__":
+    main()
