@@ -90,6 +90,9 @@ class LanguageModel {
   // then skip the largest tensors (trainer: grad_norm).
   std::optional<double> readout_grad_sumsq() const;
 
+  // [T,B,H] the top layer's output at every step of the last forward or infer (the readout's
+  // input before any dropout: what a continuous cache at evaluation remembers).
+  std::span<const Real> top_output() const;
   std::span<const Real> h_n() const;  // [L,B,H] final hidden state of the last forward
   std::span<const Real> s_n() const;  // [L,B,H] final cell state
   // [T,B,V] p = softmax of the last forward's logits. Available between forward and backward

@@ -91,6 +91,10 @@ struct EvalOptions {
   int64_t batch = 1, seq = 35;
   std::string dtype = "f64";
   std::string device = "cpu";  // cuda: float32 on an NVIDIA GPU
+  // The continuous cache of Grave et al. 2016 (train/neural_cache.hpp): each stream's last
+  // cache_window positions (0: none), attention flatness cache_theta, mixture weight cache_lambda.
+  int64_t cache_window = 0;
+  double cache_theta = 1.0, cache_lambda = 0.1;
 };
 
 EvalResult evaluate_file(const EvalOptions& o);

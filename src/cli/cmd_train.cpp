@@ -168,6 +168,16 @@ void register_eval(CLI::App& app) {
   cmd->add_option(
       "--threads", *threads,
       "Threads (0: the cores; under mpirun the cores over the processes on each machine)");
+  cmd->add_option("--cache-window", o->cache_window,
+                  "Continuous cache (Grave et al. 2016): each stream's last N positions "
+                  "(0: no cache)")
+      ->capture_default_str();
+  cmd->add_option("--cache-theta", o->cache_theta,
+                  "Cache attention: softmax of theta h_i . h_t over the remembered positions")
+      ->capture_default_str();
+  cmd->add_option("--cache-lambda", o->cache_lambda,
+                  "Cache weight: p = (1 - lambda) p_model + lambda p_cache")
+      ->capture_default_str();
   cmd->add_flag("--json", *json, "Machine-readable output");
   add_device_option(cmd, o->device);
   auto* dtype = cmd->get_option("--dtype");

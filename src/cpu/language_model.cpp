@@ -226,6 +226,14 @@ size_t LanguageModel<Real>::arena_bytes() const {
 }
 
 template <class Real>
+std::span<const Real> LanguageModel<Real>::top_output() const {
+  const Impl& m = *impl_;
+  if (m.T_ == 0) return {};  // no forward yet
+  const Real* top = m.inferred_ ? m.stack_->infer_output() : m.stack_->output();
+  return {top, static_cast<size_t>(m.T_ * m.B_ * m.cfg_.H)};
+}
+
+template <class Real>
 std::span<const Real> LanguageModel<Real>::h_n() const {
   return impl_->h_n_;
 }

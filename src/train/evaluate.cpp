@@ -7,7 +7,7 @@ namespace lstmgrad::train {
 template <class Real>
 StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params,
                            std::span<const int64_t> ids, int64_t B, int64_t seq, const char* where,
-                           int64_t first, int64_t count) {
+                           int64_t first, int64_t count, NeuralCache<Real>* cache) {
   const ModelConfig& c = lm.config();
   data::Batcher batcher(ids, B, seq, false, where);
   const bool part = count > 0;
@@ -28,7 +28,10 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
     } else {
       b.T = batcher.window(k, b.tokens, b.target);
     }
-    out.sum += lm.infer(params, b, Reduction::sum);  // the training forward's bits, less memory
+    const double plain = lm.infer(params, b, Reduction::sum);  // the training forward's bits
+    out.sum += cache ? cache->score(lm.top_output().data(), lm.probs().data(), c.V,
+                                    b.target.data(), b.T)
+                     : plain;
     out.tokens += b.T * b.B;
     std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());  // carry the state
     std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());
@@ -54,9 +57,9 @@ StreamLoss evaluate_stream(cuda::LanguageModel& lm, std::span<const int64_t> ids
 
 template StreamLoss evaluate_stream<float>(LanguageModel<float>&, std::span<const float>,
                                            std::span<const int64_t>, int64_t, int64_t, const char*,
-                                           int64_t, int64_t);
+                                           int64_t, int64_t, NeuralCache<float>*);
 template StreamLoss evaluate_stream<double>(LanguageModel<double>&, std::span<const double>,
                                             std::span<const int64_t>, int64_t, int64_t, const char*,
-                                            int64_t, int64_t);
+                                            int64_t, int64_t, NeuralCache<double>*);
 
 }  // namespace lstmgrad::train

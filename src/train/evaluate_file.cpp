@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <optional>
 #include <cmath>
 #include <random>
 
@@ -56,6 +57,18 @@ EvalResult eval_result(const train::StreamLoss& s) {
 
 // On several processes each evaluates its share of the streams and the sums are added; a batch
 // that does not split (the sequential protocol, batch 1) runs on rank 0 alone.
+train::CacheOptions cache_options(const EvalOptions& o) {
+  return {o.cache_window, o.cache_theta, o.cache_lambda};
+}
+
+// The continuous cache for `B` streams, or none (--cache-window 0).
+template <class Real>
+std::optional<train::NeuralCache<Real>> make_cache(const EvalOptions& o, const ModelConfig& cfg,
+                                                   int64_t B) {
+  if (o.cache_window == 0) return std::nullopt;
+  return train::NeuralCache<Real>(B, cfg.H, cache_options(o));
+}
+
 template <class Real>
 EvalResult evaluate_typed(const EvalOptions& o, Collective& world) {
   const EvalInput<Real> in = read_eval_input<Real>(o);
@@ -63,13 +76,16 @@ EvalResult evaluate_typed(const EvalOptions& o, Collective& world) {
   const int n = world.size();
   if (n == 1 || o.batch % n != 0) {
     if (world.rank() != 0) return {};
+    auto cache = make_cache<Real>(o, in.model.cfg, o.batch);
     return eval_result(train::evaluate_stream<Real>(lm, in.model.params, in.ids, o.batch, o.seq,
-                                                    o.data.string().c_str()));
+                                                    o.data.string().c_str(), 0, 0,
+                                                    cache ? &*cache : nullptr));
   }
   const int64_t part = o.batch / n;
-  const train::StreamLoss mine =
-      train::evaluate_stream<Real>(lm, in.model.params, in.ids, o.batch, o.seq,
-                                   o.data.string().c_str(), world.rank() * part, part);
+  auto cache = make_cache<Real>(o, in.model.cfg, part);  // each stream's history is its own
+  const train::StreamLoss mine = train::evaluate_stream<Real>(
+      lm, in.model.params, in.ids, o.batch, o.seq, o.data.string().c_str(), world.rank() * part,
+      part, cache ? &*cache : nullptr);
   std::array<double, 2> both = {mine.sum, static_cast<double>(mine.tokens)};
   world.sum(std::span<double>(both), "the evaluation");
   return eval_result({both[0], static_cast<int64_t>(both[1])});
@@ -93,7 +109,10 @@ EvalResult evaluate_file(const EvalOptions& o) {
 EvalResult evaluate_file(const EvalOptions& o, Collective& world) {
   if (o.batch < 1 || o.seq < 1)
     throw InputError(fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
+  train::validate_cache(cache_options(o));
   if (o.device == "cuda") {
+    if (o.cache_window > 0)
+      throw InputError("--cache-window: the continuous cache runs on the CPU (--device cpu)");
     if (world.size() > 1)
       throw InputError("--device cuda: eval on several processes runs on the CPU");
     return evaluate_cuda(o);
