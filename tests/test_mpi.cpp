@@ -244,17 +244,21 @@ TEST(Mpi, ResumesOnTheSameOrAnotherNumberOfProcesses) {
 }
 
 // eval splits its streams among the processes and prints one result, the one process's within
-// float64 rounding; batch 1 (the sequential protocol) runs on rank 0 alone, to the same bits.
+// float64 rounding, with and without the cache; batch 1 (the sequential protocol) runs on rank 0 alone, to the same bits.
 TEST(Mpi, EvalSplitsTheStreamsAndPrintsOnce) {
   REQUIRE_MPI();
   Corpus c;
   const fs::path run = c.dir / "run";
   ASSERT_EQ(run_cli("train" + c.data() + kF64 + " --epochs 1 --out " + run.string()).rc, 0);
+  // With the continuous cache each stream keeps its own history, so splitting the streams
+  // changes nothing either.
+  for (const std::string cache : {"", " --cache-window 30 --cache-theta 0.5 --cache-lambda 0.2"})
   for (int batch : {1, 4}) {
-    SCOPED_TRACE("batch " + std::to_string(batch));
+    SCOPED_TRACE("batch " + std::to_string(batch) + cache);
     const std::string eval = "eval --json --dtype f64 --model " +
                              (run / "best.safetensors").string() + " --data " +
-                             (c.dir / "test.txt").string() + " --batch " + std::to_string(batch);
+                             (c.dir / "test.txt").string() + " --batch " + std::to_string(batch) +
+                             cache;
     const CliResult one = run_cli(eval);
     const CliResult two = run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + eval);
     ASSERT_EQ(one.rc, 0) << one.err;

@@ -159,6 +159,36 @@ TEST(NeuralCache, MatchesTheNumpyPortOfPointerPy) {
   EXPECT_NEAR(got, want[0], 1e-12 * std::abs(want[0]));
 }
 
+// A small word-level model trained for an epoch on phrases; its evaluation with the cache on and
+// with lambda 0 (the plain loss to the bit).
+TEST(NeuralCache, EvalWithTheCacheOnATrainedModel) {
+  TempDir dir;
+  const std::string words[] = {"the cat sat on the mat", "a dog ran in the park",
+                               "the bird sang at dawn", "a fox hid by the river"};
+  std::ofstream train(dir / "train.txt"), test(dir / "test.txt");
+  for (int k = 0; k < 300; ++k) train << words[(k * 7 + k / 5) % 4] << "\n";
+  for (int k = 0; k < 40; ++k) test << words[(k * 3 + k / 7) % 4] << "\n";
+  train.close(), test.close();
+  const auto run = dir / "run";
+  ASSERT_EQ(run_cli("train --train " + (dir / "train.txt").string() +
+                    " --layers 1 --hidden 16 --embed 8 --seq 10 --batch 4 --epochs 1 --dtype f64 "
+                    "--lr 1 --quiet --out " + run.string())
+                .rc,
+            0);
+  auto eval = [&](const std::string& flags) {
+    const CliResult r = run_cli("eval --json --dtype f64 --batch 2 --seq 7 --model " +
+                                (run / "model.safetensors").string() + " --data " +
+                                (dir / "test.txt").string() + flags);
+    EXPECT_EQ(r.rc, 0) << r.err;
+    return nlohmann::json::parse(r.out)["loss"].get<double>();
+  };
+  const double plain = eval("");
+  EXPECT_EQ(eval(" --cache-window 50 --cache-lambda 0"), plain);
+  const double cached = eval(" --cache-window 50 --cache-theta 0.5 --cache-lambda 0.3");
+  EXPECT_TRUE(std::isfinite(cached));
+  EXPECT_NE(cached, plain);
+}
+
 TEST(NeuralCache, BadFlagsGetOneLine) {
   for (const auto& [flag, value] :
        {std::pair{"--cache-window", "-1"}, std::pair{"--cache-lambda", "1.5"},
