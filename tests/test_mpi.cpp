@@ -244,7 +244,8 @@ TEST(Mpi, ResumesOnTheSameOrAnotherNumberOfProcesses) {
 }
 
 // eval splits its streams among the processes and prints one result, the one process's within
-// float64 rounding, with and without the cache; batch 1 (the sequential protocol) runs on rank 0 alone, to the same bits.
+// float64 rounding, with and without the cache; batch 1 (the sequential protocol) runs on rank 0
+// alone, to the same bits.
 TEST(Mpi, EvalSplitsTheStreamsAndPrintsOnce) {
   REQUIRE_MPI();
   Corpus c;
@@ -253,24 +254,23 @@ TEST(Mpi, EvalSplitsTheStreamsAndPrintsOnce) {
   // With the continuous cache each stream keeps its own history, so splitting the streams
   // changes nothing either.
   for (const std::string cache : {"", " --cache-window 30 --cache-theta 0.5 --cache-lambda 0.2"})
-  for (int batch : {1, 4}) {
-    SCOPED_TRACE("batch " + std::to_string(batch) + cache);
-    const std::string eval = "eval --json --dtype f64 --model " +
-                             (run / "best.safetensors").string() + " --data " +
-                             (c.dir / "test.txt").string() + " --batch " + std::to_string(batch) +
-                             cache;
-    const CliResult one = run_cli(eval);
-    const CliResult two = run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + eval);
-    ASSERT_EQ(one.rc, 0) << one.err;
-    ASSERT_EQ(two.rc, 0) << two.err;
-    ASSERT_EQ(count_lines(two.out), 1u) << two.out;
-    const auto a = nlohmann::json::parse(one.out), b = nlohmann::json::parse(two.out);
-    EXPECT_EQ(b["tokens"], a["tokens"]);
-    EXPECT_LT(relative(b["loss"], a["loss"]), 1e-12);
-    if (batch == 1) {
-      EXPECT_EQ(b["loss"], a["loss"]);  // rank 0 alone: the same computation
+    for (int batch : {1, 4}) {
+      SCOPED_TRACE("batch " + std::to_string(batch) + cache);
+      const std::string eval =
+          "eval --json --dtype f64 --model " + (run / "best.safetensors").string() + " --data " +
+          (c.dir / "test.txt").string() + " --batch " + std::to_string(batch) + cache;
+      const CliResult one = run_cli(eval);
+      const CliResult two = run_shell(mpirun(2) + LSTMGRAD_CLI_PATH + " " + eval);
+      ASSERT_EQ(one.rc, 0) << one.err;
+      ASSERT_EQ(two.rc, 0) << two.err;
+      ASSERT_EQ(count_lines(two.out), 1u) << two.out;
+      const auto a = nlohmann::json::parse(one.out), b = nlohmann::json::parse(two.out);
+      EXPECT_EQ(b["tokens"], a["tokens"]);
+      EXPECT_LT(relative(b["loss"], a["loss"]), 1e-12);
+      if (batch == 1) {
+        EXPECT_EQ(b["loss"], a["loss"]);  // rank 0 alone: the same computation
+      }
     }
-  }
 }
 
 // Wrong input on any rank: one line from rank 0, every rank exits non-zero, nothing written.

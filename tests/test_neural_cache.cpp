@@ -172,7 +172,8 @@ TEST(NeuralCache, EvalWithTheCacheOnATrainedModel) {
   const auto run = dir / "run";
   ASSERT_EQ(run_cli("train --train " + (dir / "train.txt").string() +
                     " --layers 1 --hidden 16 --embed 8 --seq 10 --batch 4 --epochs 1 --dtype f64 "
-                    "--lr 1 --quiet --out " + run.string())
+                    "--lr 1 --quiet --out " +
+                    run.string())
                 .rc,
             0);
   auto eval = [&](const std::string& flags) {
@@ -193,8 +194,8 @@ TEST(NeuralCache, BadFlagsGetOneLine) {
   for (const auto& [flag, value] :
        {std::pair{"--cache-window", "-1"}, std::pair{"--cache-lambda", "1.5"},
         std::pair{"--cache-lambda", "nan"}, std::pair{"--cache-theta", "inf"}}) {
-    const CliResult r = run_cli(std::string("eval --model nowhere.safetensors --data nowhere.txt ") +
-                                flag + " " + value);
+    const CliResult r = run_cli(
+        std::string("eval --model nowhere.safetensors --data nowhere.txt ") + flag + " " + value);
     EXPECT_EQ(r.rc, 2) << flag << " " << value;
     EXPECT_NE(r.err.find(flag), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;

@@ -29,9 +29,9 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
       b.T = batcher.window(k, b.tokens, b.target);
     }
     const double plain = lm.infer(params, b, Reduction::sum);  // the training forward's bits
-    out.sum += cache ? cache->score(lm.top_output().data(), lm.probs().data(), c.V,
-                                    b.target.data(), b.T)
-                     : plain;
+    out.sum +=
+        cache ? cache->score(lm.top_output().data(), lm.probs().data(), c.V, b.target.data(), b.T)
+              : plain;
     out.tokens += b.T * b.B;
     std::copy(lm.h_n().begin(), lm.h_n().end(), b.h0.begin());  // carry the state
     std::copy(lm.s_n().begin(), lm.s_n().end(), b.s0.begin());

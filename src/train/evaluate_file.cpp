@@ -2,8 +2,8 @@
 #include <fmt/format.h>
 
 #include <array>
-#include <optional>
 #include <cmath>
+#include <optional>
 #include <random>
 
 #include "lstmgrad/cuda.hpp"

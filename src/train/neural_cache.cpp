@@ -47,8 +47,7 @@ double NeuralCache<Real>::score(const Real* h, const Real* p, int64_t V, const i
 }
 
 template <class Real>
-double NeuralCache<Real>::position_loss(int64_t b, const Real* h, double p_target,
-                                        int64_t target) {
+double NeuralCache<Real>::position_loss(int64_t b, const Real* h, double p_target, int64_t target) {
   const int64_t n = count_[static_cast<size_t>(b)];
   if (n == 0 || lambda_ == 0) return -std::log(p_target);
   // dots [n] = keys [n,H] h [H] (the ring's rows in storage order: the mixture does not depend on

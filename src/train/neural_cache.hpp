@@ -44,11 +44,11 @@ class NeuralCache {
 
   int64_t B_, H_, N_;
   double theta_, lambda_;
-  std::vector<Real> keys_;       // [B,N,H] each stream's remembered outputs, a ring
-  std::vector<int64_t> next_;    // [B,N] the word that followed each
-  std::vector<int64_t> count_;   // [B] how many are remembered (<= N)
-  std::vector<int64_t> head_;    // [B] where the next one goes
-  std::vector<Real> dots_;       // [N] h_i . h_t of one position
+  std::vector<Real> keys_;      // [B,N,H] each stream's remembered outputs, a ring
+  std::vector<int64_t> next_;   // [B,N] the word that followed each
+  std::vector<int64_t> count_;  // [B] how many are remembered (<= N)
+  std::vector<int64_t> head_;   // [B] where the next one goes
+  std::vector<Real> dots_;      // [N] h_i . h_t of one position
 };
 
 }  // namespace lstmgrad::train
