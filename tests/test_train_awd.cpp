@@ -168,6 +168,38 @@ TEST(TrainAwd, ResumeAcrossTheSwitchWithJitterIsBitIdentical) {
   EXPECT_EQ(timeless(ma), mb);
 }
 
+// AWD-LSTM's recipe with everything at once (3 layers, tied weights, every dropout, weight drop,
+// AR, TAR, weight decay, jitter, NT-ASGD), in float64 and float32: a run stopped at updates 5
+// and 23 and resumed each time ends with the same bits as one that ran through, the switch to
+// averaging included.
+TEST(TrainAwd, TheWholeRecipeResumesBitIdentically) {
+  for (const char* dtype : {"f64", "f32"}) {
+    SCOPED_TRACE(dtype);
+    Corpus c;
+    const std::string common =
+        "train --train " + c.train + " --valid " + c.valid +
+        " --level word --hidden 16 --embed 16 --layers 3 --batch 8 --seq 20 --threads 1 --quiet "
+        "--seed 4 --tie-weights --dropout-in 0.2 --dropout-hid 0.2 --dropout-out 0.3 "
+        "--dropout-emb 0.1 --weight-drop 0.5 --ar 2 --tar 1 --bptt-jitter --epochs 4 --dtype " +
+        std::string(dtype) + kNtAsgd;
+    const fs::path a = c.dir / "a", b = c.dir / "b";
+    ASSERT_EQ(run_cli(common + " --out " + a.string()).rc, 0);
+    const CliResult r1 = run_cli(common + " --out " + b.string() + " --max-steps 5");
+    ASSERT_EQ(r1.rc, 0) << r1.err;
+    const CliResult r2 = run_cli("train --resume " + b.string() + " --quiet --max-steps 23");
+    ASSERT_EQ(r2.rc, 0) << r2.err;
+    const CliResult r3 = run_cli("train --resume " + b.string() + " --quiet");
+    ASSERT_EQ(r3.rc, 0) << r3.err;
+    bool switched = false;
+    for (const json& l : metrics(a)) switched |= l.value("asgd_switch", false);
+    EXPECT_TRUE(switched) << "the recipe never switched to averaging: the test checks less";
+    EXPECT_EQ(all_values(a / "model.safetensors"), all_values(b / "model.safetensors"));
+    if (switched) {
+      EXPECT_EQ(all_values(a / "average.safetensors"), all_values(b / "average.safetensors"));
+    }
+  }
+}
+
 // Jitter's lengths: in [5, 2 seq], AWD-LSTM's distribution (mean 0.95 seq + 0.05 seq/2, less
 // about a half for the truncation; about 5% from the half-length base), and a function of the
 // generator's state alone.
