@@ -13,7 +13,9 @@
 # Both sides run on the whole machine one after the other (nothing else should run: the times
 # are compared). lstmgrad's per-epoch lines are OUT_DIR/metrics.jsonl; the twin's,
 # OUT_DIR/twin.jsonl. Extra lstmgrad flags: LSTMGRAD_FLAGS (e.g. "--threads 2"); extra twin flags:
-# TWIN_FLAGS (e.g. "--threads 1").
+# TWIN_FLAGS (e.g. "--threads 1"). HIDDEN (default 1150,1150,400) sets the layers' sizes: lstmgrad
+# takes per-layer sizes once they are built (issue 14 item 5); until then HIDDEN=400 runs the
+# recipe with three layers of 400.
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 PTB_DIR [OUT_DIR] [EPOCHS] [TWIN]" >&2
@@ -22,7 +24,10 @@ fi
 ptb=$1 out=${2:-runs/awd_ptb} epochs=${3:-2} twin=${4:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 lstmgrad=${LSTMGRAD:-"$root/build/lstmgrad"}
-recipe=(--embed 400 --hidden 1150,1150,400 --layers 3 --tie-weights
+hidden=${HIDDEN:-1150,1150,400}
+twin_hidden=$hidden
+[[ $hidden == *,* ]] || twin_hidden="$hidden,$hidden,$hidden"
+recipe=(--embed 400 --hidden "$hidden" --layers 3 --tie-weights
         --dropout-in 0.65 --dropout-hid 0.3 --dropout-out 0.4 --dropout-emb 0.1 --weight-drop 0.5
         --ar 2 --tar 1 --weight-decay 1.2e-6 --batch 20 --seq 70 --bptt-jitter
         --optimizer nt-asgd --nonmono 5 --lr 30 --clip 0.25 --init 0.1 --loss mean
@@ -35,7 +40,7 @@ echo "lstmgrad: $(( $(date +%s) - start )) s for $epochs epochs"
 if [ "$twin" = 1 ]; then
   # shellcheck disable=SC2086
   /usr/bin/python3 "$root/bench/awd_twin_train.py" --data "$ptb" --epochs "$epochs" \
-    ${TWIN_FLAGS:-} | tee "$out/twin.jsonl"
+    --hidden "$twin_hidden" ${TWIN_FLAGS:-} | tee "$out/twin.jsonl"
   /usr/bin/python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
