@@ -16,6 +16,8 @@
 #include "lstmgrad/lstm.hpp"
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
+#include "phrases.hpp"
+#include "tensor_files.hpp"
 
 namespace lstmgrad::test {
 namespace {
@@ -359,31 +361,6 @@ TEST(TieWeights, ModelFilesKeepIt) {
 }
 
 // Training ---------------------------------------------------------------------------------------
-
-std::string phrases(int lines, unsigned seed) {
-  const char* words[] = {"the cat sat on the mat", "a dog ran in the park", "the bird sang at dawn",
-                         "a fox hid by the river"};
-  std::string s;
-  for (int k = 0; k < lines; ++k) {
-    seed = seed * 1103515245u + 12345u;
-    s += words[(seed >> 16) % 4];
-    s += "\n";
-  }
-  return s;
-}
-
-::testing::AssertionResult same_tensors(const std::filesystem::path& a,
-                                        const std::filesystem::path& b) {
-  const io::TensorFile fa = io::read_safetensors(a), fb = io::read_safetensors(b);
-  if (fa.tensors.size() != fb.tensors.size())
-    return ::testing::AssertionFailure() << "different tensor counts";
-  for (const io::Tensor& t : fa.tensors) {
-    const io::Tensor* u = fb.find(t.name);
-    if (!u) return ::testing::AssertionFailure() << "missing " << t.name;
-    if (t.bytes != u->bytes) return ::testing::AssertionFailure() << t.name << " differs";
-  }
-  return ::testing::AssertionSuccess();
-}
 
 std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
   std::vector<nlohmann::json> out;

@@ -15,22 +15,11 @@
 #include "cli_runner.hpp"
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
+#include "phrases.hpp"
+#include "tensor_files.hpp"
 
 namespace lstmgrad::test {
 namespace {
-
-// A small text with structure to learn: a few phrases in a pseudo-random order.
-std::string phrases(int lines, unsigned seed) {
-  const char* words[] = {"the cat sat on the mat", "a dog ran in the park", "the bird sang at dawn",
-                         "a fox hid by the river"};
-  std::string s;
-  for (int k = 0; k < lines; ++k) {
-    seed = seed * 1103515245u + 12345u;
-    s += words[(seed >> 16) % 4];
-    s += "\n";
-  }
-  return s;
-}
 
 struct Corpus {
   TempDir dir;
@@ -73,27 +62,6 @@ TEST(TrainCli, LossFallsBelowThreshold) {
   ASSERT_EQ(s.rc, 0) << s.err;
   EXPECT_EQ(s.out.rfind("the ", 0), 0u) << s.out;
   EXPECT_GE(s.out.size(), 44u);
-}
-
-// Bit-exact comparison of every tensor of two files; names the first difference.
-::testing::AssertionResult same_tensors(const std::filesystem::path& a,
-                                        const std::filesystem::path& b) {
-  const io::TensorFile fa = io::read_safetensors(a), fb = io::read_safetensors(b);
-  if (fa.tensors.size() != fb.tensors.size())
-    return ::testing::AssertionFailure() << "different tensor counts";
-  for (const io::Tensor& t : fa.tensors) {
-    const io::Tensor* u = fb.find(t.name);
-    if (!u) return ::testing::AssertionFailure() << "missing " << t.name;
-    if (t.bytes != u->bytes) {
-      const auto x = io::to_floats<double>(t, a.string()),
-                 y = io::to_floats<double>(*u, b.string());
-      for (size_t k = 0; k < x.size(); ++k)
-        if (x[k] != y[k])
-          return ::testing::AssertionFailure() << t.name << "[" << k << "]: " << x[k] << " vs "
-                                               << y[k] << " (diff " << x[k] - y[k] << ")";
-    }
-  }
-  return ::testing::AssertionSuccess();
 }
 
 TEST(TrainCli, ResumeIsBitIdenticalToAnUninterruptedRun) {

@@ -13,6 +13,7 @@
 #include "cli_runner.hpp"
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
+#include "phrases.hpp"
 #include "train/bptt_jitter.hpp"
 
 namespace lstmgrad::test {
@@ -20,18 +21,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-std::string phrases(int lines, unsigned seed) {
-  const char* words[] = {"the cat sat on the mat", "a dog ran in the park", "the bird sang at dawn",
-                         "a fox hid by the river"};
-  std::string s;
-  for (int k = 0; k < lines; ++k) {
-    seed = seed * 1103515245u + 12345u;
-    s += words[(seed >> 16) % 4];
-    s += "\n";
-  }
-  return s;
-}
 
 struct Corpus {
   TempDir dir;
