@@ -27,6 +27,10 @@ struct Regularization {
   bool any() const { return any_dropout() || ar > 0 || tar > 0; }
 };
 
+// The command-line flag of the first regulariser `r` turns on (in --help order), or nullptr: what
+// a message names when an engine lacks it.
+const char* regularization_flag(const Regularization& r);
+
 // Checks each rate (dropouts in [0, 1), ar and tar >= 0 and finite) and that the model has what
 // a rate needs (--dropout-emb: embedding input); throws InputError naming the flag.
 void validate_regularization(const Regularization& r, const ModelConfig& cfg);

@@ -1,5 +1,7 @@
 #include "lstmgrad/check.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -197,10 +199,10 @@ DeviceCheckReport run_device_check(const CheckOptions& o, const DeviceCheckOptio
   const ModelConfig& c = o.cfg;
   validate_config(c);
   cuda::require();
-  if (o.reg.any())
-    throw InputError(
-        "--device cuda: the CUDA engine does not support --dropout-in/-hid/-out/-emb, "
-        "--weight-drop, --ar or --tar yet (use --device cpu)");
+  const char* flag = c.tie_weights ? "--tie-weights" : regularization_flag(o.reg);
+  if (flag)
+    throw InputError(fmt::format(
+        "--device cuda: the CUDA engine does not support {} yet (use --device cpu)", flag));
   std::mt19937_64 rng(o.seed);
   std::vector<double> params = uniform(parameter_count(c), rng, -0.5, 0.5);
   const Batch<double> batch = random_batch(o, rng);

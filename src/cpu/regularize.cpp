@@ -36,6 +36,17 @@ void fill_locked(std::vector<Real>& v, int64_t B, int64_t W, int64_t first, int6
 
 }  // namespace
 
+const char* regularization_flag(const Regularization& r) {
+  return r.dropout_in > 0    ? "--dropout-in"
+         : r.dropout_hid > 0 ? "--dropout-hid"
+         : r.dropout_out > 0 ? "--dropout-out"
+         : r.dropout_emb > 0 ? "--dropout-emb"
+         : r.weight_drop > 0 ? "--weight-drop"
+         : r.ar > 0          ? "--ar"
+         : r.tar > 0         ? "--tar"
+                             : nullptr;
+}
+
 void validate_regularization(const Regularization& r, const ModelConfig& cfg) {
   for (const auto& [flag, p] :
        {std::pair{"--dropout-in", r.dropout_in}, std::pair{"--dropout-hid", r.dropout_hid},

@@ -246,13 +246,14 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   if (!o.finetune.empty() && o.optimizer != "asgd")
     throw InputError(
         fmt::format("{} {}: --finetune trains with asgd", name("--optimizer"), o.optimizer));
-  if (o.device == "cuda") {  // what the CUDA engine's update does not have yet
+  if (o.device == "cuda") {  // what the CUDA engine does not have yet
     const char* flag = o.weight_decay != 0        ? "--weight-decay"
                        : o.bptt_jitter            ? "--bptt-jitter"
                        : !o.finetune.empty()      ? "--finetune"
                        : o.optimizer == "asgd"    ? "--optimizer asgd"
                        : o.optimizer == "nt-asgd" ? "--optimizer nt-asgd"
-                                                  : nullptr;
+                       : o.tie_weights            ? "--tie-weights"
+                                                  : regularization_flag(o.reg);
     if (flag)
       throw InputError(
           fmt::format("{} {}: the CUDA engine does not support {} yet (use --device "
@@ -279,10 +280,6 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
     throw InputError(fmt::format("{} needs {} (top layer, H) equal to {} (E): got {} and {}",
                                  name("--tie-weights"), name("--hidden"), name("--embed"), o.hidden,
                                  o.embed));
-  if (o.device == "cuda" && (o.reg.any() || o.tie_weights))
-    throw InputError(
-        "--device cuda: the CUDA engine does not support --dropout-in/-hid/-out/-emb, "
-        "--weight-drop, --ar, --tar or --tie-weights yet (use --device cpu)");
   if (o.device == "cuda") cuda::require();  // before anything is written
 }
 
