@@ -120,9 +120,10 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
       EXPECT_EQ(h1, h2);
     }
     for (int64_t n : {32, 20, 16, 9}) {  // backward: one group of up to 32 units, K = 4H
-      for (bool with_out : {true, false}) {
-        SCOPED_TRACE(::testing::Message()
-                     << "backward B " << B << " n " << n << " dh_out " << with_out);
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool with_out = variant != 1, with_mask = variant == 2;  // recurrent dropout
+        SCOPED_TRACE(::testing::Message() << "backward B " << B << " n " << n << " dh_out "
+                                          << with_out << " rec_mask " << with_mask);
         const int64_t j = 7;
         std::vector<float> dzn(B * G), gates(B * G), s(B * H), sp(B * H), ds(B * H), dho(B * H),
             U(G * H);
@@ -136,10 +137,15 @@ TEST(FastMath, FusedStepKernelsMatchGemmThenGates) {
         std::vector<float> dz1(B * G), dz2(B * G), ds1 = ds, ds2 = ds, dh_rec(B * H);
         const float* out = with_out ? dho.data() + j : nullptr;
         cpu::panel_gemm(B, dzn.data(), G, P, layout, dh_rec.data() + j, H, false);
+        std::vector<float> mask(B * H);  // 0 or 1/(1-p), p = 0.3
+        for (size_t e = 0; e < mask.size(); ++e) mask[e] = e % 3 == 1 ? 0.0f : 1.0f / 0.7f;
+        if (with_mask)
+          for (size_t e = 0; e < mask.size(); ++e) dh_rec[e] *= mask[e];
         cpu::fast_gates_backward(dz1.data() + j, G, H, ds1.data() + j, out, dh_rec.data() + j,
                                  gates.data() + j, s.data() + j, sp.data() + j, u, H, B, n);
         cpu::fused_step_backward(B, dzn.data(), G, G, P, dz2.data() + j, H, ds2.data() + j, out,
-                                 gates.data() + j, s.data() + j, sp.data() + j, u, H, n);
+                                 gates.data() + j, s.data() + j, sp.data() + j, u,
+                                 with_mask ? mask.data() + j : nullptr, H, n);
         EXPECT_EQ(dz1, dz2);
         EXPECT_EQ(ds1, ds2);
       }

@@ -94,12 +94,14 @@ struct LmRun {
 };
 
 template <class Real>
-LmRun run_lm(const ModelConfig& cfg, const std::vector<double>& params, const Batch<double>& b) {
+LmRun run_lm(const ModelConfig& cfg, const std::vector<double>& params, const Batch<double>& b,
+             const Regularization& reg) {
   Batch<Real> br;
   br.T = b.T, br.B = b.B, br.tokens = b.tokens, br.target = b.target;
   br.h0 = cast<Real>(b.h0), br.s0 = cast<Real>(b.s0);
   const std::vector<Real> p = cast<Real>(params);
   LanguageModel<Real> lm(cfg);
+  lm.set_regularization(reg, 5);
   LmRun r;
   r.loss = lm.forward(p, br, Reduction::mean);
   r.h_n.assign(lm.h_n().begin(), lm.h_n().end());
@@ -109,11 +111,17 @@ LmRun run_lm(const ModelConfig& cfg, const std::vector<double>& params, const Ba
   return r;
 }
 
-class PortableLanguageModel : public ::testing::TestWithParam<bool> {};
+// The cell variants and the regulariser inside the step loop: plain, peepholes, recurrent dropout.
+enum class StepVariant { plain, peephole, recurrent_dropout };
+
+class PortableLanguageModel : public ::testing::TestWithParam<StepVariant> {};
 
 TEST_P(PortableLanguageModel, MatchesFloat64AndAvx512) {
   ModelConfig cfg;
-  cfg.V = 70, cfg.X = 20, cfg.H = 37, cfg.L = 2, cfg.peephole = GetParam();
+  cfg.V = 70, cfg.X = 20, cfg.H = 37, cfg.L = 2;
+  cfg.peephole = GetParam() == StepVariant::peephole;
+  Regularization reg;
+  if (GetParam() == StepVariant::recurrent_dropout) reg.dropout_rec = 0.3;
   std::mt19937_64 rng(4);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.3, 0.3);
   Batch<double> b;
@@ -122,12 +130,12 @@ TEST_P(PortableLanguageModel, MatchesFloat64AndAvx512) {
   for (int64_t r = 0; r < b.T * b.B; ++r) b.tokens.push_back(id(rng)), b.target.push_back(id(rng));
   b.h0 = uniform(static_cast<size_t>(cfg.L * b.B * cfg.H), rng, -0.5, 0.5);
   b.s0 = uniform(b.h0.size(), rng, -0.5, 0.5);
-  const LmRun ref = run_lm<double>(cfg, params, b);
-  const LmRun fast = run_lm<float>(cfg, params, b);  // AVX-512 where the CPU has it
+  const LmRun ref = run_lm<double>(cfg, params, b, reg);
+  const LmRun fast = run_lm<float>(cfg, params, b, reg);  // AVX-512 where the CPU has it
   LmRun portable;
   {
     PortableKernels off;
-    portable = run_lm<float>(cfg, params, b);
+    portable = run_lm<float>(cfg, params, b, reg);
   }
   for (const LmRun* r : {static_cast<const LmRun*>(&portable), static_cast<const LmRun*>(&fast)}) {
     EXPECT_TRUE(close("loss", std::vector<double>{r->loss}, std::vector<double>{ref.loss}, 1e-4));
@@ -145,8 +153,14 @@ TEST_P(PortableLanguageModel, MatchesFloat64AndAvx512) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cells, PortableLanguageModel, ::testing::Values(false, true),
-                         cell_variant);
+INSTANTIATE_TEST_SUITE_P(Cells, PortableLanguageModel,
+                         ::testing::Values(StepVariant::plain, StepVariant::peephole,
+                                           StepVariant::recurrent_dropout),
+                         [](const ::testing::TestParamInfo<StepVariant>& p) {
+                           return p.param == StepVariant::plain      ? "plain"
+                                  : p.param == StepVariant::peephole ? "peephole"
+                                                                     : "recurrent_dropout";
+                         });
 
 }  // namespace
 }  // namespace lstmgrad::test

@@ -59,6 +59,7 @@ std::vector<Case> cases() {
       one("dropout_out", [](Regularization& r) { r.dropout_out = 0.5; }),
       one("dropout_emb", [](Regularization& r) { r.dropout_emb = 0.5; }),
       one("weight_drop", [](Regularization& r) { r.weight_drop = 0.5; }),
+      one("dropout_rec", [](Regularization& r) { r.dropout_rec = 0.5; }),
       one("ar", [](Regularization& r) { r.ar = 2; }),
       one("tar", [](Regularization& r) { r.tar = 1; }),
   };
@@ -72,6 +73,9 @@ std::vector<Case> cases() {
   Case sum = mk("sum_peephole", awd(), 2, 4, true);
   sum.red = Reduction::sum, sum.peephole = true;
   v.push_back(sum);
+  Case rec = mk("rec_weight_drop_peephole", awd(), 3, 5, true);  // both on weight_hh's product
+  rec.reg.dropout_rec = 0.3, rec.peephole = true;
+  v.push_back(rec);
   return v;
 }
 
@@ -147,9 +151,14 @@ INSTANTIATE_TEST_SUITE_P(Each, Regularized, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<Case>& p) { return p.param.name; });
 
 // The same at a width where the float32 path takes the packed AVX-512 step kernels and the fused
-// readout (H = 48: three groups of 16 units; V = 120), with 4 threads: AWD's combination, tied.
-// 1e-4 as above (the float32 golden tests' tolerance; measured: at most 5e-7 relative).
-TEST(Regularize, Float32FusedKernelsMatchFloat64) {
+// readout (H = 48: three groups of 16 units forward, a group of 32 and one of 16 backward;
+// V = 120), with 4 threads: AWD's combination, tied, then with recurrent dropout as well. 1e-4
+// as above (the float32 golden tests' tolerance; measured: at most 5e-7 relative).
+class RegularizeFused : public ::testing::TestWithParam<double> {};
+
+TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
+  Regularization reg = awd();
+  reg.dropout_rec = GetParam();
   const ModelConfig cfg{InputKind::embedding, Readout::linear, 120, 48, 48, 3, false, true};
   std::mt19937_64 rng(5);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.2, 0.2);
@@ -162,7 +171,7 @@ TEST(Regularize, Float32FusedKernelsMatchFloat64) {
   LanguageModel<double> ref(cfg);
   LanguageModel<float> lm(cfg);
   lm.set_threads(4);
-  ref.set_regularization(awd(), 8), lm.set_regularization(awd(), 8);
+  ref.set_regularization(reg, 8), lm.set_regularization(reg, 8);
   const std::vector<float> fparams = cast<float>(params);
   const double want = ref.forward(params, b, Reduction::mean);
   EXPECT_NEAR(lm.forward(fparams, f, Reduction::mean), want, 1e-4 * want);
@@ -178,6 +187,42 @@ TEST(Regularize, Float32FusedKernelsMatchFloat64) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(RecurrentDropout, RegularizeFused, ::testing::Values(0.0, 0.3));
+
+// Recurrent dropout keeps the engines' split-independence: float64 (the static split) gives the
+// same bits on 1 and 3 threads; float32 (the claimed groups, where AVX-512 is) for 4 shares run by
+// 1 and by 3 threads (its row splits follow the shares).
+TEST(Regularize, RecurrentDropoutIsTheSameForAnyTeam) {
+  const ModelConfig cfg{InputKind::embedding, Readout::linear, 40, 20, 40, 2};
+  std::mt19937_64 rng(9);
+  const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.3, 0.3);
+  Batch<double> b;
+  b.T = 6, b.B = 5;
+  for (int k = 0; k < 30; ++k) b.tokens.push_back((7 * k) % 40), b.target.push_back((3 * k) % 40);
+  Regularization r;
+  r.dropout_rec = 0.4;
+  auto run = [&]<class Real>(Real, int shares, int running) {
+    LanguageModel<Real> lm(cfg);
+    lm.set_team(shares, running);
+    lm.set_regularization(r, 3);
+    Batch<Real> rb;
+    rb.T = b.T, rb.B = b.B, rb.tokens = b.tokens, rb.target = b.target;
+    const std::vector<Real> p = cast<Real>(params);
+    std::vector<Real> g(p.size(), Real(0));
+    lm.forward(p, rb, Reduction::mean);
+    lm.backward(g, p, rb);
+    return g;
+  };
+  EXPECT_EQ(run(0.0, 1, 1), run(0.0, 3, 3));
+  EXPECT_EQ(run(0.0f, 4, 1), run(0.0f, 4, 3));
+  // and it is on: the gradient differs from the undropped model's
+  LanguageModel<double> plain(cfg);
+  std::vector<double> g(params.size(), 0.0);
+  plain.forward(params, b, Reduction::mean);
+  plain.backward(g, params, b);
+  EXPECT_NE(g, run(0.0, 1, 1));
+}
+
 // Masks ---------------------------------------------------------------------------------------
 
 ModelConfig small_model(int64_t L = 3) {
@@ -190,6 +235,7 @@ ModelConfig small_model(int64_t L = 3) {
 TEST(RegularizeMasks, EntriesAreZeroOrKeepAtTheRate) {
   const ModelConfig cfg{InputKind::embedding, Readout::linear, 4000, 30, 40, 3};
   Regularization r = awd();
+  r.dropout_rec = 0.2;
   Masks<double> m;
   draw_masks(m, cfg, r, 50, 123);
   auto check = [](const std::vector<double>& v, double p, const char* what) {
@@ -211,6 +257,10 @@ TEST(RegularizeMasks, EntriesAreZeroOrKeepAtTheRate) {
   check(m.out, r.dropout_out, "out");
   ASSERT_EQ(m.weight.size(), 3u);
   for (const auto& w : m.weight) check(w, r.weight_drop, "weight");
+  ASSERT_EQ(m.rec.size(), 3u);
+  for (const auto& w : m.rec) check(w, r.dropout_rec, "rec");
+  EXPECT_NE(m.rec[0], m.rec[1]);
+  EXPECT_EQ(m.rec[0].size(), 50u * 40u);
   EXPECT_NE(m.hid[0], m.hid[1]);  // every site its own stream
   EXPECT_NE(m.weight[0], m.weight[1]);
   EXPECT_EQ(m.emb.size(), 4000u);
@@ -218,14 +268,16 @@ TEST(RegularizeMasks, EntriesAreZeroOrKeepAtTheRate) {
   EXPECT_EQ(m.weight[0].size(), 4u * 40u * 40u);
   // A rate of 0: no mask there.
   draw_masks(m, cfg, Regularization{}, 50, 123);
-  EXPECT_TRUE(m.emb.empty() && m.in.empty() && m.hid.empty() && m.out.empty() && m.weight.empty());
+  EXPECT_TRUE(m.emb.empty() && m.in.empty() && m.hid.empty() && m.out.empty() && m.weight.empty() &&
+              m.rec.empty());
 }
 
 // A shard's locked masks are the whole batch's rows at its streams, and the embedding and weight
 // masks are the whole batch's: masks do not depend on how the batch is split (np 1 = 2 = 3).
 TEST(RegularizeMasks, ShardsDrawTheWholeBatchsRows) {
   const ModelConfig cfg = small_model();
-  const Regularization r = awd();
+  Regularization r = awd();
+  r.dropout_rec = 0.3;
   Masks<double> whole;
   draw_masks(whole, cfg, r, 6, 77);
   for (int ranks : {2, 3}) {
@@ -240,6 +292,9 @@ TEST(RegularizeMasks, ShardsDrawTheWholeBatchsRows) {
       EXPECT_EQ(part.out, rows(whole.out, cfg.H));
       for (size_t k = 0; k < part.hid.size(); ++k)
         EXPECT_EQ(part.hid[k], rows(whole.hid[k], cfg.H));
+      ASSERT_EQ(part.rec.size(), 3u);
+      for (size_t k = 0; k < part.rec.size(); ++k)
+        EXPECT_EQ(part.rec[k], rows(whole.rec[k], cfg.H));
       EXPECT_EQ(part.emb, whole.emb);
       EXPECT_EQ(part.weight, whole.weight);
     }
@@ -285,10 +340,12 @@ TEST(RegularizeMasks, EngineDrawsWhatDrawMasksDraws) {
   b.T = 5, b.B = 2;
   for (int k = 0; k < 10; ++k) b.tokens.push_back(k % 7), b.target.push_back((3 * k) % 7);
   LanguageModel<double> drawn(cfg), given(cfg);
-  drawn.set_regularization(awd(), 21);
-  given.set_regularization(awd(), 0);
+  Regularization r = awd();
+  r.dropout_rec = 0.3;
+  drawn.set_regularization(r, 21);
+  given.set_regularization(r, 0);
   Masks<double> m;
-  draw_masks(m, cfg, awd(), 2, 21);
+  draw_masks(m, cfg, r, 2, 21);
   given.set_masks(m);
   EXPECT_EQ(drawn.forward(params, b, Reduction::mean), given.forward(params, b, Reduction::mean));
   // infer applies none of them: the cross-entropy of the plain model.
@@ -300,6 +357,9 @@ TEST(RegularizeMasks, BadInputIsRefused) {
   const ModelConfig cfg = small_model(2);
   LanguageModel<double> lm(cfg);
   Regularization r;
+  r.dropout_rec = 1.0;
+  EXPECT_THROW(lm.set_regularization(r, 1), InputError);
+  r.dropout_rec = 0;
   r.dropout_hid = 1.0;
   EXPECT_THROW(lm.set_regularization(r, 1), InputError);
   r.dropout_hid = 0.3;
@@ -318,6 +378,10 @@ TEST(RegularizeMasks, BadInputIsRefused) {
   Masks<double> m;
   m.in.assign(5, 1.0);  // not [B,X]
   LanguageModel<double> given(cfg);
+  given.set_masks(m);
+  EXPECT_THROW(given.forward(params, b, Reduction::mean), std::invalid_argument);
+  m.in.clear();
+  m.rec.assign(1, std::vector<double>(8, 1.0));  // one mask for two layers
   given.set_masks(m);
   EXPECT_THROW(given.forward(params, b, Reduction::mean), std::invalid_argument);
 }
@@ -372,7 +436,7 @@ std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
 const std::string kAwdFlags =
     " --level char --layers 3 --hidden 16 --embed 16 --seq 12 --batch 6 --quiet --threads 1"
     " --dropout-in 0.3 --dropout-hid 0.2 --dropout-out 0.3 --dropout-emb 0.1 --weight-drop 0.5"
-    " --ar 2 --tar 1 --tie-weights --clip 0.25";
+    " --dropout-rec 0.2 --ar 2 --tar 1 --tie-weights --clip 0.25";
 
 // Every flag at once, stopped twice and resumed: the same model bits as the uninterrupted run (the
 // masks of each update replay from (seed, update)); float32 and float64. The tied model file reads

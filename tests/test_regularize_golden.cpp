@@ -1,6 +1,7 @@
 // The regularised language model against PyTorch (tools/make_awd_golden.py: a functional twin,
 // tools/awd_twin.py, with masks torch drew): the objective, its cross-entropy and every gradient,
-// float64 and float32, each regulariser alone and AWD-LSTM's combination.
+// float64 and float32, each regulariser alone, AWD-LSTM's combination, and it with recurrent
+// dropout.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -48,6 +49,8 @@ void check_case(const std::string& name, double tol) {
     m.hid.push_back(get("mask.hid." + std::to_string(k)));
   for (int64_t k = 0; f.find("mask.weight." + std::to_string(k)); ++k)
     m.weight.push_back(get("mask.weight." + std::to_string(k)));
+  for (int64_t k = 0; f.find("mask.rec." + std::to_string(k)); ++k)
+    m.rec.push_back(get("mask.rec." + std::to_string(k)));
   Regularization r;
   r.ar = std::stod(f.metadata.at("ar")), r.tar = std::stod(f.metadata.at("tar"));
 
@@ -86,8 +89,8 @@ TEST_P(AwdGolden, Float32MatchesPyTorch) {
 
 INSTANTIATE_TEST_SUITE_P(Cases, AwdGolden,
                          ::testing::Values("dropout_in", "dropout_hid", "dropout_out",
-                                           "dropout_emb", "weight_drop", "ar", "tar", "tied",
-                                           "awd"));
+                                           "dropout_emb", "weight_drop", "ar", "tar", "tied", "awd",
+                                           "dropout_rec", "awd_rec"));
 
 }  // namespace
 }  // namespace lstmgrad::test

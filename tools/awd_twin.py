@@ -11,7 +11,8 @@ The model, in lstmgrad's parameter names (docs/design.md, "Regularisation"):
     E' = encoder.weight * m_emb[:, None]          embedding dropout (rows, lookup only)
     x_t = E'[token_t] * m_in                      locked mask [B,E], the same at every t
     layer k: U' = weight_hh_l{k} * m_weight[k]    weight drop (DropConnect on U)
-             i, f, g, o = split(x W_ih^T + b_ih + h U'^T + b_hh); s = f s + i g; h = o tanh(s)
+             i, f, g, o = split(x W_ih^T + b_ih + (h * m_rec[k]) U'^T + b_hh)
+             s = f s + i g; h = o tanh(s)             m_rec[k] locked [B,H]: recurrent dropout
              the next layer reads h * m_hid[k]    locked [B,H]
     top:     d_t = h_t * m_out                    locked [B,H]
     logits = d W_dec^T + b_dec                    W_dec = encoder.weight (undropped) when tied
@@ -30,12 +31,13 @@ import torch.nn.functional as F
 class Masks:
     """The masks of one forward; None where a regulariser is off."""
 
-    def __init__(self, emb=None, inp=None, hid=None, out=None, weight=None):
+    def __init__(self, emb=None, inp=None, hid=None, out=None, weight=None, rec=None):
         self.emb = emb        # [V]
         self.inp = inp        # [B,E]
         self.hid = hid        # list of L-1 [B,H_k] (None entries allowed), or None
         self.out = out        # [B,H_top]
         self.weight = weight  # list of L [4H_k,H_k], or None
+        self.rec = rec        # list of L [B,H_k] (Gal and Ghahramani's mask on h_{t-1}), or None
 
 
 def _mask(shape, p, generator, dtype):
@@ -77,7 +79,7 @@ class AwdTwin:
         return list(self.params)
 
     def draw_masks(self, B, dropout_emb=0, dropout_in=0, dropout_hid=0, dropout_out=0,
-                   weight_drop=0, generator=None):
+                   weight_drop=0, generator=None, dropout_rec=0):
         d = self.dtype
         return Masks(
             emb=_mask((self.V,), dropout_emb, generator, d),
@@ -86,7 +88,9 @@ class AwdTwin:
             if dropout_hid > 0 else None,
             out=_mask((B, self.hidden[-1]), dropout_out, generator, d),
             weight=[_mask((4 * H, H), weight_drop, generator, d) for H in self.hidden]
-            if weight_drop > 0 else None)
+            if weight_drop > 0 else None,
+            rec=[_mask((B, H), dropout_rec, generator, d) for H in self.hidden]
+            if dropout_rec > 0 else None)
 
     def forward(self, tokens, targets, masks=None, ar=0.0, tar=0.0, h0=None, s0=None):
         """tokens, targets: int64 [T,B]. h0, s0: lists of L [B,H_k] or None (zeros).
@@ -107,12 +111,13 @@ class AwdTwin:
             if m.weight is not None and m.weight[k] is not None:
                 U = U * m.weight[k]
             b = P[f"rnn.bias_ih_l{k}"] + P[f"rnn.bias_hh_l{k}"]
+            rec = m.rec[k] if m.rec is not None else None
             h = h0[k] if h0 is not None else torch.zeros(B, H, dtype=self.dtype)
             s = s0[k] if s0 is not None else torch.zeros(B, H, dtype=self.dtype)
             pre_x = F.linear(x, W_ih)  # [T,B,4H]: the input projection of all steps
             outs = []
             for t in range(T):
-                z = pre_x[t] + F.linear(h, U) + b
+                z = pre_x[t] + F.linear(h if rec is None else h * rec, U) + b
                 i, f, g, o = z.chunk(4, dim=1)
                 s = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(s)

@@ -6,7 +6,8 @@ tests/test_regularize_golden.cpp (no Python at test time).
     /usr/bin/python3 tools/make_awd_golden.py [--out tests/data/golden_awd] [--selftest]
 
 Each file holds, in float64: the parameters under lstmgrad's names; the masks (mask.emb [V],
-mask.in [B,E], mask.hid.{k} [B,H], mask.out [B,H], mask.weight.{k} [4H,H], each present only when
+mask.in [B,E], mask.hid.{k} [B,H], mask.out [B,H], mask.weight.{k} [4H,H], mask.rec.{k} [B,H]
+(recurrent dropout on h_{t-1}), each present only when
 that regulariser is on); tokens and targets (I64 [T,B]); h0, s0 [L,B,H]; the objective `loss`, its
 cross-entropy `ce`; grad.{name} for every parameter, grad.h0 and grad.s0. __metadata__: `config`
 (JSON: V, E, H, L, tie_weights), `ar`, `tar`, `generator`. Seeded per case name: a rerun on the
@@ -34,7 +35,7 @@ DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_awd")
 
 BASE = dict(V=11, E=6, H=6, L=2, T=5, B=3, tie=False, state=False,
             dropout_emb=0.0, dropout_in=0.0, dropout_hid=0.0, dropout_out=0.0, weight_drop=0.0,
-            ar=0.0, tar=0.0)
+            ar=0.0, tar=0.0, dropout_rec=0.0)
 CASES = [
     dict(BASE, name="dropout_in", dropout_in=0.5),
     dict(BASE, name="dropout_hid", dropout_hid=0.5),
@@ -47,6 +48,11 @@ CASES = [
     # AWD-LSTM's combination (its PTB rates), 3 layers, tied, a carried-in state.
     dict(BASE, name="awd", L=3, T=7, B=4, tie=True, state=True, dropout_emb=0.1, dropout_in=0.4,
          dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0),
+    dict(BASE, name="dropout_rec", dropout_rec=0.5),
+    # Recurrent dropout with everything else: both it and weight drop act on the recurrent product.
+    dict(BASE, name="awd_rec", L=3, T=6, B=3, tie=True, state=True, dropout_emb=0.1,
+         dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0,
+         dropout_rec=0.3),
 ]
 
 
@@ -62,7 +68,8 @@ def build(case):
     tokens = torch.randint(0, case["V"], (T, B), generator=g)
     targets = torch.randint(0, case["V"], (T, B), generator=g)
     masks = model.draw_masks(B, case["dropout_emb"], case["dropout_in"], case["dropout_hid"],
-                             case["dropout_out"], case["weight_drop"], generator=g)
+                             case["dropout_out"], case["weight_drop"], generator=g,
+                             dropout_rec=case["dropout_rec"])
     if case["state"]:
         h0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
         s0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
@@ -91,6 +98,8 @@ def compute(case):
         out["mask.out"] = masks.out.numpy()
     for k, m in enumerate(masks.weight or []):
         out[f"mask.weight.{k}"] = m.numpy()
+    for k, m in enumerate(masks.rec or []):
+        out[f"mask.rec.{k}"] = m.numpy()
     out["tokens"] = tokens.numpy().astype(np.int64)
     out["targets"] = targets.numpy().astype(np.int64)
     out["h0"] = h0.detach().numpy()

@@ -15,14 +15,17 @@ struct Regularization {
   double dropout_in = 0;   // locked mask [B,X] on layer 0's input (the embedding's output)
   double dropout_hid = 0;  // locked mask [B,H] on layer k's output before layer k+1 reads it
   double dropout_out = 0;  // locked mask [B,H] on the top layer's output before the readout
+  // Gal and Ghahramani's recurrent dropout: locked mask [B,H] per layer on h_{t-1} where the
+  // recurrent product reads it (z_t = ... + (h_{t-1} * m) U^T); the layer's output is undropped.
+  double dropout_rec = 0;
   double dropout_emb = 0;  // mask over the V rows of encoder.weight, for the lookup only
   double weight_drop = 0;  // DropConnect mask [4H,H] on each layer's weight_hh
   double ar = 0;           // + ar * mean of (top output after dropout_out)^2 over its T*B*H entries
   double tar = 0;  // + tar * mean of (h_top[t+1] - h_top[t])^2 before dropout, (T-1)*B*H entries
 
   bool any_dropout() const {
-    return dropout_in > 0 || dropout_hid > 0 || dropout_out > 0 || dropout_emb > 0 ||
-           weight_drop > 0;
+    return dropout_in > 0 || dropout_hid > 0 || dropout_out > 0 || dropout_rec > 0 ||
+           dropout_emb > 0 || weight_drop > 0;
   }
   bool any() const { return any_dropout() || ar > 0 || tar > 0; }
 };
@@ -44,6 +47,7 @@ struct Masks {
   std::vector<Real> in;                   // [B,X] layer 0's input
   std::vector<std::vector<Real>> hid;     // [L-1] of [B,H]: layer k's output into layer k+1
   std::vector<Real> out;                  // [B,H] the top layer's output into the readout
+  std::vector<std::vector<Real>> rec;     // [L] of [B,H]: h_{t-1} into layer k's recurrent product
   std::vector<std::vector<Real>> weight;  // [L] of [4H,H]: each layer's weight_hh
 };
 

@@ -123,9 +123,10 @@ LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
 // One step of one layer: the equations of docs/derivation.md, "Forward", with x [B,in], h, s [B,H].
 //   i = sigmoid(x V_i^T + h U_i^T + b_i)   (and f, o alike)   a = tanh(x V_a^T + h U_a^T + b_a)
 //   s = i * a + f * s_prev                 h = o * tanh(s)
-void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s) {
-  auto pre = [&](int g) {  // [B,H] the gate's pre-activation
-    return tape.add(tape.add(tape.matmul(x, lv.Vt[g]), tape.matmul(h, lv.Ut[g])), lv.b[g]);
+void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s, const std::optional<Var>& rec) {
+  const Var hr = rec ? tape.mul(h, *rec) : h;  // recurrent dropout: the product reads h * mask
+  auto pre = [&](int g) {                      // [B,H] the gate's pre-activation
+    return tape.add(tape.add(tape.matmul(x, lv.Vt[g]), tape.matmul(hr, lv.Ut[g])), lv.b[g]);
   };
   core::CellGates<Var> g;
   const Var s_prev = s;
@@ -182,6 +183,8 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
     throw std::invalid_argument("tape_lm: mask hid: expected L-1 masks");
   if (!m.weight.empty() && m.weight.size() != static_cast<size_t>(L))
     throw std::invalid_argument("tape_lm: mask weight: expected L masks");
+  if (!m.rec.empty() && m.rec.size() != static_cast<size_t>(L))
+    throw std::invalid_argument("tape_lm: mask rec: expected L masks");
   for (const auto& w : m.weight) need(w, 4 * H * H, "weight[k]");
 
   // Layer 0's input per step, [B,X]: the dense vectors as leaves (so dinput comes out), or the
@@ -231,8 +234,10 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
         k + 1 < L
             ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], H, "hid[k]"))
             : locked(m.out, H, "out");
+    const std::optional<Var> rec =
+        m.rec.empty() ? std::nullopt : locked(m.rec[static_cast<size_t>(k)], H, "rec[k]");
     for (int64_t t = 0; t < T; ++t) {
-      cell(tape, lv, x[static_cast<size_t>(t)], h, s);
+      cell(tape, lv, x[static_cast<size_t>(t)], h, s, rec);
       if (k + 1 == L) top[static_cast<size_t>(t)] = h;
       x[static_cast<size_t>(t)] = mask ? tape.mul(h, *mask) : h;
     }

@@ -24,8 +24,9 @@ std::string describe(const Regularization& r, bool tied) {
   std::string s;
   for (const auto& [name, v] :
        {std::pair{"dropout-in", r.dropout_in}, std::pair{"dropout-hid", r.dropout_hid},
-        std::pair{"dropout-out", r.dropout_out}, std::pair{"dropout-emb", r.dropout_emb},
-        std::pair{"weight-drop", r.weight_drop}, std::pair{"ar", r.ar}, std::pair{"tar", r.tar}})
+        std::pair{"dropout-out", r.dropout_out}, std::pair{"dropout-rec", r.dropout_rec},
+        std::pair{"dropout-emb", r.dropout_emb}, std::pair{"weight-drop", r.weight_drop},
+        std::pair{"ar", r.ar}, std::pair{"tar", r.tar}})
     if (v > 0) s += fmt::format(", {} {}", name, v);
   if (tied) s += ", tied weights";
   return s;
@@ -201,6 +202,11 @@ void add_regularization_options(CLI::App* cmd, Regularization& r, bool& tie_weig
       ->capture_default_str();
   cmd->add_option("--dropout-out", r.dropout_out,
                   "Locked dropout on the top layer's output before the readout")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--dropout-rec", r.dropout_rec,
+                  "Gal and Ghahramani's recurrent dropout: one [B,H] mask per layer and update on "
+                  "h_{t-1} where the recurrent product reads it, the same at every step")
       ->check(rate)
       ->capture_default_str();
   cmd->add_option("--dropout-emb", r.dropout_emb,

@@ -155,7 +155,8 @@ template <int MR, int NP, bool Units>
 LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz, const float* P,
                                         float* dz, int64_t gs, float* ds, const float* dh_out,
                                         const float* gates, const float* s, const float* s_prev,
-                                        const float* unit, int64_t ld, const __mmask16* mask) {
+                                        const float* unit, const float* rec_mask, int64_t ld,
+                                        const __mmask16* mask) {
   __m512 acc[MR][NP];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
@@ -169,6 +170,7 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
         __builtin_prefetch(dz + r * ldz + g * gs + j, 1, 3);
       }
       if (dh_out) __builtin_prefetch(dh_out + k, 0, 3);
+      if (rec_mask) __builtin_prefetch(rec_mask + k, 0, 3);
       __builtin_prefetch(s + k, 0, 3);
       __builtin_prefetch(s_prev + k, 0, 3);
       __builtin_prefetch(ds + k, 1, 3);
@@ -181,6 +183,7 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
       const __mmask16 m = mask[p];
       const int64_t j = p * 16, k = r * ld + j;
       __m512 dh = acc[r][p];
+      if (rec_mask) dh = _mm512_mul_ps(dh, _mm512_maskz_loadu_ps(m, rec_mask + k));
       if (dh_out) dh = _mm512_add_ps(dh, _mm512_maskz_loadu_ps(m, dh_out + k));
       cell_backward16(m, dh, gates + r * ldz + j, gs, s + k, s_prev + k, Units ? unit + j : nullptr,
                       ds + k, dz + r * ldz + j);
@@ -223,8 +226,8 @@ LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t 
 LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_t ldz, int64_t K,
                                          const float* panels, float* dz, int64_t gs, float* ds,
                                          const float* dh_out, const float* gates, const float* s,
-                                         const float* s_prev, const float* unit, int64_t ld,
-                                         int64_t n) {
+                                         const float* s_prev, const float* unit,
+                                         const float* rec_mask, int64_t ld, int64_t n) {
   const __mmask16 mask[2] = {first_lanes(n), first_lanes(std::max<int64_t>(n - 16, 0))};
   for (int64_t r = 0; r < B; r += 12)
     with_rows<12>(std::min<int64_t>(12, B - r), [&](auto mr) {
@@ -234,7 +237,7 @@ LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_
           unit ? (n > 16 ? &step_tile_backward<mr, 2, true> : &step_tile_backward<mr, 1, true>)
                : (n > 16 ? &step_tile_backward<mr, 2, false> : &step_tile_backward<mr, 1, false>);
       tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz, s + o,
-           s_prev + o, unit, ld, mask);
+           s_prev + o, unit, rec_mask ? rec_mask + o : nullptr, ld, mask);
     });
 }
 

@@ -21,11 +21,12 @@ void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K, 
 
 // The backward counterpart, for one group of n <= 32 units: dh_rec = dz_next [B,K] (row stride
 // ldz, K = 4H) times the group's packed columns of U (ceil(n / 16) [K][16] panels one after
-// another), then fast_gates_backward's pass with that dh_rec, without storing it.
+// another), times rec_mask (row stride ld; null: none) where the forward's product read
+// h_t * rec_mask, then fast_gates_backward's pass with that dh_rec, without storing it.
 void fused_step_backward(int64_t B, const float* dz_next, int64_t ldz, int64_t K,
                          const float* panels, float* dz, int64_t gs, float* ds, const float* dh_out,
                          const float* gates, const float* s, const float* s_prev, const float* unit,
-                         int64_t ld, int64_t n);
+                         const float* rec_mask, int64_t ld, int64_t n);
 
 void fast_gates_backward(float* dz, int64_t ldz, int64_t gs, float* ds, const float* dh_out,
                          const float* dh_rec, const float* gates, const float* s,

@@ -138,6 +138,7 @@ struct LanguageModel<Real>::Impl {
   std::vector<Real> wd_;               // [L,4H,H] U' = U * M, then
   std::vector<Real> wd_grad_;          // [L,4H,H] dL/dU' in backward
   std::vector<const Real*> hid_ptrs_;  // [L-1] into masks_.hid
+  std::vector<const Real*> rec_ptrs_;  // [L] into masks_.rec
   // The masks the last forward applied at the input and before the readout, and their period
   // in rows (cpu::apply_mask_rows: T*B per position, B locked); null: none.
   const Real* in_mask_ = nullptr;
@@ -386,6 +387,9 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     const bool hid = reg_on_ && !masks_.hid.empty();
     for (size_t k = 0; hid && k < masks_.hid.size(); ++k) hid_ptrs_[k] = masks_.hid[k].data();
     stack_->set_locked_masks(hid ? hid_ptrs_.data() : nullptr);
+    const bool rec = reg_on_ && !masks_.rec.empty();
+    for (size_t k = 0; rec && k < masks_.rec.size(); ++k) rec_ptrs_[k] = masks_.rec[k].data();
+    stack_->set_recurrent_masks(rec ? rec_ptrs_.data() : nullptr);
   }
   const auto w = layer_weights(P);
   const Real* h0 = batch.h0.empty() ? nullptr : batch.h0.data();
@@ -486,11 +490,15 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
     if (!masks_.hid.empty() && masks_.hid.size() != static_cast<size_t>(L - 1))
       throw std::invalid_argument("LanguageModel::set_masks: hid needs L-1 masks");
     for (const auto& m : masks_.hid) need(m, B * H, "hid[k]");
+    if (!masks_.rec.empty() && masks_.rec.size() != static_cast<size_t>(L))
+      throw std::invalid_argument("LanguageModel::set_masks: rec needs L masks");
+    for (const auto& m : masks_.rec) need(m, B * H, "rec[k]");
     if (!masks_.weight.empty() && masks_.weight.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: weight needs L masks");
     for (const auto& m : masks_.weight) need(m, 4 * H * H, "weight[k]");
   }
   hid_ptrs_.resize(static_cast<size_t>(std::max<int64_t>(L - 1, 0)));
+  rec_ptrs_.resize(static_cast<size_t>(L));
   if (!masks_.weight.empty()) {  // U' = U * M per layer, into a buffer kept between forwards
     const size_t GH = static_cast<size_t>(4 * H * H);
     if (wd_.size() < L * GH) wd_.resize(L * GH);

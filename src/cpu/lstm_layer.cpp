@@ -34,6 +34,20 @@ void step_backward(Real* dz, int64_t ldz, int64_t gs, Real* ds, const Real* dh_o
   }
 }
 
+// Recurrent dropout: hd = h * mask over rows [0, B) and units [j, j + n) (row stride H).
+template <class Real>
+void mask_units(Real* hd, const Real* h, const Real* mask, int64_t B, int64_t H, int64_t j,
+                int64_t n) {
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t c = j; c < j + n; ++c) hd[r * H + c] = h[r * H + c] * mask[r * H + c];
+}
+
+// What step t's recurrent product reads: h_t, or h_t times the recurrent dropout mask.
+template <class Real>
+const Real* product_input(const LayerSaved<Real>& saved, int64_t t, int64_t B, int64_t H) {
+  return (saved.rec_mask ? saved.hdseq : saved.hseq) + t * B * H;
+}
+
 // The claimed split (lstm_layer.hpp): forward, units in groups of 16 (four gates: two pairs of
 // panels for the kernel); backward, groups of 32 (the columns of U: one pair of panels, not a
 // single panel per tile). The last group may be narrower.
@@ -87,12 +101,15 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
 #pragma omp barrier  // every row of z, every group packed, the shares reset
   for (int64_t t = 0; t < T; ++t) {
     float* zt = saved.gates + t * B * G;
-    const float* h_prev = saved.hseq + t * B * H;
+    const float* h_prev = product_input(saved, t, B, H);
+    float* h = saved.hseq + (t + 1) * B * H;
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
       fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
                          w.unit ? w.unit + j : nullptr, cell_state_at(saved, t + 1, B, H) + j,
-                         saved.hseq + (t + 1) * B * H + j, cell_state_at(saved, t, B, H) + j, H, n);
+                         h + j, cell_state_at(saved, t, B, H) + j, H, n);
+      if (saved.rec_mask && t + 1 < T)
+        mask_units(saved.hdseq + (t + 1) * B * H, h, saved.rec_mask, B, H, j, n);
     });
     saved.step_barrier->wait(tm.threads);  // h_t complete before any thread's next GEMM reads it
   }
@@ -118,7 +135,8 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
       const float* unit = w.unit ? w.unit + j : nullptr;
       if (t + 1 < T)  // z_{t+1} = ... + h_t U^T: dh_rec = dz_{t+1} U, in registers
         fused_step_backward(B, dzt + B * G, G, G, saved.panels + u * per, dzt + j, H, ds + j, dho,
-                            gates, s, s_prev, unit, H, n);
+                            gates, s, s_prev, unit, saved.rec_mask ? saved.rec_mask + j : nullptr,
+                            H, n);
       else  // dh_rec from the caller
         fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
                             n);
@@ -128,6 +146,10 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
   for_each_claimed(saved, T, tm, [&](int64_t u) {
     panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup,
                H, false);
+    if (saved.rec_mask) {
+      const int64_t j = u * kBackwardGroup;
+      mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, std::min(kBackwardGroup, H - j));
+    }
   });
 #pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete
 }
@@ -163,6 +185,7 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
     if (r1 > r0)
       gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), z + r0 * G, G);
+    if (saved.rec_mask) mask_units(saved.hdseq, saved.hseq, saved.rec_mask, B, H, ts.j0, ts.n());
   });
   if constexpr (std::is_same_v<Real, float>) {
     if (saved.panels) return claimed_forward(saved, w, tm, T, B, H);
@@ -170,7 +193,7 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
 #pragma omp barrier  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
     Real* zt = z + t * B * G;
-    const Real* h_prev = saved.hseq + t * B * H;
+    const Real* h_prev = product_input(saved, t, B, H);
     tm.for_shares(H, [&](const TeamSlice& ts) {
       const int64_t n = ts.n(), j0 = ts.j0;
       if (n == 0) return;
@@ -181,6 +204,9 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
       step_forward(zt + j0, G, H, saved.bias + j0, w.unit ? w.unit + j0 : nullptr,
                    cell_state_at(saved, t + 1, B, H) + j0, saved.hseq + (t + 1) * B * H + j0,
                    cell_state_at(saved, t, B, H) + j0, H, B, n);
+      if (saved.rec_mask && t + 1 < T)
+        mask_units(saved.hdseq + (t + 1) * B * H, saved.hseq + (t + 1) * B * H, saved.rec_mask, B,
+                   H, j0, n);
     });
 #pragma omp barrier  // h_t complete before any thread's next GEMM reads it
   }
@@ -209,20 +235,22 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, each share's columns.
     tm.for_shares(H, [&](const TeamSlice& ts) {
-      if (ts.n() > 0)
-        gemm(Tr::N, Tr::N, B, ts.n(), G, Real(1), dzt, G, w.W_hh + ts.j0, H, Real(0),
-             dh_rec + ts.j0, H);
+      if (ts.n() == 0) return;
+      gemm(Tr::N, Tr::N, B, ts.n(), G, Real(1), dzt, G, w.W_hh + ts.j0, H, Real(0), dh_rec + ts.j0,
+           H);
+      // z_t reads h_{t-1} * mask: dh_{t-1} = (dz_t U) * mask
+      if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, ts.j0, ts.n());
     });
   }
   tm.for_shares(H, [&](const TeamSlice& ts) {
     // Weight gradients over all steps at once (dz is complete: the last barrier above), each
     // share a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four
-    // of H / P): dW_ih += dz^T x, dW_hh += dz^T h_prev.
+    // of H / P): dW_ih += dz^T x, dW_hh += dz^T h_prev (as the product read it).
     const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
     if (g1 > g0) {
       gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
-      gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, saved.hseq, H, Real(1),
-           g.dW_hh + g0 * H, H);
+      gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, product_input(saved, 0, B, H), H,
+           Real(1), g.dW_hh + g0 * H, H);
       // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
       Real* db = saved.dbias + g0;
       std::fill_n(db, g1 - g0, Real(0));

@@ -67,6 +67,11 @@ struct LayerSaved {
   // The inference forward (LstmStack::infer), which keeps nothing for backward: sseq is a ring
   // of two states [2,B,H], s_t in slot t % 2, and gates is scratch the next layer overwrites.
   bool s_ring = false;
+  // Recurrent dropout (Gal and Ghahramani): the locked mask [B,H] on h_{t-1} where the step's
+  // product reads it, and hdseq [T,B,H], h_0 .. h_{T-1} times the mask (what the product read);
+  // rec_mask null: none, hdseq unused.
+  const Real* rec_mask = nullptr;
+  Real* hdseq = nullptr;
 };
 
 // Where layer_forward reads s_t and writes it: [B,H] at step t of sseq, or its ring slot.

@@ -13,7 +13,12 @@ namespace lstmgrad::cpu {
 
 template <class Real>
 LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
-    : X_(X), H_(H), L_(L), saved_(L), locked_(static_cast<size_t>(L - 1), nullptr) {}
+    : X_(X),
+      H_(H),
+      L_(L),
+      saved_(L),
+      locked_(static_cast<size_t>(L - 1), nullptr),
+      rec_(static_cast<size_t>(L), nullptr) {}
 
 template <class Real>
 int LstmStack<Real>::threads(int64_t B) const {
@@ -69,6 +74,12 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
       std::fill_n(sv.sseq, B * H, Real(0));
   }
   const int64_t N = T * B;
+  const bool rec = rec_[0] != nullptr;
+  if (rec && rec_seq_.size() < static_cast<size_t>(L_ * N * H)) rec_seq_.resize(L_ * N * H);
+  for (int64_t k = 0; k < L_; ++k) {
+    saved_[k].rec_mask = rec ? rec_[static_cast<size_t>(k)] : nullptr;
+    saved_[k].hdseq = rec ? rec_seq_.data() + k * N * H : nullptr;
+  }
   locked_used_ = L_ > 1 && locked_[0] != nullptr;
   dropped_ = (drop_p_ > 0 || locked_used_) && L_ > 1;
   if (dropped_) {

@@ -40,7 +40,9 @@ class LstmStack {
                 const LayerWeights<Real>* w, Real* dh0, Real* ds0, const Real* dh_n = nullptr,
                 const Real* ds_n = nullptr);
 
-  size_t arena_bytes() const { return (arena_.size() + drop_.size()) * sizeof(Real); }
+  size_t arena_bytes() const {
+    return (arena_.size() + drop_.size() + rec_seq_.size()) * sizeof(Real);
+  }
 
   // Inference: forward's arithmetic, the same bits of output and final states, keeping nothing
   // for backward, in an arena of its own (infer_bytes): the gates of one layer at a time, the
@@ -66,6 +68,13 @@ class LstmStack {
   void set_locked_masks(const Real* const* masks) {
     for (int64_t k = 0; k + 1 < L_; ++k)
       locked_[static_cast<size_t>(k)] = masks ? masks[k] : nullptr;
+  }
+
+  // Recurrent dropout (Gal and Ghahramani) for the next forward: masks[k] [B,H] on h_{t-1}
+  // where layer k's recurrent product reads it, the same at every step; null (or masks = null):
+  // none. The caller keeps the masks alive until backward is done.
+  void set_recurrent_masks(const Real* const* masks) {
+    for (int64_t k = 0; k < L_; ++k) rec_[static_cast<size_t>(k)] = masks ? masks[k] : nullptr;
   }
 
  private:
@@ -95,6 +104,8 @@ class LstmStack {
   Real* drop_input(int64_t k) { return drop_mask(k) + T_ * B_ * H_; }
   std::vector<const Real*> locked_;  // [L-1] set_locked_masks's, or null
   bool locked_used_ = false;         // the last forward used them
+  std::vector<const Real*> rec_;     // [L] set_recurrent_masks's, or null
+  std::vector<Real> rec_seq_;        // [L] of [T,B,H]: each layer's h_{t-1} * mask (hdseq)
   // Boundary k's mask and its period in rows (apply_mask_rows): locked [B,H] or per position.
   const Real* mask_of(int64_t k) {
     return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k);

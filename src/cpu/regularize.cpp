@@ -18,6 +18,7 @@ constexpr uint64_t kSiteIn = (uint64_t{1} << 40) + 1;
 constexpr uint64_t kSiteOut = (uint64_t{1} << 40) + 2;
 constexpr uint64_t kSiteHid = uint64_t{2} << 40;     // + k, the boundary above layer k
 constexpr uint64_t kSiteWeight = uint64_t{3} << 40;  // + k, layer k's weight_hh
+constexpr uint64_t kSiteRec = uint64_t{4} << 40;     // + k, layer k's h_{t-1}
 
 template <class Real>
 void fill(std::vector<Real>& v, int64_t n, double p, uint64_t seed, uint64_t site) {
@@ -40,6 +41,7 @@ const char* regularization_flag(const Regularization& r) {
   return r.dropout_in > 0    ? "--dropout-in"
          : r.dropout_hid > 0 ? "--dropout-hid"
          : r.dropout_out > 0 ? "--dropout-out"
+         : r.dropout_rec > 0 ? "--dropout-rec"
          : r.dropout_emb > 0 ? "--dropout-emb"
          : r.weight_drop > 0 ? "--weight-drop"
          : r.ar > 0          ? "--ar"
@@ -50,8 +52,8 @@ const char* regularization_flag(const Regularization& r) {
 void validate_regularization(const Regularization& r, const ModelConfig& cfg) {
   for (const auto& [flag, p] :
        {std::pair{"--dropout-in", r.dropout_in}, std::pair{"--dropout-hid", r.dropout_hid},
-        std::pair{"--dropout-out", r.dropout_out}, std::pair{"--dropout-emb", r.dropout_emb},
-        std::pair{"--weight-drop", r.weight_drop}})
+        std::pair{"--dropout-out", r.dropout_out}, std::pair{"--dropout-rec", r.dropout_rec},
+        std::pair{"--dropout-emb", r.dropout_emb}, std::pair{"--weight-drop", r.weight_drop}})
     if (!(p >= 0 && p < 1)) throw InputError(fmt::format("{}: must be in [0, 1), got {}", flag, p));
   for (const auto& [flag, a] : {std::pair{"--ar", r.ar}, std::pair{"--tar", r.tar}})
     if (!(a >= 0 && std::isfinite(a)))
@@ -81,6 +83,10 @@ void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r,
     fill_locked(m.out, B, H, first, total, r.dropout_out, seed, kSiteOut);
   else
     m.out.clear();
+  m.rec.resize(r.dropout_rec > 0 ? static_cast<size_t>(L) : 0);
+  for (int64_t k = 0; k < L && r.dropout_rec > 0; ++k)
+    fill_locked(m.rec[static_cast<size_t>(k)], B, H, first, total, r.dropout_rec, seed,
+                kSiteRec + static_cast<uint64_t>(k));
   m.weight.resize(r.weight_drop > 0 ? static_cast<size_t>(L) : 0);
   for (int64_t k = 0; k < L && r.weight_drop > 0; ++k)
     fill(m.weight[static_cast<size_t>(k)], 4 * H * H, r.weight_drop, seed,

@@ -69,6 +69,7 @@ json options_to_json(const TrainOptions& o) {
           {"dropout_in", o.reg.dropout_in},
           {"dropout_hid", o.reg.dropout_hid},
           {"dropout_out", o.reg.dropout_out},
+          {"dropout_rec", o.reg.dropout_rec},
           {"dropout_emb", o.reg.dropout_emb},
           {"weight_drop", o.reg.weight_drop},
           {"ar", o.reg.ar},
@@ -183,9 +184,9 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   // absent: written before the regularisers (none of them)
   for (const auto& [key, v] :
        {std::pair{"dropout_in", &o.reg.dropout_in}, std::pair{"dropout_hid", &o.reg.dropout_hid},
-        std::pair{"dropout_out", &o.reg.dropout_out}, std::pair{"dropout_emb", &o.reg.dropout_emb},
-        std::pair{"weight_drop", &o.reg.weight_drop}, std::pair{"ar", &o.reg.ar},
-        std::pair{"tar", &o.reg.tar}})
+        std::pair{"dropout_out", &o.reg.dropout_out}, std::pair{"dropout_rec", &o.reg.dropout_rec},
+        std::pair{"dropout_emb", &o.reg.dropout_emb}, std::pair{"weight_drop", &o.reg.weight_drop},
+        std::pair{"ar", &o.reg.ar}, std::pair{"tar", &o.reg.tar}})
     if (s.has(key)) *v = s.number(key);
   o.tie_weights = s.has("tie_weights") && s.flag("tie_weights");
   return o;
