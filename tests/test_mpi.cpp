@@ -150,7 +150,8 @@ TEST(Mpi, RanksTrainTheRegularisedModelOneProcessTrains) {
       "train" + c.data() +
       " --layers 2 --hidden 8 --embed 8 --seq 10 --batch 6 --clip 0.5 --quiet --threads 1"
       " --dtype f64 --epochs 2 --dropout-in 0.3 --dropout-hid 0.3 --dropout-out 0.3"
-      " --dropout-emb 0.1 --weight-drop 0.5 --dropout-rec 0.3 --ar 2 --tar 1 --tie-weights";
+      " --dropout-emb 0.1 --weight-drop 0.5 --dropout-rec 0.3 --zoneout-h 0.2 --zoneout-s 0.1"
+      " --ar 2 --tar 1 --tie-weights";
   const fs::path one = c.dir / "one";
   ASSERT_EQ(run_cli(run + " --out " + one.string()).rc, 0);
   for (int n : {2, 3}) {

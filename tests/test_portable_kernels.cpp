@@ -111,8 +111,9 @@ LmRun run_lm(const ModelConfig& cfg, const std::vector<double>& params, const Ba
   return r;
 }
 
-// The cell variants and the regulariser inside the step loop: plain, peepholes, recurrent dropout.
-enum class StepVariant { plain, peephole, recurrent_dropout };
+// The cell variants and the regularisers inside the step loop: plain, peepholes, recurrent
+// dropout, zoneout (with masks: set_regularization draws them).
+enum class StepVariant { plain, peephole, recurrent_dropout, zoneout };
 
 class PortableLanguageModel : public ::testing::TestWithParam<StepVariant> {};
 
@@ -122,6 +123,7 @@ TEST_P(PortableLanguageModel, MatchesFloat64AndAvx512) {
   cfg.peephole = GetParam() == StepVariant::peephole;
   Regularization reg;
   if (GetParam() == StepVariant::recurrent_dropout) reg.dropout_rec = 0.3;
+  if (GetParam() == StepVariant::zoneout) cfg.zoneout_h = 0.2, cfg.zoneout_s = 0.3;
   std::mt19937_64 rng(4);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.3, 0.3);
   Batch<double> b;
@@ -155,10 +157,11 @@ TEST_P(PortableLanguageModel, MatchesFloat64AndAvx512) {
 
 INSTANTIATE_TEST_SUITE_P(Cells, PortableLanguageModel,
                          ::testing::Values(StepVariant::plain, StepVariant::peephole,
-                                           StepVariant::recurrent_dropout),
+                                           StepVariant::recurrent_dropout, StepVariant::zoneout),
                          [](const ::testing::TestParamInfo<StepVariant>& p) {
                            return p.param == StepVariant::plain      ? "plain"
                                   : p.param == StepVariant::peephole ? "peephole"
+                                  : p.param == StepVariant::zoneout  ? "zoneout"
                                                                      : "recurrent_dropout";
                          });
 

@@ -31,6 +31,7 @@ struct Case {
   Readout readout = Readout::linear;
   Reduction red = Reduction::mean;
   bool peephole = false;
+  double zoneout_h = 0, zoneout_s = 0;  // the model's (ModelConfig)
 };
 
 Regularization
@@ -76,12 +77,21 @@ std::vector<Case> cases() {
   Case rec = mk("rec_weight_drop_peephole", awd(), 3, 5, true);  // both on weight_hh's product
   rec.reg.dropout_rec = 0.3, rec.peephole = true;
   v.push_back(rec);
+  Case zh = mk("zoneout_h", Regularization{});
+  zh.zoneout_h = 0.3;
+  v.push_back(zh);
+  Case zs = mk("zoneout_s", Regularization{});
+  zs.zoneout_s = 0.4;
+  v.push_back(zs);
+  Case all = rec;  // every regulariser, peepholes, and zoneout on both
+  all.name = "zoneout_everything", all.zoneout_h = 0.2, all.zoneout_s = 0.3;
+  v.push_back(all);
   return v;
 }
 
 CheckOptions options(const Case& c) {
   CheckOptions o;
-  o.cfg = {c.input, c.readout, 6, 4, 4, c.L, c.peephole, c.tie};
+  o.cfg = {c.input, c.readout, 6, 4, 4, c.L, c.peephole, c.tie, c.zoneout_h, c.zoneout_s};
   if (c.readout == Readout::identity) o.cfg.V = o.cfg.H;
   o.T = c.T, o.B = 3, o.reduction = c.red, o.reg = c.reg, o.seed = 7;
   return o;
@@ -152,14 +162,16 @@ INSTANTIATE_TEST_SUITE_P(Each, Regularized, ::testing::ValuesIn(cases()),
 
 // The same at a width where the float32 path takes the packed AVX-512 step kernels and the fused
 // readout (H = 48: three groups of 16 units forward, a group of 32 and one of 16 backward;
-// V = 120), with 4 threads: AWD's combination, tied, then with recurrent dropout as well. 1e-4
-// as above (the float32 golden tests' tolerance; measured: at most 5e-7 relative).
-class RegularizeFused : public ::testing::TestWithParam<double> {};
+// V = 120), with 4 threads: AWD's combination, tied; then with recurrent dropout as well; then
+// with zoneout too. 1e-4 as above (the float32 golden tests' tolerance; measured: at most 5e-7
+// relative).
+class RegularizeFused : public ::testing::TestWithParam<int> {};
 
 TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
   Regularization reg = awd();
-  reg.dropout_rec = GetParam();
-  const ModelConfig cfg{InputKind::embedding, Readout::linear, 120, 48, 48, 3, false, true};
+  if (GetParam() >= 1) reg.dropout_rec = 0.3;
+  ModelConfig cfg{InputKind::embedding, Readout::linear, 120, 48, 48, 3, false, true};
+  if (GetParam() >= 2) cfg.zoneout_h = 0.15, cfg.zoneout_s = 0.25;
   std::mt19937_64 rng(5);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.2, 0.2);
   Batch<double> b;
@@ -187,13 +199,19 @@ TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(RecurrentDropout, RegularizeFused, ::testing::Values(0.0, 0.3));
+INSTANTIATE_TEST_SUITE_P(StepLoop, RegularizeFused, ::testing::Values(0, 1, 2),
+                         [](const ::testing::TestParamInfo<int>& p) {
+                           return p.param == 0   ? "awd"
+                                  : p.param == 1 ? "awd_recurrent_dropout"
+                                                 : "awd_recurrent_dropout_zoneout";
+                         });
 
-// Recurrent dropout keeps the engines' split-independence: float64 (the static split) gives the
-// same bits on 1 and 3 threads; float32 (the claimed groups, where AVX-512 is) for 4 shares run by
-// 1 and by 3 threads (its row splits follow the shares).
-TEST(Regularize, RecurrentDropoutIsTheSameForAnyTeam) {
-  const ModelConfig cfg{InputKind::embedding, Readout::linear, 40, 20, 40, 2};
+// Recurrent dropout and zoneout keep the engines' split-independence: float64 (the static split)
+// gives the same bits on 1 and 3 threads; float32 (the claimed groups, where AVX-512 is) for 4
+// shares run by 1 and by 3 threads (its row splits follow the shares).
+TEST(Regularize, RecurrentDropoutAndZoneoutAreTheSameForAnyTeam) {
+  ModelConfig cfg{InputKind::embedding, Readout::linear, 40, 20, 40, 2};
+  cfg.zoneout_h = 0.2, cfg.zoneout_s = 0.3;
   std::mt19937_64 rng(9);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.3, 0.3);
   Batch<double> b;
@@ -215,7 +233,7 @@ TEST(Regularize, RecurrentDropoutIsTheSameForAnyTeam) {
   };
   EXPECT_EQ(run(0.0, 1, 1), run(0.0, 3, 3));
   EXPECT_EQ(run(0.0f, 4, 1), run(0.0f, 4, 3));
-  // and it is on: the gradient differs from the undropped model's
+  // and they are on: the gradient differs from the model's without masks (zoneout's expectation)
   LanguageModel<double> plain(cfg);
   std::vector<double> g(params.size(), 0.0);
   plain.forward(params, b, Reduction::mean);
@@ -306,6 +324,47 @@ TEST(RegularizeMasks, ShardsDrawTheWholeBatchsRows) {
   EXPECT_NE(other.in, whole.in);
 }
 
+// Zoneout's masks: 0 and 1 (1, keep, at the rate within 5 sd as above), [T,B,H] per layer, each
+// layer and state its own stream; a shard's rows are the whole batch's at every step; rate 0: none.
+TEST(RegularizeMasks, ZoneoutMasksKeepAtTheRate) {
+  ModelConfig cfg{InputKind::embedding, Readout::linear, 50, 8, 30, 2};
+  cfg.zoneout_h = 0.15, cfg.zoneout_s = 0.4;
+  const int64_t T = 7, B = 6, H = 30;
+  Masks<double> m;
+  draw_zoneout(m, cfg, T, B, 11);
+  ASSERT_EQ(m.zone_h.size(), 2u);
+  ASSERT_EQ(m.zone_s.size(), 2u);
+  for (const auto& [masks, p] : {std::pair{&m.zone_h, 0.15}, std::pair{&m.zone_s, 0.4}})
+    for (const std::vector<double>& v : *masks) {
+      ASSERT_EQ(v.size(), static_cast<size_t>(T * B * H));
+      double kept = 0;
+      for (double e : v) {
+        ASSERT_TRUE(e == 0 || e == 1) << e;
+        kept += e;
+      }
+      const double n = static_cast<double>(v.size());
+      EXPECT_NEAR(kept, n * p, 5 * std::sqrt(n * p * (1 - p)));
+    }
+  EXPECT_NE(m.zone_h[0], m.zone_h[1]);
+  EXPECT_NE(m.zone_s[0], m.zone_s[1]);
+  for (int64_t rank = 0; rank < 2; ++rank) {
+    Masks<double> part;
+    draw_zoneout(part, cfg, T, B / 2, 11, rank * B / 2, B);
+    for (size_t k = 0; k < 2; ++k)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < B / 2 * H; ++i) {
+          const size_t whole = static_cast<size_t>((t * B + rank * B / 2) * H + i);
+          const size_t mine = static_cast<size_t>(t * B / 2 * H + i);
+          ASSERT_EQ(part.zone_h[k][mine], m.zone_h[k][whole]);
+          ASSERT_EQ(part.zone_s[k][mine], m.zone_s[k][whole]);
+        }
+  }
+  cfg.zoneout_h = 0;
+  draw_zoneout(m, cfg, T, B, 11);
+  EXPECT_TRUE(m.zone_h.empty());
+  EXPECT_EQ(m.zone_s.size(), 2u);
+}
+
 // The engine applies the locked input mask at every step: dense input x with --dropout-in gives
 // the very bits of the model without it on input x * m (m the same [B,X] at every t).
 TEST(RegularizeMasks, LockedMaskIsTheSameAtEveryStep) {
@@ -386,6 +445,57 @@ TEST(RegularizeMasks, BadInputIsRefused) {
   EXPECT_THROW(given.forward(params, b, Reduction::mean), std::invalid_argument);
 }
 
+// Zoneout ---------------------------------------------------------------------------------------
+
+// Without masks zoneout runs its expectation (d = p): evaluation (infer) and a forward without
+// set_regularization give the same bits, in float64 and float32, and differ from the same weights
+// without zoneout. With set_regularization the forward draws masks: another objective.
+TEST(Zoneout, EvaluationRunsTheExpectation) {
+  ModelConfig cfg{InputKind::embedding, Readout::linear, 30, 10, 20, 2};
+  cfg.zoneout_h = 0.3, cfg.zoneout_s = 0.2;
+  std::mt19937_64 rng(6);
+  const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.4, 0.4);
+  Batch<double> b;
+  b.T = 8, b.B = 3;
+  for (int k = 0; k < 24; ++k) b.tokens.push_back((5 * k) % 30), b.target.push_back((7 * k) % 30);
+  LanguageModel<double> lm(cfg);
+  const double expectation = lm.forward(params, b, Reduction::mean);
+  EXPECT_EQ(lm.infer(params, b, Reduction::mean), expectation);
+  Batch<float> f;
+  f.T = b.T, f.B = b.B, f.tokens = b.tokens, f.target = b.target;
+  LanguageModel<float> lf(cfg);
+  const std::vector<float> fp = cast<float>(params);
+  EXPECT_EQ(lf.infer(fp, f, Reduction::mean), lf.forward(fp, f, Reduction::mean));
+  EXPECT_NEAR(lf.infer(fp, f, Reduction::mean), expectation, 1e-5 * expectation);
+  ModelConfig none = cfg;
+  none.zoneout_h = none.zoneout_s = 0;
+  EXPECT_NE(LanguageModel<double>(none).forward(params, b, Reduction::mean), expectation);
+  lm.set_regularization(Regularization{}, 4);  // training: masks drawn
+  EXPECT_NE(lm.forward(params, b, Reduction::mean), expectation);
+}
+
+// The rates are part of the model: model files store them (only when on), and a bad one is an
+// error naming the key.
+TEST(Zoneout, ModelFilesStoreTheRates) {
+  ModelConfig cfg{InputKind::embedding, Readout::linear, 9, 6, 6, 2};
+  EXPECT_EQ(config_to_json(cfg).find("zoneout"), std::string::npos);
+  cfg.zoneout_h = 0.25, cfg.zoneout_s = 0.5;
+  const ModelConfig back = config_from_json(config_to_json(cfg), "f");
+  EXPECT_EQ(back.zoneout_h, 0.25);
+  EXPECT_EQ(back.zoneout_s, 0.5);
+  try {
+    config_from_json(R"({"input":"embedding","readout":"linear","V":9,"X":6,"H":6,"L":2,)"
+                     R"("zoneout_s":1.5})",
+                     "m.safetensors");
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("m.safetensors"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("zoneout_s"), std::string::npos) << e.what();
+  }
+  cfg.zoneout_h = 1.0;
+  EXPECT_THROW(validate_config(cfg), InputError);
+}
+
 // Tied weights ---------------------------------------------------------------------------------
 
 TEST(TieWeights, NoDecoderWeightAndAClearError) {
@@ -436,7 +546,8 @@ std::vector<nlohmann::json> metrics(const std::filesystem::path& run) {
 const std::string kAwdFlags =
     " --level char --layers 3 --hidden 16 --embed 16 --seq 12 --batch 6 --quiet --threads 1"
     " --dropout-in 0.3 --dropout-hid 0.2 --dropout-out 0.3 --dropout-emb 0.1 --weight-drop 0.5"
-    " --dropout-rec 0.2 --ar 2 --tar 1 --tie-weights --clip 0.25";
+    " --dropout-rec 0.2 --zoneout-h 0.1 --zoneout-s 0.15 --ar 2 --tar 1 --tie-weights"
+    " --clip 0.25";
 
 // Every flag at once, stopped twice and resumed: the same model bits as the uninterrupted run (the
 // masks of each update replay from (seed, update)); float32 and float64. The tied model file reads

@@ -1,7 +1,7 @@
 // The regularised language model against PyTorch (tools/make_awd_golden.py: a functional twin,
 // tools/awd_twin.py, with masks torch drew): the objective, its cross-entropy and every gradient,
 // float64 and float32, each regulariser alone, AWD-LSTM's combination, and it with recurrent
-// dropout.
+// dropout and zoneout; zoneout also without masks (the expectation, as evaluation runs it).
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -27,6 +27,7 @@ void check_case(const std::string& name, double tol) {
   ModelConfig cfg;
   cfg.V = c["V"], cfg.X = c["E"], cfg.H = c["H"], cfg.L = c["L"];
   cfg.tie_weights = c["tie_weights"];
+  cfg.zoneout_h = c.value("zoneout_h", 0.0), cfg.zoneout_s = c.value("zoneout_s", 0.0);
   const std::vector<ParamInfo> layout = parameter_layout(cfg);
   std::vector<Real> params(parameter_count(cfg));
   for (const ParamInfo& p : layout) {
@@ -51,6 +52,10 @@ void check_case(const std::string& name, double tol) {
     m.weight.push_back(get("mask.weight." + std::to_string(k)));
   for (int64_t k = 0; f.find("mask.rec." + std::to_string(k)); ++k)
     m.rec.push_back(get("mask.rec." + std::to_string(k)));
+  for (int64_t k = 0; f.find("mask.zone_h." + std::to_string(k)); ++k)
+    m.zone_h.push_back(get("mask.zone_h." + std::to_string(k)));
+  for (int64_t k = 0; f.find("mask.zone_s." + std::to_string(k)); ++k)
+    m.zone_s.push_back(get("mask.zone_s." + std::to_string(k)));
   Regularization r;
   r.ar = std::stod(f.metadata.at("ar")), r.tar = std::stod(f.metadata.at("tar"));
 
@@ -90,7 +95,8 @@ TEST_P(AwdGolden, Float32MatchesPyTorch) {
 INSTANTIATE_TEST_SUITE_P(Cases, AwdGolden,
                          ::testing::Values("dropout_in", "dropout_hid", "dropout_out",
                                            "dropout_emb", "weight_drop", "ar", "tar", "tied", "awd",
-                                           "dropout_rec", "awd_rec"));
+                                           "dropout_rec", "awd_rec", "zoneout",
+                                           "zoneout_expectation", "awd_zoneout"));
 
 }  // namespace
 }  // namespace lstmgrad::test

@@ -12,7 +12,9 @@ The model, in lstmgrad's parameter names (docs/design.md, "Regularisation"):
     x_t = E'[token_t] * m_in                      locked mask [B,E], the same at every t
     layer k: U' = weight_hh_l{k} * m_weight[k]    weight drop (DropConnect on U)
              i, f, g, o = split(x W_ih^T + b_ih + (h * m_rec[k]) U'^T + b_hh)
-             s = f s + i g; h = o tanh(s)             m_rec[k] locked [B,H]: recurrent dropout
+             s~ = f s + i g; h~ = o tanh(s~)          m_rec[k] locked [B,H]: recurrent dropout
+             s = d_s s + (1 - d_s) s~; h = d_h h + (1 - d_h) h~   zoneout: d [T,B,H] of 0/1 per
+                                                      step, or the rate itself (expectation)
              the next layer reads h * m_hid[k]    locked [B,H]
     top:     d_t = h_t * m_out                    locked [B,H]
     logits = d W_dec^T + b_dec                    W_dec = encoder.weight (undropped) when tied
@@ -31,13 +33,16 @@ import torch.nn.functional as F
 class Masks:
     """The masks of one forward; None where a regulariser is off."""
 
-    def __init__(self, emb=None, inp=None, hid=None, out=None, weight=None, rec=None):
+    def __init__(self, emb=None, inp=None, hid=None, out=None, weight=None, rec=None,
+                 zone_h=None, zone_s=None):
         self.emb = emb        # [V]
         self.inp = inp        # [B,E]
         self.hid = hid        # list of L-1 [B,H_k] (None entries allowed), or None
         self.out = out        # [B,H_top]
         self.weight = weight  # list of L [4H_k,H_k], or None
         self.rec = rec        # list of L [B,H_k] (Gal and Ghahramani's mask on h_{t-1}), or None
+        self.zone_h = zone_h  # list of L [T,B,H_k] of 0/1 (1: keep h_{t-1}), or None: expectation
+        self.zone_s = zone_s  # the same for s
 
 
 def _mask(shape, p, generator, dtype):
@@ -52,8 +57,10 @@ class AwdTwin:
     rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_ih_l{k}, rnn.bias_hh_l{k}, decoder.weight
     unless tied, decoder.bias)."""
 
-    def __init__(self, V, E, hidden, tie=False, dtype=torch.float64, init=0.1, generator=None):
+    def __init__(self, V, E, hidden, tie=False, dtype=torch.float64, init=0.1, generator=None,
+                 zoneout_h=0.0, zoneout_s=0.0):
         self.V, self.E, self.tie, self.dtype = V, E, tie, dtype
+        self.zoneout_h, self.zoneout_s = zoneout_h, zoneout_s
         self.hidden = list(hidden) if isinstance(hidden, (list, tuple)) else [hidden]
         self.L = len(self.hidden)
         if tie and self.hidden[-1] != E:
@@ -92,6 +99,15 @@ class AwdTwin:
             rec=[_mask((B, H), dropout_rec, generator, d) for H in self.hidden]
             if dropout_rec > 0 else None)
 
+    def draw_zoneout(self, T, B, generator=None):
+        """Zoneout's masks for a training forward: d = 1 (keep) with probability p."""
+        def keep(p):
+            if p <= 0:
+                return None
+            return [torch.bernoulli(torch.full((T, B, H), p, dtype=self.dtype), generator=generator)
+                    for H in self.hidden]
+        return keep(self.zoneout_h), keep(self.zoneout_s)
+
     def forward(self, tokens, targets, masks=None, ar=0.0, tar=0.0, h0=None, s0=None):
         """tokens, targets: int64 [T,B]. h0, s0: lists of L [B,H_k] or None (zeros).
         Returns (objective, cross_entropy, h_n list, s_n list)."""
@@ -119,8 +135,15 @@ class AwdTwin:
             for t in range(T):
                 z = pre_x[t] + F.linear(h if rec is None else h * rec, U) + b
                 i, f, g, o = z.chunk(4, dim=1)
-                s = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(s)
+                s_new = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(s_new)
+                if self.zoneout_s > 0:
+                    d = m.zone_s[k][t] if m.zone_s is not None else self.zoneout_s
+                    s_new = d * s + (1 - d) * s_new
+                if self.zoneout_h > 0:
+                    d = m.zone_h[k][t] if m.zone_h is not None else self.zoneout_h
+                    h_new = d * h + (1 - d) * h_new
+                s, h = s_new, h_new
                 outs.append(h)
             out = torch.stack(outs)  # [T,B,H]
             h_n.append(h)

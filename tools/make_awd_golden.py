@@ -7,10 +7,11 @@ tests/test_regularize_golden.cpp (no Python at test time).
 
 Each file holds, in float64: the parameters under lstmgrad's names; the masks (mask.emb [V],
 mask.in [B,E], mask.hid.{k} [B,H], mask.out [B,H], mask.weight.{k} [4H,H], mask.rec.{k} [B,H]
-(recurrent dropout on h_{t-1}), each present only when
+(recurrent dropout on h_{t-1}), mask.zone_h.{k} and mask.zone_s.{k} [T,B,H] (zoneout's 0/1 masks;
+absent with zoneout on: the expectation, as evaluation runs it), each present only when
 that regulariser is on); tokens and targets (I64 [T,B]); h0, s0 [L,B,H]; the objective `loss`, its
 cross-entropy `ce`; grad.{name} for every parameter, grad.h0 and grad.s0. __metadata__: `config`
-(JSON: V, E, H, L, tie_weights), `ar`, `tar`, `generator`. Seeded per case name: a rerun on the
+(JSON: V, E, H, L, tie_weights, and zoneout_h, zoneout_s where on), `ar`, `tar`, `generator`. Seeded per case name: a rerun on the
 same torch writes the same bytes.
 
 --selftest first checks the twin: without masks it is nn.LSTM (the same h_n, s_n and outputs to
@@ -35,7 +36,7 @@ DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_awd")
 
 BASE = dict(V=11, E=6, H=6, L=2, T=5, B=3, tie=False, state=False,
             dropout_emb=0.0, dropout_in=0.0, dropout_hid=0.0, dropout_out=0.0, weight_drop=0.0,
-            ar=0.0, tar=0.0, dropout_rec=0.0)
+            ar=0.0, tar=0.0, dropout_rec=0.0, zoneout_h=0.0, zoneout_s=0.0, zone_masks=True)
 CASES = [
     dict(BASE, name="dropout_in", dropout_in=0.5),
     dict(BASE, name="dropout_hid", dropout_hid=0.5),
@@ -53,6 +54,12 @@ CASES = [
     dict(BASE, name="awd_rec", L=3, T=6, B=3, tie=True, state=True, dropout_emb=0.1,
          dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0,
          dropout_rec=0.3),
+    # Zoneout with masks (a training forward), and as evaluation runs it (the expectation).
+    dict(BASE, name="zoneout", zoneout_h=0.3, zoneout_s=0.4),
+    dict(BASE, name="zoneout_expectation", zoneout_h=0.3, zoneout_s=0.4, zone_masks=False),
+    dict(BASE, name="awd_zoneout", L=3, T=6, B=3, tie=True, state=True, dropout_emb=0.1,
+         dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0,
+         dropout_rec=0.3, zoneout_h=0.1, zoneout_s=0.2),
 ]
 
 
@@ -63,13 +70,16 @@ def _seed(case):
 def build(case):
     g = torch.Generator().manual_seed(_seed(case))
     model = awd_twin.AwdTwin(case["V"], case["E"], [case["H"]] * case["L"], tie=case["tie"],
-                             init=0.5, generator=g)
+                             init=0.5, generator=g, zoneout_h=case["zoneout_h"],
+                             zoneout_s=case["zoneout_s"])
     T, B, L, H = case["T"], case["B"], case["L"], case["H"]
     tokens = torch.randint(0, case["V"], (T, B), generator=g)
     targets = torch.randint(0, case["V"], (T, B), generator=g)
     masks = model.draw_masks(B, case["dropout_emb"], case["dropout_in"], case["dropout_hid"],
                              case["dropout_out"], case["weight_drop"], generator=g,
                              dropout_rec=case["dropout_rec"])
+    if case["zone_masks"]:
+        masks.zone_h, masks.zone_s = model.draw_zoneout(T, B, generator=g)
     if case["state"]:
         h0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
         s0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
@@ -100,6 +110,10 @@ def compute(case):
         out[f"mask.weight.{k}"] = m.numpy()
     for k, m in enumerate(masks.rec or []):
         out[f"mask.rec.{k}"] = m.numpy()
+    for k, m in enumerate(masks.zone_h or []):
+        out[f"mask.zone_h.{k}"] = m.numpy()
+    for k, m in enumerate(masks.zone_s or []):
+        out[f"mask.zone_s.{k}"] = m.numpy()
     out["tokens"] = tokens.numpy().astype(np.int64)
     out["targets"] = targets.numpy().astype(np.int64)
     out["h0"] = h0.detach().numpy()
@@ -108,9 +122,13 @@ def compute(case):
     out["grad.s0"] = s0.grad.numpy()
     out["loss"] = np.array(loss.item(), dtype=np.float64)
     out["ce"] = np.array(ce.item(), dtype=np.float64)
+    config = {"V": case["V"], "E": case["E"], "H": case["H"], "L": case["L"],
+              "tie_weights": case["tie"]}
+    for key in ("zoneout_h", "zoneout_s"):  # only where on: the other files stay as they were
+        if case[key] > 0:
+            config[key] = case[key]
     meta = {
-        "config": json.dumps({"V": case["V"], "E": case["E"], "H": case["H"], "L": case["L"],
-                              "tie_weights": case["tie"]}),
+        "config": json.dumps(config),
         "ar": repr(case["ar"]),
         "tar": repr(case["tar"]),
         "generator": f"tools/make_awd_golden.py, torch {torch.__version__}, numpy {np.__version__}",

@@ -34,6 +34,13 @@ struct ModelConfig {
   // encoder.weight [V,E] (no decoder.weight in the layout), so its gradient adds into the
   // embedding's. Needs the embedding input, the linear readout and H == E.
   bool tie_weights = false;
+  // Zoneout (Krueger et al. 2016) on h and on s, every layer: in a training forward each unit
+  // keeps its previous value with probability zoneout_h (h) or zoneout_s (s) at each step,
+  // h_t = d h_{t-1} + (1 - d) o tanh(s~_t) (masks drawn per update); elsewhere (evaluation,
+  // inference, `grad`) d is the rate itself, the expectation. In [0, 1); a property of the model
+  // (model files store it).
+  double zoneout_h = 0, zoneout_s = 0;
+  bool zoneout() const { return zoneout_h > 0 || zoneout_s > 0; }
 };
 
 // One named tensor inside the flat parameter vector. Names follow PyTorch's word_language_model:

@@ -49,6 +49,9 @@ struct Masks {
   std::vector<Real> out;                  // [B,H] the top layer's output into the readout
   std::vector<std::vector<Real>> rec;     // [L] of [B,H]: h_{t-1} into layer k's recurrent product
   std::vector<std::vector<Real>> weight;  // [L] of [4H,H]: each layer's weight_hh
+  // Zoneout (ModelConfig::zoneout_h, zoneout_s): [L] of [T,B,H] of 0 and 1 (1: the unit keeps its
+  // previous h or s at that step); empty: the expectation (the rate in place of the mask).
+  std::vector<std::vector<Real>> zone_h, zone_s;
 };
 
 // Draws the masks of `r` for a batch of B rows as a pure function of (seed, site, index) (the
@@ -60,5 +63,12 @@ struct Masks {
 template <class Real>
 void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r, int64_t B,
                 uint64_t seed, int64_t first = 0, int64_t total = 0);
+
+// Zoneout's masks zone_h, zone_s for a training forward of T steps at the rates of cfg (cleared
+// where a rate is 0), drawn as draw_masks draws (sites of their own; row b of step t is the whole
+// batch's row first + b): what the engine draws in a forward after set_regularization(r, seed).
+template <class Real>
+void draw_zoneout(Masks<Real>& m, const ModelConfig& cfg, int64_t T, int64_t B, uint64_t seed,
+                  int64_t first = 0, int64_t total = 0);
 
 }  // namespace lstmgrad

@@ -33,7 +33,8 @@ struct TrainOptions {
   // weight drop, AR and TAR, new masks at every update; and the tied embedding and readout.
   Regularization reg;
   bool tie_weights = false;
-  double init = 0.1;  // every parameter uniform(-init, init)
+  double zoneout_h = 0, zoneout_s = 0;  // zoneout on h and s (ModelConfig::zoneout_h, zoneout_s)
+  double init = 0.1;                    // every parameter uniform(-init, init)
   std::string optimizer = "sgd";
   std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
   std::string dtype = "f32";

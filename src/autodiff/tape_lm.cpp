@@ -236,8 +236,32 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
             : locked(m.out, H, "out");
     const std::optional<Var> rec =
         m.rec.empty() ? std::nullopt : locked(m.rec[static_cast<size_t>(k)], H, "rec[k]");
+    // Zoneout at step t: d (a mask slice, or the rate: the expectation) and 1 - d as constants.
+    auto zone = [&](const std::vector<std::vector<double>>& masks, double rate, int64_t t,
+                    bool keep) {
+      Tensor d(B, H);
+      for (int64_t i = 0; i < B * H; ++i) {
+        const double di = masks.empty()
+                              ? rate
+                              : masks[static_cast<size_t>(k)][static_cast<size_t>(t * B * H + i)];
+        d.v[static_cast<size_t>(i)] = keep ? di : 1 - di;
+      }
+      return tape.constant(d);
+    };
+    for (const auto* z : {&m.zone_h, &m.zone_s}) {
+      if (!z->empty() && z->size() != static_cast<size_t>(L))
+        throw std::invalid_argument("tape_lm: mask zone_h/zone_s: expected L masks");
+      for (const auto& v : *z) need(v, T * B * H, "zone[k]");
+    }
     for (int64_t t = 0; t < T; ++t) {
+      const Var h_prev = h, s_prev = s;
       cell(tape, lv, x[static_cast<size_t>(t)], h, s, rec);
+      if (cfg.zoneout()) {  // s = d_s s_prev + (1 - d_s) s~, h = d_h h_prev + (1 - d_h) h~
+        s = tape.add(tape.mul(s_prev, zone(m.zone_s, cfg.zoneout_s, t, true)),
+                     tape.mul(s, zone(m.zone_s, cfg.zoneout_s, t, false)));
+        h = tape.add(tape.mul(h_prev, zone(m.zone_h, cfg.zoneout_h, t, true)),
+                     tape.mul(h, zone(m.zone_h, cfg.zoneout_h, t, false)));
+      }
       if (k + 1 == L) top[static_cast<size_t>(t)] = h;
       x[static_cast<size_t>(t)] = mask ? tape.mul(h, *mask) : h;
     }

@@ -20,7 +20,7 @@ struct CheckCliOptions {
   bool zero_state = false, json = false;
 };
 
-std::string describe(const Regularization& r, bool tied) {
+std::string describe(const Regularization& r, const ModelConfig& c) {
   std::string s;
   for (const auto& [name, v] :
        {std::pair{"dropout-in", r.dropout_in}, std::pair{"dropout-hid", r.dropout_hid},
@@ -28,7 +28,9 @@ std::string describe(const Regularization& r, bool tied) {
         std::pair{"dropout-emb", r.dropout_emb}, std::pair{"weight-drop", r.weight_drop},
         std::pair{"ar", r.ar}, std::pair{"tar", r.tar}})
     if (v > 0) s += fmt::format(", {} {}", name, v);
-  if (tied) s += ", tied weights";
+  if (c.tie_weights) s += ", tied weights";
+  if (c.zoneout_h > 0) s += fmt::format(", zoneout-h {}", c.zoneout_h);
+  if (c.zoneout_s > 0) s += fmt::format(", zoneout-s {}", c.zoneout_s);
   return s;
 }
 
@@ -37,7 +39,7 @@ void print_table(const CheckOptions& o, const CheckReport& r) {
   fmt::print(
       "lstmgrad check: T={} B={} X={} H={} L={} V={}{}{}, {} input, {} readout, {} targets, "
       "{} reduction, seed {}\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", describe(o.reg, c.tie_weights),
+      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", describe(o.reg, c),
       to_string(c.input), to_string(c.readout), o.soft_targets ? "soft" : "class",
       to_string(o.reduction), o.seed);
   fmt::print("loss: hand {:.15g}, tape {:.15g}", r.loss_hand, r.loss_tape);
@@ -184,6 +186,7 @@ void register_check(CLI::App& app) {
       ->capture_default_str();
   add_recurrence_option(cmd, a->d.recurrence);
   add_regularization_options(cmd, a->o.reg, a->o.cfg.tie_weights);
+  add_zoneout_options(cmd, a->o.cfg.zoneout_h, a->o.cfg.zoneout_s);
   cmd->callback([a] { run(*a); });
 }
 
@@ -229,6 +232,19 @@ void add_regularization_options(CLI::App* cmd, Regularization& r, bool& tie_weig
   cmd->add_flag("--tie-weights", tie_weights,
                 "Tie the readout's weight to the embedding (encoder.weight); needs hidden = "
                 "embedding width");
+}
+
+void add_zoneout_options(CLI::App* cmd, double& zoneout_h, double& zoneout_s) {
+  const auto rate = CLI::Range(0.0, 0.99);
+  cmd->add_option("--zoneout-h", zoneout_h,
+                  "Zoneout on h (Krueger et al.): in training each unit keeps its previous h with "
+                  "this probability at each step; evaluation uses the expectation. Stored in the "
+                  "model")
+      ->check(rate)
+      ->capture_default_str();
+  cmd->add_option("--zoneout-s", zoneout_s, "Zoneout on the cell state s, as --zoneout-h")
+      ->check(rate)
+      ->capture_default_str();
 }
 
 const CommandRegistrar kCheckRegistrar(40, register_check);

@@ -69,6 +69,7 @@ void register_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dropout", o->dropout, "Non-recurrent dropout")->capture_default_str();
   add_regularization_options(cmd, o->reg, o->tie_weights);
+  add_zoneout_options(cmd, o->zoneout_h, o->zoneout_s);
   cmd->add_option("--init", o->init, "Every parameter uniform(-init, init)")->capture_default_str();
   cmd->add_option("--optimizer", o->optimizer,
                   "sgd, adam, asgd (averaged SGD), or nt-asgd (SGD, then averaged SGD once "

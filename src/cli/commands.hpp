@@ -25,6 +25,8 @@ CLI::Option* add_recurrence_option(CLI::App* cmd, std::string& recurrence);
 // AWD-LSTM's regularisers and --tie-weights, the same flags on check and train
 // (lstmgrad/regularize.hpp; docs/cli.md).
 void add_regularization_options(CLI::App* cmd, Regularization& r, bool& tie_weights);
+// --zoneout-h, --zoneout-s (check and train): the model's zoneout rates.
+void add_zoneout_options(CLI::App* cmd, double& zoneout_h, double& zoneout_s);
 
 // A command that ran but found a problem (check above tolerance) sets a non-zero exit code.
 void set_exit_code(int code);

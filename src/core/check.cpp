@@ -104,6 +104,7 @@ CheckReport run_check(const CheckOptions& o) {
   // The tape.
   Masks<double> masks;
   draw_masks(masks, c, o.reg, o.B, o.mask_seed());
+  draw_zoneout(masks, c, o.T, o.B, o.mask_seed());
   const ad::TapeLmResult tape =
       ad::tape_lm(c, params, batch, o.reduction, {&masks, o.reg.ar, o.reg.tar});
   rep.loss_tape = tape.loss;

@@ -94,6 +94,10 @@ void validate_config(const ModelConfig& cfg) {
     throw InputError(fmt::format(
         "model: the identity readout needs as many classes as hidden units (V {} != H {})", cfg.V,
         cfg.H));
+  for (const auto& [flag, p] :
+       {std::pair{"--zoneout-h", cfg.zoneout_h}, std::pair{"--zoneout-s", cfg.zoneout_s}})
+    if (!(p >= 0 && p < 1))
+      throw InputError(fmt::format("model: {} must be in [0, 1), got {}", flag, p));
   if (cfg.tie_weights) {
     if (cfg.input != InputKind::embedding || cfg.readout != Readout::linear)
       throw InputError(

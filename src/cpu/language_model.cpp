@@ -75,7 +75,9 @@ struct LanguageModel<Real>::Impl {
       : cfg_(cfg),
         offsets_((validate_config(cfg), parameter_offsets(cfg))),
         n_params_(parameter_count(cfg)),
-        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, cfg.H, cfg.L)) {}
+        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, cfg.H, cfg.L)) {
+    stack_->set_zoneout(cfg.zoneout_h, cfg.zoneout_s);
+  }
 
   void reserve(int64_t T, int64_t B);
   bool fuses_readout(const Batch<Real>& batch) const;
@@ -131,6 +133,7 @@ struct LanguageModel<Real>::Impl {
   Regularization reg_;
   uint64_t reg_seed_ = 0;
   bool explicit_masks_ = false;
+  bool training_ = false;              // set_regularization was called: zoneout draws masks
   bool reg_on_ = false;                // the last forward applied them
   bool wdropped_ = false;              // ... and weight drop
   double ce_ = 0;                      // the last forward's cross-entropy
@@ -139,6 +142,7 @@ struct LanguageModel<Real>::Impl {
   std::vector<Real> wd_grad_;          // [L,4H,H] dL/dU' in backward
   std::vector<const Real*> hid_ptrs_;  // [L-1] into masks_.hid
   std::vector<const Real*> rec_ptrs_;  // [L] into masks_.rec
+  std::vector<const Real*> zone_h_ptrs_, zone_s_ptrs_;  // [L] into masks_.zone_h, zone_s
   // The masks the last forward applied at the input and before the readout, and their period
   // in rows (cpu::apply_mask_rows: T*B per position, B locked); null: none.
   const Real* in_mask_ = nullptr;
@@ -203,6 +207,7 @@ template <class Real>
 void LanguageModel<Real>::set_regularization(const Regularization& r, uint64_t seed) {
   validate_regularization(r, impl_->cfg_);
   impl_->reg_ = r, impl_->reg_seed_ = seed, impl_->explicit_masks_ = false;
+  impl_->training_ = true;
 }
 
 template <class Real>
@@ -346,7 +351,7 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   const Real* P = params.data();
   const Real* x = batch.dense.data();
   dropped_ = keep && drop_p_ > 0;
-  reg_on_ = keep && (explicit_masks_ || reg_.any());
+  reg_on_ = keep && (explicit_masks_ || reg_.any() || (training_ && cfg_.zoneout()));
   in_mask_ = out_mask_ = nullptr;
   wdropped_ = false;
   if (reg_on_) prepare_regularization(B, P);
@@ -390,6 +395,14 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     const bool rec = reg_on_ && !masks_.rec.empty();
     for (size_t k = 0; rec && k < masks_.rec.size(); ++k) rec_ptrs_[k] = masks_.rec[k].data();
     stack_->set_recurrent_masks(rec ? rec_ptrs_.data() : nullptr);
+    // zoneout: the masks where there are, else the expectation
+    const bool zh = reg_on_ && !masks_.zone_h.empty(), zs = reg_on_ && !masks_.zone_s.empty();
+    for (size_t k = 0; zh && k < masks_.zone_h.size(); ++k)
+      zone_h_ptrs_[k] = masks_.zone_h[k].data();
+    for (size_t k = 0; zs && k < masks_.zone_s.size(); ++k)
+      zone_s_ptrs_[k] = masks_.zone_s[k].data();
+    stack_->set_zoneout_masks(zh ? zone_h_ptrs_.data() : nullptr,
+                              zs ? zone_s_ptrs_.data() : nullptr);
   }
   const auto w = layer_weights(P);
   const Real* h0 = batch.h0.empty() ? nullptr : batch.h0.data();
@@ -476,6 +489,7 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
         "masks) drop at the same sites: give one or the other");
   if (!explicit_masks_) {
     draw_masks(masks_, cfg_, reg_, B, reg_seed_, shard_.first, shard_.total);
+    draw_zoneout(masks_, cfg_, T_, B, reg_seed_, shard_.first, shard_.total);
   } else {
     auto need = [](const std::vector<Real>& v, int64_t n, const char* what) {
       if (!v.empty() && v.size() != static_cast<size_t>(n))
@@ -493,12 +507,18 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
     if (!masks_.rec.empty() && masks_.rec.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: rec needs L masks");
     for (const auto& m : masks_.rec) need(m, B * H, "rec[k]");
+    for (const auto* zone : {&masks_.zone_h, &masks_.zone_s}) {
+      if (!zone->empty() && zone->size() != static_cast<size_t>(L))
+        throw std::invalid_argument("LanguageModel::set_masks: zone_h and zone_s need L masks");
+      for (const auto& m : *zone) need(m, T_ * B * H, "zone_h[k] or zone_s[k]");
+    }
     if (!masks_.weight.empty() && masks_.weight.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: weight needs L masks");
     for (const auto& m : masks_.weight) need(m, 4 * H * H, "weight[k]");
   }
   hid_ptrs_.resize(static_cast<size_t>(std::max<int64_t>(L - 1, 0)));
   rec_ptrs_.resize(static_cast<size_t>(L));
+  zone_h_ptrs_.resize(static_cast<size_t>(L)), zone_s_ptrs_.resize(static_cast<size_t>(L));
   if (!masks_.weight.empty()) {  // U' = U * M per layer, into a buffer kept between forwards
     const size_t GH = static_cast<size_t>(4 * H * H);
     if (wd_.size() < L * GH) wd_.resize(L * GH);

@@ -42,6 +42,64 @@ void mask_units(Real* hd, const Real* h, const Real* mask, int64_t B, int64_t H,
     for (int64_t c = j; c < j + n; ++c) hd[r * H + c] = h[r * H + c] * mask[r * H + c];
 }
 
+// Zoneout after step t's cell, rows [0, B) and units [j, j + n): the cell wrote s~ at st (zseq,
+// or in place at s) and h~ at h; s = d_s s_prev + (1 - d_s) s~, h = d_h h_prev + (1 - d_h) h~.
+// With masks of 0 and 1 the result is exactly one of the two.
+template <class Real>
+void zoneout_forward(const LayerSaved<Real>& sv, int64_t t, int64_t B, int64_t H, int64_t j,
+                     int64_t n) {
+  const int64_t BH = B * H;
+  Real* s = cell_state_at(sv, t + 1, B, H);
+  const Real* sp = cell_state_at(sv, t, B, H);
+  const Real* st = sv.zseq ? sv.zseq + t * BH : s;
+  Real* h = sv.hseq + (t + 1) * BH;
+  const Real* hp = sv.hseq + t * BH;
+  const Real* mh = sv.zone_h ? sv.zone_h + t * BH : nullptr;
+  const Real* ms = sv.zone_s ? sv.zone_s + t * BH : nullptr;
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t i = r * H + j; i < r * H + j + n; ++i) {
+      const Real ds = ms ? ms[i] : sv.zone_p_s, dh = mh ? mh[i] : sv.zone_p_h;
+      s[i] = ds * sp[i] + (Real(1) - ds) * st[i];
+      h[i] = dh * hp[i] + (Real(1) - dh) * h[i];
+    }
+}
+
+// Where step t's cell writes its state: s_t, or s~_t with zoneout in a training forward.
+template <class Real>
+Real* cell_output_state(const LayerSaved<Real>& sv, int64_t t, int64_t B, int64_t H) {
+  return sv.zseq ? sv.zseq + t * B * H : cell_state_at(sv, t + 1, B, H);
+}
+
+// Zoneout's backward around step t's cell, units [j, j + n) of every row. Before the cell's pass:
+// dh (in: dL/dh_t without the zoneout path; out: what the cell's h~ gets) and ds (in: dL/ds_t;
+// out: the cell's ds~) are split by the masks, the kept parts into zone_dh and zone_ds. dh_out
+// is added in here (the cell's pass then gets none).
+template <class Real>
+void zoneout_backward_in(const LayerSaved<Real>& sv, int64_t t, Real* dh, const Real* dh_out,
+                         Real* ds, int64_t B, int64_t H, int64_t j, int64_t n) {
+  const int64_t BH = B * H;
+  const Real* mh = sv.zone_h ? sv.zone_h + t * BH : nullptr;
+  const Real* ms = sv.zone_s ? sv.zone_s + t * BH : nullptr;
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t i = r * H + j; i < r * H + j + n; ++i) {
+      const Real d_h = mh ? mh[i] : sv.zone_p_h, d_s = ms ? ms[i] : sv.zone_p_s;
+      // h_t = d_h h_{t-1} + (1 - d_h) h~_t: dL/dh_t in full, then its two shares
+      const Real g = dh[i] + sv.zone_dh[i] + (dh_out ? dh_out[t * BH + i] : Real(0));
+      sv.zone_dh[i] = d_h * g, dh[i] = (Real(1) - d_h) * g;
+      sv.zone_ds[i] = d_s * ds[i], ds[i] = (Real(1) - d_s) * ds[i];
+    }
+}
+
+// After the cell's pass: dL/ds_{t-1} = the cell's part + d_s dL/ds_t (kept = zone_ds); after
+// the last step, dL/dh_0 = the product's part + d_h dL/dh_1 (kept = zone_dh).
+template <class Real>
+void zoneout_backward_out(const LayerSaved<Real>& sv, Real* d, int64_t B, int64_t H, int64_t j,
+                          int64_t n, const Real* kept = nullptr) {
+  if (!kept) kept = sv.zone_ds;
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t i = r * H + j; i < r * H + j + n; ++i) d[i] += kept[i];
+}
+
 // What step t's recurrent product reads: h_t, or h_t times the recurrent dropout mask.
 template <class Real>
 const Real* product_input(const LayerSaved<Real>& saved, int64_t t, int64_t B, int64_t H) {
@@ -106,8 +164,9 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
       fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
-                         w.unit ? w.unit + j : nullptr, cell_state_at(saved, t + 1, B, H) + j,
+                         w.unit ? w.unit + j : nullptr, cell_output_state(saved, t, B, H) + j,
                          h + j, cell_state_at(saved, t, B, H) + j, H, n);
+      if (saved.zoned()) zoneout_forward(saved, t, B, H, j, n);
       if (saved.rec_mask && t + 1 < T)
         mask_units(saved.hdseq + (t + 1) * B * H, h, saved.rec_mask, B, H, j, n);
     });
@@ -133,23 +192,33 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
       const float* s = saved.sseq + (t + 1) * B * H + j;
       const float* s_prev = saved.sseq + t * B * H + j;
       const float* unit = w.unit ? w.unit + j : nullptr;
-      if (t + 1 < T)  // z_{t+1} = ... + h_t U^T: dh_rec = dz_{t+1} U, in registers
+      if (saved.zoned()) {  // dh_rec stored, split by zoneout's masks, then the cell's pass
+        if (t + 1 < T) {
+          panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j, H,
+                     false);
+          if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, n);
+        }
+        zoneout_backward_in(saved, t, dh_rec, dh_out, ds, B, H, j, n);
+        fast_gates_backward(dzt + j, G, H, ds + j, nullptr, dh_rec + j, gates,
+                            saved.zseq + t * B * H + j, s_prev, unit, H, B, n);
+        zoneout_backward_out(saved, ds, B, H, j, n);
+      } else if (t + 1 < T) {  // z_{t+1} = ... + h_t U^T: dh_rec = dz_{t+1} U, in registers
         fused_step_backward(B, dzt + B * G, G, G, saved.panels + u * per, dzt + j, H, ds + j, dho,
                             gates, s, s_prev, unit, saved.rec_mask ? saved.rec_mask + j : nullptr,
                             H, n);
-      else  // dh_rec from the caller
+      } else {  // dh_rec from the caller
         fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
                             n);
+      }
     });
     saved.step_barrier->wait(tm.threads);  // dz_t complete before any thread's GEMM reads it
   }
   for_each_claimed(saved, T, tm, [&](int64_t u) {
     panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup,
                H, false);
-    if (saved.rec_mask) {
-      const int64_t j = u * kBackwardGroup;
-      mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, std::min(kBackwardGroup, H - j));
-    }
+    const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
+    if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, n);
+    if (saved.zoned()) zoneout_backward_out(saved, dh_rec, B, H, j, n, saved.zone_dh);
   });
 #pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete
 }
@@ -202,8 +271,9 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
         gemm(Tr::N, Tr::T, B, n, H, Real(1), h_prev, H, w.W_hh + (q * H + j0) * H, H, Real(1),
              zt + q * H + j0, G);
       step_forward(zt + j0, G, H, saved.bias + j0, w.unit ? w.unit + j0 : nullptr,
-                   cell_state_at(saved, t + 1, B, H) + j0, saved.hseq + (t + 1) * B * H + j0,
+                   cell_output_state(saved, t, B, H) + j0, saved.hseq + (t + 1) * B * H + j0,
                    cell_state_at(saved, t, B, H) + j0, H, B, n);
+      if (saved.zoned()) zoneout_forward(saved, t, B, H, j0, n);
       if (saved.rec_mask && t + 1 < T)
         mask_units(saved.hdseq + (t + 1) * B * H, saved.hseq + (t + 1) * B * H, saved.rec_mask, B,
                    H, j0, n);
@@ -218,6 +288,10 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const LayerWeights<Real>& w, const TeamMember& tm, int64_t T, int64_t B,
                     int64_t I, int64_t H) {
   const int64_t G = 4 * H, N = T * B;
+  if (saved.zoned())  // nothing kept from a step after T yet
+    tm.for_shares(H, [&](const TeamSlice& ts) {
+      for (int64_t r = 0; r < B; ++r) std::fill_n(saved.zone_dh + r * H + ts.j0, ts.n(), Real(0));
+    });
   bool claimed = false;
   if constexpr (std::is_same_v<Real, float>) {
     claimed = saved.panels != nullptr;
@@ -226,11 +300,20 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   for (int64_t t = T - 1; t >= 0 && !claimed; --t) {
     Real* dzt = dz + t * B * G;
     tm.for_shares(H, [&](const TeamSlice& ts) {
-      const int64_t j0 = ts.j0;
-      if (ts.n() > 0)
+      const int64_t j0 = ts.j0, n = ts.n();
+      if (n == 0) return;
+      const Real* unit = w.unit ? w.unit + j0 : nullptr;
+      if (saved.zoned()) {
+        zoneout_backward_in(saved, t, dh_rec, dh_out, ds, B, H, j0, n);
+        step_backward(dzt + j0, G, H, ds + j0, static_cast<const Real*>(nullptr), dh_rec + j0,
+                      saved.gates + t * B * G + j0, saved.zseq + t * B * H + j0,
+                      saved.sseq + t * B * H + j0, unit, H, B, n);
+        zoneout_backward_out(saved, ds, B, H, j0, n);
+      } else {
         step_backward(dzt + j0, G, H, ds + j0, dh_out ? dh_out + t * B * H + j0 : nullptr,
                       dh_rec + j0, saved.gates + t * B * G + j0, saved.sseq + (t + 1) * B * H + j0,
-                      saved.sseq + t * B * H + j0, w.unit ? w.unit + j0 : nullptr, H, B, ts.n());
+                      saved.sseq + t * B * H + j0, unit, H, B, n);
+      }
     });
 #pragma omp barrier  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, each share's columns.
@@ -240,6 +323,9 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
            H);
       // z_t reads h_{t-1} * mask: dh_{t-1} = (dz_t U) * mask
       if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, ts.j0, ts.n());
+      // after the first step: dL/dh_0 also gets zoneout's kept share of dL/dh_1
+      if (t == 0 && saved.zoned())
+        zoneout_backward_out(saved, dh_rec, B, H, ts.j0, ts.n(), saved.zone_dh);
     });
   }
   tm.for_shares(H, [&](const TeamSlice& ts) {
@@ -264,7 +350,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     // positions in order: the same sums for any team size.
     if (w.unit && ts.n() > 0)
       core::unit_grads(g.dunit + ts.j0, H, dz + ts.j0, G, saved.sseq + ts.j0,
-                       saved.sseq + B * H + ts.j0, H, N, ts.n());
+                       (saved.zseq ? saved.zseq : saved.sseq + B * H) + ts.j0, H, N, ts.n());
     // dx = dz W_ih, the share's rows (all of dz is complete: the last barrier above)
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
     if (dx && r1 > r0)

@@ -72,6 +72,20 @@ struct LayerSaved {
   // rec_mask null: none, hdseq unused.
   const Real* rec_mask = nullptr;
   Real* hdseq = nullptr;
+  // Zoneout (Krueger et al.): after the cell's s~ and h~, each unit keeps its previous value with
+  // probability p: s_t = d_s s_{t-1} + (1 - d_s) s~_t, h_t = d_h h_{t-1} + (1 - d_h) h~_t, with
+  // h~_t = o tanh(s~_t). zone_s, zone_h: the masks d [T,B,H] of 0 and 1 (a training forward), or
+  // null: d is the rate itself (the expectation, as inference runs it). zoned: either rate > 0.
+  Real zone_p_h = 0, zone_p_s = 0;
+  const Real* zone_h = nullptr;
+  const Real* zone_s = nullptr;
+  // [T,B,H] s~_1 .. s~_T, which backward needs (the cell's own state, before zoneout); null: the
+  // cell writes s~ where s_t goes and zoneout updates it in place (inference).
+  Real* zseq = nullptr;
+  // [B,H] each, backward's scratch with zoneout: d_h dL/dh_t carried to h_{t-1}, and d_s dL/ds_t.
+  Real* zone_dh = nullptr;
+  Real* zone_ds = nullptr;
+  bool zoned() const { return zone_p_h > 0 || zone_p_s > 0; }
 };
 
 // Where layer_forward reads s_t and writes it: [B,H] at step t of sseq, or its ring slot.

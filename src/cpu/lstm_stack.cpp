@@ -18,7 +18,9 @@ LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
       L_(L),
       saved_(L),
       locked_(static_cast<size_t>(L - 1), nullptr),
-      rec_(static_cast<size_t>(L), nullptr) {}
+      rec_(static_cast<size_t>(L), nullptr),
+      zone_h_(static_cast<size_t>(L), nullptr),
+      zone_s_(static_cast<size_t>(L), nullptr) {}
 
 template <class Real>
 int LstmStack<Real>::threads(int64_t B) const {
@@ -79,6 +81,18 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
   for (int64_t k = 0; k < L_; ++k) {
     saved_[k].rec_mask = rec ? rec_[static_cast<size_t>(k)] : nullptr;
     saved_[k].hdseq = rec ? rec_seq_.data() + k * N * H : nullptr;
+  }
+  const bool zoned = zone_p_h_ > 0 || zone_p_s_ > 0;
+  if (zoned && zone_seq_.size() < static_cast<size_t>((L_ * N + 2 * B) * H))
+    zone_seq_.resize(static_cast<size_t>((L_ * N + 2 * B) * H));
+  for (int64_t k = 0; k < L_; ++k) {
+    LayerSaved<Real>& sv = saved_[k];
+    sv.zone_p_h = static_cast<Real>(zone_p_h_), sv.zone_p_s = static_cast<Real>(zone_p_s_);
+    sv.zone_h = zoned ? zone_h_[static_cast<size_t>(k)] : nullptr;
+    sv.zone_s = zoned ? zone_s_[static_cast<size_t>(k)] : nullptr;
+    sv.zseq = zoned ? zone_seq_.data() + k * N * H : nullptr;
+    sv.zone_dh = zoned ? zone_seq_.data() + L_ * N * H : nullptr;
+    sv.zone_ds = zoned ? zone_seq_.data() + (L_ * N + B) * H : nullptr;
   }
   locked_used_ = L_ > 1 && locked_[0] != nullptr;
   dropped_ = (drop_p_ > 0 || locked_used_) && L_ > 1;
@@ -204,6 +218,8 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
     for (int64_t k = 0; k < L_; ++k) {
       LayerSaved<Real> sv = infer_layer_;
       sv.hseq = infer_h_[k % 2];
+      // zoneout's expectation, in place (no zseq: nothing is kept for backward)
+      sv.zone_p_h = static_cast<Real>(zone_p_h_), sv.zone_p_s = static_cast<Real>(zone_p_s_);
       // Each share its units of the bias, h0 and s0 (layer_forward's first barrier follows
       // before any step reads them); the layer before is done with all three (its last barrier).
       tm.for_shares(H, [&](const TeamSlice& ts) {

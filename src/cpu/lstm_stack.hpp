@@ -41,7 +41,7 @@ class LstmStack {
                 const Real* ds_n = nullptr);
 
   size_t arena_bytes() const {
-    return (arena_.size() + drop_.size() + rec_seq_.size()) * sizeof(Real);
+    return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size()) * sizeof(Real);
   }
 
   // Inference: forward's arithmetic, the same bits of output and final states, keeping nothing
@@ -76,6 +76,18 @@ class LstmStack {
   void set_recurrent_masks(const Real* const* masks) {
     for (int64_t k = 0; k < L_; ++k) rec_[static_cast<size_t>(k)] = masks ? masks[k] : nullptr;
   }
+  // Zoneout (Krueger et al.; lstm_layer.hpp): the rates of every layer, p_h on h and p_s on s,
+  // in [0, 1); 0 and 0: none. A forward without masks, and infer, use the expectation.
+  void set_zoneout(double p_h, double p_s) { zone_p_h_ = p_h, zone_p_s_ = p_s; }
+  // Masks for the next forward: h[k], s[k] [T,B,H] of 0 and 1 (1: the unit keeps its previous
+  // value) for layer k; null (or h = s = null): the expectation. Kept alive by the caller until
+  // backward is done.
+  void set_zoneout_masks(const Real* const* h, const Real* const* s) {
+    for (int64_t k = 0; k < L_; ++k) {
+      zone_h_[static_cast<size_t>(k)] = h ? h[k] : nullptr;
+      zone_s_[static_cast<size_t>(k)] = s ? s[k] : nullptr;
+    }
+  }
 
  private:
   void reserve(int64_t T, int64_t B);
@@ -106,6 +118,10 @@ class LstmStack {
   bool locked_used_ = false;         // the last forward used them
   std::vector<const Real*> rec_;     // [L] set_recurrent_masks's, or null
   std::vector<Real> rec_seq_;        // [L] of [T,B,H]: each layer's h_{t-1} * mask (hdseq)
+  double zone_p_h_ = 0, zone_p_s_ = 0;
+  std::vector<const Real*> zone_h_, zone_s_;  // [L] set_zoneout_masks's, or null
+  // zoneout's buffers: [L] of [T,B,H] s~ (zseq), then [B,H] twice (zone_dh, zone_ds)
+  std::vector<Real> zone_seq_;
   // Boundary k's mask and its period in rows (apply_mask_rows): locked [B,H] or per position.
   const Real* mask_of(int64_t k) {
     return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k);

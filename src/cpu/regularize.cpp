@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "cpu/dropout.hpp"
 #include "lstmgrad/error.hpp"
@@ -19,6 +20,8 @@ constexpr uint64_t kSiteOut = (uint64_t{1} << 40) + 2;
 constexpr uint64_t kSiteHid = uint64_t{2} << 40;     // + k, the boundary above layer k
 constexpr uint64_t kSiteWeight = uint64_t{3} << 40;  // + k, layer k's weight_hh
 constexpr uint64_t kSiteRec = uint64_t{4} << 40;     // + k, layer k's h_{t-1}
+constexpr uint64_t kSiteZoneH = uint64_t{5} << 40;   // + k, layer k's zoneout on h
+constexpr uint64_t kSiteZoneS = uint64_t{6} << 40;   // + k, layer k's zoneout on s
 
 template <class Real>
 void fill(std::vector<Real>& v, int64_t n, double p, uint64_t seed, uint64_t site) {
@@ -93,6 +96,27 @@ void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r,
          kSiteWeight + static_cast<uint64_t>(k));
 }
 
+template <class Real>
+void draw_zoneout(Masks<Real>& m, const ModelConfig& cfg, int64_t T, int64_t B, uint64_t seed,
+                  int64_t first, int64_t total) {
+  const int64_t H = cfg.H, L = cfg.L;
+  for (auto [masks, p, site] : {std::tuple{&m.zone_h, cfg.zoneout_h, kSiteZoneH},
+                                std::tuple{&m.zone_s, cfg.zoneout_s, kSiteZoneS}}) {
+    masks->resize(p > 0 ? static_cast<size_t>(L) : 0);
+    for (int64_t k = 0; k < L && p > 0; ++k) {
+      std::vector<Real>& v = (*masks)[static_cast<size_t>(k)];
+      v.resize(static_cast<size_t>(T * B * H));
+      cpu::dropout_mask(v.data(), T, B, H, cpu::StreamShard{first, total}, p, seed,
+                        site + static_cast<uint64_t>(k));
+      for (Real& e : v) e = e == Real(0) ? Real(1) : Real(0);  // dropped (rate p): kept as it was
+    }
+  }
+}
+
+template void draw_zoneout(Masks<float>&, const ModelConfig&, int64_t, int64_t, uint64_t, int64_t,
+                           int64_t);
+template void draw_zoneout(Masks<double>&, const ModelConfig&, int64_t, int64_t, uint64_t, int64_t,
+                           int64_t);
 template void draw_masks(Masks<float>&, const ModelConfig&, const Regularization&, int64_t,
                          uint64_t, int64_t, int64_t);
 template void draw_masks(Masks<double>&, const ModelConfig&, const Regularization&, int64_t,

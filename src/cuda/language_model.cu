@@ -298,6 +298,10 @@ LanguageModel::LanguageModel(const ModelConfig& cfg) {
   if (cfg.tie_weights)
     throw InputError(
         "--device cuda: the CUDA engine does not support --tie-weights yet (use --device cpu)");
+  if (cfg.zoneout())
+    throw InputError(
+        "--device cuda: the CUDA engine does not support zoneout yet (--zoneout-h, --zoneout-s; "
+        "use --device cpu)");
   impl_ = std::make_unique<Impl>(cfg);
 }
 LanguageModel::~LanguageModel() = default;

@@ -116,6 +116,14 @@ ModelConfig config_from_json(const std::string& text, const std::string& file) {
                                    j["tie_weights"].dump()));
     c.tie_weights = j["tie_weights"].get<bool>();
   }
+  for (const auto& [key, p] :
+       {std::pair{"zoneout_h", &c.zoneout_h}, std::pair{"zoneout_s", &c.zoneout_s}}) {
+    if (!j.contains(key)) continue;  // absent: no zoneout (files written before it)
+    if (!j[key].is_number() || !(j[key].get<double>() >= 0 && j[key].get<double>() < 1))
+      bad_config(file,
+                 fmt::format("key '{}' must be a number in [0, 1), got {}", key, j[key].dump()));
+    *p = j[key].get<double>();
+  }
   return c;
 }
 
@@ -126,8 +134,10 @@ std::string config_to_json(const ModelConfig& c) {
          {"X", c.X},
          {"H", c.H},
          {"L", c.L}};
-  if (c.peephole) j["peephole"] = true;        // the plain cell's files stay as they were
-  if (c.tie_weights) j["tie_weights"] = true;  // untied files too
+  if (c.peephole) j["peephole"] = true;               // the plain cell's files stay as they were
+  if (c.tie_weights) j["tie_weights"] = true;         // untied files too
+  if (c.zoneout_h > 0) j["zoneout_h"] = c.zoneout_h;  // and files without zoneout
+  if (c.zoneout_s > 0) j["zoneout_s"] = c.zoneout_s;
   return j.dump();
 }
 

@@ -75,6 +75,8 @@ json options_to_json(const TrainOptions& o) {
           {"ar", o.reg.ar},
           {"tar", o.reg.tar},
           {"tie_weights", o.tie_weights},
+          {"zoneout_h", o.zoneout_h},
+          {"zoneout_s", o.zoneout_s},
           {"init", o.init},
           {"optimizer", o.optimizer},
           {"loss", o.loss},
@@ -189,6 +191,8 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
         std::pair{"ar", &o.reg.ar}, std::pair{"tar", &o.reg.tar}})
     if (s.has(key)) *v = s.number(key);
   o.tie_weights = s.has("tie_weights") && s.flag("tie_weights");
+  if (s.has("zoneout_h")) o.zoneout_h = s.number("zoneout_h");  // absent: written before zoneout
+  if (s.has("zoneout_s")) o.zoneout_s = s.number("zoneout_s");
   return o;
 }
 
@@ -254,6 +258,8 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
                        : o.optimizer == "asgd"    ? "--optimizer asgd"
                        : o.optimizer == "nt-asgd" ? "--optimizer nt-asgd"
                        : o.tie_weights            ? "--tie-weights"
+                       : o.zoneout_h > 0          ? "--zoneout-h"
+                       : o.zoneout_s > 0          ? "--zoneout-s"
                                                   : regularization_flag(o.reg);
     if (flag)
       throw InputError(
@@ -724,6 +730,7 @@ class Trainer {
     cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers,
             o_.peephole};
     cfg_.tie_weights = o_.tie_weights;
+    cfg_.zoneout_h = o_.zoneout_h, cfg_.zoneout_s = o_.zoneout_s;
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
@@ -871,7 +878,8 @@ class Trainer {
           fmt::format("--resume {}: the vocabulary of {} differs from the checkpoint's",
                       o_.out.string(), o_.train.string()));
     if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X ||
-        c.cfg.peephole != cfg_.peephole || c.cfg.tie_weights != cfg_.tie_weights)
+        c.cfg.peephole != cfg_.peephole || c.cfg.tie_weights != cfg_.tie_weights ||
+        c.cfg.zoneout_h != cfg_.zoneout_h || c.cfg.zoneout_s != cfg_.zoneout_s)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
     const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
@@ -1357,7 +1365,8 @@ TrainOptions finetune_options(const TrainOptions& o) {
     std::replace(flag.begin(), flag.end(), '_', '-');
     if (!given(flag)) continue;
     const bool model = key == "layers" || key == "hidden" || key == "embed" || key == "peephole" ||
-                       key == "level" || key == "tie_weights";
+                       key == "level" || key == "tie_weights" || key == "zoneout_h" ||
+                       key == "zoneout_s";
     if (model && base.contains(key) && base[key] != value)
       throw InputError(fmt::format("{} {}: --finetune keeps the model of {} ({} {})", flag,
                                    value.dump(), run, key, base[key].dump()));
