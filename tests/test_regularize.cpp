@@ -32,6 +32,7 @@ struct Case {
   Reduction red = Reduction::mean;
   bool peephole = false;
   double zoneout_h = 0, zoneout_s = 0;  // the model's (ModelConfig)
+  bool layer_norm = false;
 };
 
 Regularization
@@ -86,14 +87,25 @@ std::vector<Case> cases() {
   Case all = rec;  // every regulariser, peepholes, and zoneout on both
   all.name = "zoneout_everything", all.zoneout_h = 0.2, all.zoneout_s = 0.3;
   v.push_back(all);
+  Case ln = mk("layer_norm", Regularization{});
+  ln.layer_norm = true;
+  v.push_back(ln);
+  Case ln_all = all;  // layer norm with every regulariser and zoneout (no peepholes: refused)
+  ln_all.name = "layer_norm_everything", ln_all.layer_norm = true, ln_all.peephole = false;
+  v.push_back(ln_all);
+  Case ln_dense = dense;
+  ln_dense.name = "layer_norm_dense_identity", ln_dense.layer_norm = true;
+  v.push_back(ln_dense);
   return v;
 }
 
 CheckOptions options(const Case& c) {
   CheckOptions o;
-  o.cfg = {c.input, c.readout, 6, 4, 4, c.L, c.peephole, c.tie, c.zoneout_h, c.zoneout_s};
+  o.cfg = {c.input,    c.readout, 6,           4,           4,           c.L,
+           c.peephole, c.tie,     c.zoneout_h, c.zoneout_s, c.layer_norm};
   if (c.readout == Readout::identity) o.cfg.V = o.cfg.H;
   o.T = c.T, o.B = 3, o.reduction = c.red, o.reg = c.reg, o.seed = 7;
+  if (c.layer_norm) o.fd_step = 1e-4;  // (check.hpp: rows near zero variance)
   return o;
 }
 
@@ -165,6 +177,7 @@ INSTANTIATE_TEST_SUITE_P(Each, Regularized, ::testing::ValuesIn(cases()),
 // V = 120), with 4 threads: AWD's combination, tied; then with recurrent dropout as well; then
 // with zoneout too. 1e-4 as above (the float32 golden tests' tolerance; measured: at most 5e-7
 // relative).
+// Then the layer-normalised cell with all of it (its own row-split path, ln_layer.cpp).
 class RegularizeFused : public ::testing::TestWithParam<int> {};
 
 TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
@@ -172,6 +185,7 @@ TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
   if (GetParam() >= 1) reg.dropout_rec = 0.3;
   ModelConfig cfg{InputKind::embedding, Readout::linear, 120, 48, 48, 3, false, true};
   if (GetParam() >= 2) cfg.zoneout_h = 0.15, cfg.zoneout_s = 0.25;
+  cfg.layer_norm = GetParam() == 3;
   std::mt19937_64 rng(5);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.2, 0.2);
   Batch<double> b;
@@ -199,19 +213,23 @@ TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(StepLoop, RegularizeFused, ::testing::Values(0, 1, 2),
+INSTANTIATE_TEST_SUITE_P(StepLoop, RegularizeFused, ::testing::Values(0, 1, 2, 3),
                          [](const ::testing::TestParamInfo<int>& p) {
                            return p.param == 0   ? "awd"
                                   : p.param == 1 ? "awd_recurrent_dropout"
-                                                 : "awd_recurrent_dropout_zoneout";
+                                  : p.param == 2 ? "awd_recurrent_dropout_zoneout"
+                                                 : "awd_everything_layer_norm";
                          });
 
 // Recurrent dropout and zoneout keep the engines' split-independence: float64 (the static split)
 // gives the same bits on 1 and 3 threads; float32 (the claimed groups, where AVX-512 is) for 4
-// shares run by 1 and by 3 threads (its row splits follow the shares).
-TEST(Regularize, RecurrentDropoutAndZoneoutAreTheSameForAnyTeam) {
+// shares run by 1 and by 3 threads (its row splits follow the shares). The layer-normalised cell
+// too (its own path, rows split by shares).
+class StepLoopTeams : public ::testing::TestWithParam<bool> {};
+
+TEST_P(StepLoopTeams, RecurrentDropoutAndZoneoutAreTheSameForAnyTeam) {
   ModelConfig cfg{InputKind::embedding, Readout::linear, 40, 20, 40, 2};
-  cfg.zoneout_h = 0.2, cfg.zoneout_s = 0.3;
+  cfg.zoneout_h = 0.2, cfg.zoneout_s = 0.3, cfg.layer_norm = GetParam();
   std::mt19937_64 rng(9);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.3, 0.3);
   Batch<double> b;
@@ -240,6 +258,11 @@ TEST(Regularize, RecurrentDropoutAndZoneoutAreTheSameForAnyTeam) {
   plain.backward(g, params, b);
   EXPECT_NE(g, run(0.0, 1, 1));
 }
+
+INSTANTIATE_TEST_SUITE_P(Cells, StepLoopTeams, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "layer_norm" : "plain";
+                         });
 
 // Masks ---------------------------------------------------------------------------------------
 
@@ -580,6 +603,61 @@ TEST(RegularizeTrain, ResumeIsBitIdenticalAndTheModelReadsBack) {
     EXPECT_NEAR(nlohmann::json::parse(e.out)["loss"].get<double>(),
                 m.back()["valid_loss"].get<double>(), std::string(dtype) == "f64" ? 1e-12 : 1e-5);
   }
+}
+
+// The layer-normalised cell trains: gains start at 1 and biases at 0 (the identity), a stopped
+// and resumed run gives the uninterrupted run's bits, the model file says layer_norm and eval of
+// it reproduces the last validation.
+TEST(LayerNorm, TrainsResumesAndReadsBack) {
+  TempDir dir;
+  const std::string train = (dir / "train.txt").string(), valid = (dir / "valid.txt").string();
+  std::ofstream(train) << phrases(300, 1);
+  std::ofstream(valid) << phrases(40, 2);
+  const std::string common = "train --train " + train + " --valid " + valid +
+                             " --level char --layers 2 --hidden 12 --embed 8 --seq 10 --batch 5"
+                             " --quiet --threads 2 --layer-norm --dropout-rec 0.2 --zoneout-s 0.1"
+                             " --epochs 2 --clip 1 --dtype f64";
+  const auto a = dir / "a", b = dir / "b", init = dir / "init";
+  const CliResult ra = run_cli(common + " --lr 1 --out " + a.string());
+  ASSERT_EQ(ra.rc, 0) << ra.err;
+  ASSERT_EQ(run_cli(common + " --lr 1 --out " + b.string() + " --max-steps 7").rc, 0);
+  ASSERT_EQ(run_cli("train --resume " + b.string() + " --quiet").rc, 0);
+  EXPECT_TRUE(same_tensors(a / "model.safetensors", b / "model.safetensors"));
+  EXPECT_TRUE(same_tensors(a / "checkpoint.safetensors", b / "checkpoint.safetensors"));
+  // one update at learning rate 1e-300 writes the initial model to 1e-290: the layer norms are the
+  // identity (gains 1, biases 0)
+  const CliResult ri = run_cli(common + " --out " + init.string() + " --max-steps 1 --lr 1e-300");
+  ASSERT_EQ(ri.rc, 0) << ri.err;
+  const io::TensorFile f0 = io::read_safetensors(init / "model.safetensors");
+  for (const char* name : {"rnn.weight_ln_ih_l0", "rnn.weight_ln_cell_l1", "rnn.bias_ln_hh_l1"}) {
+    const std::vector<double> v = io::to_floats<double>(f0.require(name, "init"), "init");
+    const bool gain = std::string(name).find("weight") != std::string::npos;
+    for (double e : v) ASSERT_NEAR(e, gain ? 1.0 : 0.0, 1e-290) << name;
+  }
+  const io::TensorFile f = io::read_safetensors(a / "model.safetensors");
+  EXPECT_NE(f.metadata.at("lstmgrad.config").find("\"layer_norm\":true"), std::string::npos);
+  const auto m = metrics(a);
+  ASSERT_EQ(m.size(), 2u);
+  const CliResult e = run_cli("eval --json --batch 5 --seq 10 --dtype f64 --model " +
+                              (a / "model.safetensors").string() + " --data " + valid);
+  ASSERT_EQ(e.rc, 0) << e.err;
+  EXPECT_NEAR(nlohmann::json::parse(e.out)["loss"].get<double>(),
+              m.back()["valid_loss"].get<double>(), 1e-12);
+}
+
+TEST(LayerNorm, ModelFilesAndBadConfigs) {
+  ModelConfig cfg{InputKind::embedding, Readout::linear, 9, 6, 6, 2};
+  EXPECT_EQ(config_to_json(cfg).find("layer_norm"), std::string::npos);
+  cfg.layer_norm = true;
+  EXPECT_TRUE(config_from_json(config_to_json(cfg), "f").layer_norm);
+  size_t ln = 0;
+  for (const ParamInfo& p : parameter_layout(cfg)) ln += p.name.find("_ln_") != std::string::npos;
+  EXPECT_EQ(ln, 12u);  // 6 tensors per layer
+  ModelConfig plain = cfg;
+  plain.layer_norm = false;
+  EXPECT_EQ(parameter_count(cfg), parameter_count(plain) + 2 * 18 * 6);
+  cfg.peephole = true;
+  EXPECT_THROW(validate_config(cfg), InputError);
 }
 
 // metrics.jsonl's train_loss is the cross-entropy, not the objective: with AR and TAR at 1e5 the

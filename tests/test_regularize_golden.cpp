@@ -1,7 +1,8 @@
 // The regularised language model against PyTorch (tools/make_awd_golden.py: a functional twin,
 // tools/awd_twin.py, with masks torch drew): the objective, its cross-entropy and every gradient,
 // float64 and float32, each regulariser alone, AWD-LSTM's combination, and it with recurrent
-// dropout and zoneout; zoneout also without masks (the expectation, as evaluation runs it).
+// dropout and zoneout; zoneout also without masks (the expectation, as evaluation runs it); the
+// layer-normalised cell alone and with all of them.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -28,6 +29,7 @@ void check_case(const std::string& name, double tol) {
   cfg.V = c["V"], cfg.X = c["E"], cfg.H = c["H"], cfg.L = c["L"];
   cfg.tie_weights = c["tie_weights"];
   cfg.zoneout_h = c.value("zoneout_h", 0.0), cfg.zoneout_s = c.value("zoneout_s", 0.0);
+  cfg.layer_norm = c.value("layer_norm", false);
   const std::vector<ParamInfo> layout = parameter_layout(cfg);
   std::vector<Real> params(parameter_count(cfg));
   for (const ParamInfo& p : layout) {
@@ -96,7 +98,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, AwdGolden,
                          ::testing::Values("dropout_in", "dropout_hid", "dropout_out",
                                            "dropout_emb", "weight_drop", "ar", "tar", "tied", "awd",
                                            "dropout_rec", "awd_rec", "zoneout",
-                                           "zoneout_expectation", "awd_zoneout"));
+                                           "zoneout_expectation", "awd_zoneout", "layer_norm",
+                                           "awd_layer_norm"));
 
 }  // namespace
 }  // namespace lstmgrad::test

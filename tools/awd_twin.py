@@ -15,6 +15,8 @@ The model, in lstmgrad's parameter names (docs/design.md, "Regularisation"):
              s~ = f s + i g; h~ = o tanh(s~)          m_rec[k] locked [B,H]: recurrent dropout
              s = d_s s + (1 - d_s) s~; h = d_h h + (1 - d_h) h~   zoneout: d [T,B,H] of 0/1 per
                                                       step, or the rate itself (expectation)
+             layer norm (layer_norm=True): z = LN(x W_ih^T) + LN(h U'^T) + b over 4H,
+             h~ = o tanh(LN(s~)) over H (F.layer_norm, eps 1e-5, gains and biases per layer)
              the next layer reads h * m_hid[k]    locked [B,H]
     top:     d_t = h_t * m_out                    locked [B,H]
     logits = d W_dec^T + b_dec                    W_dec = encoder.weight (undropped) when tied
@@ -58,8 +60,9 @@ class AwdTwin:
     unless tied, decoder.bias)."""
 
     def __init__(self, V, E, hidden, tie=False, dtype=torch.float64, init=0.1, generator=None,
-                 zoneout_h=0.0, zoneout_s=0.0):
+                 zoneout_h=0.0, zoneout_s=0.0, layer_norm=False):
         self.V, self.E, self.tie, self.dtype = V, E, tie, dtype
+        self.layer_norm = layer_norm
         self.zoneout_h, self.zoneout_s = zoneout_h, zoneout_s
         self.hidden = list(hidden) if isinstance(hidden, (list, tuple)) else [hidden]
         self.L = len(self.hidden)
@@ -78,6 +81,10 @@ class AwdTwin:
             self.params[f"rnn.weight_hh_l{k}"] = u(4 * H, H)
             self.params[f"rnn.bias_ih_l{k}"] = u(4 * H)
             self.params[f"rnn.bias_hh_l{k}"] = u(4 * H)
+            if layer_norm:  # gains near 1 (u's range around 1), biases small, all random
+                for part, n in (("ih", 4 * H), ("hh", 4 * H), ("cell", H)):
+                    self.params[f"rnn.weight_ln_{part}_l{k}"] = (1 + u(n).detach()).requires_grad_()
+                    self.params[f"rnn.bias_ln_{part}_l{k}"] = u(n)
         if not tie:
             self.params["decoder.weight"] = u(V, self.hidden[-1])
         self.params["decoder.bias"] = u(V)
@@ -131,12 +138,20 @@ class AwdTwin:
             h = h0[k] if h0 is not None else torch.zeros(B, H, dtype=self.dtype)
             s = s0[k] if s0 is not None else torch.zeros(B, H, dtype=self.dtype)
             pre_x = F.linear(x, W_ih)  # [T,B,4H]: the input projection of all steps
+            if self.layer_norm:
+                ln = {part: (P[f"rnn.weight_ln_{part}_l{k}"], P[f"rnn.bias_ln_{part}_l{k}"])
+                      for part in ("ih", "hh", "cell")}
+                pre_x = F.layer_norm(pre_x, (4 * H,), *ln["ih"], eps=1e-5)
             outs = []
             for t in range(T):
-                z = pre_x[t] + F.linear(h if rec is None else h * rec, U) + b
+                rec_part = F.linear(h if rec is None else h * rec, U)
+                if self.layer_norm:
+                    rec_part = F.layer_norm(rec_part, (4 * H,), *ln["hh"], eps=1e-5)
+                z = pre_x[t] + rec_part + b
                 i, f, g, o = z.chunk(4, dim=1)
                 s_new = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(g)
-                h_new = torch.sigmoid(o) * torch.tanh(s_new)
+                s_out = F.layer_norm(s_new, (H,), *ln["cell"], eps=1e-5) if self.layer_norm else s_new
+                h_new = torch.sigmoid(o) * torch.tanh(s_out)
                 if self.zoneout_s > 0:
                     d = m.zone_s[k][t] if m.zone_s is not None else self.zoneout_s
                     s_new = d * s + (1 - d) * s_new

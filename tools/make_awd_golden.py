@@ -11,7 +11,7 @@ mask.in [B,E], mask.hid.{k} [B,H], mask.out [B,H], mask.weight.{k} [4H,H], mask.
 absent with zoneout on: the expectation, as evaluation runs it), each present only when
 that regulariser is on); tokens and targets (I64 [T,B]); h0, s0 [L,B,H]; the objective `loss`, its
 cross-entropy `ce`; grad.{name} for every parameter, grad.h0 and grad.s0. __metadata__: `config`
-(JSON: V, E, H, L, tie_weights, and zoneout_h, zoneout_s where on), `ar`, `tar`, `generator`. Seeded per case name: a rerun on the
+(JSON: V, E, H, L, tie_weights, and zoneout_h, zoneout_s, layer_norm where on), `ar`, `tar`, `generator`. Seeded per case name: a rerun on the
 same torch writes the same bytes.
 
 --selftest first checks the twin: without masks it is nn.LSTM (the same h_n, s_n and outputs to
@@ -36,7 +36,8 @@ DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_awd")
 
 BASE = dict(V=11, E=6, H=6, L=2, T=5, B=3, tie=False, state=False,
             dropout_emb=0.0, dropout_in=0.0, dropout_hid=0.0, dropout_out=0.0, weight_drop=0.0,
-            ar=0.0, tar=0.0, dropout_rec=0.0, zoneout_h=0.0, zoneout_s=0.0, zone_masks=True)
+            ar=0.0, tar=0.0, dropout_rec=0.0, zoneout_h=0.0, zoneout_s=0.0, zone_masks=True,
+            layer_norm=False)
 CASES = [
     dict(BASE, name="dropout_in", dropout_in=0.5),
     dict(BASE, name="dropout_hid", dropout_hid=0.5),
@@ -60,6 +61,11 @@ CASES = [
     dict(BASE, name="awd_zoneout", L=3, T=6, B=3, tie=True, state=True, dropout_emb=0.1,
          dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0,
          dropout_rec=0.3, zoneout_h=0.1, zoneout_s=0.2),
+    # The layer-normalised cell alone, and with everything else.
+    dict(BASE, name="layer_norm", layer_norm=True, state=True),
+    dict(BASE, name="awd_layer_norm", L=3, T=6, B=3, tie=True, state=True, dropout_emb=0.1,
+         dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0,
+         dropout_rec=0.3, zoneout_h=0.1, zoneout_s=0.2, layer_norm=True),
 ]
 
 
@@ -71,7 +77,7 @@ def build(case):
     g = torch.Generator().manual_seed(_seed(case))
     model = awd_twin.AwdTwin(case["V"], case["E"], [case["H"]] * case["L"], tie=case["tie"],
                              init=0.5, generator=g, zoneout_h=case["zoneout_h"],
-                             zoneout_s=case["zoneout_s"])
+                             zoneout_s=case["zoneout_s"], layer_norm=case["layer_norm"])
     T, B, L, H = case["T"], case["B"], case["L"], case["H"]
     tokens = torch.randint(0, case["V"], (T, B), generator=g)
     targets = torch.randint(0, case["V"], (T, B), generator=g)
@@ -124,8 +130,8 @@ def compute(case):
     out["ce"] = np.array(ce.item(), dtype=np.float64)
     config = {"V": case["V"], "E": case["E"], "H": case["H"], "L": case["L"],
               "tie_weights": case["tie"]}
-    for key in ("zoneout_h", "zoneout_s"):  # only where on: the other files stay as they were
-        if case[key] > 0:
+    for key in ("zoneout_h", "zoneout_s", "layer_norm"):  # only where on: other files unchanged
+        if case[key]:
             config[key] = case[key]
     meta = {
         "config": json.dumps(config),

@@ -61,9 +61,10 @@ class Tape {
   // Element-wise and reductions.
   Var sigmoid(Var a);  // 1 / (1 + exp(-a))
   Var tanh(Var a);
-  Var log(Var a);      // natural log; a > 0 expected (log 0 = -inf, as in IEEE arithmetic)
-  Var softmax(Var a);  // row-wise: each row of the result sums to 1
-  Var sum(Var a);      // -> 1x1, the sum of all entries
+  Var log(Var a);  // natural log; a > 0 expected (log 0 = -inf, as in IEEE arithmetic)
+  Var rsqrt(Var a, double eps);  // 1 / sqrt(a + eps); a + eps > 0 expected (layer norm's 1/sigma)
+  Var softmax(Var a);            // row-wise: each row of the result sums to 1
+  Var sum(Var a);                // -> 1x1, the sum of all entries
 
   // Indexing.
   Var rows(Var a, int64_t begin, int64_t count);     // a[begin : begin+count, :]
@@ -94,6 +95,7 @@ class Tape {
     sigmoid,
     tanh,
     log,
+    rsqrt,
     softmax,
     sum,
     rows,

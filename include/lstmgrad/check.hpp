@@ -21,6 +21,10 @@ struct CheckOptions {
   size_t fd_max_coords = 64;  // finite differences on at most this many coordinates per tensor
   double tape_tol = 1e-10;    // relative to each tensor's max-abs
   double fd_tol = 1e-6;
+  // The finite differences' step. 1e-3 suits smooth objectives; layer norm of a row whose
+  // variance is near 0 (a row a dropout mask zeroed) bends on the scale sqrt(eps) = 3e-3, where
+  // a step of 1e-4 keeps the stencil's O(step^4) term small.
+  double fd_step = 1e-3;
   // AWD-LSTM's regularisers on both (lstmgrad/regularize.hpp): the engine draws its masks from
   // mask_seed(), the tape is given the same masks (draw_masks), finite differences see them fixed.
   Regularization reg;

@@ -41,14 +41,24 @@ struct ModelConfig {
   // (model files store it).
   double zoneout_h = 0, zoneout_s = 0;
   bool zoneout() const { return zoneout_h > 0 || zoneout_s > 0; }
+  // Layer-normalised LSTM (Ba et al. 2016): z = LN(x W_ih^T) + LN(h_{t-1} W_hh^T) + b over the 4H
+  // pre-activations of a row, and h = o tanh(LN(s)) over its H states, each LN with its own gain
+  // and bias (rnn.weight_ln_{ih,hh,cell}_l{k}, rnn.bias_ln_{ih,hh,cell}_l{k}).
+  bool layer_norm = false;
 };
+
+// The epsilon of every layer norm: (v - mean) / sqrt(var + eps), PyTorch's LayerNorm default.
+inline constexpr double kLayerNormEps = 1e-5;
 
 // One named tensor inside the flat parameter vector. Names follow PyTorch's word_language_model:
 // encoder.weight [V,E], rnn.weight_ih_l{k} [4H,in], rnn.weight_hh_l{k} [4H,H],
 // rnn.bias_ih_l{k} [4H], rnn.bias_hh_l{k} [4H], decoder.weight [V,H], decoder.bias [V].
 // Rows of weight_ih/weight_hh are the gate blocks [V_i; V_f; V_a; V_o] (PyTorch's i, f, g, o).
 // With peepholes, after each layer's biases: rnn.weight_peephole_l{k} [3,H], rows p_i, p_f, p_o
-// (PyTorch's nn.LSTM has none; the name follows its pattern).
+// (PyTorch's nn.LSTM has none; the name follows its pattern). With layer norm, then:
+// rnn.weight_ln_ih_l{k} [4H], rnn.bias_ln_ih_l{k} [4H], rnn.weight_ln_hh_l{k} [4H],
+// rnn.bias_ln_hh_l{k} [4H], rnn.weight_ln_cell_l{k} [H], rnn.bias_ln_cell_l{k} [H], one after
+// another (18H values from ParameterOffsets::Layer::layer_norm).
 struct ParamInfo {
   std::string name;
   std::vector<int64_t> shape;
@@ -67,6 +77,8 @@ struct ParameterOffsets {
   struct Layer {
     size_t weight_ih, weight_hh, bias_ih, bias_hh;  // rnn.{weight,bias}_{ih,hh}_l{k}
     std::optional<size_t> weight_peephole;          // rnn.weight_peephole_l{k}, peepholes only
+    std::optional<size_t>
+        layer_norm;  // rnn.weight_ln_ih_l{k} and the five after it, layer norm only
   };
   std::optional<size_t> encoder_weight;  // [V,X], embedding input only
   std::vector<Layer> layers;             // L entries

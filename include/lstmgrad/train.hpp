@@ -34,6 +34,7 @@ struct TrainOptions {
   Regularization reg;
   bool tie_weights = false;
   double zoneout_h = 0, zoneout_s = 0;  // zoneout on h and s (ModelConfig::zoneout_h, zoneout_s)
+  bool layer_norm = false;              // the layer-normalised cell (ModelConfig::layer_norm)
   double init = 0.1;                    // every parameter uniform(-init, init)
   std::string optimizer = "sgd";
   std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)

@@ -189,6 +189,11 @@ Var Tape::log(Var a) {
   return elementwise(a, Op::log, "log", [](double x) { return std::log(x); });
 }
 
+Var Tape::rsqrt(Var a, double eps) {
+  return elementwise(
+      a, Op::rsqrt, "rsqrt", [eps](double x) { return 1.0 / std::sqrt(x + eps); }, eps);
+}
+
 Var Tape::softmax(Var a) {
   const Node& na = node(a, "softmax");
   if (na.value.cols < 1) shape_error("softmax", fmt::format("no columns in {}", shape(na.value)));
@@ -391,6 +396,11 @@ void Tape::backward_node(const Node& n) {
     case Op::log:
       // C = log(A): dA += dC / A.
       for (size_t k = 0; k < g.size(); ++k) dA->v[k] += g.v[k] / A->v[k];
+      break;
+    case Op::rsqrt:
+      // C = (A + eps)^(-1/2): dA += dC (-1/2) (A + eps)^(-3/2) = dC (-1/2) C^3.
+      for (size_t k = 0; k < g.size(); ++k)
+        dA->v[k] += g.v[k] * -0.5 * out.v[k] * out.v[k] * out.v[k];
       break;
     case Op::softmax:
       // C(r,j) = exp(A(r,j)) / sum_k exp(A(r,k)); dC(r,j)/dA(r,k) = C(r,j) (delta_jk - C(r,k)),

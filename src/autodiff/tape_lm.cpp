@@ -96,6 +96,7 @@ struct LayerVars {
   Var Ut[4];  // [H,H]  U_g^T: the same blocks of weight_hh
   Var b[4];   // [1,H]  b_g: bias_ih block + bias_hh block (PyTorch's two biases add up)
   std::optional<core::CellUnit<Var>> unit;  // [1,H] each: the peephole rows p_i, p_f, p_o
+  Var W_hh;                                 // [4H,H] whole (after weight drop): layer norm's cell
 };
 
 LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
@@ -107,6 +108,7 @@ LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
   const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));  // [4H,1]
   const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));  // [4H,1]
   LayerVars lv;
+  lv.W_hh = W_hh;
   for (int g = 0; g < 4; ++g) {
     lv.Vt[g] = tape.transpose(tape.rows(W_ih, g * H, H));
     lv.Ut[g] = tape.transpose(tape.rows(W_hh, g * H, H));
@@ -132,6 +134,48 @@ void cell(Tape& tape, const LayerVars& lv, Var x, Var& h, Var& s, const std::opt
   const Var s_prev = s;
   core::cell_forward(TapeMath{tape}, pre(0), pre(1), pre(2), pre(3), s_prev,
                      lv.unit ? &*lv.unit : nullptr, g, s, h);
+}
+
+// Layer norm over each column of A [n,m] (PyTorch's LayerNorm of a row, transposed), with gain
+// and bias [n,1]: built from matmul, sub, mul and rsqrt, so the tape differentiates it itself.
+Var ln_cols(Tape& tape, Var A, Var gain, Var bias) {
+  const Tensor& a = tape.value(A);
+  const int64_t n = a.rows, m = a.cols;
+  const Var ones_1n = tape.constant(Tensor(1, n, std::vector<double>(static_cast<size_t>(n), 1.0)));
+  const Var ones_n1 = tape.constant(Tensor(n, 1, std::vector<double>(static_cast<size_t>(n), 1.0)));
+  const Var ones_1m = tape.constant(Tensor(1, m, std::vector<double>(static_cast<size_t>(m), 1.0)));
+  const Var mean = tape.scale(tape.matmul(ones_1n, A), 1.0 / static_cast<double>(n));  // [1,m]
+  const Var centred = tape.sub(A, tape.matmul(ones_n1, mean));
+  const Var var = tape.scale(tape.matmul(ones_1n, tape.mul(centred, centred)),
+                             1.0 / static_cast<double>(n));  // biased, as PyTorch's
+  const Var r = tape.rsqrt(var, kLayerNormEps);
+  const Var normed = tape.mul(centred, tape.matmul(ones_n1, r));
+  return tape.add(tape.mul(normed, tape.matmul(gain, ones_1m)), tape.matmul(bias, ones_1m));
+}
+
+// The layer-normalised cell (ModelConfig::layer_norm; cpu/ln_layer.hpp): one step of layer k.
+//   z = LN(x W_ih^T) + LN(h_{t-1} W_hh^T) + b_ih + b_hh over 4H;  s = f s_prev + i a;
+//   h = o tanh(LN(s)) over H.  Computed transposed ([4H,B]) so that gate blocks are row ranges.
+void cell_ln(Tape& tape, const Params& p, int64_t k, int64_t H, Var W_hh, Var x, Var& h, Var& s,
+             const std::optional<Var>& rec) {
+  auto get = [&](const char* name) { return p.get(fmt::format(fmt::runtime(name), k)); };
+  const Var hr = rec ? tape.mul(h, *rec) : h;
+  const int64_t B = tape.value(x).rows;
+  const Var ones_1b = tape.constant(Tensor(1, B, std::vector<double>(static_cast<size_t>(B), 1.0)));
+  const Var zx = tape.matmul(get("rnn.weight_ih_l{}"), tape.transpose(x));    // [4H,B]
+  const Var zh = tape.matmul(W_hh, tape.transpose(hr));                       // [4H,B]
+  const Var bias = tape.add(get("rnn.bias_ih_l{}"), get("rnn.bias_hh_l{}"));  // [4H,1]
+  const Var z =
+      tape.add(tape.add(ln_cols(tape, zx, get("rnn.weight_ln_ih_l{}"), get("rnn.bias_ln_ih_l{}")),
+                        ln_cols(tape, zh, get("rnn.weight_ln_hh_l{}"), get("rnn.bias_ln_hh_l{}"))),
+               tape.matmul(bias, ones_1b));
+  auto gate = [&](int g) { return tape.transpose(tape.rows(z, g * H, H)); };  // [B,H]
+  const Var i = tape.sigmoid(gate(0)), f = tape.sigmoid(gate(1));
+  const Var a = tape.tanh(gate(2)), o = tape.sigmoid(gate(3));
+  s = tape.add(tape.mul(f, s), tape.mul(i, a));
+  const Var y = tape.transpose(
+      ln_cols(tape, tape.transpose(s), get("rnn.weight_ln_cell_l{}"), get("rnn.bias_ln_cell_l{}")));
+  h = tape.mul(o, tape.tanh(y));
 }
 
 // Rows [B,n] of a [T,B,n] array at step t.
@@ -255,7 +299,10 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
     }
     for (int64_t t = 0; t < T; ++t) {
       const Var h_prev = h, s_prev = s;
-      cell(tape, lv, x[static_cast<size_t>(t)], h, s, rec);
+      if (cfg.layer_norm)
+        cell_ln(tape, p, k, H, lv.W_hh, x[static_cast<size_t>(t)], h, s, rec);
+      else
+        cell(tape, lv, x[static_cast<size_t>(t)], h, s, rec);
       if (cfg.zoneout()) {  // s = d_s s_prev + (1 - d_s) s~, h = d_h h_prev + (1 - d_h) h~
         s = tape.add(tape.mul(s_prev, zone(m.zone_s, cfg.zoneout_s, t, true)),
                      tape.mul(s, zone(m.zone_s, cfg.zoneout_s, t, false)));

@@ -39,9 +39,12 @@ void print_table(const CheckOptions& o, const CheckReport& r) {
   fmt::print(
       "lstmgrad check: T={} B={} X={} H={} L={} V={}{}{}, {} input, {} readout, {} targets, "
       "{} reduction, seed {}\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", describe(o.reg, c),
-      to_string(c.input), to_string(c.readout), o.soft_targets ? "soft" : "class",
-      to_string(o.reduction), o.seed);
+      o.T, o.B, c.X, c.H, c.L, c.V,
+      c.peephole     ? ", peepholes"
+      : c.layer_norm ? ", layer norm"
+                     : "",
+      describe(o.reg, c), to_string(c.input), to_string(c.readout),
+      o.soft_targets ? "soft" : "class", to_string(o.reduction), o.seed);
   fmt::print("loss: hand {:.15g}, tape {:.15g}", r.loss_hand, r.loss_tape);
   if (o.reg.ar > 0 || o.reg.tar > 0)
     fmt::print(" (cross-entropy {:.15g}, tape {:.15g}; the rest AR/TAR)", r.ce_hand, r.ce_tape);
@@ -55,8 +58,8 @@ void print_table(const CheckOptions& o, const CheckReport& r) {
   fmt::print(
       "\nerrors are max |hand - other| / max |hand| per tensor; tolerances: tape {:.0e} "
       "(same float64 math, other order), finite differences {:.0e} (5-point "
-      "stencil, e = 1e-3: O(e^4) + O(eps/e))\n{}\n",
-      o.tape_tol, o.fd_tol, r.ok ? "OK: all three agree" : "FAIL: above tolerance");
+      "stencil, e = {:.0e}: O(e^4) + O(eps/e))\n{}\n",
+      o.tape_tol, o.fd_tol, o.fd_step, r.ok ? "OK: all three agree" : "FAIL: above tolerance");
 }
 
 nlohmann::json to_json(const CheckReport& r) {
@@ -121,6 +124,7 @@ void run(CheckCliOptions& a) {
   a.o.soft_targets = a.target == "soft";
   a.o.initial_state = !a.zero_state;
   a.o.reduction = parse_reduction(a.reduction);
+  if (a.o.cfg.layer_norm) a.o.fd_step = 1e-4;  // CheckOptions::fd_step: rows near zero variance
   if (a.device == "cuda") {
     const DeviceCheckReport r = run_device_check(a.o, a.d);
     if (a.json)
@@ -154,6 +158,9 @@ void register_check(CLI::App& app) {
   cmd->add_option("-L,--layers", a->o.cfg.L, "Layers")->check(positive)->capture_default_str();
   cmd->add_flag("--peephole", a->o.cfg.peephole,
                 "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");
+  cmd->add_flag("--layer-norm", a->o.cfg.layer_norm,
+                "Layer-normalised LSTM (Ba et al.): LN on the input and recurrent pre-activations "
+                "and on s before tanh");
   cmd->add_option("-V,--vocab", a->o.cfg.V, "Vocabulary / classes (identity readout: = H)")
       ->check(positive)
       ->capture_default_str();

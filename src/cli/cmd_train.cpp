@@ -52,6 +52,9 @@ void register_train(CLI::App& app) {
   cmd->add_option("--hidden", o->hidden, "Hidden units per layer")->capture_default_str();
   cmd->add_flag("--peephole", o->peephole,
                 "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");
+  cmd->add_flag("--layer-norm", o->layer_norm,
+                "Layer-normalised LSTM (Ba et al.): LN on the input and recurrent pre-activations "
+                "and on s before tanh (gains start at 1, biases at 0)");
   cmd->add_option("--embed", o->embed, "Embedding width")->capture_default_str();
   cmd->add_option("--seq", o->seq, "Unrolled steps per window (BPTT length)")
       ->capture_default_str();

@@ -138,7 +138,7 @@ CheckReport run_check(const CheckOptions& o) {
     auto s = sample_coords(off, n, o.fd_max_coords);
     coords.insert(coords.end(), s.begin(), s.end());
   }
-  const std::vector<double> fd = central_difference5(loss_at, all, coords);
+  const std::vector<double> fd = central_difference5(loss_at, all, coords, o.fd_step);
   auto coords_in = [&](size_t off, size_t n) {
     std::vector<size_t> r;
     for (size_t k : coords)

@@ -25,6 +25,12 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
     add(fmt::format("rnn.bias_ih_l{}", k), {4 * cfg.H});
     add(fmt::format("rnn.bias_hh_l{}", k), {4 * cfg.H});
     if (cfg.peephole) add(fmt::format("rnn.weight_peephole_l{}", k), {3, cfg.H});
+    if (cfg.layer_norm)
+      for (const auto& [part, n] :
+           {std::pair{"ih", 4 * cfg.H}, std::pair{"hh", 4 * cfg.H}, std::pair{"cell", cfg.H}}) {
+        add(fmt::format("rnn.weight_ln_{}_l{}", part, k), {n});
+        add(fmt::format("rnn.bias_ln_{}_l{}", part, k), {n});
+      }
   }
   if (cfg.readout == Readout::linear) {
     if (!cfg.tie_weights) add("decoder.weight", {cfg.V, cfg.H});  // tied: encoder.weight
@@ -46,7 +52,8 @@ ParameterOffsets parameter_offsets(const ModelConfig& cfg) {
     o.layers.push_back(
         {*find(fmt::format("rnn.weight_ih_l{}", k)), *find(fmt::format("rnn.weight_hh_l{}", k)),
          *find(fmt::format("rnn.bias_ih_l{}", k)), *find(fmt::format("rnn.bias_hh_l{}", k)),
-         find(fmt::format("rnn.weight_peephole_l{}", k))});
+         find(fmt::format("rnn.weight_peephole_l{}", k)),
+         find(fmt::format("rnn.weight_ln_ih_l{}", k))});
   o.decoder_weight = cfg.tie_weights ? o.encoder_weight : find("decoder.weight");
   o.decoder_bias = find("decoder.bias");
   return o;
@@ -67,7 +74,7 @@ constexpr double kMaxParameters = 0x1p48;        // 2^48 scalars: 1 PiB as float
 double parameter_count_estimate(const ModelConfig& c) {
   const double V = static_cast<double>(c.V), X = static_cast<double>(c.X);
   const double H = static_cast<double>(c.H), L = static_cast<double>(c.L);
-  const double first = 4 * H * (X + H + 2), rest = 4 * H * (2 * H + 2);
+  const double first = 4 * H * (X + H + 2), rest = 4 * H * (2 * H + 2);  // (+ 18 H: small)
   return V * X + first + (L - 1) * rest + V * ((c.tie_weights ? 0 : H) + 1);
 }
 
@@ -98,6 +105,8 @@ void validate_config(const ModelConfig& cfg) {
        {std::pair{"--zoneout-h", cfg.zoneout_h}, std::pair{"--zoneout-s", cfg.zoneout_s}})
     if (!(p >= 0 && p < 1))
       throw InputError(fmt::format("model: {} must be in [0, 1), got {}", flag, p));
+  if (cfg.layer_norm && cfg.peephole)
+    throw InputError("--layer-norm and --peephole: the layer-normalised cell has no peepholes");
   if (cfg.tie_weights) {
     if (cfg.input != InputKind::embedding || cfg.readout != Readout::linear)
       throw InputError(

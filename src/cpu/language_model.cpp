@@ -77,6 +77,7 @@ struct LanguageModel<Real>::Impl {
         n_params_(parameter_count(cfg)),
         stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, cfg.H, cfg.L)) {
     stack_->set_zoneout(cfg.zoneout_h, cfg.zoneout_s);
+    stack_->set_layer_norm(cfg.layer_norm);
   }
 
   void reserve(int64_t T, int64_t B);
@@ -537,6 +538,8 @@ std::vector<cpu::LayerWeights<Real>> LanguageModel<Real>::Impl::layer_weights(co
   auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
   if (wdropped_)
     for (size_t k = 0; k < w.size(); ++k) w[k].W_hh = wd_.data() + k * 4 * cfg_.H * cfg_.H;
+  for (size_t k = 0; k < w.size(); ++k)
+    if (offsets_.layers[k].layer_norm) w[k].ln = P + *offsets_.layers[k].layer_norm;
   return w;
 }
 
@@ -665,6 +668,8 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   const bool emb = cfg_.input == InputKind::embedding;
   const auto w = layer_weights(P);
   auto g = layer_views<cpu::LayerGrads<Real>>(offsets_, D);
+  for (size_t k = 0; k < g.size(); ++k)
+    if (offsets_.layers[k].layer_norm) g[k].dln = D + *offsets_.layers[k].layer_norm;
   const size_t GH = static_cast<size_t>(4 * H * H);
   if (wdropped_) {  // dL/dU' into scratch, then dL/dU += dL/dU' * M
     if (wd_grad_.size() < g.size() * GH) wd_grad_.resize(g.size() * GH);

@@ -37,6 +37,9 @@ struct LayerWeights {
   // [3H] the cell's CellUnit weights (core/cell_math.hpp) p_i, p_f, p_o, H apart (peepholes:
   // rnn.weight_peephole_l{k}); null: the plain cell.
   const Real* unit = nullptr;
+  // [18H] layer norm's gains and biases (ModelConfig::layer_norm): ih weight, bias [4H], hh
+  // weight, bias [4H], cell weight, bias [H], one after another; null: no layer norm.
+  const Real* ln = nullptr;
 };
 
 template <class Real>
@@ -46,6 +49,7 @@ struct LayerGrads {  // accumulated (+=)
   Real* db_ih;
   Real* db_hh;
   Real* dunit = nullptr;  // [3H], with LayerWeights::unit
+  Real* dln = nullptr;    // [18H], with LayerWeights::ln
 };
 
 // What forward saves for backward.
@@ -86,6 +90,16 @@ struct LayerSaved {
   Real* zone_dh = nullptr;
   Real* zone_ds = nullptr;
   bool zoned() const { return zone_p_h > 0 || zone_p_s > 0; }
+  // Layer norm (LayerWeights::ln; ln_layer.hpp): the normalised pre-activations x^ of x W_ih^T
+  // and of h_{t-1} W_hh^T [T,B,4H] (ln_x, ln_h), of s~_t [T,B,H] (ln_s), and each row's
+  // 1/sigma for the three [3][T,B] (ln_r); backward's scratch d(h_{t-1} W_hh^T) [T,B,4H]
+  // (ln_dzh) and dL/d(LN(s) gain-scaled) [T,B,H] (ln_dy).
+  Real* ln_x = nullptr;
+  Real* ln_h = nullptr;
+  Real* ln_s = nullptr;
+  Real* ln_r = nullptr;
+  Real* ln_dzh = nullptr;
+  Real* ln_dy = nullptr;
 };
 
 // Where layer_forward reads s_t and writes it: [B,H] at step t of sseq, or its ring slot.

@@ -94,6 +94,18 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
     sv.zone_dh = zoned ? zone_seq_.data() + L_ * N * H : nullptr;
     sv.zone_ds = zoned ? zone_seq_.data() + (L_ * N + B) * H : nullptr;
   }
+  if (layer_norm_) {
+    const int64_t per = 2 * N * 4 * H + N * H + 3 * N;
+    const size_t need = static_cast<size_t>(L_ * per + N * 4 * H + N * H);
+    if (ln_seq_.size() < need) ln_seq_.resize(need);
+    Real* shared = ln_seq_.data() + L_ * per;
+    for (int64_t k = 0; k < L_; ++k) {
+      LayerSaved<Real>& sv = saved_[k];
+      sv.ln_x = ln_seq_.data() + k * per;
+      sv.ln_h = sv.ln_x + N * 4 * H, sv.ln_s = sv.ln_h + N * 4 * H, sv.ln_r = sv.ln_s + N * H;
+      sv.ln_dzh = shared, sv.ln_dy = shared + N * 4 * H;
+    }
+  }
   locked_used_ = L_ > 1 && locked_[0] != nullptr;
   dropped_ = (drop_p_ > 0 || locked_used_) && L_ > 1;
   if (dropped_) {
@@ -207,6 +219,8 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
                             const Real* s0, int64_t T, int64_t B) {
   reserve_infer(T, B);
   const int64_t H = H_, BH = B * H;
+  if (layer_norm_ && infer_ln_.size() < static_cast<size_t>(T * B * (9 * H + 3)))
+    infer_ln_.resize(static_cast<size_t>(T * B * (9 * H + 3)));
   const int S = threads(B);  // forward's shares: the same split, the same bits
   claims_.reserve(T + 1, S);
   BlasThreads one(1);
@@ -220,6 +234,11 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
       sv.hseq = infer_h_[k % 2];
       // zoneout's expectation, in place (no zseq: nothing is kept for backward)
       sv.zone_p_h = static_cast<Real>(zone_p_h_), sv.zone_p_s = static_cast<Real>(zone_p_s_);
+      if (layer_norm_) {  // one layer's buffers at a time
+        const int64_t N = T * B;
+        sv.ln_x = infer_ln_.data(), sv.ln_h = sv.ln_x + N * 4 * H;
+        sv.ln_s = sv.ln_h + N * 4 * H, sv.ln_r = sv.ln_s + N * H;
+      }
       // Each share its units of the bias, h0 and s0 (layer_forward's first barrier follows
       // before any step reads them); the layer before is done with all three (its last barrier).
       tm.for_shares(H, [&](const TeamSlice& ts) {

@@ -41,7 +41,8 @@ class LstmStack {
                 const Real* ds_n = nullptr);
 
   size_t arena_bytes() const {
-    return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size()) * sizeof(Real);
+    return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() + ln_seq_.size()) *
+           sizeof(Real);
   }
 
   // Inference: forward's arithmetic, the same bits of output and final states, keeping nothing
@@ -79,6 +80,9 @@ class LstmStack {
   // Zoneout (Krueger et al.; lstm_layer.hpp): the rates of every layer, p_h on h and p_s on s,
   // in [0, 1); 0 and 0: none. A forward without masks, and infer, use the expectation.
   void set_zoneout(double p_h, double p_s) { zone_p_h_ = p_h, zone_p_s_ = p_s; }
+  // Layer norm (cpu/ln_layer.hpp): the forwards that follow keep its buffers; every layer's
+  // LayerWeights::ln must then be set (and LayerGrads::dln in backward).
+  void set_layer_norm(bool on) { layer_norm_ = on; }
   // Masks for the next forward: h[k], s[k] [T,B,H] of 0 and 1 (1: the unit keeps its previous
   // value) for layer k; null (or h = s = null): the expectation. Kept alive by the caller until
   // backward is done.
@@ -122,6 +126,11 @@ class LstmStack {
   std::vector<const Real*> zone_h_, zone_s_;  // [L] set_zoneout_masks's, or null
   // zoneout's buffers: [L] of [T,B,H] s~ (zseq), then [B,H] twice (zone_dh, zone_ds)
   std::vector<Real> zone_seq_;
+  bool layer_norm_ = false;
+  // layer norm's buffers: [L] of ln_x, ln_h [T,B,4H], ln_s [T,B,H], ln_r [3,T,B]; then ln_dzh
+  // [T,B,4H] and ln_dy [T,B,H] shared by the layers (backward runs one at a time)
+  std::vector<Real> ln_seq_;
+  std::vector<Real> infer_ln_;  // infer's: one layer's ln_x, ln_h, ln_s, ln_r
   // Boundary k's mask and its period in rows (apply_mask_rows): locked [B,H] or per position.
   const Real* mask_of(int64_t k) {
     return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k);

@@ -298,6 +298,9 @@ LanguageModel::LanguageModel(const ModelConfig& cfg) {
   if (cfg.tie_weights)
     throw InputError(
         "--device cuda: the CUDA engine does not support --tie-weights yet (use --device cpu)");
+  if (cfg.layer_norm)
+    throw InputError(
+        "--device cuda: the CUDA engine does not support --layer-norm yet (use --device cpu)");
   if (cfg.zoneout())
     throw InputError(
         "--device cuda: the CUDA engine does not support zoneout yet (--zoneout-h, --zoneout-s; "

@@ -60,6 +60,7 @@ ModelConfig infer_config(const TensorFile& f, const std::string& file) {
         : enc && !enc->shape.empty() ? enc->shape[0]
                                      : c.H;
   c.peephole = f.find("rnn.weight_peephole_l0") != nullptr;
+  c.layer_norm = f.find("rnn.weight_ln_ih_l0") != nullptr;
   return c;
 }
 
@@ -116,6 +117,12 @@ ModelConfig config_from_json(const std::string& text, const std::string& file) {
                                    j["tie_weights"].dump()));
     c.tie_weights = j["tie_weights"].get<bool>();
   }
+  if (j.contains("layer_norm")) {  // absent: no layer norm (files written before it)
+    if (!j["layer_norm"].is_boolean())
+      bad_config(file, fmt::format("key 'layer_norm' must be true or false, got {}",
+                                   j["layer_norm"].dump()));
+    c.layer_norm = j["layer_norm"].get<bool>();
+  }
   for (const auto& [key, p] :
        {std::pair{"zoneout_h", &c.zoneout_h}, std::pair{"zoneout_s", &c.zoneout_s}}) {
     if (!j.contains(key)) continue;  // absent: no zoneout (files written before it)
@@ -138,6 +145,7 @@ std::string config_to_json(const ModelConfig& c) {
   if (c.tie_weights) j["tie_weights"] = true;         // untied files too
   if (c.zoneout_h > 0) j["zoneout_h"] = c.zoneout_h;  // and files without zoneout
   if (c.zoneout_s > 0) j["zoneout_s"] = c.zoneout_s;
+  if (c.layer_norm) j["layer_norm"] = true;
   return j.dump();
 }
 

@@ -77,6 +77,7 @@ json options_to_json(const TrainOptions& o) {
           {"tie_weights", o.tie_weights},
           {"zoneout_h", o.zoneout_h},
           {"zoneout_s", o.zoneout_s},
+          {"layer_norm", o.layer_norm},
           {"init", o.init},
           {"optimizer", o.optimizer},
           {"loss", o.loss},
@@ -193,6 +194,7 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.tie_weights = s.has("tie_weights") && s.flag("tie_weights");
   if (s.has("zoneout_h")) o.zoneout_h = s.number("zoneout_h");  // absent: written before zoneout
   if (s.has("zoneout_s")) o.zoneout_s = s.number("zoneout_s");
+  o.layer_norm = s.has("layer_norm") && s.flag("layer_norm");  // absent: written before it
   return o;
 }
 
@@ -260,6 +262,7 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
                        : o.tie_weights            ? "--tie-weights"
                        : o.zoneout_h > 0          ? "--zoneout-h"
                        : o.zoneout_s > 0          ? "--zoneout-s"
+                       : o.layer_norm             ? "--layer-norm"
                                                   : regularization_flag(o.reg);
     if (flag)
       throw InputError(
@@ -731,6 +734,7 @@ class Trainer {
             o_.peephole};
     cfg_.tie_weights = o_.tie_weights;
     cfg_.zoneout_h = o_.zoneout_h, cfg_.zoneout_s = o_.zoneout_s;
+    cfg_.layer_norm = o_.layer_norm;
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
@@ -828,6 +832,11 @@ class Trainer {
     std::uniform_real_distribution<double> u(-o_.init, o_.init);
     params_.resize(parameter_count(cfg_));
     for (Real& p : params_) p = static_cast<Real>(u(rng_));
+    // layer norm starts as the identity: gains 1, biases 0 (PyTorch's LayerNorm init)
+    for (const ParamInfo& info : parameter_layout(cfg_))
+      if (info.name.starts_with("rnn.weight_ln_") || info.name.starts_with("rnn.bias_ln_"))
+        std::fill_n(params_.begin() + static_cast<std::ptrdiff_t>(info.offset), info.size,
+                    static_cast<Real>(info.name.starts_with("rnn.weight_ln_") ? 1 : 0));
     if (!o_.finetune.empty()) params_ = finetune_start();
     make_optimizer();
     if (opt_->averaging()) run_.asgd_from = 0;  // asgd: averaging from the first update
@@ -879,7 +888,8 @@ class Trainer {
                       o_.out.string(), o_.train.string()));
     if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X ||
         c.cfg.peephole != cfg_.peephole || c.cfg.tie_weights != cfg_.tie_weights ||
-        c.cfg.zoneout_h != cfg_.zoneout_h || c.cfg.zoneout_s != cfg_.zoneout_s)
+        c.cfg.zoneout_h != cfg_.zoneout_h || c.cfg.zoneout_s != cfg_.zoneout_s ||
+        c.cfg.layer_norm != cfg_.layer_norm)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
     const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
@@ -1366,7 +1376,7 @@ TrainOptions finetune_options(const TrainOptions& o) {
     if (!given(flag)) continue;
     const bool model = key == "layers" || key == "hidden" || key == "embed" || key == "peephole" ||
                        key == "level" || key == "tie_weights" || key == "zoneout_h" ||
-                       key == "zoneout_s";
+                       key == "zoneout_s" || key == "layer_norm";
     if (model && base.contains(key) && base[key] != value)
       throw InputError(fmt::format("{} {}: --finetune keeps the model of {} ({} {})", flag,
                                    value.dump(), run, key, base[key].dump()));
