@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
+#include "core/gates.hpp"
 #include "cpu/blas.hpp"
 
 namespace lstmgrad::cpu {
@@ -39,9 +41,22 @@ void normalize_backward(Real* out, const Real* dy, const Real* gain, const Real*
     out[j] = static_cast<Real>(r * (static_cast<double>(dy[j]) * gain[j] - m1 - xh[j] * m2));
 }
 
+// float32 takes the vectorisable core::fast_sigmoid / fast_tanh (as the other float32 kernels);
+// float64 stays std::exp / std::tanh, the reference.
 template <class Real>
 Real sigmoid(Real v) {
-  return Real(1) / (Real(1) + std::exp(-v));
+  if constexpr (std::is_same_v<Real, float>)
+    return core::fast_sigmoid(v);
+  else
+    return Real(1) / (Real(1) + std::exp(-v));
+}
+
+template <class Real>
+Real tanh_(Real v) {
+  if constexpr (std::is_same_v<Real, float>)
+    return core::fast_tanh(v);
+  else
+    return std::tanh(v);
 }
 
 // The layer norm parameters inside LayerWeights::ln (and their gradients inside dln).
@@ -97,10 +112,10 @@ void ln_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWeig
         Real* z = sv.gates + row * G;
         for (int64_t q = 0; q < G; ++q)
           z[q] = (xh[q] * p.gx[q] + p.bx[q]) + (hh[q] * p.gh[q] + p.bh[q]) + sv.bias[q];
-        for (int64_t j = 0; j < H; ++j) {
-          z[j] = sigmoid(z[j]), z[H + j] = sigmoid(z[H + j]);
-          z[2 * H + j] = std::tanh(z[2 * H + j]), z[3 * H + j] = sigmoid(z[3 * H + j]);
-        }
+        // one loop per nonlinearity, so that each vectorises: i, f (sigmoid), a (tanh), o
+        for (int64_t j = 0; j < 2 * H; ++j) z[j] = sigmoid(z[j]);
+        for (int64_t j = 2 * H; j < 3 * H; ++j) z[j] = tanh_(z[j]);
+        for (int64_t j = 3 * H; j < G; ++j) z[j] = sigmoid(z[j]);
         const Real* sp = cell_state_at(sv, t, B, H) + b * H;
         Real* st = (sv.zseq ? sv.zseq + t * BH : cell_state_at(sv, t + 1, B, H)) + b * H;
         Real* sh = sv.ln_s + row * H;
@@ -108,7 +123,7 @@ void ln_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWeig
           st[j] = z[H + j] * sp[j] + z[j] * z[2 * H + j], sh[j] = st[j];
         rs[row] = normalize(sh, H);
         Real* h = sv.hseq + (t + 1) * BH + b * H;
-        for (int64_t j = 0; j < H; ++j) h[j] = z[3 * H + j] * std::tanh(sh[j] * p.gc[j] + p.bc[j]);
+        for (int64_t j = 0; j < H; ++j) h[j] = z[3 * H + j] * tanh_(sh[j] * p.gc[j] + p.bc[j]);
         if (sv.zoned()) {  // as lstm_layer.cpp's zoneout_forward, for this row
           Real* s = cell_state_at(sv, t + 1, B, H) + b * H;
           const Real* h_prev = sv.hseq + t * BH + b * H;
@@ -165,7 +180,7 @@ void ln_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_r
         }
         // h = o tanh(y), y = s^ g_c + b_c
         for (int64_t j = 0; j < H; ++j) {
-          const Real o = z[3 * H + j], ty = std::tanh(sh[j] * p.gc[j] + p.bc[j]);
+          const Real o = z[3 * H + j], ty = tanh_(sh[j] * p.gc[j] + p.bc[j]);
           dp[3 * H + j] = dh[j] * ty * o * (Real(1) - o);
           dy[j] = dh[j] * o * (Real(1) - ty * ty);
         }
