@@ -245,15 +245,8 @@ void ln_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_r
       normalize_backward(dz + r * G, dz + r * G, p.gx, sv.ln_x + r * G, rx[r], G);
   });
 #pragma omp barrier
-  tm.for_shares(H, [&](const TeamSlice& ts) {
-    const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
-    if (g1 > g0)
-      gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
-    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-    if (dx && r1 > r0)
-      gemm(Tr::N, Tr::N, r1 - r0, I, G, Real(1), dz + r0 * G, G, w.W_ih, I, Real(0), dx + r0 * I,
-           I);
-  });
+  tm.for_shares(H,
+                [&](const TeamSlice& ts) { input_grads(dx, g.dW_ih, dz, x, w.W_ih, ts, N, I, H); });
 }
 
 #define LSTMGRAD_INSTANTIATE(Real)                                                             \

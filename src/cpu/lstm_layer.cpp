@@ -334,10 +334,9 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   tm.for_shares(H, [&](const TeamSlice& ts) {
     // Weight gradients over all steps at once (dz is complete: the last barrier above), each
     // share a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four
-    // of H / P): dW_ih += dz^T x, dW_hh += dz^T h_prev (as the product read it).
+    // of H / P): dW_hh += dz^T h_prev (as the product read it); dW_ih and dx in input_grads.
     const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
     if (g1 > g0) {
-      gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), g.dW_ih + g0 * I, I);
       gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, product_input(saved, 0, B, H), H,
            Real(1), g.dW_hh + g0 * H, H);
       // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
@@ -354,12 +353,20 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     if (w.unit && ts.n() > 0)
       core::unit_grads(g.dunit + ts.j0, H, dz + ts.j0, G, saved.sseq + ts.j0,
                        (saved.zseq ? saved.zseq : saved.sseq + B * H) + ts.j0, H, N, ts.n());
-    // dx = dz W_ih, the share's rows (all of dz is complete: the last barrier above)
-    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-    if (dx && r1 > r0)
-      gemm(Tr::N, Tr::N, r1 - r0, I, G, Real(1), dz + r0 * G, G, w.W_ih, I, Real(0), dx + r0 * I,
-           I);
+    input_grads(dx, g.dW_ih, dz, x, w.W_ih, ts, N, I, H);  // all of dz: the last barrier above
   });
+}
+
+template <class Real>
+void input_grads(Real* dx, Real* dW_ih, const Real* dz, const Real* x, const Real* W_ih,
+                 const TeamSlice& ts, int64_t N, int64_t I, int64_t H) {
+  const int64_t G = 4 * H;
+  const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
+  if (g1 > g0)
+    gemm(Tr::T, Tr::N, g1 - g0, I, N, Real(1), dz + g0, G, x, I, Real(1), dW_ih + g0 * I, I);
+  const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+  if (dx && r1 > r0)
+    gemm(Tr::N, Tr::N, r1 - r0, I, G, Real(1), dz + r0 * G, G, W_ih, I, Real(0), dx + r0 * I, I);
 }
 
 #define LSTMGRAD_INSTANTIATE(Real)                                                          \
@@ -372,7 +379,9 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
   template void layer_backward<Real>(Real*, const LayerGrads<Real>&, Real*, Real*, Real*,   \
                                      const Real*, const LayerSaved<Real>&, const Real*,     \
                                      const LayerWeights<Real>&, const TeamMember&, int64_t, \
-                                     int64_t, int64_t, int64_t);
+                                     int64_t, int64_t, int64_t);                            \
+  template void input_grads<Real>(Real*, Real*, const Real*, const Real*, const Real*,      \
+                                  const TeamSlice&, int64_t, int64_t, int64_t);
 LSTMGRAD_INSTANTIATE(float)
 LSTMGRAD_INSTANTIATE(double)
 #undef LSTMGRAD_INSTANTIATE

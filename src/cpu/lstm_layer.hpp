@@ -136,4 +136,10 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const LayerWeights<Real>& w, const TeamMember& tm, int64_t T, int64_t B,
                     int64_t I, int64_t H);
 
+// The input side's gradients once dz [T*B, 4H] is complete, this share's part: dW_ih += dz^T x
+// (a range of the 4H gate rows) and dx = dz W_ih (a range of the T*B rows; dx may be null).
+template <class Real>
+void input_grads(Real* dx, Real* dW_ih, const Real* dz, const Real* x, const Real* W_ih,
+                 const TeamSlice& ts, int64_t N, int64_t I, int64_t H);
+
 }  // namespace lstmgrad::cpu
