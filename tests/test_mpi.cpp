@@ -148,7 +148,7 @@ TEST(Mpi, RanksTrainTheRegularisedModelOneProcessTrains) {
   Corpus c;
   const std::string run =
       "train" + c.data() +
-      " --layers 2 --hidden 8 --embed 8 --seq 10 --batch 6 --clip 0.5 --quiet --threads 1"
+      " --layers 2 --hidden 12,8 --embed 8 --seq 10 --batch 6 --clip 0.5 --quiet --threads 1"
       " --dtype f64 --epochs 2 --dropout-in 0.3 --dropout-hid 0.3 --dropout-out 0.3"
       " --dropout-emb 0.1 --weight-drop 0.5 --dropout-rec 0.3 --zoneout-h 0.2 --zoneout-s 0.1"
       " --ar 2 --tar 1 --tie-weights";

@@ -2,7 +2,7 @@
 // tools/awd_twin.py, with masks torch drew): the objective, its cross-entropy and every gradient,
 // float64 and float32, each regulariser alone, AWD-LSTM's combination, and it with recurrent
 // dropout and zoneout; zoneout also without masks (the expectation, as evaluation runs it); the
-// layer-normalised cell alone and with all of them.
+// layer-normalised cell alone and with all of them; per-layer hidden sizes with all of them.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -30,6 +30,7 @@ void check_case(const std::string& name, double tol) {
   cfg.tie_weights = c["tie_weights"];
   cfg.zoneout_h = c.value("zoneout_h", 0.0), cfg.zoneout_s = c.value("zoneout_s", 0.0);
   cfg.layer_norm = c.value("layer_norm", false);
+  if (c.contains("hidden")) cfg.hidden = c["hidden"].get<std::vector<int64_t>>();
   const std::vector<ParamInfo> layout = parameter_layout(cfg);
   std::vector<Real> params(parameter_count(cfg));
   for (const ParamInfo& p : layout) {
@@ -68,7 +69,7 @@ void check_case(const std::string& name, double tol) {
   EXPECT_TRUE(close("loss", std::vector<double>{loss}, want("loss"), tol));
   EXPECT_TRUE(close("ce", std::vector<double>{lm.cross_entropy()}, want("ce"), tol));
   std::vector<Real> grad(params.size(), Real(0));
-  const size_t S = static_cast<size_t>(cfg.L * b.B * cfg.H);
+  const size_t S = static_cast<size_t>(cfg.state_offset(cfg.L, b.B));
   std::vector<Real> dh0(S), ds0(S);
   lm.backward(grad, params, b, nullptr, dh0.data(), ds0.data());
   for (const ParamInfo& p : layout) {
@@ -99,7 +100,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, AwdGolden,
                                            "dropout_emb", "weight_drop", "ar", "tar", "tied", "awd",
                                            "dropout_rec", "awd_rec", "zoneout",
                                            "zoneout_expectation", "awd_zoneout", "layer_norm",
-                                           "awd_layer_norm"));
+                                           "awd_layer_norm", "hidden_sizes",
+                                           "hidden_sizes_layer_norm"));
 
 }  // namespace
 }  // namespace lstmgrad::test

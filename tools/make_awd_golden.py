@@ -37,7 +37,7 @@ DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_awd")
 BASE = dict(V=11, E=6, H=6, L=2, T=5, B=3, tie=False, state=False,
             dropout_emb=0.0, dropout_in=0.0, dropout_hid=0.0, dropout_out=0.0, weight_drop=0.0,
             ar=0.0, tar=0.0, dropout_rec=0.0, zoneout_h=0.0, zoneout_s=0.0, zone_masks=True,
-            layer_norm=False)
+            layer_norm=False, hidden=None)
 CASES = [
     dict(BASE, name="dropout_in", dropout_in=0.5),
     dict(BASE, name="dropout_hid", dropout_hid=0.5),
@@ -66,6 +66,14 @@ CASES = [
     dict(BASE, name="awd_layer_norm", L=3, T=6, B=3, tie=True, state=True, dropout_emb=0.1,
          dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0,
          dropout_rec=0.3, zoneout_h=0.1, zoneout_s=0.2, layer_norm=True),
+    # Per-layer widths (AWD-LSTM's shape in small: wide middle, top = E for the tie), everything on;
+    # then the layer-normalised cell with them. h0, s0 and their gradients are the layers' [B,H_k]
+    # blocks one after another (flat).
+    dict(BASE, name="hidden_sizes", L=3, T=6, B=3, E=5, H=5, hidden=[7, 9, 5], tie=True,
+         state=True, dropout_emb=0.1, dropout_in=0.4, dropout_hid=0.25, dropout_out=0.4,
+         weight_drop=0.5, ar=2.0, tar=1.0, dropout_rec=0.3, zoneout_h=0.1, zoneout_s=0.2),
+    dict(BASE, name="hidden_sizes_layer_norm", L=2, T=5, B=3, H=4, hidden=[8, 4], state=True,
+         dropout_rec=0.3, layer_norm=True),
 ]
 
 
@@ -75,7 +83,8 @@ def _seed(case):
 
 def build(case):
     g = torch.Generator().manual_seed(_seed(case))
-    model = awd_twin.AwdTwin(case["V"], case["E"], [case["H"]] * case["L"], tie=case["tie"],
+    widths = case["hidden"] or [case["H"]] * case["L"]
+    model = awd_twin.AwdTwin(case["V"], case["E"], widths, tie=case["tie"],
                              init=0.5, generator=g, zoneout_h=case["zoneout_h"],
                              zoneout_s=case["zoneout_s"], layer_norm=case["layer_norm"])
     T, B, L, H = case["T"], case["B"], case["L"], case["H"]
@@ -86,7 +95,11 @@ def build(case):
                              dropout_rec=case["dropout_rec"])
     if case["zone_masks"]:
         masks.zone_h, masks.zone_s = model.draw_zoneout(T, B, generator=g)
-    if case["state"]:
+    if case["hidden"]:  # flat: the layers' [B,H_k] blocks one after another
+        n = B * sum(widths)
+        h0 = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
+        s0 = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
+    elif case["state"]:
         h0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
         s0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
     else:
@@ -95,10 +108,19 @@ def build(case):
     return model, tokens, targets, masks, h0, s0
 
 
+def layers(state, model):
+    """A state as the twin takes it: a list of [B,H_k], from [L,B,H] or from the flat blocks."""
+    if state.dim() == 3:
+        return list(state.unbind(0))
+    B = state.numel() // sum(model.hidden)
+    return [part.view(B, h) for part, h in zip(state.split([B * h for h in model.hidden]),
+                                               model.hidden)]
+
+
 def compute(case):
     model, tokens, targets, masks, h0, s0 = build(case)
     loss, ce, _, _ = model.forward(tokens, targets, masks, case["ar"], case["tar"],
-                                   list(h0.unbind(0)), list(s0.unbind(0)))
+                                   layers(h0, model), layers(s0, model))
     loss.backward()
     out = {}
     for name, p in model.params.items():
@@ -130,7 +152,7 @@ def compute(case):
     out["ce"] = np.array(ce.item(), dtype=np.float64)
     config = {"V": case["V"], "E": case["E"], "H": case["H"], "L": case["L"],
               "tie_weights": case["tie"]}
-    for key in ("zoneout_h", "zoneout_s", "layer_norm"):  # only where on: other files unchanged
+    for key in ("zoneout_h", "zoneout_s", "layer_norm", "hidden"):  # where on: others unchanged
         if case[key]:
             config[key] = case[key]
     meta = {
@@ -167,7 +189,7 @@ def selftest():
     def objective(*ps):
         model.params = dict(zip(names, ps))
         return model.forward(tokens, targets, masks, case["ar"], case["tar"],
-                             list(h0.unbind(0)), list(s0.unbind(0)))[0]
+                             layers(h0, model), layers(s0, model))[0]
 
     ps = [model.params[n].detach().clone().requires_grad_() for n in names]
     assert torch.autograd.gradcheck(objective, ps, eps=1e-6, atol=1e-7), "gradcheck"

@@ -25,7 +25,7 @@ struct ModelConfig {
   Readout readout = Readout::linear;
   int64_t V = 0;  // vocabulary (embedding rows, readout classes); = H for the identity readout
   int64_t X = 0;  // input width of layer 0: dense width, or embedding width E
-  int64_t H = 0;  // hidden width of every layer
+  int64_t H = 0;  // hidden width of every layer; with `hidden`, of the top layer (the readout's)
   int64_t L = 1;  // number of layers
   // The cell's variant. Peepholes (Gers and Schmidhuber 2000): i and f also see s_prev, o sees s,
   // each through a diagonal weight (one tensor rnn.weight_peephole_l{k} [3,H] per layer).
@@ -45,6 +45,22 @@ struct ModelConfig {
   // pre-activations of a row, and h = o tanh(LN(s)) over its H states, each LN with its own gain
   // and bias (rnn.weight_ln_{ih,hh,cell}_l{k}, rnn.bias_ln_{ih,hh,cell}_l{k}).
   bool layer_norm = false;
+  // Per-layer hidden widths (AWD-LSTM's 1150, 1150, 400): L entries, the last equal to H; empty:
+  // every layer H. Layer k's weight_ih is [4 H_k, H_{k-1}] (H_{-1} = X), its weight_hh
+  // [4 H_k, H_k]; states (h0, s0, h_n, s_n) are the layers' [B, H_k] blocks one after another.
+  std::vector<int64_t> hidden{};
+  int64_t width(int64_t k) const { return hidden.empty() ? H : hidden[static_cast<size_t>(k)]; }
+  // Where layer k's [B, H_k] block starts in a state of B rows; state_offset(L, B) is its size.
+  int64_t state_offset(int64_t k, int64_t B) const {
+    int64_t o = 0;
+    for (int64_t j = 0; j < k; ++j) o += B * width(j);
+    return o;
+  }
+  int64_t max_width() const {
+    int64_t m = H;
+    for (int64_t w : hidden) m = w > m ? w : m;
+    return m;
+  }
 };
 
 // The epsilon of every layer norm: (v - mean) / sqrt(var + eps), PyTorch's LayerNorm default.

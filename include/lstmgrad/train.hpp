@@ -17,9 +17,12 @@
 namespace lstmgrad {
 
 struct TrainOptions {
-  std::filesystem::path train, valid, test;  // text files (valid/test optional)
-  std::string level = "word";                // word | char
-  int64_t layers = 2, hidden = 200, embed = 200;
+  std::filesystem::path train, valid, test;       // text files (valid/test optional)
+  std::string level = "word";                     // word | char
+  int64_t layers = 2, hidden = 200, embed = 200;  // hidden: every layer's, or the top one's
+  // --hidden 1150,1150,400: each layer's width (ModelConfig::hidden; the last is `hidden`);
+  // empty: every layer `hidden`.
+  std::vector<int64_t> hidden_layers;
   bool peephole = false;  // the cell with peepholes (ModelConfig::peephole)
   int64_t seq = 35, batch = 20, epochs = 13;
   bool epochs_given = false;  // on --resume, --epochs given on the command line extends the run

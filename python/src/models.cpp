@@ -116,7 +116,7 @@ py::dict gradient(const std::string& config, const py::dict& params, const py::d
   LanguageModel<double> lm(cfg);
   lm.set_threads(threads);
   std::vector<double> grad(p.size(), 0.0), dinput(b.dense.size());
-  const size_t state = static_cast<size_t>(cfg.L * b.B * cfg.H);
+  const size_t state = static_cast<size_t>(cfg.state_offset(cfg.L, b.B));
   std::vector<double> dh0(state), ds0(state);
   double loss = 0;
   {

@@ -27,7 +27,7 @@ void check_inputs(const ModelConfig& cfg, const std::vector<double>& params,
   validate_config(cfg);
   auto fail = [](const std::string& what) { throw std::invalid_argument("tape_lm: " + what); };
   const size_t TB = static_cast<size_t>(b.T * b.B);
-  const size_t LBH = static_cast<size_t>(cfg.L * b.B * cfg.H);
+  const size_t LBH = static_cast<size_t>(cfg.state_offset(cfg.L, b.B));
   if (b.T < 1 || b.B < 1) fail(fmt::format("need T >= 1 and B >= 1, got T {} B {}", b.T, b.B));
   if (params.size() != parameter_count(cfg))
     fail(fmt::format("params: expected {} values, got {}", parameter_count(cfg), params.size()));
@@ -229,7 +229,9 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
     throw std::invalid_argument("tape_lm: mask weight: expected L masks");
   if (!m.rec.empty() && m.rec.size() != static_cast<size_t>(L))
     throw std::invalid_argument("tape_lm: mask rec: expected L masks");
-  for (const auto& w : m.weight) need(w, 4 * H * H, "weight[k]");
+  for (size_t k = 0; k < m.weight.size(); ++k)
+    need(m.weight[k], 4 * cfg.width(static_cast<int64_t>(k)) * cfg.width(static_cast<int64_t>(k)),
+         "weight[k]");
 
   // Layer 0's input per step, [B,X]: the dense vectors as leaves (so dinput comes out), or the
   // embedding rows of the tokens (gather_rows accumulates the gradient of repeated tokens). With
@@ -263,31 +265,33 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
   // The stack: layer k runs over all T steps; its outputs replace `x` as layer k+1's inputs
   // (through the locked mask between layers, when there is one).
   std::vector<Var> top(static_cast<size_t>(T));  // the top layer's h_1 .. h_T before any mask
-  const std::vector<double> zeros(static_cast<size_t>(L * B * H), 0.0);
+  const std::vector<double> zeros(static_cast<size_t>(cfg.state_offset(L, B)), 0.0);
   const std::vector<double>& h0 = batch.h0.empty() ? zeros : batch.h0;
   const std::vector<double>& s0 = batch.s0.empty() ? zeros : batch.s0;
   std::vector<Var> h0_vars, s0_vars, hn_vars, sn_vars;  // [L] each [B,H]
   for (int64_t k = 0; k < L; ++k) {
+    const int64_t Hk = cfg.width(k);
     const LayerVars lv =
-        layer_vars(tape, p, k, H, m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
-    Var h = tape.leaf(step_rows(h0, k, B, H));  // h0[k] and s0[k] are leaves: we want dh0, ds0
-    Var s = tape.leaf(step_rows(s0, k, B, H));
+        layer_vars(tape, p, k, Hk, m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
+    // h0[k] and s0[k] (layer k's [B,H_k] blocks) are leaves: we want dh0, ds0
+    Var h = tape.leaf(slice(h0, static_cast<size_t>(cfg.state_offset(k, B)), B, Hk));
+    Var s = tape.leaf(slice(s0, static_cast<size_t>(cfg.state_offset(k, B)), B, Hk));
     h0_vars.push_back(h);
     s0_vars.push_back(s);
     const std::optional<Var> mask =
         k + 1 < L
-            ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], H, "hid[k]"))
-            : locked(m.out, H, "out");
+            ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], Hk, "hid[k]"))
+            : locked(m.out, Hk, "out");
     const std::optional<Var> rec =
-        m.rec.empty() ? std::nullopt : locked(m.rec[static_cast<size_t>(k)], H, "rec[k]");
+        m.rec.empty() ? std::nullopt : locked(m.rec[static_cast<size_t>(k)], Hk, "rec[k]");
     // Zoneout at step t: d (a mask slice, or the rate: the expectation) and 1 - d as constants.
     auto zone = [&](const std::vector<std::vector<double>>& masks, double rate, int64_t t,
                     bool keep) {
-      Tensor d(B, H);
-      for (int64_t i = 0; i < B * H; ++i) {
+      Tensor d(B, Hk);
+      for (int64_t i = 0; i < B * Hk; ++i) {
         const double di = masks.empty()
                               ? rate
-                              : masks[static_cast<size_t>(k)][static_cast<size_t>(t * B * H + i)];
+                              : masks[static_cast<size_t>(k)][static_cast<size_t>(t * B * Hk + i)];
         d.v[static_cast<size_t>(i)] = keep ? di : 1 - di;
       }
       return tape.constant(d);
@@ -295,12 +299,12 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
     for (const auto* z : {&m.zone_h, &m.zone_s}) {
       if (!z->empty() && z->size() != static_cast<size_t>(L))
         throw std::invalid_argument("tape_lm: mask zone_h/zone_s: expected L masks");
-      for (const auto& v : *z) need(v, T * B * H, "zone[k]");
+      if (!z->empty()) need((*z)[static_cast<size_t>(k)], T * B * Hk, "zone[k]");
     }
     for (int64_t t = 0; t < T; ++t) {
       const Var h_prev = h, s_prev = s;
       if (cfg.layer_norm)
-        cell_ln(tape, p, k, H, lv.W_hh, x[static_cast<size_t>(t)], h, s, rec);
+        cell_ln(tape, p, k, Hk, lv.W_hh, x[static_cast<size_t>(t)], h, s, rec);
       else
         cell(tape, lv, x[static_cast<size_t>(t)], h, s, rec);
       if (cfg.zoneout()) {  // s = d_s s_prev + (1 - d_s) s~, h = d_h h_prev + (1 - d_h) h~

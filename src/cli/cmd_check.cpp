@@ -18,7 +18,13 @@ struct CheckCliOptions {
   std::string device = "cpu";
   DeviceCheckOptions d;
   bool zero_state = false, json = false;
+  std::vector<int64_t> hidden;  // -H: one width, or one per layer
 };
+
+// H, or each layer's width (6,5,4).
+std::string widths(const ModelConfig& c) {
+  return c.hidden.empty() ? std::to_string(c.H) : fmt::format("{}", fmt::join(c.hidden, ","));
+}
 
 std::string describe(const Regularization& r, const ModelConfig& c) {
   std::string s;
@@ -39,7 +45,7 @@ void print_table(const CheckOptions& o, const CheckReport& r) {
   fmt::print(
       "lstmgrad check: T={} B={} X={} H={} L={} V={}{}{}, {} input, {} readout, {} targets, "
       "{} reduction, seed {}\n",
-      o.T, o.B, c.X, c.H, c.L, c.V,
+      o.T, o.B, c.X, widths(c), c.L, c.V,
       c.peephole     ? ", peepholes"
       : c.layer_norm ? ", layer norm"
                      : "",
@@ -86,7 +92,7 @@ void print_device_table(const CheckOptions& o, const DeviceCheckOptions& d,
   fmt::print(
       "lstmgrad check --device cuda: T={} B={} X={} H={} L={} V={}{}, {} input, {} readout, {} "
       "targets, {} reduction, dropout {}, seed {}\n{} ({} recurrence)\n",
-      o.T, o.B, c.X, c.H, c.L, c.V, c.peephole ? ", peepholes" : "", to_string(c.input),
+      o.T, o.B, c.X, widths(c), c.L, c.V, c.peephole ? ", peepholes" : "", to_string(c.input),
       to_string(c.readout), o.soft_targets ? "soft" : "class", to_string(o.reduction), d.dropout,
       o.seed, r.device, r.recurrence);
   fmt::print("loss: float64 CPU {:.15g}, float32 CUDA {:.15g}\n\n", r.loss_ref, r.loss_device);
@@ -118,6 +124,10 @@ nlohmann::json to_json(const DeviceCheckReport& r) {
 }
 
 void run(CheckCliOptions& a) {
+  if (!a.hidden.empty()) {  // the top layer's width is H; several: per layer
+    a.o.cfg.H = a.hidden.back();
+    a.o.cfg.hidden = a.hidden.size() > 1 ? a.hidden : std::vector<int64_t>{};
+  }
   a.o.cfg.input = a.input == "dense" ? InputKind::dense : InputKind::embedding;
   a.o.cfg.readout = a.readout == "identity" ? Readout::identity : Readout::linear;
   if (a.o.cfg.readout == Readout::identity) a.o.cfg.V = a.o.cfg.H;  // p = softmax(h)
@@ -152,9 +162,11 @@ void register_check(CLI::App& app) {
   cmd->add_option("-X,--input-size", a->o.cfg.X, "Input width (dense) or embedding width")
       ->check(positive)
       ->capture_default_str();
-  cmd->add_option("-H,--hidden", a->o.cfg.H, "Hidden width")
+  cmd->add_option("-H,--hidden", a->hidden,
+                  "Hidden width: one for every layer, or one per layer (6,5,4)")
       ->check(positive)
-      ->capture_default_str();
+      ->delimiter(',')
+      ->default_str("4");
   cmd->add_option("-L,--layers", a->o.cfg.L, "Layers")->check(positive)->capture_default_str();
   cmd->add_flag("--peephole", a->o.cfg.peephole,
                 "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");

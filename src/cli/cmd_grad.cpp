@@ -25,7 +25,7 @@ void run_typed(const GradOptions& o) {
   GradientResult<Real> g;
   g.loss = lm.forward(m.params, b, red);
   g.grad.assign(m.params.size(), Real(0));
-  const size_t S = static_cast<size_t>(m.cfg.L * b.B * m.cfg.H);
+  const size_t S = static_cast<size_t>(m.cfg.state_offset(m.cfg.L, b.B));
   g.dinput.resize(b.dense.size());
   if (!b.h0.empty() || !b.s0.empty()) g.dh0.resize(S), g.ds0.resize(S);
   lm.backward(g.grad, m.params, b, g.dinput.empty() ? nullptr : g.dinput.data(),

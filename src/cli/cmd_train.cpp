@@ -49,7 +49,12 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"word", "char"}))
       ->capture_default_str();
   cmd->add_option("--layers", o->layers, "LSTM layers")->capture_default_str();
-  cmd->add_option("--hidden", o->hidden, "Hidden units per layer")->capture_default_str();
+  auto hidden = std::make_shared<std::vector<int64_t>>();
+  cmd->add_option("--hidden", *hidden,
+                  "Hidden units per layer: one number for every layer, or one per layer "
+                  "(1150,1150,400)")
+      ->delimiter(',')
+      ->default_str("200");
   cmd->add_flag("--peephole", o->peephole,
                 "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");
   cmd->add_flag("--layer-norm", o->layer_norm,
@@ -124,7 +129,14 @@ void register_train(CLI::App& app) {
   cmd->add_option("--eval-batch", o->eval_batch, "Validation batch (default: --batch)");
   cmd->add_flag("--quiet", o->quiet, "No progress output");
   auto* device = add_device_option(cmd, o->device);
-  cmd->callback([o, cmd, data_dir, threads, epochs, device, comm_timeout] {
+  cmd->callback([o, cmd, data_dir, threads, epochs, device, comm_timeout, hidden] {
+    if (hidden->size() == 1) o->hidden = hidden->front(), o->hidden_layers.clear();
+    if (hidden->size() > 1) {
+      o->hidden = hidden->back(), o->hidden_layers = *hidden;
+      bool uniform = true;
+      for (int64_t w : *hidden) uniform = uniform && w == o->hidden;
+      if (uniform) o->hidden_layers.clear();  // 200,200: the same model as 200
+    }
     // Started by mpirun or srun with several processes: one model, data-parallel over them.
     const Launched job = launched_job(*comm_timeout);
     o->device_given = device->count() > 0;

@@ -83,8 +83,8 @@ void validate_batch(const ModelConfig& cfg, const Batch<Real>& b, const char* wh
     expect_distributions(where, b.target_probs, cfg.V, b.B);
   }
   const std::string state = fmt::format("float [L={}, B={}, H={}]", cfg.L, b.B, cfg.H);
-  if (!b.h0.empty()) expect_size(where, "h0", b.h0.size(), cfg.L * b.B * cfg.H, state);
-  if (!b.s0.empty()) expect_size(where, "s0", b.s0.size(), cfg.L * b.B * cfg.H, state);
+  if (!b.h0.empty()) expect_size(where, "h0", b.h0.size(), cfg.state_offset(cfg.L, b.B), state);
+  if (!b.s0.empty()) expect_size(where, "s0", b.s0.size(), cfg.state_offset(cfg.L, b.B), state);
   expect_finite(where, "h0", b.h0);
   expect_finite(where, "s0", b.s0);
 }

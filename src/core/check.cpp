@@ -47,7 +47,7 @@ Batch<double> random_batch(const CheckOptions& o, std::mt19937_64& rng) {
     for (size_t k = 0; k < N; ++k) b.target.push_back(id(rng));
   }
   if (o.initial_state) {
-    const size_t S = static_cast<size_t>(c.L * o.B * c.H);
+    const size_t S = static_cast<size_t>(c.state_offset(c.L, o.B));
     b.h0 = uniform(S, rng, -0.5, 0.5);
     b.s0 = uniform(S, rng, -1, 1);
   }
@@ -97,7 +97,7 @@ CheckReport run_check(const CheckOptions& o) {
   CheckReport rep;
   rep.loss_hand = lm.forward(params, batch, o.reduction);
   rep.ce_hand = lm.cross_entropy();
-  const size_t S = static_cast<size_t>(c.L * o.B * c.H);
+  const size_t S = static_cast<size_t>(c.state_offset(c.L, o.B));
   std::vector<double> grad(params.size(), 0.0), dh0(S), ds0(S), dinput(batch.dense.size());
   lm.backward(grad, params, batch, dinput.empty() ? nullptr : dinput.data(), dh0.data(),
               ds0.data());
@@ -210,7 +210,7 @@ DeviceCheckReport run_device_check(const CheckOptions& o, const DeviceCheckOptio
   validate_batch(c, batch, "check");
   const Batch<float> fbatch = to_float(batch);
   const std::vector<ParamInfo> layout = parameter_layout(c);
-  const size_t S = static_cast<size_t>(c.L * o.B * c.H);
+  const size_t S = static_cast<size_t>(c.state_offset(c.L, o.B));
   const std::vector<int64_t> state{c.L, o.B, c.H};
 
   LanguageModel<double> ref(c);

@@ -19,15 +19,15 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
   };
   if (cfg.input == InputKind::embedding) add("encoder.weight", {cfg.V, cfg.X});
   for (int64_t k = 0; k < cfg.L; ++k) {
-    const int64_t in = k == 0 ? cfg.X : cfg.H;
-    add(fmt::format("rnn.weight_ih_l{}", k), {4 * cfg.H, in});
-    add(fmt::format("rnn.weight_hh_l{}", k), {4 * cfg.H, cfg.H});
-    add(fmt::format("rnn.bias_ih_l{}", k), {4 * cfg.H});
-    add(fmt::format("rnn.bias_hh_l{}", k), {4 * cfg.H});
-    if (cfg.peephole) add(fmt::format("rnn.weight_peephole_l{}", k), {3, cfg.H});
+    const int64_t in = k == 0 ? cfg.X : cfg.width(k - 1), H = cfg.width(k);
+    add(fmt::format("rnn.weight_ih_l{}", k), {4 * H, in});
+    add(fmt::format("rnn.weight_hh_l{}", k), {4 * H, H});
+    add(fmt::format("rnn.bias_ih_l{}", k), {4 * H});
+    add(fmt::format("rnn.bias_hh_l{}", k), {4 * H});
+    if (cfg.peephole) add(fmt::format("rnn.weight_peephole_l{}", k), {3, H});
     if (cfg.layer_norm)
       for (const auto& [part, n] :
-           {std::pair{"ih", 4 * cfg.H}, std::pair{"hh", 4 * cfg.H}, std::pair{"cell", cfg.H}}) {
+           {std::pair{"ih", 4 * H}, std::pair{"hh", 4 * H}, std::pair{"cell", H}}) {
         add(fmt::format("rnn.weight_ln_{}_l{}", part, k), {n});
         add(fmt::format("rnn.bias_ln_{}_l{}", part, k), {n});
       }
@@ -74,8 +74,17 @@ constexpr double kMaxParameters = 0x1p48;        // 2^48 scalars: 1 PiB as float
 double parameter_count_estimate(const ModelConfig& c) {
   const double V = static_cast<double>(c.V), X = static_cast<double>(c.X);
   const double H = static_cast<double>(c.H), L = static_cast<double>(c.L);
-  const double first = 4 * H * (X + H + 2), rest = 4 * H * (2 * H + 2);  // (+ 18 H: small)
-  return V * X + first + (L - 1) * rest + V * ((c.tie_weights ? 0 : H) + 1);
+  double layers = 0;  // (+ 18 H_k each with layer norm: small)
+  if (c.hidden.empty()) {
+    layers = 4 * H * (X + H + 2) + (L - 1) * 4 * H * (2 * H + 2);
+  } else {
+    for (size_t k = 0; k < c.hidden.size(); ++k) {
+      const double h = static_cast<double>(c.hidden[k]);
+      const double in = k == 0 ? X : static_cast<double>(c.hidden[k - 1]);
+      layers += 4 * h * (in + h + 2);
+    }
+  }
+  return V * X + layers + V * ((c.tie_weights ? 0 : H) + 1);
 }
 
 }  // namespace
@@ -84,6 +93,18 @@ void validate_config(const ModelConfig& cfg) {
   if (cfg.H < 1) throw InputError(fmt::format("model: hidden size H must be >= 1, got {}", cfg.H));
   if (cfg.X < 1) throw InputError(fmt::format("model: input size X must be >= 1, got {}", cfg.X));
   if (cfg.L < 1) throw InputError(fmt::format("model: layers L must be >= 1, got {}", cfg.L));
+  if (!cfg.hidden.empty()) {
+    if (static_cast<int64_t>(cfg.hidden.size()) != cfg.L)
+      throw InputError(
+          fmt::format("--hidden: {} sizes for {} layers (give one per layer, or one for all)",
+                      cfg.hidden.size(), cfg.L));
+    for (int64_t w : cfg.hidden)
+      if (w < 1 || w > kMaxWidth)
+        throw InputError(fmt::format("--hidden: every size must be in [1, 2^31], got {}", w));
+    if (cfg.hidden.back() != cfg.H)
+      throw InputError(
+          fmt::format("model: the top layer's width {} must be H ({})", cfg.hidden.back(), cfg.H));
+  }
   if (cfg.V < 1) throw InputError(fmt::format("model: vocabulary V must be >= 1, got {}", cfg.V));
   // Sizes read from a file are checked against its tensors before anything is allocated; these
   // limits keep the layout's arithmetic (4H x H, summed over L layers) inside 64 bits first.

@@ -75,9 +75,21 @@ struct LanguageModel<Real>::Impl {
       : cfg_(cfg),
         offsets_((validate_config(cfg), parameter_offsets(cfg))),
         n_params_(parameter_count(cfg)),
-        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, cfg.H, cfg.L)) {
+        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, widths(cfg))) {
     stack_->set_zoneout(cfg.zoneout_h, cfg.zoneout_s);
     stack_->set_layer_norm(cfg.layer_norm);
+  }
+
+  static std::vector<int64_t> widths(const ModelConfig& cfg) {
+    std::vector<int64_t> w;
+    for (int64_t k = 0; k < cfg.L; ++k) w.push_back(cfg.width(k));
+    return w;
+  }
+  // Where layer k's [4H_k, H_k] block starts in the weight-drop buffers wd_, wd_grad_.
+  size_t hh_offset(int64_t k) const {
+    size_t o = 0;
+    for (int64_t j = 0; j < k; ++j) o += static_cast<size_t>(4 * cfg_.width(j) * cfg_.width(j));
+    return o;
   }
 
   void reserve(int64_t T, int64_t B);
@@ -124,7 +136,7 @@ struct LanguageModel<Real>::Impl {
   // (sized on use, like probs_; the fused readout needs neither).
   std::vector<Real> colsum_;
   std::vector<Real> arena_;       // the buffers below, carved from one allocation
-  std::vector<Real> h_n_, s_n_;   // [L,B,H]
+  std::vector<Real> h_n_, s_n_;   // the layers' [B,H_k] blocks
   std::vector<double> row_loss_;  // [T*B] the loss of each position (summed in order)
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;
@@ -139,8 +151,8 @@ struct LanguageModel<Real>::Impl {
   bool wdropped_ = false;              // ... and weight drop
   double ce_ = 0;                      // the last forward's cross-entropy
   Masks<Real> masks_;                  // the masks of the last forward (reused storage)
-  std::vector<Real> wd_;               // [L,4H,H] U' = U * M, then
-  std::vector<Real> wd_grad_;          // [L,4H,H] dL/dU' in backward
+  std::vector<Real> wd_;               // the layers' [4H_k,H_k]: U' = U * M, then
+  std::vector<Real> wd_grad_;          // the same: dL/dU' in backward
   std::vector<const Real*> hid_ptrs_;  // [L-1] into masks_.hid
   std::vector<const Real*> rec_ptrs_;  // [L] into masks_.rec
   std::vector<const Real*> zone_h_ptrs_, zone_s_ptrs_;  // [L] into masks_.zone_h, zone_s
@@ -412,11 +424,12 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     stack_->forward(x, w.data(), h0, s0, T, B);
   else
     stack_->infer(x, w.data(), h0, s0, T, B);
-  h_n_.resize(static_cast<size_t>(cfg_.L * B * H));
+  h_n_.resize(static_cast<size_t>(cfg_.state_offset(cfg_.L, B)));
   s_n_.resize(h_n_.size());
   for (int64_t k = 0; k < cfg_.L; ++k) {
-    std::copy_n(keep ? stack_->h_last(k) : stack_->infer_h_last(k), B * H, h_n_.data() + k * B * H);
-    std::copy_n(keep ? stack_->s_last(k) : stack_->infer_s_last(k), B * H, s_n_.data() + k * B * H);
+    const int64_t at = cfg_.state_offset(k, B), n = B * cfg_.width(k);
+    std::copy_n(keep ? stack_->h_last(k) : stack_->infer_h_last(k), n, h_n_.data() + at);
+    std::copy_n(keep ? stack_->s_last(k) : stack_->infer_s_last(k), n, s_n_.data() + at);
   }
   const Real* top = readout_input();
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
@@ -504,29 +517,31 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
     need(masks_.out, B * H, "out");
     if (!masks_.hid.empty() && masks_.hid.size() != static_cast<size_t>(L - 1))
       throw std::invalid_argument("LanguageModel::set_masks: hid needs L-1 masks");
-    for (const auto& m : masks_.hid) need(m, B * H, "hid[k]");
+    for (size_t k = 0; k < masks_.hid.size(); ++k) need(masks_.hid[k], B * cfg_.width(k), "hid[k]");
     if (!masks_.rec.empty() && masks_.rec.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: rec needs L masks");
-    for (const auto& m : masks_.rec) need(m, B * H, "rec[k]");
+    for (size_t k = 0; k < masks_.rec.size(); ++k) need(masks_.rec[k], B * cfg_.width(k), "rec[k]");
     for (const auto* zone : {&masks_.zone_h, &masks_.zone_s}) {
       if (!zone->empty() && zone->size() != static_cast<size_t>(L))
         throw std::invalid_argument("LanguageModel::set_masks: zone_h and zone_s need L masks");
-      for (const auto& m : *zone) need(m, T_ * B * H, "zone_h[k] or zone_s[k]");
+      for (size_t k = 0; k < zone->size(); ++k)
+        need((*zone)[k], T_ * B * cfg_.width(k), "zone_h[k] or zone_s[k]");
     }
     if (!masks_.weight.empty() && masks_.weight.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: weight needs L masks");
-    for (const auto& m : masks_.weight) need(m, 4 * H * H, "weight[k]");
+    for (size_t k = 0; k < masks_.weight.size(); ++k)
+      need(masks_.weight[k], 4 * cfg_.width(k) * cfg_.width(k), "weight[k]");
   }
   hid_ptrs_.resize(static_cast<size_t>(std::max<int64_t>(L - 1, 0)));
   rec_ptrs_.resize(static_cast<size_t>(L));
   zone_h_ptrs_.resize(static_cast<size_t>(L)), zone_s_ptrs_.resize(static_cast<size_t>(L));
   if (!masks_.weight.empty()) {  // U' = U * M per layer, into a buffer kept between forwards
-    const size_t GH = static_cast<size_t>(4 * H * H);
-    if (wd_.size() < L * GH) wd_.resize(L * GH);
+    if (wd_.size() < hh_offset(L)) wd_.resize(hh_offset(L));
     for (int64_t k = 0; k < L; ++k) {
       const Real* U = P + offsets_.layers[static_cast<size_t>(k)].weight_hh;
       const Real* M = masks_.weight[static_cast<size_t>(k)].data();
-      Real* Ud = wd_.data() + static_cast<size_t>(k) * GH;
+      Real* Ud = wd_.data() + hh_offset(k);
+      const size_t GH = static_cast<size_t>(4 * cfg_.width(k) * cfg_.width(k));
       for (size_t i = 0; i < GH; ++i) Ud[i] = U[i] * M[i];
     }
     wdropped_ = true;
@@ -537,7 +552,8 @@ template <class Real>
 std::vector<cpu::LayerWeights<Real>> LanguageModel<Real>::Impl::layer_weights(const Real* P) const {
   auto w = layer_views<cpu::LayerWeights<Real>>(offsets_, P);
   if (wdropped_)
-    for (size_t k = 0; k < w.size(); ++k) w[k].W_hh = wd_.data() + k * 4 * cfg_.H * cfg_.H;
+    for (size_t k = 0; k < w.size(); ++k)
+      w[k].W_hh = wd_.data() + hh_offset(static_cast<int64_t>(k));
   for (size_t k = 0; k < w.size(); ++k)
     if (offsets_.layers[k].layer_norm) w[k].ln = P + *offsets_.layers[k].layer_norm;
   return w;
@@ -670,19 +686,22 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   auto g = layer_views<cpu::LayerGrads<Real>>(offsets_, D);
   for (size_t k = 0; k < g.size(); ++k)
     if (offsets_.layers[k].layer_norm) g[k].dln = D + *offsets_.layers[k].layer_norm;
-  const size_t GH = static_cast<size_t>(4 * H * H);
+  const size_t all_hh = hh_offset(cfg_.L);
   if (wdropped_) {  // dL/dU' into scratch, then dL/dU += dL/dU' * M
-    if (wd_grad_.size() < g.size() * GH) wd_grad_.resize(g.size() * GH);
-    std::fill_n(wd_grad_.data(), g.size() * GH, Real(0));
-    for (size_t k = 0; k < g.size(); ++k) g[k].dW_hh = wd_grad_.data() + k * GH;
+    if (wd_grad_.size() < all_hh) wd_grad_.resize(all_hh);
+    std::fill_n(wd_grad_.data(), all_hh, Real(0));
+    for (size_t k = 0; k < g.size(); ++k)
+      g[k].dW_hh = wd_grad_.data() + hh_offset(static_cast<int64_t>(k));
   }
   const Real* x = in_mask_ ? dropped_input() : emb ? buf_.x0 : batch.dense.data();
   stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
   if (wdropped_)
     for (size_t k = 0; k < g.size(); ++k) {
       Real* dU = D + offsets_.layers[k].weight_hh;
-      const Real* dUd = wd_grad_.data() + k * GH;
+      const Real* dUd = wd_grad_.data() + hh_offset(static_cast<int64_t>(k));
       const Real* M = masks_.weight[k].data();
+      const size_t GH = static_cast<size_t>(4 * cfg_.width(static_cast<int64_t>(k)) *
+                                            cfg_.width(static_cast<int64_t>(k)));
       for (size_t i = 0; i < GH; ++i) dU[i] += dUd[i] * M[i];
     }
   Real* dx = emb ? buf_.dx0 : dinput;

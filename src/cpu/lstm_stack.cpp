@@ -13,14 +13,19 @@ namespace lstmgrad::cpu {
 
 template <class Real>
 LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
+    : LstmStack(X, std::vector<int64_t>(static_cast<size_t>(L), H)) {}
+
+template <class Real>
+LstmStack<Real>::LstmStack(int64_t X, std::vector<int64_t> widths)
     : X_(X),
-      H_(H),
-      L_(L),
-      saved_(L),
-      locked_(static_cast<size_t>(L - 1), nullptr),
-      rec_(static_cast<size_t>(L), nullptr),
-      zone_h_(static_cast<size_t>(L), nullptr),
-      zone_s_(static_cast<size_t>(L), nullptr) {}
+      H_(*std::max_element(widths.begin(), widths.end())),
+      L_(static_cast<int64_t>(widths.size())),
+      Hk_(std::move(widths)),
+      saved_(static_cast<size_t>(L_)),
+      locked_(static_cast<size_t>(L_ - 1), nullptr),
+      rec_(static_cast<size_t>(L_), nullptr),
+      zone_h_(static_cast<size_t>(L_), nullptr),
+      zone_s_(static_cast<size_t>(L_), nullptr) {}
 
 template <class Real>
 int LstmStack<Real>::threads(int64_t B) const {
@@ -63,17 +68,18 @@ template <class Real>
 void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const Real* h0,
                               const Real* s0, int64_t T, int64_t B) {
   reserve(T, B);
-  const int64_t H = H_;
+  const int64_t H = H_;  // the widest layer: each layer's buffers have room for it
   for (int64_t k = 0; k < L_; ++k) {
     const LayerSaved<Real>& sv = saved_[k];
+    const int64_t at = state_offset(k, B), n = B * width(k);
     if (h0)
-      std::copy_n(h0 + k * B * H, B * H, sv.hseq);
+      std::copy_n(h0 + at, n, sv.hseq);
     else
-      std::fill_n(sv.hseq, B * H, Real(0));
+      std::fill_n(sv.hseq, n, Real(0));
     if (s0)
-      std::copy_n(s0 + k * B * H, B * H, sv.sseq);
+      std::copy_n(s0 + at, n, sv.sseq);
     else
-      std::fill_n(sv.sseq, B * H, Real(0));
+      std::fill_n(sv.sseq, n, Real(0));
   }
   const int64_t N = T * B;
   const bool rec = rec_[0] != nullptr;
@@ -112,7 +118,7 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
     if (drop_.size() < static_cast<size_t>(2 * (L_ - 1) * N * H))
       drop_.resize(2 * (L_ - 1) * N * H);
     for (int64_t k = 0; k + 1 < L_ && !locked_used_; ++k)
-      dropout_mask(drop_mask(k), T, B, H, shard_, drop_p_, drop_seed_,
+      dropout_mask(drop_mask(k), T, B, width(k), shard_, drop_p_, drop_seed_,
                    static_cast<uint64_t>(k + 1));
   }
   const int S = team_ = threads(B);
@@ -124,13 +130,13 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
     const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
-      const int64_t I = k == 0 ? X_ : H;
-      tm.for_shares(H, [&](const TeamSlice& ts) { layer_pack(saved_[k], w[k], ts, H); });
-      layer_forward(saved_[k], xk, w[k], tm, T, B, I, H);
-      xk = saved_[k].hseq + B * H;   // h_1 .. h_T [T,B,H] feed the next layer
+      const int64_t I = k == 0 ? X_ : width(k - 1), Hk = width(k);
+      tm.for_shares(Hk, [&](const TeamSlice& ts) { layer_pack(saved_[k], w[k], ts, Hk); });
+      layer_forward(saved_[k], xk, w[k], tm, T, B, I, Hk);
+      xk = saved_[k].hseq + B * Hk;  // h_1 .. h_T [T,B,H_k] feed the next layer
       if (dropped_ && k + 1 < L_) {  // the next layer reads the dropped copy; h stays for s, h
-        tm.for_shares(H, [&](const TeamSlice& ts) {
-          apply_mask_rows(drop_input(k), xk, mask_of(k), H, mask_period(), ts.row0(N), ts.row1(N));
+        tm.for_shares(Hk, [&](const TeamSlice& ts) {
+          apply_mask_rows(drop_input(k), xk, mask_of(k), Hk, mask_period(), ts.row0(N), ts.row1(N));
         });
 #pragma omp barrier
         xk = drop_input(k);
@@ -143,7 +149,7 @@ template <class Real>
 void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top,
                                const Real* x0, const LayerWeights<Real>* w, Real* dh0, Real* ds0,
                                const Real* dh_n, const Real* ds_n) {
-  const int64_t T = T_, B = B_, H = H_;
+  const int64_t T = T_, B = B_;
   const int S = team_;  // the forward's shares (its claims are sized for them)
   BlasThreads one(1);
   const TeamCall call(backward_tuner_, S, running_cap_, static_cast<double>(T * B));
@@ -153,12 +159,12 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
     const Real* dh_out = dh_top;
     Real* dx_buf = dh_a_;
     for (int64_t k = L_ - 1; k >= 0; --k) {
-      const int64_t I = k == 0 ? X_ : H;
-      const Real* x = k == 0 ? x0 : dropped_ ? drop_input(k - 1) : saved_[k - 1].hseq + B * H;
+      const int64_t I = k == 0 ? X_ : width(k - 1), H = width(k), state = state_offset(k, B);
+      const Real* x = k == 0 ? x0 : dropped_ ? drop_input(k - 1) : saved_[k - 1].hseq + B * I;
       Real* dxk = k > 0 ? dx_buf : dx;
       tm.for_shares(H, [&](const TeamSlice& ts) {
         for (int64_t r = 0; r < B; ++r) {  // dL/dh_T, dL/ds_T from outside, or zeros
-          const int64_t at = (k * B + r) * H + ts.j0;
+          const int64_t at = state + r * H + ts.j0;
           if (dh_n)
             std::copy_n(dh_n + at, ts.n(), dh_rec_ + r * H + ts.j0);
           else
@@ -172,15 +178,15 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
       layer_backward(dxk, g[k], dz_, dh_rec_, ds_, dh_out, saved_[k], x, w[k], tm, T, B, I, H);
       tm.for_shares(H, [&](const TeamSlice& ts) {
         for (int64_t r = 0; r < B; ++r) {
-          if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + (k * B + r) * H + ts.j0);
-          if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + (k * B + r) * H + ts.j0);
+          if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + state + r * H + ts.j0);
+          if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + state + r * H + ts.j0);
         }
       });
 #pragma omp barrier             // dx complete, dz free, before the layer below starts
       if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
         const int64_t N = T * B;
-        tm.for_shares(H, [&](const TeamSlice& ts) {
-          apply_mask_rows(dxk, dxk, mask_of(k - 1), H, mask_period(), ts.row0(N), ts.row1(N));
+        tm.for_shares(I, [&](const TeamSlice& ts) {
+          apply_mask_rows(dxk, dxk, mask_of(k - 1), I, mask_period(), ts.row0(N), ts.row1(N));
         });
 #pragma omp barrier
       }
@@ -218,7 +224,7 @@ template <class Real>
 void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Real* h0,
                             const Real* s0, int64_t T, int64_t B) {
   reserve_infer(T, B);
-  const int64_t H = H_, BH = B * H;
+  const int64_t H = H_;  // the widest layer (buffer sizes)
   if (layer_norm_ && infer_ln_.size() < static_cast<size_t>(T * B * (9 * H + 3)))
     infer_ln_.resize(static_cast<size_t>(T * B * (9 * H + 3)));
   const int S = threads(B);  // forward's shares: the same split, the same bits
@@ -230,6 +236,7 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
     const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
+      const int64_t Hk = width(k), BH = B * Hk, state = state_offset(k, B);
       LayerSaved<Real> sv = infer_layer_;
       sv.hseq = infer_h_[k % 2];
       // zoneout's expectation, in place (no zseq: nothing is kept for backward)
@@ -241,28 +248,29 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
       }
       // Each share its units of the bias, h0 and s0 (layer_forward's first barrier follows
       // before any step reads them); the layer before is done with all three (its last barrier).
-      tm.for_shares(H, [&](const TeamSlice& ts) {
-        layer_pack(sv, w[k], ts, H);
+      tm.for_shares(Hk, [&](const TeamSlice& ts) {
+        layer_pack(sv, w[k], ts, Hk);
         for (int64_t r = 0; r < B; ++r) {
-          Real* h = sv.hseq + r * H + ts.j0;
-          Real* s = sv.sseq + r * H + ts.j0;
+          Real* h = sv.hseq + r * Hk + ts.j0;
+          Real* s = sv.sseq + r * Hk + ts.j0;
           if (h0)
-            std::copy_n(h0 + k * BH + r * H + ts.j0, ts.n(), h);
+            std::copy_n(h0 + state + r * Hk + ts.j0, ts.n(), h);
           else
             std::fill_n(h, ts.n(), Real(0));
           if (s0)
-            std::copy_n(s0 + k * BH + r * H + ts.j0, ts.n(), s);
+            std::copy_n(s0 + state + r * Hk + ts.j0, ts.n(), s);
           else
             std::fill_n(s, ts.n(), Real(0));
         }
       });
-      layer_forward(sv, xk, w[k], tm, T, B, k == 0 ? X_ : H, H);
-      tm.for_shares(H, [&](const TeamSlice& ts) {  // h_T, s_T before the next layer's s0
-        const Real* s_T = cell_state_at(sv, T, B, H);
+      layer_forward(sv, xk, w[k], tm, T, B, k == 0 ? X_ : width(k - 1), Hk);
+      Real* s_last = infer_last_ + state_offset(L_, B);
+      tm.for_shares(Hk, [&](const TeamSlice& ts) {  // h_T, s_T before the next layer's s0
+        const Real* s_T = cell_state_at(sv, T, B, Hk);
         for (int64_t r = 0; r < B; ++r) {
-          std::copy_n(sv.hseq + T * BH + r * H + ts.j0, ts.n(),
-                      infer_last_ + k * BH + r * H + ts.j0);
-          std::copy_n(s_T + r * H + ts.j0, ts.n(), infer_last_ + (L_ + k) * BH + r * H + ts.j0);
+          std::copy_n(sv.hseq + T * BH + r * Hk + ts.j0, ts.n(),
+                      infer_last_ + state + r * Hk + ts.j0);
+          std::copy_n(s_T + r * Hk + ts.j0, ts.n(), s_last + state + r * Hk + ts.j0);
         }
       });
       xk = sv.hseq + BH;  // h_1 .. h_T [T,B,H] feed the next layer

@@ -16,6 +16,16 @@ template <class Real>
 class LstmStack {
  public:
   LstmStack(int64_t X, int64_t H, int64_t L);
+  // Per-layer widths (ModelConfig::hidden): layer k is widths[k] wide. States (h0, s0, dh0, ds0,
+  // dh_n, ds_n) are then the layers' [B, H_k] blocks one after another; the uniform case is the
+  // [L,B,H] above.
+  LstmStack(int64_t X, std::vector<int64_t> widths);
+  int64_t width(int64_t k) const { return Hk_[static_cast<size_t>(k)]; }
+  int64_t state_offset(int64_t k, int64_t B) const {
+    int64_t o = 0;
+    for (int64_t j = 0; j < k; ++j) o += B * width(j);
+    return o;
+  }
 
   // The stack's team (cpu/team.hpp). shares >= 1: the split (the results depend on it alone);
   // 0, the default: up to omp_get_max_threads(), fewer for small shapes (team_size_for the
@@ -28,9 +38,11 @@ class LstmStack {
   // x [T,B,X]; w [L]; h0, s0 [L,B,H] or null (zeros). Saves what backward needs.
   void forward(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0,
                int64_t T, int64_t B);
-  const Real* output() const { return saved_[L_ - 1].hseq + B_ * H_; }  // [T,B,H] top h_1..h_T
-  const Real* h_last(int64_t k) const { return saved_[k].hseq + T_ * B_ * H_; }  // [B,H]
-  const Real* s_last(int64_t k) const { return saved_[k].sseq + T_ * B_ * H_; }  // [B,H]
+  const Real* output() const {  // [T,B,H_top] top h_1..h_T
+    return saved_[L_ - 1].hseq + B_ * width(L_ - 1);
+  }
+  const Real* h_last(int64_t k) const { return saved_[k].hseq + T_ * B_ * width(k); }  // [B,H_k]
+  const Real* s_last(int64_t k) const { return saved_[k].sseq + T_ * B_ * width(k); }  // [B,H_k]
 
   // Backward of the last forward (same x and w). dh_top [T,B,H]: dL/dh_t from above the stack.
   // Gradients g [L] accumulated (+=). Optional outputs, overwritten: dx [T,B,X], dh0, ds0 [L,B,H].
@@ -51,10 +63,14 @@ class LstmStack {
   // not apply; backward() does not follow it. Sizes and arguments as forward's.
   void infer(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0, int64_t T,
              int64_t B);
-  const Real* infer_output() const { return infer_h_[(L_ - 1) % 2] + infer_B_ * H_; }    // [T,B,H]
-  const Real* infer_h_last(int64_t k) const { return infer_last_ + k * infer_B_ * H_; }  // [B,H]
-  const Real* infer_s_last(int64_t k) const {                                            // [B,H]
-    return infer_last_ + (L_ + k) * infer_B_ * H_;
+  const Real* infer_output() const {  // [T,B,H_top]
+    return infer_h_[(L_ - 1) % 2] + infer_B_ * width(L_ - 1);
+  }
+  const Real* infer_h_last(int64_t k) const {  // [B,H_k]
+    return infer_last_ + state_offset(k, infer_B_);
+  }
+  const Real* infer_s_last(int64_t k) const {  // [B,H]
+    return infer_last_ + state_offset(L_, infer_B_) + state_offset(k, infer_B_);
   }
   size_t infer_bytes() const { return infer_arena_.size() * sizeof(Real); }
 
@@ -96,7 +112,8 @@ class LstmStack {
  private:
   void reserve(int64_t T, int64_t B);
 
-  int64_t X_, H_, L_;
+  int64_t X_, H_, L_;        // H_: the widest layer (buffers are sized for it)
+  std::vector<int64_t> Hk_;  // each layer's width
   int threads_ = 0;
   int team_ = 1;         // the shares of the last forward
   int running_cap_ = 0;  // set_team's running

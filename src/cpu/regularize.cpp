@@ -80,7 +80,7 @@ void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r,
     m.in.clear();
   m.hid.resize(r.dropout_hid > 0 ? static_cast<size_t>(L - 1) : 0);
   for (int64_t k = 0; k + 1 < L && r.dropout_hid > 0; ++k)
-    fill_locked(m.hid[static_cast<size_t>(k)], B, H, first, total, r.dropout_hid, seed,
+    fill_locked(m.hid[static_cast<size_t>(k)], B, cfg.width(k), first, total, r.dropout_hid, seed,
                 kSiteHid + static_cast<uint64_t>(k));
   if (r.dropout_out > 0)
     fill_locked(m.out, B, H, first, total, r.dropout_out, seed, kSiteOut);
@@ -88,23 +88,24 @@ void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r,
     m.out.clear();
   m.rec.resize(r.dropout_rec > 0 ? static_cast<size_t>(L) : 0);
   for (int64_t k = 0; k < L && r.dropout_rec > 0; ++k)
-    fill_locked(m.rec[static_cast<size_t>(k)], B, H, first, total, r.dropout_rec, seed,
+    fill_locked(m.rec[static_cast<size_t>(k)], B, cfg.width(k), first, total, r.dropout_rec, seed,
                 kSiteRec + static_cast<uint64_t>(k));
   m.weight.resize(r.weight_drop > 0 ? static_cast<size_t>(L) : 0);
   for (int64_t k = 0; k < L && r.weight_drop > 0; ++k)
-    fill(m.weight[static_cast<size_t>(k)], 4 * H * H, r.weight_drop, seed,
+    fill(m.weight[static_cast<size_t>(k)], 4 * cfg.width(k) * cfg.width(k), r.weight_drop, seed,
          kSiteWeight + static_cast<uint64_t>(k));
 }
 
 template <class Real>
 void draw_zoneout(Masks<Real>& m, const ModelConfig& cfg, int64_t T, int64_t B, uint64_t seed,
                   int64_t first, int64_t total) {
-  const int64_t H = cfg.H, L = cfg.L;
+  const int64_t L = cfg.L;
   for (auto [masks, p, site] : {std::tuple{&m.zone_h, cfg.zoneout_h, kSiteZoneH},
                                 std::tuple{&m.zone_s, cfg.zoneout_s, kSiteZoneS}}) {
     masks->resize(p > 0 ? static_cast<size_t>(L) : 0);
     for (int64_t k = 0; k < L && p > 0; ++k) {
       std::vector<Real>& v = (*masks)[static_cast<size_t>(k)];
+      const int64_t H = cfg.width(k);
       v.resize(static_cast<size_t>(T * B * H));
       cpu::dropout_mask(v.data(), T, B, H, cpu::StreamShard{first, total}, p, seed,
                         site + static_cast<uint64_t>(k));

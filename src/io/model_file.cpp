@@ -45,9 +45,17 @@ ModelConfig infer_config(const TensorFile& f, const std::string& file) {
     fail(file, fmt::format("tensor '{}': expected 2 dimensions, got {}",
                            hh->shape.size() != 2 ? hh->name : ih->name,
                            shape_str(hh->shape.size() != 2 ? hh->shape : ih->shape)));
-  c.H = hh->shape[1];
   c.L = 0;
   while (f.find(fmt::format("rnn.weight_ih_l{}", c.L))) ++c.L;
+  // each layer's width from its weight_hh [4 H_k, H_k]; the top one is H
+  for (int64_t k = 0; k < c.L; ++k) {
+    const Tensor* w = f.find(fmt::format("rnn.weight_hh_l{}", k));
+    c.hidden.push_back(w && w->shape.size() == 2 ? w->shape[1] : hh->shape[1]);
+  }
+  c.H = c.hidden.empty() ? hh->shape[1] : c.hidden.back();
+  bool uniform = true;
+  for (int64_t w : c.hidden) uniform = uniform && w == c.H;
+  if (uniform) c.hidden.clear();
   const Tensor* enc = f.find("encoder.weight");
   c.input = enc ? InputKind::embedding : InputKind::dense;
   c.X = enc && enc->shape.size() == 2 ? enc->shape[1] : ih->shape[1];
@@ -117,6 +125,16 @@ ModelConfig config_from_json(const std::string& text, const std::string& file) {
                                    j["tie_weights"].dump()));
     c.tie_weights = j["tie_weights"].get<bool>();
   }
+  if (j.contains("hidden")) {  // absent: every layer H
+    const json& h = j["hidden"];
+    if (!h.is_array()) bad_config(file, "key 'hidden' must be a list of sizes");
+    for (const json& w : h) {
+      if (!w.is_number_integer() || w.get<int64_t>() < 1)
+        bad_config(file,
+                   fmt::format("key 'hidden': sizes must be integers >= 1, got {}", w.dump()));
+      c.hidden.push_back(w.get<int64_t>());
+    }
+  }
   if (j.contains("layer_norm")) {  // absent: no layer norm (files written before it)
     if (!j["layer_norm"].is_boolean())
       bad_config(file, fmt::format("key 'layer_norm' must be true or false, got {}",
@@ -146,6 +164,9 @@ std::string config_to_json(const ModelConfig& c) {
   if (c.zoneout_h > 0) j["zoneout_h"] = c.zoneout_h;  // and files without zoneout
   if (c.zoneout_s > 0) j["zoneout_s"] = c.zoneout_s;
   if (c.layer_norm) j["layer_norm"] = true;
+  bool uniform = true;
+  for (int64_t w : c.hidden) uniform = uniform && w == c.H;
+  if (!uniform) j["hidden"] = c.hidden;  // files of uniform models stay as they were
   return j.dump();
 }
 

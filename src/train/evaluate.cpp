@@ -13,7 +13,7 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
   const bool part = count > 0;
   Batch<Real> b;
   b.B = part ? count : B;
-  b.h0.assign(static_cast<size_t>(c.L * b.B * c.H), Real(0));
+  b.h0.assign(static_cast<size_t>(c.state_offset(c.L, b.B)), Real(0));
   b.s0 = b.h0;
   std::vector<int64_t> tokens, target;  // the whole window, when this is a part of it
   StreamLoss out;

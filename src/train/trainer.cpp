@@ -53,7 +53,7 @@ json options_to_json(const TrainOptions& o) {
           {"test", o.test.string()},
           {"level", o.level},
           {"layers", o.layers},
-          {"hidden", o.hidden},
+          {"hidden", o.hidden_layers.empty() ? json(o.hidden) : json(o.hidden_layers)},
           {"on_nonfinite", o.on_nonfinite},
           {"peephole", o.peephole},
           {"embed", o.embed},
@@ -130,6 +130,19 @@ class StoredOptions {
     return v.get<bool>();
   }
   bool has(const char* key) const { return j_.contains(key); }
+  // A list of integers >= 1 (the per-layer sizes).
+  std::vector<int64_t> sizes(const char* key) const {
+    const json& v = at(key);
+    std::vector<int64_t> out;
+    if (!v.is_array()) bad(key, "expected a number or a list of numbers", v);
+    for (const json& e : v) {
+      if (!e.is_number_integer() || e.get<int64_t>() < 1) bad(key, "expected integers >= 1", v);
+      out.push_back(e.get<int64_t>());
+    }
+    if (out.empty()) bad(key, "expected at least one size", v);
+    return out;
+  }
+  bool is_list(const char* key) const { return at(key).is_array(); }
 
  private:
   const json& at(const char* key) const {
@@ -159,7 +172,13 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   TrainOptions o;
   o.train = s.text("train"), o.valid = s.text("valid"), o.test = s.text("test");
   o.level = s.text("level");
-  o.layers = s.integer("layers"), o.hidden = s.integer("hidden"), o.embed = s.integer("embed");
+  o.layers = s.integer("layers"), o.embed = s.integer("embed");
+  if (s.is_list("hidden")) {  // per-layer sizes (written as a list only when they differ)
+    o.hidden_layers = s.sizes("hidden");
+    o.hidden = o.hidden_layers.back();
+  } else {
+    o.hidden = s.integer("hidden");
+  }
   o.seq = s.integer("seq"), o.batch = s.integer("batch"), o.epochs = s.integer("epochs");
   o.lr = s.number("lr"), o.lr_decay = s.number("lr_decay"),
   o.decay_after = s.integer("decay_after");
@@ -209,6 +228,12 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   };
   positive("--seq", o.seq), positive("--batch", o.batch), positive("--layers", o.layers);
   positive("--hidden", o.hidden), positive("--embed", o.embed), positive("--epochs", o.epochs);
+  if (!o.hidden_layers.empty()) {
+    if (static_cast<int64_t>(o.hidden_layers.size()) != o.layers)
+      throw InputError(fmt::format("{}: {} sizes for {} layers (one per layer, or one for all)",
+                                   name("--hidden"), o.hidden_layers.size(), o.layers));
+    for (int64_t w : o.hidden_layers) positive("--hidden", w);
+  }
   // A finite number >= low (> low when `strict`).
   auto number = [&](const char* flag, double v, double low, bool strict, const char* rule) {
     if (!std::isfinite(v) || v < low || (strict && v == low))
@@ -263,6 +288,7 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
                        : o.zoneout_h > 0          ? "--zoneout-h"
                        : o.zoneout_s > 0          ? "--zoneout-s"
                        : o.layer_norm             ? "--layer-norm"
+                       : !o.hidden_layers.empty() ? "--hidden (per layer)"
                                                   : regularization_flag(o.reg);
     if (flag)
       throw InputError(
@@ -477,8 +503,8 @@ void require_memory(const ModelConfig& cfg, const TrainOptions& o) {
   const double copies = o.optimizer == "adam" ? 9 : (o.optimizer == "sgd" ? 6 : 8);  // ASGD: ax
   const int64_t T = o.bptt_jitter ? bptt_jitter_cap(o.seq) : o.seq;
   const double N = static_cast<double>(T) * static_cast<double>(o.batch);
-  const double H = static_cast<double>(cfg.H), L = static_cast<double>(cfg.L);
-  const double width = static_cast<double>(std::max(cfg.X, cfg.H));
+  const double H = static_cast<double>(cfg.max_width()), L = static_cast<double>(cfg.L);
+  const double width = static_cast<double>(std::max(cfg.X, cfg.max_width()));
   const double act = N * ((L + 1) * 4 * H + 2 * L * H + 2 * width + 2 * static_cast<double>(cfg.V));
   const double need = (P * copies + act) * sizeof(Real);
   const double have =
@@ -529,7 +555,8 @@ template <class Real>
 void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t stored_epochs,
                      const std::string& ck) {
   if (c.cfg.input != InputKind::embedding || c.cfg.readout != Readout::linear ||
-      c.cfg.H != o.hidden || c.cfg.L != o.layers || c.cfg.X != o.embed)
+      c.cfg.H != o.hidden || c.cfg.L != o.layers || c.cfg.X != o.embed ||
+      c.cfg.hidden != o.hidden_layers)
     throw InputError(fmt::format(
         "{}: the model (__metadata__ 'lstmgrad.config' {}) does not match the stored options "
         "(hidden {}, layers {}, embed {})",
@@ -558,7 +585,8 @@ void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t s
         fmt::format("{}: the run uses {} but the checkpoint holds Adam moments "
                     "(tensors 'optimizer.m', 'optimizer.v')",
                     ck, o.optimizer));
-  const auto S = checked_mul_add(c.cfg.L * c.cfg.H, o.batch, 0);  // L*H fits: validate_config
+  // the widths' sum fits (validate_config); times the batch, checked
+  const auto S = checked_mul_add(c.cfg.state_offset(c.cfg.L, 1), o.batch, 0);
   if (!S || static_cast<size_t>(*S) != c.h.size())
     throw InputError(
         fmt::format("{}: tensor 'carry.h': {} values, but layers x batch x hidden "
@@ -735,6 +763,7 @@ class Trainer {
     cfg_.tie_weights = o_.tie_weights;
     cfg_.zoneout_h = o_.zoneout_h, cfg_.zoneout_s = o_.zoneout_s;
     cfg_.layer_norm = o_.layer_norm;
+    cfg_.hidden = o_.hidden_layers;
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
@@ -754,7 +783,7 @@ class Trainer {
     // This rank's streams of the batch: [first, first + B/ranks) (validate_options: B divides).
     const int64_t B = o_.batch / ranks_;
     if (ranks_ > 1) lm_->set_stream_shard(rank_ * B, o_.batch);
-    const size_t S = static_cast<size_t>(cfg_.L * B * cfg_.H);
+    const size_t S = static_cast<size_t>(cfg_.state_offset(cfg_.L, B));
     batch_.B = B;
     batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
   }
@@ -768,23 +797,30 @@ class Trainer {
       std::copy_n(whole.begin() + t * o_.batch + first, B, mine.begin() + t * B);
   }
 
-  // The state carried into the next window, [L, o_.batch, H], from every rank's part [L, B/ranks,
-  // H] of it (`mine`): each rank's rows in place, zeros elsewhere, summed (x + 0 is exact).
+  // The state carried into the next window, layer blocks [o_.batch, H_k], from every rank's part
+  // [B/ranks, H_k] of each (`mine`): each rank's rows in place, zeros elsewhere, summed (x + 0 is
+  // exact).
   std::vector<Real> whole_state(const std::vector<Real>& mine) {
     if (ranks_ == 1) return mine;
-    const int64_t B = batch_.B, H = cfg_.H;
-    std::vector<Real> whole(static_cast<size_t>(cfg_.L * o_.batch * H), Real(0));
-    for (int64_t l = 0; l < cfg_.L; ++l)
-      std::copy_n(mine.begin() + l * B * H, B * H, whole.begin() + (l * o_.batch + rank_ * B) * H);
+    const int64_t B = batch_.B;
+    std::vector<Real> whole(static_cast<size_t>(cfg_.state_offset(cfg_.L, o_.batch)), Real(0));
+    for (int64_t l = 0; l < cfg_.L; ++l) {
+      const int64_t H = cfg_.width(l);
+      std::copy_n(mine.begin() + cfg_.state_offset(l, B), B * H,
+                  whole.begin() + cfg_.state_offset(l, o_.batch) + rank_ * B * H);
+    }
     world_.sum(std::span<Real>(whole), "the carried state");
     return whole;
   }
 
   // This rank's part of a whole carried state (a checkpoint's).
   void take_state(const std::vector<Real>& whole, std::vector<Real>& mine) const {
-    const int64_t B = batch_.B, H = cfg_.H;
-    for (int64_t l = 0; l < cfg_.L; ++l)
-      std::copy_n(whole.begin() + (l * o_.batch + rank_ * B) * H, B * H, mine.begin() + l * B * H);
+    const int64_t B = batch_.B;
+    for (int64_t l = 0; l < cfg_.L; ++l) {
+      const int64_t H = cfg_.width(l);
+      std::copy_n(whole.begin() + cfg_.state_offset(l, o_.batch) + rank_ * B * H, B * H,
+                  mine.begin() + cfg_.state_offset(l, B));
+    }
   }
 
   // What this rank would train, for the ranks to compare before any of them starts (StartGate):
@@ -889,10 +925,10 @@ class Trainer {
     if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X ||
         c.cfg.peephole != cfg_.peephole || c.cfg.tie_weights != cfg_.tie_weights ||
         c.cfg.zoneout_h != cfg_.zoneout_h || c.cfg.zoneout_s != cfg_.zoneout_s ||
-        c.cfg.layer_norm != cfg_.layer_norm)
+        c.cfg.layer_norm != cfg_.layer_norm || c.cfg.hidden != cfg_.hidden)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
-    const size_t S = static_cast<size_t>(cfg_.L * o_.batch * cfg_.H);
+    const size_t S = static_cast<size_t>(cfg_.state_offset(cfg_.L, o_.batch));
     if (c.h.size() != S || c.s.size() != S)
       throw InputError(fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values for {}",
                                    ck, c.h.size(), c.s.size(), S));
