@@ -13,9 +13,8 @@
 # Both sides run on the whole machine one after the other (nothing else should run: the times
 # are compared). lstmgrad's per-epoch lines are OUT_DIR/metrics.jsonl; the twin's,
 # OUT_DIR/twin.jsonl. Extra lstmgrad flags: LSTMGRAD_FLAGS (e.g. "--threads 2"); extra twin flags:
-# TWIN_FLAGS (e.g. "--threads 1"). HIDDEN (default 1150,1150,400) sets the layers' sizes: lstmgrad
-# takes per-layer sizes once they are built (issue 14 item 5); until then HIDDEN=400 runs the
-# recipe with three layers of 400.
+# TWIN_FLAGS (e.g. "--threads 1"). HIDDEN (default 1150,1150,400) sets the layers' sizes (one
+# number: every layer).
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 PTB_DIR [OUT_DIR] [EPOCHS] [TWIN]" >&2
