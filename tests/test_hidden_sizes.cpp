@@ -17,6 +17,7 @@
 #include "lstmgrad/model_io.hpp"
 #include "lstmgrad/safetensors.hpp"
 #include "phrases.hpp"
+#include "resume_runs.hpp"
 #include "tensor_files.hpp"
 
 namespace lstmgrad::test {
@@ -182,25 +183,10 @@ TEST(HiddenSizes, TrainResumesAndReadsBack) {
                              " --seq 10 --batch 5 --quiet --threads 2 --dropout-hid 0.2"
                              " --dropout-rec 0.2 --weight-drop 0.3 --epochs 2 --lr 1 --clip 1"
                              " --dtype f64";
-  const auto a = dir / "a", b = dir / "b";
-  const CliResult ra = run_cli(common + " --out " + a.string());
-  ASSERT_EQ(ra.rc, 0) << ra.err;
-  ASSERT_EQ(run_cli(common + " --out " + b.string() + " --max-steps 7").rc, 0);
-  const CliResult rb = run_cli("train --resume " + b.string() + " --quiet");
-  ASSERT_EQ(rb.rc, 0) << rb.err;
-  EXPECT_TRUE(same_tensors(a / "model.safetensors", b / "model.safetensors"));
-  EXPECT_TRUE(same_tensors(a / "checkpoint.safetensors", b / "checkpoint.safetensors"));
+  const auto a = dir / "a";
+  EXPECT_EQ(resumed_run_matches(common, a, dir / "b", 7, valid, "--batch 5 --seq 10").size(), 2u);
   const Model<double> m = load_model<double>(a / "model.safetensors");
   EXPECT_EQ(m.cfg.hidden, (std::vector<int64_t>{16, 12, 8}));
-  std::vector<nlohmann::json> lines;
-  std::ifstream in(a / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
-  ASSERT_EQ(lines.size(), 2u);
-  const CliResult e = run_cli("eval --json --batch 5 --seq 10 --dtype f64 --model " +
-                              (a / "model.safetensors").string() + " --data " + valid);
-  ASSERT_EQ(e.rc, 0) << e.err;
-  EXPECT_NEAR(nlohmann::json::parse(e.out)["loss"].get<double>(),
-              lines.back()["valid_loss"].get<double>(), 1e-12);
   const CliResult bad = run_cli("train --train " + train + " --layers 2 --hidden 16,12,8 --out " +
                                 (dir / "bad").string());
   EXPECT_EQ(bad.rc, 2);
