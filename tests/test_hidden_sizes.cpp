@@ -39,8 +39,9 @@ TEST(HiddenSizes, LayoutStatesAndValidation) {
   EXPECT_EQ(shapes["rnn.weight_hh_l1"], (std::vector<int64_t>{36, 9}));
   EXPECT_EQ(shapes["rnn.weight_ih_l2"], (std::vector<int64_t>{20, 9}));
   EXPECT_EQ(o.layers.size(), 3u);
-  EXPECT_EQ(c.state_offset(3, 2), 2 * (7 + 9 + 5));
-  EXPECT_EQ(c.state_offset(1, 2), 14);
+  EXPECT_EQ(c.s_offset(3, 2), 2 * (7 + 9 + 5));
+  EXPECT_EQ(c.s_offset(1, 2), 14);
+  EXPECT_EQ(c.h_offset(3, 2), c.s_offset(3, 2));  // no projection: h as wide as s
   EXPECT_EQ(c.max_width(), 9);
   ModelConfig bad = c;
   bad.hidden = {7, 5};  // two sizes for three layers
@@ -136,8 +137,8 @@ TEST(HiddenSizes, Float32MatchesFloat64) {
   b.T = 7, b.B = 5;
   std::uniform_int_distribution<int64_t> id(0, cfg.V - 1);
   for (int64_t k = 0; k < b.T * b.B; ++k) b.tokens.push_back(id(rng)), b.target.push_back(id(rng));
-  b.h0 = uniform(static_cast<size_t>(cfg.state_offset(cfg.L, b.B)), rng, -0.5, 0.5);
-  b.s0 = uniform(b.h0.size(), rng, -0.5, 0.5);
+  b.h0 = uniform(static_cast<size_t>(cfg.h_offset(cfg.L, b.B)), rng, -0.5, 0.5);
+  b.s0 = uniform(static_cast<size_t>(cfg.s_offset(cfg.L, b.B)), rng, -0.5, 0.5);
   Batch<float> f;
   f.T = b.T, f.B = b.B, f.tokens = b.tokens, f.target = b.target;
   f.h0 = cast<float>(b.h0), f.s0 = cast<float>(b.s0);

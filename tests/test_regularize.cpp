@@ -178,7 +178,7 @@ INSTANTIATE_TEST_SUITE_P(Each, Regularized, ::testing::ValuesIn(cases()),
 // V = 120), with 4 threads: AWD's combination, tied; then with recurrent dropout as well; then
 // with zoneout too. 1e-4 as above (the float32 golden tests' tolerance; measured: at most 5e-7
 // relative).
-// Then the layer-normalised cell with all of it (its own row-split path, ln_layer.cpp).
+// Then the layer-normalised cell with all of it (its own row-split path, row_layer.cpp).
 class RegularizeFused : public ::testing::TestWithParam<int> {};
 
 TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
@@ -187,6 +187,8 @@ TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
   ModelConfig cfg{InputKind::embedding, Readout::linear, 120, 48, 48, 3, false, true};
   if (GetParam() >= 2) cfg.zoneout_h = 0.15, cfg.zoneout_s = 0.25;
   cfg.layer_norm = GetParam() == 3;
+  if (GetParam() == 4) cfg.hidden = {70, 90, 48};  // AWD's shape: per-layer widths, top = E
+  if (GetParam() == 5) cfg.proj = 48, cfg.hidden = {70, 64, 56};  // projected to E
   std::mt19937_64 rng(5);
   const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.2, 0.2);
   Batch<double> b;
@@ -214,12 +216,14 @@ TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(StepLoop, RegularizeFused, ::testing::Values(0, 1, 2, 3),
+INSTANTIATE_TEST_SUITE_P(StepLoop, RegularizeFused, ::testing::Values(0, 1, 2, 3, 4, 5),
                          [](const ::testing::TestParamInfo<int>& p) {
                            return p.param == 0   ? "awd"
                                   : p.param == 1 ? "awd_recurrent_dropout"
                                   : p.param == 2 ? "awd_recurrent_dropout_zoneout"
-                                                 : "awd_everything_layer_norm";
+                                  : p.param == 3 ? "awd_everything_layer_norm"
+                                  : p.param == 4 ? "awd_per_layer_widths"
+                                                 : "awd_projection";
                          });
 
 // Recurrent dropout and zoneout keep the engines' split-independence: float64 (the static split)
@@ -537,7 +541,8 @@ TEST(TieWeights, NoDecoderWeightAndAClearError) {
   } catch (const InputError& e) {
     EXPECT_STREQ(
         e.what(),
-        "--tie-weights needs --hidden (top layer, H) equal to --embed (E): got H 7 and E 6");
+        "--tie-weights needs the top layer's output (--hidden, or --proj with a projection) "
+        "equal to --embed (E): got H 7 and E 6");
   }
   cfg.H = 6, cfg.input = InputKind::dense;
   EXPECT_THROW(validate_config(cfg), InputError);

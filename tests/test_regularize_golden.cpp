@@ -31,6 +31,7 @@ void check_case(const std::string& name, double tol) {
   cfg.zoneout_h = c.value("zoneout_h", 0.0), cfg.zoneout_s = c.value("zoneout_s", 0.0);
   cfg.layer_norm = c.value("layer_norm", false);
   if (c.contains("hidden")) cfg.hidden = c["hidden"].get<std::vector<int64_t>>();
+  cfg.proj = c.value("proj", int64_t{0});
   const std::vector<ParamInfo> layout = parameter_layout(cfg);
   std::vector<Real> params(parameter_count(cfg));
   for (const ParamInfo& p : layout) {
@@ -69,8 +70,8 @@ void check_case(const std::string& name, double tol) {
   EXPECT_TRUE(close("loss", std::vector<double>{loss}, want("loss"), tol));
   EXPECT_TRUE(close("ce", std::vector<double>{lm.cross_entropy()}, want("ce"), tol));
   std::vector<Real> grad(params.size(), Real(0));
-  const size_t S = static_cast<size_t>(cfg.state_offset(cfg.L, b.B));
-  std::vector<Real> dh0(S), ds0(S);
+  std::vector<Real> dh0(static_cast<size_t>(cfg.h_offset(cfg.L, b.B)));
+  std::vector<Real> ds0(static_cast<size_t>(cfg.s_offset(cfg.L, b.B)));
   lm.backward(grad, params, b, nullptr, dh0.data(), ds0.data());
   for (const ParamInfo& p : layout) {
     const std::vector<Real> g(grad.begin() + static_cast<std::ptrdiff_t>(p.offset),
@@ -101,7 +102,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, AwdGolden,
                                            "dropout_rec", "awd_rec", "zoneout",
                                            "zoneout_expectation", "awd_zoneout", "layer_norm",
                                            "awd_layer_norm", "hidden_sizes",
-                                           "hidden_sizes_layer_norm"));
+                                           "hidden_sizes_layer_norm", "projection",
+                                           "awd_projection", "projection_layer_norm"));
 
 }  // namespace
 }  // namespace lstmgrad::test

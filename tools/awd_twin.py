@@ -17,6 +17,7 @@ The model, in lstmgrad's parameter names (docs/design.md, "Regularisation"):
                                                       step, or the rate itself (expectation)
              layer norm (layer_norm=True): z = LN(x W_ih^T) + LN(h U'^T) + b over 4H,
              h~ = o tanh(LN(s~)) over H (F.layer_norm, eps 1e-5, gains and biases per layer)
+             projection (proj=P, LSTMP): h~ = (o tanh s~) W_hr^T, P wide (rnn.weight_hr_l{k})
              the next layer reads h * m_hid[k]    locked [B,H]
     top:     d_t = h_t * m_out                    locked [B,H]
     logits = d W_dec^T + b_dec                    W_dec = encoder.weight (undropped) when tied
@@ -60,14 +61,16 @@ class AwdTwin:
     unless tied, decoder.bias)."""
 
     def __init__(self, V, E, hidden, tie=False, dtype=torch.float64, init=0.1, generator=None,
-                 zoneout_h=0.0, zoneout_s=0.0, layer_norm=False):
+                 zoneout_h=0.0, zoneout_s=0.0, layer_norm=False, proj=0):
         self.V, self.E, self.tie, self.dtype = V, E, tie, dtype
         self.layer_norm = layer_norm
         self.zoneout_h, self.zoneout_s = zoneout_h, zoneout_s
         self.hidden = list(hidden) if isinstance(hidden, (list, tuple)) else [hidden]
         self.L = len(self.hidden)
-        if tie and self.hidden[-1] != E:
-            raise ValueError(f"tie needs the top hidden size ({self.hidden[-1]}) equal to E ({E})")
+        self.proj = proj
+        self.out = [proj or H for H in self.hidden]  # each layer's output (h) width
+        if tie and self.out[-1] != E:
+            raise ValueError(f"tie needs the top output size ({self.out[-1]}) equal to E ({E})")
         self.params = {}
 
         def u(*shape):
@@ -76,17 +79,19 @@ class AwdTwin:
 
         self.params["encoder.weight"] = u(V, E)
         for k, H in enumerate(self.hidden):
-            n_in = E if k == 0 else self.hidden[k - 1]
+            n_in = E if k == 0 else self.out[k - 1]
             self.params[f"rnn.weight_ih_l{k}"] = u(4 * H, n_in)
-            self.params[f"rnn.weight_hh_l{k}"] = u(4 * H, H)
+            self.params[f"rnn.weight_hh_l{k}"] = u(4 * H, self.out[k])
             self.params[f"rnn.bias_ih_l{k}"] = u(4 * H)
             self.params[f"rnn.bias_hh_l{k}"] = u(4 * H)
+            if proj:
+                self.params[f"rnn.weight_hr_l{k}"] = u(proj, H)
             if layer_norm:  # gains near 1 (u's range around 1), biases small, all random
                 for part, n in (("ih", 4 * H), ("hh", 4 * H), ("cell", H)):
                     self.params[f"rnn.weight_ln_{part}_l{k}"] = (1 + u(n).detach()).requires_grad_()
                     self.params[f"rnn.bias_ln_{part}_l{k}"] = u(n)
         if not tie:
-            self.params["decoder.weight"] = u(V, self.hidden[-1])
+            self.params["decoder.weight"] = u(V, self.out[-1])
         self.params["decoder.bias"] = u(V)
 
     def names(self):
@@ -98,22 +103,23 @@ class AwdTwin:
         return Masks(
             emb=_mask((self.V,), dropout_emb, generator, d),
             inp=_mask((B, self.E), dropout_in, generator, d),
-            hid=[_mask((B, H), dropout_hid, generator, d) for H in self.hidden[:-1]]
+            hid=[_mask((B, P), dropout_hid, generator, d) for P in self.out[:-1]]
             if dropout_hid > 0 else None,
-            out=_mask((B, self.hidden[-1]), dropout_out, generator, d),
-            weight=[_mask((4 * H, H), weight_drop, generator, d) for H in self.hidden]
+            out=_mask((B, self.out[-1]), dropout_out, generator, d),
+            weight=[_mask((4 * H, P), weight_drop, generator, d)
+                    for H, P in zip(self.hidden, self.out)]
             if weight_drop > 0 else None,
-            rec=[_mask((B, H), dropout_rec, generator, d) for H in self.hidden]
+            rec=[_mask((B, P), dropout_rec, generator, d) for P in self.out]
             if dropout_rec > 0 else None)
 
     def draw_zoneout(self, T, B, generator=None):
         """Zoneout's masks for a training forward: d = 1 (keep) with probability p."""
-        def keep(p):
+        def keep(p, widths):
             if p <= 0:
                 return None
             return [torch.bernoulli(torch.full((T, B, H), p, dtype=self.dtype), generator=generator)
-                    for H in self.hidden]
-        return keep(self.zoneout_h), keep(self.zoneout_s)
+                    for H in widths]
+        return keep(self.zoneout_h, self.out), keep(self.zoneout_s, self.hidden)
 
     def forward(self, tokens, targets, masks=None, ar=0.0, tar=0.0, h0=None, s0=None):
         """tokens, targets: int64 [T,B]. h0, s0: lists of L [B,H_k] or None (zeros).
@@ -135,7 +141,7 @@ class AwdTwin:
                 U = U * m.weight[k]
             b = P[f"rnn.bias_ih_l{k}"] + P[f"rnn.bias_hh_l{k}"]
             rec = m.rec[k] if m.rec is not None else None
-            h = h0[k] if h0 is not None else torch.zeros(B, H, dtype=self.dtype)
+            h = h0[k] if h0 is not None else torch.zeros(B, self.out[k], dtype=self.dtype)
             s = s0[k] if s0 is not None else torch.zeros(B, H, dtype=self.dtype)
             pre_x = F.linear(x, W_ih)  # [T,B,4H]: the input projection of all steps
             if self.layer_norm:
@@ -152,6 +158,8 @@ class AwdTwin:
                 s_new = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(g)
                 s_out = F.layer_norm(s_new, (H,), *ln["cell"], eps=1e-5) if self.layer_norm else s_new
                 h_new = torch.sigmoid(o) * torch.tanh(s_out)
+                if self.proj:
+                    h_new = F.linear(h_new, P[f"rnn.weight_hr_l{k}"])
                 if self.zoneout_s > 0:
                     d = m.zone_s[k][t] if m.zone_s is not None else self.zoneout_s
                     s_new = d * s + (1 - d) * s_new

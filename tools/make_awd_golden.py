@@ -37,7 +37,7 @@ DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_awd")
 BASE = dict(V=11, E=6, H=6, L=2, T=5, B=3, tie=False, state=False,
             dropout_emb=0.0, dropout_in=0.0, dropout_hid=0.0, dropout_out=0.0, weight_drop=0.0,
             ar=0.0, tar=0.0, dropout_rec=0.0, zoneout_h=0.0, zoneout_s=0.0, zone_masks=True,
-            layer_norm=False, hidden=None)
+            layer_norm=False, hidden=None, proj=0)
 CASES = [
     dict(BASE, name="dropout_in", dropout_in=0.5),
     dict(BASE, name="dropout_hid", dropout_hid=0.5),
@@ -74,6 +74,16 @@ CASES = [
          weight_drop=0.5, ar=2.0, tar=1.0, dropout_rec=0.3, zoneout_h=0.1, zoneout_s=0.2),
     dict(BASE, name="hidden_sizes_layer_norm", L=2, T=5, B=3, H=4, hidden=[8, 4], state=True,
          dropout_rec=0.3, layer_norm=True),
+    # The projection (LSTMP): H is its size P, `hidden` the cells' widths; h0 and its gradient
+    # are the layers' [B,P] blocks, s0's [B,H_k]. Alone; with everything AWD uses, tied (P = E),
+    # recurrent dropout and zoneout; with layer norm.
+    dict(BASE, name="projection", L=2, T=5, B=3, H=4, hidden=[7, 6], proj=4, state=True),
+    dict(BASE, name="awd_projection", L=3, T=6, B=3, E=4, H=4, hidden=[7, 9, 6], proj=4,
+         tie=True, state=True, dropout_emb=0.1, dropout_in=0.4, dropout_hid=0.25,
+         dropout_out=0.4, weight_drop=0.5, ar=2.0, tar=1.0, dropout_rec=0.3, zoneout_h=0.1,
+         zoneout_s=0.2),
+    dict(BASE, name="projection_layer_norm", L=2, T=5, B=3, H=3, hidden=[6, 5], proj=3,
+         state=True, dropout_rec=0.3, layer_norm=True),
 ]
 
 
@@ -86,7 +96,8 @@ def build(case):
     widths = case["hidden"] or [case["H"]] * case["L"]
     model = awd_twin.AwdTwin(case["V"], case["E"], widths, tie=case["tie"],
                              init=0.5, generator=g, zoneout_h=case["zoneout_h"],
-                             zoneout_s=case["zoneout_s"], layer_norm=case["layer_norm"])
+                             zoneout_s=case["zoneout_s"], layer_norm=case["layer_norm"],
+                             proj=case["proj"])
     T, B, L, H = case["T"], case["B"], case["L"], case["H"]
     tokens = torch.randint(0, case["V"], (T, B), generator=g)
     targets = torch.randint(0, case["V"], (T, B), generator=g)
@@ -95,10 +106,11 @@ def build(case):
                              dropout_rec=case["dropout_rec"])
     if case["zone_masks"]:
         masks.zone_h, masks.zone_s = model.draw_zoneout(T, B, generator=g)
-    if case["hidden"]:  # flat: the layers' [B,H_k] blocks one after another
-        n = B * sum(widths)
-        h0 = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
-        s0 = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
+    if case["hidden"]:  # flat: the layers' [B,P_k] (h) and [B,H_k] (s) blocks one after another
+        h0 = (torch.rand(B * sum(model.out), generator=g, dtype=torch.float64) - 0.5)
+        h0.requires_grad_()
+        s0 = (torch.rand(B * sum(widths), generator=g, dtype=torch.float64) * 2 - 1)
+        s0.requires_grad_()
     elif case["state"]:
         h0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
         s0 = (torch.rand(L, B, H, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
@@ -108,19 +120,18 @@ def build(case):
     return model, tokens, targets, masks, h0, s0
 
 
-def layers(state, model):
-    """A state as the twin takes it: a list of [B,H_k], from [L,B,H] or from the flat blocks."""
+def layers(state, model, widths):
+    """A state as the twin takes it: a list of [B,W_k], from [L,B,W] or from the flat blocks."""
     if state.dim() == 3:
         return list(state.unbind(0))
-    B = state.numel() // sum(model.hidden)
-    return [part.view(B, h) for part, h in zip(state.split([B * h for h in model.hidden]),
-                                               model.hidden)]
+    B = state.numel() // sum(widths)
+    return [part.view(B, w) for part, w in zip(state.split([B * w for w in widths]), widths)]
 
 
 def compute(case):
     model, tokens, targets, masks, h0, s0 = build(case)
     loss, ce, _, _ = model.forward(tokens, targets, masks, case["ar"], case["tar"],
-                                   layers(h0, model), layers(s0, model))
+                                   layers(h0, model, model.out), layers(s0, model, model.hidden))
     loss.backward()
     out = {}
     for name, p in model.params.items():
@@ -152,7 +163,7 @@ def compute(case):
     out["ce"] = np.array(ce.item(), dtype=np.float64)
     config = {"V": case["V"], "E": case["E"], "H": case["H"], "L": case["L"],
               "tie_weights": case["tie"]}
-    for key in ("zoneout_h", "zoneout_s", "layer_norm", "hidden"):  # where on: others unchanged
+    for key in ("zoneout_h", "zoneout_s", "layer_norm", "hidden", "proj"):  # where on
         if case[key]:
             config[key] = case[key]
     meta = {
@@ -181,19 +192,33 @@ def selftest():
     _, (h_ref, s_ref) = lstm(x)
     err = max((torch.stack(h_n) - h_ref).abs().max().item(), (torch.stack(s_n) - s_ref).abs().max().item())
     assert err < 1e-12, f"twin vs nn.LSTM: {err}"
+    # ... and with a projection, nn.LSTM(proj_size=P) (its weight_hr_l{k}).
+    P = 3
+    twin = awd_twin.AwdTwin(V, E, [H] * L, generator=g, init=0.5, proj=P)
+    lstm = torch.nn.LSTM(E, H, num_layers=L, proj_size=P)
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            p.copy_(twin.params["rnn." + name])
+    _, _, h_n, s_n = twin.forward(tokens, targets)
+    x = torch.nn.functional.embedding(tokens, twin.params["encoder.weight"])
+    _, (h_ref, s_ref) = lstm(x)
+    err_p = max((torch.stack(h_n) - h_ref).abs().max().item(),
+                (torch.stack(s_n) - s_ref).abs().max().item())
+    assert err_p < 1e-12, f"twin vs nn.LSTM(proj_size): {err_p}"
     # 2. gradcheck of the objective with every regulariser on, as a function of every parameter.
-    case = CASES[-1]
+    case = next(c for c in CASES if c["name"] == "awd_projection")
     model, tokens, targets, masks, h0, s0 = build(case)
     names = model.names()
 
     def objective(*ps):
         model.params = dict(zip(names, ps))
         return model.forward(tokens, targets, masks, case["ar"], case["tar"],
-                             layers(h0, model), layers(s0, model))[0]
+                             layers(h0, model, model.out), layers(s0, model, model.hidden))[0]
 
     ps = [model.params[n].detach().clone().requires_grad_() for n in names]
     assert torch.autograd.gradcheck(objective, ps, eps=1e-6, atol=1e-7), "gradcheck"
-    print(f"selftest: twin = nn.LSTM ({err:.1e}); gradcheck passes on the AWD combination")
+    print(f"selftest: twin = nn.LSTM ({err:.1e}), with proj_size ({err_p:.1e}); gradcheck passes "
+          "on the AWD combination with a projection")
 
 
 def main():

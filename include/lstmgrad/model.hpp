@@ -25,7 +25,9 @@ struct ModelConfig {
   Readout readout = Readout::linear;
   int64_t V = 0;  // vocabulary (embedding rows, readout classes); = H for the identity readout
   int64_t X = 0;  // input width of layer 0: dense width, or embedding width E
-  int64_t H = 0;  // hidden width of every layer; with `hidden`, of the top layer (the readout's)
+  // hidden width of every layer; with `hidden`, of the top layer; with `proj`, the projection's
+  // width P. Always the width of the top layer's output h, which the readout reads.
+  int64_t H = 0;
   int64_t L = 1;  // number of layers
   // The cell's variant. Peepholes (Gers and Schmidhuber 2000): i and f also see s_prev, o sees s,
   // each through a diagonal weight (one tensor rnn.weight_peephole_l{k} [3,H] per layer).
@@ -49,19 +51,38 @@ struct ModelConfig {
   // every layer H. Layer k's weight_ih is [4 H_k, H_{k-1}] (H_{-1} = X), its weight_hh
   // [4 H_k, H_k]; states (h0, s0, h_n, s_n) are the layers' [B, H_k] blocks one after another.
   std::vector<int64_t> hidden{};
+  // Projection (LSTMP, Sak et al. 2014; PyTorch's proj_size): every layer's output is
+  // h = (o tanh s) W_hr^T, P = proj wide (rnn.weight_hr_l{k} [P, H_k]); the recurrent product,
+  // the next layer and the readout read that h, so weight_hh is [4 H_k, P] and H is P. `hidden`
+  // then holds every cell's width (L entries, uniform or not). 0: none.
+  int64_t proj = 0;
+  // Layer k's cell width H_k (s, the gates) and output width (h: P with proj, else H_k).
   int64_t width(int64_t k) const { return hidden.empty() ? H : hidden[static_cast<size_t>(k)]; }
-  // Where layer k's [B, H_k] block starts in a state of B rows; state_offset(L, B) is its size.
-  int64_t state_offset(int64_t k, int64_t B) const {
+  int64_t out_width(int64_t k) const { return proj > 0 ? proj : width(k); }
+  // States are the layers' blocks one after another: h (h0, h_n) [B, out_width(k)] blocks, s
+  // (s0, s_n) [B, H_k] blocks. Where layer k's block starts in a state of B rows; at k = L: the
+  // state's size.
+  int64_t h_offset(int64_t k, int64_t B) const {
+    int64_t o = 0;
+    for (int64_t j = 0; j < k; ++j) o += B * out_width(j);
+    return o;
+  }
+  int64_t s_offset(int64_t k, int64_t B) const {
     int64_t o = 0;
     for (int64_t j = 0; j < k; ++j) o += B * width(j);
     return o;
   }
-  int64_t max_width() const {
-    int64_t m = H;
+  int64_t max_width() const {  // the widest cell or output
+    int64_t m = H > proj ? H : proj;
     for (int64_t w : hidden) m = w > m ? w : m;
     return m;
   }
 };
+
+// The shape of a state h (is_h: h0, h_n) or s (s0, s_n) of B rows: [L, B, W] when every layer's
+// block is W wide (as PyTorch's h_n and c_n, a projection's h included), else flat [n], the
+// layers' [B, W_k] blocks one after another (per-layer widths).
+std::vector<int64_t> state_shape(const ModelConfig& cfg, int64_t B, bool is_h);
 
 // The epsilon of every layer norm: (v - mean) / sqrt(var + eps), PyTorch's LayerNorm default.
 inline constexpr double kLayerNormEps = 1e-5;
@@ -71,7 +92,8 @@ inline constexpr double kLayerNormEps = 1e-5;
 // rnn.bias_ih_l{k} [4H], rnn.bias_hh_l{k} [4H], decoder.weight [V,H], decoder.bias [V].
 // Rows of weight_ih/weight_hh are the gate blocks [V_i; V_f; V_a; V_o] (PyTorch's i, f, g, o).
 // With peepholes, after each layer's biases: rnn.weight_peephole_l{k} [3,H], rows p_i, p_f, p_o
-// (PyTorch's nn.LSTM has none; the name follows its pattern). With layer norm, then:
+// (PyTorch's nn.LSTM has none; the name follows its pattern). With a projection, after the
+// biases: rnn.weight_hr_l{k} [P,H_k] (PyTorch's place and name). With layer norm, then:
 // rnn.weight_ln_ih_l{k} [4H], rnn.bias_ln_ih_l{k} [4H], rnn.weight_ln_hh_l{k} [4H],
 // rnn.bias_ln_hh_l{k} [4H], rnn.weight_ln_cell_l{k} [H], rnn.bias_ln_cell_l{k} [H], one after
 // another (18H values from ParameterOffsets::Layer::layer_norm).
@@ -93,6 +115,7 @@ struct ParameterOffsets {
   struct Layer {
     size_t weight_ih, weight_hh, bias_ih, bias_hh;  // rnn.{weight,bias}_{ih,hh}_l{k}
     std::optional<size_t> weight_peephole;          // rnn.weight_peephole_l{k}, peepholes only
+    std::optional<size_t> weight_hr;                // rnn.weight_hr_l{k}, projection only
     std::optional<size_t>
         layer_norm;  // rnn.weight_ln_ih_l{k} and the five after it, layer norm only
   };

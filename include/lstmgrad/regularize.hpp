@@ -51,6 +51,9 @@ struct Masks {
   std::vector<std::vector<Real>> weight;  // [L] of [4H,H]: each layer's weight_hh
   // Zoneout (ModelConfig::zoneout_h, zoneout_s): [L] of [T,B,H] of 0 and 1 (1: the unit keeps its
   // previous h or s at that step); empty: the expectation (the rate in place of the mask).
+  // (Each H is layer k's width ModelConfig::width(k), or out_width(k) where the mask is on h:
+  // hid, rec, zone_h, and weight_hh's columns.)
+
   std::vector<std::vector<Real>> zone_h, zone_s;
 };
 

@@ -23,6 +23,8 @@ struct TrainOptions {
   // --hidden 1150,1150,400: each layer's width (ModelConfig::hidden; the last is `hidden`);
   // empty: every layer `hidden`.
   std::vector<int64_t> hidden_layers;
+  int64_t proj = 0;  // the projection's size P (ModelConfig::proj); 0: none
+
   bool peephole = false;  // the cell with peepholes (ModelConfig::peephole)
   int64_t seq = 35, batch = 20, epochs = 13;
   bool epochs_given = false;  // on --resume, --epochs given on the command line extends the run

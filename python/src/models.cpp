@@ -95,13 +95,13 @@ Batch<double> make_batch(const ModelConfig& cfg, const py::dict& d) {
 
 py::dict batch_dict(const ModelConfig& cfg, const Batch<double>& b) {
   py::dict d;
-  const int64_t T = b.T, B = b.B, L = cfg.L, H = cfg.H;
+  const int64_t T = b.T, B = b.B;
   if (!b.tokens.empty()) d["tokens"] = py::array_t<int64_t>({T, B}, b.tokens.data());
   if (!b.dense.empty()) d["input"] = to_array(b.dense, {T, B, cfg.X});
   if (!b.target.empty()) d["target"] = py::array_t<int64_t>({T, B}, b.target.data());
   if (!b.target_probs.empty()) d["target_probs"] = to_array(b.target_probs, {T, B, cfg.V});
-  if (!b.h0.empty()) d["h0"] = to_array(b.h0, {L, B, H});
-  if (!b.s0.empty()) d["s0"] = to_array(b.s0, {L, B, H});
+  if (!b.h0.empty()) d["h0"] = to_array(b.h0, state_shape(cfg, B, true));
+  if (!b.s0.empty()) d["s0"] = to_array(b.s0, state_shape(cfg, B, false));
   return d;
 }
 
@@ -116,23 +116,23 @@ py::dict gradient(const std::string& config, const py::dict& params, const py::d
   LanguageModel<double> lm(cfg);
   lm.set_threads(threads);
   std::vector<double> grad(p.size(), 0.0), dinput(b.dense.size());
-  const size_t state = static_cast<size_t>(cfg.state_offset(cfg.L, b.B));
-  std::vector<double> dh0(state), ds0(state);
+  std::vector<double> dh0(static_cast<size_t>(cfg.h_offset(cfg.L, b.B)));
+  std::vector<double> ds0(static_cast<size_t>(cfg.s_offset(cfg.L, b.B)));
   double loss = 0;
   {
     py::gil_scoped_release release;
     loss = lm.forward(p, b, red);
     lm.backward(grad, p, b, dinput.empty() ? nullptr : dinput.data(), dh0.data(), ds0.data());
   }
-  const std::vector<int64_t> st{cfg.L, b.B, cfg.H};
+  const std::vector<int64_t> hst = state_shape(cfg, b.B, true), sst = state_shape(cfg, b.B, false);
   py::dict out;
   out["loss"] = loss;
   out["grads"] = named(cfg, grad);
-  out["h_n"] = to_array({lm.h_n().begin(), lm.h_n().end()}, st);
-  out["s_n"] = to_array({lm.s_n().begin(), lm.s_n().end()}, st);
+  out["h_n"] = to_array({lm.h_n().begin(), lm.h_n().end()}, hst);
+  out["s_n"] = to_array({lm.s_n().begin(), lm.s_n().end()}, sst);
   if (!dinput.empty()) out["grad_input"] = to_array(dinput, {b.T, b.B, cfg.X});
-  out["grad_h0"] = to_array(dh0, st);
-  out["grad_s0"] = to_array(ds0, st);
+  out["grad_h0"] = to_array(dh0, hst);
+  out["grad_s0"] = to_array(ds0, sst);
   return out;
 }
 

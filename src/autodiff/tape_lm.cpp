@@ -27,7 +27,8 @@ void check_inputs(const ModelConfig& cfg, const std::vector<double>& params,
   validate_config(cfg);
   auto fail = [](const std::string& what) { throw std::invalid_argument("tape_lm: " + what); };
   const size_t TB = static_cast<size_t>(b.T * b.B);
-  const size_t LBH = static_cast<size_t>(cfg.state_offset(cfg.L, b.B));
+  const size_t LBH = static_cast<size_t>(cfg.h_offset(cfg.L, b.B));
+  const size_t LBS = static_cast<size_t>(cfg.s_offset(cfg.L, b.B));
   if (b.T < 1 || b.B < 1) fail(fmt::format("need T >= 1 and B >= 1, got T {} B {}", b.T, b.B));
   if (params.size() != parameter_count(cfg))
     fail(fmt::format("params: expected {} values, got {}", parameter_count(cfg), params.size()));
@@ -52,8 +53,8 @@ void check_inputs(const ModelConfig& cfg, const std::vector<double>& params,
   }
   if (!b.h0.empty() && b.h0.size() != LBH)
     fail(fmt::format("h0: expected [L,B,H] = {} values, got {}", LBH, b.h0.size()));
-  if (!b.s0.empty() && b.s0.size() != LBH)
-    fail(fmt::format("s0: expected [L,B,H] = {} values, got {}", LBH, b.s0.size()));
+  if (!b.s0.empty() && b.s0.size() != LBS)
+    fail(fmt::format("s0: expected [L,B,H] = {} values, got {}", LBS, b.s0.size()));
 }
 
 // values[offset : offset + rows*cols] as a [rows,cols] tensor.
@@ -97,14 +98,16 @@ struct LayerVars {
   Var b[4];   // [1,H]  b_g: bias_ih block + bias_hh block (PyTorch's two biases add up)
   std::optional<core::CellUnit<Var>> unit;  // [1,H] each: the peephole rows p_i, p_f, p_o
   Var W_hh;                                 // [4H,H] whole (after weight drop): layer norm's cell
+  std::optional<Var> W_hr_t;                // [H,P] the projection's W_hr^T (ModelConfig::proj)
 };
 
-LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
+// P: layer k's output width (the columns of weight_hh).
+LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H, int64_t P,
                      const std::vector<double>* weight_mask) {
   const Var W_ih = p.get(fmt::format("rnn.weight_ih_l{}", k));  // [4H,in]
-  Var W_hh = p.get(fmt::format("rnn.weight_hh_l{}", k));        // [4H,H]
+  Var W_hh = p.get(fmt::format("rnn.weight_hh_l{}", k));        // [4H,P]
   if (weight_mask)  // weight drop: U' = U * M, a constant mask
-    W_hh = tape.mul(W_hh, tape.constant(Tensor(4 * H, H, *weight_mask)));
+    W_hh = tape.mul(W_hh, tape.constant(Tensor(4 * H, P, *weight_mask)));
   const Var b_ih = p.get(fmt::format("rnn.bias_ih_l{}", k));  // [4H,1]
   const Var b_hh = p.get(fmt::format("rnn.bias_hh_l{}", k));  // [4H,1]
   LayerVars lv;
@@ -116,9 +119,11 @@ LayerVars layer_vars(Tape& tape, const Params& p, int64_t k, int64_t H,
   }
   const std::string peephole = fmt::format("rnn.weight_peephole_l{}", k);  // [3,H]
   if (p.has(peephole)) {
-    const Var P = p.get(peephole);
-    lv.unit = core::CellUnit<Var>{tape.rows(P, 0, 1), tape.rows(P, 1, 1), tape.rows(P, 2, 1)};
+    const Var W = p.get(peephole);
+    lv.unit = core::CellUnit<Var>{tape.rows(W, 0, 1), tape.rows(W, 1, 1), tape.rows(W, 2, 1)};
   }
+  const std::string hr = fmt::format("rnn.weight_hr_l{}", k);  // [P,H]
+  if (p.has(hr)) lv.W_hr_t = tape.transpose(p.get(hr));
   return lv;
 }
 
@@ -153,7 +158,7 @@ Var ln_cols(Tape& tape, Var A, Var gain, Var bias) {
   return tape.add(tape.mul(normed, tape.matmul(gain, ones_1m)), tape.matmul(bias, ones_1m));
 }
 
-// The layer-normalised cell (ModelConfig::layer_norm; cpu/ln_layer.hpp): one step of layer k.
+// The layer-normalised cell (ModelConfig::layer_norm; cpu/row_layer.hpp): one step of layer k.
 //   z = LN(x W_ih^T) + LN(h_{t-1} W_hh^T) + b_ih + b_hh over 4H;  s = f s_prev + i a;
 //   h = o tanh(LN(s)) over H.  Computed transposed ([4H,B]) so that gate blocks are row ranges.
 void cell_ln(Tape& tape, const Params& p, int64_t k, int64_t H, Var W_hh, Var x, Var& h, Var& s,
@@ -230,7 +235,8 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
   if (!m.rec.empty() && m.rec.size() != static_cast<size_t>(L))
     throw std::invalid_argument("tape_lm: mask rec: expected L masks");
   for (size_t k = 0; k < m.weight.size(); ++k)
-    need(m.weight[k], 4 * cfg.width(static_cast<int64_t>(k)) * cfg.width(static_cast<int64_t>(k)),
+    need(m.weight[k],
+         4 * cfg.width(static_cast<int64_t>(k)) * cfg.out_width(static_cast<int64_t>(k)),
          "weight[k]");
 
   // Layer 0's input per step, [B,X]: the dense vectors as leaves (so dinput comes out), or the
@@ -265,33 +271,35 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
   // The stack: layer k runs over all T steps; its outputs replace `x` as layer k+1's inputs
   // (through the locked mask between layers, when there is one).
   std::vector<Var> top(static_cast<size_t>(T));  // the top layer's h_1 .. h_T before any mask
-  const std::vector<double> zeros(static_cast<size_t>(cfg.state_offset(L, B)), 0.0);
-  const std::vector<double>& h0 = batch.h0.empty() ? zeros : batch.h0;
-  const std::vector<double>& s0 = batch.s0.empty() ? zeros : batch.s0;
-  std::vector<Var> h0_vars, s0_vars, hn_vars, sn_vars;  // [L] each [B,H]
+  const std::vector<double> zeros_h(static_cast<size_t>(cfg.h_offset(L, B)), 0.0);
+  const std::vector<double> zeros_s(static_cast<size_t>(cfg.s_offset(L, B)), 0.0);
+  const std::vector<double>& h0 = batch.h0.empty() ? zeros_h : batch.h0;
+  const std::vector<double>& s0 = batch.s0.empty() ? zeros_s : batch.s0;
+  std::vector<Var> h0_vars, s0_vars, hn_vars, sn_vars;  // [L] each [B,P_k], [B,H_k]
   for (int64_t k = 0; k < L; ++k) {
-    const int64_t Hk = cfg.width(k);
-    const LayerVars lv =
-        layer_vars(tape, p, k, Hk, m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
-    // h0[k] and s0[k] (layer k's [B,H_k] blocks) are leaves: we want dh0, ds0
-    Var h = tape.leaf(slice(h0, static_cast<size_t>(cfg.state_offset(k, B)), B, Hk));
-    Var s = tape.leaf(slice(s0, static_cast<size_t>(cfg.state_offset(k, B)), B, Hk));
+    const int64_t Hk = cfg.width(k), Pk = cfg.out_width(k);  // the cell's width, h's
+    const LayerVars lv = layer_vars(tape, p, k, Hk, Pk,
+                                    m.weight.empty() ? nullptr : &m.weight[static_cast<size_t>(k)]);
+    // h0[k] and s0[k] (layer k's [B,P_k] and [B,H_k] blocks) are leaves: we want dh0, ds0
+    Var h = tape.leaf(slice(h0, static_cast<size_t>(cfg.h_offset(k, B)), B, Pk));
+    Var s = tape.leaf(slice(s0, static_cast<size_t>(cfg.s_offset(k, B)), B, Hk));
     h0_vars.push_back(h);
     s0_vars.push_back(s);
     const std::optional<Var> mask =
         k + 1 < L
-            ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], Hk, "hid[k]"))
-            : locked(m.out, Hk, "out");
+            ? (m.hid.empty() ? std::nullopt : locked(m.hid[static_cast<size_t>(k)], Pk, "hid[k]"))
+            : locked(m.out, Pk, "out");
     const std::optional<Var> rec =
-        m.rec.empty() ? std::nullopt : locked(m.rec[static_cast<size_t>(k)], Hk, "rec[k]");
-    // Zoneout at step t: d (a mask slice, or the rate: the expectation) and 1 - d as constants.
-    auto zone = [&](const std::vector<std::vector<double>>& masks, double rate, int64_t t,
-                    bool keep) {
-      Tensor d(B, Hk);
-      for (int64_t i = 0; i < B * Hk; ++i) {
+        m.rec.empty() ? std::nullopt : locked(m.rec[static_cast<size_t>(k)], Pk, "rec[k]");
+    // Zoneout at step t: d (a mask slice, or the rate: the expectation) and 1 - d as constants,
+    // [B,W] (W: P_k on h, H_k on s).
+    auto zone = [&](const std::vector<std::vector<double>>& masks, double rate, int64_t W,
+                    int64_t t, bool keep) {
+      Tensor d(B, W);
+      for (int64_t i = 0; i < B * W; ++i) {
         const double di = masks.empty()
                               ? rate
-                              : masks[static_cast<size_t>(k)][static_cast<size_t>(t * B * Hk + i)];
+                              : masks[static_cast<size_t>(k)][static_cast<size_t>(t * B * W + i)];
         d.v[static_cast<size_t>(i)] = keep ? di : 1 - di;
       }
       return tape.constant(d);
@@ -299,7 +307,8 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
     for (const auto* z : {&m.zone_h, &m.zone_s}) {
       if (!z->empty() && z->size() != static_cast<size_t>(L))
         throw std::invalid_argument("tape_lm: mask zone_h/zone_s: expected L masks");
-      if (!z->empty()) need((*z)[static_cast<size_t>(k)], T * B * Hk, "zone[k]");
+      if (!z->empty())
+        need((*z)[static_cast<size_t>(k)], T * B * (z == &m.zone_h ? Pk : Hk), "zone[k]");
     }
     for (int64_t t = 0; t < T; ++t) {
       const Var h_prev = h, s_prev = s;
@@ -307,11 +316,12 @@ TapeLmResult tape_lm(const ModelConfig& cfg, const std::vector<double>& params,
         cell_ln(tape, p, k, Hk, lv.W_hh, x[static_cast<size_t>(t)], h, s, rec);
       else
         cell(tape, lv, x[static_cast<size_t>(t)], h, s, rec);
+      if (lv.W_hr_t) h = tape.matmul(h, *lv.W_hr_t);  // the projection: h~ = (o tanh s) W_hr^T
       if (cfg.zoneout()) {  // s = d_s s_prev + (1 - d_s) s~, h = d_h h_prev + (1 - d_h) h~
-        s = tape.add(tape.mul(s_prev, zone(m.zone_s, cfg.zoneout_s, t, true)),
-                     tape.mul(s, zone(m.zone_s, cfg.zoneout_s, t, false)));
-        h = tape.add(tape.mul(h_prev, zone(m.zone_h, cfg.zoneout_h, t, true)),
-                     tape.mul(h, zone(m.zone_h, cfg.zoneout_h, t, false)));
+        s = tape.add(tape.mul(s_prev, zone(m.zone_s, cfg.zoneout_s, Hk, t, true)),
+                     tape.mul(s, zone(m.zone_s, cfg.zoneout_s, Hk, t, false)));
+        h = tape.add(tape.mul(h_prev, zone(m.zone_h, cfg.zoneout_h, Pk, t, true)),
+                     tape.mul(h, zone(m.zone_h, cfg.zoneout_h, Pk, t, false)));
       }
       if (k + 1 == L) top[static_cast<size_t>(t)] = h;
       x[static_cast<size_t>(t)] = mask ? tape.mul(h, *mask) : h;

@@ -21,9 +21,11 @@ struct CheckCliOptions {
   std::vector<int64_t> hidden;  // -H: one width, or one per layer
 };
 
-// H, or each layer's width (6,5,4).
+// H, or each layer's width (6,5,4); with a projection, then its size ("6,5 P=3").
 std::string widths(const ModelConfig& c) {
-  return c.hidden.empty() ? std::to_string(c.H) : fmt::format("{}", fmt::join(c.hidden, ","));
+  const std::string cells =
+      c.hidden.empty() ? std::to_string(c.H) : fmt::format("{}", fmt::join(c.hidden, ","));
+  return c.proj > 0 ? fmt::format("{} P={}", cells, c.proj) : cells;
 }
 
 std::string describe(const Regularization& r, const ModelConfig& c) {
@@ -128,6 +130,10 @@ void run(CheckCliOptions& a) {
     a.o.cfg.H = a.hidden.back();
     a.o.cfg.hidden = a.hidden.size() > 1 ? a.hidden : std::vector<int64_t>{};
   }
+  if (a.o.cfg.proj > 0) {  // H is the projection's size, `hidden` every cell's width
+    if (a.o.cfg.hidden.empty()) a.o.cfg.hidden.assign(static_cast<size_t>(a.o.cfg.L), a.o.cfg.H);
+    a.o.cfg.H = a.o.cfg.proj;
+  }
   a.o.cfg.input = a.input == "dense" ? InputKind::dense : InputKind::embedding;
   a.o.cfg.readout = a.readout == "identity" ? Readout::identity : Readout::linear;
   if (a.o.cfg.readout == Readout::identity) a.o.cfg.V = a.o.cfg.H;  // p = softmax(h)
@@ -168,6 +174,11 @@ void register_check(CLI::App& app) {
       ->delimiter(',')
       ->default_str("4");
   cmd->add_option("-L,--layers", a->o.cfg.L, "Layers")->check(positive)->capture_default_str();
+  cmd->add_option("--proj", a->o.cfg.proj,
+                  "Projection (LSTMP, PyTorch's proj_size): h = (o tanh s) W_hr^T, this wide; 0: "
+                  "none")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_flag("--peephole", a->o.cfg.peephole,
                 "Peephole connections: i and f see s_prev, o sees s (rnn.weight_peephole_l{k})");
   cmd->add_flag("--layer-norm", a->o.cfg.layer_norm,

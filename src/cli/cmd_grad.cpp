@@ -25,9 +25,10 @@ void run_typed(const GradOptions& o) {
   GradientResult<Real> g;
   g.loss = lm.forward(m.params, b, red);
   g.grad.assign(m.params.size(), Real(0));
-  const size_t S = static_cast<size_t>(m.cfg.state_offset(m.cfg.L, b.B));
   g.dinput.resize(b.dense.size());
-  if (!b.h0.empty() || !b.s0.empty()) g.dh0.resize(S), g.ds0.resize(S);
+  if (!b.h0.empty() || !b.s0.empty())
+    g.dh0.resize(static_cast<size_t>(m.cfg.h_offset(m.cfg.L, b.B))),
+        g.ds0.resize(static_cast<size_t>(m.cfg.s_offset(m.cfg.L, b.B)));
   lm.backward(g.grad, m.params, b, g.dinput.empty() ? nullptr : g.dinput.data(),
               g.dh0.empty() ? nullptr : g.dh0.data(), g.ds0.empty() ? nullptr : g.ds0.data());
   g.h_n.assign(lm.h_n().begin(), lm.h_n().end());

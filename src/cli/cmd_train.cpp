@@ -60,6 +60,10 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--layer-norm", o->layer_norm,
                 "Layer-normalised LSTM (Ba et al.): LN on the input and recurrent pre-activations "
                 "and on s before tanh (gains start at 1, biases at 0)");
+  cmd->add_option("--proj", o->proj,
+                  "Projection (LSTMP, PyTorch's proj_size): every layer outputs h = (o tanh s) "
+                  "W_hr^T, this wide (rnn.weight_hr_l{k}); 0: none")
+      ->capture_default_str();
   cmd->add_option("--embed", o->embed, "Embedding width")->capture_default_str();
   cmd->add_option("--seq", o->seq, "Unrolled steps per window (BPTT length)")
       ->capture_default_str();
@@ -135,7 +139,9 @@ void register_train(CLI::App& app) {
       o->hidden = hidden->back(), o->hidden_layers = *hidden;
       bool uniform = true;
       for (int64_t w : *hidden) uniform = uniform && w == o->hidden;
-      if (uniform) o->hidden_layers.clear();  // 200,200: the same model as 200
+      if (uniform)
+        o->hidden_layers.clear();  // 200,200: the same model as 200 (a projection's
+                                   // cells are listed by the trainer's shape_config)
     }
     // Started by mpirun or srun with several processes: one model, data-parallel over them.
     const Launched job = launched_job(*comm_timeout);

@@ -82,9 +82,18 @@ void validate_batch(const ModelConfig& cfg, const Batch<Real>& b, const char* wh
     expect_finite(where, "target_probs", b.target_probs);
     expect_distributions(where, b.target_probs, cfg.V, b.B);
   }
-  const std::string state = fmt::format("float [L={}, B={}, H={}]", cfg.L, b.B, cfg.H);
-  if (!b.h0.empty()) expect_size(where, "h0", b.h0.size(), cfg.state_offset(cfg.L, b.B), state);
-  if (!b.s0.empty()) expect_size(where, "s0", b.s0.size(), cfg.state_offset(cfg.L, b.B), state);
+  // the layers' [B, W_k] blocks; uniform: [L, B, W]
+  if (!b.h0.empty())
+    expect_size(where, "h0", b.h0.size(), cfg.h_offset(cfg.L, b.B),
+                fmt::format("float, the layers' h blocks [B={}, H_k], [L={}, B, H={}] when "
+                            "uniform",
+                            b.B, cfg.L, cfg.H));
+  if (!b.s0.empty())
+    expect_size(where, "s0", b.s0.size(), cfg.s_offset(cfg.L, b.B),
+                fmt::format("float, the layers' s blocks [B={}, H_k], [L={}, B, H={}] when "
+                            "uniform",
+                            b.B, cfg.L, cfg.width(cfg.L - 1)));
+
   expect_finite(where, "h0", b.h0);
   expect_finite(where, "s0", b.s0);
 }

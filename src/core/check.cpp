@@ -47,9 +47,8 @@ Batch<double> random_batch(const CheckOptions& o, std::mt19937_64& rng) {
     for (size_t k = 0; k < N; ++k) b.target.push_back(id(rng));
   }
   if (o.initial_state) {
-    const size_t S = static_cast<size_t>(c.state_offset(c.L, o.B));
-    b.h0 = uniform(S, rng, -0.5, 0.5);
-    b.s0 = uniform(S, rng, -1, 1);
+    b.h0 = uniform(static_cast<size_t>(c.h_offset(c.L, o.B)), rng, -0.5, 0.5);
+    b.s0 = uniform(static_cast<size_t>(c.s_offset(c.L, o.B)), rng, -1, 1);
   }
   return b;
 }
@@ -97,8 +96,9 @@ CheckReport run_check(const CheckOptions& o) {
   CheckReport rep;
   rep.loss_hand = lm.forward(params, batch, o.reduction);
   rep.ce_hand = lm.cross_entropy();
-  const size_t S = static_cast<size_t>(c.state_offset(c.L, o.B));
-  std::vector<double> grad(params.size(), 0.0), dh0(S), ds0(S), dinput(batch.dense.size());
+  const size_t Sh = static_cast<size_t>(c.h_offset(c.L, o.B));
+  const size_t Ss = static_cast<size_t>(c.s_offset(c.L, o.B));
+  std::vector<double> grad(params.size(), 0.0), dh0(Sh), ds0(Ss), dinput(batch.dense.size());
   lm.backward(grad, params, batch, dinput.empty() ? nullptr : dinput.data(), dh0.data(),
               ds0.data());
   // The tape.
@@ -149,12 +149,11 @@ CheckReport run_check(const CheckOptions& o) {
   for (const ParamInfo& p : layout)
     rep.rows.push_back(compare(p.name, p.shape, grad.data() + p.offset, tape.grad.data() + p.offset,
                                fd, coords_in(p.offset, p.size), p.offset, p.size, o));
-  const std::vector<int64_t> state{c.L, o.B, c.H};
   if (!batch.h0.empty()) {
-    rep.rows.push_back(
-        compare("h0", state, dh0.data(), tape.dh0.data(), fd, coords_in(o_h0, S), o_h0, S, o));
-    rep.rows.push_back(
-        compare("s0", state, ds0.data(), tape.ds0.data(), fd, coords_in(o_s0, S), o_s0, S, o));
+    rep.rows.push_back(compare("h0", state_shape(c, o.B, true), dh0.data(), tape.dh0.data(), fd,
+                               coords_in(o_h0, Sh), o_h0, Sh, o));
+    rep.rows.push_back(compare("s0", state_shape(c, o.B, false), ds0.data(), tape.ds0.data(), fd,
+                               coords_in(o_s0, Ss), o_s0, Ss, o));
   }
   if (!dinput.empty())
     rep.rows.push_back(compare("input", {o.T, o.B, c.X}, dinput.data(), tape.dinput.data(), fd,
@@ -210,7 +209,8 @@ DeviceCheckReport run_device_check(const CheckOptions& o, const DeviceCheckOptio
   validate_batch(c, batch, "check");
   const Batch<float> fbatch = to_float(batch);
   const std::vector<ParamInfo> layout = parameter_layout(c);
-  const size_t S = static_cast<size_t>(c.state_offset(c.L, o.B));
+  // (the CUDA engine refuses per-layer widths and projections: h and s alike [L,B,H])
+  const size_t S = static_cast<size_t>(c.h_offset(c.L, o.B));
   const std::vector<int64_t> state{c.L, o.B, c.H};
 
   LanguageModel<double> ref(c);

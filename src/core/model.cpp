@@ -19,11 +19,12 @@ std::vector<ParamInfo> parameter_layout(const ModelConfig& cfg) {
   };
   if (cfg.input == InputKind::embedding) add("encoder.weight", {cfg.V, cfg.X});
   for (int64_t k = 0; k < cfg.L; ++k) {
-    const int64_t in = k == 0 ? cfg.X : cfg.width(k - 1), H = cfg.width(k);
+    const int64_t in = k == 0 ? cfg.X : cfg.out_width(k - 1), H = cfg.width(k);
     add(fmt::format("rnn.weight_ih_l{}", k), {4 * H, in});
-    add(fmt::format("rnn.weight_hh_l{}", k), {4 * H, H});
+    add(fmt::format("rnn.weight_hh_l{}", k), {4 * H, cfg.out_width(k)});
     add(fmt::format("rnn.bias_ih_l{}", k), {4 * H});
     add(fmt::format("rnn.bias_hh_l{}", k), {4 * H});
+    if (cfg.proj > 0) add(fmt::format("rnn.weight_hr_l{}", k), {cfg.proj, H});
     if (cfg.peephole) add(fmt::format("rnn.weight_peephole_l{}", k), {3, H});
     if (cfg.layer_norm)
       for (const auto& [part, n] :
@@ -52,11 +53,19 @@ ParameterOffsets parameter_offsets(const ModelConfig& cfg) {
     o.layers.push_back(
         {*find(fmt::format("rnn.weight_ih_l{}", k)), *find(fmt::format("rnn.weight_hh_l{}", k)),
          *find(fmt::format("rnn.bias_ih_l{}", k)), *find(fmt::format("rnn.bias_hh_l{}", k)),
-         find(fmt::format("rnn.weight_peephole_l{}", k)),
+         find(fmt::format("rnn.weight_peephole_l{}", k)), find(fmt::format("rnn.weight_hr_l{}", k)),
          find(fmt::format("rnn.weight_ln_ih_l{}", k))});
   o.decoder_weight = cfg.tie_weights ? o.encoder_weight : find("decoder.weight");
   o.decoder_bias = find("decoder.bias");
   return o;
+}
+
+std::vector<int64_t> state_shape(const ModelConfig& cfg, int64_t B, bool is_h) {
+  auto width = [&](int64_t k) { return is_h ? cfg.out_width(k) : cfg.width(k); };
+  bool uniform = true;
+  for (int64_t k = 1; k < cfg.L; ++k) uniform = uniform && width(k) == width(0);
+  if (uniform) return {cfg.L, B, width(0)};
+  return {is_h ? cfg.h_offset(cfg.L, B) : cfg.s_offset(cfg.L, B)};
 }
 
 size_t parameter_count(const ModelConfig& cfg) {
@@ -78,10 +87,11 @@ double parameter_count_estimate(const ModelConfig& c) {
   if (c.hidden.empty()) {
     layers = 4 * H * (X + H + 2) + (L - 1) * 4 * H * (2 * H + 2);
   } else {
+    const double P = static_cast<double>(c.proj);
     for (size_t k = 0; k < c.hidden.size(); ++k) {
-      const double h = static_cast<double>(c.hidden[k]);
-      const double in = k == 0 ? X : static_cast<double>(c.hidden[k - 1]);
-      layers += 4 * h * (in + h + 2);
+      const double h = static_cast<double>(c.hidden[k]), out = c.proj > 0 ? P : h;
+      const double in = k == 0 ? X : c.proj > 0 ? P : static_cast<double>(c.hidden[k - 1]);
+      layers += 4 * h * (in + out + 2) + (c.proj > 0 ? P * h : 0);
     }
   }
   return V * X + layers + V * ((c.tie_weights ? 0 : H) + 1);
@@ -101,10 +111,23 @@ void validate_config(const ModelConfig& cfg) {
     for (int64_t w : cfg.hidden)
       if (w < 1 || w > kMaxWidth)
         throw InputError(fmt::format("--hidden: every size must be in [1, 2^31], got {}", w));
-    if (cfg.hidden.back() != cfg.H)
+    if (cfg.proj == 0 && cfg.hidden.back() != cfg.H)
       throw InputError(
           fmt::format("model: the top layer's width {} must be H ({})", cfg.hidden.back(), cfg.H));
   }
+  if (cfg.proj < 0 || cfg.proj > kMaxWidth)
+    throw InputError(
+        fmt::format("--proj: the projection's size must be in [1, 2^31], got {}", cfg.proj));
+  if (cfg.proj > 0) {
+    if (cfg.hidden.empty() || cfg.H != cfg.proj)
+      throw InputError(fmt::format(
+          "model: with a projection, H ({}) must be its size P ({}) and `hidden` hold the {} "
+          "cells' widths",
+          cfg.H, cfg.proj, cfg.L));
+    if (cfg.peephole)
+      throw InputError("--proj and --peephole: the projected cell has no peepholes");
+  }
+
   if (cfg.V < 1) throw InputError(fmt::format("model: vocabulary V must be >= 1, got {}", cfg.V));
   // Sizes read from a file are checked against its tensors before anything is allocated; these
   // limits keep the layout's arithmetic (4H x H, summed over L layers) inside 64 bits first.
@@ -135,7 +158,9 @@ void validate_config(const ModelConfig& cfg) {
           "is encoder.weight)");
     if (cfg.H != cfg.X)
       throw InputError(fmt::format(
-          "--tie-weights needs --hidden (top layer, H) equal to --embed (E): got H {} and E {}",
+          "--tie-weights needs the top layer's output (--hidden, or --proj with a projection) "
+          "equal to --embed (E): got H {} and E {}",
+
           cfg.H, cfg.X));
   }
 }

@@ -75,7 +75,7 @@ struct LanguageModel<Real>::Impl {
       : cfg_(cfg),
         offsets_((validate_config(cfg), parameter_offsets(cfg))),
         n_params_(parameter_count(cfg)),
-        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, widths(cfg))) {
+        stack_(std::make_unique<cpu::LstmStack<Real>>(cfg.X, widths(cfg), cfg.proj)) {
     stack_->set_zoneout(cfg.zoneout_h, cfg.zoneout_s);
     stack_->set_layer_norm(cfg.layer_norm);
   }
@@ -85,10 +85,14 @@ struct LanguageModel<Real>::Impl {
     for (int64_t k = 0; k < cfg.L; ++k) w.push_back(cfg.width(k));
     return w;
   }
-  // Where layer k's [4H_k, H_k] block starts in the weight-drop buffers wd_, wd_grad_.
+  // Layer k's weight_hh [4 H_k, out_width(k)], its size; where its block starts in the
+  // weight-drop buffers wd_, wd_grad_.
+  size_t hh_size(int64_t k) const {
+    return static_cast<size_t>(4 * cfg_.width(k) * cfg_.out_width(k));
+  }
   size_t hh_offset(int64_t k) const {
     size_t o = 0;
-    for (int64_t j = 0; j < k; ++j) o += static_cast<size_t>(4 * cfg_.width(j) * cfg_.width(j));
+    for (int64_t j = 0; j < k; ++j) o += hh_size(j);
     return o;
   }
 
@@ -424,12 +428,13 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     stack_->forward(x, w.data(), h0, s0, T, B);
   else
     stack_->infer(x, w.data(), h0, s0, T, B);
-  h_n_.resize(static_cast<size_t>(cfg_.state_offset(cfg_.L, B)));
-  s_n_.resize(h_n_.size());
+  h_n_.resize(static_cast<size_t>(cfg_.h_offset(cfg_.L, B)));
+  s_n_.resize(static_cast<size_t>(cfg_.s_offset(cfg_.L, B)));
   for (int64_t k = 0; k < cfg_.L; ++k) {
-    const int64_t at = cfg_.state_offset(k, B), n = B * cfg_.width(k);
-    std::copy_n(keep ? stack_->h_last(k) : stack_->infer_h_last(k), n, h_n_.data() + at);
-    std::copy_n(keep ? stack_->s_last(k) : stack_->infer_s_last(k), n, s_n_.data() + at);
+    std::copy_n(keep ? stack_->h_last(k) : stack_->infer_h_last(k), B * cfg_.out_width(k),
+                h_n_.data() + cfg_.h_offset(k, B));
+    std::copy_n(keep ? stack_->s_last(k) : stack_->infer_s_last(k), B * cfg_.width(k),
+                s_n_.data() + cfg_.s_offset(k, B));
   }
   const Real* top = readout_input();
   const int64_t* y_class = batch.target.empty() ? nullptr : batch.target.data();
@@ -517,20 +522,23 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
     need(masks_.out, B * H, "out");
     if (!masks_.hid.empty() && masks_.hid.size() != static_cast<size_t>(L - 1))
       throw std::invalid_argument("LanguageModel::set_masks: hid needs L-1 masks");
-    for (size_t k = 0; k < masks_.hid.size(); ++k) need(masks_.hid[k], B * cfg_.width(k), "hid[k]");
+    for (size_t k = 0; k < masks_.hid.size(); ++k)
+      need(masks_.hid[k], B * cfg_.out_width(k), "hid[k]");
     if (!masks_.rec.empty() && masks_.rec.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: rec needs L masks");
-    for (size_t k = 0; k < masks_.rec.size(); ++k) need(masks_.rec[k], B * cfg_.width(k), "rec[k]");
+    for (size_t k = 0; k < masks_.rec.size(); ++k)
+      need(masks_.rec[k], B * cfg_.out_width(k), "rec[k]");
     for (const auto* zone : {&masks_.zone_h, &masks_.zone_s}) {
       if (!zone->empty() && zone->size() != static_cast<size_t>(L))
         throw std::invalid_argument("LanguageModel::set_masks: zone_h and zone_s need L masks");
-      for (size_t k = 0; k < zone->size(); ++k)
-        need((*zone)[k], T_ * B * cfg_.width(k), "zone_h[k] or zone_s[k]");
+      for (size_t k = 0; k < zone->size(); ++k)  // zone_h on h, zone_s on s
+        need((*zone)[k], T_ * B * (zone == &masks_.zone_h ? cfg_.out_width(k) : cfg_.width(k)),
+             "zone_h[k] or zone_s[k]");
     }
     if (!masks_.weight.empty() && masks_.weight.size() != static_cast<size_t>(L))
       throw std::invalid_argument("LanguageModel::set_masks: weight needs L masks");
     for (size_t k = 0; k < masks_.weight.size(); ++k)
-      need(masks_.weight[k], 4 * cfg_.width(k) * cfg_.width(k), "weight[k]");
+      need(masks_.weight[k], static_cast<int64_t>(hh_size(k)), "weight[k]");
   }
   hid_ptrs_.resize(static_cast<size_t>(std::max<int64_t>(L - 1, 0)));
   rec_ptrs_.resize(static_cast<size_t>(L));
@@ -541,8 +549,7 @@ void LanguageModel<Real>::Impl::prepare_regularization(int64_t B, const Real* P)
       const Real* U = P + offsets_.layers[static_cast<size_t>(k)].weight_hh;
       const Real* M = masks_.weight[static_cast<size_t>(k)].data();
       Real* Ud = wd_.data() + hh_offset(k);
-      const size_t GH = static_cast<size_t>(4 * cfg_.width(k) * cfg_.width(k));
-      for (size_t i = 0; i < GH; ++i) Ud[i] = U[i] * M[i];
+      for (size_t i = 0; i < hh_size(k); ++i) Ud[i] = U[i] * M[i];
     }
     wdropped_ = true;
   }
@@ -554,8 +561,10 @@ std::vector<cpu::LayerWeights<Real>> LanguageModel<Real>::Impl::layer_weights(co
   if (wdropped_)
     for (size_t k = 0; k < w.size(); ++k)
       w[k].W_hh = wd_.data() + hh_offset(static_cast<int64_t>(k));
-  for (size_t k = 0; k < w.size(); ++k)
+  for (size_t k = 0; k < w.size(); ++k) {
     if (offsets_.layers[k].layer_norm) w[k].ln = P + *offsets_.layers[k].layer_norm;
+    if (offsets_.layers[k].weight_hr) w[k].W_hr = P + *offsets_.layers[k].weight_hr;
+  }
   return w;
 }
 
@@ -684,8 +693,10 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   const bool emb = cfg_.input == InputKind::embedding;
   const auto w = layer_weights(P);
   auto g = layer_views<cpu::LayerGrads<Real>>(offsets_, D);
-  for (size_t k = 0; k < g.size(); ++k)
+  for (size_t k = 0; k < g.size(); ++k) {
     if (offsets_.layers[k].layer_norm) g[k].dln = D + *offsets_.layers[k].layer_norm;
+    if (offsets_.layers[k].weight_hr) g[k].dW_hr = D + *offsets_.layers[k].weight_hr;
+  }
   const size_t all_hh = hh_offset(cfg_.L);
   if (wdropped_) {  // dL/dU' into scratch, then dL/dU += dL/dU' * M
     if (wd_grad_.size() < all_hh) wd_grad_.resize(all_hh);
@@ -700,9 +711,7 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
       Real* dU = D + offsets_.layers[k].weight_hh;
       const Real* dUd = wd_grad_.data() + hh_offset(static_cast<int64_t>(k));
       const Real* M = masks_.weight[k].data();
-      const size_t GH = static_cast<size_t>(4 * cfg_.width(static_cast<int64_t>(k)) *
-                                            cfg_.width(static_cast<int64_t>(k)));
-      for (size_t i = 0; i < GH; ++i) dU[i] += dUd[i] * M[i];
+      for (size_t i = 0; i < hh_size(static_cast<int64_t>(k)); ++i) dU[i] += dUd[i] * M[i];
     }
   Real* dx = emb ? buf_.dx0 : dinput;
   if (in_mask_ && dx) cpu::apply_mask_rows(dx, dx, in_mask_, X, in_period_, 0, N);

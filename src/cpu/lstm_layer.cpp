@@ -6,8 +6,8 @@
 #include "core/gates.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/fast_gates.hpp"
-#include "cpu/ln_layer.hpp"
 #include "cpu/panel_gemm.hpp"
+#include "cpu/row_layer.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -247,7 +247,7 @@ void layer_pack(const LayerSaved<Real>& saved, const LayerWeights<Real>& w, cons
 template <class Real>
 void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeights<Real>& w,
                    const TeamMember& tm, int64_t T, int64_t B, int64_t I, int64_t H) {
-  if (w.ln) return ln_layer_forward(saved, x, w, tm, T, B, I, H);
+  if (w.ln || w.W_hr) return row_layer_forward(saved, x, w, tm, T, B, I, H);
   const int64_t G = 4 * H, N = T * B;
   Real* z = saved.gates;
   // z = x W_ih^T for all T*B positions at once (the hoisted input projection), each share's rows;
@@ -289,7 +289,8 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const Real* dh_out, const LayerSaved<Real>& saved, const Real* x,
                     const LayerWeights<Real>& w, const TeamMember& tm, int64_t T, int64_t B,
                     int64_t I, int64_t H) {
-  if (w.ln) return ln_layer_backward(dx, g, dz, dh_rec, ds, dh_out, saved, x, w, tm, T, B, I, H);
+  if (w.ln || w.W_hr)
+    return row_layer_backward(dx, g, dz, dh_rec, ds, dh_out, saved, x, w, tm, T, B, I, H);
   const int64_t G = 4 * H, N = T * B;
   if (saved.zoned())  // nothing kept from a step after T yet
     tm.for_shares(H, [&](const TeamSlice& ts) {

@@ -31,7 +31,7 @@ namespace lstmgrad::cpu {
 template <class Real>
 struct LayerWeights {
   const Real* W_ih;  // [G,I] rows [V_i; V_f; V_a; V_o]
-  const Real* W_hh;  // [G,H] rows [U_i; U_f; U_a; U_o]
+  const Real* W_hh;  // [G,H] rows [U_i; U_f; U_a; U_o] ([G,P] with a projection)
   const Real* b_ih;  // [G]
   const Real* b_hh;  // [G]
   // [3H] the cell's CellUnit weights (core/cell_math.hpp) p_i, p_f, p_o, H apart (peepholes:
@@ -40,6 +40,9 @@ struct LayerWeights {
   // [18H] layer norm's gains and biases (ModelConfig::layer_norm): ih weight, bias [4H], hh
   // weight, bias [4H], cell weight, bias [H], one after another; null: no layer norm.
   const Real* ln = nullptr;
+  // [P,H] the projection (ModelConfig::proj; LayerSaved::proj is P): h = (o tanh s) W_hr^T;
+  // null: none, h is the cell's own o tanh s.
+  const Real* W_hr = nullptr;
 };
 
 template <class Real>
@@ -50,6 +53,7 @@ struct LayerGrads {  // accumulated (+=)
   Real* db_hh;
   Real* dunit = nullptr;  // [3H], with LayerWeights::unit
   Real* dln = nullptr;    // [18H], with LayerWeights::ln
+  Real* dW_hr = nullptr;  // [P,H], with LayerWeights::W_hr
 };
 
 // What forward saves for backward.
@@ -90,7 +94,7 @@ struct LayerSaved {
   Real* zone_dh = nullptr;
   Real* zone_ds = nullptr;
   bool zoned() const { return zone_p_h > 0 || zone_p_s > 0; }
-  // Layer norm (LayerWeights::ln; ln_layer.hpp): the normalised pre-activations x^ of x W_ih^T
+  // Layer norm (LayerWeights::ln; row_layer.hpp): the normalised pre-activations x^ of x W_ih^T
   // and of h_{t-1} W_hh^T [T,B,4H] (ln_x, ln_h), of s~_t [T,B,H] (ln_s), and each row's
   // 1/sigma for the three [3][T,B] (ln_r); backward's scratch d(h_{t-1} W_hh^T) [T,B,4H]
   // (ln_dzh) and dL/d(LN(s) gain-scaled) [T,B,H] (ln_dy).
@@ -100,6 +104,15 @@ struct LayerSaved {
   Real* ln_r = nullptr;
   Real* ln_dzh = nullptr;
   Real* ln_dy = nullptr;
+  // Projection (LayerWeights::W_hr; row_layer.hpp): the output width P, which hseq, hdseq and
+  // zone_h then have in place of H (0: none); mseq [T,B,H] the cell's o tanh s, which the
+  // projection reads; backward's scratch proj_dh [T,B,P] dL/dh~ (before the projection's backward,
+  // for dW_hr) and proj_dm [T,B,H] dL/d(o tanh s).
+  int64_t proj = 0;
+  Real* mseq = nullptr;
+  Real* proj_dh = nullptr;
+  Real* proj_dm = nullptr;
+  int64_t out_width(int64_t H) const { return proj > 0 ? proj : H; }
 };
 
 // Where layer_forward reads s_t and writes it: [B,H] at step t of sseq, or its ring slot.

@@ -16,11 +16,12 @@ LstmStack<Real>::LstmStack(int64_t X, int64_t H, int64_t L)
     : LstmStack(X, std::vector<int64_t>(static_cast<size_t>(L), H)) {}
 
 template <class Real>
-LstmStack<Real>::LstmStack(int64_t X, std::vector<int64_t> widths)
+LstmStack<Real>::LstmStack(int64_t X, std::vector<int64_t> widths, int64_t proj)
     : X_(X),
-      H_(*std::max_element(widths.begin(), widths.end())),
+      H_(std::max(*std::max_element(widths.begin(), widths.end()), proj)),
       L_(static_cast<int64_t>(widths.size())),
       Hk_(std::move(widths)),
+      proj_(proj),
       saved_(static_cast<size_t>(L_)),
       locked_(static_cast<size_t>(L_ - 1), nullptr),
       rec_(static_cast<size_t>(L_), nullptr),
@@ -71,15 +72,14 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
   const int64_t H = H_;  // the widest layer: each layer's buffers have room for it
   for (int64_t k = 0; k < L_; ++k) {
     const LayerSaved<Real>& sv = saved_[k];
-    const int64_t at = state_offset(k, B), n = B * width(k);
     if (h0)
-      std::copy_n(h0 + at, n, sv.hseq);
+      std::copy_n(h0 + h_offset(k, B), B * out_width(k), sv.hseq);
     else
-      std::fill_n(sv.hseq, n, Real(0));
+      std::fill_n(sv.hseq, B * out_width(k), Real(0));
     if (s0)
-      std::copy_n(s0 + at, n, sv.sseq);
+      std::copy_n(s0 + s_offset(k, B), B * width(k), sv.sseq);
     else
-      std::fill_n(sv.sseq, n, Real(0));
+      std::fill_n(sv.sseq, B * width(k), Real(0));
   }
   const int64_t N = T * B;
   const bool rec = rec_[0] != nullptr;
@@ -112,13 +112,23 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
       sv.ln_dzh = shared, sv.ln_dy = shared + N * 4 * H;
     }
   }
+  if (proj_ > 0) {
+    const size_t need = static_cast<size_t>(L_ * N * H + N * proj_ + N * H);
+    if (proj_seq_.size() < need) proj_seq_.resize(need);
+    Real* shared = proj_seq_.data() + L_ * N * H;
+    for (int64_t k = 0; k < L_; ++k) {
+      LayerSaved<Real>& sv = saved_[k];
+      sv.proj = proj_, sv.mseq = proj_seq_.data() + k * N * H;
+      sv.proj_dh = shared, sv.proj_dm = shared + N * proj_;
+    }
+  }
   locked_used_ = L_ > 1 && locked_[0] != nullptr;
   dropped_ = (drop_p_ > 0 || locked_used_) && L_ > 1;
   if (dropped_) {
     if (drop_.size() < static_cast<size_t>(2 * (L_ - 1) * N * H))
       drop_.resize(2 * (L_ - 1) * N * H);
     for (int64_t k = 0; k + 1 < L_ && !locked_used_; ++k)
-      dropout_mask(drop_mask(k), T, B, width(k), shard_, drop_p_, drop_seed_,
+      dropout_mask(drop_mask(k), T, B, out_width(k), shard_, drop_p_, drop_seed_,
                    static_cast<uint64_t>(k + 1));
   }
   const int S = team_ = threads(B);
@@ -130,13 +140,13 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
     const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
-      const int64_t I = k == 0 ? X_ : width(k - 1), Hk = width(k);
+      const int64_t I = k == 0 ? X_ : out_width(k - 1), Hk = width(k), Pk = out_width(k);
       tm.for_shares(Hk, [&](const TeamSlice& ts) { layer_pack(saved_[k], w[k], ts, Hk); });
       layer_forward(saved_[k], xk, w[k], tm, T, B, I, Hk);
-      xk = saved_[k].hseq + B * Hk;  // h_1 .. h_T [T,B,H_k] feed the next layer
+      xk = saved_[k].hseq + B * Pk;  // h_1 .. h_T [T,B,P_k] feed the next layer
       if (dropped_ && k + 1 < L_) {  // the next layer reads the dropped copy; h stays for s, h
         tm.for_shares(Hk, [&](const TeamSlice& ts) {
-          apply_mask_rows(drop_input(k), xk, mask_of(k), Hk, mask_period(), ts.row0(N), ts.row1(N));
+          apply_mask_rows(drop_input(k), xk, mask_of(k), Pk, mask_period(), ts.row0(N), ts.row1(N));
         });
 #pragma omp barrier
         xk = drop_input(k);
@@ -159,28 +169,36 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
     const Real* dh_out = dh_top;
     Real* dx_buf = dh_a_;
     for (int64_t k = L_ - 1; k >= 0; --k) {
-      const int64_t I = k == 0 ? X_ : width(k - 1), H = width(k), state = state_offset(k, B);
+      const int64_t I = k == 0 ? X_ : out_width(k - 1), H = width(k), P = out_width(k);
+      const int64_t h_at = h_offset(k, B), s_at = s_offset(k, B);
       const Real* x = k == 0 ? x0 : dropped_ ? drop_input(k - 1) : saved_[k - 1].hseq + B * I;
       Real* dxk = k > 0 ? dx_buf : dx;
-      tm.for_shares(H, [&](const TeamSlice& ts) {
-        for (int64_t r = 0; r < B; ++r) {  // dL/dh_T, dL/ds_T from outside, or zeros
-          const int64_t at = state + r * H + ts.j0;
+      // dL/dh_T [B,P], dL/ds_T [B,H] from outside, or zeros; each share its units (without a
+      // projection, P = H: the split the layer's own steps use)
+      tm.for_shares(P, [&](const TeamSlice& ts) {
+        for (int64_t r = 0; r < B; ++r) {
           if (dh_n)
-            std::copy_n(dh_n + at, ts.n(), dh_rec_ + r * H + ts.j0);
+            std::copy_n(dh_n + h_at + r * P + ts.j0, ts.n(), dh_rec_ + r * P + ts.j0);
           else
-            std::fill_n(dh_rec_ + r * H + ts.j0, ts.n(), Real(0));
+            std::fill_n(dh_rec_ + r * P + ts.j0, ts.n(), Real(0));
+        }
+      });
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        for (int64_t r = 0; r < B; ++r) {
           if (ds_n)
-            std::copy_n(ds_n + at, ts.n(), ds_ + r * H + ts.j0);
+            std::copy_n(ds_n + s_at + r * H + ts.j0, ts.n(), ds_ + r * H + ts.j0);
           else
             std::fill_n(ds_ + r * H + ts.j0, ts.n(), Real(0));
         }
       });
       layer_backward(dxk, g[k], dz_, dh_rec_, ds_, dh_out, saved_[k], x, w[k], tm, T, B, I, H);
+      tm.for_shares(P, [&](const TeamSlice& ts) {
+        for (int64_t r = 0; r < B && dh0; ++r)
+          std::copy_n(dh_rec_ + r * P + ts.j0, ts.n(), dh0 + h_at + r * P + ts.j0);
+      });
       tm.for_shares(H, [&](const TeamSlice& ts) {
-        for (int64_t r = 0; r < B; ++r) {
-          if (dh0) std::copy_n(dh_rec_ + r * H + ts.j0, ts.n(), dh0 + state + r * H + ts.j0);
-          if (ds0) std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + state + r * H + ts.j0);
-        }
+        for (int64_t r = 0; r < B && ds0; ++r)
+          std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + s_at + r * H + ts.j0);
       });
 #pragma omp barrier             // dx complete, dz free, before the layer below starts
       if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
@@ -227,6 +245,8 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
   const int64_t H = H_;  // the widest layer (buffer sizes)
   if (layer_norm_ && infer_ln_.size() < static_cast<size_t>(T * B * (9 * H + 3)))
     infer_ln_.resize(static_cast<size_t>(T * B * (9 * H + 3)));
+  if (proj_ > 0 && infer_proj_.size() < static_cast<size_t>(T * B * H))
+    infer_proj_.resize(static_cast<size_t>(T * B * H));
   const int S = threads(B);  // forward's shares: the same split, the same bits
   claims_.reserve(T + 1, S);
   BlasThreads one(1);
@@ -236,8 +256,10 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
     const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
-      const int64_t Hk = width(k), BH = B * Hk, state = state_offset(k, B);
+      const int64_t Hk = width(k), Pk = out_width(k), BP = B * Pk;
+      const int64_t h_at = h_offset(k, B), s_at = s_offset(k, B);
       LayerSaved<Real> sv = infer_layer_;
+      sv.proj = proj_, sv.mseq = proj_ > 0 ? infer_proj_.data() : nullptr;
       sv.hseq = infer_h_[k % 2];
       // zoneout's expectation, in place (no zseq: nothing is kept for backward)
       sv.zone_p_h = static_cast<Real>(zone_p_h_), sv.zone_p_s = static_cast<Real>(zone_p_s_);
@@ -251,29 +273,37 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
       tm.for_shares(Hk, [&](const TeamSlice& ts) {
         layer_pack(sv, w[k], ts, Hk);
         for (int64_t r = 0; r < B; ++r) {
-          Real* h = sv.hseq + r * Hk + ts.j0;
           Real* s = sv.sseq + r * Hk + ts.j0;
-          if (h0)
-            std::copy_n(h0 + state + r * Hk + ts.j0, ts.n(), h);
-          else
-            std::fill_n(h, ts.n(), Real(0));
           if (s0)
-            std::copy_n(s0 + state + r * Hk + ts.j0, ts.n(), s);
+            std::copy_n(s0 + s_at + r * Hk + ts.j0, ts.n(), s);
           else
             std::fill_n(s, ts.n(), Real(0));
         }
       });
-      layer_forward(sv, xk, w[k], tm, T, B, k == 0 ? X_ : width(k - 1), Hk);
-      Real* s_last = infer_last_ + state_offset(L_, B);
-      tm.for_shares(Hk, [&](const TeamSlice& ts) {  // h_T, s_T before the next layer's s0
-        const Real* s_T = cell_state_at(sv, T, B, Hk);
+      tm.for_shares(Pk, [&](const TeamSlice& ts) {
         for (int64_t r = 0; r < B; ++r) {
-          std::copy_n(sv.hseq + T * BH + r * Hk + ts.j0, ts.n(),
-                      infer_last_ + state + r * Hk + ts.j0);
-          std::copy_n(s_T + r * Hk + ts.j0, ts.n(), s_last + state + r * Hk + ts.j0);
+          Real* h = sv.hseq + r * Pk + ts.j0;
+          if (h0)
+            std::copy_n(h0 + h_at + r * Pk + ts.j0, ts.n(), h);
+          else
+            std::fill_n(h, ts.n(), Real(0));
         }
       });
-      xk = sv.hseq + BH;  // h_1 .. h_T [T,B,H] feed the next layer
+      layer_forward(sv, xk, w[k], tm, T, B, k == 0 ? X_ : out_width(k - 1), Hk);
+      Real* s_last = infer_last_ + h_offset(L_, B);
+      tm.for_shares(Hk, [&](const TeamSlice& ts) {  // s_T before the next layer's s0
+        const Real* s_T = cell_state_at(sv, T, B, Hk);
+        for (int64_t r = 0; r < B; ++r)
+          std::copy_n(s_T + r * Hk + ts.j0, ts.n(), s_last + s_at + r * Hk + ts.j0);
+      });
+      tm.for_shares(Pk, [&](const TeamSlice& ts) {  // h_T, before the next layer overwrites
+        for (int64_t r = 0; r < B; ++r)
+          std::copy_n(sv.hseq + T * BP + r * Pk + ts.j0, ts.n(),
+                      infer_last_ + h_at + r * Pk + ts.j0);
+      });
+      // The next layer's s0 goes into the same ring, split by its own width: every copy first.
+#pragma omp barrier
+      xk = sv.hseq + BP;  // h_1 .. h_T [T,B,P_k] feed the next layer
     }
   }
 }

@@ -16,12 +16,19 @@ template <class Real>
 class LstmStack {
  public:
   LstmStack(int64_t X, int64_t H, int64_t L);
-  // Per-layer widths (ModelConfig::hidden): layer k is widths[k] wide. States (h0, s0, dh0, ds0,
-  // dh_n, ds_n) are then the layers' [B, H_k] blocks one after another; the uniform case is the
-  // [L,B,H] above.
-  LstmStack(int64_t X, std::vector<int64_t> widths);
+  // Per-layer widths (ModelConfig::hidden): layer k's cell is widths[k] wide; with proj > 0
+  // (ModelConfig::proj) every layer's output h is (o tanh s) W_hr^T, proj wide. States are then
+  // the layers' blocks one after another: h (h0, dh0, dh_n) [B, out_width(k)] blocks, s (s0, ds0,
+  // ds_n) [B, H_k] blocks; the uniform case is the [L,B,H] above.
+  LstmStack(int64_t X, std::vector<int64_t> widths, int64_t proj = 0);
   int64_t width(int64_t k) const { return Hk_[static_cast<size_t>(k)]; }
-  int64_t state_offset(int64_t k, int64_t B) const {
+  int64_t out_width(int64_t k) const { return proj_ > 0 ? proj_ : width(k); }
+  int64_t h_offset(int64_t k, int64_t B) const {
+    int64_t o = 0;
+    for (int64_t j = 0; j < k; ++j) o += B * out_width(j);
+    return o;
+  }
+  int64_t s_offset(int64_t k, int64_t B) const {
     int64_t o = 0;
     for (int64_t j = 0; j < k; ++j) o += B * width(j);
     return o;
@@ -38,10 +45,12 @@ class LstmStack {
   // x [T,B,X]; w [L]; h0, s0 [L,B,H] or null (zeros). Saves what backward needs.
   void forward(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0,
                int64_t T, int64_t B);
-  const Real* output() const {  // [T,B,H_top] top h_1..h_T
-    return saved_[L_ - 1].hseq + B_ * width(L_ - 1);
+  const Real* output() const {  // [T,B,out_width(L-1)] top h_1..h_T
+    return saved_[L_ - 1].hseq + B_ * out_width(L_ - 1);
   }
-  const Real* h_last(int64_t k) const { return saved_[k].hseq + T_ * B_ * width(k); }  // [B,H_k]
+  const Real* h_last(int64_t k) const {  // [B,out_width(k)]
+    return saved_[k].hseq + T_ * B_ * out_width(k);
+  }
   const Real* s_last(int64_t k) const { return saved_[k].sseq + T_ * B_ * width(k); }  // [B,H_k]
 
   // Backward of the last forward (same x and w). dh_top [T,B,H]: dL/dh_t from above the stack.
@@ -53,7 +62,8 @@ class LstmStack {
                 const Real* ds_n = nullptr);
 
   size_t arena_bytes() const {
-    return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() + ln_seq_.size()) *
+    return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() + ln_seq_.size() +
+            proj_seq_.size()) *
            sizeof(Real);
   }
 
@@ -63,14 +73,14 @@ class LstmStack {
   // not apply; backward() does not follow it. Sizes and arguments as forward's.
   void infer(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0, int64_t T,
              int64_t B);
-  const Real* infer_output() const {  // [T,B,H_top]
-    return infer_h_[(L_ - 1) % 2] + infer_B_ * width(L_ - 1);
+  const Real* infer_output() const {  // [T,B,out_width(L-1)]
+    return infer_h_[(L_ - 1) % 2] + infer_B_ * out_width(L_ - 1);
   }
-  const Real* infer_h_last(int64_t k) const {  // [B,H_k]
-    return infer_last_ + state_offset(k, infer_B_);
+  const Real* infer_h_last(int64_t k) const {  // [B,out_width(k)]
+    return infer_last_ + h_offset(k, infer_B_);
   }
-  const Real* infer_s_last(int64_t k) const {  // [B,H]
-    return infer_last_ + state_offset(L_, infer_B_) + state_offset(k, infer_B_);
+  const Real* infer_s_last(int64_t k) const {  // [B,H_k]
+    return infer_last_ + h_offset(L_, infer_B_) + s_offset(k, infer_B_);
   }
   size_t infer_bytes() const { return infer_arena_.size() * sizeof(Real); }
 
@@ -96,7 +106,7 @@ class LstmStack {
   // Zoneout (Krueger et al.; lstm_layer.hpp): the rates of every layer, p_h on h and p_s on s,
   // in [0, 1); 0 and 0: none. A forward without masks, and infer, use the expectation.
   void set_zoneout(double p_h, double p_s) { zone_p_h_ = p_h, zone_p_s_ = p_s; }
-  // Layer norm (cpu/ln_layer.hpp): the forwards that follow keep its buffers; every layer's
+  // Layer norm (cpu/row_layer.hpp): the forwards that follow keep its buffers; every layer's
   // LayerWeights::ln must then be set (and LayerGrads::dln in backward).
   void set_layer_norm(bool on) { layer_norm_ = on; }
   // Masks for the next forward: h[k], s[k] [T,B,H] of 0 and 1 (1: the unit keeps its previous
@@ -112,8 +122,9 @@ class LstmStack {
  private:
   void reserve(int64_t T, int64_t B);
 
-  int64_t X_, H_, L_;        // H_: the widest layer (buffers are sized for it)
+  int64_t X_, H_, L_;        // H_: the widest layer or projection (buffers are sized for it)
   std::vector<int64_t> Hk_;  // each layer's width
+  int64_t proj_ = 0;         // the projection's width P; 0: none
   int threads_ = 0;
   int team_ = 1;         // the shares of the last forward
   int running_cap_ = 0;  // set_team's running
@@ -148,6 +159,10 @@ class LstmStack {
   // [T,B,4H] and ln_dy [T,B,H] shared by the layers (backward runs one at a time)
   std::vector<Real> ln_seq_;
   std::vector<Real> infer_ln_;  // infer's: one layer's ln_x, ln_h, ln_s, ln_r
+  // the projection's buffers: [L] of mseq [T,B,H]; then proj_dh [T,B,P] and proj_dm [T,B,H]
+  // shared by the layers (backward runs one at a time). infer_proj_: one layer's mseq.
+  std::vector<Real> proj_seq_;
+  std::vector<Real> infer_proj_;
   // Boundary k's mask and its period in rows (apply_mask_rows): locked [B,H] or per position.
   const Real* mask_of(int64_t k) {
     return locked_used_ ? locked_[static_cast<size_t>(k)] : drop_mask(k);

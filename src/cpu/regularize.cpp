@@ -80,19 +80,19 @@ void draw_masks(Masks<Real>& m, const ModelConfig& cfg, const Regularization& r,
     m.in.clear();
   m.hid.resize(r.dropout_hid > 0 ? static_cast<size_t>(L - 1) : 0);
   for (int64_t k = 0; k + 1 < L && r.dropout_hid > 0; ++k)
-    fill_locked(m.hid[static_cast<size_t>(k)], B, cfg.width(k), first, total, r.dropout_hid, seed,
-                kSiteHid + static_cast<uint64_t>(k));
+    fill_locked(m.hid[static_cast<size_t>(k)], B, cfg.out_width(k), first, total, r.dropout_hid,
+                seed, kSiteHid + static_cast<uint64_t>(k));
   if (r.dropout_out > 0)
     fill_locked(m.out, B, H, first, total, r.dropout_out, seed, kSiteOut);
   else
     m.out.clear();
   m.rec.resize(r.dropout_rec > 0 ? static_cast<size_t>(L) : 0);
   for (int64_t k = 0; k < L && r.dropout_rec > 0; ++k)
-    fill_locked(m.rec[static_cast<size_t>(k)], B, cfg.width(k), first, total, r.dropout_rec, seed,
-                kSiteRec + static_cast<uint64_t>(k));
+    fill_locked(m.rec[static_cast<size_t>(k)], B, cfg.out_width(k), first, total, r.dropout_rec,
+                seed, kSiteRec + static_cast<uint64_t>(k));
   m.weight.resize(r.weight_drop > 0 ? static_cast<size_t>(L) : 0);
   for (int64_t k = 0; k < L && r.weight_drop > 0; ++k)
-    fill(m.weight[static_cast<size_t>(k)], 4 * cfg.width(k) * cfg.width(k), r.weight_drop, seed,
+    fill(m.weight[static_cast<size_t>(k)], 4 * cfg.width(k) * cfg.out_width(k), r.weight_drop, seed,
          kSiteWeight + static_cast<uint64_t>(k));
 }
 
@@ -105,7 +105,7 @@ void draw_zoneout(Masks<Real>& m, const ModelConfig& cfg, int64_t T, int64_t B, 
     masks->resize(p > 0 ? static_cast<size_t>(L) : 0);
     for (int64_t k = 0; k < L && p > 0; ++k) {
       std::vector<Real>& v = (*masks)[static_cast<size_t>(k)];
-      const int64_t H = cfg.width(k);
+      const int64_t H = masks == &m.zone_h ? cfg.out_width(k) : cfg.width(k);  // on h or on s
       v.resize(static_cast<size_t>(T * B * H));
       cpu::dropout_mask(v.data(), T, B, H, cpu::StreamShard{first, total}, p, seed,
                         site + static_cast<uint64_t>(k));

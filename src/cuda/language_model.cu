@@ -298,8 +298,12 @@ LanguageModel::LanguageModel(const ModelConfig& cfg) {
   if (cfg.tie_weights)
     throw InputError(
         "--device cuda: the CUDA engine does not support --tie-weights yet (use --device cpu)");
+  if (cfg.proj > 0)
+    throw InputError(
+        "--device cuda: the CUDA engine does not support --proj yet (use --device cpu)");
   if (!cfg.hidden.empty())
     throw InputError(
+
         "--device cuda: the CUDA engine does not support per-layer hidden sizes yet (use "
         "--device cpu)");
   if (cfg.layer_norm)

@@ -47,13 +47,16 @@ ModelConfig infer_config(const TensorFile& f, const std::string& file) {
                            shape_str(hh->shape.size() != 2 ? hh->shape : ih->shape)));
   c.L = 0;
   while (f.find(fmt::format("rnn.weight_ih_l{}", c.L))) ++c.L;
-  // each layer's width from its weight_hh [4 H_k, H_k]; the top one is H
+  // each layer's width from its weight_hh [4 H_k, H_k]; the top one is H. With a projection
+  // (PyTorch's proj_size) from its weight_hr [P, H_k], and H is P.
+  const Tensor* hr = f.find("rnn.weight_hr_l0");
+  c.proj = hr && hr->shape.size() == 2 ? hr->shape[0] : 0;
   for (int64_t k = 0; k < c.L; ++k) {
-    const Tensor* w = f.find(fmt::format("rnn.weight_hh_l{}", k));
+    const Tensor* w = f.find(fmt::format("rnn.weight_{}_l{}", hr ? "hr" : "hh", k));
     c.hidden.push_back(w && w->shape.size() == 2 ? w->shape[1] : hh->shape[1]);
   }
-  c.H = c.hidden.empty() ? hh->shape[1] : c.hidden.back();
-  bool uniform = true;
+  c.H = c.proj > 0 ? c.proj : c.hidden.empty() ? hh->shape[1] : c.hidden.back();
+  bool uniform = c.proj == 0;
   for (int64_t w : c.hidden) uniform = uniform && w == c.H;
   if (uniform) c.hidden.clear();
   const Tensor* enc = f.find("encoder.weight");
@@ -135,6 +138,12 @@ ModelConfig config_from_json(const std::string& text, const std::string& file) {
       c.hidden.push_back(w.get<int64_t>());
     }
   }
+  if (j.contains("proj")) {  // absent: no projection (files written before it)
+    const json& p = j["proj"];
+    if (!p.is_number_integer() || p.get<int64_t>() < 1)
+      bad_config(file, fmt::format("key 'proj' must be an integer >= 1, got {}", p.dump()));
+    c.proj = p.get<int64_t>();
+  }
   if (j.contains("layer_norm")) {  // absent: no layer norm (files written before it)
     if (!j["layer_norm"].is_boolean())
       bad_config(file, fmt::format("key 'layer_norm' must be true or false, got {}",
@@ -164,9 +173,11 @@ std::string config_to_json(const ModelConfig& c) {
   if (c.zoneout_h > 0) j["zoneout_h"] = c.zoneout_h;  // and files without zoneout
   if (c.zoneout_s > 0) j["zoneout_s"] = c.zoneout_s;
   if (c.layer_norm) j["layer_norm"] = true;
-  bool uniform = true;
+  if (c.proj > 0) j["proj"] = c.proj;  // with `hidden` always: the cells' widths
+  bool uniform = c.proj == 0;
   for (int64_t w : c.hidden) uniform = uniform && w == c.H;
   if (!uniform) j["hidden"] = c.hidden;  // files of uniform models stay as they were
+
   return j.dump();
 }
 
@@ -288,6 +299,12 @@ void expect_shape(const Tensor& t, const std::vector<int64_t>& want, const std::
                            t.name, shape_str(t.shape), shape_str(want), what));
 }
 
+// A state's shape (state_shape) described for messages: "[L=2, B=3, H=4]", or the flat size.
+std::string state_what(const std::vector<int64_t>& shape) {
+  if (shape.size() == 3) return fmt::format("[L={}, B={}, H={}]", shape[0], shape[1], shape[2]);
+  return fmt::format("the layers' [B, H_k] blocks, {} values", shape[0]);
+}
+
 template <class Real>
 std::vector<Real> float_tensor(const Tensor& t, const std::string& file) {
   if (!io::is_float(t.dtype))
@@ -339,8 +356,8 @@ Batch<Real> load_batch(const std::filesystem::path& path, const ModelConfig& cfg
   for (const char* name : {"h0", "s0"}) {
     const Tensor* t = f.find(name);
     if (!t) continue;
-    expect_shape(*t, {cfg.L, b.B, cfg.H}, fmt::format("[L={}, B={}, H={}]", cfg.L, b.B, cfg.H),
-                 file);
+    const std::vector<int64_t> shape = state_shape(cfg, b.B, std::string(name) == "h0");
+    expect_shape(*t, shape, state_what(shape), file);
     (std::string(name) == "h0" ? b.h0 : b.s0) = float_tensor<Real>(*t, file);
   }
   for (const Tensor& t : f.tensors)
@@ -364,8 +381,8 @@ void save_batch(const std::filesystem::path& path, const ModelConfig& cfg, const
     f.add(io::make_tensor("target_probs", {b.T, b.B, cfg.V}, b.target_probs));
   else
     f.add(io::make_tensor("target", {b.T, b.B}, b.target));
-  if (!b.h0.empty()) f.add(io::make_tensor("h0", {cfg.L, b.B, cfg.H}, b.h0));
-  if (!b.s0.empty()) f.add(io::make_tensor("s0", {cfg.L, b.B, cfg.H}, b.s0));
+  if (!b.h0.empty()) f.add(io::make_tensor("h0", state_shape(cfg, b.B, true), b.h0));
+  if (!b.s0.empty()) f.add(io::make_tensor("s0", state_shape(cfg, b.B, false), b.s0));
   io::write_safetensors(path, f);
 }
 
@@ -381,12 +398,14 @@ void save_gradients(const std::filesystem::path& path, const ModelConfig& cfg, i
     f.add(io::make_tensor(p.name, p.shape, v));
   }
   f.add(io::make_tensor("loss", {}, std::vector<double>{g.loss}));
-  const std::vector<int64_t> state{cfg.L, B, cfg.H};
-  f.add(io::make_tensor("h_n", state, g.h_n));
-  f.add(io::make_tensor("s_n", state, g.s_n));
+  const std::vector<int64_t> h_state = state_shape(cfg, B, true);
+  const std::vector<int64_t> s_state = state_shape(cfg, B, false);
+  f.add(io::make_tensor("h_n", h_state, g.h_n));
+  f.add(io::make_tensor("s_n", s_state, g.s_n));
   if (!g.dinput.empty()) f.add(io::make_tensor("grad.input", {T, B, cfg.X}, g.dinput));
-  if (!g.dh0.empty()) f.add(io::make_tensor("grad.h0", state, g.dh0));
-  if (!g.ds0.empty()) f.add(io::make_tensor("grad.s0", state, g.ds0));
+  if (!g.dh0.empty()) f.add(io::make_tensor("grad.h0", h_state, g.dh0));
+  if (!g.ds0.empty()) f.add(io::make_tensor("grad.s0", s_state, g.ds0));
+
   io::write_safetensors(path, f);
 }
 

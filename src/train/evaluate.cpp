@@ -13,8 +13,8 @@ StreamLoss evaluate_stream(LanguageModel<Real>& lm, std::span<const Real> params
   const bool part = count > 0;
   Batch<Real> b;
   b.B = part ? count : B;
-  b.h0.assign(static_cast<size_t>(c.state_offset(c.L, b.B)), Real(0));
-  b.s0 = b.h0;
+  b.h0.assign(static_cast<size_t>(c.h_offset(c.L, b.B)), Real(0));
+  b.s0.assign(static_cast<size_t>(c.s_offset(c.L, b.B)), Real(0));
   std::vector<int64_t> tokens, target;  // the whole window, when this is a part of it
   StreamLoss out;
   for (int64_t k = 0; k < batcher.windows(); ++k) {

@@ -130,8 +130,8 @@ std::vector<int64_t> sample_tokens(const SampleOptions& o, const Model<Real>& m,
   Engine lm(m.cfg);
   Batch<Real> b;
   b.B = 1;
-  b.h0.assign(static_cast<size_t>(m.cfg.state_offset(m.cfg.L, 1)), Real(0));
-  b.s0 = b.h0;
+  b.h0.assign(static_cast<size_t>(m.cfg.h_offset(m.cfg.L, 1)), Real(0));
+  b.s0.assign(static_cast<size_t>(m.cfg.s_offset(m.cfg.L, 1)), Real(0));
   std::mt19937_64 rng(o.seed);
   std::vector<int64_t> out;
   auto feed = [&](std::span<const int64_t> tokens) {  // run the tokens; state carried

@@ -54,6 +54,7 @@ json options_to_json(const TrainOptions& o) {
           {"level", o.level},
           {"layers", o.layers},
           {"hidden", o.hidden_layers.empty() ? json(o.hidden) : json(o.hidden_layers)},
+          {"proj", o.proj},
           {"on_nonfinite", o.on_nonfinite},
           {"peephole", o.peephole},
           {"embed", o.embed},
@@ -214,6 +215,7 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   if (s.has("zoneout_h")) o.zoneout_h = s.number("zoneout_h");  // absent: written before zoneout
   if (s.has("zoneout_s")) o.zoneout_s = s.number("zoneout_s");
   o.layer_norm = s.has("layer_norm") && s.flag("layer_norm");  // absent: written before it
+  if (s.has("proj")) o.proj = s.integer("proj");               // absent: written before projections
   return o;
 }
 
@@ -234,6 +236,11 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
                                    name("--hidden"), o.hidden_layers.size(), o.layers));
     for (int64_t w : o.hidden_layers) positive("--hidden", w);
   }
+  if (o.proj < 0)
+    throw InputError(fmt::format("{}: must be >= 1 (0: none), got {}", name("--proj"), o.proj));
+  if (o.proj > 0 && o.peephole)
+    throw InputError(fmt::format("{} and {}: the projected cell has no peepholes", name("--proj"),
+                                 name("--peephole")));
   // A finite number >= low (> low when `strict`).
   auto number = [&](const char* flag, double v, double low, bool strict, const char* rule) {
     if (!std::isfinite(v) || v < low || (strict && v == low))
@@ -289,6 +296,7 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
                        : o.zoneout_s > 0          ? "--zoneout-s"
                        : o.layer_norm             ? "--layer-norm"
                        : !o.hidden_layers.empty() ? "--hidden (per layer)"
+                       : o.proj > 0               ? "--proj"
                                                   : regularization_flag(o.reg);
     if (flag)
       throw InputError(
@@ -312,10 +320,11 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
         "give one or the other",
         name("--dropout"), name("--dropout-in"), name("--dropout-hid"), name("--dropout-out")));
   validate_regularization(o.reg, {InputKind::embedding, Readout::linear, 1, 1, 1, 1});
-  if (o.tie_weights && o.hidden != o.embed)
+  const int64_t top = o.proj > 0 ? o.proj : o.hidden;  // what the readout reads
+  if (o.tie_weights && top != o.embed)
     throw InputError(fmt::format("{} needs {} (top layer, H) equal to {} (E): got {} and {}",
-                                 name("--tie-weights"), name("--hidden"), name("--embed"), o.hidden,
-                                 o.embed));
+                                 name("--tie-weights"), name(o.proj > 0 ? "--proj" : "--hidden"),
+                                 name("--embed"), top, o.embed));
   if (o.device == "cuda") cuda::require();  // before anything is written
 }
 
@@ -541,6 +550,18 @@ void create_out(const fs::path& out) {
         fmt::format("--out {}: cannot create the folder ({})", out.string(), ec.message()));
 }
 
+// The model's shape from the options: X, H, L, the per-layer widths and the projection
+// (ModelConfig::H is what the top layer outputs: the projection's size when there is one, whose
+// `hidden` then lists every cell's width).
+ModelConfig shape_config(const TrainOptions& o) {
+  ModelConfig c;
+  c.X = o.embed, c.L = o.layers, c.proj = o.proj;
+  c.H = o.proj > 0 ? o.proj : o.hidden;
+  c.hidden = o.hidden_layers;
+  if (o.proj > 0 && c.hidden.empty()) c.hidden.assign(static_cast<size_t>(o.layers), o.hidden);
+  return c;
+}
+
 // a * b + c, or nullopt beyond int64.
 std::optional<int64_t> checked_mul_add(int64_t a, int64_t b, int64_t c) {
   int64_t r = 0;
@@ -554,13 +575,14 @@ std::optional<int64_t> checked_mul_add(int64_t a, int64_t b, int64_t c) {
 template <class Real>
 void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t stored_epochs,
                      const std::string& ck) {
+  const ModelConfig shape = shape_config(o);
   if (c.cfg.input != InputKind::embedding || c.cfg.readout != Readout::linear ||
-      c.cfg.H != o.hidden || c.cfg.L != o.layers || c.cfg.X != o.embed ||
-      c.cfg.hidden != o.hidden_layers)
+      c.cfg.H != shape.H || c.cfg.L != shape.L || c.cfg.X != shape.X ||
+      c.cfg.hidden != shape.hidden || c.cfg.proj != shape.proj)
     throw InputError(fmt::format(
         "{}: the model (__metadata__ 'lstmgrad.config' {}) does not match the stored options "
-        "(hidden {}, layers {}, embed {})",
-        ck, config_to_json(c.cfg), o.hidden, o.layers, o.embed));
+        "(hidden {}, layers {}, embed {}, proj {})",
+        ck, config_to_json(c.cfg), o.hidden, o.layers, o.embed, o.proj));
   if (c.level != o.level)
     throw InputError(
         fmt::format("{}: __metadata__ 'lstmgrad.level' '{}' differs from the stored "
@@ -585,13 +607,17 @@ void check_resumable(const Checkpoint<Real>& c, const TrainOptions& o, int64_t s
         fmt::format("{}: the run uses {} but the checkpoint holds Adam moments "
                     "(tensors 'optimizer.m', 'optimizer.v')",
                     ck, o.optimizer));
-  // the widths' sum fits (validate_config); times the batch, checked
-  const auto S = checked_mul_add(c.cfg.state_offset(c.cfg.L, 1), o.batch, 0);
-  if (!S || static_cast<size_t>(*S) != c.h.size())
-    throw InputError(
-        fmt::format("{}: tensor 'carry.h': {} values, but layers x batch x hidden "
-                    "is {} x {} x {}",
-                    ck, c.h.size(), c.cfg.L, o.batch, c.cfg.H));
+  // the widths' sums fit (validate_config); times the batch, checked
+  for (const auto& [name, carry, per_row] :
+       {std::tuple{"carry.h", &c.h, c.cfg.h_offset(c.cfg.L, 1)},
+        std::tuple{"carry.s", &c.s, c.cfg.s_offset(c.cfg.L, 1)}}) {
+    const auto S = checked_mul_add(per_row, o.batch, 0);
+    if (!S || static_cast<size_t>(*S) != carry->size())
+      throw InputError(
+          fmt::format("{}: tensor '{}': {} values, but the layers' widths ({} in all) x batch {} "
+                      "make {}",
+                      ck, name, carry->size(), per_row, o.batch, S ? *S : -1));
+  }
   const std::string run = ck + ": __metadata__ 'lstmgrad.run_state'";
   if (c.run.epoch - 1 > stored_epochs)
     throw InputError(fmt::format("{}: key 'epoch': {} is past the run's {} epochs", run,
@@ -758,12 +784,12 @@ class Trainer {
     train_ids_ = std::move(t.ids);
     if (!o_.valid.empty()) valid_ids_ = data::read_text(o_.valid, vocab_);
     if (!o_.test.empty()) test_ids_ = data::read_text(o_.test, vocab_);
-    cfg_ = {InputKind::embedding, Readout::linear, vocab_.size(), o_.embed, o_.hidden, o_.layers,
-            o_.peephole};
+    cfg_ = shape_config(o_);
+    cfg_.input = InputKind::embedding, cfg_.readout = Readout::linear, cfg_.V = vocab_.size();
+    cfg_.peephole = o_.peephole;
     cfg_.tie_weights = o_.tie_weights;
     cfg_.zoneout_h = o_.zoneout_h, cfg_.zoneout_s = o_.zoneout_s;
     cfg_.layer_norm = o_.layer_norm;
-    cfg_.hidden = o_.hidden_layers;
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
@@ -783,9 +809,9 @@ class Trainer {
     // This rank's streams of the batch: [first, first + B/ranks) (validate_options: B divides).
     const int64_t B = o_.batch / ranks_;
     if (ranks_ > 1) lm_->set_stream_shard(rank_ * B, o_.batch);
-    const size_t S = static_cast<size_t>(cfg_.state_offset(cfg_.L, B));
     batch_.B = B;
-    batch_.h0.assign(S, Real(0)), batch_.s0.assign(S, Real(0));
+    batch_.h0.assign(static_cast<size_t>(cfg_.h_offset(cfg_.L, B)), Real(0));
+    batch_.s0.assign(static_cast<size_t>(cfg_.s_offset(cfg_.L, B)), Real(0));
   }
 
   // This rank's streams of a [T, o_.batch] window: [T, B/ranks] (the tokens or the targets).
@@ -797,29 +823,37 @@ class Trainer {
       std::copy_n(whole.begin() + t * o_.batch + first, B, mine.begin() + t * B);
   }
 
-  // The state carried into the next window, layer blocks [o_.batch, H_k], from every rank's part
-  // [B/ranks, H_k] of each (`mine`): each rank's rows in place, zeros elsewhere, summed (x + 0 is
-  // exact).
-  std::vector<Real> whole_state(const std::vector<Real>& mine) {
+  // Layer k's width in the carried h (is_h) or s.
+  int64_t state_width(bool is_h, int64_t k) const {
+    return is_h ? cfg_.out_width(k) : cfg_.width(k);
+  }
+  int64_t state_offset(bool is_h, int64_t k, int64_t B) const {
+    return is_h ? cfg_.h_offset(k, B) : cfg_.s_offset(k, B);
+  }
+
+  // The state h (is_h) or s carried into the next window, layer blocks [o_.batch, width], from
+  // every rank's part [B/ranks, width] of each (`mine`): each rank's rows in place, zeros
+  // elsewhere, summed (x + 0 is exact).
+  std::vector<Real> whole_state(const std::vector<Real>& mine, bool is_h) {
     if (ranks_ == 1) return mine;
     const int64_t B = batch_.B;
-    std::vector<Real> whole(static_cast<size_t>(cfg_.state_offset(cfg_.L, o_.batch)), Real(0));
+    std::vector<Real> whole(static_cast<size_t>(state_offset(is_h, cfg_.L, o_.batch)), Real(0));
     for (int64_t l = 0; l < cfg_.L; ++l) {
-      const int64_t H = cfg_.width(l);
-      std::copy_n(mine.begin() + cfg_.state_offset(l, B), B * H,
-                  whole.begin() + cfg_.state_offset(l, o_.batch) + rank_ * B * H);
+      const int64_t H = state_width(is_h, l);
+      std::copy_n(mine.begin() + state_offset(is_h, l, B), B * H,
+                  whole.begin() + state_offset(is_h, l, o_.batch) + rank_ * B * H);
     }
     world_.sum(std::span<Real>(whole), "the carried state");
     return whole;
   }
 
-  // This rank's part of a whole carried state (a checkpoint's).
-  void take_state(const std::vector<Real>& whole, std::vector<Real>& mine) const {
+  // This rank's part of a whole carried state h (is_h) or s (a checkpoint's).
+  void take_state(const std::vector<Real>& whole, std::vector<Real>& mine, bool is_h) const {
     const int64_t B = batch_.B;
     for (int64_t l = 0; l < cfg_.L; ++l) {
-      const int64_t H = cfg_.width(l);
-      std::copy_n(whole.begin() + cfg_.state_offset(l, o_.batch) + rank_ * B * H, B * H,
-                  mine.begin() + cfg_.state_offset(l, B));
+      const int64_t H = state_width(is_h, l);
+      std::copy_n(whole.begin() + state_offset(is_h, l, o_.batch) + rank_ * B * H, B * H,
+                  mine.begin() + state_offset(is_h, l, B));
     }
   }
 
@@ -925,13 +959,16 @@ class Trainer {
     if (c.cfg.V != cfg_.V || c.cfg.H != cfg_.H || c.cfg.L != cfg_.L || c.cfg.X != cfg_.X ||
         c.cfg.peephole != cfg_.peephole || c.cfg.tie_weights != cfg_.tie_weights ||
         c.cfg.zoneout_h != cfg_.zoneout_h || c.cfg.zoneout_s != cfg_.zoneout_s ||
-        c.cfg.layer_norm != cfg_.layer_norm || c.cfg.hidden != cfg_.hidden)
+        c.cfg.layer_norm != cfg_.layer_norm || c.cfg.hidden != cfg_.hidden ||
+        c.cfg.proj != cfg_.proj)
       throw InputError(fmt::format("--resume {}: the checkpoint's model does not match its options",
                                    o_.out.string()));
-    const size_t S = static_cast<size_t>(cfg_.state_offset(cfg_.L, o_.batch));
-    if (c.h.size() != S || c.s.size() != S)
-      throw InputError(fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values for {}",
-                                   ck, c.h.size(), c.s.size(), S));
+    const size_t Sh = static_cast<size_t>(cfg_.h_offset(cfg_.L, o_.batch));
+    const size_t Ss = static_cast<size_t>(cfg_.s_offset(cfg_.L, o_.batch));
+    if (c.h.size() != Sh || c.s.size() != Ss)
+      throw InputError(
+          fmt::format("{}: tensors 'carry.h' and 'carry.s': {} and {} values for {} and {}", ck,
+                      c.h.size(), c.s.size(), Sh, Ss));
     const std::string run = ck + ": __metadata__ 'lstmgrad.run_state'";
     if (o_.bptt_jitter) {  // windows of drawn lengths: the position in the streams
       if (c.run.offset > stream_positions)
@@ -956,6 +993,8 @@ class Trainer {
     if (fs::exists(best)) {
       Model<Real> m = load_model<Real>(best);
       if (m.cfg.V != cfg_.V || m.cfg.H != cfg_.H || m.cfg.L != cfg_.L || m.cfg.X != cfg_.X ||
+          m.cfg.hidden != cfg_.hidden || m.cfg.proj != cfg_.proj ||
+
           m.cfg.input != cfg_.input || m.cfg.readout != cfg_.readout)
         throw InputError(fmt::format("{}: its model ({}) is not the checkpoint's ({})",
                                      best.string(), config_to_json(m.cfg), config_to_json(cfg_)));
@@ -969,7 +1008,8 @@ class Trainer {
     if (!c.ax.empty()) opt_->set_averaging(c.ax, c.run.asgd_steps, c.run.asgd_eta);
     opt_->set_steps(c.optimizer_steps);
     grad_.assign(params_.size(), Real(0));
-    take_state(c.h, batch_.h0), take_state(c.s, batch_.s0);
+    take_state(c.h, batch_.h0, true), take_state(c.s, batch_.s0, false);
+
     run_ = c.run;
     progress_.line(fmt::format("resuming {} at epoch {}, window {}, update {}", o_.out.string(),
                                run_.epoch, run_.window, run_.step));
@@ -1277,7 +1317,8 @@ class Trainer {
       if constexpr (std::is_same_v<Real, float>) gpu_->get_carried_state(batch_.h0, batch_.s0);
     }
     require_finite_parameters();
-    std::vector<Real> h = whole_state(batch_.h0), s = whole_state(batch_.s0);
+    std::vector<Real> h = whole_state(batch_.h0, true), s = whole_state(batch_.s0, false);
+
     if (ranks_ > 1) require_same_model();
     std::ostringstream rng;
     rng << rng_;
