@@ -19,6 +19,7 @@
 #include "phrases.hpp"
 #include "resume_runs.hpp"
 #include "tensor_files.hpp"
+#include "variant_checks.hpp"
 
 namespace lstmgrad::test {
 namespace {
@@ -75,12 +76,6 @@ TEST(Projection, ModelFilesStoreAndInferIt) {
   EXPECT_EQ(bare.params, params);
 }
 
-struct Variant {
-  std::string name;
-  ModelConfig cfg;
-  Regularization reg;
-};
-
 std::vector<Variant> variants() {
   Regularization all;
   all.dropout_in = 0.3, all.dropout_hid = 0.25, all.dropout_out = 0.3, all.dropout_emb = 0.1;
@@ -106,60 +101,20 @@ class ProjectionCheck : public ::testing::TestWithParam<Variant> {};
 // Tolerances as test_regularize.cpp's (tape 1e-10, finite differences 1e-6; step 1e-4 with layer
 // norm, CheckOptions::fd_step).
 TEST_P(ProjectionCheck, HandMatchesTapeAndFiniteDifferences) {
-  CheckOptions o;
-  o.cfg = GetParam().cfg, o.reg = GetParam().reg;
-  o.T = 5, o.B = 3, o.seed = 3;
-  if (o.cfg.layer_norm) o.fd_step = 1e-4;
-  const CheckReport r = run_check(o);
-  for (const CheckRow& row : r.rows) {
-    EXPECT_TRUE(row.ok) << row.tensor << ": tape " << row.tape_rel << ", fd " << row.fd_rel;
-    EXPECT_GT(row.max_abs, 0) << row.tensor;
-  }
-  EXPECT_TRUE(r.ok);
+  expect_check_agrees(GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ProjectionCheck, ::testing::ValuesIn(variants()),
                          [](const ::testing::TestParamInfo<Variant>& p) { return p.param.name; });
 
-// float32 against float64 with a carried-in state (h blocks [B,P], s blocks [B,H_k]), 2 threads,
-// zoneout: 1e-4 of each tensor's scale (the float32 golden tolerance); infer's final states are
-// forward's.
+// float32 against float64 (variant_checks.hpp) with a carried-in state (h blocks [B,P], s blocks
+// [B,H_k]), zoneout and the regularisers on h.
 TEST(Projection, Float32MatchesFloat64) {
   ModelConfig cfg{InputKind::embedding, Readout::linear, 90, 24, 24, 3, false, true};
   cfg.hidden = {48, 40, 32}, cfg.proj = 24, cfg.zoneout_s = 0.1;
-  std::mt19937_64 rng(4);
-  const std::vector<double> params = uniform(parameter_count(cfg), rng, -0.2, 0.2);
-  Batch<double> b;
-  b.T = 7, b.B = 5;
-  std::uniform_int_distribution<int64_t> id(0, cfg.V - 1);
-  for (int64_t k = 0; k < b.T * b.B; ++k) b.tokens.push_back(id(rng)), b.target.push_back(id(rng));
-  b.h0 = uniform(static_cast<size_t>(cfg.h_offset(cfg.L, b.B)), rng, -0.5, 0.5);
-  b.s0 = uniform(static_cast<size_t>(cfg.s_offset(cfg.L, b.B)), rng, -0.5, 0.5);
-  Batch<float> f;
-  f.T = b.T, f.B = b.B, f.tokens = b.tokens, f.target = b.target;
-  f.h0 = cast<float>(b.h0), f.s0 = cast<float>(b.s0);
-  LanguageModel<double> ref(cfg);
-  LanguageModel<float> lm(cfg);
-  lm.set_threads(2);
-  const std::vector<float> fparams = cast<float>(params);
-  const double want = ref.forward(params, b, Reduction::mean);
-  EXPECT_NEAR(lm.forward(fparams, f, Reduction::mean), want, 1e-4 * want);
-  std::vector<double> g(params.size(), 0.0), dh0(b.h0.size()), ds0(b.s0.size());
-  std::vector<float> fg(params.size(), 0.0f), fdh0(b.h0.size()), fds0(b.s0.size());
-  ref.backward(g, params, b, nullptr, dh0.data(), ds0.data());
-  lm.backward(fg, fparams, f, nullptr, fdh0.data(), fds0.data());
-  for (const ParamInfo& p : parameter_layout(cfg)) {
-    const std::vector<float> x(fg.begin() + p.offset, fg.begin() + p.offset + p.size);
-    const std::vector<double> y(g.begin() + p.offset, g.begin() + p.offset + p.size);
-    EXPECT_TRUE(close(p.name, x, y, 1e-4));
-  }
-  EXPECT_TRUE(close("dh0", fdh0, dh0, 1e-4));
-  EXPECT_TRUE(close("ds0", fds0, ds0, 1e-4));
-  const std::vector<double> h_n(ref.h_n().begin(), ref.h_n().end());
-  const std::vector<double> s_n(ref.s_n().begin(), ref.s_n().end());
-  ref.infer(params, b, Reduction::mean);
-  EXPECT_EQ(std::vector<double>(ref.h_n().begin(), ref.h_n().end()), h_n);
-  EXPECT_EQ(std::vector<double>(ref.s_n().begin(), ref.s_n().end()), s_n);
+  Regularization reg;
+  reg.dropout_hid = 0.2, reg.dropout_rec = 0.2, reg.weight_drop = 0.4, reg.ar = 1, reg.tar = 1;
+  expect_float32_matches_float64(cfg, reg, 4);
 }
 
 // `train --proj 8` (= --embed, tied): a stopped and resumed run gives the uninterrupted run's
