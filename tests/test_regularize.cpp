@@ -178,7 +178,9 @@ INSTANTIATE_TEST_SUITE_P(Each, Regularized, ::testing::ValuesIn(cases()),
 // V = 120), with 4 threads: AWD's combination, tied; then with recurrent dropout as well; then
 // with zoneout too. 1e-4 as above (the float32 golden tests' tolerance; measured: at most 5e-7
 // relative).
-// Then the layer-normalised cell with all of it (its own row-split path, row_layer.cpp).
+// Then the layer-normalised cell with all of it (its own row-split path, row_layer.cpp); AWD's
+// combination with per-layer widths (70, 90, 48); and projected to P = 48 (cells 70, 64, 56: the
+// row-split path again).
 class RegularizeFused : public ::testing::TestWithParam<int> {};
 
 TEST_P(RegularizeFused, Float32FusedKernelsMatchFloat64) {
