@@ -189,6 +189,46 @@ TEST(Mpi, RepeatedRunsAreBitIdentical) {
   }
 }
 
+// --comm-overlap (the default: each piece of the gradient's sum starts as soon as the backward
+// has made it final) against off (every piece after the backward), and a job whose rank 0 overlaps
+// and rank 1 does not: the same pieces in the same order, so the same bits, float32 and float64.
+// The untied readout (its own piece) with dropout; the tied AWD model with weight drop (applied
+// layer by layer, before the layer's piece starts) on the row-split layer (layer norm); 2 and 3
+// processes.
+TEST(Mpi, OverlappedSumsGiveTheSameBits) {
+  REQUIRE_MPI();
+  Corpus c;
+  const std::string awd =
+      " --layers 2 --hidden 12,8 --embed 8 --seq 10 --batch 6 --clip 0.5 --quiet --threads 1"
+      " --dropout-in 0.3 --dropout-hid 0.3 --dropout-out 0.3 --weight-drop 0.5 --ar 2 --tar 1"
+      " --tie-weights --layer-norm";
+  const std::string bin = std::string(LSTMGRAD_CLI_PATH) + " train";
+  for (const auto& [model, n] : {std::pair{kModel, 2}, std::pair{awd, 3}})
+    for (const char* dtype : {"f32", "f64"}) {
+      SCOPED_TRACE(std::string(dtype) + " np " + std::to_string(n) + model);
+      const std::string run = c.data() + model + " --epochs 2 --dtype " + dtype;
+      auto out = [&](const char* name) { return " --out " + (c.dir / name).string(); };
+      const std::string on = mpirun(n) + bin + run + out("on"),
+                        off = mpirun(n) + bin + run + " --comm-overlap off" + out("off"),
+                        mixed = mpirun(1) + bin + run + out("mixed") + " : -np " +
+                                std::to_string(n - 1) + " " + bin + run + " --comm-overlap off" +
+                                out("mixed");
+      for (const std::string& command : {on, off, mixed}) {
+        const CliResult r = run_shell(command);
+        ASSERT_EQ(r.rc, 0) << command << "\n" << r.err;
+      }
+      for (const char* other : {"off", "mixed"}) {
+        EXPECT_TRUE(
+            same_tensors(c.dir / "on" / "model.safetensors", c.dir / other / "model.safetensors"))
+            << other;
+        EXPECT_TRUE(same_tensors(c.dir / "on" / "checkpoint.safetensors",
+                                 c.dir / other / "checkpoint.safetensors"))
+            << other;
+      }
+      for (const char* name : {"on", "off", "mixed"}) fs::remove_all(c.dir / name);
+    }
+}
+
 // AWD-LSTM's loop on 2 processes: the jitter draws, the NT-ASGD switch and the average are the
 // same as on one process (every rank draws from the same generator and applies the same update),
 // within the same 1e-10 as above.

@@ -26,6 +26,16 @@ class Collective {
   virtual void sum(std::span<float> data, const char* what) = 0;
   virtual void sum(std::span<double> data, const char* what) = 0;
 
+  // A sum that overlaps other work: start_sum begins summing `data` as sum() does (the same
+  // bits) and returns; progress() moves the started sums along without waiting (call it now and
+  // then while computing); finish_sums() waits until every started sum is complete. `data` must
+  // stay untouched until then. Every rank starts the same sums, of the same lengths, in the same
+  // order. The defaults sum at once (a transport without non-blocking messages).
+  virtual void start_sum(std::span<float> data, const char* what) { sum(data, what); }
+  virtual void start_sum(std::span<double> data, const char* what) { sum(data, what); }
+  virtual void progress() {}
+  virtual void finish_sums() {}
+
   // Every rank's `mine` (the same length on every rank), concatenated in rank order, on every
   // rank.
   virtual std::vector<std::byte> all_gather(std::span<const std::byte> mine, const char* what) = 0;

@@ -19,6 +19,22 @@
 
 namespace lstmgrad {
 
+// Told during LanguageModel::backward which part of the gradient is final, so that a caller can
+// start sending it (data-parallel training: docs/scaling.md) while the rest is computed. Both
+// run on the thread that called backward, while the engine's other threads work on.
+class GradientListener {
+ public:
+  virtual ~GradientListener() = default;
+  // grad[from, grad.size()) holds its final value for this backward. Called with decreasing
+  // `from`: after the readout (its tensors; with tied weights its bias alone), then after each
+  // layer from the top down (the layer's tensors, the ones after them already told). The
+  // embedding's gradient is final when backward returns.
+  virtual void final_from(size_t from) = 0;
+  // Between the time steps of the backward: a moment for the caller's own work (keep it short:
+  // the other threads may wait for this one at the next step).
+  virtual void poll() = 0;
+};
+
 template <class Real>
 class LanguageModel {
  public:
@@ -83,6 +99,9 @@ class LanguageModel {
   // Optional outputs, overwritten: dinput [T,B,X] (dense input only), dh0 and ds0 [L,B,H].
   void backward(std::span<Real> grad, std::span<const Real> params, const Batch<Real>& batch,
                 Real* dinput = nullptr, Real* dh0 = nullptr, Real* ds0 = nullptr);
+  // The listener told during the backward calls that follow (nullptr: none, the default). The
+  // caller keeps it alive while it is set.
+  void set_gradient_listener(GradientListener* listener);
 
   // After backward: the sum of squares of the readout's gradient (decoder.weight and
   // decoder.bias) as it stands in `grad` after that backward, where backward could take it while

@@ -69,6 +69,10 @@ struct TrainOptions {
   int64_t eval_batch = 0;          // validation batch (0 = --batch)
   bool test_sequential = true;     // test with batch 1, as papers report
   bool quiet = false;
+  // On several processes: each piece of the gradient's sum starts as soon as the backward has
+  // made it final (the readout's while the LSTM's backward runs, layer k's while layer k-1's
+  // runs); false: every piece after the backward. The same pieces either way, so the same bits.
+  bool comm_overlap = true;
 };
 
 // Runs (or resumes) training; writes model.safetensors, best.safetensors, checkpoint.safetensors

@@ -122,6 +122,10 @@ void register_train(CLI::App& app) {
                   "job, naming the rank that does not answer")
       ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
+  cmd->add_option("--comm-overlap", o->comm_overlap,
+                  "Under mpirun or srun: start summing each piece of the gradient as soon as the "
+                  "backward has made it final (on), or after the backward (off); the same results")
+      ->capture_default_str();
   cmd->add_option("--out", o->out, "Run folder")->capture_default_str();
   cmd->add_option("--resume", o->resume, "Continue the run in this folder");
   cmd->add_option("--max-steps", o->max_steps, "Stop after this many updates (0: no limit)");

@@ -8,6 +8,11 @@
 // on every rank and every run (MPI_Allreduce promises neither). Every wait polls with a deadline:
 // a rank that died, hangs or was stopped ends the job with a message naming it, instead of
 // leaving the others blocked in a collective forever.
+//
+// Started sums (start_sum, progress, finish_sums) are the same exchange, its two phases driven by
+// polls: the caller starts a sum as soon as a piece of the gradient is final and polls between
+// the steps of the backward that computes the rest, so that the messages travel (and, on a
+// network, the wire works) while the engine computes. Each started sum has tags of its own.
 #include "cli/mpi_collective.hpp"
 
 #include <fmt/format.h>
@@ -21,6 +26,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "lstmgrad/error.hpp"
@@ -79,6 +85,35 @@ class MpiJob final : public Collective {
   void sum(std::span<float> data, const char* what) override { sum_in_order(data, what); }
   void sum(std::span<double> data, const char* what) override { sum_in_order(data, what); }
 
+  void start_sum(std::span<float> data, const char* what) override { begin_sum(data, what); }
+  void start_sum(std::span<double> data, const char* what) override { begin_sum(data, what); }
+
+  // Each started sum whose scatter has arrived: its additions, then its gather posted; each
+  // whose gather has arrived: done. Never waits.
+  void progress() override {
+    for (size_t k = done_; k < active_; ++k) advance(started_[k]);
+    while (done_ < active_ && started_[done_].phase == Phase::done) ++done_;
+  }
+
+  void finish_sums() override {
+    using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
+    for (uint64_t polls = 0; done_ < active_; ++polls) {
+      progress();
+      if (done_ == active_ || polls % 64 != 0) continue;
+      const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (waited < 0.05) continue;
+      if (waited > timeout_) {
+        Started& s = started_[done_];
+        requests_.assign(s.requests.begin(), s.requests.end());
+        peers_.assign(s.peers.begin(), s.peers.end());
+        timed_out(s.what);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    active_ = done_ = 0;
+  }
+
   std::vector<std::byte> all_gather(std::span<const std::byte> mine, const char* what) override {
     const size_t n = mine.size();
     std::vector<std::byte> all(n * static_cast<size_t>(size_));
@@ -97,6 +132,8 @@ class MpiJob final : public Collective {
 
  private:
   static constexpr int kScatterTag = 1, kGatherTag = 2;
+  // Started sums: scatter tags [kStartedTag, + kStartedTags), gather tags the next as many.
+  static constexpr int kStartedTag = 16, kStartedTags = 4096;
   // The largest message in elements (MPI counts are int): longer ones go as several, in order.
   static constexpr size_t kMaxPiece = size_t{1} << 30;
 
@@ -124,12 +161,7 @@ class MpiJob final : public Collective {
     wait(what);
     // rank 0's copy + rank 1's + ... in rank order: the same additions on every run.
     Real* own = data.data() + my0;
-    Real* acc = rank_ == 0 ? own : slots;  // slot 0 holds rank 0's copy
-    for (int q = 1; q < size_; ++q) {
-      const Real* add = q == rank_ ? own : slots + mine * static_cast<size_t>(q);
-      for (size_t k = 0; k < mine; ++k) acc[k] += add[k];
-    }
-    if (acc != own) std::copy_n(acc, mine, own);
+    add_in_rank_order(own, slots, mine);
     start();
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
@@ -141,6 +173,91 @@ class MpiJob final : public Collective {
   }
 
   void start() { requests_.clear(), peers_.clear(); }
+
+  // A started sum: its scatter in flight, then its gather, then done. Its messages carry a tag of
+  // their own (sums in flight at once must not take each other's messages).
+  enum class Phase { scatter, gather, done };
+  struct Started {
+    std::byte* data = nullptr;
+    size_t n = 0;
+    bool is_double = false;
+    const char* what = "";
+    int tag = 0;
+    Phase phase = Phase::scatter;
+    std::vector<MPI_Request> requests;
+    std::vector<int> peers;
+    std::vector<std::byte> slots;  // the other ranks' copies of this rank's chunk
+  };
+
+  template <class Real>
+  void begin_sum(std::span<Real> data, const char* what) {
+    if (size_ == 1) return;
+    // The buffers of the last update's sums are reused: the same pieces come every update.
+    if (active_ == started_.size()) started_.emplace_back();
+    Started& s = started_[active_++];
+    s.data = reinterpret_cast<std::byte*>(data.data()), s.n = data.size();
+    s.is_double = std::is_same_v<Real, double>, s.what = what, s.phase = Phase::scatter;
+    s.tag = kStartedTag + static_cast<int>(next_tag_++ % kStartedTags);
+    const size_t n = data.size(), mine = chunk_begin(n, rank_ + 1) - chunk_begin(n, rank_);
+    s.slots.resize(mine * static_cast<size_t>(size_) * sizeof(Real));
+    Real* slots = reinterpret_cast<Real*>(s.slots.data());
+    start();
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      post_recv(slots + mine * static_cast<size_t>(q), mine, mpi_type<Real>(), q, s.tag);
+      const size_t b = chunk_begin(n, q), e = chunk_begin(n, q + 1);
+      post_send(data.data() + b, e - b, mpi_type<Real>(), q, s.tag);
+    }
+    s.requests.swap(requests_), s.peers.swap(peers_);
+    advance(s);
+  }
+
+  void advance(Started& s) {
+    if (s.phase == Phase::done) return;
+    int arrived = 0;
+    MPI_Testall(static_cast<int>(s.requests.size()), s.requests.data(), &arrived,
+                MPI_STATUSES_IGNORE);
+    if (!arrived) return;
+    if (s.phase == Phase::gather) {
+      s.phase = Phase::done;
+      return;
+    }
+    if (s.is_double) {
+      gather_posted<double>(s);
+    } else {
+      gather_posted<float>(s);
+    }
+  }
+
+  // The scatter of `s` has arrived: this rank's chunk summed in rank order, sent to every rank,
+  // and the other chunks awaited.
+  template <class Real>
+  void gather_posted(Started& s) {
+    Real* data = reinterpret_cast<Real*>(s.data);
+    const size_t n = s.n, my0 = chunk_begin(n, rank_), mine = chunk_begin(n, rank_ + 1) - my0;
+    add_in_rank_order(data + my0, reinterpret_cast<Real*>(s.slots.data()), mine);
+    start();
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      const size_t b = chunk_begin(n, q), e = chunk_begin(n, q + 1);
+      post_recv(data + b, e - b, mpi_type<Real>(), q, s.tag + kStartedTags);
+      post_send(data + my0, mine, mpi_type<Real>(), q, s.tag + kStartedTags);
+    }
+    s.requests.swap(requests_), s.peers.swap(peers_);
+    s.phase = Phase::gather;
+  }
+
+  // own (this rank's copy of its chunk) = rank 0's copy + rank 1's + ... in rank order, the
+  // other ranks' copies in slot q of `slots`.
+  template <class Real>
+  void add_in_rank_order(Real* own, Real* slots, size_t mine) const {
+    Real* acc = rank_ == 0 ? own : slots;  // slot 0 holds rank 0's copy
+    for (int q = 1; q < size_; ++q) {
+      const Real* add = q == rank_ ? own : slots + mine * static_cast<size_t>(q);
+      for (size_t k = 0; k < mine; ++k) acc[k] += add[k];
+    }
+    if (acc != own) std::copy_n(acc, mine, own);
+  }
 
   template <class T>
   void post_recv(T* buf, size_t n, MPI_Datatype type, int peer, int tag) {
@@ -218,6 +335,11 @@ class MpiJob final : public Collective {
   std::vector<MPI_Request> requests_;
   std::vector<int> peers_;  // the rank each request waits on
   std::vector<std::byte> scratch_;
+  // [0, active_) the sums started since the last finish_sums, in order, [0, done_) of them
+  // complete; the entries after active_ keep their buffers for the next ones.
+  std::vector<Started> started_;
+  size_t active_ = 0, done_ = 0;
+  uint64_t next_tag_ = 0;
 };
 
 #endif

@@ -133,7 +133,9 @@ struct LanguageModel<Real>::Impl {
   bool readout_sumsq_ = false;  // the last backward took the fused readout's grad_sumsq
   bool backward_done_ = false;  // the last forward's p is gone (dL/dlogits took its place)
   bool inferred_ = false;       // the last forward was infer: the stack kept nothing
-  std::vector<Real> infer_x0_;  // [T,B,X] infer's embedded input (embedding only)
+  GradientListener* listener_ = nullptr;  // set_gradient_listener's, or none
+  cpu::BackwardHooks hooks_;              // what the stack's backward runs for this model
+  std::vector<Real> infer_x0_;            // [T,B,X] infer's embedded input (embedding only)
   // [T,B,V]: the logits, then p (what probs() returns), then in backward dL/dlogits; sized on use
   mutable std::vector<Real> probs_;
   // The BLAS readout (linear): [ceil(T*B/16),V] per 16-row block, the column sums of p - y
@@ -230,6 +232,11 @@ void LanguageModel<Real>::set_regularization(const Regularization& r, uint64_t s
 template <class Real>
 void LanguageModel<Real>::set_masks(const Masks<Real>& m) {
   impl_->masks_ = m, impl_->explicit_masks_ = true;
+}
+
+template <class Real>
+void LanguageModel<Real>::set_gradient_listener(GradientListener* listener) {
+  impl_->listener_ = listener;
 }
 
 template <class Real>
@@ -684,6 +691,8 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
   } else {
     softmax_xent_backward(dlogits, dlogits, y_probs, y_class, scale, N, V);
   }
+  if (listener_ && offsets_.decoder_bias)  // the readout's tensors (tied: its weight is not)
+    listener_->final_from(cfg_.tie_weights ? *offsets_.decoder_bias : *offsets_.decoder_weight);
   if (reg_on_) regularizer_grad(dh_top);  // AR, on the readout's input
   if (out_mask_) {  // the readout saw top * mask: dL/dtop = dL/d(dropped top) * mask
     cpu::apply_mask_rows(top_grad(), dh_top, out_mask_, H, out_period_, 0, N);
@@ -705,14 +714,21 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
       g[k].dW_hh = wd_grad_.data() + hh_offset(static_cast<int64_t>(k));
   }
   const Real* x = in_mask_ ? dropped_input() : emb ? buf_.x0 : batch.dense.data();
-  stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0);
-  if (wdropped_)
-    for (size_t k = 0; k < g.size(); ++k) {
-      Real* dU = D + offsets_.layers[k].weight_hh;
-      const Real* dUd = wd_grad_.data() + hh_offset(static_cast<int64_t>(k));
-      const Real* M = masks_.weight[k].data();
-      for (size_t i = 0; i < hh_size(static_cast<int64_t>(k)); ++i) dU[i] += dUd[i] * M[i];
+  // As each layer's backward ends (on this thread): weight drop's dL/dU += dL/dU' * M, and the
+  // listener told that the layer's gradient is final.
+  hooks_.layer_done = [this, D](int64_t k) {
+    if (wdropped_) {
+      Real* dU = D + offsets_.layers[static_cast<size_t>(k)].weight_hh;
+      const Real* dUd = wd_grad_.data() + hh_offset(k);
+      const Real* M = masks_.weight[static_cast<size_t>(k)].data();
+      for (size_t i = 0; i < hh_size(k); ++i) dU[i] += dUd[i] * M[i];
     }
+    if (listener_) listener_->final_from(offsets_.layers[static_cast<size_t>(k)].weight_ih);
+  };
+  hooks_.poll = nullptr;
+  if (listener_) hooks_.poll = [this] { listener_->poll(); };
+  stack_->backward(emb ? buf_.dx0 : dinput, g.data(), dh_top, x, w.data(), dh0, ds0, nullptr,
+                   nullptr, &hooks_);
   Real* dx = emb ? buf_.dx0 : dinput;
   if (in_mask_ && dx) cpu::apply_mask_rows(dx, dx, in_mask_, X, in_period_, 0, N);
   if (emb) {  // x_t = encoder.weight[token]: scatter-add the rows of dx (only the rows used)

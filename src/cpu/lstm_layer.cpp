@@ -185,6 +185,7 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
   pack_groups(saved, w.W_hh, tm, T, H, false);
 #pragma omp barrier  // every group packed, dh_rec and ds set by the caller, the shares reset
   for (int64_t t = T - 1; t >= 0; --t) {
+    tm.poll_outside();
     float* dzt = dz + t * B * G;
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
@@ -302,6 +303,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     if (claimed) claimed_backward(dz, dh_rec, ds, dh_out, saved, w, tm, T, B, H);
   }
   for (int64_t t = T - 1; t >= 0 && !claimed; --t) {
+    tm.poll_outside();
     Real* dzt = dz + t * B * G;
     tm.for_shares(H, [&](const TeamSlice& ts) {
       const int64_t j0 = ts.j0, n = ts.n();

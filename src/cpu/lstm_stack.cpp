@@ -158,14 +158,15 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
 template <class Real>
 void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top,
                                const Real* x0, const LayerWeights<Real>* w, Real* dh0, Real* ds0,
-                               const Real* dh_n, const Real* ds_n) {
+                               const Real* dh_n, const Real* ds_n, const BackwardHooks* hooks) {
   const int64_t T = T_, B = B_;
   const int S = team_;  // the forward's shares (its claims are sized for them)
   BlasThreads one(1);
   const TeamCall call(backward_tuner_, S, running_cap_, static_cast<double>(T * B));
 #pragma omp parallel num_threads(call.threads())
   {
-    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S,
+                        hooks && hooks->poll ? &hooks->poll : nullptr};
     const Real* dh_out = dh_top;
     Real* dx_buf = dh_a_;
     for (int64_t k = L_ - 1; k >= 0; --k) {
@@ -200,7 +201,8 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
         for (int64_t r = 0; r < B && ds0; ++r)
           std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + s_at + r * H + ts.j0);
       });
-#pragma omp barrier             // dx complete, dz free, before the layer below starts
+#pragma omp barrier  // dx complete, dz free, before the layer below starts
+      if (hooks && hooks->layer_done && tm.thread == 0) hooks->layer_done(k);
       if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
         const int64_t N = T * B;
         tm.for_shares(I, [&](const TeamSlice& ts) {

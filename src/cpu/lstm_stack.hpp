@@ -5,12 +5,21 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "cpu/dropout.hpp"
 #include "cpu/lstm_layer.hpp"
 
 namespace lstmgrad::cpu {
+
+// What the calling thread (the team's thread 0) runs during a backward besides its share:
+// `poll` between time steps, `layer_done(k)` as soon as layer k's weight gradients are complete
+// (the layers from the top down), while the other threads go on. Either may be empty.
+struct BackwardHooks {
+  std::function<void()> poll;
+  std::function<void(int64_t)> layer_done;
+};
 
 template <class Real>
 class LstmStack {
@@ -57,9 +66,10 @@ class LstmStack {
   // Gradients g [L] accumulated (+=). Optional outputs, overwritten: dx [T,B,X], dh0, ds0 [L,B,H].
   // Optional inputs dh_n, ds_n [L,B,H]: dL/dh_T, dL/ds_T of every layer from outside the stack
   // (null: zeros, nothing flows back from the final state).
+  // `hooks` (or null): what the calling thread also runs during it.
   void backward(Real* dx, const LayerGrads<Real>* g, const Real* dh_top, const Real* x,
                 const LayerWeights<Real>* w, Real* dh0, Real* ds0, const Real* dh_n = nullptr,
-                const Real* ds_n = nullptr);
+                const Real* ds_n = nullptr, const BackwardHooks* hooks = nullptr);
 
   size_t arena_bytes() const {
     return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() + ln_seq_.size() +

@@ -177,9 +177,10 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
 #pragma omp barrier  // dh_rec and ds from the caller (set by units) before rows read them
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const int64_t b0 = ts.row0(B), b1 = ts.row1(B), nb = b1 - b0;
-    if (nb <= 0) return;
+    if (nb <= 0) return tm.poll_outside();  // no steps of its own to poll between
     if (sv.zoned()) std::fill_n(sv.zone_dh + b0 * P, nb * P, Real(0));
     for (int64_t t = T - 1; t >= 0; --t) {
+      tm.poll_outside();
       const int64_t first = t * B + b0;
       // dL/dh_t in full, then zoneout's split (h_t = d h_{t-1} + (1 - d) h~_t, s alike):
       // dh_rec's rows become dL/dh~_t

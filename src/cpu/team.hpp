@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 
 namespace lstmgrad::cpu {
 
@@ -47,6 +48,14 @@ inline TeamSlice team_slice(int id, int size, int64_t H) {
 // runs shares t, t + threads, t + 2 threads, ...
 struct TeamMember {
   int thread = 0, threads = 1, shares = 1;
+  // Work outside the engine that wants the CPU now and then during a long call (the sums of a
+  // data-parallel update: docs/scaling.md), or null: thread 0 (the calling thread) runs it
+  // between steps.
+  const std::function<void()>* poll = nullptr;
+
+  void poll_outside() const {
+    if (poll && thread == 0) (*poll)();
+  }
 
   // f(TeamSlice) for each of this thread's shares, H hidden units split among them.
   template <class F>

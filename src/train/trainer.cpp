@@ -806,6 +806,12 @@ class Trainer {
     readout_ranges_[1] = {c, c + V};
     if (readout_ranges_[1].begin < readout_ranges_[0].begin)
       std::swap(readout_ranges_[0], readout_ranges_[1]);
+    // the readout's tensors as LanguageModel's backward tells them (tied: its bias alone)
+    piece_starts_ = {cfg_.tie_weights ? c : w};
+    for (int64_t k = cfg_.L - 1; k >= 0; --k)
+      piece_starts_.push_back(at.layers[static_cast<size_t>(k)].weight_ih);
+    layers_begin_ = piece_starts_.back();
+    piece_starts_.push_back(0);
     // This rank's streams of the batch: [first, first + B/ranks) (validate_options: B divides).
     const int64_t B = o_.batch / ranks_;
     if (ranks_ > 1) lm_->set_stream_shard(rank_ * B, o_.batch);
@@ -1064,14 +1070,16 @@ class Trainer {
     const uint64_t masks = o_.seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(run_.step);
     lm_->set_dropout(o_.dropout, masks);
     lm_->set_regularization(o_.reg, masks);  // sites of their own: other masks than --dropout's
-    // backward derives the objective CE + AR + TAR; the cross-entropy alone is what is logged
-    lm_->forward(params_, batch_, red);
-    double loss = lm_->cross_entropy();
-    lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
     // The embedding rows no token of the batch used hold a zero gradient (backward adds only to
     // the batch's rows, and nothing else writes there): both passes skip them, to the same result.
     // On several ranks the whole window's tokens decide, so that every rank skips the same rows.
     const std::span<const ElementRange> zero = unused_embedding_rows();
+    if (ranks_ > 1) plan_sum(zero);
+    // backward derives the objective CE + AR + TAR; the cross-entropy alone is what is logged
+    lm_->forward(params_, batch_, red);
+    double loss = lm_->cross_entropy();
+    lm_->backward(grad_, params_, batch_);  // grad_ is zero: the last step cleared it
+    if (ranks_ > 1 && o_.comm_overlap) window_s_ += seconds_since(first_piece_);
     double scale = 1;  // what the summed gradient is multiplied by
     double norm = 0;
     if (ranks_ == 1) {
@@ -1080,7 +1088,7 @@ class Trainer {
       // Each rank's loss and gradient are its streams' mean (or batch mean); the whole batch's
       // are their mean over the ranks: the sum, divided by the ranks.
       const auto c0 = Clock::now();
-      sum_gradient(zero);
+      sum_gradient();
       // With it, the stop signals: SIGTERM when any rank has one, else SIGINT when any has one.
       const int sig = signals_->pending();
       std::array<double, 3> shared = {loss, sig == SIGTERM ? 1.0 : 0.0, sig == SIGINT ? 1.0 : 0.0};
@@ -1149,11 +1157,20 @@ class Trainer {
   }
 
   // The gradient summed over the ranks, except the ranges `zero` (the embedding rows no token of
-  // the whole window used: 0 on every rank). The ranges between them that are short (the used
-  // embedding rows) travel packed together in one sum; long ones (the LSTM and the readout) are
-  // summed where they lie. For zaremba-small on PTB this sends about 2.7M of the 4.65M values.
-  void sum_gradient(std::span<const ElementRange> zero) {
-    constexpr size_t kPackBelow = size_t{1} << 16;
+  // the whole window used: 0 on every rank). The LSTM's and the readout's are summed where they
+  // lie, in pieces: the readout's tensors, then each layer's. In the embedding the ranges between
+  // the unused rows that are short (runs of used rows) travel packed together in one sum, the
+  // long ones where they lie. For zaremba-small on PTB this sends about 2.7M of the 4.65M values.
+  // The pieces are the same on every rank and with or without --comm-overlap, and so are the
+  // sums' bits (each element is rank 0's value plus rank 1's ..., whatever the pieces).
+  static constexpr size_t kPackBelow = size_t{1} << 16;
+  bool packed(const ElementRange& r) const {
+    return r.end <= layers_begin_ && r.end - r.begin < kPackBelow;
+  }
+
+  // Before the backward: the ranges that travel, and the listener that starts the pieces the
+  // backward makes final (--comm-overlap).
+  void plan_sum(std::span<const ElementRange> zero) {
     live_.clear();
     size_t at = 0;
     for (const ElementRange& z : zero) {
@@ -1161,21 +1178,67 @@ class Trainer {
       at = z.end;
     }
     if (at < grad_.size()) live_.push_back({at, grad_.size()});
-    pack_.clear();
-    for (const ElementRange& r : live_)
-      if (r.end - r.begin < kPackBelow)
-        pack_.insert(pack_.end(), grad_.begin() + r.begin, grad_.begin() + r.end);
-    if (!pack_.empty()) world_.sum(std::span<Real>(pack_), "the gradient");
-    size_t k = 0;
-    for (const ElementRange& r : live_) {
-      if (r.end - r.begin < kPackBelow) {
-        std::copy_n(pack_.begin() + k, r.end - r.begin, grad_.begin() + r.begin);
-        k += r.end - r.begin;
-      } else {
-        world_.sum(std::span<Real>(grad_).subspan(r.begin, r.end - r.begin), "the gradient");
+    // split where the embedding ends (layer 0's piece begins): packed() sees the parts apart
+    for (size_t k = 0; k < live_.size(); ++k)
+      if (live_[k].begin < layers_begin_ && live_[k].end > layers_begin_) {
+        live_.insert(live_.begin() + static_cast<ptrdiff_t>(k) + 1, {layers_begin_, live_[k].end});
+        live_[k].end = layers_begin_;
+        break;
       }
+    started_to_ = grad_.size(), next_piece_ = 0;
+    lm_->set_gradient_listener(o_.comm_overlap ? &sum_as_ready_ : nullptr);
+  }
+
+  // Starts the sums of the pieces from piece_starts_ that begin at `from` or after and have not
+  // started: the long live ranges' parts inside them.
+  void start_pieces_from(size_t from) {
+    for (; next_piece_ < piece_starts_.size() && piece_starts_[next_piece_] >= from;
+         ++next_piece_) {
+      const size_t b = piece_starts_[next_piece_], e = started_to_;
+      for (const ElementRange& r : live_) {
+        const size_t lo = std::max(r.begin, b), hi = std::min(r.end, e);
+        if (!packed(r) && lo < hi)
+          world_.start_sum(std::span<Real>(grad_).subspan(lo, hi - lo), "the gradient");
+      }
+      started_to_ = b;
     }
   }
+
+  void sum_gradient() {
+    start_pieces_from(0);  // the pieces not started during the backward, the embedding's last
+    pack_.clear();
+    for (const ElementRange& r : live_)
+      if (packed(r)) pack_.insert(pack_.end(), grad_.begin() + r.begin, grad_.begin() + r.end);
+    if (!pack_.empty()) world_.start_sum(std::span<Real>(pack_), "the gradient");
+    world_.finish_sums();
+    size_t k = 0;
+    for (const ElementRange& r : live_)
+      if (packed(r)) {
+        std::copy_n(pack_.begin() + k, r.end - r.begin, grad_.begin() + r.begin);
+        k += r.end - r.begin;
+      }
+  }
+
+  // Told by the backward what is final: starts those pieces' sums, and lets the started ones
+  // move between the backward's steps. Its seconds are counted apart from the wait after it.
+  class SumAsReady final : public GradientListener {
+   public:
+    explicit SumAsReady(Trainer& t) : t_(t) {}
+    void final_from(size_t from) override {
+      const auto c0 = Clock::now();
+      if (t_.next_piece_ == 0) t_.first_piece_ = c0;
+      t_.start_pieces_from(from);
+      t_.overlap_s_ += seconds_since(c0);
+    }
+    void poll() override {
+      const auto c0 = Clock::now();
+      t_.world_.progress();
+      t_.overlap_s_ += seconds_since(c0);
+    }
+
+   private:
+    Trainer& t_;
+  };
 
   // The gradient's global norm; the readout's part from the backward that just ran when it took
   // it (the fused readout, while its rows were in cache), saving a pass over the largest tensors.
@@ -1216,7 +1279,11 @@ class Trainer {
                  {"wall_s", run_.wall_s},
                  {"world_size", ranks_}};
     if (run_.skipped > 0) line["skipped_nonfinite"] = run_.skipped;
-    if (ranks_ > 1) line["sum_wait_s"] = comm_s_;  // rank 0's, this process
+    if (ranks_ > 1) {  // rank 0's, this process
+      line["sum_wait_s"] = comm_s_;
+      line["sum_overlap_s"] = overlap_s_;
+      if (o_.comm_overlap) line["overlap_window_s"] = window_s_;
+    }
     bool improved = true;
     lm_->set_dropout(0, 0);  // evaluation sees the whole network
     if (gpu_) from_device();
@@ -1380,11 +1447,20 @@ class Trainer {
   Progress progress_;
   const StopSignals* signals_ = nullptr;
   int agreed_stop_ = 0;
-  double comm_s_ = 0;
-  std::vector<ElementRange> live_;  // sum_gradient: the ranges that travel
-  std::vector<Real>
-      pack_;  // and the short ones, packed  // on several ranks: seconds in the gradient's sum,
-              // this process  // on several ranks: the stop signal all act on after this update
+  // On several ranks: this process's seconds in the sums after the backward, and in starting
+  // and moving them during it (--comm-overlap).
+  // window_s_: the backward's seconds after its first piece started (what the sums could hide
+  // behind).
+  double comm_s_ = 0, overlap_s_ = 0, window_s_ = 0;
+  Clock::time_point first_piece_;
+  std::vector<ElementRange> live_;  // plan_sum: the ranges that travel
+  std::vector<Real> pack_;          // and the short ones, packed
+  // Where the pieces of the sum begin, in the order the backward makes them final: the readout's
+  // tensors, each layer's from the top down, then 0 (the embedding).
+  std::vector<size_t> piece_starts_;
+  size_t next_piece_ = 0, started_to_ = 0;  // the next piece to start; where the started end
+  size_t layers_begin_ = 0;                 // where the embedding ends and layer 0 begins
+  SumAsReady sum_as_ready_{*this};
   std::vector<int64_t> window_tokens_, window_target_;  // on several ranks: the whole window
   data::Vocabulary vocab_;
   std::vector<int64_t> train_ids_, valid_ids_, test_ids_;
@@ -1463,7 +1539,7 @@ TrainOptions finetune_options(const TrainOptions& o) {
   f.finetune = o.finetune, f.given = o.given;
   f.optimizer = given("--optimizer") ? o.optimizer : "asgd";
   f.out = o.out, f.threads = o.threads, f.max_steps = o.max_steps;
-  f.checkpoint_every = o.checkpoint_every, f.quiet = o.quiet;
+  f.checkpoint_every = o.checkpoint_every, f.quiet = o.quiet, f.comm_overlap = o.comm_overlap;
   return f;
 }
 
@@ -1496,7 +1572,7 @@ int start_training(const TrainOptions& opts, Collective& world, train::StartGate
     const int64_t stored_epochs = stored.epochs;
     stored.out = o.resume, stored.resume = o.resume;
     stored.max_steps = o.max_steps, stored.checkpoint_every = o.checkpoint_every;
-    stored.quiet = o.quiet;
+    stored.quiet = o.quiet, stored.comm_overlap = o.comm_overlap;
     if (o.device_given) stored.device = o.device;   // else the run's own
     if (threads_given) stored.threads = o.threads;  // else the run's own: results depend on it
     if (o.epochs_given) stored.epochs = o.epochs;
