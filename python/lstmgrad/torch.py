@@ -13,6 +13,7 @@ Errors for bad input are ValueError with the tensor's name, its shape and what w
 """
 
 import math
+import os
 import threading
 import warnings
 
@@ -31,10 +32,25 @@ _threads = 0  # the engine's threads for every module; 0: the engine's own choic
 
 
 def set_num_threads(n):
-    """The threads every lstmgrad.torch.LSTM's engine runs on from now on (0: the engine picks,
-    up to OMP_NUM_THREADS); torch's own threads (torch.set_num_threads) are separate."""
+    """The threads every lstmgrad.torch.LSTM's engine runs on from now on (0, the default: the
+    engine's own choice, as `lstmgrad train` makes it: the work split for the machine's cores, or
+    OMP_NUM_THREADS where set, and run by as many threads as pay on a busy machine). torch's own
+    threads (torch.set_num_threads) are separate and change nothing here."""
     global _threads
     _threads = int(n)
+
+
+def _machine_threads():
+    """The engine's split by default: OMP_NUM_THREADS (its first number) where set, else the cores
+    this process may run on. Not the OpenMP runtime's current count: importing torch sets that
+    (to torch's own intra-op threads, 1 on a 2-core VM), which would halve the engine's speed."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isdigit() and int(first) > 0:
+        return int(first)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def get_num_threads():
@@ -72,7 +88,11 @@ class _Pool:
                 free.remove(engine)
         if engine is None:
             engine = _Engine(*key)
-        engine.core.set_threads(_threads if threads is None else threads)
+        n = _threads if threads is None else threads
+        if n == 0:  # the machine's cores split the work; the running threads chosen by measuring
+            engine.core.set_team(_machine_threads(), 0)
+        else:
+            engine.core.set_threads(n)
         engine.generation += 1
         engine.rows = max(engine.rows, rows)
         return engine

@@ -344,3 +344,24 @@ def test_one_module_in_two_threads():
         t.join()
     for k in (0, 1):
         close(got[k], want[k], 1e-10, f"thread {k}")
+
+
+def test_default_threads_ignore_torchs():
+    # Importing torch sets the OpenMP runtime's thread count to torch's own (1 on a 2-core VM);
+    # the engine's default split is the machine's cores all the same. float32 results depend on
+    # the split alone, so the default gives the bits of an explicit split of the cores, whatever
+    # torch.set_num_threads says.
+    before = torch.get_num_threads()
+    torch.manual_seed(3)
+    m = lt.LSTM(24, 64, num_layers=2)
+    x = torch.randn(9, 6, 24)
+    try:
+        lt.set_num_threads(lt._machine_threads())
+        want = m(x)[0].detach()
+        lt.set_num_threads(0)
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(m(x)[0].detach(), want), f"torch threads {n}"
+    finally:
+        torch.set_num_threads(before)
+        lt.set_num_threads(0)
