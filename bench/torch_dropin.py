@@ -4,17 +4,24 @@ and optionally a whole word-language-model training step (issue 15, docs/python.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
         [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
-        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--lm-step] [--no-input-grad] [--tiny]
-        [--json]
+        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--settle 0.25] [--lm-step]
+        [--no-input-grad] [--alone] [--tiny] [--json]
 
 fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
 with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
 lm_step (--lm-step, presets that have it): Embedding -> LSTM -> Linear(H, 10000) -> cross-entropy
 -> backward -> SGD step. Each (module, torch threads) pair is timed as the median of --runs after
---warmup; the modules alternate run by run so that a change in machine load touches both.
+--warmup; the modules alternate run by run so that a change in machine load touches both, and
+each timed run starts --settle seconds after the last one ended: Debian's torch calls OpenBLAS,
+whose worker threads spin about 0.1 s after each call (OPENBLAS_THREAD_TIMEOUT), on the cores
+the next run needs; without the pause the module that runs after nn.LSTM shares the machine with
+them (lstmgrad's zaremba-medium fwdbwd measured 112 ms so, 85 ms alone). Inside one lm_step the
+torch parts' spinning workers run beside the LSTM, as they do in a user's training loop.
 --torch-threads: torch.set_num_threads for each measurement (PyTorch's best setting is the
 fastest of the list); --lstmgrad-threads: the engine's threads (0: its own choice, up to
-OMP_NUM_THREADS). --tiny: small shapes, a check that the script runs (no meaningful times).
+OMP_NUM_THREADS). --alone: lstmgrad.torch.LSTM's fwdbwd only, as a hot loop (no pause, no
+nn.LSTM beside it), what `lstmgrad bench --mode fwdbwd` times of the engine alone: the wrapper's
+cost. --tiny: small shapes, a check that the script runs (no meaningful times).
 """
 
 import argparse
@@ -61,14 +68,16 @@ def lm_step(emb, rnn, dec, tokens, targets, v):
     return step
 
 
-def time_pair(steps, warmup, runs):
-    """Median seconds of each step, alternating between them run by run."""
+def time_pair(steps, warmup, runs, settle):
+    """Median seconds of each step, alternating between them run by run, each timed run after
+    `settle` seconds of quiet."""
     for s in steps:
         for _ in range(warmup):
             s()
     times = [[] for _ in steps]
     for _ in range(runs):
         for k, s in enumerate(steps):
+            time.sleep(settle)
             t0 = time.perf_counter()
             s()
             times[k].append(time.perf_counter() - t0)
@@ -83,10 +92,14 @@ def main():
     p.add_argument("--lstmgrad-threads", type=int, default=0)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--settle", type=float, default=0.25,
+                   help="seconds of quiet before each timed run (the other side's threads asleep)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--lm-step", action="store_true", help="also time the language-model step")
     p.add_argument("--no-input-grad", action="store_true",
                    help="x needs no gradient (as in `lstmgrad bench` fwdbwd: the wrapper's overhead)")
+    p.add_argument("--alone", action="store_true",
+                   help="lstmgrad's fwdbwd alone in a hot loop (the wrapper's cost)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: check that the script runs")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     a = p.parse_args()
@@ -100,10 +113,17 @@ def main():
         mine.load_state_dict(ref.state_dict())
         x = torch.randn(T, B, X, dtype=dtype, requires_grad=not a.no_input_grad)
         gy = torch.randn(T, B, H, dtype=dtype)
+        if a.alone:
+            (t_mine,) = time_pair([fwdbwd_step(mine, x, gy)], a.warmup, a.runs, 0.0)
+            r = dict(preset=name, mode="fwdbwd_alone", dtype=a.dtype,
+                     lstmgrad_threads=a.lstmgrad_threads, lstmgrad_ms=1e3 * t_mine, runs=a.runs)
+            print(json.dumps(r) if a.json else
+                  f"{name:15s} fwdbwd alone: lstmgrad {1e3 * t_mine:9.2f} ms")
+            continue
         for tt in (int(s) for s in a.torch_threads.split(",")):
             torch.set_num_threads(tt)
             rows = [("fwdbwd", *time_pair([fwdbwd_step(ref, x, gy), fwdbwd_step(mine, x, gy)],
-                                          a.warmup, a.runs))]
+                                          a.warmup, a.runs, a.settle))]
             if a.lm_step and has_lm:
                 v = 50 if a.tiny else V
                 tokens = torch.randint(0, v, (T, B))
@@ -114,7 +134,7 @@ def main():
                     emb = torch.nn.Embedding(v, X).to(dtype)
                     dec = torch.nn.Linear(H, v).to(dtype)
                     steps.append(lm_step(emb, rnn, dec, tokens, targets, v))
-                rows.append(("lm_step", *time_pair(steps, a.warmup, a.runs)))
+                rows.append(("lm_step", *time_pair(steps, a.warmup, a.runs, a.settle)))
             for mode, t_ref, t_mine in rows:
                 r = dict(preset=name, mode=mode, dtype=a.dtype, torch_threads=tt,
                          lstmgrad_threads=a.lstmgrad_threads, nn_lstm_ms=1e3 * t_ref,
