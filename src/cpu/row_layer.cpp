@@ -11,6 +11,18 @@ namespace lstmgrad::cpu {
 
 namespace {
 
+// The batch rows a share runs through every step: in float32 as evenly as they go (the share with
+// the most rows sets the pace); in float64 on the edges every split shares (TeamSlice::row0), so
+// that its results depend on no split.
+template <class Real>
+int64_t step_row0(const TeamSlice& ts, int64_t B) {
+  return std::is_same_v<Real, float> ? ts.even0(B) : ts.row0(B);
+}
+template <class Real>
+int64_t step_row1(const TeamSlice& ts, int64_t B) {
+  return std::is_same_v<Real, float> ? ts.even1(B) : ts.row1(B);
+}
+
 // v [n] <- (v - mean v) / sqrt(var v + eps); returns 1 / sqrt(var v + eps). Two passes, summed
 // in double.
 template <class Real>
@@ -94,7 +106,7 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
 #pragma omp barrier  // every row of x W_ih^T, the packed bias, h0 and s0 complete
   // The steps: each share its rows of the batch, every unit, no barrier between steps.
   tm.for_shares(H, [&](const TeamSlice& ts) {
-    const int64_t b0 = ts.row0(B), b1 = ts.row1(B), nb = b1 - b0;
+    const int64_t b0 = step_row0<Real>(ts, B), b1 = step_row1<Real>(ts, B), nb = b1 - b0;
     if (nb <= 0) return;
     for (int64_t t = 0; t < T; ++t) {
       const Real* hp = sv.hseq + t * BP + b0 * P;
@@ -176,7 +188,7 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
   Real* dzh = ln ? sv.ln_dzh : dz;
 #pragma omp barrier  // dh_rec and ds from the caller (set by units) before rows read them
   tm.for_shares(H, [&](const TeamSlice& ts) {
-    const int64_t b0 = ts.row0(B), b1 = ts.row1(B), nb = b1 - b0;
+    const int64_t b0 = step_row0<Real>(ts, B), b1 = step_row1<Real>(ts, B), nb = b1 - b0;
     if (nb <= 0) return tm.poll_outside();  // no steps of its own to poll between
     if (sv.zoned()) std::fill_n(sv.zone_dh + b0 * P, nb * P, Real(0));
     for (int64_t t = T - 1; t >= 0; --t) {

@@ -38,6 +38,11 @@ struct TeamSlice {
   int64_t n() const { return j1 - j0; }
   int64_t row0(int64_t N) const { return split_edge(N, id, size); }
   int64_t row1(int64_t N) const { return split_edge(N, id + 1, size); }
+  // Rows [even0, even1) of B split as evenly as can be (at B = 20 on 2 shares: 10 and 10, where
+  // the edges on multiples of 16 give 16 and 4). The sums of a row then depend on the split (a
+  // GEMM's row edges), so float64, whose results depend on no split, keeps row0/row1.
+  int64_t even0(int64_t B) const { return B * id / size; }
+  int64_t even1(int64_t B) const { return B * (id + 1) / size; }
 };
 
 inline TeamSlice team_slice(int id, int size, int64_t H) {
