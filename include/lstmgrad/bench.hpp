@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "lstmgrad/precision.hpp"
+
 namespace lstmgrad {
 
 struct BenchPreset {
@@ -24,6 +26,8 @@ struct BenchOptions {
   int threads = 2;  // engine team and BLAS threads, pinned; 0: the default, adaptive team
   int warmup = 5;   // untimed runs first (the default team tries its neighbour after 5 calls)
   int runs = 7;     // timed runs; the median is reported
+  // The stack's GEMM operands (fwd, infer, fwdbwd, fwdbwd_nodx; lm_step is float32 only for now).
+  Precision precision = Precision::f32;
 };
 
 // `warmup` untimed calls of `step`, then the median of `runs` timed ones, in milliseconds.
@@ -32,6 +36,7 @@ double median_ms(const std::function<void()>& step, int warmup, int runs);
 struct BenchResult {
   std::string preset, mode;  // mode: fwd, infer, fwdbwd, fwdbwd_nodx, lm_step
   int threads = 0;
+  Precision precision = Precision::f32;
   double ms = 0, tokens_per_s = 0, gflops = 0;
   double peak_rss_mb = 0;  // the process's peak resident memory while this case ran
 };

@@ -99,6 +99,7 @@ double time_stack(const BenchPreset& p, const std::string& mode, const BenchOpti
   fill_uniform(dh, 1.0f, rng);
   cpu::LstmStack<float> stack(p.X, p.H, p.L);
   stack.set_threads(o.threads);
+  stack.set_precision(o.precision);
   if (mode == "infer")
     return median_ms([&] { stack.infer(x.data(), w.data(), nullptr, nullptr, p.T, p.B); }, o);
   return median_ms(
@@ -158,6 +159,7 @@ BenchResult run_bench(const BenchPreset& p, const std::string& mode, const Bench
   reset_peak_rss();
   BenchResult r;
   r.preset = p.name, r.mode = mode, r.threads = o.threads;
+  r.precision = o.precision;
   const double flops = bench_flops_per_token(p, mode);
   if (mode == "fwd" || mode == "infer" || mode == "fwdbwd" || mode == "fwdbwd_nodx") {
     r.ms = time_stack(p, mode, o);

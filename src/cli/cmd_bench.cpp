@@ -19,7 +19,7 @@ namespace {
 
 struct BenchCliOptions {
   BenchOptions o;
-  std::string preset, mode = "all", device = "cpu", recurrence = "auto";
+  std::string preset, mode = "all", device = "cpu", recurrence = "auto", precision = "f32";
   bool json = false, gemm = false;
 };
 
@@ -85,12 +85,13 @@ void run_cases(const BenchCliOptions& a) {
     // fwdbwd_nodx only when asked for: it is fwdbwd's comparison with the previous benchmarks
     for (const std::string mode : {"fwd", "infer", "fwdbwd", "fwdbwd_nodx", "lm_step"}) {
       if (a.mode != mode && (a.mode != "all" || mode == "fwdbwd_nodx")) continue;
-      if (mode == "lm_step" && !p.lm_step) continue;
+      if (mode == "lm_step" && (!p.lm_step || a.o.precision != Precision::f32)) continue;
       const BenchResult r = run_bench(p, mode, a.o);
       if (a.json) {
         out.push_back({{"preset", r.preset},
                        {"mode", r.mode},
                        {"threads", r.threads},
+                       {"precision", precision_name(a.o.precision)},
                        {"ms", r.ms},
                        {"tokens_per_s", r.tokens_per_s},
                        {"gflops", r.gflops},
@@ -159,7 +160,7 @@ void register_bench(CLI::App& app) {
   auto a = std::make_shared<BenchCliOptions>();
   a->o.threads = 0;
   CLI::App* cmd = app.add_subcommand(
-      "bench", "float32 speed: LSTM stack fwd / fwd+bwd, LM step, GEMM ceiling (--gemm)");
+      "bench", "float32 (or bf16) speed: LSTM stack fwd / fwd+bwd, LM step, GEMM ceiling (--gemm)");
   cmd->add_option("--preset", a->preset,
                   "One preset: zaremba-small, zaremba-medium, char-rnn, throughput, large");
   cmd->add_option("--mode", a->mode,
@@ -179,6 +180,11 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--warmup", a->o.warmup, "Untimed runs first")
       ->check(CLI::Range(0, 1000))
       ->capture_default_str();
+  cmd->add_option("--precision", a->precision,
+                  "f32, or bf16: bfloat16 GEMM operands with float32 sums (AVX512_BF16; the "
+                  "stack's modes, not lm_step yet)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "A JSON list instead of the table");
   cmd->add_flag("--gemm", a->gemm, "The BLAS's sgemm alone (the GEMM ceiling)");
   add_device_option(cmd, a->device, "cpu, or cuda (CUDA events; adds the big-batch preset)");
@@ -192,6 +198,12 @@ void register_bench(CLI::App& app) {
                          "fwdbwd with dL/dx, lm_step)");
       a->gemm ? run_gemms(*a) : run_cuda_cases(*a);
       return;
+    }
+    a->o.precision = parse_precision(a->precision);
+    if (a->o.precision == Precision::bf16) {
+      require_bf16();
+      if (a->mode == "lm_step" || a->gemm)
+        throw InputError("--precision bf16: the stack's modes only (not lm_step or --gemm yet)");
     }
     a->gemm ? run_gemms(*a) : run_cases(*a);
   });

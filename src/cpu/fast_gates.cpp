@@ -6,6 +6,7 @@
 
 #include "core/clones.hpp"
 #include "core/gates.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/panel_gemm.hpp"
 #include "cpu/panel_kernel.hpp"
 #include "cpu/simd_math.hpp"
@@ -114,12 +115,30 @@ LSTMGRAD_AVX512 inline void group_sums(int64_t K, const float* a, int64_t lda, c
   panel_sums<MR, NP, AForm::rows>(K, a, lda, panels, acc);
 }
 
+// group_sums for either operand type: float32 in registers; bf16 (cpu/bf16.hpp) by the bf16
+// kernel, whose sums come back through a small block of L1 (its instructions need a target of
+// their own), overwriting acc.
+template <int MR, int NP, class Op>
+LSTMGRAD_AVX512 inline void operand_sums(int64_t K, const Op* a, int64_t lda, const Op* P,
+                                         __m512 (&acc)[MR][NP]) {
+  if constexpr (std::is_same_v<Op, float>) {
+    group_sums<MR, NP>(K, a, lda, P, acc);
+  } else {
+    alignas(64) float out[MR * NP * kPanelWidth];
+    bf16_group_sums(MR, NP, K, a, lda, P, out);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_load_ps(out + (r * NP + p) * kPanelWidth);
+  }
+}
+
 // The fused step: MR rows of one group of up to 16 units, z = z_in + h_prev U^T for the four
 // gates accumulated in registers over K, then the gate pass on those registers (bias, the
 // nonlinearities, the cell), without z going through memory in between. Units: whether the cell
 // has CellUnit weights (a template argument, so that the plain cell's tile has no test for them).
-template <int MR, bool Units>
-LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const float* P, float* z,
+template <int MR, bool Units, class Op>
+LSTMGRAD_AVX512 void step_tile(int64_t K, const Op* hp, int64_t ldh, const Op* P, float* z,
                                int64_t ldz, int64_t gs, const float* bias, const float* unit,
                                float* s, float* h, const float* s_prev, int64_t ld, __mmask16 m) {
   __m512 acc[MR][4];
@@ -133,7 +152,7 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
     }
     __builtin_prefetch(s_prev + r * ld, 0, 3);
   }
-  group_sums<MR, 4>(K, hp, ldh, P, acc);
+  operand_sums<MR, 4>(K, hp, ldh, P, acc);
   __m512 b[4];
 #pragma GCC unroll 4
   for (int g = 0; g < 4; ++g) b[g] = _mm512_maskz_loadu_ps(m, bias + g * gs);
@@ -151,8 +170,8 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const float* hp, int64_t ldh, const fl
 // The fused backward step: MR rows of one group of up to 32 units (NP panels), dh_rec =
 // dz_{t+1} U accumulated in registers over K = 4H, then gates_backward16's pass on those
 // registers (plus dh_out) for the group's units. Units as in step_tile.
-template <int MR, int NP, bool Units>
-LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz, const float* P,
+template <int MR, int NP, bool Units, class Op>
+LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const Op* dzn, int64_t ldz, const Op* P,
                                         float* dz, int64_t gs, float* ds, const float* dh_out,
                                         const float* gates, const float* s, const float* s_prev,
                                         const float* unit, const float* rec_mask, int64_t ld,
@@ -175,7 +194,7 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const float* dzn, int64_t ldz
       __builtin_prefetch(s_prev + k, 0, 3);
       __builtin_prefetch(ds + k, 1, 3);
     }
-  group_sums<MR, NP>(K, dzn, ldz, P, acc);
+  operand_sums<MR, NP>(K, dzn, ldz, P, acc);
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
@@ -204,18 +223,17 @@ LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
   (std::make_integer_sequence<int, N>{});
 }
 
-}  // namespace
-
 // Rows of 5 x 4 gates: 20 accumulators, 4 weight vectors and a broadcast in registers; per k,
 // 9 loads for 20 FMAs.
-LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K,
-                                        const float* panels, float* z, int64_t ldz, int64_t gs,
-                                        const float* bias, const float* unit, float* s, float* h,
-                                        const float* s_prev, int64_t ld, int64_t n) {
+template <class Op>
+LSTMGRAD_AVX512 void step_forward_rows(int64_t B, const Op* h_prev, int64_t ldh, int64_t K,
+                                       const Op* panels, float* z, int64_t ldz, int64_t gs,
+                                       const float* bias, const float* unit, float* s, float* h,
+                                       const float* s_prev, int64_t ld, int64_t n) {
   const __mmask16 m = first_lanes(n);
   for (int64_t r = 0; r < B; r += 5)
     with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
-      auto tile = unit ? &step_tile<mr, true> : &step_tile<mr, false>;
+      auto tile = unit ? &step_tile<mr, true, Op> : &step_tile<mr, false, Op>;
       tile(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
            h + r * ld, s_prev + r * ld, ld, m);
     });
@@ -223,22 +241,56 @@ LSTMGRAD_AVX512 void fused_step_forward(int64_t B, const float* h_prev, int64_t 
 
 // Rows of 12 x 2 panels: 24 accumulators (the tile shape of panel_gemm); one panel when the
 // group has 16 units or fewer.
-LSTMGRAD_AVX512 void fused_step_backward(int64_t B, const float* dz_next, int64_t ldz, int64_t K,
-                                         const float* panels, float* dz, int64_t gs, float* ds,
-                                         const float* dh_out, const float* gates, const float* s,
-                                         const float* s_prev, const float* unit,
-                                         const float* rec_mask, int64_t ld, int64_t n) {
+template <class Op>
+LSTMGRAD_AVX512 void step_backward_rows(int64_t B, const Op* dz_next, int64_t ldz, int64_t K,
+                                        const Op* panels, float* dz, int64_t gs, float* ds,
+                                        const float* dh_out, const float* gates, const float* s,
+                                        const float* s_prev, const float* unit,
+                                        const float* rec_mask, int64_t ld, int64_t n) {
   const __mmask16 mask[2] = {first_lanes(n), first_lanes(std::max<int64_t>(n - 16, 0))};
   for (int64_t r = 0; r < B; r += 12)
     with_rows<12>(std::min<int64_t>(12, B - r), [&](auto mr) {
       const int64_t o = r * ld;
       const float* dho = dh_out ? dh_out + o : nullptr;
-      auto tile =
-          unit ? (n > 16 ? &step_tile_backward<mr, 2, true> : &step_tile_backward<mr, 1, true>)
-               : (n > 16 ? &step_tile_backward<mr, 2, false> : &step_tile_backward<mr, 1, false>);
+      auto tile = unit ? (n > 16 ? &step_tile_backward<mr, 2, true, Op>
+                                 : &step_tile_backward<mr, 1, true, Op>)
+                       : (n > 16 ? &step_tile_backward<mr, 2, false, Op>
+                                 : &step_tile_backward<mr, 1, false, Op>);
       tile(K, dz_next + r * ldz, ldz, panels, dz + r * ldz, gs, ds + o, dho, gates + r * ldz, s + o,
            s_prev + o, unit, rec_mask ? rec_mask + o : nullptr, ld, mask);
     });
+}
+
+}  // namespace
+
+void fused_step_forward(int64_t B, const float* h_prev, int64_t ldh, int64_t K, const float* panels,
+                        float* z, int64_t ldz, int64_t gs, const float* bias, const float* unit,
+                        float* s, float* h, const float* s_prev, int64_t ld, int64_t n) {
+  step_forward_rows(B, h_prev, ldh, K, panels, z, ldz, gs, bias, unit, s, h, s_prev, ld, n);
+}
+
+void fused_step_forward(int64_t B, const bf16_t* h_prev, int64_t ldh, int64_t K,
+                        const bf16_t* panels, float* z, int64_t ldz, int64_t gs, const float* bias,
+                        const float* unit, float* s, float* h, const float* s_prev, int64_t ld,
+                        int64_t n) {
+  step_forward_rows(B, h_prev, ldh, K, panels, z, ldz, gs, bias, unit, s, h, s_prev, ld, n);
+}
+
+void fused_step_backward(int64_t B, const float* dz_next, int64_t ldz, int64_t K,
+                         const float* panels, float* dz, int64_t gs, float* ds, const float* dh_out,
+                         const float* gates, const float* s, const float* s_prev, const float* unit,
+                         const float* rec_mask, int64_t ld, int64_t n) {
+  step_backward_rows(B, dz_next, ldz, K, panels, dz, gs, ds, dh_out, gates, s, s_prev, unit,
+                     rec_mask, ld, n);
+}
+
+void fused_step_backward(int64_t B, const bf16_t* dz_next, int64_t ldz, int64_t K,
+                         const bf16_t* panels, float* dz, int64_t gs, float* ds,
+                         const float* dh_out, const float* gates, const float* s,
+                         const float* s_prev, const float* unit, const float* rec_mask, int64_t ld,
+                         int64_t n) {
+  step_backward_rows(B, dz_next, ldz, K, panels, dz, gs, ds, dh_out, gates, s, s_prev, unit,
+                     rec_mask, ld, n);
 }
 
 using core::fast_sigmoid;

@@ -125,19 +125,31 @@ PanelLayout group_backward(int64_t u, int64_t H) {
   return {1, std::min(kBackwardGroup, H - u * kBackwardGroup), 0, 4 * H};
 }
 
-// Packs this thread's shares of the groups and resets its shares of the step sets; the caller's
+// bf16_t elements of one group's bf16 panels (Bf16Buffers::u_panels).
+int64_t bf16_group_size(int64_t H, bool forward) {
+  return forward ? 4 * bf16_panel_size(H) : 2 * bf16_panel_size(4 * H);
+}
+
+// Packs this thread's shares of the groups (in bf16 where saved.b16 is set, and then in forward
+// also its units of h_0 into the ring) and resets its shares of the step sets; the caller's
 // barrier follows before any group is taken.
 void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamMember& tm, int64_t T,
-                 int64_t H, bool forward) {
+                 int64_t B, int64_t H, bool forward) {
   const int64_t width = forward ? kForwardGroup : kBackwardGroup, per = 4 * H * width;
   const int64_t ng = unit_groups(H, width);
+  const Bf16Buffers* b16 = saved.b16;
   tm.for_shares(H, [&](const TeamSlice& ts) {
     for (int64_t u = ng * ts.id / ts.size; u < ng * (ts.id + 1) / ts.size; ++u) {
-      if (forward)
-        pack_panels(saved.panels + u * per, W_hh + u * width * H, H, true, group_forward(u, H));
+      const PanelLayout layout = forward ? group_forward(u, H) : group_backward(u, H);
+      const float* W = forward ? W_hh + u * width * H : W_hh + u * width;
+      if (b16)
+        pack_bf16_panels(b16->u_panels + u * bf16_group_size(H, forward), W, H, forward, layout, 0,
+                         layout.panels());
       else
-        pack_panels(saved.panels + u * per, W_hh + u * width, H, false, group_backward(u, H));
+        pack_panels(saved.panels + u * per, W, H, forward, layout);
     }
+    if (b16 && forward)
+      to_bf16_rows(b16->h_ring, even(H), product_input(saved, 0, B, H), H, B, ts.j0, ts.j1, H);
     for (int64_t t = 0; t <= T; ++t) saved.claims->reset(t, ts.id, ts.size, ng);
   });
 }
@@ -155,8 +167,9 @@ void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamMembe
 // group's h_prev U^T and its gate pass in one kernel, the sums in registers.
 void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
                      const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
-  const int64_t G = 4 * H, per = 4 * H * kForwardGroup;
-  pack_groups(saved, w.W_hh, tm, T, H, true);
+  const int64_t G = 4 * H, per = 4 * H * kForwardGroup, Hp = even(H);
+  const Bf16Buffers* b16 = saved.b16;
+  pack_groups(saved, w.W_hh, tm, T, B, H, true);
 #pragma omp barrier  // every row of z, every group packed, the shares reset
   for (int64_t t = 0; t < T; ++t) {
     float* zt = saved.gates + t * B * G;
@@ -164,12 +177,21 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
     float* h = saved.hseq + (t + 1) * B * H;
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kForwardGroup, n = std::min(kForwardGroup, H - j);
-      fused_step_forward(B, h_prev, H, H, saved.panels + u * per, zt + j, G, H, saved.bias + j,
-                         w.unit ? w.unit + j : nullptr, cell_output_state(saved, t, B, H) + j,
-                         h + j, cell_state_at(saved, t, B, H) + j, H, n);
+      auto step = [&](const auto* hp, int64_t ldh, const auto* panels) {
+        fused_step_forward(B, hp, ldh, H, panels, zt + j, G, H, saved.bias + j,
+                           w.unit ? w.unit + j : nullptr, cell_output_state(saved, t, B, H) + j,
+                           h + j, cell_state_at(saved, t, B, H) + j, H, n);
+      };
+      if (b16)
+        step(b16->h_ring + t % 2 * B * Hp, Hp, b16->u_panels + u * bf16_group_size(H, true));
+      else
+        step(h_prev, H, saved.panels + u * per);
       if (saved.zoned()) zoneout_forward(saved, t, B, H, j, n);
       if (saved.rec_mask && t + 1 < T)
         mask_units(saved.hdseq + (t + 1) * B * H, h, saved.rec_mask, B, H, j, n);
+      if (b16 && t + 1 < T)  // the next step's operand, these units
+        to_bf16_rows(b16->h_ring + (t + 1) % 2 * B * Hp, Hp, product_input(saved, t + 1, B, H), H,
+                     B, j, j + n, H);
     });
     saved.step_barrier->wait(tm.threads);  // h_t complete before any thread's next GEMM reads it
   }
@@ -182,11 +204,14 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                       const LayerSaved<float>& saved, const LayerWeights<float>& w,
                       const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
   const int64_t G = 4 * H, per = 4 * H * kBackwardGroup;
-  pack_groups(saved, w.W_hh, tm, T, H, false);
+  const Bf16Buffers* b16 = saved.b16;
+  const int64_t per16 = bf16_group_size(H, false);
+  pack_groups(saved, w.W_hh, tm, T, B, H, false);
 #pragma omp barrier  // every group packed, dh_rec and ds set by the caller, the shares reset
   for (int64_t t = T - 1; t >= 0; --t) {
     tm.poll_outside();
     float* dzt = dz + t * B * G;
+    const bf16_t* dzn16 = b16 ? b16->dz_ring + (t + 1) % 2 * B * G : nullptr;  // dz_{t+1}
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
       const float* dho = dh_out ? dh_out + t * B * H + j : nullptr;
@@ -196,8 +221,12 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
       const float* unit = w.unit ? w.unit + j : nullptr;
       if (saved.zoned()) {  // dh_rec stored, split by zoneout's masks, then the cell's pass
         if (t + 1 < T) {
-          panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j, H,
-                     false);
+          if (b16)
+            bf16_gemm(B, dzn16, G, b16->u_panels + u * per16, group_backward(u, H), dh_rec + j, H,
+                      false);
+          else
+            panel_gemm(B, dzt + B * G, G, saved.panels + u * per, group_backward(u, H), dh_rec + j,
+                       H, false);
           if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, n);
         }
         zoneout_backward_in(saved, t, dh_rec, dh_out, ds, B, H, j, n);
@@ -205,24 +234,83 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                             saved.zseq + t * B * H + j, s_prev, unit, H, B, n);
         zoneout_backward_out(saved, ds, B, H, j, n);
       } else if (t + 1 < T) {  // z_{t+1} = ... + h_t U^T: dh_rec = dz_{t+1} U, in registers
-        fused_step_backward(B, dzt + B * G, G, G, saved.panels + u * per, dzt + j, H, ds + j, dho,
-                            gates, s, s_prev, unit, saved.rec_mask ? saved.rec_mask + j : nullptr,
-                            H, n);
+        auto step = [&](const auto* dzn, const auto* panels) {
+          fused_step_backward(B, dzn, G, G, panels, dzt + j, H, ds + j, dho, gates, s, s_prev, unit,
+                              saved.rec_mask ? saved.rec_mask + j : nullptr, H, n);
+        };
+        if (b16)
+          step(dzn16, b16->u_panels + u * per16);
+        else
+          step(dzt + B * G, saved.panels + u * per);
       } else {  // dh_rec from the caller
         fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
                             n);
       }
+      if (b16)  // dz_t of these units for the step before (and dL/dh0)
+        for (int64_t q = 0; q < 4; ++q)
+          to_bf16_rows(b16->dz_ring + t % 2 * B * G + q * H, G, dzt + q * H, G, B, j, j + n, G);
     });
     saved.step_barrier->wait(tm.threads);  // dz_t complete before any thread's GEMM reads it
   }
   for_each_claimed(saved, T, tm, [&](int64_t u) {
-    panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H), dh_rec + u * kBackwardGroup,
-               H, false);
+    if (b16)
+      bf16_gemm(B, b16->dz_ring, G, b16->u_panels + u * per16, group_backward(u, H),
+                dh_rec + u * kBackwardGroup, H, false);
+    else
+      panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H),
+                 dh_rec + u * kBackwardGroup, H, false);
     const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
     if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, n);
     if (saved.zoned()) zoneout_backward_out(saved, dh_rec, B, H, j, n, saved.zone_dh);
   });
 #pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete
+}
+
+// layer_forward's input projection with bf16 operands: W_ih^T in panels and x in rows (each
+// share its part), then z = x W_ih^T, each share its rows; the rows of h_0 * rec_mask as
+// layer_forward's.
+void bf16_input_projection(const LayerSaved<float>& saved, const float* x,
+                           const LayerWeights<float>& w, const TeamMember& tm, int64_t N, int64_t B,
+                           int64_t I, int64_t H) {
+  const int64_t G = 4 * H, Ip = even(I);
+  const Bf16Buffers& b = *saved.b16;
+  const PanelLayout wl{1, G, 0, I};  // op(W) = W_ih^T: K = I, G columns
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    const int64_t np = wl.panels();
+    pack_bf16_panels(b.w_panels, w.W_ih, I, true, wl, np * ts.id / ts.size,
+                     np * (ts.id + 1) / ts.size);
+    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+    to_bf16_rows(b.a_rows + r0 * Ip, Ip, x + r0 * I, I, r1 - r0, 0, I, I);
+    if (saved.rec_mask) mask_units(saved.hdseq, saved.hseq, saved.rec_mask, B, H, ts.j0, ts.n());
+  });
+#pragma omp barrier  // every panel of W_ih^T
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+    if (r1 > r0)
+      bf16_tiles(r1 - r0, I, PairForm::rows, b.a_rows + r0 * Ip, Ip, b.w_panels, bf16_panel_size(I),
+                 G, saved.gates + r0 * G, G, kPanelWidth, Start::zero, nullptr);
+  });
+}
+
+// layer_backward's operands for the weight gradients and dx in bf16, each share its part: the
+// product's inputs h and x in panels over the N positions, W_ih's panels (dx), dz^T's gate rows
+// [g0, g1) in pairs form and dz's rows in rows form (dx). The caller's barrier follows.
+void bf16_grad_operands(const float* dz, bool dx, const LayerSaved<float>& saved, const float* x,
+                        const LayerWeights<float>& w, const TeamSlice& ts, int64_t N, int64_t B,
+                        int64_t I, int64_t H) {
+  const int64_t G = 4 * H;
+  const Bf16Buffers& b = *saved.b16;
+  auto part = [&](const PanelLayout& l, float const* W, int64_t ldw, bf16_t* dst) {
+    const int64_t np = l.panels();
+    pack_bf16_panels(dst, W, ldw, false, l, np * ts.id / ts.size, np * (ts.id + 1) / ts.size);
+  };
+  part({1, H, 0, N}, product_input(saved, 0, B, H), H, b.h_panels);
+  part({1, I, 0, N}, x, I, b.x_panels);
+  if (dx) part({1, I, 0, G}, w.W_ih, I, b.w_panels);
+  const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
+  if (g1 > g0) to_bf16_pairs(b.dz_pairs + 2 * g0, 2 * G, dz, G, N, g0, g1, g1 - g0);
+  const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+  if (dx && r1 > r0) to_bf16_rows(b.a_rows + r0 * G, G, dz + r0 * G, G, r1 - r0, 0, G, G);
 }
 
 }  // namespace
@@ -251,6 +339,12 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   if (w.ln || w.W_hr) return row_layer_forward(saved, x, w, tm, T, B, I, H);
   const int64_t G = 4 * H, N = T * B;
   Real* z = saved.gates;
+  if constexpr (std::is_same_v<Real, float>) {
+    if (saved.b16) {
+      bf16_input_projection(saved, x, w, tm, N, B, I, H);
+      return claimed_forward(saved, w, tm, T, B, H);
+    }
+  }
   // z = x W_ih^T for all T*B positions at once (the hoisted input projection), each share's rows;
   // the bias is added in the gate pass.
   tm.for_shares(H, [&](const TeamSlice& ts) {
@@ -334,14 +428,36 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
         zoneout_backward_out(saved, dh_rec, B, H, ts.j0, ts.n(), saved.zone_dh);
     });
   }
+  bool b16 = false;
+  if constexpr (std::is_same_v<Real, float>) {
+    b16 = saved.b16 != nullptr;
+    if (b16) {
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        bf16_grad_operands(dz, dx != nullptr, saved, x, w, ts, N, B, I, H);
+      });
+#pragma omp barrier  // every panel
+    }
+  }
   tm.for_shares(H, [&](const TeamSlice& ts) {
     // Weight gradients over all steps at once (dz is complete: the last barrier above), each
     // share a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four
     // of H / P): dW_hh += dz^T h_prev (as the product read it); dW_ih and dx in input_grads.
     const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
     if (g1 > g0) {
-      gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, product_input(saved, 0, B, H), H,
-           Real(1), g.dW_hh + g0 * H, H);
+      if constexpr (std::is_same_v<Real, float>) {
+        if (b16) {  // the same products with bf16 operands (bf16_grad_operands)
+          const Bf16Buffers& b = *saved.b16;
+          bf16_tiles(g1 - g0, N, PairForm::pairs, b.dz_pairs + 2 * g0, 2 * G, b.h_panels,
+                     bf16_panel_size(N), H, g.dW_hh + g0 * H, H, kPanelWidth, Start::accumulate,
+                     nullptr);
+          bf16_tiles(g1 - g0, N, PairForm::pairs, b.dz_pairs + 2 * g0, 2 * G, b.x_panels,
+                     bf16_panel_size(N), I, g.dW_ih + g0 * I, I, kPanelWidth, Start::accumulate,
+                     nullptr);
+        }
+      }
+      if (!b16)
+        gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, product_input(saved, 0, B, H), H,
+             Real(1), g.dW_hh + g0 * H, H);
       // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
       Real* db = saved.dbias + g0;
       std::fill_n(db, g1 - g0, Real(0));
@@ -356,7 +472,16 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     if (w.unit && ts.n() > 0)
       core::unit_grads(g.dunit + ts.j0, H, dz + ts.j0, G, saved.sseq + ts.j0,
                        (saved.zseq ? saved.zseq : saved.sseq + B * H) + ts.j0, H, N, ts.n());
-    input_grads(dx, g.dW_ih, dz, x, w.W_ih, ts, N, I, H);  // all of dz: the last barrier above
+    if (!b16) {
+      input_grads(dx, g.dW_ih, dz, x, w.W_ih, ts, N, I, H);  // all of dz: the last barrier above
+      return;
+    }
+    if constexpr (std::is_same_v<Real, float>) {
+      const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+      if (dx && r1 > r0)
+        bf16_tiles(r1 - r0, G, PairForm::rows, saved.b16->a_rows + r0 * G, G, saved.b16->w_panels,
+                   bf16_panel_size(G), I, dx + r0 * I, I, kPanelWidth, Start::zero, nullptr);
+    }
   });
 }
 

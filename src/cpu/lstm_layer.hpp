@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/bf16.hpp"
 #include "cpu/spin_barrier.hpp"
 #include "cpu/steal_ranges.hpp"
 #include "cpu/team.hpp"
@@ -54,6 +55,19 @@ struct LayerGrads {  // accumulated (+=)
   Real* dunit = nullptr;  // [3H], with LayerWeights::unit
   Real* dln = nullptr;    // [18H], with LayerWeights::ln
   Real* dW_hr = nullptr;  // [P,H], with LayerWeights::W_hr
+};
+
+// The bf16 operands of the float32 claimed split (LstmStack::set_precision; cpu/bf16.hpp), shared
+// by the layers (one runs at a time), each 64-byte aligned. N = T*B, I the widest input.
+struct Bf16Buffers {
+  bf16_t* u_panels;  // the recurrent weights in groups, as LayerSaved::panels
+  bf16_t* w_panels;  // W_ih: forward, W_ih^T [I, 4H]; backward, W_ih [4H, I] (for dx)
+  bf16_t* a_rows;    // rows-form A: forward x [N, even(I)]; backward dz [N, 4H] (for dx)
+  bf16_t* h_ring;    // [2][B, even(H)] the product's input of steps t and t + 1
+  bf16_t* dz_ring;   // [2][B, 4H] dz of steps t + 1 and t (backward's product)
+  bf16_t* dz_pairs;  // dz^T in pairs form [even(N) / 2][4H][2] (the weight gradients' A)
+  bf16_t* h_panels;  // the product's inputs h [N, H] in panels over K = N
+  bf16_t* x_panels;  // x [N, I] in panels over K = N
 };
 
 // What forward saves for backward.
@@ -113,6 +127,8 @@ struct LayerSaved {
   Real* proj_dh = nullptr;
   Real* proj_dm = nullptr;
   int64_t out_width(int64_t H) const { return proj > 0 ? proj : H; }
+  // bf16 operands in every GEMM (float32 with panels only); null: float32 operands.
+  const Bf16Buffers* b16 = nullptr;
 };
 
 // Where layer_forward reads s_t and writes it: [B,H] at step t of sseq, or its ring slot.

@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
+#include <type_traits>
 
 #include "cpu/arena.hpp"
 #include "cpu/blas.hpp"
 #include "cpu/dropout.hpp"
+#include "lstmgrad/error.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -27,6 +30,51 @@ LstmStack<Real>::LstmStack(int64_t X, std::vector<int64_t> widths, int64_t proj)
       rec_(static_cast<size_t>(L_), nullptr),
       zone_h_(static_cast<size_t>(L_), nullptr),
       zone_s_(static_cast<size_t>(L_), nullptr) {}
+
+template <class Real>
+void LstmStack<Real>::set_precision(Precision p) {
+  if (p == Precision::bf16) {
+    if (!std::is_same_v<Real, float>)
+      throw InputError("precision bf16: float32 engines only (float64 is the reference)");
+    require_bf16();
+  }
+  precision_ = p;
+}
+
+template <class Real>
+const Bf16Buffers* LstmStack<Real>::bf16_buffers(int64_t T, int64_t B) {
+  if (precision_ != Precision::bf16) return nullptr;
+  if (layer_norm_ || proj_ > 0)
+    throw InputError("precision bf16: not yet with layer norm or a projection (use f32)");
+  if (b16_arena_.empty() || T * B > b16_capN_ || B > b16_capB_) {
+    b16_capN_ = std::max(T * B, b16_capN_), b16_capB_ = std::max(B, b16_capB_);
+    const int64_t N = b16_capN_, H = H_, G = 4 * H, I = std::max(X_, H_);
+    const int64_t wide = (H + kPanelWidth - 1) / kPanelWidth * kPanelWidth;  // H in whole panels
+    const int64_t widei = (I + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
+    const int64_t sizes[] = {
+        std::max(wide * 4 * even(H), (wide + kPanelWidth) * G),  // u_panels: either way's groups
+        std::max((G + kPanelWidth) * even(I), widei * G),        // w_panels
+        N * std::max(even(I), G),                                // a_rows
+        2 * b16_capB_ * even(H),                                 // h_ring
+        2 * b16_capB_ * G,                                       // dz_ring
+        even(N) * G,                                             // dz_pairs
+        wide * even(N),                                          // h_panels
+        widei * even(N)};                                        // x_panels
+    constexpr int64_t kAlign = 32;                               // bf16_t: 64 bytes
+    int64_t total = kAlign;
+    for (int64_t n : sizes) total += (n + kAlign - 1) / kAlign * kAlign;
+    b16_arena_.assign(static_cast<size_t>(total), bf16_t(0));
+    bf16_t* p = b16_arena_.data();
+    p += (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(bf16_t);
+    bf16_t** slots[] = {&b16_.u_panels, &b16_.w_panels, &b16_.a_rows,   &b16_.h_ring,
+                        &b16_.dz_ring,  &b16_.dz_pairs, &b16_.h_panels, &b16_.x_panels};
+    for (size_t i = 0; i < std::size(sizes); ++i) {
+      *slots[i] = p;
+      p += (sizes[i] + kAlign - 1) / kAlign * kAlign;
+    }
+  }
+  return &b16_;
+}
 
 template <class Real>
 int LstmStack<Real>::threads(int64_t B) const {
@@ -70,8 +118,10 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
                               const Real* s0, int64_t T, int64_t B) {
   reserve(T, B);
   const int64_t H = H_;  // the widest layer: each layer's buffers have room for it
+  const Bf16Buffers* b16 = bf16_buffers(T, B);
   for (int64_t k = 0; k < L_; ++k) {
-    const LayerSaved<Real>& sv = saved_[k];
+    LayerSaved<Real>& sv = saved_[k];
+    sv.b16 = b16;
     if (h0)
       std::copy_n(h0 + h_offset(k, B), B * out_width(k), sv.hseq);
     else
@@ -245,6 +295,7 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
                             const Real* s0, int64_t T, int64_t B) {
   reserve_infer(T, B);
   const int64_t H = H_;  // the widest layer (buffer sizes)
+  infer_layer_.b16 = bf16_buffers(T, B);
   if (layer_norm_ && infer_ln_.size() < static_cast<size_t>(T * B * (9 * H + 3)))
     infer_ln_.resize(static_cast<size_t>(T * B * (9 * H + 3)));
   if (proj_ > 0 && infer_proj_.size() < static_cast<size_t>(T * B * H))

@@ -10,6 +10,7 @@
 
 #include "cpu/dropout.hpp"
 #include "cpu/lstm_layer.hpp"
+#include "lstmgrad/precision.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -49,6 +50,13 @@ class LstmStack {
   // the default: chosen by measuring (TeamTuner, forward and backward apart).
   void set_team(int shares, int running) { threads_ = shares, running_cap_ = running; }
   void set_threads(int n) { set_team(n, n); }  // n shares run by n threads; 0: the defaults
+
+  // The GEMMs' operands for the forward, backward and infer calls that follow (float32 only):
+  // bf16 rounds them (cpu/bf16.hpp) and sums in float32. Throws InputError for bf16 where the
+  // CPU has none (require_bf16), in float64, or with layer norm or a projection (their row
+  // layer has no bf16 path yet; checked at the next forward).
+  void set_precision(Precision p);
+  Precision precision() const { return precision_; }
   int threads(int64_t B) const;
 
   // x [T,B,X]; w [L]; h0, s0 [L,B,H] or null (zeros). Saves what backward needs.
@@ -74,7 +82,8 @@ class LstmStack {
   size_t arena_bytes() const {
     return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() + ln_seq_.size() +
             proj_seq_.size()) *
-           sizeof(Real);
+               sizeof(Real) +
+           b16_arena_.size() * sizeof(bf16_t);
   }
 
   // Inference: forward's arithmetic, the same bits of output and final states, keeping nothing
@@ -92,7 +101,9 @@ class LstmStack {
   const Real* infer_s_last(int64_t k) const {  // [B,H_k]
     return infer_last_ + h_offset(L_, infer_B_) + s_offset(k, infer_B_);
   }
-  size_t infer_bytes() const { return infer_arena_.size() * sizeof(Real); }
+  size_t infer_bytes() const {
+    return infer_arena_.size() * sizeof(Real) + b16_arena_.size() * sizeof(bf16_t);
+  }
 
   // Dropout between layers (on layer k's output before layer k+1 reads it), for the forward
   // calls that follow; p = 0 turns it off. Masks come from (seed, site k+1, position).
@@ -131,6 +142,12 @@ class LstmStack {
 
  private:
   void reserve(int64_t T, int64_t B);
+  // With bf16: its buffers sized for T, B (grown only for larger ones) and returned; else null.
+  const Bf16Buffers* bf16_buffers(int64_t T, int64_t B);
+  Precision precision_ = Precision::f32;
+  std::vector<bf16_t> b16_arena_;
+  int64_t b16_capN_ = 0, b16_capB_ = 0;
+  Bf16Buffers b16_{};
 
   int64_t X_, H_, L_;        // H_: the widest layer or projection (buffers are sized for it)
   std::vector<int64_t> Hk_;  // each layer's width

@@ -1,0 +1,354 @@
+// bfloat16 operands (cpu/bf16.hpp, LstmStack::set_precision): the rounding against its definition,
+// the conversions and kernels against float64 sums of the rounded operands (odd K, ragged rows
+// and columns, both A forms, grouped layouts), and the stack's forward, inference and backward in
+// bf16 against float64 on the same weights, for every cell variant the bf16 path takes. Skipped
+// where the CPU has no AVX512_BF16 (the engine refuses bf16 there: tested too).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "compare.hpp"
+#include "cpu/bf16.hpp"
+#include "cpu/lstm_stack.hpp"
+#include "lstmgrad/error.hpp"
+#include "splitmix.hpp"
+
+namespace lstmgrad::test {
+namespace {
+
+using cpu::bf16_t;
+
+#define SKIP_WITHOUT_BF16() \
+  if (!cpu::bf16_available()) GTEST_SKIP() << "this CPU has no AVX512_BF16"
+
+float bits_to_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(cpu::to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(cpu::to_bf16(bits_to_float(0x3f808000u)), 0x3f80);  // a tie, to the even 0x3f80
+  EXPECT_EQ(cpu::to_bf16(bits_to_float(0x3f818000u)), 0x3f82);  // a tie, to the even 0x3f82
+  EXPECT_EQ(cpu::to_bf16(bits_to_float(0x3f808001u)), 0x3f81);  // above the tie: up
+  EXPECT_EQ(cpu::to_bf16(-2.5f), 0xc020);
+  EXPECT_EQ(cpu::to_bf16(std::numeric_limits<float>::infinity()), 0x7f80);
+  EXPECT_EQ(cpu::to_bf16(std::numeric_limits<float>::max()), 0x7f80);  // rounds up to infinity
+  EXPECT_TRUE(std::isnan(cpu::from_bf16(cpu::to_bf16(std::nanf("")))));
+  EXPECT_EQ(cpu::to_bf16(bits_to_float(0x00000123u)), 0x0000);  // denormal: zero (as the CPU)
+  EXPECT_EQ(cpu::to_bf16(bits_to_float(0x80000123u)), 0x8000);
+  EXPECT_EQ(cpu::from_bf16(0x3f80), 1.0f);
+}
+
+// The vector conversions (the CPU's vcvtneps2bf16) give the scalar rounding's bits, with the
+// padding the formats promise.
+TEST(Bf16, VectorConversionsMatchTheScalarRounding) {
+  SKIP_WITHOUT_BF16();
+  SplitMix rng(3);
+  const int64_t rows = 7, K = 37, lds = 41;
+  std::vector<float> src(static_cast<size_t>(rows * lds));
+  for (float& x : src) x = static_cast<float>(rng.uniform(-3, 3));
+  const int64_t ldd = cpu::even(K) + 2;
+  std::vector<bf16_t> dst(static_cast<size_t>(rows * ldd), 0xffff);
+  cpu::to_bf16_rows(dst.data(), ldd, src.data(), lds, rows, 0, K, K);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = 0; k < K; ++k)
+      ASSERT_EQ(dst[r * ldd + k], cpu::to_bf16(src[r * lds + k])) << r << "," << k;
+    ASSERT_EQ(dst[r * ldd + K], 0) << "odd K's pad";
+  }
+  // pairs: columns [2, 21) of 7 rows (K = 7, odd), 24 lanes
+  const int64_t c0 = 2, c1 = 21, lanes = 24, ldp = 2 * lanes + 4;
+  std::vector<bf16_t> p(static_cast<size_t>(4 * ldp), 0xffff);
+  cpu::to_bf16_pairs(p.data(), ldp, src.data(), lds, rows, c0, c1, lanes);
+  for (int64_t k = 0; k < cpu::even(rows); ++k)
+    for (int64_t c = 0; c < lanes; ++c) {
+      const bf16_t want = k < rows && c < c1 - c0 ? cpu::to_bf16(src[k * lds + c0 + c]) : 0;
+      ASSERT_EQ(p[(k / 2) * ldp + 2 * c + k % 2], want) << k << "," << c;
+    }
+}
+
+// C = start + A B with bf16 operands against float64 sums of the same rounded operands. The
+// products of two bf16 are exact in float32; what differs is the float32 summation's rounding, at
+// most K * 2^-24 * sum |a b| <= 2^-24 K^2 here (|a|, |b| <= 1): 6e-8 K^2, below 1e-3 for K <= 130.
+// A wrong or missing pair is off by O(1/K) of the sum or more.
+void check_tiles(int64_t M, int64_t K, int64_t cols, cpu::PairForm form, cpu::Start start) {
+  SCOPED_TRACE(::testing::Message()
+               << "M " << M << " K " << K << " cols " << cols << " form " << static_cast<int>(form)
+               << " start " << static_cast<int>(start));
+  SplitMix rng(static_cast<uint64_t>(M * 1000 + K * 10 + cols));
+  auto draw = [&] { return cpu::from_bf16(cpu::to_bf16(static_cast<float>(rng.uniform(-1, 1)))); };
+  // A(r, k) and B(k, c) as float32 values that bf16 holds exactly
+  std::vector<float> A(static_cast<size_t>(M * K)), B(static_cast<size_t>(K * cols));
+  for (float& x : A) x = draw();
+  for (float& x : B) x = draw();
+  std::vector<float> bias(static_cast<size_t>(M));
+  for (float& x : bias) x = static_cast<float>(rng.uniform(-1, 1));
+  const int64_t ldc = cols + 3;
+  std::vector<float> C(static_cast<size_t>(M * ldc));
+  for (float& x : C) x = static_cast<float>(rng.uniform(-1, 1));
+  const std::vector<float> C0 = C;
+
+  // A in its form: rows [M][even(K) + 2]; pairs [even(K) / 2][M + 1][2]
+  const int64_t as = form == cpu::PairForm::rows ? cpu::even(K) + 2 : 2 * (M + 1);
+  std::vector<bf16_t> a(
+      static_cast<size_t>(form == cpu::PairForm::rows ? M * as : cpu::even(K) / 2 * as));
+  if (form == cpu::PairForm::rows) {
+    cpu::to_bf16_rows(a.data(), as, A.data(), K, M, 0, K, K);
+  } else {  // A^T [K][M] row-major, then its pairs
+    std::vector<float> At(static_cast<size_t>(K * M));
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t k = 0; k < K; ++k) At[k * M + r] = A[r * K + k];
+    cpu::to_bf16_pairs(a.data(), as, At.data(), M, K, 0, M, M);
+  }
+  const cpu::PanelLayout layout{1, cols, 0, K};
+  const int64_t size = cpu::bf16_panel_size(K);
+  auto* packed = static_cast<bf16_t*>(
+      std::aligned_alloc(64, static_cast<size_t>(cpu::bf16_panels_size(layout) * 2 + 64)));
+  cpu::pack_bf16_panels(packed, B.data(), cols, false, layout, 0, layout.panels());
+  cpu::bf16_tiles(M, K, form, a.data(), as, packed, size, cols, C.data(), ldc, cpu::kPanelWidth,
+                  start, bias.data());
+  std::free(packed);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < ldc; ++c) {
+      const float got = C[r * ldc + c];
+      if (c >= cols) {
+        ASSERT_EQ(got, C0[r * ldc + c]) << "column " << c << " outside the product was written";
+        continue;
+      }
+      double want = start == cpu::Start::accumulate ? C0[r * ldc + c]
+                    : start == cpu::Start::row_bias ? bias[r]
+                                                    : 0.0;
+      for (int64_t k = 0; k < K; ++k) want += double(A[r * K + k]) * double(B[k * cols + c]);
+      ASSERT_NEAR(got, want, 6e-8 * double(K * K) + 1e-6) << "C[" << r << "," << c << "]";
+    }
+}
+
+TEST(Bf16, TilesAgainstFloat64SumsOfTheRoundedOperands) {
+  SKIP_WITHOUT_BF16();
+  for (auto form : {cpu::PairForm::rows, cpu::PairForm::pairs})
+    for (auto start : {cpu::Start::zero, cpu::Start::accumulate, cpu::Start::row_bias}) {
+      check_tiles(1, 1, 1, form, start);
+      check_tiles(13, 37, 45, form, start);  // ragged rows (12 + 1), odd K, 3 panels (2 + 1)
+      check_tiles(24, 64, 32, form, start);
+      check_tiles(5, 130, 17, form, start);
+    }
+}
+
+// The grouped layout of the recurrent steps (bf16_gemm, pack_bf16_panels with rows = true: op(W)
+// = W^T), columns outside the layout untouched.
+TEST(Bf16, GroupedGemmAgainstFloat64) {
+  SKIP_WITHOUT_BF16();
+  const int64_t M = 14, K = 21, groups = 4, width = 9, stride = 11, cols = 3 * stride + width;
+  SplitMix rng(9);
+  auto draw = [&] { return cpu::from_bf16(cpu::to_bf16(static_cast<float>(rng.uniform(-1, 1)))); };
+  std::vector<float> A(static_cast<size_t>(M * K)), W(static_cast<size_t>(cols * K)),
+      C(static_cast<size_t>(M * cols));
+  for (float& x : A) x = draw();
+  for (float& x : W) x = draw();  // W [cols][K]: op(W) = W^T
+  for (float& x : C) x = static_cast<float>(rng.uniform(-1, 1));
+  const std::vector<float> C0 = C;
+  const int64_t lda = cpu::even(K);
+  std::vector<bf16_t> a(static_cast<size_t>(M * lda));
+  cpu::to_bf16_rows(a.data(), lda, A.data(), K, M, 0, K, K);
+  const cpu::PanelLayout layout{groups, width, stride, K};
+  auto* packed = static_cast<bf16_t*>(
+      std::aligned_alloc(64, static_cast<size_t>(cpu::bf16_panels_size(layout) * 2 + 64)));
+  cpu::pack_bf16_panels(packed, W.data(), K, true, layout, 0, layout.panels());
+  cpu::bf16_gemm(M, a.data(), lda, packed, layout, C.data(), cols, true);
+  std::free(packed);
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      if (c % stride >= width) {
+        ASSERT_EQ(C[r * cols + c], C0[r * cols + c]) << "column " << c;
+        continue;
+      }
+      double want = C0[r * cols + c];
+      for (int64_t k = 0; k < K; ++k) want += double(A[r * K + k]) * double(W[c * K + k]);
+      ASSERT_NEAR(C[r * cols + c], want, 6e-8 * double(K * K) + 1e-6);
+    }
+}
+
+// The stack in bf16 against float64 on the same weights, inputs and masks.
+struct StackCase {
+  std::string name;
+  int64_t X;
+  std::vector<int64_t> widths;
+  int64_t T, B;
+  bool unit = false, rec = false, zone = false, drop = false;
+};
+
+template <class Real>
+struct StackRun {
+  std::vector<Real> y, h_n, s_n, dx, dh0, ds0, grads;
+};
+
+template <class Real>
+StackRun<Real> run_stack(const StackCase& c, Precision precision, int shares, bool infer = false) {
+  const int64_t L = static_cast<int64_t>(c.widths.size()), N = c.T * c.B;
+  std::mt19937_64 rng(11);
+  // per layer: W_ih [G,I], W_hh [G,H], b_ih, b_hh [G], unit [3H]
+  std::vector<std::vector<Real>> wv, gv;
+  std::vector<cpu::LayerWeights<Real>> w;
+  std::vector<cpu::LayerGrads<Real>> g;
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t H = c.widths[k], G = 4 * H, I = k == 0 ? c.X : c.widths[k - 1];
+    wv.push_back(cast<Real>(uniform(static_cast<size_t>(G * (I + H + 2) + 3 * H), rng, -0.5, 0.5)));
+    gv.emplace_back(wv.back().size(), Real(0));
+  }
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t H = c.widths[k], G = 4 * H, I = k == 0 ? c.X : c.widths[k - 1];
+    Real* p = wv[k].data();
+    Real* d = gv[k].data();
+    w.push_back({p, p + G * I, p + G * (I + H), p + G * (I + H + 1),
+                 c.unit ? p + G * (I + H + 2) : nullptr});
+    g.push_back({d, d + G * I, d + G * (I + H), d + G * (I + H + 1),
+                 c.unit ? d + G * (I + H + 2) : nullptr});
+  }
+  int64_t states = 0, top = c.widths.back();
+  for (int64_t H : c.widths) states += c.B * H;
+  const std::vector<Real> x = cast<Real>(uniform(static_cast<size_t>(N * c.X), rng));
+  const std::vector<Real> h0 = cast<Real>(uniform(static_cast<size_t>(states), rng, -0.5, 0.5));
+  const std::vector<Real> s0 = cast<Real>(uniform(static_cast<size_t>(states), rng, -0.5, 0.5));
+  const std::vector<Real> dy = cast<Real>(uniform(static_cast<size_t>(N * top), rng));
+  // masks of 0 and 1/(1-p) (dropout) or 0 and 1 (zoneout), drawn the same for both precisions
+  std::bernoulli_distribution keep(0.7);
+  std::vector<std::vector<Real>> rec_m, zh, zs, lock;
+  std::vector<const Real*> rec_p, zh_p, zs_p, lock_p;
+  for (int64_t k = 0; k < L; ++k) {
+    const int64_t H = c.widths[k];
+    auto mask = [&](int64_t n, Real on) {
+      std::vector<Real> m(static_cast<size_t>(n));
+      for (Real& v : m) v = keep(rng) ? on : Real(0);
+      return m;
+    };
+    rec_m.push_back(mask(c.B * H, Real(1) / Real(0.7)));
+    zh.push_back(mask(N * H, Real(1))), zs.push_back(mask(N * H, Real(1)));
+    lock.push_back(mask(c.B * H, Real(1) / Real(0.7)));
+  }
+  for (int64_t k = 0; k < L; ++k) {
+    rec_p.push_back(rec_m[k].data()), zh_p.push_back(zh[k].data()), zs_p.push_back(zs[k].data());
+    lock_p.push_back(lock[k].data());
+  }
+  cpu::LstmStack<Real> stack(c.X, c.widths);
+  stack.set_threads(shares);
+  stack.set_precision(precision);
+  if (c.rec) stack.set_recurrent_masks(rec_p.data());
+  if (c.zone) stack.set_zoneout(0.3, 0.3), stack.set_zoneout_masks(zh_p.data(), zs_p.data());
+  if (c.drop) stack.set_locked_masks(lock_p.data());
+  StackRun<Real> out;
+  if (infer) {
+    stack.infer(x.data(), w.data(), h0.data(), s0.data(), c.T, c.B);
+    out.y.assign(stack.infer_output(), stack.infer_output() + N * top);
+    for (int64_t k = 0; k < L; ++k) {
+      const Real* h = stack.infer_h_last(k);
+      const Real* s = stack.infer_s_last(k);
+      out.h_n.insert(out.h_n.end(), h, h + c.B * c.widths[k]);
+      out.s_n.insert(out.s_n.end(), s, s + c.B * c.widths[k]);
+    }
+    return out;
+  }
+  stack.forward(x.data(), w.data(), h0.data(), s0.data(), c.T, c.B);
+  out.y.assign(stack.output(), stack.output() + N * top);
+  for (int64_t k = 0; k < L; ++k) {
+    out.h_n.insert(out.h_n.end(), stack.h_last(k), stack.h_last(k) + c.B * c.widths[k]);
+    out.s_n.insert(out.s_n.end(), stack.s_last(k), stack.s_last(k) + c.B * c.widths[k]);
+  }
+  out.dx.assign(x.size(), Real(0)), out.dh0.assign(h0.size(), Real(0));
+  out.ds0.assign(s0.size(), Real(0));
+  stack.backward(out.dx.data(), g.data(), dy.data(), x.data(), w.data(), out.dh0.data(),
+                 out.ds0.data());
+  for (auto& gk : gv) out.grads.insert(out.grads.end(), gk.begin(), gk.end());
+  return out;
+}
+
+std::vector<StackCase> stack_cases() {
+  return {
+      {"Plain", 10, {20, 20}, 6, 5},
+      {"OddWidths", 7, {13, 9}, 5, 13},  // odd K everywhere, ragged rows and groups
+      {"Wide", 40, {48, 40}, 4, 3},      // several groups of 16 and 32
+      {"Peephole", 6, {17}, 5, 4, true},
+      {"Recurrent", 9, {18, 11}, 5, 3, false, true},
+      {"Zoneout", 8, {16, 21}, 6, 4, false, false, true},
+      {"AllOfThem", 5, {15, 19, 14}, 4, 6, true, true, true, true},
+  };
+}
+
+class Bf16Stack : public ::testing::TestWithParam<size_t> {};
+
+// Tolerance 3e-2 of each tensor's largest entry: bf16 rounds every GEMM operand to 8
+// significant bits (relative 2^-9), and the errors go through the steps and layers; measured at
+// most 9e-3 on these cases. A plumbing error (a stale or missing operand) is O(1).
+TEST_P(Bf16Stack, AgreesWithFloat64) {
+  SKIP_WITHOUT_BF16();
+  const StackCase c = stack_cases()[GetParam()];
+  SCOPED_TRACE(c.name);
+  const StackRun<double> want = run_stack<double>(c, Precision::f32, 1);
+  const StackRun<float> got = run_stack<float>(c, Precision::bf16, 2);
+  const double tol = 3e-2;
+  EXPECT_TRUE(close("y", got.y, want.y, tol));
+  EXPECT_TRUE(close("h_n", got.h_n, want.h_n, tol));
+  EXPECT_TRUE(close("s_n", got.s_n, want.s_n, tol));
+  EXPECT_TRUE(close("dx", got.dx, want.dx, tol));
+  EXPECT_TRUE(close("dh0", got.dh0, want.dh0, tol));
+  EXPECT_TRUE(close("ds0", got.ds0, want.ds0, tol));
+  EXPECT_TRUE(close("weight gradients", got.grads, want.grads, tol));
+  // and it is bf16: float32 is 1e5 times closer to float64 than this
+  const StackRun<float> f32 = run_stack<float>(c, Precision::f32, 2);
+  const Diff bf = diff(std::span<const float>(got.grads), std::span<const double>(want.grads));
+  const Diff f = diff(std::span<const float>(f32.grads), std::span<const double>(want.grads));
+  EXPECT_GT(bf.rel, 1e-4) << "bf16 gradients as close as float32's: not the bf16 path?";
+  EXPECT_LT(f.rel, 1e-5);
+}
+
+// The claimed split's groups and the row splits do not change a bf16 sum: the same bits for
+// any number of shares; inference gives the training forward's bits.
+TEST_P(Bf16Stack, SameBitsForEveryTeamAndForInference) {
+  SKIP_WITHOUT_BF16();
+  const StackCase c = stack_cases()[GetParam()];
+  SCOPED_TRACE(c.name);
+  const StackRun<float> one = run_stack<float>(c, Precision::bf16, 1);
+  for (int shares : {2, 3}) {
+    const StackRun<float> many = run_stack<float>(c, Precision::bf16, shares);
+    EXPECT_TRUE(close("y", many.y, one.y, 0));
+    EXPECT_TRUE(close("dx", many.dx, one.dx, 0));
+    EXPECT_TRUE(close("weight gradients", many.grads, one.grads, 0));
+  }
+  if (c.rec || c.zone || c.drop) return;  // inference has no masks
+  const StackRun<float> inf = run_stack<float>(c, Precision::bf16, 2, true);
+  EXPECT_TRUE(close("inference y", inf.y, one.y, 0));
+  EXPECT_TRUE(close("inference h_n", inf.h_n, one.h_n, 0));
+  EXPECT_TRUE(close("inference s_n", inf.s_n, one.s_n, 0));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Bf16Stack, ::testing::Range<size_t>(0, stack_cases().size()),
+                         [](const ::testing::TestParamInfo<size_t>& p) {
+                           return stack_cases()[p.param].name;
+                         });
+
+TEST(Bf16, RefusedWhereItCannotRun) {
+  cpu::LstmStack<double> reference(3, 4, 1);
+  EXPECT_THROW(reference.set_precision(Precision::bf16), InputError);
+  if (!cpu::bf16_available()) {
+    cpu::LstmStack<float> stack(3, 4, 1);
+    EXPECT_THROW(stack.set_precision(Precision::bf16), InputError);
+    return;
+  }
+  cpu::LstmStack<float> ln(3, 4, 1);
+  ln.set_precision(Precision::bf16);
+  ln.set_layer_norm(true);
+  std::vector<float> x(3 * 2 * 3, 0.1f);
+  std::vector<cpu::LayerWeights<float>> w(1);
+  EXPECT_THROW(ln.forward(x.data(), w.data(), nullptr, nullptr, 2, 3), InputError);
+  EXPECT_THROW(parse_precision("fp8"), InputError);
+}
+
+}  // namespace
+}  // namespace lstmgrad::test
