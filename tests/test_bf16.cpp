@@ -96,18 +96,24 @@ void check_tiles(int64_t M, int64_t K, int64_t cols, cpu::PairForm form, cpu::St
   for (float& x : C) x = static_cast<float>(rng.uniform(-1, 1));
   const std::vector<float> C0 = C;
 
-  // A in its form: rows [M][even(K) + 2]; pairs [even(K) / 2][M + 1][2]
-  const int64_t as = form == cpu::PairForm::rows ? cpu::even(K) + 2 : 2 * (M + 1);
-  std::vector<bf16_t> a(
-      static_cast<size_t>(form == cpu::PairForm::rows ? M * as : cpu::even(K) / 2 * as));
-  if (form == cpu::PairForm::rows) {
+  // A in its form: rows [M][even(K) + 2]; pairs [even(K) / 2][M + 1][2]; blocks of 12 rows
+  const int64_t blocks = (M + cpu::kBf16Rows - 1) / cpu::kBf16Rows;
+  const int64_t as = form == cpu::PairForm::rows    ? cpu::even(K) + 2
+                     : form == cpu::PairForm::pairs ? 2 * (M + 1)
+                                                    : cpu::bf16_block_size(K);
+  const int64_t a_size = form == cpu::PairForm::rows    ? M * as
+                         : form == cpu::PairForm::pairs ? cpu::even(K) / 2 * as
+                                                        : blocks * as;
+  std::vector<bf16_t> a(static_cast<size_t>(a_size));
+  std::vector<float> At(static_cast<size_t>(K * M));  // A^T [K][M] row-major
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t k = 0; k < K; ++k) At[k * M + r] = A[r * K + k];
+  if (form == cpu::PairForm::rows)
     cpu::to_bf16_rows(a.data(), as, A.data(), K, M, 0, K, K);
-  } else {  // A^T [K][M] row-major, then its pairs
-    std::vector<float> At(static_cast<size_t>(K * M));
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t k = 0; k < K; ++k) At[k * M + r] = A[r * K + k];
+  else if (form == cpu::PairForm::pairs)
     cpu::to_bf16_pairs(a.data(), as, At.data(), M, K, 0, M, M);
-  }
+  else
+    cpu::to_bf16_blocks(a.data(), At.data(), M, K, 0, M);
   const cpu::PanelLayout layout{1, cols, 0, K};
   const int64_t size = cpu::bf16_panel_size(K);
   auto* packed = static_cast<bf16_t*>(
@@ -133,12 +139,13 @@ void check_tiles(int64_t M, int64_t K, int64_t cols, cpu::PairForm form, cpu::St
 
 TEST(Bf16, TilesAgainstFloat64SumsOfTheRoundedOperands) {
   SKIP_WITHOUT_BF16();
-  for (auto form : {cpu::PairForm::rows, cpu::PairForm::pairs})
+  for (auto form : {cpu::PairForm::rows, cpu::PairForm::pairs, cpu::PairForm::blocks})
     for (auto start : {cpu::Start::zero, cpu::Start::accumulate, cpu::Start::row_bias}) {
       check_tiles(1, 1, 1, form, start);
       check_tiles(13, 37, 45, form, start);  // ragged rows (12 + 1), odd K, 3 panels (2 + 1)
       check_tiles(24, 64, 32, form, start);
       check_tiles(5, 130, 17, form, start);
+      check_tiles(30, 9, 40, form, start);  // three row blocks, the last one of 6
     }
 }
 

@@ -100,6 +100,12 @@ void to_bf16_pairs(bf16_t* dst, int64_t ldd, const float* src, int64_t lds, int6
           k < K && c < c1 - c0 ? to_bf16(src[k * lds + c0 + c]) : bf16_t(0);
 }
 
+void to_bf16_blocks(bf16_t* dst, const float* src, int64_t lds, int64_t K, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; c += kBf16Rows)
+    to_bf16_pairs(dst + (c - c0) / kBf16Rows * bf16_block_size(K), 2 * kBf16Rows, src, lds, K, c,
+                  std::min(c + kBf16Rows, c1), kBf16Rows);
+}
+
 namespace {
 
 struct PanelColumns {
@@ -134,7 +140,7 @@ void pack_bf16_panels(bf16_t* dst, const float* W, int64_t ldw, bool rows,
 
 namespace {
 
-constexpr int kMaxRows = 12;
+constexpr int kMaxRows = static_cast<int>(kBf16Rows);
 
 // acc[r][p] += sum over k of A(r, k) B_p(k, lane), two k a step (K even).
 template <int MR, int NP, PairForm F>
@@ -238,7 +244,14 @@ void bf16_tiles(int64_t M, int64_t K, PairForm form, const bf16_t* A, int64_t as
                 int64_t b_stride, int64_t columns, float* C, int64_t ldc, int64_t c_stride,
                 Start start, const float* bias) {
   const int64_t np = (columns + kPanelWidth - 1) / kPanelWidth;
-  auto a_row = [&](int64_t r) { return form == PairForm::rows ? A + r * as : A + 2 * r; };
+  // blocks: r is a multiple of 12 (the tiles' rows); each block a pairs form of its own
+  auto a_row = [&](int64_t r) {
+    return form == PairForm::rows    ? A + r * as
+           : form == PairForm::pairs ? A + 2 * r
+                                     : A + r / 12 * as;
+  };
+  const PairForm tile_form = form == PairForm::rows ? PairForm::rows : PairForm::pairs;
+  const int64_t tile_as = form == PairForm::blocks ? 2 * kBf16Rows : as;
   for (int64_t p0 = 0; p0 < np; p0 += 2) {
     const int NP = np - p0 >= 2 ? 2 : 1;
     const bf16_t* P[2] = {nullptr, nullptr};
@@ -252,7 +265,8 @@ void bf16_tiles(int64_t M, int64_t K, PairForm form, const bf16_t* A, int64_t as
     for (int64_t r = 0; r < M; r += kMaxRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));
       float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
-      tile_fn(form, NP, mr)(K, a_row(r), as, P, Cr, mask, ldc, start, bias ? bias + r : nullptr);
+      tile_fn(tile_form, NP, mr)(K, a_row(r), tile_as, P, Cr, mask, ldc, start,
+                                 bias ? bias + r : nullptr);
     }
   }
 }

@@ -5,10 +5,12 @@
 //
 // A bf16 is a float32's upper 16 bits (8 significant bits), rounded to nearest even. Operands go
 // in pairs along the shared dimension k, so a K is padded to even(K) with a zero:
-//   - A, the broadcast operand, in one of two forms (PairForm): `rows`, row r's pair (k, k+1) at
-//     A + r * as + k (a row-major matrix whose rows are padded: as >= even(K)); or `pairs`, at
+//   - A, the broadcast operand, in one of three forms (PairForm): `rows`, row r's pair (k, k+1)
+//     at A + r * as + k (a row-major matrix whose rows are padded: as >= even(K)); `pairs`, at
 //     A + (k / 2) * as + 2 r (two rows of a k-major matrix interleaved: A^T of a row-major one,
-//     to_bf16_pairs).
+//     to_bf16_pairs); `blocks`, pairs form in blocks of kBf16Rows rows, block b at A + b * as
+//     with its own pair stride 2 kBf16Rows (to_bf16_blocks): a tile's operand is one stream,
+//     where the pairs form of a long K jumps a page at every pair.
 //   - B in panels of 16 columns like the float32 kernel's (cpu/panel_gemm.hpp), each [even(K) /
 //     2][16][2]: row k / 2 holds the 16 columns' pairs, 64 bytes, aligned.
 // The callers keep float32 everywhere else: C, the bias, the cell state, every gradient and the
@@ -62,7 +64,17 @@ void pack_bf16_panels(bf16_t* dst, const float* W, int64_t ldw, bool rows,
 // panel_tiles in bf16: C = start + A B for r < M and `columns` columns, K the shared dimension
 // (A and B padded to even(K)); panel q at B + q * b_stride; C as panel_tiles writes it (row r of
 // panel q's 16 columns at C + q * c_stride + r * ldc).
-enum class PairForm { rows, pairs };
+enum class PairForm { rows, pairs, blocks };
+
+// The tile's rows (the blocks form's block height).
+constexpr int64_t kBf16Rows = 12;
+
+// The blocks form of src's columns [c0, c1) over K rows (A(r, k) = src[k * lds + c0 + r]):
+// block b (rows c0 + 12 b ..) at dst + b * bf16_block_size(K), each to_bf16_pairs with 12 lanes.
+inline int64_t bf16_block_size(int64_t K) {
+  return even(K) * kBf16Rows;
+}
+void to_bf16_blocks(bf16_t* dst, const float* src, int64_t lds, int64_t K, int64_t c0, int64_t c1);
 void bf16_tiles(int64_t M, int64_t K, PairForm form, const bf16_t* A, int64_t as, const bf16_t* B,
                 int64_t b_stride, int64_t columns, float* C, int64_t ldc, int64_t c_stride,
                 Start start, const float* bias);

@@ -1,7 +1,9 @@
 #include "cpu/lstm_layer.hpp"
 
 #include <algorithm>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "core/gates.hpp"
 #include "cpu/blas.hpp"
@@ -211,7 +213,7 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
   for (int64_t t = T - 1; t >= 0; --t) {
     tm.poll_outside();
     float* dzt = dz + t * B * G;
-    const bf16_t* dzn16 = b16 ? b16->dz_ring + (t + 1) % 2 * B * G : nullptr;  // dz_{t+1}
+    const bf16_t* dzn16 = b16 ? b16->a_rows + (t + 1) * B * G : nullptr;  // dz_{t+1}
     for_each_claimed(saved, t, tm, [&](int64_t u) {
       const int64_t j = u * kBackwardGroup, n = std::min(kBackwardGroup, H - j);
       const float* dho = dh_out ? dh_out + t * B * H + j : nullptr;
@@ -246,15 +248,15 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
         fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
                             n);
       }
-      if (b16)  // dz_t of these units for the step before (and dL/dh0)
+      if (b16)  // dz_t of these units for the step before, dL/dh0 and dx
         for (int64_t q = 0; q < 4; ++q)
-          to_bf16_rows(b16->dz_ring + t % 2 * B * G + q * H, G, dzt + q * H, G, B, j, j + n, G);
+          to_bf16_rows(b16->a_rows + t * B * G + q * H, G, dzt + q * H, G, B, j, j + n, G);
     });
     saved.step_barrier->wait(tm.threads);  // dz_t complete before any thread's GEMM reads it
   }
   for_each_claimed(saved, T, tm, [&](int64_t u) {
     if (b16)
-      bf16_gemm(B, b16->dz_ring, G, b16->u_panels + u * per16, group_backward(u, H),
+      bf16_gemm(B, b16->a_rows, G, b16->u_panels + u * per16, group_backward(u, H),
                 dh_rec + u * kBackwardGroup, H, false);
     else
       panel_gemm(B, dz, G, saved.panels + u * per, group_backward(u, H),
@@ -292,9 +294,18 @@ void bf16_input_projection(const LayerSaved<float>& saved, const float* x,
   });
 }
 
+// The bf16 weight gradients' split of the 4H gate rows: whole blocks of kBf16Rows per share (the
+// blocks form's), so that share p's blocks start at g0 * even(N).
+std::pair<int64_t, int64_t> bf16_gate_rows(int64_t G, const TeamSlice& ts) {
+  const int64_t nb = (G + kBf16Rows - 1) / kBf16Rows;
+  return {std::min(G, kBf16Rows * split_edge(nb, ts.id, ts.size)),
+          std::min(G, kBf16Rows * split_edge(nb, ts.id + 1, ts.size))};
+}
+
 // layer_backward's operands for the weight gradients and dx in bf16, each share its part: the
-// product's inputs h and x in panels over the N positions, W_ih's panels (dx), dz^T's gate rows
-// [g0, g1) in pairs form and dz's rows in rows form (dx). The caller's barrier follows.
+// product's inputs h and x in panels over the N positions, W_ih's panels (dx) and dz^T's gate rows
+// in blocks form (dz itself is in rows form already: the steps wrote it). The caller's barrier
+// follows.
 void bf16_grad_operands(const float* dz, bool dx, const LayerSaved<float>& saved, const float* x,
                         const LayerWeights<float>& w, const TeamSlice& ts, int64_t N, int64_t B,
                         int64_t I, int64_t H) {
@@ -307,10 +318,8 @@ void bf16_grad_operands(const float* dz, bool dx, const LayerSaved<float>& saved
   part({1, H, 0, N}, product_input(saved, 0, B, H), H, b.h_panels);
   part({1, I, 0, N}, x, I, b.x_panels);
   if (dx) part({1, I, 0, G}, w.W_ih, I, b.w_panels);
-  const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
-  if (g1 > g0) to_bf16_pairs(b.dz_pairs + 2 * g0, 2 * G, dz, G, N, g0, g1, g1 - g0);
-  const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-  if (dx && r1 > r0) to_bf16_rows(b.a_rows + r0 * G, G, dz + r0 * G, G, r1 - r0, 0, G, G);
+  const auto [g0, g1] = bf16_gate_rows(G, ts);
+  if (g1 > g0) to_bf16_blocks(b.dz_blocks + g0 * even(N), dz, G, N, g0, g1);
 }
 
 }  // namespace
@@ -442,17 +451,20 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     // Weight gradients over all steps at once (dz is complete: the last barrier above), each
     // share a contiguous range of the 4H weight rows, one GEMM each (M = 4H / P rather than four
     // of H / P): dW_hh += dz^T h_prev (as the product read it); dW_ih and dx in input_grads.
-    const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
+    auto [g0, g1] = std::pair(split_edge(G, ts.id, ts.size), split_edge(G, ts.id + 1, ts.size));
+    if constexpr (std::is_same_v<Real, float>) {
+      if (b16) std::tie(g0, g1) = bf16_gate_rows(G, ts);
+    }
     if (g1 > g0) {
       if constexpr (std::is_same_v<Real, float>) {
         if (b16) {  // the same products with bf16 operands (bf16_grad_operands)
           const Bf16Buffers& b = *saved.b16;
-          bf16_tiles(g1 - g0, N, PairForm::pairs, b.dz_pairs + 2 * g0, 2 * G, b.h_panels,
-                     bf16_panel_size(N), H, g.dW_hh + g0 * H, H, kPanelWidth, Start::accumulate,
-                     nullptr);
-          bf16_tiles(g1 - g0, N, PairForm::pairs, b.dz_pairs + 2 * g0, 2 * G, b.x_panels,
-                     bf16_panel_size(N), I, g.dW_ih + g0 * I, I, kPanelWidth, Start::accumulate,
-                     nullptr);
+          bf16_tiles(g1 - g0, N, PairForm::blocks, b.dz_blocks + g0 * even(N), bf16_block_size(N),
+                     b.h_panels, bf16_panel_size(N), H, g.dW_hh + g0 * H, H, kPanelWidth,
+                     Start::accumulate, nullptr);
+          bf16_tiles(g1 - g0, N, PairForm::blocks, b.dz_blocks + g0 * even(N), bf16_block_size(N),
+                     b.x_panels, bf16_panel_size(N), I, g.dW_ih + g0 * I, I, kPanelWidth,
+                     Start::accumulate, nullptr);
         }
       }
       if (!b16)

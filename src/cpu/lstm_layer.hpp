@@ -60,14 +60,13 @@ struct LayerGrads {  // accumulated (+=)
 // The bf16 operands of the float32 claimed split (LstmStack::set_precision; cpu/bf16.hpp), shared
 // by the layers (one runs at a time), each 64-byte aligned. N = T*B, I the widest input.
 struct Bf16Buffers {
-  bf16_t* u_panels;  // the recurrent weights in groups, as LayerSaved::panels
-  bf16_t* w_panels;  // W_ih: forward, W_ih^T [I, 4H]; backward, W_ih [4H, I] (for dx)
-  bf16_t* a_rows;    // rows-form A: forward x [N, even(I)]; backward dz [N, 4H] (for dx)
-  bf16_t* h_ring;    // [2][B, even(H)] the product's input of steps t and t + 1
-  bf16_t* dz_ring;   // [2][B, 4H] dz of steps t + 1 and t (backward's product)
-  bf16_t* dz_pairs;  // dz^T in pairs form [even(N) / 2][4H][2] (the weight gradients' A)
-  bf16_t* h_panels;  // the product's inputs h [N, H] in panels over K = N
-  bf16_t* x_panels;  // x [N, I] in panels over K = N
+  bf16_t* u_panels;   // the recurrent weights in groups, as LayerSaved::panels
+  bf16_t* w_panels;   // W_ih: forward, W_ih^T [I, 4H]; backward, W_ih [4H, I] (for dx)
+  bf16_t* a_rows;     // rows-form A: forward x [N, even(I)]; backward dz [N, 4H] (steps, dx)
+  bf16_t* h_ring;     // [2][B, even(H)] the product's input of steps t and t + 1
+  bf16_t* dz_blocks;  // dz^T in blocks form (the weight gradients' A), rows of 12 gates
+  bf16_t* h_panels;   // the product's inputs h [N, H] in panels over K = N
+  bf16_t* x_panels;   // x [N, I] in panels over K = N
 };
 
 // What forward saves for backward.

@@ -56,8 +56,7 @@ const Bf16Buffers* LstmStack<Real>::bf16_buffers(int64_t T, int64_t B) {
         std::max((G + kPanelWidth) * even(I), widei * G),        // w_panels
         N * std::max(even(I), G),                                // a_rows
         2 * b16_capB_ * even(H),                                 // h_ring
-        2 * b16_capB_ * G,                                       // dz_ring
-        even(N) * G,                                             // dz_pairs
+        (G + kBf16Rows) * even(N),                               // dz_blocks
         wide * even(N),                                          // h_panels
         widei * even(N)};                                        // x_panels
     constexpr int64_t kAlign = 32;                               // bf16_t: 64 bytes
@@ -66,8 +65,8 @@ const Bf16Buffers* LstmStack<Real>::bf16_buffers(int64_t T, int64_t B) {
     b16_arena_.assign(static_cast<size_t>(total), bf16_t(0));
     bf16_t* p = b16_arena_.data();
     p += (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(bf16_t);
-    bf16_t** slots[] = {&b16_.u_panels, &b16_.w_panels, &b16_.a_rows,   &b16_.h_ring,
-                        &b16_.dz_ring,  &b16_.dz_pairs, &b16_.h_panels, &b16_.x_panels};
+    bf16_t** slots[] = {&b16_.u_panels,  &b16_.w_panels, &b16_.a_rows,  &b16_.h_ring,
+                        &b16_.dz_blocks, &b16_.h_panels, &b16_.x_panels};
     for (size_t i = 0; i < std::size(sizes); ++i) {
       *slots[i] = p;
       p += (sizes[i] + kAlign - 1) / kAlign * kAlign;
