@@ -14,6 +14,7 @@
 
 #include "cli_runner.hpp"
 #include "lstmgrad/model_io.hpp"
+#include "lstmgrad/precision.hpp"
 #include "lstmgrad/safetensors.hpp"
 #include "phrases.hpp"
 #include "tensor_files.hpp"
@@ -82,6 +83,39 @@ TEST(TrainCli, ResumeIsBitIdenticalToAnUninterruptedRun) {
   EXPECT_TRUE(same_tensors(a / "checkpoint.safetensors", b / "checkpoint.safetensors"));
   const auto ma = metrics(a), mb = metrics(b);
   EXPECT_EQ(ma.back()["valid_loss"], mb.back()["valid_loss"]);
+}
+
+// --precision bf16 through the command line: it learns, resumes to the same bits, stores the
+// precision in the checkpoint, and eval in bf16 gives the run's last validation loss; refused
+// with --dtype f64 before anything is written.
+TEST(TrainCli, Bf16TrainsResumesExactlyAndEvalAgrees) {
+  if (!bf16_supported()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  Corpus c;
+  const std::string common = "train --train " + c.train + " --valid " + c.valid + kSmall +
+                             " --epochs 3 --optimizer adam --lr 0.01 --threads 2 " +
+                             "--precision bf16 --dropout 0.1";
+  const auto a = c.dir / "a", b = c.dir / "b";
+  const CliResult ra = run_cli(common + " --out " + a.string());
+  ASSERT_EQ(ra.rc, 0) << ra.err;
+  ASSERT_EQ(run_cli(common + " --out " + b.string() + " --max-steps 7").rc, 0);
+  const CliResult rb = run_cli("train --resume " + b.string() + " --quiet");
+  ASSERT_EQ(rb.rc, 0) << rb.err;
+  EXPECT_TRUE(same_tensors(a / "model.safetensors", b / "model.safetensors"));
+  EXPECT_TRUE(same_tensors(a / "checkpoint.safetensors", b / "checkpoint.safetensors"));
+  const auto m = metrics(a);
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_LT(m.back()["valid_loss"].get<double>(), 1.2) << m.back().dump();  // as in float32
+  const CliResult e =
+      run_cli("eval --json --batch 8 --seq 20 --dtype f32 --precision bf16 " +
+              std::string("--model ") + (a / "model.safetensors").string() + " --data " + c.valid);
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const double valid = m.back()["valid_loss"].get<double>();
+  EXPECT_NEAR(nlohmann::json::parse(e.out)["loss"].get<double>(), valid, 1e-6 * valid);
+  const auto bad = c.dir / "bad";
+  const CliResult r = run_cli(common + " --dtype f64 --out " + bad.string());
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("--precision bf16"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(bad));
 }
 
 // The cell with peepholes through the command line: its tensors in the model file, exact resume,

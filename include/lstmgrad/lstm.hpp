@@ -15,6 +15,7 @@
 
 #include "lstmgrad/batch.hpp"
 #include "lstmgrad/model.hpp"
+#include "lstmgrad/precision.hpp"
 #include "lstmgrad/regularize.hpp"
 
 namespace lstmgrad {
@@ -53,6 +54,14 @@ class LanguageModel {
   void set_team(int shares, int running);
   void set_threads(int n);
   int threads() const;
+
+  // The GEMMs' operands for the calls that follow (lstmgrad/precision.hpp): bf16 rounds them in
+  // the LSTM stack and in the fused readout (float32, linear readout, class targets) and sums in
+  // float32; everything else stays float32 (the readout over soft targets too). Throws
+  // InputError for bf16 in float64, on a CPU without AVX512_BF16, and (at forward) with layer
+  // norm or a projection.
+  void set_precision(Precision p);
+  Precision precision() const;
 
   const ModelConfig& config() const;
 

@@ -44,6 +44,9 @@ struct TrainOptions {
   std::string optimizer = "sgd";
   std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
   std::string dtype = "f32";
+  // The CPU float32 engine's GEMM operands: f32, or bf16 (lstmgrad/precision.hpp; the run's own
+  // validations and test too).
+  std::string precision = "f32";
   std::string device = "cpu";  // cpu, or cuda (float32 on an NVIDIA GPU)
   bool device_given = false;   // on --resume, --device given on the command line overrides
   uint64_t seed = 0;
@@ -101,7 +104,8 @@ struct EvalOptions {
   std::filesystem::path model, data;
   int64_t batch = 1, seq = 35;
   std::string dtype = "f64";
-  std::string device = "cpu";  // cuda: float32 on an NVIDIA GPU
+  std::string precision = "f32";  // with dtype f32 on the CPU: f32 or bf16 GEMM operands
+  std::string device = "cpu";     // cuda: float32 on an NVIDIA GPU
   // The continuous cache of Grave et al. 2016 (train/neural_cache.hpp): each stream's last
   // cache_window positions (0: none), attention flatness cache_theta, mixture weight cache_lambda.
   int64_t cache_window = 0;

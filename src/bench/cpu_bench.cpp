@@ -127,6 +127,7 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
     b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
   LanguageModel<float> lm(cfg);
   lm.set_threads(o.threads);
+  lm.set_precision(o.precision);
   cpu::TeamTuner sgd_tuner;  // the update's team, as the trainer's optimizer chooses it
   const float lr = 1e-3f;
   return median_ms(

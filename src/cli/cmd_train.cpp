@@ -111,6 +111,11 @@ void register_train(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "f32 or f64")
       ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
+  cmd->add_option("--precision", o->precision,
+                  "With --dtype f32 on the CPU: f32, or bf16 (bfloat16 GEMM operands with "
+                  "float32 sums; AVX512_BF16)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   cmd->add_option("--threads", *threads,
                   "Threads (0: the cores, fewer while the machine is busy; under mpirun the cores "
@@ -191,6 +196,11 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "f32 or f64")
       ->check(CLI::IsMember({"f32", "f64"}))
       ->capture_default_str();
+  cmd->add_option("--precision", o->precision,
+                  "With --dtype f32 on the CPU: f32, or bf16 (bfloat16 GEMM operands with "
+                  "float32 sums; AVX512_BF16)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   cmd->add_option(
       "--threads", *threads,
       "Threads (0: the cores; under mpirun the cores over the processes on each machine)");
@@ -217,6 +227,8 @@ void register_eval(CLI::App& app) {
     if (o->device == "cuda") {
       if (dtype->count() > 0 && o->dtype != "f32")
         throw InputError("--dtype " + o->dtype + ": --device cuda computes in float32 (f32)");
+      if (o->precision != "f32")
+        throw InputError("--precision " + o->precision + ": the CPU's (--device cpu)");
       o->dtype = "f32";
     }
     const EvalResult r = job.world ? evaluate_file(*o, *job.world) : evaluate_file(*o);

@@ -146,9 +146,12 @@ constexpr int kMaxRows = static_cast<int>(kBf16Rows);
 template <int MR, int NP, PairForm F>
 LSTMGRAD_AVX512_BF16 inline void sums(int64_t K, const bf16_t* A, int64_t as,
                                       const bf16_t* const* P, __m512 (&acc)[MR][NP]) {
-  const int64_t rs = F == PairForm::rows ? as : 2;  // from row r's pair to row r + 1's
+  // from row r's pair to row r + 1's
+  const int64_t rs = F == PairForm::rows ? as : F == PairForm::lanes ? kPanelWidth : 2;
   for (int64_t k = 0; k < K; k += 2) {
-    const bf16_t* a = F == PairForm::rows ? A + k : A + (k / 2) * as;
+    const bf16_t* a = F == PairForm::rows    ? A + k
+                      : F == PairForm::lanes ? A + (k / kPanelWidth) * as + k % kPanelWidth
+                                             : A + (k / 2) * as;
     __m512i w[NP];
 #pragma GCC unroll 4
     for (int p = 0; p < NP; ++p)
@@ -204,9 +207,10 @@ constexpr std::array<std::array<TileFn, kMaxRows>, 2> tiles_of() {
           tiles<2, F>(std::make_index_sequence<kMaxRows>{})};
 }
 
-// kTiles[form][NP - 1][MR - 1]
-const std::array<std::array<std::array<TileFn, kMaxRows>, 2>, 2> kTiles = {
-    tiles_of<PairForm::rows>(), tiles_of<PairForm::pairs>()};
+// kTiles[form][NP - 1][MR - 1] (blocks runs the pairs tiles block by block)
+const std::array<std::array<std::array<TileFn, kMaxRows>, 2>, 4> kTiles = {
+    tiles_of<PairForm::rows>(), tiles_of<PairForm::pairs>(), tiles_of<PairForm::pairs>(),
+    tiles_of<PairForm::lanes>()};
 
 TileFn tile_fn(PairForm f, int np, int mr) {
   return kTiles[static_cast<size_t>(f)][np - 1][mr - 1];
@@ -248,9 +252,10 @@ void bf16_tiles(int64_t M, int64_t K, PairForm form, const bf16_t* A, int64_t as
   auto a_row = [&](int64_t r) {
     return form == PairForm::rows    ? A + r * as
            : form == PairForm::pairs ? A + 2 * r
-                                     : A + r / 12 * as;
+           : form == PairForm::lanes ? A + r * kPanelWidth
+                                     : A + r / kBf16Rows * as;
   };
-  const PairForm tile_form = form == PairForm::rows ? PairForm::rows : PairForm::pairs;
+  const PairForm tile_form = form == PairForm::blocks ? PairForm::pairs : form;
   const int64_t tile_as = form == PairForm::blocks ? 2 * kBf16Rows : as;
   for (int64_t p0 = 0; p0 < np; p0 += 2) {
     const int NP = np - p0 >= 2 ? 2 : 1;

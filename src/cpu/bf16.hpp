@@ -10,7 +10,9 @@
 //     A + (k / 2) * as + 2 r (two rows of a k-major matrix interleaved: A^T of a row-major one,
 //     to_bf16_pairs); `blocks`, pairs form in blocks of kBf16Rows rows, block b at A + b * as
 //     with its own pair stride 2 kBf16Rows (to_bf16_blocks): a tile's operand is one stream,
-//     where the pairs form of a long K jumps a page at every pair.
+//     where the pairs form of a long K jumps a page at every pair; `lanes`, at
+//     A + (k / 16) * as + 16 r + k % 16 (float32's AForm::blocks: 16 k of a row side by side,
+//     one block's rows together; the readout's panel-major chunks in bf16).
 //   - B in panels of 16 columns like the float32 kernel's (cpu/panel_gemm.hpp), each [even(K) /
 //     2][16][2]: row k / 2 holds the 16 columns' pairs, 64 bytes, aligned.
 // The callers keep float32 everywhere else: C, the bias, the cell state, every gradient and the
@@ -64,7 +66,7 @@ void pack_bf16_panels(bf16_t* dst, const float* W, int64_t ldw, bool rows,
 // panel_tiles in bf16: C = start + A B for r < M and `columns` columns, K the shared dimension
 // (A and B padded to even(K)); panel q at B + q * b_stride; C as panel_tiles writes it (row r of
 // panel q's 16 columns at C + q * c_stride + r * ldc).
-enum class PairForm { rows, pairs, blocks };
+enum class PairForm { rows, pairs, blocks, lanes };
 
 // The tile's rows (the blocks form's block height).
 constexpr int64_t kBf16Rows = 12;

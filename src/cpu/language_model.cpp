@@ -130,7 +130,8 @@ struct LanguageModel<Real>::Impl {
   // forward used it; probs() then converts its logits into probs_ on demand).
   std::unique_ptr<cpu::VocabReadout> vocab_;
   bool vocab_fused_ = false;
-  bool readout_sumsq_ = false;  // the last backward took the fused readout's grad_sumsq
+  Precision precision_ = Precision::f32;  // set_precision's
+  bool readout_sumsq_ = false;            // the last backward took the fused readout's grad_sumsq
   bool backward_done_ = false;  // the last forward's p is gone (dL/dlogits took its place)
   bool inferred_ = false;       // the last forward was infer: the stack kept nothing
   GradientListener* listener_ = nullptr;  // set_gradient_listener's, or none
@@ -203,6 +204,17 @@ template <class Real>
 void LanguageModel<Real>::set_team(int shares, int running) {
   impl_->threads_ = shares, impl_->running_ = running;
   impl_->stack_->set_team(shares, running);
+}
+
+template <class Real>
+void LanguageModel<Real>::set_precision(Precision p) {
+  impl_->stack_->set_precision(p);  // refuses what cannot run it
+  impl_->precision_ = p;
+}
+
+template <class Real>
+Precision LanguageModel<Real>::precision() const {
+  return impl_->precision_;
 }
 
 template <class Real>
@@ -455,6 +467,7 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
   const cpu::TeamCall call(readout_forward_, S, running_, static_cast<double>(N));
   if (vocab_fused_) {  // the same bits for any team (vocab_readout.hpp): the shares are moot
     if (!vocab_) vocab_ = std::make_unique<cpu::VocabReadout>();
+    vocab_->set_bf16(precision_ == Precision::bf16);
     vocab_->reserve(N, H, V, S, keep);
     fused_forward(*vocab_, call.threads(), top, P + *offsets_.decoder_weight,
                   P + *offsets_.decoder_bias, y_class, row_loss);

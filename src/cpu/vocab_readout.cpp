@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
 
 #include "cpu/panel_gemm.hpp"
 #include "cpu/simd_math.hpp"
@@ -44,6 +45,23 @@ int64_t split(int64_t n, int id, int nt) {
 
 int64_t round_up(int64_t n, int64_t m) {
   return (n + m - 1) / m * m;
+}
+
+int64_t np16(int64_t Np) {  // token panels
+  return Np / kW;
+}
+
+// pack_h's bf16 operands: the token panels [p0, p1) of h^T over K = H, and the input panels
+// [q0, q1) of h over K = N.
+void pack_h16(const float* h, int64_t N, int64_t H, int64_t p0, int64_t p1, int64_t q0, int64_t q1,
+              bf16_t* hT16, bf16_t* hp16) {
+  if (p1 > p0) {
+    const int64_t n0 = p0 * kW, tokens = std::min(N, p1 * kW) - n0;
+    const PanelLayout layout{1, tokens, 0, H};
+    pack_bf16_panels(hT16 + p0 * bf16_panel_size(H), h + n0 * H, H, true, layout, 0,
+                     layout.panels());
+  }
+  pack_bf16_panels(hp16, h, H, false, {1, H, 0, N}, q0, q1);
 }
 
 // h [N,H] into token panels hT [Np/16][H][16] (h's rows are op(W)'s columns for pack_panels)
@@ -194,6 +212,21 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads, bool ba
     p = q + n;
     return q;
   };
+  if (bf16_) {
+    const int64_t sizes[] = {np16(Np) * bf16_panel_size(H),                  // hT16
+                             Hq * bf16_panel_size(N),                        // hp16
+                             threads * kChunk * even(H),                     // w16
+                             threads * kChunk * H,                           // wp16
+                             threads * Np * kChunk,                          // g16
+                             threads * np16(Np) * bf16_panel_size(kChunk)};  // gp16
+    int64_t total = 32;
+    for (int64_t n : sizes) total += round_up(n, 32);
+    if (static_cast<size_t>(total) > mem16_.size()) mem16_.assign(static_cast<size_t>(total), 0);
+    bf16_t* q = mem16_.data();
+    q += (64 - reinterpret_cast<uintptr_t>(q) % 64) % 64 / sizeof(bf16_t);
+    bf16_t** slots[] = {&hT16_, &hp16_, &w16_, &wp16_, &g16_, &gp16_};
+    for (size_t i = 0; i < std::size(sizes); ++i) *slots[i] = q, q += round_up(sizes[i], 32);
+  }
   hT_ = carve(Np * H);
   hp_ = carve(Hq * Np * kW);
   Z_ = carve(chunks * Np * kChunk);
@@ -208,7 +241,13 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads, bool ba
 void VocabReadout::forward(int id, int nt, const float* h, const float* W, const float* c,
                            const int64_t* y, double* row_loss) {
   const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_;
-  pack_h(h, N, H, Np, split(np, id, nt), split(np, id + 1, nt), hT_, hp_);
+  const int64_t Hq = (H + kW - 1) / kW, Hp = even(H);
+  if (bf16_)
+    pack_h16(h, N, H, split(np, id, nt), split(np, id + 1, nt), split(Hq, id, nt),
+             split(Hq, id + 1, nt), hT16_, hp16_);
+  else
+    pack_h(h, N, H, Np, split(np, id, nt), split(np, id + 1, nt), hT_, hp_);
+  bf16_t* w16 = bf16_ ? w16_ + id * kChunk * Hp : nullptr;
   work_.reset(0, id, nt, nc);
 #pragma omp barrier
   // While a chunk's statistics run, the rows of W of the chunk after it (usually this thread's
@@ -217,8 +256,14 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
     const int64_t va = ch * kChunk, rows = std::min(kChunk, V - va);
     // Z[p][v] = c[v] + W[v] . h_(16p..16p+15): A = W's rows, B = the token panels of h^T.
     float* z = Z_ + ch * Np * kChunk;  // this chunk's logits, [Np/16][kChunk][16]
-    panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, z, kW, kChunk * kW,
-                Start::row_bias, c + va);
+    if (bf16_) {
+      to_bf16_rows(w16, Hp, W + va * H, H, rows, 0, H, H);
+      bf16_tiles(rows, H, PairForm::rows, w16, Hp, hT16_, bf16_panel_size(H), Np, z, kW,
+                 kChunk * kW, Start::row_bias, c + va);
+    } else {
+      panel_tiles(rows, H, AForm::rows, W + va * H, H, hT_, H * kW, Np, z, kW, kChunk * kW,
+                  Start::row_bias, c + va);
+    }
     const int64_t next = std::clamp<int64_t>(V - va - rows, 0, kChunk) * H;  // floats
     const int64_t share = (next + np * kW - 1) / (np * kW) * kW;
     for (int64_t p = 0; p < np; ++p) {
@@ -241,6 +286,9 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
   const int64_t N = N_, H = H_, V = V_, Np = Np_, np = Np / kW, nc = chunks_, ng = groups_;
   const int64_t gs = kChunk * kW;  // one token panel of a G chunk
   float* g = G_ + id * Np * kChunk;
+  bf16_t* g16 = bf16_ ? g16_ + id * Np * kChunk : nullptr;
+  bf16_t* gp16 = bf16_ ? gp16_ + id * np * bf16_panel_size(kChunk) : nullptr;
+  bf16_t* wp16 = bf16_ ? wp16_ + id * kChunk * H : nullptr;
   work_.reset(1, id, nt, ng);  // this team's shares of the groups (forward's may have been another)
 #pragma omp barrier
   for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
@@ -255,15 +303,31 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
           g[(n / kW) * gs + (y[n] - va) * kW + n % kW] -= scale;
           dc[y[n]] -= scale;
         }
+      if (bf16_) {  // G and W's chunk as bf16 operands: by lanes, in pair panels, in pairs
+        for (int64_t p = 0; p < np; ++p) {
+          to_bf16_rows(g16 + p * gs, kW, g + p * gs, kW, rows, 0, kW, kW);
+          to_bf16_pairs(gp16 + p * bf16_panel_size(kChunk), 2 * kW, g + p * gs, kW, rows, 0, kW,
+                        kW);
+        }
+        to_bf16_pairs(wp16, 2 * H, W + va * H, H, rows, 0, H, H);
+      }
       // dW[v] += sum_n G[n][v] h_n: A = the chunk of G (blocks of 16 positions), B = h's panels.
-      panel_tiles(rows, Np, AForm::blocks, g, gs, hp_, Np * kW, H, dW + va * H, H, kW,
-                  Start::accumulate, nullptr);
+      if (bf16_)
+        bf16_tiles(rows, N, PairForm::lanes, g16, gs, hp16_, bf16_panel_size(N), H, dW + va * H, H,
+                   kW, Start::accumulate, nullptr);
+      else
+        panel_tiles(rows, Np, AForm::blocks, g, gs, hp_, Np * kW, H, dW + va * H, H, kW,
+                    Start::accumulate, nullptr);
       // The chunk's rows of dW and dc are final: their squares, while they are in cache.
       sumsq_[static_cast<size_t>(ch)] =
           sum_squares(dW + va * H, rows * H) + sum_squares(dc + va, rows);
       // dh^T[j][n] (+)= sum_v W[v][j] G[n][v]: A = W^T of the chunk, B = the chunk of G itself.
-      panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW,
-                  ch == c0 ? Start::zero : Start::accumulate, nullptr);
+      const Start start = ch == c0 ? Start::zero : Start::accumulate;
+      if (bf16_)
+        bf16_tiles(H, rows, PairForm::pairs, wp16, 2 * H, gp16, bf16_panel_size(kChunk), Np, dhT,
+                   Np, kW, start, nullptr);
+      else
+        panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW, start, nullptr);
     }
   }
 #pragma omp barrier

@@ -24,11 +24,17 @@
 //
 // AVX-512F only (panel_gemm_available()); elsewhere, and for float64 or soft targets, the
 // language model uses the BLAS path. float32 tolerance: tests/test_vocab_readout.cpp.
+//
+// bf16 (set_bf16; cpu/bf16.hpp): the three products take bfloat16 operands with float32 sums, the
+// rest (logits, softmax, G, the gradients) float32: W's chunk is rounded as it is taken (rows for
+// the logits, pairs for dh^T), h into token panels and into panels over the positions once per
+// forward, and each chunk of G twice (by lanes for dW, in pair panels for dh^T).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "cpu/bf16.hpp"
 #include "cpu/steal_ranges.hpp"
 
 namespace lstmgrad::cpu {
@@ -39,6 +45,9 @@ class VocabReadout {
   // allocates only when one grows. backward = false: for a forward no backward follows (infer),
   // without backward's buffers.
   void reserve(int64_t N, int64_t H, int64_t V, int threads, bool backward = true);
+  // bf16 operands for the calls that follow (before reserve; needs bf16_available()).
+  void set_bf16(bool on) { bf16_ = on; }
+  bool bf16() const { return bf16_; }
 
   // Both are called by every thread of one team (thread `id` of `nt`, nt <= the reserved team),
   // with the same arguments; they synchronise with OpenMP barriers inside. The calling parallel
@@ -61,7 +70,7 @@ class VocabReadout {
   // A gradient-norm pass can skip those two tensors.
   double grad_sumsq() const;
 
-  size_t bytes() const { return mem_.size() * sizeof(float); }
+  size_t bytes() const { return mem_.size() * sizeof(float) + mem16_.size() * sizeof(bf16_t); }
 
  private:
   int64_t N_ = 0, H_ = 0, V_ = 0, Np_ = 0;  // Np_: N rounded up to whole panels of 16
@@ -78,6 +87,15 @@ class VocabReadout {
   float* dhT_ = nullptr;  // [groups][H][Np] each group's share of dh^T
   float* tmp_ = nullptr;  // [team][16][16] a thread's block of summed dh^T (transposed out)
   StealRanges work_;      // set 0: forward's chunks; set 1: backward's groups
+  // bf16's operands (set_bf16), carved 64-byte aligned from mem16_
+  bool bf16_ = false;
+  std::vector<bf16_t> mem16_;
+  bf16_t* hT16_ = nullptr;  // [Np/16] token panels of h over K = H
+  bf16_t* hp16_ = nullptr;  // [ceil(H/16)] panels of h over K = N (the positions)
+  bf16_t* w16_ = nullptr;   // [team][kChunk][even(H)] a thread's chunk of W, rows form
+  bf16_t* wp16_ = nullptr;  // [team][kChunk / 2][H][2] the same chunk in pairs form (dh^T's A)
+  bf16_t* g16_ = nullptr;   // [team][Np/16][kChunk][16] a thread's chunk of G by lanes (dW's A)
+  bf16_t* gp16_ = nullptr;  // [team][Np/16] its chunk of G in pair panels over v (dh^T's B)
 
   float logit(int64_t n, int64_t v) const;  // position n's logit of class v
 };

@@ -5,11 +5,13 @@
 #include <cmath>
 #include <optional>
 #include <random>
+#include <type_traits>
 
 #include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/model_io.hpp"
+#include "lstmgrad/precision.hpp"
 #include "lstmgrad/train.hpp"
 #include "train/evaluate.hpp"
 
@@ -73,6 +75,11 @@ template <class Real>
 EvalResult evaluate_typed(const EvalOptions& o, Collective& world) {
   const EvalInput<Real> in = read_eval_input<Real>(o);
   LanguageModel<Real> lm(in.model.cfg);
+  if (o.precision != "f32") {
+    if (!std::is_same_v<Real, float>)
+      throw InputError("--precision " + o.precision + ": with --dtype f32 only");
+    lm.set_precision(parse_precision(o.precision));
+  }
   const int n = world.size();
   if (n == 1 || o.batch % n != 0) {
     if (world.rank() != 0) return {};

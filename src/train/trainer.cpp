@@ -83,6 +83,7 @@ json options_to_json(const TrainOptions& o) {
           {"optimizer", o.optimizer},
           {"loss", o.loss},
           {"dtype", o.dtype},
+          {"precision", o.precision},
           {"device", o.device},
           {"seed", o.seed},
           {"eval_batch", o.eval_batch},
@@ -189,6 +190,7 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.seed = s.natural("seed"), o.eval_batch = s.integer("eval_batch");
   o.test_sequential = s.flag("test_sequential");
   // absent: written before AWD-LSTM's loop (none of it)
+  if (s.has("precision")) o.precision = s.text("precision");  // absent: before bf16 (f32)
   if (s.has("weight_decay")) o.weight_decay = s.number("weight_decay");
   if (s.has("bptt_jitter")) o.bptt_jitter = s.flag("bptt_jitter");
   if (s.has("nonmono")) o.nonmono = s.integer("nonmono");
@@ -314,6 +316,16 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   if (o.device == "cuda" && o.dtype != "f32")
     throw InputError(
         fmt::format("{} {}: --device cuda trains in float32 (f32)", name("--dtype"), o.dtype));
+  choice("--precision", o.precision, "f32", "bf16");
+  if (o.precision == "bf16") {
+    const char* why = o.dtype != "f32"    ? "--dtype f64 (bf16 rounds float32's GEMM operands)"
+                      : o.device != "cpu" ? "--device cuda (the CPU's for now)"
+                      : o.layer_norm      ? "--layer-norm (not yet in bf16)"
+                      : o.proj > 0        ? "--proj (not yet in bf16)"
+                                          : nullptr;
+    if (why) throw InputError(fmt::format("{} bf16: not with {}", name("--precision"), why));
+    require_bf16();
+  }
   if (o.dropout > 0 && (o.reg.dropout_in > 0 || o.reg.dropout_hid > 0 || o.reg.dropout_out > 0))
     throw InputError(fmt::format(
         "{} and {}/{}/{}: both drop at the same sites (a mask per position, or locked masks); "
@@ -793,6 +805,7 @@ class Trainer {
     require_memory<Real>(cfg_, o_);  // before the engine or the parameters are allocated
     lm_.emplace(cfg_);
     if constexpr (std::is_same_v<Real, float>) {
+      lm_->set_precision(parse_precision(o_.precision));
       if (o_.device == "cuda") {
         gpu_.emplace(cfg_);
         progress_.line(fmt::format("lstmgrad train: on {}", cuda::describe()));
