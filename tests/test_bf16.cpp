@@ -76,6 +76,33 @@ TEST(Bf16, VectorConversionsMatchTheScalarRounding) {
     }
 }
 
+// The panels of op(W) = W^T (rows = true, the vector transpose) and of W itself hold exactly the
+// rounded entries, zeros in the padding lanes and in an odd K's last pair.
+TEST(Bf16, PanelsHoldTheRoundedEntries) {
+  SKIP_WITHOUT_BF16();
+  SplitMix rng(5);
+  for (const bool rows : {true, false}) {
+    const int64_t K = 45, groups = 3, width = 21, stride = 26, cols = 2 * stride + width;
+    const int64_t ldw = rows ? K + 3 : cols + 3;
+    std::vector<float> W(static_cast<size_t>((rows ? cols : K) * ldw));
+    for (float& x : W) x = static_cast<float>(rng.uniform(-2, 2));
+    const cpu::PanelLayout layout{groups, width, stride, K};
+    std::vector<bf16_t> d(static_cast<size_t>(cpu::bf16_panels_size(layout) + 32), 0xffff);
+    bf16_t* packed = d.data() + (64 - reinterpret_cast<uintptr_t>(d.data()) % 64) % 64 / 2;
+    cpu::pack_bf16_panels(packed, W.data(), ldw, rows, layout, 0, layout.panels());
+    for (int64_t p = 0; p < layout.panels(); ++p)
+      for (int64_t k = 0; k < cpu::even(K); ++k)
+        for (int64_t l = 0; l < cpu::kPanelWidth; ++l) {
+          const int64_t g = p / layout.per_group(), c = (p % layout.per_group()) * 16 + l;
+          const int64_t col = g * stride + c;
+          const float w = rows ? W[col * ldw + k] : W[k * ldw + col];
+          const bf16_t want = c < width && k < K ? cpu::to_bf16(w) : 0;
+          ASSERT_EQ(packed[p * cpu::bf16_panel_size(K) + (k / 2) * 32 + 2 * l + k % 2], want)
+              << "rows " << rows << " panel " << p << " k " << k << " lane " << l;
+        }
+  }
+}
+
 // C = start + A B with bf16 operands against float64 sums of the same rounded operands. The
 // products of two bf16 are exact in float32; what differs is the float32 summation's rounding, at
 // most K * 2^-24 * sum |a b| <= 2^-24 K^2 here (|a|, |b| <= 1): 6e-8 K^2, below 1e-3 for K <= 130.

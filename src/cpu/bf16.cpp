@@ -5,7 +5,8 @@
 #include <cstring>
 #include <utility>
 
-#include "cpu/simd_math.hpp"  // immintrin.h, first_lanes
+#include "cpu/panel_kernel.hpp"  // transpose16
+#include "cpu/simd_math.hpp"     // immintrin.h, first_lanes
 
 #define LSTMGRAD_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,prfchw")))
 
@@ -119,6 +120,31 @@ PanelColumns columns_of(const PanelLayout& layout, int64_t p) {
 
 }  // namespace
 
+namespace {
+
+// One panel of op(W) = W^T (rows = true) in bf16: 32 k of 16 rows of W at a time, each row's 16
+// pairs converted into one vector, then the 16 x 16 words transposed (a pair row per lane set).
+LSTMGRAD_AVX512_BF16 void pack_rows_avx(bf16_t* d, const float* W, int64_t ldw, int64_t col,
+                                        int64_t width, int64_t K) {
+  __m512 r[16];
+  for (int64_t k0 = 0; k0 < K; k0 += 2 * kPanelWidth) {
+    const int64_t kc = std::min<int64_t>(2 * kPanelWidth, K - k0);
+    const __mmask16 lo = first_lanes(kc), hi = first_lanes(std::max<int64_t>(kc - 16, 0));
+    for (int64_t l = 0; l < kPanelWidth; ++l) {
+      if (l >= width) {
+        r[l] = _mm512_setzero_ps();
+        continue;
+      }
+      const float* w = W + (col + l) * ldw + k0;
+      const __m512 a = _mm512_maskz_loadu_ps(lo, w), b = _mm512_maskz_loadu_ps(hi, w + 16);
+      r[l] = reinterpret_cast<__m512>(_mm512_cvtne2ps_pbh(b, a));  // words: pairs of k0 ..
+    }
+    transpose16(r, (kc + 1) / 2, reinterpret_cast<float*>(d + k0 * kPanelWidth));
+  }
+}
+
+}  // namespace
+
 void pack_bf16_panels(bf16_t* dst, const float* W, int64_t ldw, bool rows,
                       const PanelLayout& layout, int64_t p0, int64_t p1) {
   const int64_t K = layout.K, size = bf16_panel_size(K);
@@ -130,6 +156,10 @@ void pack_bf16_panels(bf16_t* dst, const float* W, int64_t ldw, bool rows,
       continue;
     }
     // op(W)[k][l] = W[col + l][k]: each of W's rows gives lane l of every pair row
+    if (bf16_available()) {
+      pack_rows_avx(d, W, ldw, col, width, K);
+      continue;
+    }
     for (int64_t l = 0; l < kPanelWidth; ++l) {
       const float* w = W + (col + l) * ldw;
       for (int64_t k = 0; k < even(K); ++k)

@@ -93,34 +93,6 @@ void force_portable_kernels(bool on) {
 
 namespace {
 
-// Columns [0, kc) of the 16 x 16 block whose row l is r[l] ([l][c] -> dst[c * 16 + l]): four
-// rounds of interleaves and 128-bit lane shuffles.
-LSTMGRAD_AVX512 void transpose16(const __m512* r, int64_t kc, float* dst) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; ++g) {  // u[4g + j]: rows 4g..4g+3 of columns j, j+4, j+8, j+12
-    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
-                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int j = 0; j < 4; ++j) {
-    const __m512 v = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    const __m512 w = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
-    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512 w2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
-    const __m512 col[4] = {_mm512_shuffle_f32x4(v, v2, 0x88), _mm512_shuffle_f32x4(w, w2, 0x88),
-                           _mm512_shuffle_f32x4(v, v2, 0xdd), _mm512_shuffle_f32x4(w, w2, 0xdd)};
-    for (int m = 0; m < 4; ++m)
-      if (j + 4 * m < kc) _mm512_store_ps(dst + (j + 4 * m) * kPanelWidth, col[m]);
-  }
-}
-
 // pack_panels for AVX-512: a panel row is one masked load (rows = false), or, transposed
 // (rows = true), 16 rows of W are read 16 floats at a time and transposed in registers; stores
 // are whole aligned vectors (padding lanes 0).

@@ -1,5 +1,6 @@
 // The register-blocked inner loop of the packed GEMM, shared by panel_gemm's tiles
-// (cpu/panel_gemm.cpp) and the fused step kernels (cpu/fast_gates.cpp): MR rows of A against NP
+// (cpu/panel_gemm.cpp) and the fused step kernels (cpu/fast_gates.cpp), and the 16 x 16 transpose
+// of the panel packers (panel_gemm.cpp, bf16.cpp): MR rows of A against NP
 // panels of 16 columns, the MR x NP accumulators in registers over all of K. AVX-512 only; the
 // callers check panel_gemm_available().
 #pragma once
@@ -30,6 +31,34 @@ LSTMGRAD_AVX512 inline void panel_sums(int64_t K, const float* A, int64_t as, co
 #pragma GCC unroll 4
       for (int p = 0; p < NP; ++p) acc[r][p] = _mm512_fmadd_ps(av, w[p], acc[r][p]);
     }
+  }
+}
+
+// Columns [0, kc) of the 16 x 16 block whose row l is r[l] ([l][c] -> dst[c * 16 + l]): four
+// rounds of interleaves and 128-bit lane shuffles.
+LSTMGRAD_AVX512 inline void transpose16(const __m512* r, int64_t kc, float* dst) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + j]: rows 4g..4g+3 of columns j, j+4, j+8, j+12
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]),
+                  c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512 v = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 w = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 w2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
+    const __m512 col[4] = {_mm512_shuffle_f32x4(v, v2, 0x88), _mm512_shuffle_f32x4(w, w2, 0x88),
+                           _mm512_shuffle_f32x4(v, v2, 0xdd), _mm512_shuffle_f32x4(w, w2, 0xdd)};
+    for (int m = 0; m < 4; ++m)
+      if (j + 4 * m < kc) _mm512_store_ps(dst + (j + 4 * m) * kPanelWidth, col[m]);
   }
 }
 
