@@ -167,6 +167,40 @@ LSTMGRAD_AVX512 void step_tile(int64_t K, const Op* hp, int64_t ldh, const Op* P
   }
 }
 
+// The fused step with bf16 operands: MR rows (up to 12) of one group, the four gates' sums in
+// two passes of the bf16 kernel's 12 x 2 tile (i, f; then a, o) into L1, then the gate pass as
+// step_tile's. The sums cannot stay in registers across the kernel's own target, so the tile is
+// the GEMM's best shape instead: each panel is read once per 12 rows, not per 5.
+template <int MR, bool Units>
+LSTMGRAD_AVX512 void step_tile_bf16(int64_t K, const bf16_t* hp, int64_t ldh, const bf16_t* P,
+                                    float* z, int64_t ldz, int64_t gs, const float* bias,
+                                    const float* unit, float* s, float* h, const float* s_prev,
+                                    int64_t ld, __mmask16 m) {
+  alignas(64) float sums[2][MR * 2 * kPanelWidth];  // [i f | a o][row][2 gates][16]
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) __builtin_prefetch(z + r * ldz + g * gs, 1, 3);
+    __builtin_prefetch(s_prev + r * ld, 0, 3);
+  }
+  bf16_group_sums(MR, 2, K, hp, ldh, P, sums[0]);
+  bf16_group_sums(MR, 2, K, hp, ldh, P + 2 * bf16_panel_size(K), sums[1]);
+  __m512 b[4];
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) b[g] = _mm512_maskz_loadu_ps(m, bias + g * gs);
+  for (int r = 0; r < MR; ++r) {
+    float* zr = z + r * ldz;
+    __m512 pre[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g)
+      pre[g] =
+          _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(sums[g / 2] + (r * 2 + g % 2) * kPanelWidth),
+                                      _mm512_maskz_loadu_ps(m, zr + g * gs)),
+                        b[g]);
+    cell_forward16(m, pre, Units ? unit : nullptr, zr, gs, s_prev + r * ld, s + r * ld, h + r * ld);
+  }
+}
+
 // The fused backward step: MR rows of one group of up to 32 units (NP panels), dh_rec =
 // dz_{t+1} U accumulated in registers over K = 4H, then gates_backward16's pass on those
 // registers (plus dh_out) for the group's units. Units as in step_tile.
@@ -213,6 +247,14 @@ LSTMGRAD_AVX512 void step_tile_backward(int64_t K, const Op* dzn, int64_t ldz, c
 
 namespace {
 
+// Rows per tile for B rows in tiles of at most `most`: as even as whole tiles allow (B = 50 in
+// five tiles of 10, not four of 12 and one of 2: each tile reads the group's panels once). A
+// row's sums do not depend on its tile.
+constexpr int64_t even_rows(int64_t B, int64_t most) {
+  const int64_t tiles = (B + most - 1) / most;
+  return tiles > 0 ? (B + tiles - 1) / tiles : most;
+}
+
 // f(std::integral_constant<int, mr>{}) for the row count mr in [1, N]: a tile template's
 // instance chosen at run time.
 template <int N, class F>
@@ -225,18 +267,29 @@ LSTMGRAD_AVX512 void with_rows(int64_t mr, F&& f) {
 
 // Rows of 5 x 4 gates: 20 accumulators, 4 weight vectors and a broadcast in registers; per k,
 // 9 loads for 20 FMAs.
+// bf16: rows of 12 (step_tile_bf16).
 template <class Op>
 LSTMGRAD_AVX512 void step_forward_rows(int64_t B, const Op* h_prev, int64_t ldh, int64_t K,
                                        const Op* panels, float* z, int64_t ldz, int64_t gs,
                                        const float* bias, const float* unit, float* s, float* h,
                                        const float* s_prev, int64_t ld, int64_t n) {
   const __mmask16 m = first_lanes(n);
-  for (int64_t r = 0; r < B; r += 5)
-    with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
-      auto tile = unit ? &step_tile<mr, true, Op> : &step_tile<mr, false, Op>;
-      tile(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
-           h + r * ld, s_prev + r * ld, ld, m);
-    });
+  if constexpr (std::is_same_v<Op, bf16_t>) {
+    const int64_t rows = even_rows(B, 12);
+    for (int64_t r = 0; r < B; r += rows)
+      with_rows<12>(std::min<int64_t>(rows, B - r), [&](auto mr) {
+        auto tile = unit ? &step_tile_bf16<mr, true> : &step_tile_bf16<mr, false>;
+        tile(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
+             h + r * ld, s_prev + r * ld, ld, m);
+      });
+  } else {
+    for (int64_t r = 0; r < B; r += 5)
+      with_rows<5>(std::min<int64_t>(5, B - r), [&](auto mr) {
+        auto tile = unit ? &step_tile<mr, true, Op> : &step_tile<mr, false, Op>;
+        tile(K, h_prev + r * ldh, ldh, panels, z + r * ldz, ldz, gs, bias, unit, s + r * ld,
+             h + r * ld, s_prev + r * ld, ld, m);
+      });
+  }
 }
 
 // Rows of 12 x 2 panels: 24 accumulators (the tile shape of panel_gemm); one panel when the
@@ -248,8 +301,9 @@ LSTMGRAD_AVX512 void step_backward_rows(int64_t B, const Op* dz_next, int64_t ld
                                         const float* s_prev, const float* unit,
                                         const float* rec_mask, int64_t ld, int64_t n) {
   const __mmask16 mask[2] = {first_lanes(n), first_lanes(std::max<int64_t>(n - 16, 0))};
-  for (int64_t r = 0; r < B; r += 12)
-    with_rows<12>(std::min<int64_t>(12, B - r), [&](auto mr) {
+  const int64_t rows = even_rows(B, 12);
+  for (int64_t r = 0; r < B; r += rows)
+    with_rows<12>(std::min<int64_t>(rows, B - r), [&](auto mr) {
       const int64_t o = r * ld;
       const float* dho = dh_out ? dh_out + o : nullptr;
       auto tile = unit ? (n > 16 ? &step_tile_backward<mr, 2, true, Op>
