@@ -287,21 +287,29 @@ void bf16_tiles(int64_t M, int64_t K, PairForm form, const bf16_t* A, int64_t as
   };
   const PairForm tile_form = form == PairForm::blocks ? PairForm::pairs : form;
   const int64_t tile_as = form == PairForm::blocks ? 2 * kBf16Rows : as;
-  for (int64_t p0 = 0; p0 < np; p0 += 2) {
-    const int NP = np - p0 >= 2 ? 2 : 1;
-    const bf16_t* P[2] = {nullptr, nullptr};
-    float* Cp[2] = {nullptr, nullptr};
-    __mmask16 mask[2] = {0, 0};
-    for (int q = 0; q < NP; ++q) {
-      P[q] = B + (p0 + q) * b_stride;
-      Cp[q] = C + (p0 + q) * c_stride;
-      mask[q] = first_lanes(columns - (p0 + q) * kPanelWidth);
-    }
-    for (int64_t r = 0; r < M; r += kMaxRows) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));
-      float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
-      tile_fn(tile_form, NP, mr)(K, a_row(r), tile_as, P, Cr, mask, ldc, start,
-                                 bias ? bias + r : nullptr);
+  // Rows in blocks whose A stays in L2 (about 256 KB) while every panel pair passes over it: A
+  // is read from memory once, the panels once per block (without the blocks, a long M read A
+  // once per panel pair: 64 times on throughput's input projection).
+  const int64_t mb =
+      std::max<int64_t>(kMaxRows, (256 * 1024 / (2 * even(K) * kMaxRows)) * kMaxRows);
+  for (int64_t m0 = 0; m0 < M; m0 += mb) {
+    const int64_t m1 = std::min(M, m0 + mb);
+    for (int64_t p0 = 0; p0 < np; p0 += 2) {
+      const int NP = np - p0 >= 2 ? 2 : 1;
+      const bf16_t* P[2] = {nullptr, nullptr};
+      float* Cp[2] = {nullptr, nullptr};
+      __mmask16 mask[2] = {0, 0};
+      for (int q = 0; q < NP; ++q) {
+        P[q] = B + (p0 + q) * b_stride;
+        Cp[q] = C + (p0 + q) * c_stride;
+        mask[q] = first_lanes(columns - (p0 + q) * kPanelWidth);
+      }
+      for (int64_t r = m0; r < m1; r += kMaxRows) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, m1 - r));
+        float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
+        tile_fn(tile_form, NP, mr)(K, a_row(r), tile_as, P, Cr, mask, ldc, start,
+                                   bias ? bias + r : nullptr);
+      }
     }
   }
 }
