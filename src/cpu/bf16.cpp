@@ -109,19 +109,6 @@ void to_bf16_blocks(bf16_t* dst, const float* src, int64_t lds, int64_t K, int64
 
 namespace {
 
-struct PanelColumns {
-  int64_t col, width;
-};
-
-PanelColumns columns_of(const PanelLayout& layout, int64_t p) {
-  const int64_t pg = layout.per_group(), c = (p % pg) * kPanelWidth;
-  return {(p / pg) * layout.group_stride + c, std::min(kPanelWidth, layout.width - c)};
-}
-
-}  // namespace
-
-namespace {
-
 // One panel of op(W) = W^T (rows = true) in bf16: 32 k of 16 rows of W at a time, each row's 16
 // pairs converted into one vector, then the 16 x 16 words transposed (a pair row per lane set).
 LSTMGRAD_AVX512_BF16 void pack_rows_avx(bf16_t* d, const float* W, int64_t ldw, int64_t col,
@@ -204,23 +191,9 @@ LSTMGRAD_AVX512_BF16 void tile(int64_t K, const bf16_t* A, int64_t as, const bf1
                                float* const* C, const __mmask16* mask, int64_t ldc, Start start,
                                const float* bias) {
   __m512 acc[MR][NP];
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) {
-      acc[r][p] = start == Start::row_bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
-      __builtin_prefetch(C[p] + r * ldc, 1, 3);
-    }
+  tile_start<MR, NP>(acc, start, bias, C, ldc);
   sums<MR, NP, F>(even(K), A, as, P, acc);
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) {
-      float* c = C[p] + r * ldc;
-      __m512 v = acc[r][p];
-      if (start == Start::accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], c), v);
-      _mm512_mask_storeu_ps(c, mask[p], v);
-    }
+  tile_store<MR, NP>(acc, start, C, mask, ldc);
 }
 
 using TileFn = void (*)(int64_t, const bf16_t*, int64_t, const bf16_t* const*, float* const*,
@@ -316,25 +289,12 @@ void bf16_tiles(int64_t M, int64_t K, PairForm form, const bf16_t* A, int64_t as
 
 void bf16_gemm(int64_t M, const bf16_t* A, int64_t lda, const bf16_t* packed,
                const PanelLayout& layout, float* C, int64_t ldc, bool accumulate) {
-  const int64_t K = layout.K, np = layout.panels(), size = bf16_panel_size(K);
-  for (int64_t p0 = 0; p0 < np; p0 += 2) {
-    const int NP = np - p0 >= 2 ? 2 : 1;
-    const bf16_t* P[2] = {nullptr, nullptr};
-    float* Cp[2] = {nullptr, nullptr};
-    __mmask16 mask[2] = {0, 0};
-    for (int q = 0; q < NP; ++q) {
-      const auto [col, width] = columns_of(layout, p0 + q);
-      P[q] = packed + (p0 + q) * size;
-      Cp[q] = C + col;
-      mask[q] = first_lanes(width);
-    }
-    for (int64_t r = 0; r < M; r += kMaxRows) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, M - r));
-      float* Cr[2] = {Cp[0] + r * ldc, NP == 2 ? Cp[1] + r * ldc : nullptr};
-      tile_fn(PairForm::rows, NP, mr)(K, A + r * lda, lda, P, Cr, mask, ldc,
-                                      accumulate ? Start::accumulate : Start::zero, nullptr);
-    }
-  }
+  // Each group's panels are consecutive and so are its columns of C: one bf16_tiles each.
+  const int64_t size = bf16_panel_size(layout.K), pg = layout.per_group();
+  for (int64_t g = 0; g < layout.groups; ++g)
+    bf16_tiles(M, layout.K, PairForm::rows, A, lda, packed + g * pg * size, size, layout.width,
+               C + g * layout.group_stride, ldc, kPanelWidth,
+               accumulate ? Start::accumulate : Start::zero, nullptr);
 }
 
 void bf16_group_sums(int MR, int NP, int64_t K, const bf16_t* A, int64_t lda, const bf16_t* P,

@@ -20,28 +20,9 @@ LSTMGRAD_AVX512 void tile(int64_t K, const float* A, int64_t as, const float* co
                           float* const* C, const __mmask16* mask, int64_t ldc, Start start,
                           const float* bias) {
   __m512 acc[MR][NP];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p)
-      acc[r][p] = start == Start::row_bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
-      // The tile's C lines are fetched (for writing) while the K loop runs: a large C (the
-      // readout's [V, H] gradient, its [V, N] logits) comes from memory, and its misses would
-      // otherwise stall the stores at the end.
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) __builtin_prefetch(C[p] + r * ldc, 1, 3);
+  tile_start<MR, NP>(acc, start, bias, C, ldc);
   panel_sums<MR, NP, F>(K, A, as, P, acc);
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 2
-    for (int p = 0; p < NP; ++p) {
-      float* c = C[p] + r * ldc;
-      __m512 v = acc[r][p];
-      if (start == Start::accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], c), v);
-      _mm512_mask_storeu_ps(c, mask[p], v);
-    }
+  tile_store<MR, NP>(acc, start, C, mask, ldc);
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, const float* const*, float* const*,
@@ -64,16 +45,6 @@ const std::array<std::array<std::array<TileFn, kMaxRows>, 2>, 3> kTiles = {
 
 TileFn tile_fn(AForm f, int np, int mr) {
   return kTiles[static_cast<size_t>(f)][np - 1][mr - 1];
-}
-
-// Panel p of a layout: its first column of op(W) (and of C) and how many of its 16 are real.
-struct PanelColumns {
-  int64_t col, width;
-};
-
-PanelColumns columns_of(const PanelLayout& layout, int64_t p) {
-  const int64_t pg = layout.per_group(), c = (p % pg) * kPanelWidth;
-  return {(p / pg) * layout.group_stride + c, std::min(kPanelWidth, layout.width - c)};
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 // g * group_stride of C (the four gates of a group of hidden units in a [B,4H] row of z: groups 4,
 // group_stride H). Each block is padded to whole panels with zero lanes, which are never stored.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 namespace lstmgrad::cpu {
@@ -27,6 +28,16 @@ struct PanelLayout {
   int64_t panels() const { return groups * per_group(); }
   int64_t floats() const { return panels() * K * kPanelWidth; }  // packed size
 };
+
+// Panel p of a layout: its first column of op(W) (and of C) and how many of its 16 are real.
+struct PanelColumns {
+  int64_t col, width;
+};
+
+inline PanelColumns columns_of(const PanelLayout& layout, int64_t p) {
+  const int64_t pg = layout.per_group(), c = (p % pg) * kPanelWidth;
+  return {(p / pg) * layout.group_stride + c, std::min(kPanelWidth, layout.width - c)};
+}
 
 // How a tile reads A(r, k) from `A` with stride `as`:
 //   rows   A[r * as + k]  (row-major, the usual)

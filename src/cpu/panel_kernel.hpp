@@ -6,10 +6,39 @@
 #pragma once
 #include <cstdint>
 
-#include "cpu/panel_gemm.hpp"  // kPanelWidth, AForm
+#include "cpu/panel_gemm.hpp"  // kPanelWidth, AForm, Start
 #include "cpu/simd_math.hpp"   // immintrin.h, LSTMGRAD_AVX512
 
 namespace lstmgrad::cpu {
+
+// A tile's accumulators before its K loop: bias[r] (Start::row_bias) or 0, with the tile's C lines
+// fetched for writing meanwhile (a large C comes from memory: the readout's [V, H] gradient, its
+// logits); and after it, C (+)= acc under each panel's mask. C[p]: row 0 of panel p's columns.
+template <int MR, int NP>
+LSTMGRAD_AVX512 inline void tile_start(__m512 (&acc)[MR][NP], Start start, const float* bias,
+                                       float* const* C, int64_t ldc) {
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) {
+      acc[r][p] = start == Start::row_bias ? _mm512_set1_ps(bias[r]) : _mm512_setzero_ps();
+      __builtin_prefetch(C[p] + r * ldc, 1, 3);
+    }
+}
+
+template <int MR, int NP>
+LSTMGRAD_AVX512 inline void tile_store(const __m512 (&acc)[MR][NP], Start start, float* const* C,
+                                       const __mmask16* mask, int64_t ldc) {
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < NP; ++p) {
+      float* c = C[p] + r * ldc;
+      __m512 v = acc[r][p];
+      if (start == Start::accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], c), v);
+      _mm512_mask_storeu_ps(c, mask[p], v);
+    }
+}
 
 // acc[r][p] += sum over k < K of A(r, k) times row k of panel p (P[p]: [K][16] floats, 64-byte
 // aligned). A(r, k) is read as F says with stride `as` (AForm in panel_gemm.hpp).
