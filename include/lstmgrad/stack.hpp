@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "lstmgrad/model.hpp"
+#include "lstmgrad/precision.hpp"
 
 namespace lstmgrad {
 
@@ -66,6 +67,9 @@ class Lstm {
   // The threads of forward and backward, as LanguageModel::set_team (lstm.hpp).
   void set_team(int shares, int running);
   void set_threads(int n);
+  // The GEMMs' operands for the calls that follow, as LanguageModel::set_precision: bf16 in
+  // float32 only, on a CPU with AVX512_BF16 (InputError otherwise).
+  void set_precision(Precision p);
 
   int64_t input_size() const;
   int64_t hidden_size() const;
@@ -131,6 +135,7 @@ class BidirectionalLstm {
   BidirectionalLstm& operator=(BidirectionalLstm&&) noexcept;
   void set_team(int shares, int running);
   void set_threads(int n);
+  void set_precision(Precision p);  // both directions
 
   // As Lstm::forward and Lstm::forward_packed, with the sizes above.
   void forward(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,

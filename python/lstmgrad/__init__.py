@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from . import _core
-from ._core import InputError, parameter_layout
+from ._core import InputError, bf16_supported, parameter_layout
 
 __all__ = ["Lstm", "InputError", "parameter_layout", "load_model", "save_model", "load_batch", "grad",
            "exercise2"]
@@ -56,6 +56,11 @@ class Lstm:
     def set_threads(self, n):
         """The engine's threads for the calls that follow (0: chosen by the engine)."""
         self._engine.set_threads(int(n))
+
+    def set_precision(self, precision):
+        """'f32', or 'bf16' (float32 engines on a CPU with AVX512_BF16, else ValueError): the
+        GEMMs' operands rounded to bfloat16, their sums and everything else float32."""
+        self._engine.set_precision(str(precision))
 
     def set_dropout(self, p, seed=0):
         """Dropout between layers for the forwards that follow (Lstm::set_dropout: lstmgrad's own

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "lstmgrad/error.hpp"
+#include "lstmgrad/precision.hpp"
 #include "lstmgrad/stack.hpp"
 #include "models.hpp"
 
@@ -220,6 +221,9 @@ class PyLstm {
       lstm_.set_dropout(p, seed);
   }
   void set_team(int shares, int running) { lstm_.set_team(shares, running); }
+  void set_precision(const std::string& p) {
+    lstm_.set_precision(lstmgrad::parse_precision(p, "precision"));
+  }
   int64_t X() const { return X_; }
   int64_t H() const { return H_; }
   int64_t L() const { return L_; }
@@ -290,6 +294,9 @@ void bind_lstm(py::module_& m, const char* name) {
       .def("set_threads", &P::set_threads, py::arg("n"))
       .def("set_dropout", &P::set_dropout, py::arg("p"), py::arg("seed"))
       .def("set_team", &P::set_team, py::arg("shares"), py::arg("running"))
+      .def("set_precision", &P::set_precision, py::arg("precision"),
+           "'f32', or 'bf16': bfloat16 GEMM operands with float32 sums (float32 engines, "
+           "AVX512_BF16; ValueError otherwise)")
       .def_property_readonly("input_size", &P::X)
       .def_property_readonly("hidden_size", &P::H)
       .def_property_readonly("num_layers", &P::L)
@@ -315,5 +322,7 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
       py::arg("bias") = true, "nn.LSTM's parameters of a stack in order: a list of (name, shape)");
+  m.def("bf16_supported", &lstmgrad::bf16_supported,
+        "Whether this CPU runs precision 'bf16' (AVX512_BF16)");
   lstmgrad::python::bind_models(m);
 }

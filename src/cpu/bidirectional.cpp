@@ -118,6 +118,10 @@ void BidirectionalLstm<Real>::set_team(int shares, int running) {
   for (auto& d : impl_->dirs_) d.set_team(shares, running);
 }
 template <class Real>
+void BidirectionalLstm<Real>::set_precision(Precision p) {
+  for (auto& d : impl_->dirs_) d.set_precision(p);
+}
+template <class Real>
 void BidirectionalLstm<Real>::set_threads(int n) {
   set_team(n, n);
 }

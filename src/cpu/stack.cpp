@@ -88,6 +88,7 @@ struct Lstm<Real>::Impl {
   std::vector<Segment> segs_;
   size_t n_segs_ = 0;  // segments of the last forward; 0: it was dense
   int shares_ = 0, running_ = 0;
+  Precision precision_ = Precision::f32;
   double drop_p_ = 0;
   uint64_t drop_seed_ = 0;
   // Segment i's masks: their own stream, so that runs of steps do not repeat one another's.
@@ -131,6 +132,13 @@ void Lstm<Real>::set_team(int shares, int running) {
   impl_->shares_ = shares, impl_->running_ = running;
   for (auto& seg : impl_->segs_) seg.stack->set_team(shares, running);
 }
+template <class Real>
+void Lstm<Real>::set_precision(Precision p) {
+  impl_->stack_.set_precision(p);  // refuses what cannot run it
+  impl_->precision_ = p;
+  for (auto& seg : impl_->segs_) seg.stack->set_precision(p);
+}
+
 template <class Real>
 void Lstm<Real>::set_threads(int n) {
   set_team(n, n);
@@ -256,6 +264,7 @@ void Lstm<Real>::forward_packed(const Real* x, std::span<const LstmLayerWeights<
     if (m.segs_.size() <= m.n_segs_) {
       m.segs_.push_back({0, 0, 0, std::make_unique<cpu::LstmStack<Real>>(m.X_, H, L)});
       m.segs_.back().stack->set_team(m.shares_, m.running_);
+      m.segs_.back().stack->set_precision(m.precision_);
     }
     m.segs_[m.n_segs_].stack->set_dropout(m.drop_p_, m.segment_seed(m.n_segs_));
     auto& seg = m.segs_[m.n_segs_++];
