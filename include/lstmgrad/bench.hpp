@@ -1,5 +1,6 @@
 // lstmgrad: the CPU benchmark behind `lstmgrad bench` (docs/benchmarks.md).
-// Presets are the shapes of the PyTorch comparison in bench/torch_lstm.py; everything is float32.
+// Presets are the shapes of the PyTorch comparison in bench/torch_lstm.py; everything is float32
+// (BenchOptions::precision bf16: the GEMMs with bfloat16 operands).
 // GFLOP/s counts 2*4H*(in+H) per token per layer for the forward pass (and inference) and three
 // times that for forward+backward; the LM step also counts the readout, 2*V*H per token, times
 // three.
@@ -26,7 +27,7 @@ struct BenchOptions {
   int threads = 2;  // engine team and BLAS threads, pinned; 0: the default, adaptive team
   int warmup = 5;   // untimed runs first (the default team tries its neighbour after 5 calls)
   int runs = 7;     // timed runs; the median is reported
-  // The stack's GEMM operands (fwd, infer, fwdbwd, fwdbwd_nodx; lm_step is float32 only for now).
+  // The GEMM operands of the stack and (lm_step) of the readout: f32, or bf16.
   Precision precision = Precision::f32;
 };
 
