@@ -88,7 +88,7 @@ void to_bf16_rows(bf16_t* dst, int64_t ldd, const float* src, int64_t lds, int64
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = c0; c < c1; ++c) dst[r * ldd + c] = to_bf16(src[r * lds + c]);
   }
-  if (c1 == K && (K & 1))
+  if (c1 == K && (K & 1) && c0 < c1)  // the range that ends the row: one writer (no empty share)
     for (int64_t r = 0; r < rows; ++r) dst[r * ldd + K] = 0;
 }
 

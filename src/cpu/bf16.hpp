@@ -39,8 +39,9 @@ constexpr int64_t even(int64_t k) {
   return k + (k & 1);
 }
 
-// dst[r * ldd + k] = bf16(src[r * lds + k]) for r < rows and k in [c0, c1); where c1 is the odd
-// width K, the pad dst[r * ldd + K] = 0 too (ldd >= even(K)).
+// dst[r * ldd + k] = bf16(src[r * lds + k]) for r < rows and k in [c0, c1); where a non-empty
+// range ends at the odd width K, the pad dst[r * ldd + K] = 0 too (ldd >= even(K)): of a row's
+// ranges converted by several threads, only the last writes it.
 void to_bf16_rows(bf16_t* dst, int64_t ldd, const float* src, int64_t lds, int64_t rows, int64_t c0,
                   int64_t c1, int64_t K);
 
