@@ -19,6 +19,8 @@
 // weights themselves (rounded into the panels at each pack).
 #pragma once
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "cpu/panel_gemm.hpp"  // PanelLayout, Start
 
@@ -50,6 +52,11 @@ void to_bf16_rows(bf16_t* dst, int64_t ldd, const float* src, int64_t lds, int64
 // pair row are zeros (lanes >= c1 - c0; a panel's padding).
 void to_bf16_pairs(bf16_t* dst, int64_t ldd, const float* src, int64_t lds, int64_t K, int64_t c0,
                    int64_t c1, int64_t lanes);
+
+// Blocks of sizes[i] bf16_t elements, each 64-byte aligned, carved out of `mem` (grown, zeroed,
+// only when they do not fit): *slots[i] points at block i. The engine's bf16 buffers.
+void carve_bf16(std::vector<bf16_t>& mem, std::span<const int64_t> sizes,
+                std::span<bf16_t** const> slots);
 
 // bf16_t elements of one panel and of a layout's panels (K padded to even).
 inline int64_t bf16_panel_size(int64_t K) {

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <iterator>
 #include <type_traits>
 
 #include "cpu/arena.hpp"
@@ -59,18 +58,9 @@ const Bf16Buffers* LstmStack<Real>::bf16_buffers(int64_t T, int64_t B) {
         (G + kBf16Rows) * even(N),                               // dz_blocks
         wide * even(N),                                          // h_panels
         widei * even(N)};                                        // x_panels
-    constexpr int64_t kAlign = 32;                               // bf16_t: 64 bytes
-    int64_t total = kAlign;
-    for (int64_t n : sizes) total += (n + kAlign - 1) / kAlign * kAlign;
-    b16_arena_.assign(static_cast<size_t>(total), bf16_t(0));
-    bf16_t* p = b16_arena_.data();
-    p += (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(bf16_t);
-    bf16_t** slots[] = {&b16_.u_panels,  &b16_.w_panels, &b16_.a_rows,  &b16_.h_ring,
-                        &b16_.dz_blocks, &b16_.h_panels, &b16_.x_panels};
-    for (size_t i = 0; i < std::size(sizes); ++i) {
-      *slots[i] = p;
-      p += (sizes[i] + kAlign - 1) / kAlign * kAlign;
-    }
+    bf16_t** const slots[] = {&b16_.u_panels,  &b16_.w_panels, &b16_.a_rows,  &b16_.h_ring,
+                              &b16_.dz_blocks, &b16_.h_panels, &b16_.x_panels};
+    carve_bf16(b16_arena_, sizes, slots);
   }
   return &b16_;
 }

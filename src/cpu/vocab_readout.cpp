@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <iterator>
 
 #include "cpu/panel_gemm.hpp"
 #include "cpu/simd_math.hpp"
@@ -45,10 +44,6 @@ int64_t split(int64_t n, int id, int nt) {
 
 int64_t round_up(int64_t n, int64_t m) {
   return (n + m - 1) / m * m;
-}
-
-int64_t np16(int64_t Np) {  // token panels
-  return Np / kW;
 }
 
 // pack_h's bf16 operands: the token panels [p0, p1) of h^T over K = H, and the input panels
@@ -213,19 +208,14 @@ void VocabReadout::reserve(int64_t N, int64_t H, int64_t V, int threads, bool ba
     return q;
   };
   if (bf16_) {
-    const int64_t sizes[] = {np16(Np) * bf16_panel_size(H),                  // hT16
-                             Hq * bf16_panel_size(N),                        // hp16
-                             threads * kChunk * even(H),                     // w16
-                             threads * kChunk * H,                           // wp16
-                             threads * Np * kChunk,                          // g16
-                             threads * np16(Np) * bf16_panel_size(kChunk)};  // gp16
-    int64_t total = 32;
-    for (int64_t n : sizes) total += round_up(n, 32);
-    if (static_cast<size_t>(total) > mem16_.size()) mem16_.assign(static_cast<size_t>(total), 0);
-    bf16_t* q = mem16_.data();
-    q += (64 - reinterpret_cast<uintptr_t>(q) % 64) % 64 / sizeof(bf16_t);
-    bf16_t** slots[] = {&hT16_, &hp16_, &w16_, &wp16_, &g16_, &gp16_};
-    for (size_t i = 0; i < std::size(sizes); ++i) *slots[i] = q, q += round_up(sizes[i], 32);
+    const int64_t sizes[] = {(Np / kW) * bf16_panel_size(H),                  // hT16
+                             Hq * bf16_panel_size(N),                         // hp16
+                             threads * kChunk * even(H),                      // w16
+                             threads * kChunk * H,                            // wp16
+                             threads * Np * kChunk,                           // g16
+                             threads * (Np / kW) * bf16_panel_size(kChunk)};  // gp16
+    bf16_t** const slots[] = {&hT16_, &hp16_, &w16_, &wp16_, &g16_, &gp16_};
+    carve_bf16(mem16_, sizes, slots);
   }
   hT_ = carve(Np * H);
   hp_ = carve(Hq * Np * kW);
