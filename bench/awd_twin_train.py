@@ -9,8 +9,9 @@ B contiguous streams; per window a length from AWD's jitter (base = seq w.p. 0.9
 length = max(5, int(N(base, 5))), at most 2 seq), the lr scaled by length/seq; fresh masks per
 window; the objective CE(mean) + AR + TAR; clip the global norm; SGD with weight decay, switched
 to torch.optim.ASGD (t0=0, lambd=0) by the non-monotone rule at the validations; validation of the
-average once ASGD averages. Every parameter starts uniform(-init, init) as in lstmgrad (AWD itself
-uses PyTorch's LSTM default for the recurrent weights). Different random streams from lstmgrad's:
+average once ASGD averages. --init-scheme as lstmgrad's: uniform (every parameter
+uniform(-init, init)) or awd (AWD-LSTM's: the LSTM's parameters uniform(+-1/sqrt(H_k)), the readout
+bias 0, the embedding uniform(-init, init)). Different random streams from lstmgrad's:
 the two runs agree in distribution, not in bits.
 
 Usage: bench/awd_twin_train.py --data PTB_DIR [--epochs 2] [--threads 2] [--max-updates N] ...
@@ -82,6 +83,7 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=1.2e-6)
     ap.add_argument("--nonmono", type=int, default=5)
     ap.add_argument("--init", type=float, default=0.1)
+    ap.add_argument("--init-scheme", choices=("uniform", "awd"), default="uniform")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -102,6 +104,14 @@ def main():
     hidden = [int(h) for h in a.hidden.split(",")]
     model = AwdTwin(len(vocab), a.embed, hidden, tie=True, dtype=torch.float32, init=a.init,
                     generator=gen)
+    if a.init_scheme == "awd":
+        with torch.no_grad():
+            for name, p in model.params.items():
+                if name.startswith("rnn."):
+                    r = 1.0 / hidden[int(name.rsplit("_l", 1)[1])] ** 0.5
+                    p.uniform_(-r, r, generator=gen)
+                elif name == "decoder.bias":
+                    p.zero_()
     params = list(model.params.values())
     opt = torch.optim.SGD(params, lr=a.lr, weight_decay=a.weight_decay)
     asgd, history, updates = False, [], 0
@@ -110,9 +120,10 @@ def main():
         tokens = 0
         while i < train.shape[0] - 2:
             base = a.seq if rnd.random() < 0.95 else a.seq / 2
-            T = min(max(5, int(rnd.gauss(base, 5))), 2 * a.seq, train.shape[0] - 1 - i)
+            drawn = min(max(5, int(rnd.gauss(base, 5))), 2 * a.seq)
+            T = min(drawn, train.shape[0] - 1 - i)  # AWD-LSTM: the lr by the drawn length
             for g in opt.param_groups:
-                g["lr"] = a.lr * T / a.seq
+                g["lr"] = a.lr * drawn / a.seq
             masks = model.draw_masks(a.batch, a.dropout_emb, a.dropout_in, a.dropout_hid,
                                      a.dropout_out, a.weight_drop, gen)
             h = None if h is None else [x.detach() for x in h]
@@ -123,7 +134,7 @@ def main():
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, a.clip)
             opt.step()
-            i += T
+            i += drawn
             tokens += T * a.batch
             updates += 1
             if a.max_updates and updates >= a.max_updates:

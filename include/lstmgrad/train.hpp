@@ -41,6 +41,10 @@ struct TrainOptions {
   double zoneout_h = 0, zoneout_s = 0;  // zoneout on h and s (ModelConfig::zoneout_h, zoneout_s)
   bool layer_norm = false;              // the layer-normalised cell (ModelConfig::layer_norm)
   double init = 0.1;                    // every parameter uniform(-init, init)
+  // "uniform": every parameter uniform(-init, init). "awd": as AWD-LSTM initialises, the
+  // embedding and readout weights uniform(-init, init), the readout bias 0, each LSTM layer's
+  // parameters uniform(+-1/sqrt(H_k)) (PyTorch nn.LSTM's default, which AWD-LSTM keeps).
+  std::string init_scheme = "uniform";
   std::string optimizer = "sgd";
   std::string loss = "mean";  // mean over T*B, or batch_mean (Zaremba: batch mean summed over T)
   std::string dtype = "f32";

@@ -83,6 +83,11 @@ void register_train(CLI::App& app) {
   add_regularization_options(cmd, o->reg, o->tie_weights);
   add_zoneout_options(cmd, o->zoneout_h, o->zoneout_s);
   cmd->add_option("--init", o->init, "Every parameter uniform(-init, init)")->capture_default_str();
+  cmd->add_option("--init-scheme", o->init_scheme,
+                  "uniform (every parameter as --init), or awd: embedding and readout weights as "
+                  "--init, readout bias 0, each LSTM layer uniform(+-1/sqrt(H_k)) (AWD-LSTM's)")
+      ->check(CLI::IsMember({"uniform", "awd"}))
+      ->capture_default_str();
   cmd->add_option("--optimizer", o->optimizer,
                   "sgd, adam, asgd (averaged SGD), or nt-asgd (SGD, then averaged SGD once "
                   "validation stops improving: AWD-LSTM)")

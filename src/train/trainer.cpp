@@ -80,6 +80,7 @@ json options_to_json(const TrainOptions& o) {
           {"zoneout_s", o.zoneout_s},
           {"layer_norm", o.layer_norm},
           {"init", o.init},
+          {"init_scheme", o.init_scheme},
           {"optimizer", o.optimizer},
           {"loss", o.loss},
           {"dtype", o.dtype},
@@ -96,6 +97,11 @@ json options_to_json(const TrainOptions& o) {
 }
 
 constexpr int64_t kMaxThreads = 1 << 16;
+
+// The layer k of a parameter named "rnn.<...>_l<k>" (parameter_layout's names).
+int64_t layer_of(const std::string& name) {
+  return std::stoll(name.substr(name.rfind("_l") + 2));
+}
 
 // The fields of a checkpoint's stored options, each checked for its JSON type; InputError naming
 // the checkpoint and the key.
@@ -190,7 +196,8 @@ TrainOptions options_from_json(const json& j, const std::string& where) {
   o.seed = s.natural("seed"), o.eval_batch = s.integer("eval_batch");
   o.test_sequential = s.flag("test_sequential");
   // absent: written before AWD-LSTM's loop (none of it)
-  if (s.has("precision")) o.precision = s.text("precision");  // absent: before bf16 (f32)
+  if (s.has("precision")) o.precision = s.text("precision");        // absent: before bf16 (f32)
+  if (s.has("init_scheme")) o.init_scheme = s.text("init_scheme");  // absent: uniform
   if (s.has("weight_decay")) o.weight_decay = s.number("weight_decay");
   if (s.has("bptt_jitter")) o.bptt_jitter = s.flag("bptt_jitter");
   if (s.has("nonmono")) o.nonmono = s.integer("nonmono");
@@ -249,6 +256,9 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
       throw InputError(fmt::format("{}: must be {}, got {}", name(flag), rule, v));
   };
   number("--lr", o.lr, 0, true, "> 0"), number("--init", o.init, 0, true, "> 0");
+  if (o.init_scheme != "uniform" && o.init_scheme != "awd")
+    throw InputError(
+        fmt::format("{}: must be uniform or awd, got '{}'", name("--init-scheme"), o.init_scheme));
   number("--lr-decay", o.lr_decay, 1, false, ">= 1 (the lr is divided by it)");
   number("--plateau-decay", o.plateau_decay, 1, false, ">= 1 (the lr is divided by it)");
   number("--clip", o.clip, 0, false, ">= 0");
@@ -917,15 +927,24 @@ class Trainer {
   }
 
   void init_fresh() {
+    // One draw per parameter in the layout's order, whatever the scheme (the jitter's draws
+    // follow them): tools/lstmgrad_draws.py repeats it.
     rng_.seed(o_.seed);
-    std::uniform_real_distribution<double> u(-o_.init, o_.init);
     params_.resize(parameter_count(cfg_));
-    for (Real& p : params_) p = static_cast<Real>(u(rng_));
-    // layer norm starts as the identity: gains 1, biases 0 (PyTorch's LayerNorm init)
-    for (const ParamInfo& info : parameter_layout(cfg_))
-      if (info.name.starts_with("rnn.weight_ln_") || info.name.starts_with("rnn.bias_ln_"))
-        std::fill_n(params_.begin() + static_cast<std::ptrdiff_t>(info.offset), info.size,
-                    static_cast<Real>(info.name.starts_with("rnn.weight_ln_") ? 1 : 0));
+    const bool awd = o_.init_scheme == "awd";
+    for (const ParamInfo& info : parameter_layout(cfg_)) {
+      const bool ln =
+          info.name.starts_with("rnn.weight_ln_") || info.name.starts_with("rnn.bias_ln_");
+      double range = o_.init;
+      if (awd && info.name.starts_with("rnn.") && !ln)  // layer k's cells: H_k
+        range = 1.0 / std::sqrt(static_cast<double>(cfg_.width(layer_of(info.name))));
+      std::uniform_real_distribution<double> u(-range, range);
+      Real* p = params_.data() + info.offset;
+      for (size_t k = 0; k < info.size; ++k) p[k] = static_cast<Real>(u(rng_));
+      // layer norm starts as the identity: gains 1, biases 0 (PyTorch's LayerNorm init)
+      if (ln) std::fill_n(p, info.size, static_cast<Real>(info.name.starts_with("rnn.weight_ln_")));
+      if (awd && info.name == "decoder.bias") std::fill_n(p, info.size, Real(0));
+    }
     if (!o_.finetune.empty()) params_ = finetune_start();
     make_optimizer();
     if (opt_->averaging()) run_.asgd_from = 0;  // asgd: averaging from the first update
