@@ -3,7 +3,9 @@
 // tests/test_bench.cpp checks that its choices change no bit of a model's results.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <functional>
+#include <thread>
 #include <vector>
 
 #include "cpu/team.hpp"
@@ -24,6 +26,17 @@ std::vector<int> drive(TeamTuner& tuner, int shares, int64_t shape, int calls,
   return used;
 }
 
+// The machine's idle cores as the tests' model says (the tuner asks while it runs below its
+// shares); each test sets it through a FakeIdle, which puts the system's probe back after.
+double g_idle = 0;
+struct FakeIdle {
+  IdleProbe previous;
+  explicit FakeIdle(double idle) : previous(set_idle_probe([] { return g_idle; })) {
+    g_idle = idle;
+  }
+  ~FakeIdle() { set_idle_probe(previous); }
+};
+
 int count(const std::vector<int>& v, int x, size_t from = 0) {
   int n = 0;
   for (size_t i = from; i < v.size(); ++i) n += v[i] == x;
@@ -34,6 +47,7 @@ int count(const std::vector<int>& v, int x, size_t from = 0) {
 // often: after the first trial at call 6, the trials' intervals grow 4x (each is a clear loss,
 // one call long).
 TEST(TeamTuner, KeepsEveryThreadOnAQuietMachine) {
+  const FakeIdle idle(0);
   TeamTuner tuner;
   const auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 0.55 : 1.0; });
   EXPECT_EQ(used[0], 2);
@@ -46,6 +60,7 @@ TEST(TeamTuner, KeepsEveryThreadOnAQuietMachine) {
 // The tuner moves to one thread at its first trial and stays; its trials of two threads are
 // single calls (a clear loss ends a trial at once), ever rarer.
 TEST(TeamTuner, LeavesTheBusyCoreOnALoadedMachine) {
+  const FakeIdle idle(0);  // the other process keeps the core
   TeamTuner tuner;
   const auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 3.0 : 1.0; });
   EXPECT_EQ(used[5], 1);
@@ -56,6 +71,7 @@ TEST(TeamTuner, LeavesTheBusyCoreOnALoadedMachine) {
 // Fewer threads win when they are no slower, more threads only when 10% faster: within that band
 // the team stays where it is (noise must not make it flap).
 TEST(TeamTuner, PrefersFewerThreadsUnlessMorePay) {
+  const FakeIdle idle(0);
   TeamTuner down;  // one thread a little faster than two (5%): one
   auto used = drive(down, 2, 700, 500, [](int t) { return t == 2 ? 1.0 : 0.95; });
   EXPECT_EQ(used.back(), 1);
@@ -69,6 +85,7 @@ TEST(TeamTuner, PrefersFewerThreadsUnlessMorePay) {
 // A quiet machine that turns busy: the rise of the 2-thread team's cost triggers a trial at once,
 // not after the long interval it had reached.
 TEST(TeamTuner, NoticesACoreTakenMidRun) {
+  const FakeIdle idle(0);
   TeamTuner tuner;
   bool busy = false;
   const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
@@ -81,6 +98,7 @@ TEST(TeamTuner, NoticesACoreTakenMidRun) {
 // A core freed again: the periodic trial finds two threads faster and takes them back within the
 // longest interval.
 TEST(TeamTuner, TakesAFreedCoreBack) {
+  const FakeIdle idle(-1);  // no idle count (another system): the interval alone
   TeamTuner tuner;
   bool busy = true;
   const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
@@ -90,9 +108,48 @@ TEST(TeamTuner, TakesAFreedCoreBack) {
   EXPECT_EQ(used.back(), 2);
 }
 
+// A core freed where the machine shows it idle: the team takes it back within kIdleRetry calls of
+// its last trial, not after the long interval it had reached (0.5 idle cores is the threshold).
+TEST(TeamTuner, TakesAnIdleCoreBackSoon) {
+  const FakeIdle idle(0);
+  TeamTuner tuner;
+  bool busy = true;
+  const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
+  const auto before = drive(tuner, 2, 700, 600, cost);
+  EXPECT_LE(count(before, 2, 7), 6) << "no idle core: trials stay rare";
+  busy = false;
+  g_idle = 0.4;  // below the threshold: nothing changes
+  auto used = drive(tuner, 2, 700, 60, cost);
+  EXPECT_EQ(used.back(), 1);
+  g_idle = 0.9;
+  used = drive(tuner, 2, 700, TeamTuner::kIdleRetry + 5, cost);
+  EXPECT_EQ(used.back(), 2) << "still on one thread with a core idle";
+}
+
+// An idle core that two threads do not make faster (the idle count misleads, e.g. a container's
+// limit): its trials lose and stay at most one per kIdleRetry calls.
+TEST(TeamTuner, IdleCoreTrialsThatLoseStayRare) {
+  const FakeIdle idle(1.0);
+  TeamTuner tuner;
+  const auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 3.0 : 1.0; });
+  EXPECT_EQ(used.back(), 1);
+  EXPECT_LE(count(used, 2, 7), 2000 / TeamTuner::kIdleRetry + 1);
+  EXPECT_GE(count(used, 2, 7), 2000 / TeamTuner::kIdleRetry / 2) << "the idle core was ignored";
+}
+
+// The system's probe: after half a second it reports a count in [0, cores] (Linux), or < 0.
+TEST(TeamTuner, SystemIdleCoresIsACount) {
+  (void)system_idle_cores();
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  const double idle = system_idle_cores();
+  if (idle < 0) GTEST_SKIP() << "no /proc/stat";
+  EXPECT_LE(idle, static_cast<double>(std::thread::hardware_concurrency()) + 0.5);
+}
+
 // Each shape keeps its own state: a validation pass's shape, busy or not, does not reset what the
 // training shape learnt.
 TEST(TeamTuner, KeepsShapesApart) {
+  const FakeIdle idle(0);
   TeamTuner tuner;
   drive(tuner, 2, 700, 100, [](int t) { return t == 2 ? 3.0 : 1.0; });  // training: one thread
   drive(tuner, 2, 20, 100, [](int t) { return t == 2 ? 0.5 : 1.0; });   // validation: two
@@ -104,6 +161,7 @@ TEST(TeamTuner, KeepsShapesApart) {
 
 // Neighbours only, in [1, shares]: with 4 shares and 3 free cores, it walks to 3 and stays.
 TEST(TeamTuner, WalksToTheBestTeamOfMany) {
+  const FakeIdle idle(0);
   TeamTuner tuner;
   const auto cost = [](int t) { return t == 3 ? 0.4 : t == 4 ? 1.5 : 1.0 / t; };
   const auto used = drive(tuner, 4, 700, 300, cost);

@@ -1,8 +1,57 @@
 #include "cpu/team.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <mutex>
 
 namespace lstmgrad::cpu {
+
+namespace {
+
+std::atomic<IdleProbe> g_probe{&system_idle_cores};
+
+}  // namespace
+
+double system_idle_cores() {
+  using Clock = std::chrono::steady_clock;
+  static std::mutex mutex;
+  static Clock::time_point last;
+  static unsigned long long last_idle = 0, last_total = 0;
+  static std::atomic<double> value{-1.0};
+  std::unique_lock lock(mutex, std::try_to_lock);
+  if (!lock.owns_lock()) return value.load();
+  const Clock::time_point now = Clock::now();
+  if (last != Clock::time_point{} && now - last < std::chrono::milliseconds(500))
+    return value.load();
+  // The first line: cpu user nice system idle iowait irq softirq steal ... (clock ticks, all CPUs)
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return value.load();
+  unsigned long long t[8] = {};
+  const int got = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &t[0], &t[1], &t[2],
+                              &t[3], &t[4], &t[5], &t[6], &t[7]);
+  std::fclose(f);
+  if (got < 5) return value.load();
+  unsigned long long total = 0;
+  for (int k = 0; k < got; ++k) total += t[k];
+  const unsigned long long idle = t[3] + t[4];
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (last != Clock::time_point{} && total > last_total && cores > 0)
+    value.store(static_cast<double>(idle - last_idle) / static_cast<double>(total - last_total) *
+                static_cast<double>(cores));
+  last = now, last_idle = idle, last_total = total;
+  return value.load();
+}
+
+IdleProbe set_idle_probe(IdleProbe probe) {
+  return g_probe.exchange(probe);
+}
+
+double idle_cores() {
+  return g_probe.load()();
+}
 
 double TeamTuner::State::recent_median() const {
   const double a = recent[0], b = recent[1], c = recent[2];
@@ -69,10 +118,14 @@ void TeamTuner::record(double cost) {
       st->direction = -st->direction;  // in the middle: the other neighbour next
       st->interval = std::min(st->interval * (clear_loss ? 4 : 2), kMaxInterval);
     }
-    st->trial = 0, st->next_trial = st->calls + st->interval;
+    st->trial = 0, st->next_trial = st->calls + st->interval, st->last_trial = st->calls;
     return;
   }
   st->push(cost);
+  // Below its shares while a core stands idle: the process that took it may have left.
+  if (st->cur < st->shares && st->trial == 0 && st->next_trial > st->last_trial + kIdleRetry &&
+      idle_cores() >= 0.5)
+    st->next_trial = st->last_trial + kIdleRetry, st->direction = 1;
   // A team of several threads that got slower: another process may have taken a core.
   if (st->cur > 1 && st->level > 0 && st->recent_n == 3 && st->trial == 0 &&
       st->recent_median() > 1.5 * st->level)

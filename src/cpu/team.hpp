@@ -85,11 +85,13 @@ struct TeamMember {
 // most kMaxInterval calls). A neighbour that won is followed by a trial one step further the same
 // way; at an end of [1, shares] (where the only neighbour is the team just left) the next trial
 // waits 48 calls. A choice of several threads whose cost rises by half over its level at the last
-// decision (another process took a core) is tried again at the next call.
+// decision (another process took a core) is tried again at the next call. A team below its shares
+// whose machine shows a core idle (idle_cores(): the other process left) tries more threads
+// within kIdleRetry calls of its last trial rather than at the long interval.
 class TeamTuner {
  public:
   static constexpr int kTrial = 2, kStates = 4;
-  static constexpr int64_t kMaxInterval = 1024;
+  static constexpr int64_t kMaxInterval = 1024, kIdleRetry = 48;
 
   // The threads for the next call, in [1, shares]. `shape`: the call's shape (any number that
   // tells the site's shapes apart).
@@ -102,7 +104,7 @@ class TeamTuner {
     int shares = 0;
     int64_t shape = -1, used = 0;
     int cur = 1, trial = 0, trial_calls = 0, direction = -1;
-    int64_t calls = 0, next_trial = 0, interval = 0;
+    int64_t calls = 0, next_trial = 0, interval = 0, last_trial = 0;
     double trial_best = 0, level = 0;
     double recent[3] = {};  // the choice's last costs, a ring
     int recent_n = 0, recent_pos = 0;
@@ -114,6 +116,14 @@ class TeamTuner {
   int last_threads_ = 1;
   int64_t uses_ = 0;
 };
+
+// The machine's idle cores, averaged over about the last half second (< 0: unknown). The default
+// reads /proc/stat (Linux; the tuner reads it only while a team runs below its shares); tests
+// install their own. set_idle_probe returns the previous probe.
+using IdleProbe = double (*)();
+double system_idle_cores();
+IdleProbe set_idle_probe(IdleProbe probe);
+double idle_cores();
 
 // One call of a site: its team, `running` threads (at most `shares`) when running >= 1, else
 // the tuner's choice, timed from construction to destruction and recorded per unit of `work`.
