@@ -1,6 +1,7 @@
 // Fuzz target: batch files, read against a fixed model configuration of each input kind.
 #include "fuzz_input.hpp"
 #include "lstmgrad/model_io.hpp"
+#include "safetensors_mutator.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return lstmgrad::fuzz::read_bytes(data, size, ".safetensors", [](const auto& path) {

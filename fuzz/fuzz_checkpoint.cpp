@@ -1,6 +1,7 @@
 // Fuzz target: training checkpoints (parameters, optimizer moments, carried state, RNG state and
 // the stored options), as train --resume reads them.
 #include "fuzz_input.hpp"
+#include "safetensors_mutator.hpp"
 #include "train/run_state.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -2,6 +2,7 @@
 // of every tensor it accepts.
 #include "fuzz_input.hpp"
 #include "lstmgrad/safetensors.hpp"
+#include "safetensors_mutator.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   return lstmgrad::fuzz::read_bytes(data, size, ".safetensors", [](const auto& path) {

@@ -25,7 +25,10 @@ for t in "${targets[@]}"; do
   mkdir -p "$out/$t/corpus"
   cp "$root/fuzz/corpus/$t/"* "$out/$t/corpus/"
   echo "fuzz_$t: ${seconds} s"
-  if ! "$build/fuzz/fuzz_$t" "$out/$t/corpus" -max_total_time="$seconds" -max_len=65536 \
+  # The safetensors-shaped readers take the header dictionary (fuzz/safetensors.dict).
+  dict=()
+  case "$t" in safetensors|model|batch|checkpoint) dict=(-dict="$root/fuzz/safetensors.dict") ;; esac
+  if ! "$build/fuzz/fuzz_$t" "$out/$t/corpus" "${dict[@]}" -max_total_time="$seconds" -max_len=65536 \
       -malloc_limit_mb=256 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
       -artifact_prefix="$out/$t/" >"$out/$t/log.txt" 2>&1; then
     found=1
