@@ -28,20 +28,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import awd_twin  # noqa: E402
 from awd_twin import AwdTwin  # noqa: E402
 
 
 def read_words(path, vocab, grow):
-    ids = []
-    with open(path) as f:
-        for line in f:
-            for w in line.split() + ["<eos>"]:
-                if w not in vocab:
-                    if not grow:
-                        raise SystemExit(f"{path}: word {w!r} not in the training vocabulary")
-                    vocab[w] = len(vocab)
-                ids.append(vocab[w])
-    return torch.tensor(ids, dtype=torch.int64)
+    return torch.tensor(awd_twin.read_words(path, vocab, grow), dtype=torch.int64)
 
 
 def streams(ids, B):

@@ -33,6 +33,22 @@ import torch
 import torch.nn.functional as F
 
 
+def read_words(path, vocab, grow):
+    """A word-level text as lstmgrad reads it: whitespace-separated words, <eos> after each line,
+    ids in the order of first appearance. `vocab` (word -> id) grows when `grow`; otherwise an
+    unknown word ends the program with a message naming the file."""
+    ids = []
+    with open(path) as f:
+        for line in f:
+            for w in line.split() + ["<eos>"]:
+                if w not in vocab:
+                    if not grow:
+                        raise SystemExit(f"{path}: word {w!r} not in the training vocabulary")
+                    vocab[w] = len(vocab)
+                ids.append(vocab[w])
+    return ids
+
+
 class Masks:
     """The masks of one forward; None where a regulariser is off."""
 

@@ -103,18 +103,6 @@ def parse_flags(flags):
     return o
 
 
-def read_words(path, vocab, grow):
-    ids = []
-    with open(path) as f:
-        for line in f:
-            for w in line.split() + ["<eos>"]:
-                if w not in vocab:
-                    assert grow, w
-                    vocab[w] = len(vocab)
-                ids.append(vocab[w])
-    return ids
-
-
 def layout(V, E, hidden, out, tie, layer_norm):
     """parameter_layout (src/core/model.cpp): (name, shape) in the file's and the draws' order."""
     names = [("encoder.weight", (V, E))]
@@ -279,7 +267,7 @@ def main():
     with open(os.path.join(a.out, "valid.txt"), "w") as f:
         f.write(phrases(30, 12))
     vocab = {}
-    train_ids = read_words(os.path.join(a.out, "train.txt"), vocab, True)
+    train_ids = awd_twin.read_words(os.path.join(a.out, "train.txt"), vocab, True)
     for case in CASES:
         result, train_loss = run_case(case, train_ids, len(vocab))
         meta = {"flags": case["flags"], "max_steps": str(case["max_steps"]),
