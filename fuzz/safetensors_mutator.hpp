@@ -42,7 +42,7 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
     const std::vector<uint8_t> tail(data + 8 + n, data + size);
     n = grown;
     std::memcpy(data + 8, buf.data(), grown);
-    std::memcpy(data + 8 + grown, tail.data(), tail.size());
+    if (!tail.empty()) std::memcpy(data + 8 + grown, tail.data(), tail.size());  // (no null)
   } else {
     std::memcpy(data + 8 + n, buf.data(), grown);
   }
