@@ -15,7 +15,8 @@
 # are compared). lstmgrad's per-epoch lines are OUT_DIR/metrics.jsonl; the twin's,
 # OUT_DIR/twin.jsonl. Extra lstmgrad flags: LSTMGRAD_FLAGS (e.g. "--threads 2"); extra twin flags:
 # TWIN_FLAGS (e.g. "--threads 1"). HIDDEN (default 1150,1150,400) sets the layers' sizes (one
-# number: every layer).
+# number: every layer). SEED (default 0) seeds both sides (their generators differ: the same seed
+# is not the same draws).
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 PTB_DIR [OUT_DIR] [EPOCHS] [TWIN]" >&2
@@ -25,6 +26,7 @@ ptb=$1 out=${2:-runs/awd_ptb} epochs=${3:-2} twin=${4:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 lstmgrad=${LSTMGRAD:-"$root/build/lstmgrad"}
 hidden=${HIDDEN:-1150,1150,400}
+seed=${SEED:-0}
 twin_hidden=$hidden
 [[ $hidden == *,* ]] || twin_hidden="$hidden,$hidden,$hidden"
 recipe=(--embed 400 --hidden "$hidden" --layers 3 --tie-weights
@@ -34,13 +36,13 @@ recipe=(--embed 400 --hidden "$hidden" --layers 3 --tie-weights
         --eval-batch 10)
 start=$(date +%s)
 # shellcheck disable=SC2086
-"$lstmgrad" train --data "$ptb" --level word "${recipe[@]}" --epochs "$epochs" --seed 0 \
+"$lstmgrad" train --data "$ptb" --level word "${recipe[@]}" --epochs "$epochs" --seed "$seed" \
   --out "$out" ${LSTMGRAD_FLAGS:-}
 echo "lstmgrad: $(( $(date +%s) - start )) s for $epochs epochs"
 if [ "$twin" = 1 ]; then
   # shellcheck disable=SC2086
   /usr/bin/python3 "$root/bench/awd_twin_train.py" --data "$ptb" --epochs "$epochs" \
-    --hidden "$twin_hidden" --init-scheme awd ${TWIN_FLAGS:-} | tee "$out/twin.jsonl"
+    --hidden "$twin_hidden" --init-scheme awd --seed "$seed" ${TWIN_FLAGS:-} | tee "$out/twin.jsonl"
   /usr/bin/python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
