@@ -3,6 +3,7 @@
 // tests/test_bench.cpp checks that its choices change no bit of a model's results.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <thread>
@@ -57,15 +58,22 @@ TEST(TeamTuner, KeepsEveryThreadOnAQuietMachine) {
 }
 
 // Busy: a thread of the team is often off its core, and two threads take 3x one thread's time.
-// The tuner moves to one thread at its first trial and stays; its trials of two threads are
-// single calls (a clear loss ends a trial at once), ever rarer.
+// The tuner moves to one thread at its first trial and stays. With the machine showing no idle
+// core it never tries two threads again; where it cannot tell (no idle count), its trials of two
+// threads are single calls (a clear loss ends a trial at once), ever rarer.
 TEST(TeamTuner, LeavesTheBusyCoreOnALoadedMachine) {
   const FakeIdle idle(0);  // the other process keeps the core
   TeamTuner tuner;
-  const auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 3.0 : 1.0; });
+  auto used = drive(tuner, 2, 700, 2000, [](int t) { return t == 2 ? 3.0 : 1.0; });
   EXPECT_EQ(used[5], 1);
   EXPECT_EQ(used[7], 1);  // chosen after the trial
-  EXPECT_LE(count(used, 2, 7), 6) << "calls on two threads after the switch";
+  EXPECT_EQ(count(used, 2, 7), 0) << "calls on two threads after the switch, no core idle";
+  g_idle = -1;
+  TeamTuner blind;
+  used = drive(blind, 2, 700, 2000, [](int t) { return t == 2 ? 3.0 : 1.0; });
+  EXPECT_EQ(used[7], 1);
+  EXPECT_GE(count(used, 2, 7), 1) << "no idle count: the trials go on";
+  EXPECT_LE(count(used, 2, 7), 6) << "calls on two threads after the switch, no idle count";
 }
 
 // Fewer threads win when they are no slower, more threads only when 10% faster: within that band
@@ -116,7 +124,7 @@ TEST(TeamTuner, TakesAnIdleCoreBackSoon) {
   bool busy = true;
   const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
   const auto before = drive(tuner, 2, 700, 600, cost);
-  EXPECT_LE(count(before, 2, 7), 6) << "no idle core: trials stay rare";
+  EXPECT_EQ(count(before, 2, 7), 0) << "no idle core: no trials of two threads";
   busy = false;
   g_idle = 0.4;  // below the threshold: nothing changes
   auto used = drive(tuner, 2, 700, 60, cost);
@@ -170,6 +178,20 @@ TEST(TeamTuner, WalksToTheBestTeamOfMany) {
     EXPECT_LE(t, 4);
   }
   EXPECT_EQ(used.back(), 3);
+}
+
+// In the middle of [1, shares] with no core idle the tuner tries only the smaller neighbour: here
+// it walks 4 -> 3 -> 2 and then never runs 3 or 4 threads again.
+TEST(TeamTuner, TriesNoMoreThreadsWithNoCoreIdle) {
+  const FakeIdle idle(0);
+  TeamTuner tuner;
+  const auto cost = [](int t) { return t == 1 ? 1.0 : t == 2 ? 0.5 : t == 3 ? 1.6 : 2.0; };
+  const auto used = drive(tuner, 4, 700, 1000, cost);
+  const auto at2 = std::find(used.begin(), used.end(), 2) - used.begin();
+  ASSERT_LT(at2, 50);
+  EXPECT_EQ(count(used, 3, static_cast<size_t>(at2)) + count(used, 4, static_cast<size_t>(at2)), 0);
+  EXPECT_GE(count(used, 1, static_cast<size_t>(at2)), 1) << "the smaller neighbour is still tried";
+  EXPECT_EQ(used.back(), 2);
 }
 
 TEST(TeamTuner, OneShareIsOneThread) {

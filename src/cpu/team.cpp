@@ -80,14 +80,19 @@ int TeamTuner::threads(int shares, int64_t shape) {
   last_ = st;
   if (shares <= 1) return last_threads_ = 1;
   if (st->trial == 0 && st->calls >= st->next_trial) {
-    if (st->cur == shares) {
-      st->trial = st->cur - 1;
-    } else if (st->cur == 1) {
-      st->trial = 2;
-    } else {
-      st->trial = st->cur + st->direction;
+    int trial = st->cur == shares ? st->cur - 1 : st->cur == 1 ? 2 : st->cur + st->direction;
+    // Another thread needs a core to run on: where the machine shows none idle, a trial of more
+    // threads can only lose (and costs a slow call), so the other neighbour is tried, or none.
+    if (trial > st->cur) {
+      const double idle = idle_cores();
+      if (idle >= 0 && idle < 0.5) trial = st->cur > 1 ? st->cur - 1 : 0;
     }
-    st->trial_calls = 0, st->trial_best = 0;
+    if (trial == 0) {  // postponed as if it had lost: record() watches the idle count meanwhile
+      st->interval = std::min(st->interval * 2, kMaxInterval);
+      st->next_trial = st->calls + st->interval, st->last_trial = st->calls;
+    } else {
+      st->trial = trial, st->trial_calls = 0, st->trial_best = 0;
+    }
   }
   return last_threads_ = st->trial != 0 ? st->trial : st->cur;
 }

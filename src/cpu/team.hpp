@@ -87,7 +87,9 @@ struct TeamMember {
 // waits 48 calls. A choice of several threads whose cost rises by half over its level at the last
 // decision (another process took a core) is tried again at the next call. A team below its shares
 // whose machine shows a core idle (idle_cores(): the other process left) tries more threads
-// within kIdleRetry calls of its last trial rather than at the long interval.
+// within kIdleRetry calls of its last trial rather than at the long interval; where the machine
+// shows no core idle, it does not try more threads at all (the extra thread would have no core:
+// the trial could only lose), so on a loaded machine the team runs as a smaller fixed team would.
 class TeamTuner {
  public:
   static constexpr int kTrial = 2, kStates = 4;
