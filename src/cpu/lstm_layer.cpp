@@ -402,7 +402,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     });
   bool claimed = false;
   if constexpr (std::is_same_v<Real, float>) {
-    claimed = saved.panels != nullptr;
+    claimed = saved.panels != nullptr || saved.b16 != nullptr;
     if (claimed) claimed_backward(dz, dh_rec, ds, dh_out, saved, w, tm, T, B, H);
   }
   for (int64_t t = T - 1; t >= 0 && !claimed; --t) {

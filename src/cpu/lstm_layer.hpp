@@ -8,7 +8,8 @@
 //     runs the share's four gates' GEMMs (the BLAS on one thread) and its slice of the gate pass.
 //     Every scalar is computed by the same BLAS call shape whatever P is, so float64 results are
 //     bit-identical for any thread count (tested).
-//   - claimed (float32 with the packed kernel, LayerSaved::panels set): the units in groups (16 in
+//   - claimed (float32 with the packed kernel: LayerSaved::panels set, or b16 with its own bf16
+//     panels): the units in groups (16 in
 //     forward, 32 in backward), each group's recurrent weights packed together
 //     (cpu/panel_gemm.hpp) at the start of the layer's forward and of its backward; at every step
 //     each thread takes the groups of its own share in order and then those left in the others'
@@ -78,8 +79,9 @@ struct LayerSaved {
   Real* hseq;   // [T+1,B,H] h0 (filled by the caller), then h_1 .. h_T
   Real* sseq;   // [T+1,B,H] s0 (filled by the caller), then s_1 .. s_T
   // float32 on AVX-512: the recurrent weights packed in groups of units for the claimed split,
-  // 64-byte aligned; null: the static split, the BLAS every step. Shared by all layers (each
-  // layer packs at the start of its forward and of its backward).
+  // 64-byte aligned; null: the static split, the BLAS every step, or bf16 (b16 set: the claimed
+  // split with its own panels). Shared by all layers (each layer packs at the start of its
+  // forward and of its backward).
   Real* panels;
   // With panels: the groups taken at each step, T + 1 sets for a team (reset by each pass), and
   // the barrier between steps.
@@ -126,7 +128,8 @@ struct LayerSaved {
   Real* proj_dh = nullptr;
   Real* proj_dm = nullptr;
   int64_t out_width(int64_t H) const { return proj > 0 ? proj : H; }
-  // bf16 operands in every GEMM (float32 with panels only); null: float32 operands.
+  // bf16 operands in every GEMM (float32 on AVX512_BF16, the claimed split; panels then null);
+  // null: float32 operands.
   const Bf16Buffers* b16 = nullptr;
 };
 

@@ -75,13 +75,13 @@ int LstmStack<Real>::threads(int64_t B) const {
 template <class Real>
 void LstmStack<Real>::reserve(int64_t T, int64_t B) {
   T_ = T, B_ = B;
-  if (!arena_.empty() && T * B <= capN_ && B <= capB_) return;
-  capN_ = std::max(T * B, capN_), capB_ = std::max(B, capB_);
+  if (!arena_.empty() && T * B <= capN_ && B <= capB_ && arena_precision_ == precision_) return;
+  capN_ = std::max(T * B, capN_), capB_ = std::max(B, capB_), arena_precision_ = precision_;
   const int64_t N = capN_, H = H_, G = 4 * H;
   const int64_t S = N * H + capB_ * H;  // a state sequence h0..h_T
   const int64_t Wd = std::max(X_, H);
   // One allocation, sized up front; the time loops allocate nothing.
-  const int64_t P = panel_floats<Real>(H);
+  const int64_t P = panel_room();
   arena_.assign(
       static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + N * G + 2 * N * Wd + 2 * capB_ * H + P),
       Real(0));
@@ -95,8 +95,8 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
   for (auto& s : saved_) {
     s.gates = carve(N * G), s.bias = carve(G), s.dbias = carve(G);
     s.hseq = carve(S), s.sseq = carve(S), s.panels = panels;
-    s.claims = P > 0 ? &claims_ : nullptr;
-    s.step_barrier = P > 0 ? &step_barrier_ : nullptr;
+    s.claims = fused() ? &claims_ : nullptr;
+    s.step_barrier = fused() ? &step_barrier_ : nullptr;
   }
   dz_ = carve(N * G), dh_a_ = carve(N * Wd), dh_b_ = carve(N * Wd);
   dh_rec_ = carve(capB_ * H), ds_ = carve(capB_ * H);
@@ -258,10 +258,13 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
 template <class Real>
 void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
   infer_T_ = T, infer_B_ = B;
-  if (!infer_arena_.empty() && T * B <= infer_capN_ && B <= infer_capB_) return;
+  if (!infer_arena_.empty() && T * B <= infer_capN_ && B <= infer_capB_ &&
+      infer_precision_ == precision_)
+    return;
   infer_capN_ = std::max(T * B, infer_capN_), infer_capB_ = std::max(B, infer_capB_);
+  infer_precision_ = precision_;
   const int64_t N = infer_capN_, H = H_, G = 4 * H, BH = infer_capB_ * H;
-  const int64_t P = panel_floats<Real>(H);
+  const int64_t P = panel_room();
   infer_arena_.assign(static_cast<size_t>(N * G + G + 2 * BH + 2 * (N * H + BH) + 2 * L_ * BH + P),
                       Real(0));
   Carver<Real> carve(infer_arena_.data());
@@ -273,8 +276,8 @@ void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
   }
   sv.gates = carve(N * G), sv.bias = carve(G), sv.dbias = nullptr;
   sv.hseq = nullptr, sv.sseq = carve(2 * BH), sv.s_ring = true;
-  sv.claims = P > 0 ? &claims_ : nullptr;
-  sv.step_barrier = P > 0 ? &step_barrier_ : nullptr;
+  sv.claims = fused() ? &claims_ : nullptr;
+  sv.step_barrier = fused() ? &step_barrier_ : nullptr;
   infer_h_[0] = carve(N * H + BH), infer_h_[1] = carve(N * H + BH);
   infer_last_ = carve(2 * L_ * BH);
 }

@@ -145,6 +145,11 @@ class LstmStack {
   // With bf16: its buffers sized for T, B (grown only for larger ones) and returned; else null.
   const Bf16Buffers* bf16_buffers(int64_t T, int64_t B);
   Precision precision_ = Precision::f32;
+  // The float32 panels of the fused split (lstm_layer.hpp), in the arenas only in float32: bf16
+  // packs its own (Bf16Buffers::u_panels). Whether the fused split runs at all: fused().
+  int64_t panel_room() const { return precision_ == Precision::bf16 ? 0 : panel_floats<Real>(H_); }
+  bool fused() const { return panel_floats<Real>(H_) > 0; }
+  Precision arena_precision_ = Precision::f32, infer_precision_ = Precision::f32;  // carved for
   std::vector<bf16_t> b16_arena_;
   int64_t b16_capN_ = 0, b16_capB_ = 0;
   Bf16Buffers b16_{};
