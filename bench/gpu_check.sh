@@ -18,9 +18,10 @@ tests=${CUDA_TESTS:-build/tests/lstmgrad_cuda_tests}
 runs=${RUNS:-20}
 warmup=${WARMUP:-5}
 mkdir -p "$out"
-# cuBLAS from the toolkit (or the wheel PyTorch brought) when the loader does not find it.
+# cuBLAS from the toolkit (or the wheel PyTorch brought) when the loader does not find it
+# (lstmgrad opens libcublas.so.13 at its first GPU call, by name, then in the build's toolkit).
 if [ -n "${LSTMGRAD_LIBS:-}" ]; then export LD_LIBRARY_PATH="$LSTMGRAD_LIBS:${LD_LIBRARY_PATH:-}"; fi
-if ! ldd "$lstmgrad" | grep -q 'libcublas.so.*=> /'; then
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13 '; then
   dir=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '/proc/*' 2>/dev/null | head -1)")
   export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
 fi
@@ -38,7 +39,8 @@ step() {  # step NAME LIMIT_S COMMAND...: runs it, logs to OUT_DIR/NAME.log, rec
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   "$lstmgrad" --version
-  ldd "$lstmgrad" | grep -E 'cublas|openblas|fmt'
+  ldd "$lstmgrad" | grep -E 'openblas|fmt'
+  echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 } >"$out/environment.log" 2>&1
 step parity_tests 180 "$tests" --gtest_color=no
 step check_persistent 60 "$lstmgrad" check --device cuda -L 2 -T 8 -B 5 -H 40 -X 12 -V 30 \

@@ -60,9 +60,9 @@ double time_stack(const CudaBenchShape& p, bool backward, int warmup, int runs, 
   cudaStream_t stream;
   LSTMGRAD_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cublasHandle_t blas;
-  LSTMGRAD_CUBLAS(cublasCreate(&blas));
-  LSTMGRAD_CUBLAS(cublasSetStream(blas, stream));
-  LSTMGRAD_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+  LSTMGRAD_CUBLAS(cublas().create(&blas));
+  LSTMGRAD_CUBLAS(cublas().set_stream(blas, stream));
+  LSTMGRAD_CUBLAS(cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));
   std::vector<DeviceBuffer<float>> weights, grads;
   std::vector<LayerParams> w;
   std::vector<LayerGrads> g;
@@ -98,7 +98,7 @@ double time_stack(const CudaBenchShape& p, bool backward, int warmup, int runs, 
         },
         stream, warmup, runs);
   }
-  cublasDestroy(blas);
+  cublas().destroy(blas);
   cudaStreamDestroy(stream);
   return ms;
 }
@@ -157,14 +157,14 @@ double bench_gemm_ms(int64_t M, int64_t N, int64_t K, int warmup, int runs) {
   DeviceBuffer<float> C;
   C.grow(static_cast<size_t>(M * N));
   cublasHandle_t blas;
-  LSTMGRAD_CUBLAS(cublasCreate(&blas));
-  LSTMGRAD_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+  LSTMGRAD_CUBLAS(cublas().create(&blas));
+  LSTMGRAD_CUBLAS(cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));
   const double ms = median_ms(
       [&](int) {
         gemm(blas, false, true, M, N, K, 1.0f, A.get(), K, B.get(), K, 0.0f, C.get(), N);
       },
       nullptr, warmup, runs);
-  cublasDestroy(blas);
+  cublas().destroy(blas);
   return ms;
 }
 

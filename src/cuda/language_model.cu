@@ -26,7 +26,7 @@ std::string unavailable_reason() {
     return std::string("no usable CUDA GPU (") + cudaGetErrorString(e) + ")";
   }
   if (n == 0) return "no CUDA GPU is present";
-  return "";
+  return cublas_error();
 }
 
 }  // namespace
@@ -95,10 +95,10 @@ struct LanguageModel::Impl {
     validate_config(cfg);
     device_info();
     LSTMGRAD_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    LSTMGRAD_CUBLAS(cublasCreate(&blas));
-    LSTMGRAD_CUBLAS(cublasSetStream(blas, stream));
+    LSTMGRAD_CUBLAS(cublas().create(&blas));
+    LSTMGRAD_CUBLAS(cublas().set_stream(blas, stream));
     // float32 arithmetic in every GEMM: the default math mode never uses TF32 for sgemm.
-    LSTMGRAD_CUBLAS(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+    LSTMGRAD_CUBLAS(cublas().set_math_mode(blas, CUBLAS_DEFAULT_MATH));
     stack.emplace(cfg.X, cfg.H, cfg.L, stream, blas);
     n_params = parameter_count(cfg);
     params.grow(n_params), grad.grow(n_params);
@@ -109,7 +109,7 @@ struct LanguageModel::Impl {
     decoder_w = at.decoder_weight.value_or(0), decoder_b = at.decoder_bias.value_or(0);
   }
   ~Impl() {
-    if (blas) cublasDestroy(blas);
+    if (blas) cublas().destroy(blas);
     if (stream) cudaStreamDestroy(stream);
   }
 
