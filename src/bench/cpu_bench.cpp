@@ -78,6 +78,9 @@ double stack_flops_per_token(const BenchPreset& p) {
 double time_stack(const BenchPreset& p, const std::string& mode, const BenchOptions& o) {
   std::mt19937_64 rng(5);
   const int64_t G = 4 * p.H, N = p.T * p.B;
+  // What the mode uses and no more (each mode's peak memory is reported): gradients and dL/dh
+  // only where a backward runs.
+  const bool backward = mode == "fwdbwd" || mode == "fwdbwd_nodx";
   std::vector<std::vector<float>> weights(static_cast<size_t>(p.L)), grads(weights.size());
   std::vector<cpu::LayerWeights<float>> w;
   std::vector<cpu::LayerGrads<float>> g;
@@ -87,14 +90,15 @@ double time_stack(const BenchPreset& p, const std::string& mode, const BenchOpti
     auto& wk = weights[k];
     wk.resize(static_cast<size_t>(G * I + G * p.H + 2 * G));
     fill_uniform(wk, a, rng);
-    grads[k].assign(wk.size(), 0.0f);
     w.push_back(
         {wk.data(), wk.data() + G * I, wk.data() + G * (I + p.H), wk.data() + G * (I + p.H) + G});
+    if (!backward) continue;
+    grads[k].assign(wk.size(), 0.0f);
     float* d = grads[k].data();
     g.push_back({d, d + G * I, d + G * (I + p.H), d + G * (I + p.H) + G});
   }
-  std::vector<float> x(static_cast<size_t>(N * p.X)), dh(static_cast<size_t>(N * p.H)),
-      dx(mode == "fwdbwd" ? x.size() : 0);
+  std::vector<float> x(static_cast<size_t>(N * p.X)),
+      dh(static_cast<size_t>(backward ? N * p.H : 0)), dx(mode == "fwdbwd" ? x.size() : 0);
   fill_uniform(x, 1.0f, rng);
   fill_uniform(dh, 1.0f, rng);
   cpu::LstmStack<float> stack(p.X, p.H, p.L);

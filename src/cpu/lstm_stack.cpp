@@ -79,12 +79,9 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
   capN_ = std::max(T * B, capN_), capB_ = std::max(B, capB_), arena_precision_ = precision_;
   const int64_t N = capN_, H = H_, G = 4 * H;
   const int64_t S = N * H + capB_ * H;  // a state sequence h0..h_T
-  const int64_t Wd = std::max(X_, H);
   // One allocation, sized up front; the time loops allocate nothing.
   const int64_t P = panel_room();
-  arena_.assign(
-      static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + N * G + 2 * N * Wd + 2 * capB_ * H + P),
-      Real(0));
+  arena_.assign(static_cast<size_t>(L_ * (N * G + 2 * S + 2 * G) + P), Real(0));
   Carver<Real> carve(arena_.data());
   Real* panels = nullptr;
   if (P > 0) {  // 64-byte aligned: the kernel's aligned panel loads
@@ -98,7 +95,21 @@ void LstmStack<Real>::reserve(int64_t T, int64_t B) {
     s.claims = fused() ? &claims_ : nullptr;
     s.step_barrier = fused() ? &step_barrier_ : nullptr;
   }
-  dz_ = carve(N * G), dh_a_ = carve(N * Wd), dh_b_ = carve(N * Wd);
+}
+
+template <class Real>
+void LstmStack<Real>::reserve_backward() {
+  if (!grad_arena_.empty() && grad_capN_ == capN_ && grad_capB_ == capB_) return;
+  grad_capN_ = capN_, grad_capB_ = capB_;
+  const int64_t N = capN_, H = H_, G = 4 * H;
+  // dL/d(input) of layers L-1 .. 1 in turn (at most H_ wide), ping-ponged: dh_a_ with two layers,
+  // dh_b_ too with three or more (layer 0's goes to the caller's dx)
+  const int64_t pings = std::min<int64_t>(L_ - 1, 2);
+  grad_arena_.assign(static_cast<size_t>(N * G + pings * N * H + 2 * capB_ * H), Real(0));
+  Carver<Real> carve(grad_arena_.data());
+  dz_ = carve(N * G);
+  dh_a_ = pings >= 1 ? carve(N * H) : nullptr;
+  dh_b_ = pings >= 2 ? carve(N * H) : nullptr;
   dh_rec_ = carve(capB_ * H), ds_ = carve(capB_ * H);
 }
 
@@ -200,6 +211,7 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
                                const Real* dh_n, const Real* ds_n, const BackwardHooks* hooks) {
   const int64_t T = T_, B = B_;
   const int S = team_;  // the forward's shares (its claims are sized for them)
+  reserve_backward();
   BlasThreads one(1);
   const TeamCall call(backward_tuner_, S, running_cap_, static_cast<double>(T * B));
 #pragma omp parallel num_threads(call.threads())
@@ -265,8 +277,9 @@ void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
   infer_precision_ = precision_;
   const int64_t N = infer_capN_, H = H_, G = 4 * H, BH = infer_capB_ * H;
   const int64_t P = panel_room();
-  infer_arena_.assign(static_cast<size_t>(N * G + G + 2 * BH + 2 * (N * H + BH) + 2 * L_ * BH + P),
-                      Real(0));
+  const int64_t seqs = L_ > 1 ? 2 : 1;  // one h sequence feeds the next layer's
+  infer_arena_.assign(
+      static_cast<size_t>(N * G + G + 2 * BH + seqs * (N * H + BH) + 2 * L_ * BH + P), Real(0));
   Carver<Real> carve(infer_arena_.data());
   LayerSaved<Real>& sv = infer_layer_;
   sv.panels = nullptr;
@@ -278,7 +291,7 @@ void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
   sv.hseq = nullptr, sv.sseq = carve(2 * BH), sv.s_ring = true;
   sv.claims = fused() ? &claims_ : nullptr;
   sv.step_barrier = fused() ? &step_barrier_ : nullptr;
-  infer_h_[0] = carve(N * H + BH), infer_h_[1] = carve(N * H + BH);
+  infer_h_[0] = carve(N * H + BH), infer_h_[1] = L_ > 1 ? carve(N * H + BH) : nullptr;
   infer_last_ = carve(2 * L_ * BH);
 }
 

@@ -80,8 +80,8 @@ class LstmStack {
                 const Real* ds_n = nullptr, const BackwardHooks* hooks = nullptr);
 
   size_t arena_bytes() const {
-    return (arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() + ln_seq_.size() +
-            proj_seq_.size()) *
+    return (arena_.size() + grad_arena_.size() + drop_.size() + rec_seq_.size() + zone_seq_.size() +
+            ln_seq_.size() + proj_seq_.size()) *
                sizeof(Real) +
            b16_arena_.size() * sizeof(bf16_t);
   }
@@ -141,7 +141,11 @@ class LstmStack {
   }
 
  private:
+  // The forward's arena (what backward reads), for T*B rows and B (grown only for more).
   void reserve(int64_t T, int64_t B);
+  // backward's scratch, an arena of its own sized as the forward's: a forward alone (timing it,
+  // or a model that only evaluates) never touches it.
+  void reserve_backward();
   // With bf16: its buffers sized for T, B (grown only for larger ones) and returned; else null.
   const Bf16Buffers* bf16_buffers(int64_t T, int64_t B);
   Precision precision_ = Precision::f32;
@@ -162,13 +166,14 @@ class LstmStack {
   int running_cap_ = 0;  // set_team's running
   TeamTuner forward_tuner_, backward_tuner_;
   int64_t T_ = 0, B_ = 0, capN_ = 0, capB_ = 0;
-  std::vector<Real> arena_;
+  std::vector<Real> arena_, grad_arena_;
+  int64_t grad_capN_ = 0, grad_capB_ = 0;
   std::vector<LayerSaved<Real>> saved_;  // per layer
   StealRanges claims_;                   // the claimed split's T + 1 step sets (lstm_layer.hpp)
   SpinBarrier step_barrier_;             // and its barrier between steps
   Real* dz_ = nullptr;                   // [T,B,4H] scratch
-  Real* dh_a_ = nullptr;                 // [T,B,H] gradient flowing down (ping)
-  Real* dh_b_ = nullptr;                 // [T,B,H] (pong)
+  Real* dh_a_ = nullptr;                 // [T,B,H] gradient flowing down (ping; L >= 2)
+  Real* dh_b_ = nullptr;                 // [T,B,H] (pong; L >= 3)
   Real* dh_rec_ = nullptr;               // [B,H]
   Real* ds_ = nullptr;                   // [B,H]
   double drop_p_ = 0;
