@@ -227,7 +227,8 @@ struct StackRun {
 };
 
 template <class Real>
-StackRun<Real> run_stack(const StackCase& c, Precision precision, int shares, bool infer = false) {
+StackRun<Real> run_stack(const StackCase& c, Precision precision, int shares, bool infer = false,
+                         int64_t infer_budget = 0) {
   const int64_t L = static_cast<int64_t>(c.widths.size()), N = c.T * c.B;
   std::mt19937_64 rng(11);
   // per layer: W_ih [G,I], W_hh [G,H], b_ih, b_hh [G], unit [3H]
@@ -281,6 +282,7 @@ StackRun<Real> run_stack(const StackCase& c, Precision precision, int shares, bo
   if (c.drop) stack.set_locked_masks(lock_p.data());
   StackRun<Real> out;
   if (infer) {
+    stack.set_infer_gate_budget(infer_budget);
     stack.infer(x.data(), w.data(), h0.data(), s0.data(), c.T, c.B);
     out.y.assign(stack.infer_output(), stack.infer_output() + N * top);
     for (int64_t k = 0; k < L; ++k) {
@@ -362,6 +364,41 @@ TEST_P(Bf16Stack, SameBitsForEveryTeamAndForInference) {
   EXPECT_TRUE(close("inference y", inf.y, one.y, 0));
   EXPECT_TRUE(close("inference h_n", inf.h_n, one.h_n, 0));
   EXPECT_TRUE(close("inference s_n", inf.s_n, one.s_n, 0));
+}
+
+// Inference in windows of steps (the input projection of one window at a time, in a gates
+// buffer of that size; cpu::LstmStack::set_infer_gate_budget) against the training forward, for
+// any team. bf16 (this project's kernel, whose sums do not depend on the rows of a call): the
+// same bits. float32: the input projection is the BLAS's sgemm over other row ranges, whose sums
+// do on some kernels (OpenBLAS's Haswell kernels, the tests' OPENBLAS_CORETYPE: another order
+// of the same products); so within 1e-5 of each tensor's largest entry (float32 rounding through
+// 25 steps; measured about 3e-7), and with one share, where the calls split no tile, the same
+// bits. Budgets of 1 row force the smallest window, whole multiples of cpu::kWindowRows rows: 3
+// steps at B = 16 (windows 3, 3, 3, 2), 8 at B = 6, 1 at B = 48; 200 rows give windows of 12
+// steps at B = 6 (and none at B = 16: all 176 rows fit).
+TEST(InferWindows, AgreeWithTheTrainingForward) {
+  const std::vector<StackCase> cases = {
+      {"B16", 10, {20, 20}, 11, 16},
+      {"B6", 7, {13, 9}, 25, 6},
+      {"B48", 9, {17}, 5, 48, true},
+  };
+  for (const Precision p : {Precision::f32, Precision::bf16}) {
+    if (p == Precision::bf16 && !cpu::bf16_available()) continue;
+    for (const StackCase& c : cases) {
+      SCOPED_TRACE(c.name + (p == Precision::bf16 ? " bf16" : " f32"));
+      for (const int shares : {1, 2, 3}) {
+        const StackRun<float> want = run_stack<float>(c, p, shares);
+        const double tol = p == Precision::bf16 || shares == 1 ? 0.0 : 1e-5;
+        for (const int64_t budget : {int64_t{1}, int64_t{200}}) {
+          SCOPED_TRACE("budget " + std::to_string(budget) + ", shares " + std::to_string(shares));
+          const StackRun<float> got = run_stack<float>(c, p, shares, true, budget);
+          EXPECT_TRUE(close("y", got.y, want.y, tol));
+          EXPECT_TRUE(close("h_n", got.h_n, want.h_n, tol));
+          EXPECT_TRUE(close("s_n", got.s_n, want.s_n, tol));
+        }
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, Bf16Stack, ::testing::Range<size_t>(0, stack_cases().size()),

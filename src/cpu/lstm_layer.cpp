@@ -165,16 +165,15 @@ void for_each_claimed(const LayerSaved<float>& saved, int64_t s, const TeamMembe
     run(u);
 }
 
-// layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet): each
-// group's h_prev U^T and its gate pass in one kernel, the sums in registers.
-void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
-                     const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
+// Steps [t0, t1) of layer_forward, claimed (the groups packed, z0 the gates of step t0 holding
+// x W_ih^T): each group's h_prev U^T and its gate pass in one kernel, the sums in registers.
+void claimed_steps(const LayerSaved<float>& saved, const LayerWeights<float>& w,
+                   const TeamMember& tm, int64_t t0, int64_t t1, float* z0, int64_t T, int64_t B,
+                   int64_t H) {
   const int64_t G = 4 * H, per = 4 * H * kForwardGroup, Hp = even(H);
   const Bf16Buffers* b16 = saved.b16;
-  pack_groups(saved, w.W_hh, tm, T, B, H, true);
-#pragma omp barrier  // every row of z, every group packed, the shares reset
-  for (int64_t t = 0; t < T; ++t) {
-    float* zt = saved.gates + t * B * G;
+  for (int64_t t = t0; t < t1; ++t) {
+    float* zt = z0 + (t - t0) * B * G;
     const float* h_prev = product_input(saved, t, B, H);
     float* h = saved.hseq + (t + 1) * B * H;
     for_each_claimed(saved, t, tm, [&](int64_t u) {
@@ -197,6 +196,14 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
     });
     saved.step_barrier->wait(tm.threads);  // h_t complete before any thread's next GEMM reads it
   }
+}
+
+// layer_forward's steps, claimed (z holds x W_ih^T for this thread's rows; no barrier yet).
+void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
+                     const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
+  pack_groups(saved, w.W_hh, tm, T, B, H, true);
+#pragma omp barrier  // every row of z, every group packed, the shares reset
+  claimed_steps(saved, w, tm, 0, T, saved.gates, T, B, H);
 }
 
 // layer_backward's steps, claimed: each group takes dh_rec (its units) = dz_{t+1} U and its gate
@@ -271,27 +278,69 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
 // layer_forward's input projection with bf16 operands: W_ih^T in panels and x in rows (each
 // share its part), then z = x W_ih^T, each share its rows; the rows of h_0 * rec_mask as
 // layer_forward's.
-void bf16_input_projection(const LayerSaved<float>& saved, const float* x,
-                           const LayerWeights<float>& w, const TeamMember& tm, int64_t N, int64_t B,
-                           int64_t I, int64_t H) {
+// Its operands: W_ih^T in panels and x in rows, each share its part (a barrier must follow).
+void bf16_projection_operands(const LayerSaved<float>& saved, const float* x,
+                              const LayerWeights<float>& w, const TeamSlice& ts, int64_t N,
+                              int64_t B, int64_t I, int64_t H) {
   const int64_t G = 4 * H, Ip = even(I);
   const Bf16Buffers& b = *saved.b16;
   const PanelLayout wl{1, G, 0, I};  // op(W) = W_ih^T: K = I, G columns
-  tm.for_shares(H, [&](const TeamSlice& ts) {
-    const int64_t np = wl.panels();
-    pack_bf16_panels(b.w_panels, w.W_ih, I, true, wl, np * ts.id / ts.size,
-                     np * (ts.id + 1) / ts.size);
-    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-    to_bf16_rows(b.a_rows + r0 * Ip, Ip, x + r0 * I, I, r1 - r0, 0, I, I);
-    if (saved.rec_mask) mask_units(saved.hdseq, saved.hseq, saved.rec_mask, B, H, ts.j0, ts.n());
-  });
+  const int64_t np = wl.panels();
+  pack_bf16_panels(b.w_panels, w.W_ih, I, true, wl, np * ts.id / ts.size,
+                   np * (ts.id + 1) / ts.size);
+  const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+  to_bf16_rows(b.a_rows + r0 * Ip, Ip, x + r0 * I, I, r1 - r0, 0, I, I);
+  if (saved.rec_mask) mask_units(saved.hdseq, saved.hseq, saved.rec_mask, B, H, ts.j0, ts.n());
+}
+
+// Rows [r0, r1) of z = x W_ih^T into z (z's row r0 first) from the bf16 operands.
+void bf16_projection_rows(const LayerSaved<float>& saved, float* z, int64_t r0, int64_t r1,
+                          int64_t I, int64_t H) {
+  const Bf16Buffers& b = *saved.b16;
+  const int64_t Ip = even(I);
+  if (r1 > r0)
+    bf16_tiles(r1 - r0, I, PairForm::rows, b.a_rows + r0 * Ip, Ip, b.w_panels, bf16_panel_size(I),
+               4 * H, z, 4 * H, kPanelWidth, Start::zero, nullptr);
+}
+
+void bf16_input_projection(const LayerSaved<float>& saved, const float* x,
+                           const LayerWeights<float>& w, const TeamMember& tm, int64_t N, int64_t B,
+                           int64_t I, int64_t H) {
+  tm.for_shares(
+      H, [&](const TeamSlice& ts) { bf16_projection_operands(saved, x, w, ts, N, B, I, H); });
 #pragma omp barrier  // every panel of W_ih^T
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
-    if (r1 > r0)
-      bf16_tiles(r1 - r0, I, PairForm::rows, b.a_rows + r0 * Ip, Ip, b.w_panels, bf16_panel_size(I),
-                 G, saved.gates + r0 * G, G, kPanelWidth, Start::zero, nullptr);
+    bf16_projection_rows(saved, saved.gates + r0 * 4 * H, r0, r1, I, H);
   });
+}
+
+// layer_forward for inference with a window of gates (LayerSaved::window steps): the input
+// projection of one window's rows (each share its rows, then a barrier), then its steps, window
+// after window. Windows start on multiples of kWindowRows rows, where the shares' row edges fall
+// on multiples of 16 too: every row goes through the same kernel tile as in the projection of
+// all rows at once, so the results are the same bits as forward's.
+void windowed_forward(const LayerSaved<float>& saved, const float* x, const LayerWeights<float>& w,
+                      const TeamMember& tm, int64_t T, int64_t B, int64_t I, int64_t H) {
+  const int64_t G = 4 * H;
+  if (saved.b16)
+    tm.for_shares(
+        H, [&](const TeamSlice& ts) { bf16_projection_operands(saved, x, w, ts, T * B, B, I, H); });
+  pack_groups(saved, w.W_hh, tm, T, B, H, true);
+#pragma omp barrier  // the operands and the groups packed, the shares reset
+  for (int64_t t0 = 0; t0 < T; t0 += saved.window) {
+    const int64_t t1 = std::min(T, t0 + saved.window), rows = (t1 - t0) * B, base = t0 * B;
+    tm.for_shares(H, [&](const TeamSlice& ts) {
+      const int64_t r0 = ts.row0(rows), r1 = ts.row1(rows);
+      if (saved.b16)
+        bf16_projection_rows(saved, saved.gates + r0 * G, base + r0, base + r1, I, H);
+      else if (r1 > r0)
+        gemm(Tr::N, Tr::T, r1 - r0, G, I, 1.0f, x + (base + r0) * I, I, w.W_ih, I, 0.0f,
+             saved.gates + r0 * G, G);
+    });
+#pragma omp barrier  // the window's rows of z (the last window's steps are done: its barrier)
+    claimed_steps(saved, w, tm, t0, t1, saved.gates, T, B, H);
+  }
 }
 
 // The bf16 weight gradients' split of the 4H gate rows: whole blocks of kBf16Rows per share (the
@@ -349,6 +398,8 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   const int64_t G = 4 * H, N = T * B;
   Real* z = saved.gates;
   if constexpr (std::is_same_v<Real, float>) {
+    if (saved.window > 0 && saved.window < T && (saved.panels || saved.b16))
+      return windowed_forward(saved, x, w, tm, T, B, I, H);
     if (saved.b16) {
       bf16_input_projection(saved, x, w, tm, N, B, I, H);
       return claimed_forward(saved, w, tm, T, B, H);

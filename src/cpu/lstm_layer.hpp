@@ -128,6 +128,9 @@ struct LayerSaved {
   Real* proj_dh = nullptr;
   Real* proj_dm = nullptr;
   int64_t out_width(int64_t H) const { return proj > 0 ? proj : H; }
+  // Inference on the claimed split: gates holds `window` steps, and the input projection runs
+  // one window at a time (a multiple of kWindowRows rows); 0: gates holds all T steps.
+  int64_t window = 0;
   // bf16 operands in every GEMM (float32 on AVX512_BF16, the claimed split; panels then null);
   // null: float32 operands.
   const Bf16Buffers* b16 = nullptr;
@@ -138,6 +141,10 @@ template <class Real>
 Real* cell_state_at(const LayerSaved<Real>& saved, int64_t t, int64_t B, int64_t H) {
   return saved.sseq + (saved.s_ring ? t % 2 : t) * B * H;
 }
+
+// Inference's windows of gates (LayerSaved::window) start on multiples of this many rows: whole
+// tiles of the float32 GEMM (16 rows) and of the bf16 kernel (kBf16Rows = 12).
+constexpr int64_t kWindowRows = 48;
 
 // Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole panels of 16,
 // plus one panel's slack for the alignment.

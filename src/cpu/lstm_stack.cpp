@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
 
 #include "cpu/arena.hpp"
@@ -270,16 +271,28 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
 template <class Real>
 void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
   infer_T_ = T, infer_B_ = B;
+  // The gates of a window of steps where every layer takes the claimed split (float32 on AVX-512
+  // without layer norm or a projection, whose row split needs every row): the budget's rows, at
+  // least the smallest window of this B (whole multiples of kWindowRows rows), at most all rows.
+  const bool windows = fused() && !layer_norm_ && proj_ == 0;
+  const int64_t least = std::min(T * B, kWindowRows / std::gcd(B, kWindowRows) * B);
   if (!infer_arena_.empty() && T * B <= infer_capN_ && B <= infer_capB_ &&
-      infer_precision_ == precision_)
+      infer_precision_ == precision_ && infer_gate_rows_ >= least)
     return;
   infer_capN_ = std::max(T * B, infer_capN_), infer_capB_ = std::max(B, infer_capB_);
   infer_precision_ = precision_;
   const int64_t N = infer_capN_, H = H_, G = 4 * H, BH = infer_capB_ * H;
   const int64_t P = panel_room();
   const int64_t seqs = L_ > 1 ? 2 : 1;  // one h sequence feeds the next layer's
-  infer_arena_.assign(
-      static_cast<size_t>(N * G + G + 2 * BH + seqs * (N * H + BH) + 2 * L_ * BH + P), Real(0));
+  infer_gate_rows_ = N;
+  if (windows) {
+    const int64_t budget =
+        infer_budget_rows_ > 0 ? infer_budget_rows_ : kInferGateBytes / (G * int64_t{sizeof(Real)});
+    infer_gate_rows_ = std::min(N, std::max(budget, least));
+  }
+  infer_arena_.assign(static_cast<size_t>(infer_gate_rows_ * G + G + 2 * BH + seqs * (N * H + BH) +
+                                          2 * L_ * BH + P),
+                      Real(0));
   Carver<Real> carve(infer_arena_.data());
   LayerSaved<Real>& sv = infer_layer_;
   sv.panels = nullptr;
@@ -287,7 +300,7 @@ void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
     Real* raw = carve(P);
     sv.panels = raw + (64 - reinterpret_cast<uintptr_t>(raw) % 64) % 64 / sizeof(Real);
   }
-  sv.gates = carve(N * G), sv.bias = carve(G), sv.dbias = nullptr;
+  sv.gates = carve(infer_gate_rows_ * G), sv.bias = carve(G), sv.dbias = nullptr;
   sv.hseq = nullptr, sv.sseq = carve(2 * BH), sv.s_ring = true;
   sv.claims = fused() ? &claims_ : nullptr;
   sv.step_barrier = fused() ? &step_barrier_ : nullptr;
@@ -307,6 +320,12 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
     infer_proj_.resize(static_cast<size_t>(T * B * H));
   const int S = threads(B);  // forward's shares: the same split, the same bits
   claims_.reserve(T + 1, S);
+  // The window: as many steps as the gates hold, whole multiples of the rows a window starts on.
+  infer_layer_.window = 0;
+  if (infer_gate_rows_ / B < T) {
+    const int64_t align = kWindowRows / std::gcd(B, kWindowRows);
+    infer_layer_.window = infer_gate_rows_ / B / align * align;
+  }
   BlasThreads one(1);
   const TeamCall call(infer_tuner_, S, running_cap_, static_cast<double>(T * B));
 #pragma omp parallel num_threads(call.threads())

@@ -87,9 +87,11 @@ class LstmStack {
   }
 
   // Inference: forward's arithmetic, the same bits of output and final states, keeping nothing
-  // for backward, in an arena of its own (infer_bytes): the gates of one layer at a time, the
-  // cell state of one step, and the h sequences of two layers (one feeds the next). Dropout does
-  // not apply; backward() does not follow it. Sizes and arguments as forward's.
+  // for backward, in an arena of its own (infer_bytes): the gates of one layer at a time (of a
+  // window of steps on the claimed split where all of them exceed kInferGateBytes: the input
+  // projection then runs window by window), the cell state of one step, and the h sequences of
+  // two layers (one feeds the next). Dropout does not apply; backward() does not follow it.
+  // Sizes and arguments as forward's.
   void infer(const Real* x, const LayerWeights<Real>* w, const Real* h0, const Real* s0, int64_t T,
              int64_t B);
   const Real* infer_output() const {  // [T,B,out_width(L-1)]
@@ -101,6 +103,10 @@ class LstmStack {
   const Real* infer_s_last(int64_t k) const {  // [B,H_k]
     return infer_last_ + h_offset(L_, infer_B_) + s_offset(k, infer_B_);
   }
+  // The rows of gates infer keeps at most (tests: windows of a few steps on small shapes); 0, the
+  // default: kInferGateBytes' worth. Takes effect at the next reserve of infer's arena.
+  void set_infer_gate_budget(int64_t rows) { infer_budget_rows_ = rows, infer_arena_.clear(); }
+  static constexpr int64_t kInferGateBytes = int64_t{8} << 20;
   size_t infer_bytes() const {
     return infer_arena_.size() * sizeof(Real) + b16_arena_.size() * sizeof(bf16_t);
   }
@@ -207,12 +213,14 @@ class LstmStack {
   int64_t mask_period() const { return locked_used_ ? B_ : T_ * B_; }
 
   // infer's arena, one allocation grown only for a larger T*B: the layer being run (its gates
-  // [T,B,G] scratch, bias [G], the s ring [2,B,H], panels), the h sequences [T+1,B,H] of layers
-  // k % 2 = 0 and 1, and the final states [2,L,B,H] (h_T of every layer, then s_T).
+  // [T,B,G] or a window's [infer_gate_rows_,G] scratch, bias [G], the s ring [2,B,H], panels),
+  // the h sequences [T+1,B,H] of layers k % 2 = 0 and 1 (one with one layer), and the final
+  // states [2,L,B,H] (h_T of every layer, then s_T).
   void reserve_infer(int64_t T, int64_t B);
   std::vector<Real> infer_arena_;
   int64_t infer_T_ = 0, infer_B_ = 0, infer_capN_ = 0, infer_capB_ = 0;
-  LayerSaved<Real> infer_layer_{};  // hseq set per layer
+  int64_t infer_gate_rows_ = 0, infer_budget_rows_ = 0;  // gates' rows; set_infer_gate_budget's
+  LayerSaved<Real> infer_layer_{};                       // hseq set per layer
   Real* infer_h_[2] = {nullptr, nullptr};
   Real* infer_last_ = nullptr;
   TeamTuner infer_tuner_;
