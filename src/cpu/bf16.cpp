@@ -37,13 +37,13 @@ float from_bf16(bf16_t b) {
   return x;
 }
 
-void carve_bf16(std::vector<bf16_t>& mem, std::span<const int64_t> sizes,
+void carve_bf16(ZeroedBuffer<bf16_t>& mem, std::span<const int64_t> sizes,
                 std::span<bf16_t** const> slots) {
   constexpr int64_t kAlign = 32;  // bf16_t: 64 bytes
   auto whole = [](int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   int64_t total = kAlign;
   for (int64_t n : sizes) total += whole(n);
-  if (static_cast<size_t>(total) > mem.size()) mem.assign(static_cast<size_t>(total), 0);
+  if (static_cast<size_t>(total) > mem.size()) mem.assign(static_cast<size_t>(total));
   bf16_t* p = mem.data();
   p += (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(bf16_t);
   for (size_t i = 0; i < sizes.size(); ++i) *slots[i] = p, p += whole(sizes[i]);

@@ -22,6 +22,7 @@
 #include <span>
 #include <vector>
 
+#include "cpu/arena.hpp"       // ZeroedBuffer
 #include "cpu/panel_gemm.hpp"  // PanelLayout, Start
 
 namespace lstmgrad::cpu {
@@ -54,8 +55,9 @@ void to_bf16_pairs(bf16_t* dst, int64_t ldd, const float* src, int64_t lds, int6
                    int64_t c1, int64_t lanes);
 
 // Blocks of sizes[i] bf16_t elements, each 64-byte aligned, carved out of `mem` (grown, zeroed,
-// only when they do not fit): *slots[i] points at block i. The engine's bf16 buffers.
-void carve_bf16(std::vector<bf16_t>& mem, std::span<const int64_t> sizes,
+// only when they do not fit; a block nothing writes costs no memory): *slots[i] points at block
+// i. The engine's bf16 buffers.
+void carve_bf16(ZeroedBuffer<bf16_t>& mem, std::span<const int64_t> sizes,
                 std::span<bf16_t** const> slots);
 
 // bf16_t elements of one panel and of a layout's panels (K padded to even).

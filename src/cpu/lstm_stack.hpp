@@ -160,7 +160,7 @@ class LstmStack {
   int64_t panel_room() const { return precision_ == Precision::bf16 ? 0 : panel_floats<Real>(H_); }
   bool fused() const { return panel_floats<Real>(H_) > 0; }
   Precision arena_precision_ = Precision::f32, infer_precision_ = Precision::f32;  // carved for
-  std::vector<bf16_t> b16_arena_;
+  ZeroedBuffer<bf16_t> b16_arena_;
   int64_t b16_capN_ = 0, b16_capB_ = 0;
   Bf16Buffers b16_{};
 

@@ -89,7 +89,7 @@ class VocabReadout {
   StealRanges work_;      // set 0: forward's chunks; set 1: backward's groups
   // bf16's operands (set_bf16), carved 64-byte aligned from mem16_
   bool bf16_ = false;
-  std::vector<bf16_t> mem16_;
+  ZeroedBuffer<bf16_t> mem16_;
   bf16_t* hT16_ = nullptr;  // [Np/16] token panels of h over K = H
   bf16_t* hp16_ = nullptr;  // [ceil(H/16)] panels of h over K = N (the positions)
   bf16_t* w16_ = nullptr;   // [team][kChunk][even(H)] a thread's chunk of W, rows form
