@@ -20,6 +20,16 @@ enum class Readout { identity, linear };    // p = softmax(h), or p = softmax(W 
 //   batch_mean mean over B at each step, summed over T (Zaremba et al. 2014's scale).
 enum class Reduction { mean, sum, batch_mean };
 
+// Where block k starts in a state of B rows made of blocks [B, width(j)] one after another (the
+// layers' h or s blocks: ModelConfig::h_offset, and the engines' stacks alike); at k = L, the
+// state's size.
+template <class Width>
+int64_t block_offset(int64_t k, int64_t B, Width&& width) {
+  int64_t o = 0;
+  for (int64_t j = 0; j < k; ++j) o += B * width(j);
+  return o;
+}
+
 struct ModelConfig {
   InputKind input = InputKind::embedding;
   Readout readout = Readout::linear;
@@ -63,14 +73,10 @@ struct ModelConfig {
   // (s0, s_n) [B, H_k] blocks. Where layer k's block starts in a state of B rows; at k = L: the
   // state's size.
   int64_t h_offset(int64_t k, int64_t B) const {
-    int64_t o = 0;
-    for (int64_t j = 0; j < k; ++j) o += B * out_width(j);
-    return o;
+    return block_offset(k, B, [this](int64_t j) { return out_width(j); });
   }
   int64_t s_offset(int64_t k, int64_t B) const {
-    int64_t o = 0;
-    for (int64_t j = 0; j < k; ++j) o += B * width(j);
-    return o;
+    return block_offset(k, B, [this](int64_t j) { return width(j); });
   }
   int64_t max_width() const {  // the widest cell or output
     int64_t m = H > proj ? H : proj;

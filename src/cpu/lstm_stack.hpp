@@ -10,6 +10,7 @@
 
 #include "cpu/dropout.hpp"
 #include "cpu/lstm_layer.hpp"
+#include "lstmgrad/model.hpp"
 #include "lstmgrad/precision.hpp"
 
 namespace lstmgrad::cpu {
@@ -33,15 +34,12 @@ class LstmStack {
   LstmStack(int64_t X, std::vector<int64_t> widths, int64_t proj = 0);
   int64_t width(int64_t k) const { return Hk_[static_cast<size_t>(k)]; }
   int64_t out_width(int64_t k) const { return proj_ > 0 ? proj_ : width(k); }
+  // Where layer k's block starts in a state of B rows (as ModelConfig's).
   int64_t h_offset(int64_t k, int64_t B) const {
-    int64_t o = 0;
-    for (int64_t j = 0; j < k; ++j) o += B * out_width(j);
-    return o;
+    return block_offset(k, B, [this](int64_t j) { return out_width(j); });
   }
   int64_t s_offset(int64_t k, int64_t B) const {
-    int64_t o = 0;
-    for (int64_t j = 0; j < k; ++j) o += B * width(j);
-    return o;
+    return block_offset(k, B, [this](int64_t j) { return width(j); });
   }
 
   // The stack's team (cpu/team.hpp). shares >= 1: the split (the results depend on it alone);
