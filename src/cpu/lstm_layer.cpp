@@ -318,8 +318,10 @@ void bf16_input_projection(const LayerSaved<float>& saved, const float* x,
 // layer_forward for inference with a window of gates (LayerSaved::window steps): the input
 // projection of one window's rows (each share its rows, then a barrier), then its steps, window
 // after window. Windows start on multiples of kWindowRows rows, where the shares' row edges fall
-// on multiples of 16 too: every row goes through the same kernel tile as in the projection of
-// all rows at once, so the results are the same bits as forward's.
+// on multiples of 16 too: in bf16 every row goes through the same kernel tile as in the
+// projection of all rows at once (the same bits as forward's); in float32 the BLAS may sum a row
+// in another order when a call's rows change (OpenBLAS's Haswell kernels), so there the results
+// agree with forward's to float32 rounding (docs/design.md, "The engines").
 void windowed_forward(const LayerSaved<float>& saved, const float* x, const LayerWeights<float>& w,
                       const TeamMember& tm, int64_t T, int64_t B, int64_t I, int64_t H) {
   const int64_t G = 4 * H;

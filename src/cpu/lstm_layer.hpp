@@ -22,6 +22,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 
 #include "cpu/bf16.hpp"
 #include "cpu/spin_barrier.hpp"
@@ -145,6 +146,10 @@ Real* cell_state_at(const LayerSaved<Real>& saved, int64_t t, int64_t B, int64_t
 // Inference's windows of gates (LayerSaved::window) start on multiples of this many rows: whole
 // tiles of the float32 GEMM (16 rows) and of the bf16 kernel (kBf16Rows = 12).
 constexpr int64_t kWindowRows = 48;
+// The steps of B rows in the smallest window: kWindowRows rows' worth, whole steps.
+inline int64_t window_steps(int64_t B) {
+  return kWindowRows / std::gcd(B, kWindowRows);
+}
 
 // Floats of LayerSaved::panels for hidden width H: 4 H by H rounded up to whole panels of 16,
 // plus one panel's slack for the alignment.

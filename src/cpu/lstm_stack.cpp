@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <numeric>
 #include <type_traits>
 
 #include "cpu/arena.hpp"
@@ -275,7 +274,7 @@ void LstmStack<Real>::reserve_infer(int64_t T, int64_t B) {
   // without layer norm or a projection, whose row split needs every row): the budget's rows, at
   // least the smallest window of this B (whole multiples of kWindowRows rows), at most all rows.
   const bool windows = fused() && !layer_norm_ && proj_ == 0;
-  const int64_t least = std::min(T * B, kWindowRows / std::gcd(B, kWindowRows) * B);
+  const int64_t least = std::min(T * B, window_steps(B) * B);
   if (!infer_arena_.empty() && T * B <= infer_capN_ && B <= infer_capB_ &&
       infer_precision_ == precision_ && infer_gate_rows_ >= least)
     return;
@@ -323,7 +322,7 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
   // The window: as many steps as the gates hold, whole multiples of the rows a window starts on.
   infer_layer_.window = 0;
   if (infer_gate_rows_ / B < T) {
-    const int64_t align = kWindowRows / std::gcd(B, kWindowRows);
+    const int64_t align = window_steps(B);
     infer_layer_.window = infer_gate_rows_ / B / align * align;
   }
   BlasThreads one(1);
