@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -34,6 +35,12 @@ void resolve_data_dir(TrainOptions& o, const fs::path& dir) {
   }
   throw InputError(
       fmt::format("--data {}: holds neither train.txt nor ptb.train.txt", dir.string()));
+}
+
+// Every rank of a job that stops at its start waits here until each has arrived (rank 0 with its
+// message written), so that none exits, and none is ended by mpirun, before rank 0 has said why.
+void leave_together(Collective& world) {
+  world.all_gather(std::span<const std::byte>(), "the end of a job that did not start");
 }
 
 void register_train(CLI::App& app) {
@@ -181,8 +188,18 @@ void register_train(CLI::App& app) {
       }
       o->epochs_given = epochs->count() > 0;
       set_exit_code(job.world ? run_training(*o, *job.world) : run_training(*o));
+    } catch (const InputError& e) {
+      // Several processes: the start every rank refused (a later error ends the job in
+      // run_training). Rank 0 says why here, not in main: the job must not end before its line is
+      // written, and mpirun ends it at the first rank that exits non-zero.
+      if (!job.world) throw;
+      std::fprintf(stderr, "lstmgrad: error: %s\n", e.what());
+      std::fflush(stderr);
+      set_exit_code(2);
+      leave_together(*job.world);
     } catch (const StoppedByOtherRank& e) {
-      set_exit_code(e.code());  // rank 0 printed the message
+      set_exit_code(e.code());  // rank 0 prints the message
+      leave_together(*job.world);
     }
   });
 }
