@@ -314,6 +314,40 @@ TEST(Mpi, EvalSplitsTheStreamsAndPrintsOnce) {
     }
 }
 
+// eval with wrong input on any rank (each reads its own files): one line from rank 0 naming the
+// rank, a non-zero exit, and no result.
+TEST(Mpi, EvalBadInputOnAnyRankGivesOneMessage) {
+  REQUIRE_MPI();
+  Corpus c;
+  const fs::path run = c.dir / "run";
+  ASSERT_EQ(run_cli("train" + c.data() + kF64 + " --epochs 1 --out " + run.string()).rc, 0);
+  const std::string bin = std::string(LSTMGRAD_CLI_PATH) + " eval --json --dtype f64";
+  const std::string model = " --model " + (run / "best.safetensors").string();
+  const std::string text = " --data " + (c.dir / "test.txt").string();
+  const std::string missing = (c.dir / "nowhere.safetensors").string();
+  auto pair = [&](const std::string& rank1) {
+    return mpirun(1) + bin + model + text + " : -np 1 " + bin + rank1;
+  };
+  struct Case {
+    std::string command, expect;
+  };
+  const Case cases[] = {
+      {mpirun(3) + bin + " --model " + missing + text, "rank 0: " + missing},
+      {mpirun(3) + bin + model + text + " --batch 600", "rank 0: "},
+      {mpirun(2) + bin + model + text + " --cache-window -1", "rank 0: --cache-window"},
+      {pair(" --model " + missing + text), "rank 1: " + missing},
+      {pair(model + " --data " + (c.dir / "nowhere.txt").string()), "rank 1: "},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.command);
+    const CliResult r = run_shell(k.command);
+    EXPECT_NE(r.rc, 0);
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find(k.expect), std::string::npos) << r.err;
+    EXPECT_EQ(count_lines(r.err), 1u) << r.err;
+  }
+}
+
 // Wrong input on any rank: one line from rank 0, every rank exits non-zero, nothing written.
 TEST(Mpi, BadInputOnAnyRankStopsEveryRankWithOneMessage) {
   REQUIRE_MPI();

@@ -132,6 +132,8 @@ class Batcher {
   // least 2") or, with drop_last, shorter than one full window.
   Batcher(std::span<const int64_t> ids, int64_t B, int64_t seq, bool drop_last = false,
           std::string where = "text");
+  // The checks of the constructor on N tokens without making the windows: the windows per epoch.
+  static int64_t check(int64_t N, int64_t B, int64_t seq, bool drop_last, const std::string& where);
 
   int64_t B() const { return B_; }
   int64_t seq() const { return seq_; }

@@ -43,6 +43,15 @@ void leave_together(Collective& world) {
   world.all_gather(std::span<const std::byte>(), "the end of a job that did not start");
 }
 
+// Rank 0 of a job that stopped at its start: the one line for every rank, written here rather than
+// in main, before the job object's MPI_Finalize, then exit code 2 once all have met.
+void say_why_the_job_stopped(const char* message, Collective& world) {
+  std::fprintf(stderr, "lstmgrad: error: %s\n", message);
+  std::fflush(stderr);
+  set_exit_code(2);
+  leave_together(world);
+}
+
 void register_train(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
   auto data_dir = std::make_shared<std::string>();
@@ -193,10 +202,7 @@ void register_train(CLI::App& app) {
       // run_training). Rank 0 says why here, not in main: the job must not end before its line is
       // written, and mpirun ends it at the first rank that exits non-zero.
       if (!job.world) throw;
-      std::fprintf(stderr, "lstmgrad: error: %s\n", e.what());
-      std::fflush(stderr);
-      set_exit_code(2);
-      leave_together(*job.world);
+      say_why_the_job_stopped(e.what(), *job.world);
     } catch (const StoppedByOtherRank& e) {
       set_exit_code(e.code());  // rank 0 prints the message
       leave_together(*job.world);
@@ -253,7 +259,18 @@ void register_eval(CLI::App& app) {
         throw InputError("--precision " + o->precision + ": the CPU's (--device cpu)");
       o->dtype = "f32";
     }
-    const EvalResult r = job.world ? evaluate_file(*o, *job.world) : evaluate_file(*o);
+    EvalResult r;
+    try {
+      r = job.world ? evaluate_file(*o, *job.world) : evaluate_file(*o);
+    } catch (const InputError& e) {
+      if (!job.world) throw;
+      say_why_the_job_stopped(e.what(), *job.world);
+      return;
+    } catch (const StoppedByOtherRank& e) {
+      set_exit_code(e.code());  // rank 0 prints the message
+      leave_together(*job.world);
+      return;
+    }
     if (job.world && job.world->rank() != 0) return;
     if (*json) {
       std::cout << nlohmann::json{{"loss", r.loss},

@@ -18,22 +18,28 @@ std::string tokens_text(int64_t n) {
 
 }  // namespace
 
+int64_t Batcher::check(int64_t N, int64_t B, int64_t seq, bool drop_last,
+                       const std::string& where) {
+  if (B < 1) throw InputError(fmt::format("{}: batch must be >= 1, got {}", where, B));
+  if (seq < 1) throw InputError(fmt::format("{}: window length must be >= 1, got {}", where, seq));
+  const int64_t n = N / B;
+  if (n < 2)
+    throw InputError(fmt::format("{}: {} make streams of {} for batch {}; need at least 2", where,
+                                 tokens_text(N), tokens_text(n), B));
+  // Each stream yields n-1 (input, target) pairs.
+  const int64_t windows = drop_last ? (n - 1) / seq : (n - 1 + seq - 1) / seq;
+  if (windows == 0)
+    throw InputError(
+        fmt::format("{}: {} make streams of {} for batch {}; a full window of {} steps needs {}",
+                    where, tokens_text(N), tokens_text(n), B, seq, tokens_text(seq + 1)));
+  return windows;
+}
+
 Batcher::Batcher(std::span<const int64_t> ids, int64_t B, int64_t seq, bool drop_last,
                  std::string where)
     : B_(B), seq_(seq), drop_last_(drop_last), where_(std::move(where)) {
-  if (B < 1) throw InputError(fmt::format("{}: batch must be >= 1, got {}", where_, B));
-  if (seq < 1) throw InputError(fmt::format("{}: window length must be >= 1, got {}", where_, seq));
-  const auto N = static_cast<int64_t>(ids.size());
-  n_ = N / B;
-  if (n_ < 2)
-    throw InputError(fmt::format("{}: {} make streams of {} for batch {}; need at least 2", where_,
-                                 tokens_text(N), tokens_text(n_), B));
-  // Each stream yields n-1 (input, target) pairs.
-  windows_ = drop_last ? (n_ - 1) / seq : (n_ - 1 + seq - 1) / seq;
-  if (windows_ == 0)
-    throw InputError(
-        fmt::format("{}: {} make streams of {} for batch {}; a full window of {} steps needs {}",
-                    where_, tokens_text(N), tokens_text(n_), B, seq, tokens_text(seq + 1)));
+  windows_ = check(static_cast<int64_t>(ids.size()), B, seq, drop_last, where_);
+  n_ = static_cast<int64_t>(ids.size()) / B;
   // Transpose once to time-major [n, B] so that every window is two contiguous copies.
   data_.resize(static_cast<size_t>(n_ * B));
   for (int64_t b = 0; b < B; ++b)

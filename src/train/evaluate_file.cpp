@@ -5,8 +5,12 @@
 #include <cmath>
 #include <optional>
 #include <random>
+#include <span>
+#include <string>
 #include <type_traits>
+#include <vector>
 
+#include "lstmgrad/collective.hpp"
 #include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
@@ -71,15 +75,44 @@ std::optional<train::NeuralCache<Real>> make_cache(const EvalOptions& o, const M
   return train::NeuralCache<Real>(B, cfg.H, cache_options(o));
 }
 
+// Several processes: each has read its input (`error`: why it cannot go on, empty if it can);
+// all go on, or all stop, rank 0 throwing the lowest failing rank's error and the others
+// StoppedByOtherRank, so that the job prints it once.
+void agree_to_start(Collective& world, const std::string& error) {
+  using Report = std::array<char, 1024>;
+  Report mine{};
+  error.copy(mine.data(), mine.size() - 1);
+  const std::vector<std::byte> all = world.all_gather(
+      std::as_bytes(std::span<const Report>(&mine, 1)), "the start of the evaluation");
+  for (int q = 0; q < world.size(); ++q) {
+    const char* e = reinterpret_cast<const char*>(all.data()) + sizeof(Report) * q;
+    if (e[0] == 0) continue;
+    if (world.rank() != 0) throw StoppedByOtherRank(2);
+    throw InputError(fmt::format("rank {}: {}", q, e));
+  }
+}
+
 template <class Real>
 EvalResult evaluate_typed(const EvalOptions& o, Collective& world) {
-  const EvalInput<Real> in = read_eval_input<Real>(o);
-  LanguageModel<Real> lm(in.model.cfg);
-  if (o.precision != "f32") {
-    if (!std::is_same_v<Real, float>)
-      throw InputError("--precision " + o.precision + ": with --dtype f32 only");
-    lm.set_precision(parse_precision(o.precision));
+  std::optional<EvalInput<Real>> read;
+  std::optional<LanguageModel<Real>> engine;
+  try {
+    read.emplace(read_eval_input<Real>(o));
+    engine.emplace(read->model.cfg);
+    if (o.precision != "f32") {
+      if (!std::is_same_v<Real, float>)
+        throw InputError("--precision " + o.precision + ": with --dtype f32 only");
+      engine->set_precision(parse_precision(o.precision));
+    }
+    data::Batcher::check(static_cast<int64_t>(read->ids.size()), o.batch, o.seq, false,
+                         o.data.string());
+  } catch (const InputError& e) {
+    if (world.size() == 1) throw;
+    agree_to_start(world, e.what());
   }
+  if (world.size() > 1) agree_to_start(world, "");
+  const EvalInput<Real>& in = *read;
+  LanguageModel<Real>& lm = *engine;
   const int n = world.size();
   if (n == 1 || o.batch % n != 0) {
     if (world.rank() != 0) return {};
@@ -114,16 +147,20 @@ EvalResult evaluate_file(const EvalOptions& o) {
 }
 
 EvalResult evaluate_file(const EvalOptions& o, Collective& world) {
-  if (o.batch < 1 || o.seq < 1)
-    throw InputError(fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
-  train::validate_cache(cache_options(o));
-  if (o.device == "cuda") {
-    if (o.cache_window > 0)
+  try {
+    if (o.batch < 1 || o.seq < 1)
+      throw InputError(
+          fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
+    train::validate_cache(cache_options(o));
+    if (o.device == "cuda" && o.cache_window > 0)
       throw InputError("--cache-window: the continuous cache runs on the CPU (--device cpu)");
-    if (world.size() > 1)
+    if (o.device == "cuda" && world.size() > 1)
       throw InputError("--device cuda: eval on several processes runs on the CPU");
-    return evaluate_cuda(o);
+  } catch (const InputError& e) {
+    if (world.size() == 1) throw;
+    agree_to_start(world, e.what());  // every rank stops here; rank 0 says why
   }
+  if (o.device == "cuda") return evaluate_cuda(o);
   return o.dtype == "f32" ? evaluate_typed<float>(o, world) : evaluate_typed<double>(o, world);
 }
 
