@@ -85,15 +85,8 @@ TEST(TrainCli, ResumeIsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(ma.back()["valid_loss"], mb.back()["valid_loss"]);
 }
 
-// --precision bf16 through the command line: it learns, resumes to the same bits, stores the
-// precision in the checkpoint, and eval in bf16 gives the run's last validation loss; refused
-// with --dtype f64 before anything is written.
-TEST(TrainCli, Bf16TrainsResumesExactlyAndEvalAgrees) {
-  if (!bf16_supported()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
-  Corpus c;
-  const std::string common = "train --train " + c.train + " --valid " + c.valid + kSmall +
-                             " --epochs 3 --optimizer adam --lr 0.01 --threads 2 " +
-                             "--precision bf16 --dropout 0.1";
+// One bf16 run checked: see Bf16TrainsResumesExactlyAndEvalAgrees.
+void bf16_trains_resumes_and_evaluates(const Corpus& c, const std::string& common) {
   const auto a = c.dir / "a", b = c.dir / "b";
   const CliResult ra = run_cli(common + " --out " + a.string());
   ASSERT_EQ(ra.rc, 0) << ra.err;
@@ -116,6 +109,22 @@ TEST(TrainCli, Bf16TrainsResumesExactlyAndEvalAgrees) {
   EXPECT_EQ(r.rc, 2);
   EXPECT_NE(r.err.find("--precision bf16"), std::string::npos) << r.err;
   EXPECT_FALSE(std::filesystem::exists(bad));
+}
+
+// --precision bf16 through the command line: it learns, resumes to the same bits, stores the
+// precision in the checkpoint, and eval in bf16 gives the run's last validation loss; refused
+// with --dtype f64 before anything is written.
+TEST(TrainCli, Bf16TrainsResumesExactlyAndEvalAgrees) {
+  if (!bf16_supported()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  // the fused layers, and the row layer (layer norm with a projection)
+  for (const std::string variant : {"", " --layer-norm --proj 12"}) {
+    SCOPED_TRACE(variant);
+    Corpus c;
+    const std::string common = "train --train " + c.train + " --valid " + c.valid + kSmall +
+                               " --epochs 3 --optimizer adam --lr 0.01 --threads 2 " +
+                               "--precision bf16 --dropout 0.1" + variant;
+    bf16_trains_resumes_and_evaluates(c, common);
+  }
 }
 
 // The cell with peepholes through the command line: its tensors in the model file, exact resume,

@@ -345,14 +345,6 @@ void windowed_forward(const LayerSaved<float>& saved, const float* x, const Laye
   }
 }
 
-// The bf16 weight gradients' split of the 4H gate rows: whole blocks of kBf16Rows per share (the
-// blocks form's), so that share p's blocks start at g0 * even(N).
-std::pair<int64_t, int64_t> bf16_gate_rows(int64_t G, const TeamSlice& ts) {
-  const int64_t nb = (G + kBf16Rows - 1) / kBf16Rows;
-  return {std::min(G, kBf16Rows * split_edge(nb, ts.id, ts.size)),
-          std::min(G, kBf16Rows * split_edge(nb, ts.id + 1, ts.size))};
-}
-
 // layer_backward's operands for the weight gradients and dx in bf16, each share its part: the
 // product's inputs h and x in panels over the N positions, W_ih's panels (dx) and dz^T's gate rows
 // in blocks form (dz itself is in rows form already: the steps wrote it). The caller's barrier
@@ -369,11 +361,17 @@ void bf16_grad_operands(const float* dz, bool dx, const LayerSaved<float>& saved
   part({1, H, 0, N}, product_input(saved, 0, B, H), H, b.h_panels);
   part({1, I, 0, N}, x, I, b.x_panels);
   if (dx) part({1, I, 0, G}, w.W_ih, I, b.w_panels);
-  const auto [g0, g1] = bf16_gate_rows(G, ts);
+  const auto [g0, g1] = bf16_block_rows(G, ts);
   if (g1 > g0) to_bf16_blocks(b.dz_blocks + g0 * even(N), dz, G, N, g0, g1);
 }
 
 }  // namespace
+
+std::pair<int64_t, int64_t> bf16_block_rows(int64_t M, const TeamSlice& ts) {
+  const int64_t nb = (M + kBf16Rows - 1) / kBf16Rows;
+  return {std::min(M, kBf16Rows * split_edge(nb, ts.id, ts.size)),
+          std::min(M, kBf16Rows * split_edge(nb, ts.id + 1, ts.size))};
+}
 
 template <class Real>
 int64_t panel_floats(int64_t H) {
@@ -506,7 +504,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
     // of H / P): dW_hh += dz^T h_prev (as the product read it); dW_ih and dx in input_grads.
     auto [g0, g1] = std::pair(split_edge(G, ts.id, ts.size), split_edge(G, ts.id + 1, ts.size));
     if constexpr (std::is_same_v<Real, float>) {
-      if (b16) std::tie(g0, g1) = bf16_gate_rows(G, ts);
+      if (b16) std::tie(g0, g1) = bf16_block_rows(G, ts);
     }
     if (g1 > g0) {
       if constexpr (std::is_same_v<Real, float>) {

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <utility>
 
 #include "cpu/bf16.hpp"
 #include "cpu/spin_barrier.hpp"
@@ -69,6 +70,11 @@ struct Bf16Buffers {
   bf16_t* dz_blocks;  // dz^T in blocks form (the weight gradients' A), rows of 12 gates
   bf16_t* h_panels;   // the product's inputs h [N, H] in panels over K = N
   bf16_t* x_panels;   // x [N, I] in panels over K = N
+  // The row layer's (layer norm, projection; cpu/row_layer.hpp), empty for the others:
+  bf16_t* r_panels;   // W_hr: forward W_hr^T [H, P]; backward W_hr [P, H]
+  bf16_t* step_rows;  // [B, 4H] one step's A in rows form, each share its batch rows
+  bf16_t* p_blocks;   // dL/dh~^T in blocks form (dW_hr's A), rows of 12 of the P
+  bf16_t* m_panels;   // o tanh s [N, H] in panels over K = N (dW_hr's B)
 };
 
 // What forward saves for backward.
@@ -178,6 +184,10 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                     const Real* dh_out, const LayerSaved<Real>& saved, const Real* x,
                     const LayerWeights<Real>& w, const TeamMember& tm, int64_t T, int64_t B,
                     int64_t I, int64_t H);
+
+// The bf16 weight gradients' split of M rows (4H gates, P projections): whole blocks of kBf16Rows
+// per share (the blocks form's), so that the share's blocks start at its first row times even(N).
+std::pair<int64_t, int64_t> bf16_block_rows(int64_t M, const TeamSlice& ts);
 
 // The input side's gradients once dz [T*B, 4H] is complete, this share's part: dW_ih += dz^T x
 // (a range of the 4H gate rows) and dx = dz W_ih (a range of the T*B rows; dx may be null).

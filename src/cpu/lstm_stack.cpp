@@ -43,13 +43,14 @@ void LstmStack<Real>::set_precision(Precision p) {
 template <class Real>
 const Bf16Buffers* LstmStack<Real>::bf16_buffers(int64_t T, int64_t B) {
   if (precision_ != Precision::bf16) return nullptr;
-  if (layer_norm_ || proj_ > 0)
-    throw InputError("precision bf16: not yet with layer norm or a projection (use f32)");
   if (b16_arena_.empty() || T * B > b16_capN_ || B > b16_capB_) {
     b16_capN_ = std::max(T * B, b16_capN_), b16_capB_ = std::max(B, b16_capB_);
     const int64_t N = b16_capN_, H = H_, G = 4 * H, I = std::max(X_, H_);
     const int64_t wide = (H + kPanelWidth - 1) / kPanelWidth * kPanelWidth;  // H in whole panels
     const int64_t widei = (I + kPanelWidth - 1) / kPanelWidth * kPanelWidth;
+    // The row layer's: W_hr^T [H, P] or W_hr [P, H] (P <= H_), a step's rows [B, 4H], dL/dh~^T
+    // in blocks and o tanh s in panels (both over K = N)
+    const int64_t rows = layer_norm_ || proj_ > 0 ? 1 : 0, projs = proj_ > 0 ? 1 : 0;
     const int64_t sizes[] = {
         std::max(wide * 4 * even(H), (wide + kPanelWidth) * G),  // u_panels: either way's groups
         std::max((G + kPanelWidth) * even(I), widei * G),        // w_panels
@@ -57,9 +58,14 @@ const Bf16Buffers* LstmStack<Real>::bf16_buffers(int64_t T, int64_t B) {
         2 * b16_capB_ * even(H),                                 // h_ring
         (G + kBf16Rows) * even(N),                               // dz_blocks
         wide * even(N),                                          // h_panels
-        widei * even(N)};                                        // x_panels
-    bf16_t** const slots[] = {&b16_.u_panels,  &b16_.w_panels, &b16_.a_rows,  &b16_.h_ring,
-                              &b16_.dz_blocks, &b16_.h_panels, &b16_.x_panels};
+        widei * even(N),                                         // x_panels
+        projs * (wide + kPanelWidth) * even(H),                  // r_panels
+        rows * b16_capB_ * G,                                    // step_rows
+        projs * (H + kBf16Rows) * even(N),                       // p_blocks
+        projs * wide * even(N)};                                 // m_panels
+    bf16_t** const slots[] = {&b16_.u_panels,  &b16_.w_panels, &b16_.a_rows,   &b16_.h_ring,
+                              &b16_.dz_blocks, &b16_.h_panels, &b16_.x_panels, &b16_.r_panels,
+                              &b16_.step_rows, &b16_.p_blocks, &b16_.m_panels};
     carve_bf16(b16_arena_, sizes, slots);
   }
   return &b16_;

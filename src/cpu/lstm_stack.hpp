@@ -51,8 +51,7 @@ class LstmStack {
 
   // The GEMMs' operands for the forward, backward and infer calls that follow (float32 only):
   // bf16 rounds them (cpu/bf16.hpp) and sums in float32. Throws InputError for bf16 where the
-  // CPU has none (require_bf16), in float64, or with layer norm or a projection (their row
-  // layer has no bf16 path yet; checked at the next forward).
+  // CPU has none (require_bf16) or in float64.
   void set_precision(Precision p);
   Precision precision() const { return precision_; }
   int threads(int64_t B) const;

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include "core/gates.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/blas.hpp"
 
 namespace lstmgrad::cpu {
@@ -83,6 +85,79 @@ struct LnParams {
   }
 };
 
+// bf16 (float32 with LayerSaved::b16; LstmStack::set_precision): every product's operands rounded
+// to bfloat16 and summed in float32 (cpu/bf16.hpp), as in the fused layers: the input projection,
+// each step's h_{t-1} W_hh^T and m W_hr^T and their backward products, the weight gradients and
+// dx. The weights go into panels at the start of each pass; the A operands are rounded where they
+// are read. Layer norm, the cell, the biases' sums and every gradient stay float32.
+
+// This share's part of op(W)'s panels, op(W) [K, cols] (`trans`: op(W) = W^T).
+void pack_share(bf16_t* dst, const float* W, int64_t ldw, bool trans, int64_t K, int64_t cols,
+                const TeamSlice& ts) {
+  const PanelLayout layout{1, cols, 0, K};
+  const int64_t np = layout.panels();
+  pack_bf16_panels(dst, W, ldw, trans, layout, np * ts.id / ts.size, np * (ts.id + 1) / ts.size);
+}
+
+// C [M, cols] = A [M, K] op(W), or C += (beta 1): with b16, A's rows rounded into a16 (row
+// stride even(K)) and op(W) from its panels `packed`; else the BLAS with op(W) = W^T (`tw`
+// Tr::T) or W.
+template <class Real>
+void product(const Bf16Buffers* b16, bf16_t* a16, const bf16_t* packed, int64_t M, int64_t cols,
+             int64_t K, const Real* A, int64_t lda, Tr tw, const Real* W, int64_t ldw, Real beta,
+             Real* C, int64_t ldc) {
+  if (M <= 0) return;
+  if constexpr (std::is_same_v<Real, float>) {
+    if (b16) {
+      to_bf16_rows(a16, even(K), A, lda, M, 0, K, K);
+      bf16_tiles(M, K, PairForm::rows, a16, even(K), packed, bf16_panel_size(K), cols, C, ldc,
+                 kPanelWidth, beta == 0 ? Start::zero : Start::accumulate, nullptr);
+      return;
+    }
+  }
+  gemm(Tr::N, tw, M, cols, K, Real(1), A, lda, W, ldw, beta, C, ldc);
+}
+
+// The weight gradient's rows [m0, m1): dW [M, cols] += A^T Bm over the N positions, A [N, M]
+// (lda) and Bm [N, cols] (ldb); with b16 from A^T's blocks and Bm's panels over K = N, made by
+// the caller before a barrier.
+template <class Real>
+void weight_grad(const Bf16Buffers* b16, const bf16_t* a_blocks, const bf16_t* b_panels, int64_t m0,
+                 int64_t m1, int64_t cols, int64_t N, const Real* A, int64_t lda, const Real* Bm,
+                 int64_t ldb, Real* dW) {
+  if (m1 <= m0) return;
+  if constexpr (std::is_same_v<Real, float>) {
+    if (b16) {
+      bf16_tiles(m1 - m0, N, PairForm::blocks, a_blocks + m0 * even(N), bf16_block_size(N),
+                 b_panels, bf16_panel_size(N), cols, dW + m0 * cols, cols, kPanelWidth,
+                 Start::accumulate, nullptr);
+      return;
+    }
+  }
+  gemm(Tr::T, Tr::N, m1 - m0, cols, N, Real(1), A + m0, lda, Bm, ldb, Real(1), dW + m0 * cols,
+       cols);
+}
+
+// A share's rows of a weight gradient: whole blocks of the bf16 kernel's rows with b16, else
+// the even split.
+std::pair<int64_t, int64_t> grad_rows(const Bf16Buffers* b16, int64_t M, const TeamSlice& ts) {
+  if (b16) return bf16_block_rows(M, ts);
+  return {split_edge(M, ts.id, ts.size), split_edge(M, ts.id + 1, ts.size)};
+}
+
+// bf16: the blocks of A^T's rows [m0, m1) (A [N, M], lda) and this share's part of Bm's panels
+// (Bm [N, cols]) for weight_grad; nothing in float32 and float64.
+template <class Real>
+void grad_operands(const Bf16Buffers* b16, bf16_t* a_blocks, bf16_t* b_panels, int64_t m0,
+                   int64_t m1, int64_t cols, int64_t N, const Real* A, int64_t lda, const Real* Bm,
+                   int64_t ldb, const TeamSlice& ts) {
+  if constexpr (std::is_same_v<Real, float>) {
+    if (!b16) return;
+    if (m1 > m0) to_bf16_blocks(a_blocks + m0 * even(N), A, lda, N, m0, m1);
+    if (b_panels) pack_share(b_panels, Bm, ldb, false, N, cols, ts);
+  }
+}
+
 }  // namespace
 
 template <class Real>
@@ -97,10 +172,24 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
   // x W_ih^T for all T*B rows at once, each share's rows: normalised into x^ (layer norm), or
   // into the gates, where each step adds its recurrent product
   Real* zx = ln ? sv.ln_x : sv.gates;
+  const Bf16Buffers* b16 = sv.b16;
+  if constexpr (std::is_same_v<Real, float>) {
+    if (b16) {  // op(W) = W^T of W_ih [G, I], W_hh [G, P], W_hr [P, H] in panels
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        pack_share(b16->w_panels, w.W_ih, I, true, I, G, ts);
+        pack_share(b16->u_panels, w.W_hh, P, true, P, G, ts);
+        if (w.W_hr) pack_share(b16->r_panels, w.W_hr, H, true, H, P, ts);
+      });
+#pragma omp barrier
+    }
+  }
+  // a step's A operand in bf16: the share's batch rows of step_rows
+  auto step16 = [&](int64_t b0) { return b16 ? b16->step_rows + b0 * G : nullptr; };
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
     if (r1 <= r0) return;
-    gemm(Tr::N, Tr::T, r1 - r0, G, I, Real(1), x + r0 * I, I, w.W_ih, I, Real(0), zx + r0 * G, G);
+    product(b16, b16 ? b16->a_rows + r0 * even(I) : nullptr, b16 ? b16->w_panels : nullptr, r1 - r0,
+            G, I, x + r0 * I, I, Tr::T, w.W_ih, I, Real(0), zx + r0 * G, G);
     for (int64_t r = r0; r < r1 && ln; ++r) rx[r] = normalize(zx + r * G, G);
   });
 #pragma omp barrier  // every row of x W_ih^T, the packed bias, h0 and s0 complete
@@ -116,10 +205,13 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
         hp = hd;
       }
       const int64_t first = t * B + b0;  // the block's first row
+      const bf16_t* u16 = b16 ? b16->u_panels : nullptr;
       if (ln)
-        gemm(Tr::N, Tr::T, nb, G, P, Real(1), hp, P, w.W_hh, P, Real(0), sv.ln_h + first * G, G);
+        product(b16, step16(b0), u16, nb, G, P, hp, P, Tr::T, w.W_hh, P, Real(0),
+                sv.ln_h + first * G, G);
       else
-        gemm(Tr::N, Tr::T, nb, G, P, Real(1), hp, P, w.W_hh, P, Real(1), sv.gates + first * G, G);
+        product(b16, step16(b0), u16, nb, G, P, hp, P, Tr::T, w.W_hh, P, Real(1),
+                sv.gates + first * G, G);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = t * B + b;
         Real* z = sv.gates + row * G;
@@ -159,7 +251,8 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
       }
       Real* h = sv.hseq + (t + 1) * BP + b0 * P;  // the block's rows of h_t
       if (sv.proj > 0)                            // h~ = m W_hr^T
-        gemm(Tr::N, Tr::T, nb, P, H, Real(1), sv.mseq + first * H, H, w.W_hr, H, Real(0), h, P);
+        product(b16, step16(b0), b16 ? b16->r_panels : nullptr, nb, P, H, sv.mseq + first * H, H,
+                Tr::T, w.W_hr, H, Real(0), h, P);
       if (sv.zoned()) {  // and on h: h = d h_{t-1} + (1 - d) h~
         const Real* h_prev = sv.hseq + t * BP + b0 * P;
         const Real* mask = sv.zone_h ? sv.zone_h + t * BP + b0 * P : nullptr;
@@ -186,7 +279,20 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
   // what dW_hh and the recurrent gradient read: d(h_{t-1} W_hh^T), through its layer norm
   // (ln_dzh), or dL/dz itself
   Real* dzh = ln ? sv.ln_dzh : dz;
-#pragma omp barrier  // dh_rec and ds from the caller (set by units) before rows read them
+  const Bf16Buffers* b16 = sv.b16;
+  auto step16 = [&](int64_t b0) { return b16 ? b16->step_rows + b0 * G : nullptr; };
+#pragma omp barrier  // dh_rec and ds from the caller (set by units) before rows read them; the
+                     // layer above done with the panels
+  if constexpr (std::is_same_v<Real, float>) {
+    if (b16) {  // op(W) = W of W_hh [G, P], W_hr [P, H] and W_ih [G, I] (dx) in panels
+      tm.for_shares(H, [&](const TeamSlice& ts) {
+        pack_share(b16->u_panels, w.W_hh, P, false, G, P, ts);
+        if (w.W_hr) pack_share(b16->r_panels, w.W_hr, H, false, P, H, ts);
+        if (dx) pack_share(b16->w_panels, w.W_ih, I, false, G, I, ts);
+      });
+#pragma omp barrier
+    }
+  }
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const int64_t b0 = step_row0<Real>(ts, B), b1 = step_row1<Real>(ts, B), nb = b1 - b0;
     if (nb <= 0) return tm.poll_outside();  // no steps of its own to poll between
@@ -219,7 +325,8 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
       if (sv.proj > 0) {
         std::copy_n(dh_rec + b0 * P, nb * P, sv.proj_dh + first * P);
         dm_block = sv.proj_dm + first * H;
-        gemm(Tr::N, Tr::N, nb, H, P, Real(1), dh_rec + b0 * P, P, w.W_hr, H, Real(0), dm_block, H);
+        product(b16, step16(b0), b16 ? b16->r_panels : nullptr, nb, H, P, dh_rec + b0 * P, P, Tr::N,
+                w.W_hr, H, Real(0), dm_block, H);
       }
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = t * B + b;
@@ -258,8 +365,8 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
           normalize_backward(sv.ln_dzh + row * G, dp, p.gh, sv.ln_h + row * G, rh[row], G);
       }
       // dL/dh_{t-1} (recurrent part) = d(h_{t-1} W_hh^T) W_hh, times the recurrent mask
-      gemm(Tr::N, Tr::N, nb, P, G, Real(1), dzh + first * G, G, w.W_hh, P, Real(0), dh_rec + b0 * P,
-           P);
+      product(b16, step16(b0), b16 ? b16->u_panels : nullptr, nb, P, G, dzh + first * G, G, Tr::N,
+              w.W_hh, P, Real(0), dh_rec + b0 * P, P);
       if (sv.rec_mask)
         for (int64_t i = b0 * P; i < b1 * P; ++i) dh_rec[i] *= sv.rec_mask[i];
       if (t == 0 && sv.zoned())  // dL/dh_0 also gets zoneout's kept share of dL/dh_1
@@ -268,13 +375,24 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
   });
 #pragma omp barrier  // every row's dL/dz and d(h W_hh^T)
   const LnParams<Real*> dl(g.dln, H);
+  const Real* hd = (sv.rec_mask ? sv.hdseq : sv.hseq);  // h_{t-1} as the product read it
+  if (b16) {                                            // dW_hh's and dW_hr's operands
+    tm.for_shares(H, [&](const TeamSlice& ts) {
+      const auto [g0, g1] = grad_rows(b16, G, ts);
+      grad_operands(b16, b16->dz_blocks, b16->h_panels, g0, g1, P, N, dzh, G, hd, P, ts);
+      if (sv.proj == 0) return;
+      const auto [p0, p1] = grad_rows(b16, P, ts);
+      grad_operands(b16, b16->p_blocks, b16->m_panels, p0, p1, H, N, sv.proj_dh, P, sv.mseq, H, ts);
+    });
+#pragma omp barrier
+  }
   tm.for_shares(H, [&](const TeamSlice& ts) {
     // Each share a range of the 4H gate rows: dW_hh, the biases and the two 4H layer norms'
     // parameters (sums over every row in order: the same for any team).
-    const int64_t g0 = split_edge(G, ts.id, ts.size), g1 = split_edge(G, ts.id + 1, ts.size);
+    const auto [g0, g1] = grad_rows(b16, G, ts);
     if (g1 > g0) {
-      const Real* hd = (sv.rec_mask ? sv.hdseq : sv.hseq);
-      gemm(Tr::T, Tr::N, g1 - g0, P, N, Real(1), dzh + g0, G, hd, P, Real(1), g.dW_hh + g0 * P, P);
+      weight_grad(b16, b16 ? b16->dz_blocks : nullptr, b16 ? b16->h_panels : nullptr, g0, g1, P, N,
+                  dzh, G, hd, P, g.dW_hh);
       Real* db = sv.dbias;
       std::fill(db + g0, db + g1, Real(0));
       for (int64_t r = 0; r < N; ++r) {
@@ -299,10 +417,9 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
         }
     }
     if (sv.proj > 0) {  // dW_hr += dh~^T m, a range of its P rows
-      const int64_t p0 = split_edge(P, ts.id, ts.size), p1 = split_edge(P, ts.id + 1, ts.size);
-      if (p1 > p0)
-        gemm(Tr::T, Tr::N, p1 - p0, H, N, Real(1), sv.proj_dh + p0, P, sv.mseq, H, Real(1),
-             g.dW_hr + p0 * H, H);
+      const auto [p0, p1] = grad_rows(b16, P, ts);
+      weight_grad(b16, b16 ? b16->p_blocks : nullptr, b16 ? b16->m_panels : nullptr, p0, p1, H, N,
+                  sv.proj_dh, P, sv.mseq, H, g.dW_hr);
     }
   });
 #pragma omp barrier  // dL/dz read by every share above before it is overwritten below
@@ -313,8 +430,26 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
     });
 #pragma omp barrier
   }
-  tm.for_shares(H,
-                [&](const TeamSlice& ts) { input_grads(dx, g.dW_ih, dz, x, w.W_ih, ts, N, I, H); });
+  if (!b16) {
+    tm.for_shares(
+        H, [&](const TeamSlice& ts) { input_grads(dx, g.dW_ih, dz, x, w.W_ih, ts, N, I, H); });
+    return;
+  }
+  // bf16: dW_ih += dz^T x (dz^T's blocks again where layer norm changed dz) and dx = dz W_ih
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    const auto [g0, g1] = grad_rows(b16, G, ts);
+    grad_operands(b16, ln ? b16->dz_blocks : nullptr, b16->x_panels, ln ? g0 : 0, ln ? g1 : 0, I, N,
+                  dz, G, x, I, ts);
+  });
+#pragma omp barrier  // every panel of x
+  tm.for_shares(H, [&](const TeamSlice& ts) {
+    const auto [g0, g1] = grad_rows(b16, G, ts);
+    weight_grad(b16, b16->dz_blocks, b16->x_panels, g0, g1, I, N, dz, G, x, I, g.dW_ih);
+    const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
+    if (dx)
+      product(b16, b16->a_rows + r0 * G, b16->w_panels, r1 - r0, I, G, dz + r0 * G, G, Tr::N,
+              w.W_ih, I, Real(0), dx + r0 * I, I);
+  });
 }
 
 #define LSTMGRAD_INSTANTIATE(Real)                                                              \

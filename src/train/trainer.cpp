@@ -330,8 +330,6 @@ void validate_options(const TrainOptions& o, const OptionName& name) {
   if (o.precision == "bf16") {
     const char* why = o.dtype != "f32"    ? "--dtype f64 (bf16 rounds float32's GEMM operands)"
                       : o.device != "cpu" ? "--device cuda (the CPU's for now)"
-                      : o.layer_norm      ? "--layer-norm (not yet in bf16)"
-                      : o.proj > 0        ? "--proj (not yet in bf16)"
                                           : nullptr;
     if (why) throw InputError(fmt::format("{} bf16: not with {}", name("--precision"), why));
     require_bf16();
