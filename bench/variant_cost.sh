@@ -15,7 +15,7 @@ STEPS=${STEPS:-300}
 PRECISION=${PRECISION:-f32}
 variants=("" "--dropout-rec 0.25" "--zoneout-h 0.05 --zoneout-s 0.05" "--layer-norm"
           "--layer-norm --dropout-rec 0.25 --zoneout-h 0.05 --zoneout-s 0.05"
-          "--proj $((H / 2))")
+          "--proj $((H / 2)) --clip 5")  # unclipped, SGD at lr 1 diverges with a projection
 for v in "${variants[@]}"; do
   line="${v:-plain}:"
   for r in $(seq "$ROUNDS"); do
