@@ -98,6 +98,10 @@ int run_training(const TrainOptions& opts, Collective& world);
 // failing rank's message), StoppedByOtherRank on the others.
 [[noreturn]] void refuse_training_start(Collective& world, const std::string& error);
 
+// The same meeting for any job of several processes that reads its input first (eval): `error`
+// is why this rank cannot go on, or empty. Returns when no rank failed; else throws as above.
+void agree_to_start(Collective& world, const std::string& error);
+
 struct EvalResult {
   double loss = 0;  // nats per token
   double ppl = 0, bpc = 0;

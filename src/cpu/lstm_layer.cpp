@@ -284,10 +284,7 @@ void bf16_projection_operands(const LayerSaved<float>& saved, const float* x,
                               int64_t B, int64_t I, int64_t H) {
   const int64_t G = 4 * H, Ip = even(I);
   const Bf16Buffers& b = *saved.b16;
-  const PanelLayout wl{1, G, 0, I};  // op(W) = W_ih^T: K = I, G columns
-  const int64_t np = wl.panels();
-  pack_bf16_panels(b.w_panels, w.W_ih, I, true, wl, np * ts.id / ts.size,
-                   np * (ts.id + 1) / ts.size);
+  bf16_pack_share(b.w_panels, w.W_ih, I, true, I, G, ts);  // op(W) = W_ih^T: K = I, G columns
   const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
   to_bf16_rows(b.a_rows + r0 * Ip, Ip, x + r0 * I, I, r1 - r0, 0, I, I);
   if (saved.rec_mask) mask_units(saved.hdseq, saved.hseq, saved.rec_mask, B, H, ts.j0, ts.n());
@@ -354,18 +351,21 @@ void bf16_grad_operands(const float* dz, bool dx, const LayerSaved<float>& saved
                         int64_t I, int64_t H) {
   const int64_t G = 4 * H;
   const Bf16Buffers& b = *saved.b16;
-  auto part = [&](const PanelLayout& l, float const* W, int64_t ldw, bf16_t* dst) {
-    const int64_t np = l.panels();
-    pack_bf16_panels(dst, W, ldw, false, l, np * ts.id / ts.size, np * (ts.id + 1) / ts.size);
-  };
-  part({1, H, 0, N}, product_input(saved, 0, B, H), H, b.h_panels);
-  part({1, I, 0, N}, x, I, b.x_panels);
-  if (dx) part({1, I, 0, G}, w.W_ih, I, b.w_panels);
+  bf16_pack_share(b.h_panels, product_input(saved, 0, B, H), H, false, N, H, ts);
+  bf16_pack_share(b.x_panels, x, I, false, N, I, ts);
+  if (dx) bf16_pack_share(b.w_panels, w.W_ih, I, false, G, I, ts);
   const auto [g0, g1] = bf16_block_rows(G, ts);
   if (g1 > g0) to_bf16_blocks(b.dz_blocks + g0 * even(N), dz, G, N, g0, g1);
 }
 
 }  // namespace
+
+void bf16_pack_share(bf16_t* dst, const float* W, int64_t ldw, bool trans, int64_t K, int64_t cols,
+                     const TeamSlice& ts) {
+  const PanelLayout layout{1, cols, 0, K};
+  const int64_t np = layout.panels();
+  pack_bf16_panels(dst, W, ldw, trans, layout, np * ts.id / ts.size, np * (ts.id + 1) / ts.size);
+}
 
 std::pair<int64_t, int64_t> bf16_block_rows(int64_t M, const TeamSlice& ts) {
   const int64_t nb = (M + kBf16Rows - 1) / kBf16Rows;

@@ -189,6 +189,11 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
 // per share (the blocks form's), so that the share's blocks start at its first row times even(N).
 std::pair<int64_t, int64_t> bf16_block_rows(int64_t M, const TeamSlice& ts);
 
+// This share's part of op(W)'s bf16 panels, op(W) [K, cols] (`trans`: op(W) = W^T, W [cols, K];
+// else W [K, cols]), at dst as pack_bf16_panels places them (a barrier must follow).
+void bf16_pack_share(bf16_t* dst, const float* W, int64_t ldw, bool trans, int64_t K, int64_t cols,
+                     const TeamSlice& ts);
+
 // The input side's gradients once dz [T*B, 4H] is complete, this share's part: dW_ih += dz^T x
 // (a range of the 4H gate rows) and dx = dz W_ih (a range of the T*B rows; dx may be null).
 template <class Real>

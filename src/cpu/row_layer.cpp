@@ -91,14 +91,6 @@ struct LnParams {
 // dx. The weights go into panels at the start of each pass; the A operands are rounded where they
 // are read. Layer norm, the cell, the biases' sums and every gradient stay float32.
 
-// This share's part of op(W)'s panels, op(W) [K, cols] (`trans`: op(W) = W^T).
-void pack_share(bf16_t* dst, const float* W, int64_t ldw, bool trans, int64_t K, int64_t cols,
-                const TeamSlice& ts) {
-  const PanelLayout layout{1, cols, 0, K};
-  const int64_t np = layout.panels();
-  pack_bf16_panels(dst, W, ldw, trans, layout, np * ts.id / ts.size, np * (ts.id + 1) / ts.size);
-}
-
 // C [M, cols] = A [M, K] op(W), or C += (beta 1): with b16, A's rows rounded into a16 (row
 // stride even(K)) and op(W) from its panels `packed`; else the BLAS with op(W) = W^T (`tw`
 // Tr::T) or W.
@@ -154,7 +146,7 @@ void grad_operands(const Bf16Buffers* b16, bf16_t* a_blocks, bf16_t* b_panels, i
   if constexpr (std::is_same_v<Real, float>) {
     if (!b16) return;
     if (m1 > m0) to_bf16_blocks(a_blocks + m0 * even(N), A, lda, N, m0, m1);
-    if (b_panels) pack_share(b_panels, Bm, ldb, false, N, cols, ts);
+    if (b_panels) bf16_pack_share(b_panels, Bm, ldb, false, N, cols, ts);
   }
 }
 
@@ -176,9 +168,9 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
   if constexpr (std::is_same_v<Real, float>) {
     if (b16) {  // op(W) = W^T of W_ih [G, I], W_hh [G, P], W_hr [P, H] in panels
       tm.for_shares(H, [&](const TeamSlice& ts) {
-        pack_share(b16->w_panels, w.W_ih, I, true, I, G, ts);
-        pack_share(b16->u_panels, w.W_hh, P, true, P, G, ts);
-        if (w.W_hr) pack_share(b16->r_panels, w.W_hr, H, true, H, P, ts);
+        bf16_pack_share(b16->w_panels, w.W_ih, I, true, I, G, ts);
+        bf16_pack_share(b16->u_panels, w.W_hh, P, true, P, G, ts);
+        if (w.W_hr) bf16_pack_share(b16->r_panels, w.W_hr, H, true, H, P, ts);
       });
 #pragma omp barrier
     }
@@ -286,9 +278,9 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
   if constexpr (std::is_same_v<Real, float>) {
     if (b16) {  // op(W) = W of W_hh [G, P], W_hr [P, H] and W_ih [G, I] (dx) in panels
       tm.for_shares(H, [&](const TeamSlice& ts) {
-        pack_share(b16->u_panels, w.W_hh, P, false, G, P, ts);
-        if (w.W_hr) pack_share(b16->r_panels, w.W_hr, H, false, P, H, ts);
-        if (dx) pack_share(b16->w_panels, w.W_ih, I, false, G, I, ts);
+        bf16_pack_share(b16->u_panels, w.W_hh, P, false, G, P, ts);
+        if (w.W_hr) bf16_pack_share(b16->r_panels, w.W_hr, H, false, P, H, ts);
+        if (dx) bf16_pack_share(b16->w_panels, w.W_ih, I, false, G, I, ts);
       });
 #pragma omp barrier
     }

@@ -5,12 +5,9 @@
 #include <cmath>
 #include <optional>
 #include <random>
-#include <span>
 #include <string>
 #include <type_traits>
-#include <vector>
 
-#include "lstmgrad/collective.hpp"
 #include "lstmgrad/cuda.hpp"
 #include "lstmgrad/data.hpp"
 #include "lstmgrad/error.hpp"
@@ -73,23 +70,6 @@ std::optional<train::NeuralCache<Real>> make_cache(const EvalOptions& o, const M
                                                    int64_t B) {
   if (o.cache_window == 0) return std::nullopt;
   return train::NeuralCache<Real>(B, cfg.H, cache_options(o));
-}
-
-// Several processes: each has read its input (`error`: why it cannot go on, empty if it can);
-// all go on, or all stop, rank 0 throwing the lowest failing rank's error and the others
-// StoppedByOtherRank, so that the job prints it once.
-void agree_to_start(Collective& world, const std::string& error) {
-  using Report = std::array<char, 1024>;
-  Report mine{};
-  error.copy(mine.data(), mine.size() - 1);
-  const std::vector<std::byte> all = world.all_gather(
-      std::as_bytes(std::span<const Report>(&mine, 1)), "the start of the evaluation");
-  for (int q = 0; q < world.size(); ++q) {
-    const char* e = reinterpret_cast<const char*>(all.data()) + sizeof(Report) * q;
-    if (e[0] == 0) continue;
-    if (world.rank() != 0) throw StoppedByOtherRank(2);
-    throw InputError(fmt::format("rank {}: {}", q, e));
-  }
 }
 
 template <class Real>

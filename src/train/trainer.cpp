@@ -1630,6 +1630,12 @@ void refuse_training_start(Collective& world, const std::string& error) {
   train::StartGate(world).fail(error);
 }
 
+void agree_to_start(Collective& world, const std::string& error) {
+  train::StartGate gate(world);
+  if (!error.empty()) gate.fail(error);
+  gate.pass(train::StartReport{});  // no hashes to compare: each rank's own input
+}
+
 int run_training(const TrainOptions& opts) {
   SingleProcess alone;
   return run_training(opts, alone);
