@@ -335,6 +335,8 @@ TEST(Mpi, EvalBadInputOnAnyRankGivesOneMessage) {
       {mpirun(3) + bin + " --model " + missing + text, "rank 0: " + missing},
       {mpirun(3) + bin + model + text + " --batch 600", "rank 0: "},
       {mpirun(2) + bin + model + text + " --cache-window -1", "rank 0: --cache-window"},
+      {mpirun(2) + bin + model + text + " --device cuda", "rank 0: --dtype f64: --device cuda"},
+      {pair(model + text + " --device cuda"), "rank 1: --dtype f64: --device cuda"},
       {pair(" --model " + missing + text), "rank 1: " + missing},
       {pair(model + " --data " + (c.dir / "nowhere.txt").string()), "rank 1: "},
   };

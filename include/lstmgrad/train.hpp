@@ -113,7 +113,7 @@ struct EvalOptions {
   int64_t batch = 1, seq = 35;
   std::string dtype = "f64";
   std::string precision = "f32";  // with dtype f32 on the CPU: f32 or bf16 GEMM operands
-  std::string device = "cpu";     // cuda: float32 on an NVIDIA GPU
+  std::string device = "cpu";     // cuda: float32 on an NVIDIA GPU (dtype "f32", precision "f32")
   // The continuous cache of Grave et al. 2016 (train/neural_cache.hpp): each stream's last
   // cache_window positions (0: none), attention flatness cache_theta, mixture weight cache_lambda.
   int64_t cache_window = 0;

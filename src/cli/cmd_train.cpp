@@ -252,13 +252,10 @@ void register_eval(CLI::App& app) {
         job.world && *threads == 0
             ? std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / job.local)
             : *threads);
-    if (o->device == "cuda") {
-      if (dtype->count() > 0 && o->dtype != "f32")
-        throw InputError("--dtype " + o->dtype + ": --device cuda computes in float32 (f32)");
-      if (o->precision != "f32")
-        throw InputError("--precision " + o->precision + ": the CPU's (--device cpu)");
-      o->dtype = "f32";
-    }
+    // --device cuda computes in float32: the default --dtype follows; an explicit other one (or
+    // --precision) is refused with the other checks of the flags, where every rank of a job
+    // agrees before one of them says why (evaluate_file).
+    if (o->device == "cuda" && dtype->count() == 0) o->dtype = "f32";
     EvalResult r;
     try {
       r = job.world ? evaluate_file(*o, *job.world) : evaluate_file(*o);

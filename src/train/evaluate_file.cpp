@@ -132,6 +132,10 @@ EvalResult evaluate_file(const EvalOptions& o, Collective& world) {
       throw InputError(
           fmt::format("--batch and --seq: must be >= 1, got {} and {}", o.batch, o.seq));
     train::validate_cache(cache_options(o));
+    if (o.device == "cuda" && o.dtype != "f32")
+      throw InputError("--dtype " + o.dtype + ": --device cuda computes in float32 (f32)");
+    if (o.device == "cuda" && o.precision != "f32")
+      throw InputError("--precision " + o.precision + ": the CPU's (--device cpu)");
     if (o.device == "cuda" && o.cache_window > 0)
       throw InputError("--cache-window: the continuous cache runs on the CPU (--device cpu)");
     if (o.device == "cuda" && world.size() > 1)
