@@ -15,7 +15,8 @@
 # needs; oneDNN forward_training; PyTorch's no_grad forward), infer (lstmgrad's and oneDNN's
 # inference forwards; PyTorch's no_grad forward again), fwdbwd (with dL/dx on every side), lm_step
 # (lstmgrad and PyTorch).
-# Then the sgemm ceiling (1 and 2 threads, square 2048 and the presets' GEMM shapes).
+# Then the sgemm ceiling (1 and 2 threads, square 2048 and the presets' GEMM shapes) and the
+# cores' multiply-add peak (build/fma_peak).
 source "$(dirname "$0")/bench_env.sh"
 trap 'rm -rf "$OUT"' EXIT
 PRESETS=${PRESETS:-"zaremba-small zaremba-medium char-rnn throughput large"}  # env: a subset
@@ -45,6 +46,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 for t in 1 2; do "$LSTMGRAD" bench --gemm --threads $t --json >"$OUT/gemm.$t.json"; done
+# And the cores' multiply-add peak, the bound of every GFLOP/s (bench/fma_peak.cpp).
+if [ -x "$BUILD/fma_peak" ]; then "$BUILD/fma_peak" 1 2 >"$OUT/peak.txt"; fi
 
 /usr/bin/python3 - "$OUT" <<'PY'
 import glob, json, statistics, sys
@@ -103,3 +106,7 @@ for (name, t), g in sorted(gemm.items()):
     if t == 1:
         print(f"  {name:<26} {g:>7.1f} / {gemm[(name, 2)]:>7.1f}")
 PY
+if [ -f "$OUT/peak.txt" ]; then
+  printf "\nThe cores' multiply-add peak (build/fma_peak):\n"
+  cat "$OUT/peak.txt"
+fi
