@@ -152,6 +152,8 @@ void pack_groups(const LayerSaved<float>& saved, const float* W_hh, const TeamMe
     }
     if (b16 && forward)
       to_bf16_rows(b16->h_ring, even(H), product_input(saved, 0, B, H), H, B, ts.j0, ts.j1, H);
+    if (!forward)  // the bias gradient, summed by the steps (claimed_backward): its units
+      for (int64_t q = 0; q < 4; ++q) std::fill_n(saved.dbias + q * H + ts.j0, ts.n(), 0.0f);
     for (int64_t t = 0; t <= T; ++t) saved.claims->reset(t, ts.id, ts.size, ng);
   });
 }
@@ -208,7 +210,9 @@ void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& 
 
 // layer_backward's steps, claimed: each group takes dh_rec (its units) = dz_{t+1} U and its gate
 // pass at t in one kernel (the sums stay in registers), so the two never need a barrier between
-// them. Ends with dh_rec = dz_0 U (dL/dh0) and a barrier: dh_rec and ds complete for the caller.
+// them. Each group also adds its dz_t into the bias gradient (saved.dbias, zeroed by
+// pack_groups). Ends with dh_rec = dz_0 U (dL/dh0) and a barrier: dh_rec, ds and the bias
+// gradient complete for the caller.
 void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
                       const LayerSaved<float>& saved, const LayerWeights<float>& w,
                       const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
@@ -255,6 +259,14 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
         fast_gates_backward(dzt + j, G, H, ds + j, dho, dh_rec + j, gates, s, s_prev, unit, H, B,
                             n);
       }
+      // z = ... + b_ih + b_hh: the bias gradient is the column sums of dz, added here while dz_t
+      // is in cache (each column over t = T-1 .. 0, rows in order: the same for any team).
+      for (int64_t q = 0; q < 4; ++q)
+        for (int64_t r = 0; r < B; ++r) {
+          const float* d = dzt + r * G + q * H + j;
+          float* db = saved.dbias + q * H + j;
+          for (int64_t i = 0; i < n; ++i) db[i] += d[i];
+        }
       if (b16)  // dz_t of these units for the step before, dL/dh0 and dx
         for (int64_t q = 0; q < 4; ++q)
           to_bf16_rows(b16->a_rows + t * B * G + q * H, G, dzt + q * H, G, B, j, j + n, G);
@@ -521,12 +533,15 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
       if (!b16)
         gemm(Tr::T, Tr::N, g1 - g0, H, N, Real(1), dz + g0, G, product_input(saved, 0, B, H), H,
              Real(1), g.dW_hh + g0 * H, H);
-      // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz.
+      // z = ... + b_ih + b_hh: both biases receive the same gradient, the column sums of dz
+      // (the claimed steps summed them as they went).
       Real* db = saved.dbias + g0;
-      std::fill_n(db, g1 - g0, Real(0));
-      for (int64_t r = 0; r < N; ++r) {
-        const Real* dzr = dz + r * G + g0;
-        for (int64_t k = 0; k < g1 - g0; ++k) db[k] += dzr[k];
+      if (!claimed) {
+        std::fill_n(db, g1 - g0, Real(0));
+        for (int64_t r = 0; r < N; ++r) {
+          const Real* dzr = dz + r * G + g0;
+          for (int64_t k = 0; k < g1 - g0; ++k) db[k] += dzr[k];
+        }
       }
       for (int64_t k = 0; k < g1 - g0; ++k) g.db_ih[g0 + k] += db[k], g.db_hh[g0 + k] += db[k];
     }
