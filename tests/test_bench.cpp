@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "cli_runner.hpp"
 #include "lstmgrad/bench.hpp"
 #include "lstmgrad/lstm.hpp"
 
@@ -130,6 +131,30 @@ TEST(Bench, ReportsEveryField) {
     EXPECT_GT(r.peak_rss_mb, 0);
   }
   EXPECT_THROW(run_bench(tiny, "nope", o), std::invalid_argument);
+}
+
+// --running: the shares of --threads run by fewer threads (the team a busy machine falls back
+// to; Engine.RunningThreadsChangeNoBit checks that its bits are the same).
+TEST(Bench, RunsSharesOnFewerThreads) {
+  BenchPreset tiny{"tiny", 3, 2, 5, 8, 2, true};
+  BenchOptions o;
+  o.threads = 2, o.running = 1, o.warmup = 1, o.runs = 3;
+  for (const char* mode : {"fwdbwd", "lm_step"}) {
+    const BenchResult r = run_bench(tiny, mode, o);
+    EXPECT_EQ(r.threads, 2);
+    EXPECT_EQ(r.running, 1);
+    EXPECT_GT(r.tokens_per_s, 0);
+  }
+}
+
+TEST(BenchCli, RunningThreadsAreAtMostTheShares) {
+  const CliResult over = run_cli("bench --preset zaremba-small --threads 2 --running 3");
+  EXPECT_EQ(over.rc, 2) << over.err;
+  EXPECT_EQ(over.err, "lstmgrad: error: --running 3: at most --threads (2)\n");
+  const CliResult gemm = run_cli("bench --gemm --running 1");
+  EXPECT_EQ(gemm.rc, 2) << gemm.err;
+  EXPECT_EQ(gemm.err.rfind("lstmgrad: error: --running: ", 0), 0u) << gemm.err;
+  EXPECT_TRUE(over.out.empty() && gemm.out.empty());
 }
 
 }  // namespace

@@ -25,8 +25,12 @@ inline constexpr int64_t kBenchVocabulary = 10000;
 
 struct BenchOptions {
   int threads = 2;  // engine team and BLAS threads, pinned; 0: the default, adaptive team
-  int warmup = 5;   // untimed runs first (the default team tries its neighbour after 5 calls)
-  int runs = 7;     // timed runs; the median is reported
+  // The threads that run the shares (at most `threads` when that is set; 0: one per share where
+  // `threads` pins them, else chosen by measuring). Fewer running threads than shares give the
+  // same bits: the team a loaded machine falls back to.
+  int running = 0;
+  int warmup = 5;  // untimed runs first (the default team tries its neighbour after 5 calls)
+  int runs = 7;    // timed runs; the median is reported
   // The GEMM operands of the stack and (lm_step) of the readout: f32, or bf16.
   Precision precision = Precision::f32;
 };
@@ -37,6 +41,7 @@ double median_ms(const std::function<void()>& step, int warmup, int runs);
 struct BenchResult {
   std::string preset, mode;  // mode: fwd, infer, fwdbwd, fwdbwd_nodx, lm_step
   int threads = 0;
+  int running = 0;  // BenchOptions::running
   Precision precision = Precision::f32;
   double ms = 0, tokens_per_s = 0, gflops = 0;
   double peak_rss_mb = 0;  // the process's peak resident memory while this case ran

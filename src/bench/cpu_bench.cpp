@@ -102,7 +102,7 @@ double time_stack(const BenchPreset& p, const std::string& mode, const BenchOpti
   fill_uniform(x, 1.0f, rng);
   fill_uniform(dh, 1.0f, rng);
   cpu::LstmStack<float> stack(p.X, p.H, p.L);
-  stack.set_threads(o.threads);
+  stack.set_team(o.threads, o.running > 0 ? o.running : o.threads);
   stack.set_precision(o.precision);
   if (mode == "infer")
     return median_ms([&] { stack.infer(x.data(), w.data(), nullptr, nullptr, p.T, p.B); }, o);
@@ -130,7 +130,7 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
   for (int64_t r = 0; r < p.T * p.B; ++r)
     b.tokens.push_back(tok(rng)), b.target.push_back(tok(rng));
   LanguageModel<float> lm(cfg);
-  lm.set_threads(o.threads);
+  lm.set_team(o.threads, o.running > 0 ? o.running : o.threads);
   lm.set_precision(o.precision);
   cpu::TeamTuner sgd_tuner;  // the update's team, as the trainer's optimizer chooses it
   const float lr = 1e-3f;
@@ -143,7 +143,7 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
         float* P = params.data();
         const float* D = grad.data();
         const cpu::TeamCall team(sgd_tuner, o.threads > 0 ? o.threads : omp_get_max_threads(),
-                                 o.threads, static_cast<double>(n));
+                                 o.running > 0 ? o.running : o.threads, static_cast<double>(n));
 #pragma omp parallel for num_threads(team.threads()) schedule(static)
         for (size_t i = 0; i < n; ++i) P[i] -= lr * D[i];  // SGD: p -= lr g
       },
@@ -163,7 +163,7 @@ BenchResult run_bench(const BenchPreset& p, const std::string& mode, const Bench
   set_threads(o.threads);
   reset_peak_rss();
   BenchResult r;
-  r.preset = p.name, r.mode = mode, r.threads = o.threads;
+  r.preset = p.name, r.mode = mode, r.threads = o.threads, r.running = o.running;
   r.precision = o.precision;
   const double flops = bench_flops_per_token(p, mode);
   if (mode == "fwd" || mode == "infer" || mode == "fwdbwd" || mode == "fwdbwd_nodx") {

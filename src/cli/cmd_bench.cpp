@@ -91,15 +91,17 @@ void run_cases(const BenchCliOptions& a) {
         out.push_back({{"preset", r.preset},
                        {"mode", r.mode},
                        {"threads", r.threads},
+                       {"running", r.running},
                        {"precision", precision_name(a.o.precision)},
                        {"ms", r.ms},
                        {"tokens_per_s", r.tokens_per_s},
                        {"gflops", r.gflops},
                        {"peak_rss_mb", r.peak_rss_mb}});
       } else {
+        std::string team = r.threads > 0 ? std::to_string(r.threads) : "auto";
+        if (r.running > 0) team += fmt::format(" ({})", r.running);  // shares (running threads)
         fmt::print("{:<15} {:<11} {:>7} {:>10.2f} {:>12.0f} {:>9.1f} {:>9.1f}\n", r.preset, r.mode,
-                   r.threads > 0 ? std::to_string(r.threads) : "auto", r.ms, r.tokens_per_s,
-                   r.gflops, r.peak_rss_mb);
+                   team, r.ms, r.tokens_per_s, r.gflops, r.peak_rss_mb);
         std::fflush(stdout);
       }
     }
@@ -174,6 +176,11 @@ void register_bench(CLI::App& app) {
                   "the team adapting to the machine's load")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
+  cmd->add_option("--running", a->o.running,
+                  "Threads that run the --threads shares (fewer: the same bits, the team a busy "
+                  "machine falls back to); 0: one per share")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
   cmd->add_option("--runs", a->o.runs, "Timed runs (the median is reported)")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
@@ -189,6 +196,14 @@ void register_bench(CLI::App& app) {
   add_device_option(cmd, a->device, "cpu, or cuda (CUDA events; adds the big-batch preset)");
   add_recurrence_option(cmd, a->recurrence);
   cmd->callback([a] {
+    if (a->o.running > 0) {
+      if (a->device == "cuda" || a->gemm)
+        throw InputError(
+            "--running: the CPU engine's team only (not with --device cuda or --gemm)");
+      if (a->o.threads > 0 && a->o.running > a->o.threads)
+        throw InputError(
+            fmt::format("--running {}: at most --threads ({})", a->o.running, a->o.threads));
+    }
     if (a->device == "cuda") {
       cuda::require();
       if (a->mode == "infer" || a->mode == "fwdbwd_nodx")
