@@ -5,7 +5,7 @@ and optionally a whole word-language-model training step (issue 15, docs/python.
     PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
         [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
         [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--settle 0.25] [--lm-step]
-        [--no-input-grad] [--alone] [--tiny] [--json]
+        [--no-input-grad] [--alone] [--parts] [--tiny] [--json]
 
 fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
 with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
@@ -54,16 +54,35 @@ def fwdbwd_step(module, x, gy):
     return step
 
 
-def lm_step(emb, rnn, dec, tokens, targets, v):
+LM_PARTS = ("embedding", "lstm fwd", "readout+loss fwd", "readout bwd", "lstm bwd",
+            "embedding bwd", "sgd")
+
+
+def lm_step(emb, rnn, dec, tokens, targets, v, parts=None):
+    """One training step; with `parts` (a list), each step appends the seconds of its LM_PARTS
+    (the backward's parts are cut by hooks on the LSTM's output and input gradients)."""
     params = [*emb.parameters(), *rnn.parameters(), *dec.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
 
     def step():
-        out, _ = rnn(emb(tokens))
+        t = [time.perf_counter()]
+        e = emb(tokens)
+        t.append(time.perf_counter())
+        out, _ = rnn(e)
+        t.append(time.perf_counter())
         loss = torch.nn.functional.cross_entropy(dec(out).reshape(-1, v), targets.reshape(-1))
+        t.append(time.perf_counter())
+        if parts is not None:
+            out.register_hook(lambda g: t.append(time.perf_counter()))
+            e.register_hook(lambda g: t.append(time.perf_counter()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if parts is not None:
+            t.append(time.perf_counter())
         opt.step()
+        if parts is not None:
+            t.append(time.perf_counter())
+            parts.append([b - a for a, b in zip(t, t[1:])])
 
     return step
 
@@ -100,6 +119,8 @@ def main():
                    help="x needs no gradient (as in `lstmgrad bench` fwdbwd: the wrapper's overhead)")
     p.add_argument("--alone", action="store_true",
                    help="lstmgrad's fwdbwd alone in a hot loop (the wrapper's cost)")
+    p.add_argument("--parts", action="store_true",
+                   help="with --lm-step: also the median of each part of the step, per module")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: check that the script runs")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     a = p.parse_args()
@@ -128,13 +149,24 @@ def main():
                 v = 50 if a.tiny else V
                 tokens = torch.randint(0, v, (T, B))
                 targets = torch.randint(0, v, (T, B))
-                steps = []
-                for rnn in (ref, mine):
+                steps, parts = [], ([], [])
+                for rnn, part in zip((ref, mine), parts):
                     torch.manual_seed(1)
                     emb = torch.nn.Embedding(v, X).to(dtype)
                     dec = torch.nn.Linear(H, v).to(dtype)
-                    steps.append(lm_step(emb, rnn, dec, tokens, targets, v))
+                    steps.append(lm_step(emb, rnn, dec, tokens, targets, v,
+                                         part if a.parts else None))
                 rows.append(("lm_step", *time_pair(steps, a.warmup, a.runs, a.settle)))
+                for who, part in zip(("nn.LSTM", "lstmgrad"), parts if a.parts else ()):
+                    timed = part[a.warmup:]  # the timed runs' parts (warm-up first)
+                    ms = {n: 1e3 * statistics.median(r[k] for r in timed)
+                          for k, n in enumerate(LM_PARTS)}
+                    if a.json:
+                        print(json.dumps(dict(preset=name, mode="lm_step_parts", module=who,
+                                              torch_threads=tt, parts_ms=ms)))
+                    else:
+                        print(f"{name:15s} lm_step parts, torch threads {tt}, {who}: " +
+                              ", ".join(f"{n} {t:.2f}" for n, t in ms.items()) + " ms")
             for mode, t_ref, t_mine in rows:
                 r = dict(preset=name, mode=mode, dtype=a.dtype, torch_threads=tt,
                          lstmgrad_threads=a.lstmgrad_threads, nn_lstm_ms=1e3 * t_ref,
