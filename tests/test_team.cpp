@@ -2,8 +2,11 @@
 // made-up costs here (a model of a machine, quiet or busy), so its choices can be checked exactly;
 // tests/test_bench.cpp checks that its choices change no bit of a model's results.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <thread>
@@ -213,6 +216,95 @@ TEST(TeamMember, RunsEveryShareOnce) {
       }
       for (int r : runs) EXPECT_EQ(r, 1) << shares << " shares, " << threads << " threads";
     }
+}
+
+// run_team: every thread of the team runs f once, knows its place, and meets the others at each
+// barrier (a write before a barrier is seen by every thread after it), call after call, for
+// teams that grow and shrink.
+TEST(RunTeam, EveryThreadRunsOnceAndMeetsAtBarriers) {
+  for (int round = 0; round < 200; ++round) {
+    const int n = 1 + round % 4;
+    std::vector<int> seen(static_cast<size_t>(n), 0), sums(static_cast<size_t>(n), 0);
+    std::atomic<int> calls{0};
+    run_team(n, [&] {
+      ASSERT_EQ(team_threads(), n);
+      const int t = team_thread();
+      calls.fetch_add(1);
+      seen[static_cast<size_t>(t)] = t + 1;
+      team_barrier();  // every thread's write before any thread reads them
+      int sum = 0;
+      for (int v : seen) sum += v;
+      sums[static_cast<size_t>(t)] = sum;
+      team_barrier();
+    });
+    EXPECT_EQ(calls.load(), n);
+    for (int v : sums) EXPECT_EQ(v, n * (n + 1) / 2) << "team of " << n;
+  }
+  EXPECT_EQ(team_thread(), 0);  // outside a team: thread 0 of one, barriers return at once
+  EXPECT_EQ(team_threads(), 1);
+  team_barrier();
+}
+
+// A team started inside a team runs on the thread that asked, alone (as OpenMP's nested regions).
+TEST(RunTeam, NestedTeamsRunInline) {
+  std::atomic<int> inner{0};
+  run_team(2, [&] {
+    const int outer = team_thread();
+    run_team(3, [&] {
+      EXPECT_EQ(team_threads(), 1);
+      EXPECT_EQ(team_thread(), 0);
+      inner.fetch_add(1);
+    });
+    EXPECT_EQ(team_thread(), outer);  // its place restored
+    EXPECT_EQ(team_threads(), 2);
+  });
+  EXPECT_EQ(inner.load(), 2);
+}
+
+// Each calling thread has its own workers: teams from several threads at once do not mix, and a
+// thread that ends takes its workers with it.
+TEST(RunTeam, CallersOnSeveralThreadsHaveTheirOwnTeams) {
+  std::vector<std::thread> callers;
+  std::atomic<int> wrong{0};
+  for (int c = 0; c < 3; ++c)
+    callers.emplace_back([&, c] {
+      for (int round = 0; round < 100; ++round) {
+        std::vector<int> mine(2, -1);
+        run_team(2, [&] {
+          mine[static_cast<size_t>(team_thread())] = c;
+          team_barrier();
+          if (mine[0] != c || mine[1] != c) wrong.fetch_add(1);
+        });
+      }
+    });
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
+// Workers that went to sleep (no call for longer than they spin) wake for the next call.
+TEST(RunTeam, WakesWorkersThatSlept) {
+  for (int round = 0; round < 3; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::atomic<int> calls{0};
+    run_team(3, [&] { calls.fetch_add(1); });
+    EXPECT_EQ(calls.load(), 3);
+  }
+}
+
+// After fork() the child has only the thread that forked: its teams get workers of their own
+// rather than waiting for the parent's.
+TEST(RunTeam, WorksInAForkedChild) {
+  run_team(2, [] {});  // the parent's pool exists
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::atomic<int> calls{0};
+    run_team(2, [&] { calls.fetch_add(1); });
+    _exit(calls.load() == 2 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 }  // namespace

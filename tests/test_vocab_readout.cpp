@@ -4,14 +4,15 @@
 // vocabulary that ends mid-chunk), for teams of 1, 2 and 3 threads; the gradients of W and c are
 // accumulated onto what was there (+=), dh overwritten.
 #include <gtest/gtest.h>
-#include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
 
 #include "compare.hpp"
 #include "cpu/panel_gemm.hpp"
+#include "cpu/team.hpp"
 #include "cpu/vocab_readout.hpp"
 #include "lstmgrad/lstm.hpp"
 #include "splitmix.hpp"
@@ -101,18 +102,17 @@ void check(int64_t N, int64_t H, int64_t V, int threads, cpu::VocabReadout* reus
   std::vector<double> loss(N, -1);
   std::vector<float> dW = fill(V * H, -1, 1), dc = fill(V, -1, 1), dh = fill(N * H, 5, 6);
   const std::vector<float> dW0 = dW, dc0 = dc;
-  int team = 0;
-#pragma omp parallel num_threads(threads)
-  {
-    const int nt = omp_get_num_threads();
-#pragma omp single
-    team = nt;
-    r.forward(omp_get_thread_num(), nt, h.data(), W.data(), c.data(), y.data(), loss.data());
-  }
+  std::atomic<int> team{0};
+  cpu::run_team(threads, [&] {
+    const int nt = cpu::team_threads();
+    if (cpu::team_thread() == 0) team = nt;
+    r.forward(cpu::team_thread(), nt, h.data(), W.data(), c.data(), y.data(), loss.data());
+  });
   EXPECT_EQ(team, threads);
-#pragma omp parallel num_threads(threads)
-  r.backward(omp_get_thread_num(), omp_get_num_threads(), static_cast<float>(scale), W.data(),
-             y.data(), dW.data(), dc.data(), dh.data());
+  cpu::run_team(threads, [&] {
+    r.backward(cpu::team_thread(), cpu::team_threads(), static_cast<float>(scale), W.data(),
+               y.data(), dW.data(), dc.data(), dh.data());
+  });
   std::vector<double> gW(V * H), gc(V);  // what was added
   for (size_t k = 0; k < gW.size(); ++k) gW[k] = double(dW[k]) - double(dW0[k]);
   for (size_t k = 0; k < gc.size(); ++k) gc[k] = double(dc[k]) - double(dc0[k]);
@@ -155,12 +155,14 @@ TEST(VocabReadout, SameBitsForAnyTeamAndInterleaving) {
       r.reserve(N, H, V, threads);
       Out o{std::vector<double>(N), std::vector<float>(V * H), std::vector<float>(V),
             std::vector<float>(N * H)};
-#pragma omp parallel num_threads(threads)
-      r.forward(omp_get_thread_num(), omp_get_num_threads(), h.data(), W.data(), c.data(), y.data(),
-                o.loss.data());
-#pragma omp parallel num_threads(threads)
-      r.backward(omp_get_thread_num(), omp_get_num_threads(), 0.25f, W.data(), y.data(),
-                 o.dW.data(), o.dc.data(), o.dh.data());
+      cpu::run_team(threads, [&] {
+        r.forward(cpu::team_thread(), cpu::team_threads(), h.data(), W.data(), c.data(), y.data(),
+                  o.loss.data());
+      });
+      cpu::run_team(threads, [&] {
+        r.backward(cpu::team_thread(), cpu::team_threads(), 0.25f, W.data(), y.data(), o.dW.data(),
+                   o.dc.data(), o.dh.data());
+      });
       return o;
     };
     const Out want = run(1);

@@ -1,6 +1,7 @@
 // lstmgrad: how many threads the CPU engine uses, set in one place: the default size of the
-// engine's OpenMP team and the BLAS's own thread count (OpenBLAS runs the large GEMMs outside the
-// team with its threads, and one thread inside it; another CBLAS is left to its own settings).
+// engine's team (its own threads, sized by OpenMP's setting: OMP_NUM_THREADS or this call) and
+// the BLAS's own thread count (OpenBLAS runs the large GEMMs outside the team with its threads,
+// and one thread inside it; another CBLAS is left to its own settings).
 #pragma once
 
 namespace lstmgrad {

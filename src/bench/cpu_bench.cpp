@@ -144,8 +144,12 @@ double time_lm_step(const BenchPreset& p, const BenchOptions& o) {
         const float* D = grad.data();
         const cpu::TeamCall team(sgd_tuner, o.threads > 0 ? o.threads : omp_get_max_threads(),
                                  o.running > 0 ? o.running : o.threads, static_cast<double>(n));
-#pragma omp parallel for num_threads(team.threads()) schedule(static)
-        for (size_t i = 0; i < n; ++i) P[i] -= lr * D[i];  // SGD: p -= lr g
+        cpu::run_team(team.threads(), [&] {
+          const size_t nt = static_cast<size_t>(cpu::team_threads()),
+                       id = static_cast<size_t>(cpu::team_thread());
+          for (size_t i = n * id / nt; i < n * (id + 1) / nt; ++i)
+            P[i] -= lr * D[i];  // SGD: p -= lr g
+        });
       },
       o);
 }

@@ -52,8 +52,8 @@ template <class Real>
 void fused_forward(cpu::VocabReadout& r, int P, const Real* h, const Real* W, const Real* c,
                    const int64_t* y, double* row_loss) {
   if constexpr (std::is_same_v<Real, float>) {
-#pragma omp parallel num_threads(P)
-    r.forward(omp_get_thread_num(), omp_get_num_threads(), h, W, c, y, row_loss);
+    cpu::run_team(
+        P, [&] { r.forward(cpu::team_thread(), cpu::team_threads(), h, W, c, y, row_loss); });
   }
 }
 
@@ -61,8 +61,8 @@ template <class Real>
 void fused_backward(cpu::VocabReadout& r, int P, Real scale, const Real* W, const int64_t* y,
                     Real* dW, Real* dc, Real* dh) {
   if constexpr (std::is_same_v<Real, float>) {
-#pragma omp parallel num_threads(P)
-    r.backward(omp_get_thread_num(), omp_get_num_threads(), scale, W, y, dW, dc, dh);
+    cpu::run_team(
+        P, [&] { r.backward(cpu::team_thread(), cpu::team_threads(), scale, W, y, dW, dc, dh); });
   }
 }
 
@@ -479,9 +479,8 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
     cpu::BlasThreads one(1);
     // Each share its rows: logits = h W^T + c (or h), then the softmax. Every row is computed
     // alike whatever the shares (bit-identical float64 for any thread count).
-#pragma omp parallel num_threads(call.threads())
-    {
-      const cpu::TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+    cpu::run_team(call.threads(), [&] {
+      const cpu::TeamMember tm{cpu::team_thread(), cpu::team_threads(), S};
       tm.for_shares(0, [&](const cpu::TeamSlice& ts) {
         const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
         if (lin) {
@@ -511,7 +510,7 @@ double LanguageModel<Real>::Impl::forward(std::span<const Real> params, const Ba
           }
         }
       });
-    }
+    });
   }
   double sum = 0;
   for (int64_t r = 0; r < N; ++r) sum += row_loss[r];  // in row order: reproducible
@@ -677,9 +676,8 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
     Real* dh = buf_.dh;
     cpu::BlasThreads one(1);
     const cpu::TeamCall call(readout_backward_, S, running_, static_cast<double>(N));
-#pragma omp parallel num_threads(call.threads())
-    {
-      const cpu::TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+    cpu::run_team(call.threads(), [&] {
+      const cpu::TeamMember tm{cpu::team_thread(), cpu::team_threads(), S};
       tm.for_shares(0, [&](const cpu::TeamSlice& ts) {
         const int64_t v0 = cpu::split_edge(V, ts.id, ts.size),
                       v1 = cpu::split_edge(V, ts.id + 1, ts.size);
@@ -699,7 +697,7 @@ void LanguageModel<Real>::Impl::backward(std::span<Real> grad, std::span<const R
           gemm(Tr::N, Tr::N, r1 - r0, H, V, scale, dlogits + r0 * V, V, Wd, H, Real(0), dh + r0 * H,
                H);
       });
-    }
+    });
     dh_top = buf_.dh;
   } else {
     softmax_xent_backward(dlogits, dlogits, y_probs, y_class, scale, N, V);

@@ -204,7 +204,7 @@ void claimed_steps(const LayerSaved<float>& saved, const LayerWeights<float>& w,
 void claimed_forward(const LayerSaved<float>& saved, const LayerWeights<float>& w,
                      const TeamMember& tm, int64_t T, int64_t B, int64_t H) {
   pack_groups(saved, w.W_hh, tm, T, B, H, true);
-#pragma omp barrier  // every row of z, every group packed, the shares reset
+  team_barrier();  // every row of z, every group packed, the shares reset
   claimed_steps(saved, w, tm, 0, T, saved.gates, T, B, H);
 }
 
@@ -220,7 +220,7 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
   const Bf16Buffers* b16 = saved.b16;
   const int64_t per16 = bf16_group_size(H, false);
   pack_groups(saved, w.W_hh, tm, T, B, H, false);
-#pragma omp barrier  // every group packed, dh_rec and ds set by the caller, the shares reset
+  team_barrier();  // every group packed, dh_rec and ds set by the caller, the shares reset
   for (int64_t t = T - 1; t >= 0; --t) {
     tm.poll_outside();
     float* dzt = dz + t * B * G;
@@ -284,7 +284,7 @@ void claimed_backward(float* dz, float* dh_rec, float* ds, const float* dh_out,
     if (saved.rec_mask) mask_units(dh_rec, dh_rec, saved.rec_mask, B, H, j, n);
     if (saved.zoned()) zoneout_backward_out(saved, dh_rec, B, H, j, n, saved.zone_dh);
   });
-#pragma omp barrier  // dh_rec (dL/dh0) and ds (dL/ds0) complete
+  team_barrier();  // dh_rec (dL/dh0) and ds (dL/ds0) complete
 }
 
 // layer_forward's input projection with bf16 operands: W_ih^T in panels and x in rows (each
@@ -317,7 +317,7 @@ void bf16_input_projection(const LayerSaved<float>& saved, const float* x,
                            int64_t I, int64_t H) {
   tm.for_shares(
       H, [&](const TeamSlice& ts) { bf16_projection_operands(saved, x, w, ts, N, B, I, H); });
-#pragma omp barrier  // every panel of W_ih^T
+  team_barrier();  // every panel of W_ih^T
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const int64_t r0 = ts.row0(N), r1 = ts.row1(N);
     bf16_projection_rows(saved, saved.gates + r0 * 4 * H, r0, r1, I, H);
@@ -338,7 +338,7 @@ void windowed_forward(const LayerSaved<float>& saved, const float* x, const Laye
     tm.for_shares(
         H, [&](const TeamSlice& ts) { bf16_projection_operands(saved, x, w, ts, T * B, B, I, H); });
   pack_groups(saved, w.W_hh, tm, T, B, H, true);
-#pragma omp barrier  // the operands and the groups packed, the shares reset
+  team_barrier();  // the operands and the groups packed, the shares reset
   for (int64_t t0 = 0; t0 < T; t0 += saved.window) {
     const int64_t t1 = std::min(T, t0 + saved.window), rows = (t1 - t0) * B, base = t0 * B;
     tm.for_shares(H, [&](const TeamSlice& ts) {
@@ -349,7 +349,7 @@ void windowed_forward(const LayerSaved<float>& saved, const float* x, const Laye
         gemm(Tr::N, Tr::T, r1 - r0, G, I, 1.0f, x + (base + r0) * I, I, w.W_ih, I, 0.0f,
              saved.gates + r0 * G, G);
     });
-#pragma omp barrier  // the window's rows of z (the last window's steps are done: its barrier)
+    team_barrier();  // the window's rows of z (the last window's steps are done: its barrier)
     claimed_steps(saved, w, tm, t0, t1, saved.gates, T, B, H);
   }
 }
@@ -428,7 +428,7 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
   if constexpr (std::is_same_v<Real, float>) {
     if (saved.panels) return claimed_forward(saved, w, tm, T, B, H);
   }
-#pragma omp barrier  // every row of z complete
+  team_barrier();  // every row of z complete
   for (int64_t t = 0; t < T; ++t) {
     Real* zt = z + t * B * G;
     const Real* h_prev = product_input(saved, t, B, H);
@@ -447,7 +447,7 @@ void layer_forward(const LayerSaved<Real>& saved, const Real* x, const LayerWeig
         mask_units(saved.hdseq + (t + 1) * B * H, saved.hseq + (t + 1) * B * H, saved.rec_mask, B,
                    H, j0, n);
     });
-#pragma omp barrier  // h_t complete before any thread's next GEMM reads it
+    team_barrier();  // h_t complete before any thread's next GEMM reads it
   }
 }
 
@@ -487,7 +487,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
                       saved.sseq + t * B * H + j0, unit, H, B, n);
       }
     });
-#pragma omp barrier  // dz_t complete before any thread's GEMM reads it
+    team_barrier();  // dz_t complete before any thread's GEMM reads it
     // z_t = ... + h_{t-1} U^T: dh_{t-1} (recurrent part) = dz_t U, each share's columns.
     tm.for_shares(H, [&](const TeamSlice& ts) {
       if (ts.n() == 0) return;
@@ -507,7 +507,7 @@ void layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_rec,
       tm.for_shares(H, [&](const TeamSlice& ts) {
         bf16_grad_operands(dz, dx != nullptr, saved, x, w, ts, N, B, I, H);
       });
-#pragma omp barrier  // every panel
+      team_barrier();  // every panel
     }
   }
   tm.for_shares(H, [&](const TeamSlice& ts) {

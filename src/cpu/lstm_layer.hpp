@@ -162,9 +162,9 @@ inline int64_t window_steps(int64_t B) {
 template <class Real>
 int64_t panel_floats(int64_t H);
 
-// layer_forward and layer_backward are called by every thread of the team (inside `omp
-// parallel`), each with its place in it (cpu/team.hpp: it runs its shares of every split); they
-// synchronise with `omp barrier`.
+// layer_forward and layer_backward are called by every thread of the team (inside run_team),
+// each with its place in it (cpu/team.hpp: it runs its shares of every split); they synchronise
+// with team_barrier() and the per-step barriers.
 
 // saved.bias = b_ih + b_hh, one share's units.
 template <class Real>

@@ -191,9 +191,8 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
   claims_.reserve(T + 1, S);
   BlasThreads one(1);  // the team is the parallelism; each GEMM inside runs one BLAS thread
   const TeamCall call(forward_tuner_, S, running_cap_, static_cast<double>(N));
-#pragma omp parallel num_threads(call.threads())
-  {
-    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+  run_team(call.threads(), [&] {
+    const TeamMember tm{team_thread(), team_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
       const int64_t I = k == 0 ? X_ : out_width(k - 1), Hk = width(k), Pk = out_width(k);
@@ -204,11 +203,11 @@ void LstmStack<Real>::forward(const Real* x, const LayerWeights<Real>* w, const 
         tm.for_shares(Hk, [&](const TeamSlice& ts) {
           apply_mask_rows(drop_input(k), xk, mask_of(k), Pk, mask_period(), ts.row0(N), ts.row1(N));
         });
-#pragma omp barrier
+        team_barrier();
         xk = drop_input(k);
       }
     }
-  }
+  });
 }
 
 template <class Real>
@@ -220,9 +219,8 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
   reserve_backward();
   BlasThreads one(1);
   const TeamCall call(backward_tuner_, S, running_cap_, static_cast<double>(T * B));
-#pragma omp parallel num_threads(call.threads())
-  {
-    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S,
+  run_team(call.threads(), [&] {
+    const TeamMember tm{team_thread(), team_threads(), S,
                         hooks && hooks->poll ? &hooks->poll : nullptr};
     const Real* dh_out = dh_top;
     Real* dx_buf = dh_a_;
@@ -258,19 +256,19 @@ void LstmStack<Real>::backward(Real* dx, const LayerGrads<Real>* g, const Real* 
         for (int64_t r = 0; r < B && ds0; ++r)
           std::copy_n(ds_ + r * H + ts.j0, ts.n(), ds0 + s_at + r * H + ts.j0);
       });
-#pragma omp barrier  // dx complete, dz free, before the layer below starts
+      team_barrier();  // dx complete, dz free, before the layer below starts
       if (hooks && hooks->layer_done && tm.thread == 0) hooks->layer_done(k);
       if (dropped_ && k > 0) {  // d(dropped input) -> dL/dh of the layer below
         const int64_t N = T * B;
         tm.for_shares(I, [&](const TeamSlice& ts) {
           apply_mask_rows(dxk, dxk, mask_of(k - 1), I, mask_period(), ts.row0(N), ts.row1(N));
         });
-#pragma omp barrier
+        team_barrier();
       }
       dh_out = dxk;
       dx_buf = dx_buf == dh_a_ ? dh_b_ : dh_a_;
     }
-  }
+  });
 }
 
 template <class Real>
@@ -333,9 +331,8 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
   }
   BlasThreads one(1);
   const TeamCall call(infer_tuner_, S, running_cap_, static_cast<double>(T * B));
-#pragma omp parallel num_threads(call.threads())
-  {
-    const TeamMember tm{omp_get_thread_num(), omp_get_num_threads(), S};
+  run_team(call.threads(), [&] {
+    const TeamMember tm{team_thread(), team_threads(), S};
     const Real* xk = x;
     for (int64_t k = 0; k < L_; ++k) {
       const int64_t Hk = width(k), Pk = out_width(k), BP = B * Pk;
@@ -384,10 +381,10 @@ void LstmStack<Real>::infer(const Real* x, const LayerWeights<Real>* w, const Re
                       infer_last_ + h_at + r * Pk + ts.j0);
       });
       // The next layer's s0 goes into the same ring, split by its own width: every copy first.
-#pragma omp barrier
+      team_barrier();
       xk = sv.hseq + BP;  // h_1 .. h_T [T,B,P_k] feed the next layer
     }
-  }
+  });
 }
 
 template class LstmStack<float>;

@@ -172,7 +172,7 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
         bf16_pack_share(b16->u_panels, w.W_hh, P, true, P, G, ts);
         if (w.W_hr) bf16_pack_share(b16->r_panels, w.W_hr, H, true, H, P, ts);
       });
-#pragma omp barrier
+      team_barrier();
     }
   }
   // a step's A operand in bf16: the share's batch rows of step_rows
@@ -184,7 +184,7 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
             G, I, x + r0 * I, I, Tr::T, w.W_ih, I, Real(0), zx + r0 * G, G);
     for (int64_t r = r0; r < r1 && ln; ++r) rx[r] = normalize(zx + r * G, G);
   });
-#pragma omp barrier  // every row of x W_ih^T, the packed bias, h0 and s0 complete
+  team_barrier();  // every row of x W_ih^T, the packed bias, h0 and s0 complete
   // The steps: each share its rows of the batch, every unit, no barrier between steps.
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const int64_t b0 = step_row0<Real>(ts, B), b1 = step_row1<Real>(ts, B), nb = b1 - b0;
@@ -255,7 +255,7 @@ void row_layer_forward(const LayerSaved<Real>& sv, const Real* x, const LayerWei
       }
     }
   });
-#pragma omp barrier  // every row of h before the next layer reads it
+  team_barrier();  // every row of h before the next layer reads it
 }
 
 template <class Real>
@@ -273,8 +273,8 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
   Real* dzh = ln ? sv.ln_dzh : dz;
   const Bf16Buffers* b16 = sv.b16;
   auto step16 = [&](int64_t b0) { return b16 ? b16->step_rows + b0 * G : nullptr; };
-#pragma omp barrier  // dh_rec and ds from the caller (set by units) before rows read them; the
-                     // layer above done with the panels
+  team_barrier();  // dh_rec and ds from the caller (set by units) before rows read them; the
+                   // layer above done with the panels
   if constexpr (std::is_same_v<Real, float>) {
     if (b16) {  // op(W) = W of W_hh [G, P], W_hr [P, H] and W_ih [G, I] (dx) in panels
       tm.for_shares(H, [&](const TeamSlice& ts) {
@@ -282,7 +282,7 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
         if (w.W_hr) bf16_pack_share(b16->r_panels, w.W_hr, H, false, P, H, ts);
         if (dx) bf16_pack_share(b16->w_panels, w.W_ih, I, false, G, I, ts);
       });
-#pragma omp barrier
+      team_barrier();
     }
   }
   tm.for_shares(H, [&](const TeamSlice& ts) {
@@ -365,7 +365,7 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
         for (int64_t i = b0 * P; i < b1 * P; ++i) dh_rec[i] += sv.zone_dh[i];
     }
   });
-#pragma omp barrier  // every row's dL/dz and d(h W_hh^T)
+  team_barrier();  // every row's dL/dz and d(h W_hh^T)
   const LnParams<Real*> dl(g.dln, H);
   const Real* hd = (sv.rec_mask ? sv.hdseq : sv.hseq);  // h_{t-1} as the product read it
   if (b16) {                                            // dW_hh's and dW_hr's operands
@@ -376,7 +376,7 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
       const auto [p0, p1] = grad_rows(b16, P, ts);
       grad_operands(b16, b16->p_blocks, b16->m_panels, p0, p1, H, N, sv.proj_dh, P, sv.mseq, H, ts);
     });
-#pragma omp barrier
+    team_barrier();
   }
   tm.for_shares(H, [&](const TeamSlice& ts) {
     // Each share a range of the 4H gate rows: dW_hh, the biases and the two 4H layer norms'
@@ -414,13 +414,13 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
                   sv.proj_dh, P, sv.mseq, H, g.dW_hr);
     }
   });
-#pragma omp barrier  // dL/dz read by every share above before it is overwritten below
-  if (ln) {          // d(x W_ih^T) through LN(.; g_ih), in place of dL/dz, each share's rows
+  team_barrier();  // dL/dz read by every share above before it is overwritten below
+  if (ln) {        // d(x W_ih^T) through LN(.; g_ih), in place of dL/dz, each share's rows
     tm.for_shares(H, [&](const TeamSlice& ts) {
       for (int64_t r = ts.row0(N); r < ts.row1(N); ++r)
         normalize_backward(dz + r * G, dz + r * G, p.gx, sv.ln_x + r * G, sv.ln_r[r], G);
     });
-#pragma omp barrier
+    team_barrier();
   }
   if (!b16) {
     tm.for_shares(
@@ -433,7 +433,7 @@ void row_layer_backward(Real* dx, const LayerGrads<Real>& g, Real* dz, Real* dh_
     grad_operands(b16, ln ? b16->dz_blocks : nullptr, b16->x_panels, ln ? g0 : 0, ln ? g1 : 0, I, N,
                   dz, G, x, I, ts);
   });
-#pragma omp barrier  // every panel of x
+  team_barrier();  // every panel of x
   tm.for_shares(H, [&](const TeamSlice& ts) {
     const auto [g0, g1] = grad_rows(b16, G, ts);
     weight_grad(b16, b16->dz_blocks, b16->x_panels, g0, g1, I, N, dz, G, x, I, g.dW_ih);

@@ -1,4 +1,4 @@
-// A barrier for the engine's per-step synchronisation inside an OpenMP team: one shared counter
+// A barrier for the engine's synchronisation inside its team (cpu/team.hpp): one shared counter
 // and a generation word, each on its own cache line; waiters spin (with pause), then yield.
 // libgomp's barrier measured ~1.6 us per crossing on this project's 2-core machine against
 // ~0.2 us for this one, and a recurrent layer crosses one at every step (80 per PTB update).

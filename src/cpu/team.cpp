@@ -1,11 +1,19 @@
 #include "cpu/team.hpp"
 
+#include <immintrin.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
+#include <memory>
 #include <mutex>
+#include <thread>
+#include <vector>
+
+#include "cpu/spin_barrier.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -13,7 +21,196 @@ namespace {
 
 std::atomic<IdleProbe> g_probe{&system_idle_cores};
 
+// The team this thread is running a share of, if any.
+struct Place {
+  int thread = 0, threads = 1;
+  SpinBarrier* barrier = nullptr;
+};
+thread_local Place t_place;
+
+// A fork leaves the child only the thread that forked: a pool made before it has no workers
+// there, and the child makes its own.
+std::atomic<uint64_t> g_fork_epoch{0};
+std::once_flag g_atfork_once;
+
+// One calling thread's workers. Each has its own mailbox: the caller writes a job into the
+// mailboxes of the workers it needs and bumps their `posted`; each worker runs what its mailbox
+// holds and adds one to `done_`. Workers a call does not need are not touched.
+class Pool {
+ public:
+  explicit Pool(uint64_t epoch) : epoch_(epoch) {}
+  ~Pool() {
+    for (auto& m : boxes_) {
+      m->stop = true;
+      post(*m);
+    }
+    for (auto& m : boxes_) m->thread.join();
+  }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  uint64_t epoch() const { return epoch_; }
+
+  void run(int n, TeamJob job, void* context) {
+    while (static_cast<int>(boxes_.size()) < n - 1) {
+      boxes_.push_back(std::make_unique<Box>());
+      Box* m = boxes_.back().get();
+      m->thread = std::thread([this, m, id = static_cast<int>(boxes_.size())] { work(*m, id); });
+    }
+    const Clock::time_point start = Clock::now();
+    Site& site = site_of(job);
+    if (last_site_) last_site_->push(std::chrono::duration<double>(start - last_end_).count());
+    const Clock::duration spin = site.spin();
+    done_.store(0, std::memory_order_relaxed);
+    for (int i = 0; i + 1 < n; ++i) {
+      Box& m = *boxes_[static_cast<size_t>(i)];
+      m.job = job, m.context = context, m.threads = n, m.spin = spin;
+      post(m);
+    }
+    const Place outer = t_place;
+    t_place = {0, n, &barrier_};
+    job(context);
+    t_place = outer;
+    // The workers are on their cores (they spin at the team's barriers): wait for them likewise.
+    for (int spins = 0; done_.load(std::memory_order_acquire) != n - 1; ++spins) {
+      if (spins < kSpins)
+        _mm_pause();
+      else
+        std::this_thread::yield();
+    }
+    last_site_ = &site, last_end_ = Clock::now();
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr int kSpins = 1 << 14;
+
+  // How long the workers spin after a call, chosen per call site (the job's function) from the
+  // gaps that followed its last calls: about 1.5 times the usual gap where that is at most
+  // kMaxSpin (the next call finds them awake: waking a sleeping thread costs tens of
+  // microseconds, and on some virtual machines milliseconds), else kMinSpin (the caller has
+  // other work first, such as PyTorch's layers between an LSTM's forward and its backward; a
+  // spinning worker would take a core from it). A site not seen yet: kFirstSpin.
+  static constexpr auto kMinSpin = std::chrono::microseconds(50);
+  static constexpr auto kFirstSpin = std::chrono::microseconds(1000);
+  static constexpr auto kMaxSpin = std::chrono::microseconds(5000);
+  struct Site {
+    TeamJob job = nullptr;
+    double gaps[3] = {};  // seconds, a ring
+    int n = 0, pos = 0;
+    void push(double gap) {
+      gaps[pos++ % 3] = gap;
+      n = std::min(n + 1, 3);
+    }
+    Clock::duration spin() const {
+      if (n == 0) return kFirstSpin;
+      const double a = gaps[0], b = gaps[1], c = gaps[2];
+      const double usual = n < 3 ? std::min(a, n == 2 ? b : a)
+                                 : std::max(std::min(a, b), std::min(std::max(a, b), c));
+      const auto want =
+          std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.5 * usual)) +
+          kMinSpin;
+      return want <= kMaxSpin ? want : Clock::duration(kMinSpin);
+    }
+  };
+  Site& site_of(TeamJob job) {
+    for (Site& s : sites_)
+      if (s.job == job) return s;
+    Site& s = sites_[next_site_++ % sites_.size()];  // a new site takes the oldest one's place
+    if (&s == last_site_) last_site_ = nullptr;
+    s = Site{job};
+    return s;
+  }
+
+  struct alignas(64) Box {
+    std::atomic<uint32_t> posted{0};
+    std::atomic<bool> asleep{false};
+    TeamJob job = nullptr;
+    void* context = nullptr;
+    int threads = 1;
+    Clock::duration spin{};
+    bool stop = false;
+    std::thread thread;
+  };
+
+  static void post(Box& m) {
+    m.posted.fetch_add(1, std::memory_order_seq_cst);  // publishes the mailbox's job
+    if (m.asleep.load(std::memory_order_seq_cst)) m.posted.notify_one();
+  }
+
+  void work(Box& m, int id) {
+    Clock::duration spin = kFirstSpin;
+    for (uint32_t seen = 0;;) {
+      seen = await(m, seen, spin);
+      if (m.stop) return;
+      t_place = {id, m.threads, &barrier_};
+      m.job(m.context);
+      t_place = {};
+      spin = m.spin;  // read before the caller may post again (after done_)
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  // Spin up to `spin` for a new post, then sleep until one comes.
+  static uint32_t await(Box& m, uint32_t seen, Clock::duration spin) {
+    Clock::time_point start = Clock::now();
+    for (uint32_t spins = 1;; ++spins) {
+      const uint32_t p = m.posted.load(std::memory_order_acquire);
+      if (p != seen) return p;
+      if (spins % 256 != 0 || Clock::now() - start < spin) {
+        _mm_pause();
+        continue;
+      }
+      m.asleep.store(true, std::memory_order_seq_cst);
+      m.posted.wait(seen, std::memory_order_seq_cst);
+      m.asleep.store(false, std::memory_order_relaxed);
+      start = Clock::now();
+    }
+  }
+
+  uint64_t epoch_;
+  std::vector<std::unique_ptr<Box>> boxes_;
+  std::array<Site, 16> sites_{};
+  size_t next_site_ = 0;
+  Site* last_site_ = nullptr;  // the last call's site, and when it ended
+  Clock::time_point last_end_;
+  alignas(64) std::atomic<int> done_{0};
+  SpinBarrier barrier_;
+};
+
+Pool& this_threads_pool() {
+  std::call_once(g_atfork_once,
+                 [] { pthread_atfork(nullptr, nullptr, [] { g_fork_epoch.fetch_add(1); }); });
+  thread_local std::unique_ptr<Pool> pool;
+  const uint64_t epoch = g_fork_epoch.load();
+  if (pool && pool->epoch() != epoch)
+    (void)pool.release();  // its threads are not in this process: nothing to join or free safely
+  if (!pool) pool = std::make_unique<Pool>(epoch);
+  return *pool;
+}
+
 }  // namespace
+
+void run_team_job(int threads, TeamJob job, void* context) {
+  if (threads <= 1 || t_place.threads > 1 || t_place.barrier) {  // alone, or nested: inline
+    const Place outer = t_place;
+    t_place = {0, 1, nullptr};
+    job(context);
+    t_place = outer;
+    return;
+  }
+  this_threads_pool().run(threads, job, context);
+}
+
+int team_thread() {
+  return t_place.thread;
+}
+int team_threads() {
+  return t_place.threads;
+}
+void team_barrier() {
+  if (t_place.threads > 1) t_place.barrier->wait(t_place.threads);
+}
 
 double system_idle_cores() {
   using Clock = std::chrono::steady_clock;

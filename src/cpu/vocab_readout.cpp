@@ -6,6 +6,7 @@
 
 #include "cpu/panel_gemm.hpp"
 #include "cpu/simd_math.hpp"
+#include "cpu/team.hpp"
 
 namespace lstmgrad::cpu {
 
@@ -239,7 +240,7 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
     pack_h(h, N, H, Np, split(np, id, nt), split(np, id + 1, nt), hT_, hp_);
   bf16_t* w16 = bf16_ ? w16_ + id * kChunk * Hp : nullptr;
   work_.reset(0, id, nt, nc);
-#pragma omp barrier
+  team_barrier();
   // While a chunk's statistics run, the rows of W of the chunk after it (usually this thread's
   // next) are fetched, an equal share of its lines per token panel.
   for (int64_t ch = work_.take(0, id, nt); ch >= 0; ch = work_.take(0, id, nt)) {
@@ -262,7 +263,7 @@ void VocabReadout::forward(int id, int nt, const float* h, const float* W, const
       chunk_stats(z + p * kChunk * kW, rows, max_ + ch * Np + p * kW, sum_ + ch * Np + p * kW);
     }
   }
-#pragma omp barrier
+  team_barrier();
   // log-sum-exp of each position over the chunks, and its loss.
   for (int64_t p = split(np, id, nt); p < split(np, id + 1, nt); ++p) {
     combine_stats(max_ + p * kW, sum_ + p * kW, nc, Np, lse_ + p * kW);
@@ -280,7 +281,7 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
   bf16_t* gp16 = bf16_ ? gp16_ + id * np * bf16_panel_size(kChunk) : nullptr;
   bf16_t* wp16 = bf16_ ? wp16_ + id * kChunk * H : nullptr;
   work_.reset(1, id, nt, ng);  // this team's shares of the groups (forward's may have been another)
-#pragma omp barrier
+  team_barrier();
   for (int64_t grp = work_.take(1, id, nt); grp >= 0; grp = work_.take(1, id, nt)) {
     float* dhT = dhT_ + grp * H * Np;
     const int64_t c0 = group_start(grp, nc, ng), c1 = group_start(grp + 1, nc, ng);
@@ -320,7 +321,7 @@ void VocabReadout::backward(int id, int nt, float scale, const float* W, const i
         panel_tiles(H, rows, AForm::cols, W + va * H, H, g, gs, Np, dhT, Np, kW, start, nullptr);
     }
   }
-#pragma omp barrier
+  team_barrier();
   // dh = the groups' dh^T summed in group order, this thread's token panels.
   sum_transpose(dhT_, ng, H, Np, N, split(np, id, nt), split(np, id + 1, nt), tmp_ + id * kW * kW,
                 dh);

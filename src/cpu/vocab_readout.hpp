@@ -50,8 +50,8 @@ class VocabReadout {
   bool bf16() const { return bf16_; }
 
   // Both are called by every thread of one team (thread `id` of `nt`, nt <= the reserved team),
-  // with the same arguments; they synchronise with OpenMP barriers inside. The calling parallel
-  // region's end is the barrier after them. One object serves one team at a time.
+  // with the same arguments; they synchronise with team_barrier() inside (cpu/team.hpp). The
+  // end of the calling run_team is the barrier after them. One object serves one team at a time.
   //
   // forward: h [N,H], W [V,H], c [V], y [N] class targets in [0, V). Writes row_loss[n] =
   // -log softmax(h_n W^T + c)[y_n] and keeps what backward and probs need.

@@ -35,8 +35,11 @@ void scale_in_place(std::span<Real> g, double factor) {
   const size_t n = g.size();
   thread_local cpu::TeamTuner tuner;
   const cpu::TeamCall team = pass_team(tuner, n);
-#pragma omp parallel for num_threads(team.threads()) schedule(static)
-  for (size_t k = 0; k < n; ++k) v[k] *= c;
+  cpu::run_team(team.threads(), [&] {
+    const size_t nt = static_cast<size_t>(cpu::team_threads()),
+                 id = static_cast<size_t>(cpu::team_thread());
+    for (size_t k = n * id / nt; k < n * (id + 1) / nt; ++k) v[k] *= c;
+  });
 }
 
 // `zero` must be sorted, disjoint and inside [0, n): a range out of place would skip elements
@@ -86,8 +89,8 @@ void for_kept_runs(size_t begin, size_t end, std::span<const ElementRange> zero,
 ElementRange thread_part(size_t n, std::span<const ElementRange> zero) {
   size_t kept = n;
   for (const ElementRange& r : zero) kept -= r.end - r.begin;
-  const size_t nt = static_cast<size_t>(omp_get_num_threads());
-  const size_t id = static_cast<size_t>(omp_get_thread_num());
+  const size_t nt = static_cast<size_t>(cpu::team_threads());
+  const size_t id = static_cast<size_t>(cpu::team_thread());
   // Where the k-th element outside `zero` is.
   auto position = [&](size_t k) {
     size_t pos = 0, seen = 0;  // kept elements before pos
@@ -117,8 +120,7 @@ double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero) {
   // order; then the blocks in order. The order is fixed by the code, not by the team.
   thread_local cpu::TeamTuner tuner;
   const cpu::TeamCall team = pass_team(tuner, n);
-#pragma omp parallel num_threads(team.threads())
-  {
+  cpu::run_team(team.threads(), [&] {
     const ElementRange part = thread_part(n, zero);  // the blocks that start in it
     const size_t b1 = (part.end + kNormBlock - 1) / kNormBlock;
     for (size_t b = (part.begin + kNormBlock - 1) / kNormBlock; b < b1; ++b) {
@@ -129,7 +131,7 @@ double grad_norm(std::span<const Real> g, std::span<const ElementRange> zero) {
       for (double x : lane) sum += x;
       sums[b] = sum;
     }
-  }
+  });
   double sq = 0;
   for (double x : block_sum) sq += x;
   return std::sqrt(sq);
@@ -228,13 +230,12 @@ void sgd_pass(std::span<Real> params, std::span<Real> grad, Real* ax, Real a, Re
   Real* g = grad.data();
   const size_t n = params.size();
   const cpu::TeamCall team = pass_team(tuner, n);
-#pragma omp parallel num_threads(team.threads())
-  {
+  cpu::run_team(team.threads(), [&] {
     const ElementRange part = thread_part(n, zero);
     for_kept_runs(part.begin, part.end, zero, [=](size_t k0, size_t k1) {
       sgd_run<Real, kScaled, kDecay, kAverage>(p, g, ax, k0, k1, a, c, w, mu, copy);
     });
-  }
+  });
 }
 
 }  // namespace
