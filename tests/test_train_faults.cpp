@@ -14,6 +14,7 @@
 
 #include "cli_runner.hpp"
 #include "lstmgrad/safetensors.hpp"
+#include "sanitizers.hpp"
 #include "temp_dir.hpp"
 #include "tensor_files.hpp"
 
@@ -21,18 +22,6 @@ namespace lstmgrad::test {
 namespace {
 
 namespace fs = std::filesystem;
-
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
 
 struct Text {
   TempDir dir;

@@ -4,11 +4,11 @@
 #                                           every fuzzer's committed corpus replayed (CTests
 #                                           fuzz_corpus_*), then tools/fuzz.sh for FUZZ_SECONDS
 #                                           (default 30) per reader.
-#   tools/sanitize.sh thread [BUILD_DIR]    TSan (clang): the tests, with OpenMP's synchronisation
-#                                           made visible to TSan by LLVM's Archer tool (libomp's
-#                                           OMPT interface), so that the thread team, the spin
-#                                           barrier, the claimed ranges and the readout are
-#                                           checked, not drowned in reports about the runtime.
+#   tools/sanitize.sh thread [BUILD_DIR]    TSan (clang): the tests: the engine's team (its own
+#                                           threads and atomics: the pool's hand-over, the spin
+#                                           barrier, the claimed ranges, the readout), with
+#                                           OpenMP's synchronisation, where code still uses it,
+#                                           made visible by LLVM's Archer tool (libomp's OMPT).
 # Environment: FUZZ_SECONDS; LSTMGRAD_CMAKE_FLAGS (extra configure flags).
 set -euo pipefail
 kind=$1
