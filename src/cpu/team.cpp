@@ -33,6 +33,12 @@ thread_local Place t_place;
 std::atomic<uint64_t> g_fork_epoch{0};
 std::once_flag g_atfork_once;
 
+// A team's share of a call. As in an OpenMP region, an exception may not leave it: the other
+// threads would wait for this one at the team's barriers, or run on after the call returned.
+void run_share(TeamJob job, void* context) noexcept {
+  job(context);
+}
+
 // One calling thread's workers. Each has its own mailbox: the caller writes a job into the
 // mailboxes of the workers it needs and bumps their `posted`; each worker runs what its mailbox
 // holds and adds one to `done_`. Workers a call does not need are not touched.
@@ -69,7 +75,7 @@ class Pool {
     }
     const Place outer = t_place;
     t_place = {0, n, &barrier_};
-    job(context);
+    run_share(job, context);
     t_place = outer;
     // The workers are on their cores (they spin at the team's barriers): wait for them likewise.
     for (int spins = 0; done_.load(std::memory_order_acquire) != n - 1; ++spins) {
@@ -144,7 +150,7 @@ class Pool {
       seen = await(m, seen, spin);
       if (m.stop) return;
       t_place = {id, m.threads, &barrier_};
-      m.job(m.context);
+      run_share(m.job, m.context);
       t_place = {};
       spin = m.spin;  // read before the caller may post again (after done_)
       done_.fetch_add(1, std::memory_order_release);

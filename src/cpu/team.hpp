@@ -22,11 +22,12 @@ namespace lstmgrad::cpu {
 // SpinBarrier: it spins, then yields, and never sleeps). Called inside a team, or with n <= 1,
 // it runs f() on the calling thread alone.
 //
-// A worker that has finished spins about a millisecond for the next call (the engine's calls
-// follow one another closely: forward, readout, backward, the update), then sleeps until one
-// comes. OpenMP's runtime (libgomp) spins for several milliseconds, on the cores the caller's
-// next work needs: in a PyTorch training step it made the GEMM after the LSTM 20-25% slower.
-// f must not throw (as in an OpenMP region, an exception that leaves it ends the process).
+// A worker that has finished spins for the next call about as long as the gap after that call
+// site usually is (the engine's calls follow one another closely: forward, readout, backward,
+// the update), at most 5 ms, then sleeps until one comes. OpenMP's runtime (libgomp) spins for
+// several milliseconds whatever follows, on the cores the caller's next work needs: in a PyTorch
+// training step it made the GEMM after the LSTM 20-25% slower. f must not throw: on a team of
+// several threads, as in an OpenMP region, an exception that leaves it ends the process.
 using TeamJob = void (*)(void* context);
 void run_team_job(int threads, TeamJob job, void* context);
 template <class F>
