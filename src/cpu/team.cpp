@@ -58,10 +58,13 @@ class Pool {
   uint64_t epoch() const { return epoch_; }
 
   void run(int n, TeamJob job, void* context) {
-    while (static_cast<int>(boxes_.size()) < n - 1) {
-      boxes_.push_back(std::make_unique<Box>());
-      Box* m = boxes_.back().get();
-      m->thread = std::thread([this, m, id = static_cast<int>(boxes_.size())] { work(*m, id); });
+    if (static_cast<int>(boxes_.size()) < n - 1) boxes_.reserve(static_cast<size_t>(n - 1));
+    while (static_cast<int>(boxes_.size()) < n - 1) {  // a worker counts once its thread runs
+      auto box = std::make_unique<Box>();
+      Box* m = box.get();
+      const int id = static_cast<int>(boxes_.size()) + 1;
+      m->thread = std::thread([this, m, id] { work(*m, id); });  // may throw: nothing is kept
+      boxes_.push_back(std::move(box));                          // cannot throw: reserved
     }
     const Clock::time_point start = Clock::now();
     Site& site = site_of(job);
