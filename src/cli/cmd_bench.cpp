@@ -178,7 +178,8 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--running", a->o.running,
                   "Threads that run the --threads shares (fewer: the same bits, the team a busy "
-                  "machine falls back to); 0: one per share")
+                  "machine falls back to); 0: one per share where --threads pins them, else as the "
+                  "default team chooses")
       ->check(CLI::Range(0, 1024))
       ->capture_default_str();
   cmd->add_option("--runs", a->o.runs, "Timed runs (the median is reported)")

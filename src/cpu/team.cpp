@@ -201,7 +201,7 @@ Pool& this_threads_pool() {
 }  // namespace
 
 void run_team_job(int threads, TeamJob job, void* context) {
-  if (threads <= 1 || t_place.threads > 1 || t_place.barrier) {  // alone, or nested: inline
+  if (threads <= 1 || t_place.barrier) {  // alone, or inside a team (nested): inline
     const Place outer = t_place;
     t_place = {0, 1, nullptr};
     job(context);
