@@ -305,6 +305,56 @@ TEST(stack, rejects_bad_arguments) {
                std::invalid_argument);
 }
 
+TEST(stack, projection_sizes_and_checks) {
+  // nn.LSTM's proj_size: 0 < P < H; h (y, h0, h_n) P wide, s H wide, weight_hr [P,H] per layer.
+  EXPECT_THROW(Lstm<double>(3, 4, 2, 4), InputError);
+  EXPECT_THROW(Lstm<double>(3, 4, 2, -1), InputError);
+  EXPECT_THROW(BidirectionalLstm<double>(3, 4, 2, 5), InputError);
+  const int64_t X = 3, H = 4, L = 2, P = 2, T = 3, B = 2;
+  Lstm<double> lstm(X, H, L, P);
+  EXPECT_EQ(lstm.proj_size(), P);
+  EXPECT_EQ(lstm.output_size(), P);
+  EXPECT_EQ(Lstm<double>(X, H, L).output_size(), H);
+  const auto layout = lstm_parameter_layout(X, H, L, true, P);
+  ASSERT_EQ(layout.size(), 10u);
+  EXPECT_EQ(layout[1].shape, (std::vector<int64_t>{4 * H, P}));  // weight_hh_l0
+  EXPECT_EQ(layout[4].name, "weight_hr_l0");
+  EXPECT_EQ(layout[4].shape, (std::vector<int64_t>{P, H}));
+  EXPECT_EQ(layout[5].shape, (std::vector<int64_t>{4 * H, P}));  // weight_ih_l1 reads h_0's P
+  EXPECT_EQ(lstm_parameter_layout(X, H, L, false, P)[2].name, "weight_hr_l0");
+  size_t n = 0;
+  for (const ParamInfo& q : layout) n += q.size;
+  std::vector<double> params(n, 0.1), grad(n), x(T * B * X, 0.5), y(T * B * P);
+  std::vector<double> h_n(L * B * P), s_n(L * B * H), dh0(L * B * P), ds0(L * B * H);
+  auto w = lstm_layer_weights<double>(params, X, H, L, P);
+  auto g = lstm_layer_grads<double>(grad, X, H, L, P);
+  ASSERT_NE(w[1].weight_hr, nullptr);
+  lstm.forward(x.data(), w, nullptr, nullptr, T, B, y.data(), h_n.data(), s_n.data());
+  for (int64_t i = 0; i < B * P; ++i)  // the top layer's h_n is its last output
+    EXPECT_EQ(h_n[(L - 1) * B * P + i], y[(T - 1) * B * P + i]);
+  lstm.backward(y.data(), nullptr, nullptr, x.data(), w, g, nullptr, dh0.data(), ds0.data());
+  double hr = 0;
+  for (size_t i = layout[4].offset; i < layout[4].offset + layout[4].size; ++i)
+    hr += grad[i] * grad[i];
+  EXPECT_GT(hr, 0);  // weight_hr's gradient was written
+  auto missing = w;
+  missing[0].weight_hr = nullptr;
+  EXPECT_THROW(lstm.forward(x.data(), missing, nullptr, nullptr, T, B, y.data(), nullptr, nullptr),
+               std::invalid_argument);
+  auto no_grad = g;
+  no_grad[1].weight_hr = nullptr;
+  EXPECT_THROW(
+      lstm.backward(y.data(), nullptr, nullptr, x.data(), w, no_grad, nullptr, nullptr, nullptr),
+      std::invalid_argument);
+  Lstm<double> plain(X, H, 1);  // a weight_hr given to a stack without a projection
+  std::vector<double> p1(parameter_count({InputKind::dense, Readout::identity, H, X, H, 1}));
+  auto w1 = lstm_layer_weights<double>(p1, X, H, 1);
+  w1[0].weight_hr = params.data();
+  std::vector<double> y1(T * B * H);
+  EXPECT_THROW(plain.forward(x.data(), w1, nullptr, nullptr, T, B, y1.data(), nullptr, nullptr),
+               std::invalid_argument);
+}
+
 // A packed batch (forward_packed): sequences of lengths `len` (non-increasing) taken from the
 // padded problem p ([T,B,...] with T = len[0]): each sequence's rows at the steps it is active.
 struct Packed {
@@ -511,24 +561,27 @@ void check_golden(const std::string& name, double tol) {
   auto size = [&](const char* key) { return std::stoll(f.metadata.at(key)); };
   const int64_t T = size("T"), B = size("B"), X = size("X"), H = size("H"), L = size("L"),
                 D = size("D"), U = L * D;
+  const int64_t P = f.metadata.count("P") ? size("P") : 0, R = P > 0 ? P : H;  // h's width
   // Weights and gradients per unit k * D + d (nn.LSTM's order).
-  const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+  const int64_t per = P > 0 ? 5 : 4;
   std::vector<std::vector<Real>> wt, gt;
   std::vector<std::string> names;
   for (int64_t k = 0; k < L; ++k)
     for (int64_t d = 0; d < D; ++d)
-      for (const char* kind : kinds) {
-        names.push_back(std::string(kind) + "_l" + std::to_string(k) + (d ? "_reverse" : ""));
+      for (int64_t i = 0; i < per; ++i) {
+        names.push_back(std::string(kinds[i]) + "_l" + std::to_string(k) + (d ? "_reverse" : ""));
         wt.push_back(cast<Real>(get("param." + names.back())));
         gt.emplace_back(wt.back().size(), Real(0));
       }
   std::vector<LstmLayerWeights<Real>> w;
   std::vector<LstmLayerGrads<Real>> g;
   for (int64_t u = 0; u < U; ++u) {
-    w.push_back(
-        {wt[4 * u].data(), wt[4 * u + 1].data(), wt[4 * u + 2].data(), wt[4 * u + 3].data()});
-    g.push_back(
-        {gt[4 * u].data(), gt[4 * u + 1].data(), gt[4 * u + 2].data(), gt[4 * u + 3].data()});
+    const int64_t o = per * u;
+    w.push_back({wt[o].data(), wt[o + 1].data(), wt[o + 2].data(), wt[o + 3].data(),
+                 P > 0 ? wt[o + 4].data() : nullptr});
+    g.push_back({gt[o].data(), gt[o + 1].data(), gt[o + 2].data(), gt[o + 3].data(),
+                 P > 0 ? gt[o + 4].data() : nullptr});
   }
   // The rows: every (t, b) of the padded tensors, or only those before each sequence's end.
   std::vector<int64_t> lengths(static_cast<size_t>(B), T), bs;
@@ -548,14 +601,15 @@ void check_golden(const std::string& name, double tol) {
   };
   const bool packed = f.find("lengths") != nullptr;
   const auto x = cast<Real>(pick(get("input"), X)),
-             gy = cast<Real>(pick(get("grad_output"), D * H));
+             gy = cast<Real>(pick(get("grad_output"), D * R));
   const auto ghn = cast<Real>(get("grad_h_n")), gcn = cast<Real>(get("grad_c_n"));
   std::vector<Real> h0, s0;
   if (f.find("h0")) h0 = cast<Real>(get("h0")), s0 = cast<Real>(get("c0"));
   const Real* h0p = h0.empty() ? nullptr : h0.data();
   const Real* s0p = s0.empty() ? nullptr : s0.data();
-  const size_t N = rows.size(), state = static_cast<size_t>(U * B * H);
-  std::vector<Real> y(N * D * H), hn(state), cn(state), dx(x.size()), dh0(state), ds0(state);
+  const size_t N = rows.size(), hstate = static_cast<size_t>(U * B * R),
+               sstate = static_cast<size_t>(U * B * H);
+  std::vector<Real> y(N * D * R), hn(hstate), cn(sstate), dx(x.size()), dh0(hstate), ds0(sstate);
   auto run = [&](auto& lstm) {
     if (packed)
       lstm.forward_packed(x.data(), w, h0p, s0p, bs, y.data(), hn.data(), cn.data());
@@ -565,14 +619,14 @@ void check_golden(const std::string& name, double tol) {
                   ds0.data());
   };
   if (D == 1) {
-    Lstm<Real> lstm(X, H, L);
+    Lstm<Real> lstm(X, H, L, P);
     run(lstm);
   } else {
-    BidirectionalLstm<Real> lstm(X, H, L);
+    BidirectionalLstm<Real> lstm(X, H, L, P);
     run(lstm);
   }
   auto d = [](const std::vector<Real>& v) { return std::vector<double>(v.begin(), v.end()); };
-  EXPECT_TRUE(close("output", d(y), pick(get("output"), D * H), tol));
+  EXPECT_TRUE(close("output", d(y), pick(get("output"), D * R), tol));
   EXPECT_TRUE(close("h_n", d(hn), get("h_n"), tol));
   EXPECT_TRUE(close("c_n", d(cn), get("c_n"), tol));
   EXPECT_TRUE(close("grad.input", d(dx), pick(get("grad.input"), X), tol));
@@ -582,8 +636,10 @@ void check_golden(const std::string& name, double tol) {
     EXPECT_TRUE(close("grad." + names[i], d(gt[i]), get("grad." + names[i]), tol));
 }
 
-const char* const kGoldenCases[] = {"one_layer_state",   "two_layers",    "three_layers_long",
-                                    "packed_two_layers", "bidirectional", "bidirectional_packed"};
+const char* const kGoldenCases[] = {
+    "one_layer_state",   "two_layers",    "three_layers_long",
+    "packed_two_layers", "bidirectional", "bidirectional_packed",
+    "proj_two_layers",   "proj_packed",   "proj_bidirectional_packed"};
 
 TEST(stack, matches_pytorch_golden) {
   // float64 against float64: both sum in different orders, so agreement to ~1e-12 relative.

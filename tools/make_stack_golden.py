@@ -9,9 +9,11 @@ Python in CI.
 Each file holds the problem (input [T,B,X], h0/c0 [L,B,H] when given, every parameter as
 param.<nn.LSTM name>, the gradients flowing in: grad_output [T,B,H], grad_h_n, grad_c_n) and
 PyTorch's results (output, h_n, c_n, grad.input, grad.h0, grad.c0, grad.<name>); metadata T, B,
-X, H, L, D (directions). Cases with `lengths` ran as a PackedSequence: their tensors are padded
-(zeros, and no gradient, past each sequence's end). States are [L*D,B,H], outputs [T,B,D*H]. The loss differentiated is sum(grad_output * output) + sum(grad_h_n * h_n) +
-sum(grad_c_n * c_n). Seeded: a rerun writes the same bytes on the same torch.
+X, H, L, D (directions), P (proj_size, 0: none). Cases with `lengths` ran as a PackedSequence:
+their tensors are padded (zeros, and no gradient, past each sequence's end). With R = P or H,
+h states are [L*D,B,R], c states [L*D,B,H], outputs [T,B,D*R]. The loss differentiated is
+sum(grad_output * output) + sum(grad_h_n * h_n) + sum(grad_c_n * c_n). Seeded: a rerun writes
+the same bytes on the same torch.
 """
 
 import argparse
@@ -27,7 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "tests", "data", "golden_stack")
 
 # name, T, B, X, H, L, initial state given; optional: bidirectional, lengths (a PackedSequence:
-# non-increasing lengths per sequence, padded tensors in the file, zeros where padded)
+# non-increasing lengths per sequence, padded tensors in the file, zeros where padded), P
+# (proj_size)
 CASES = [
     dict(name="one_layer_state", T=4, B=3, X=5, H=4, L=1, state=True),
     dict(name="two_layers", T=6, B=2, X=3, H=5, L=2, state=False),
@@ -36,6 +39,10 @@ CASES = [
     dict(name="bidirectional", T=5, B=3, X=3, H=4, L=2, state=True, bidirectional=True),
     dict(name="bidirectional_packed", T=6, B=4, X=2, H=3, L=2, state=False, bidirectional=True,
          lengths=[6, 4, 3, 1]),
+    dict(name="proj_two_layers", T=6, B=3, X=4, H=5, L=2, state=True, P=3),
+    dict(name="proj_packed", T=5, B=3, X=3, H=4, L=2, state=True, P=2, lengths=[5, 3, 2]),
+    dict(name="proj_bidirectional_packed", T=5, B=3, X=2, H=5, L=2, state=True, P=3,
+         bidirectional=True, lengths=[5, 4, 1]),
 ]
 
 
@@ -43,21 +50,23 @@ def make_case(c, seed):
     torch.manual_seed(seed)
     T, B, X, H, L = c["T"], c["B"], c["X"], c["H"], c["L"]
     D = 2 if c.get("bidirectional") else 1
-    lstm = torch.nn.LSTM(X, H, L, bidirectional=D == 2).double()
+    P = c.get("P", 0)
+    R = P or H  # h's width
+    lstm = torch.nn.LSTM(X, H, L, bidirectional=D == 2, proj_size=P).double()
     with torch.no_grad():
         for p in lstm.parameters():
             p.uniform_(-0.8, 0.8)
     x = torch.empty(T, B, X, dtype=torch.float64).uniform_(-1, 1).requires_grad_()
     if c["state"]:
-        h0 = torch.empty(L * D, B, H, dtype=torch.float64).uniform_(-0.5, 0.5)
+        h0 = torch.empty(L * D, B, R, dtype=torch.float64).uniform_(-0.5, 0.5)
         c0 = torch.empty(L * D, B, H, dtype=torch.float64).uniform_(-0.5, 0.5)
     else:
-        h0 = torch.zeros(L * D, B, H, dtype=torch.float64)
+        h0 = torch.zeros(L * D, B, R, dtype=torch.float64)
         c0 = torch.zeros(L * D, B, H, dtype=torch.float64)
     h0.requires_grad_()
     c0.requires_grad_()
-    gy = torch.empty(T, B, D * H, dtype=torch.float64).uniform_(-1, 1)
-    ghn = torch.empty(L * D, B, H, dtype=torch.float64).uniform_(-1, 1)
+    gy = torch.empty(T, B, D * R, dtype=torch.float64).uniform_(-1, 1)
+    ghn = torch.empty(L * D, B, R, dtype=torch.float64).uniform_(-1, 1)
     gcn = torch.empty(L * D, B, H, dtype=torch.float64).uniform_(-1, 1)
     lengths = c.get("lengths")
     if lengths:
@@ -81,7 +90,7 @@ def make_case(c, seed):
         t["param." + name] = p.detach()
         t["grad." + name] = p.grad
     meta = {k: str(c[k]) for k in ("T", "B", "X", "H", "L")}
-    meta["D"] = str(D)
+    meta["D"], meta["P"] = str(D), str(P)
     meta["torch"] = torch.__version__
     return {k: v.contiguous().numpy() for k, v in t.items()}, meta
 

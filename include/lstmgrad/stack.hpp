@@ -14,6 +14,10 @@
 // Weights per layer are PyTorch's tensors (weight_ih_l{k} [G,in], weight_hh_l{k} [G,H],
 // bias_ih_l{k}, bias_hh_l{k} [G], rows [V_i; V_f; V_a; V_o], PyTorch's i, f, g, o); in = X for
 // layer 0 and H above. Float64 is the reference path; float32 takes the fast fused kernels.
+//
+// With a projection (nn.LSTM's proj_size P, 0 < P < H: LSTMP, Sak et al. 2014) every layer's h
+// is (o * tanh(s)) W_hr^T, P wide, with weight_hr_l{k} [P,H]: y [T,B,P], h0 and h_n [L,B,P]
+// (s0 and s_n stay [L,B,H]), weight_hh_l{k} [G,P], and layers above the first read P inputs.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -32,6 +36,7 @@ struct LstmLayerWeights {
   const Real* weight_hh = nullptr;  // [G,H]
   const Real* bias_ih = nullptr;    // [G] or null
   const Real* bias_hh = nullptr;    // [G] or null
+  const Real* weight_hr = nullptr;  // [P,H] with a projection, else null
 };
 
 // One layer's gradients, accumulated (+=; the caller zeroes them). A null bias gradient is not
@@ -42,24 +47,28 @@ struct LstmLayerGrads {
   Real* weight_hh = nullptr;  // [G,H]
   Real* bias_ih = nullptr;    // [G] or null
   Real* bias_hh = nullptr;    // [G] or null
+  Real* weight_hr = nullptr;  // [P,H] with a projection, else null
 };
 
 // The flat layout of a stack's parameters, nn.LSTM's order and names: weight_ih_l0,
-// weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l1, ... (bias = false: the weights only).
-std::vector<ParamInfo> lstm_parameter_layout(int64_t X, int64_t H, int64_t L, bool bias = true);
+// weight_hh_l0, bias_ih_l0, bias_hh_l0[, weight_hr_l0], weight_ih_l1, ... (bias = false: the
+// weights only; proj = P > 0: with the projections).
+std::vector<ParamInfo> lstm_parameter_layout(int64_t X, int64_t H, int64_t L, bool bias = true,
+                                             int64_t proj = 0);
 // Every layer's tensors inside a flat vector in that layout (bias = true).
 template <class Real>
 std::vector<LstmLayerWeights<Real>> lstm_layer_weights(std::span<const Real> flat, int64_t X,
-                                                       int64_t H, int64_t L);
+                                                       int64_t H, int64_t L, int64_t proj = 0);
 template <class Real>
 std::vector<LstmLayerGrads<Real>> lstm_layer_grads(std::span<Real> flat, int64_t X, int64_t H,
-                                                   int64_t L);
+                                                   int64_t L, int64_t proj = 0);
 
 template <class Real>
 class Lstm {
  public:
-  // Throws InputError for sizes out of range (X, H >= 1, L >= 1, the limits of validate_config).
-  Lstm(int64_t X, int64_t H, int64_t L);
+  // Throws InputError for sizes out of range (X, H >= 1, L >= 1, the limits of validate_config;
+  // proj: 0, none, or 1 <= P < H, as nn.LSTM's proj_size).
+  Lstm(int64_t X, int64_t H, int64_t L, int64_t proj = 0);
   ~Lstm();
   Lstm(Lstm&&) noexcept;
   Lstm& operator=(Lstm&&) noexcept;
@@ -74,6 +83,8 @@ class Lstm {
   int64_t input_size() const;
   int64_t hidden_size() const;
   int64_t num_layers() const;
+  int64_t proj_size() const;    // P, 0 without a projection
+  int64_t output_size() const;  // the width of y and h: P with a projection, else H
 
   // Dropout between layers, as nn.LSTM's dropout in training: layer k+1 reads layer k's output
   // times a mask (1/(1-p) with probability 1-p, else 0), never the recurrent h or s, and not the
@@ -129,7 +140,8 @@ class Lstm {
 template <class Real>
 class BidirectionalLstm {
  public:
-  BidirectionalLstm(int64_t X, int64_t H, int64_t L);  // InputError for bad sizes
+  // InputError for bad sizes; proj as Lstm's (each direction's h is P wide, y [T,B,2P]).
+  BidirectionalLstm(int64_t X, int64_t H, int64_t L, int64_t proj = 0);
   ~BidirectionalLstm();
   BidirectionalLstm(BidirectionalLstm&&) noexcept;
   BidirectionalLstm& operator=(BidirectionalLstm&&) noexcept;

@@ -30,7 +30,7 @@ _BIDIRECTIONAL = {
     np.dtype(np.float32): _core.BidirectionalLstmFloat32,
     np.dtype(np.float64): _core.BidirectionalLstmFloat64,
 }
-_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 class Lstm:
@@ -39,19 +39,22 @@ class Lstm:
     (weight_ih_l{k} [4H,in], weight_hh_l{k} [4H,H], bias_ih_l{k}, bias_hh_l{k} [4H]; a layer
     without both biases has none). threads: the engine's threads (0: its own choice).
     bidirectional: nn.LSTM's, with its `_reverse` parameters; outputs [T,B,2H], states [2L,B,H]
-    (layer k's forward direction at 2k, its reverse at 2k+1)."""
+    (layer k's forward direction at 2k, its reverse at 2k+1). proj_size: nn.LSTM's (0 < P < H),
+    every h projected to P by weight_hr_l{k} [P,H]: y and h [.., P] (2P bidirectional), s stays H
+    wide, weight_hh_l{k} [4H,P], layers above the first read P (2P) inputs."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, dtype=np.float64, threads=0,
-                 bidirectional=False):
+                 bidirectional=False, proj_size=0):
         dtype = np.dtype(dtype)
         if dtype not in _ENGINES:
             raise ValueError(f"dtype: {dtype}, expected float32 or float64")
         self.dtype = dtype
         self.bidirectional = bool(bidirectional)
         engines = _BIDIRECTIONAL if self.bidirectional else _ENGINES
-        self._engine = engines[dtype](int(input_size), int(hidden_size), int(num_layers))
+        self._engine = engines[dtype](int(input_size), int(hidden_size), int(num_layers), int(proj_size))
         self._engine.set_threads(int(threads))
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.proj_size = int(proj_size)
 
     def set_threads(self, n):
         """The engine's threads for the calls that follow (0: chosen by the engine)."""
@@ -72,12 +75,15 @@ class Lstm:
 
     def parameter_layout(self, bias=True):
         """[(name, shape)] in nn.LSTM's order."""
+        H, P = self.hidden_size, self.proj_size
         if not self.bidirectional:
-            return parameter_layout(self.input_size, self.hidden_size, self.num_layers, bias)
-        H, out = self.hidden_size, []
+            return parameter_layout(self.input_size, H, self.num_layers, bias, P)
+        R, out = P or H, []
         for name, k in self._units():
-            shapes = [(4 * H, self.input_size if k == 0 else 2 * H), (4 * H, H), (4 * H,), (4 * H,)]
-            out += [(kind + name, s) for kind, s in zip(_KINDS, shapes[: 4 if bias else 2])]
+            shapes = [(4 * H, self.input_size if k == 0 else 2 * R), (4 * H, R), (4 * H,), (4 * H,),
+                      (P, H)]
+            kinds = list(zip(_KINDS, shapes))
+            out += [(kind + name, s) for kind, s in kinds[: 4 if bias else 2] + kinds[4:] * bool(P)]
         return out
 
     def _units(self):
@@ -102,7 +108,8 @@ class Lstm:
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"params: unknown names {', '.join(unknown)}")
-        return [tuple(params.get(kind + name) for kind in _KINDS) for name, _ in self._units()]
+        kinds = _KINDS if self.proj_size else _KINDS[:4]
+        return [tuple(params.get(kind + name) for kind in kinds) for name, _ in self._units()]
 
     def forward(self, input, params, h0=None, s0=None):
         """Returns (y [T,B,H], h_n [L,B,H], s_n [L,B,H]) and keeps what backward needs: input

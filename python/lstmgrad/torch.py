@@ -3,11 +3,12 @@
 Same constructor, parameter names and shapes (state_dicts load both ways), forward signature and
 outputs as torch.nn.LSTM, for float32 and float64 CPU tensors: padded input (time-major or
 batch_first, batched or unbatched), PackedSequence input, optional (h0, c0), multiple layers,
-bias=False, dropout between layers, bidirectional. The engine runs through a
+bias=False, dropout between layers, bidirectional, proj_size. The engine runs through a
 torch.autograd.Function on the tensors' memory (numpy views), so this module links no libtorch.
 
-Not supported, with an error naming the argument: proj_size > 0 (NotImplementedError), tensors
-not on the CPU or of another dtype (ValueError), device= other than the CPU (ValueError).
+Not supported, with an error naming the argument: tensors not on the CPU or of another dtype
+(ValueError), device= other than the CPU (ValueError), proj_size with precision='bf16'
+(ValueError).
 
 Errors for bad input are ValueError with the tensor's name, its shape and what was expected.
 """
@@ -61,14 +62,14 @@ class _Engine:
     """One C++ stack with the activations of one forward; `generation` counts its forwards, so
     that a backward can tell whether its forward's activations are still there."""
 
-    def __init__(self, dtype, X, H, L, D):
-        self.core = (_BIDIRECTIONAL if D == 2 else _ENGINES)[dtype](X, H, L)
+    def __init__(self, dtype, X, H, L, D, P):
+        self.core = (_BIDIRECTIONAL if D == 2 else _ENGINES)[dtype](X, H, L, P)
         self.generation = 0
         self.rows = 0  # the most T*B it has run: its activations' memory grows to fit
 
 
 class _Pool:
-    """Free engines by (dtype, X, H, L). A forward that records a graph leases one until the
+    """Free engines by (dtype, X, H, L, D, P). A forward that records a graph leases one until the
     graph is freed (_Lease); one that does not gives it back at once. So several calls of one
     module in one graph each keep their own activations. A call takes the free engine that fits
     its T*B rows most tightly (else the largest, which grows): the segments of a PackedSequence
@@ -115,10 +116,16 @@ def _np(t):
 
 
 def _layers(weights, per_layer):
+    """The engine's tuples (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) from nn.LSTM's
+    tensors, per_layer of them for each layer: weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]
+    (2 or 4 without a projection, 3 or 5 with one); absent ones are None."""
     w = [_np(t) for t in weights]
-    if per_layer == 4:
-        return [tuple(w[i : i + 4]) for i in range(0, len(w), 4)]
-    return [(w[i], w[i + 1], None, None) for i in range(0, len(w), 2)]
+    bias, proj = per_layer >= 4, per_layer % 2 == 1
+    out = []
+    for i in range(0, len(w), per_layer):
+        u = w[i : i + per_layer]
+        out.append((u[0], u[1], u[2] if bias else None, u[3] if bias else None, u[-1] if proj else None))
+    return out
 
 
 class _Lease:
@@ -180,7 +187,8 @@ def _run_stack(pool, x, h0, c0, weights, per_layer, batch_sizes=None, D=1):
     (D = 2: BidirectionalLstm): through the autograd Function when a gradient may be asked for,
     straight to the engine otherwise."""
     L = len(weights) // per_layer // D
-    key = (x.dtype, x.shape[-1], weights[1].shape[1], L, D)
+    P = weights[per_layer - 1].shape[0] if per_layer % 2 else 0  # weight_hr [P,H]
+    key = (x.dtype, x.shape[-1], weights[1].shape[0] // 4, L, D, P)
     tensors = [x, h0, c0, *weights]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _StackFunction.apply(pool, key, per_layer, batch_sizes, x, h0, c0, *weights)
@@ -206,11 +214,12 @@ def _segments(batch_sizes):
 
 def _scan(pool, data, segs, h0, c0, weights, per_layer, reverse):
     """A stack over packed rows data [N,X] (time-major, segments of equal batch size, rows sorted
-    by decreasing length) from h0, c0 [L,B,H] (B = the first segment's rows; None: zeros).
-    Returns (y [N,H], h_n, c_n [L,B,H]); each sequence's final state is at its own last step.
+    by decreasing length) from h0 [L,B,R], c0 [L,B,H] (B = the first segment's rows; None: zeros;
+    R = P with a projection, else H). Returns (y [N,R], h_n [L,B,R], c_n [L,B,H]); each
+    sequence's final state is at its own last step.
     reverse: each sequence is read from its last step to its first (bidirectional's second
     direction). Several segments run as one packed engine call (Lstm::forward_packed)."""
-    H = weights[1].shape[1]
+    R = weights[1].shape[1]  # weight_hh [4H,R]
     if len(segs) == 1:  # padded: one segment, all rows the same length
         off, n, b = segs[0]
         x = data.view(n, b, -1)
@@ -219,7 +228,7 @@ def _scan(pool, data, segs, h0, c0, weights, per_layer, reverse):
         y, hn, cn = _run_stack(pool, x, h0, c0, weights, per_layer)
         if reverse:
             y = y.flip(0)
-        return y.reshape(n * b, H), hn, cn
+        return y.reshape(n * b, R), hn, cn
     bs = torch.tensor([b for _, n, b in segs for _ in range(n)], dtype=torch.int64)
     if reverse:  # each sequence from its own last step: a permutation of the rows (its own inverse)
         order = _reversal(bs)
@@ -272,8 +281,13 @@ class LSTM(torch.nn.Module):
             raise ValueError("lstmgrad.torch.LSTM: precision='bf16': this CPU has no AVX512_BF16")
         if precision == "bf16" and (dtype or torch.get_default_dtype()) != torch.float32:
             raise ValueError("lstmgrad.torch.LSTM: precision='bf16' needs float32 parameters")
-        if proj_size:
-            raise NotImplementedError("lstmgrad.torch.LSTM: proj_size > 0 is not supported")
+        if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
+            raise ValueError(f"lstmgrad.torch.LSTM: proj_size={proj_size!r}: expected an int >= 0")
+        if proj_size and proj_size >= int(hidden_size):
+            raise ValueError("proj_size has to be smaller than hidden_size")  # nn.LSTM's words
+        if proj_size and precision == "bf16":
+            raise ValueError("lstmgrad.torch.LSTM: proj_size with precision='bf16': the projection "
+                             "runs in float32 only")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"lstmgrad.torch.LSTM: device={device}: only the CPU is supported")
         if dtype is not None and dtype not in _ENGINES:
@@ -291,19 +305,23 @@ class LSTM(torch.nn.Module):
         self.mode = "LSTM"
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.num_layers, self.bias, self.batch_first = int(num_layers), bool(bias), bool(batch_first)
-        self.dropout, self.bidirectional, self.proj_size = float(dropout), bool(bidirectional), 0
+        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        self.proj_size = int(proj_size)
         self.threads, self.precision = threads, precision
         self._pool = _Pool()
-        D, H = 2 if bidirectional else 1, self.hidden_size
+        D, H, P = 2 if bidirectional else 1, self.hidden_size, self.proj_size
+        R = P or H  # h's width
         kw = {"dtype": dtype or torch.get_default_dtype()}
         self._flat_weights_names = []
         for k in range(self.num_layers):
             for d in range(D):
                 sfx = f"_l{k}" + ("_reverse" if d else "")
-                in_k = self.input_size if k == 0 else D * H
-                shapes = [("weight_ih", (4 * H, in_k)), ("weight_hh", (4 * H, H))]
+                in_k = self.input_size if k == 0 else D * R
+                shapes = [("weight_ih", (4 * H, in_k)), ("weight_hh", (4 * H, R))]
                 if self.bias:
                     shapes += [("bias_ih", (4 * H,)), ("bias_hh", (4 * H,))]
+                if P:
+                    shapes += [("weight_hr", (P, H))]
                 for name, shape in shapes:
                     self.register_parameter(name + sfx, torch.nn.Parameter(torch.empty(shape, **kw)))
                     self._flat_weights_names.append(name + sfx)
@@ -325,8 +343,12 @@ class LSTM(torch.nn.Module):
     def _units(self):
         return self.num_layers * (2 if self.bidirectional else 1)
 
+    def _per_layer(self):
+        """Tensors per layer and direction: weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]."""
+        return (4 if self.bias else 2) + (1 if self.proj_size else 0)
+
     def _layer_names(self, i):
-        per = 4 if self.bias else 2
+        per = self._per_layer()
         return self._flat_weights_names[i * per : (i + 1) * per]
 
     def extra_repr(self):
@@ -341,6 +363,8 @@ class LSTM(torch.nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
     def _weights(self, units):
@@ -367,6 +391,7 @@ class LSTM(torch.nn.Module):
                 raise ValueError(f"{name}: {p.dtype} on {p.device}; lstmgrad.torch.LSTM runs on "
                                  "float32 or float64 CPU parameters")
         D, H, U = 2 if self.bidirectional else 1, self.hidden_size, self._units()
+        R = self.proj_size or H  # h's width
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_idx, unsorted_idx = input
@@ -403,9 +428,8 @@ class LSTM(torch.nn.Module):
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise ValueError("hx: expected a tuple (h0, c0)")
             h0, c0 = hx
-            want = (U, B, H) if batched else (U, H)
-            self._check("h0", h0, want)
-            self._check("c0", c0, want)
+            self._check("h0", h0, (U, B, R) if batched else (U, R))
+            self._check("c0", c0, (U, B, H) if batched else (U, H))
             if not batched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
             if packed and sorted_idx is not None:
@@ -416,7 +440,7 @@ class LSTM(torch.nn.Module):
                 hn, cn = hn.index_select(1, unsorted_idx), cn.index_select(1, unsorted_idx)
             return PackedSequence(y, batch_sizes, sorted_idx, unsorted_idx), (hn, cn)
         T, B = segs[0][1], segs[0][2]
-        y = y.view(T, B, D * H)
+        y = y.view(T, B, D * R)
         if self.batch_first and batched:
             y = y.transpose(0, 1)
         if not batched:
@@ -424,8 +448,8 @@ class LSTM(torch.nn.Module):
         return y, (hn, cn)
 
     def _layers(self, x, segs, h0, c0):
-        """x [N,X] packed rows -> (y [N,D*H], h_n, c_n [L*D,B,H])."""
-        per = 4 if self.bias else 2
+        """x [N,X] packed rows -> (y [N,D*R], h_n [L*D,B,R], c_n [L*D,B,H])."""
+        per = self._per_layer()
         D, L = 2 if self.bidirectional else 1, self.num_layers
         drop = self.dropout > 0 and self.training and L > 1
         if not drop:  # the whole stack, both directions, in one engine call
@@ -433,7 +457,7 @@ class LSTM(torch.nn.Module):
             w = self._weights(range(L * D))
             if len(segs) == 1:  # padded
                 y, hn, cn = _run_stack(self._pool_for(), x.view(n, b, -1), h0, c0, w, per, None, D)
-                return y.reshape(n * b, D * self.hidden_size), hn, cn
+                return y.reshape(n * b, D * (self.proj_size or self.hidden_size)), hn, cn
             bs = np.array([b for _, n, b in segs for _ in range(n)], dtype=np.int64)
             return _run_stack(self._pool_for(), x, h0, c0, w, per, bs, D)
         hs, cs = [], []

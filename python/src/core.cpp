@@ -71,14 +71,23 @@ Real* out_array(py::handle obj, const std::string& name, const Shape& want) {
 }
 
 // Bi: nn.LSTM(bidirectional=True) (BidirectionalLstm): units 2k, 2k+1 per layer, outputs 2H wide.
+// proj = P > 0: nn.LSTM's proj_size; every h (y, h0, h_n) is then P wide instead of H (R below).
 template <class Real, bool Bi>
 class PyLstm {
  public:
-  PyLstm(int64_t X, int64_t H, int64_t L)
-      : lstm_(X, H, L), X_(X), H_(H), L_(L), U_(L * (Bi ? 2 : 1)), Y_(H * (Bi ? 2 : 1)) {}
+  PyLstm(int64_t X, int64_t H, int64_t L, int64_t P)
+      : lstm_(X, H, L, P),
+        X_(X),
+        H_(H),
+        L_(L),
+        P_(P),
+        R_(P > 0 ? P : H),
+        U_(L * (Bi ? 2 : 1)),
+        Y_(R_ * (Bi ? 2 : 1)) {}
 
-  // x [T,B,X]; weights: L tuples (weight_ih [4H,in], weight_hh [4H,H], bias_ih [4H] or None,
-  // bias_hh [4H] or None); h0, s0 [L,B,H] or None. Returns (y [T,B,H], h_n, s_n [L,B,H]).
+  // x [T,B,X]; weights: L tuples (weight_ih [4H,in], weight_hh [4H,R], bias_ih [4H] or None,
+  // bias_hh [4H] or None[, weight_hr [P,H]: with a projection, else absent or None]); h0 [L,B,R]
+  // and s0 [L,B,H], or None. Returns (y [T,B,R], h_n [L,B,R], s_n [L,B,H]).
   py::tuple forward(py::handle x_obj, py::sequence weights, py::handle h0_obj, py::handle s0_obj) {
     auto x = as_array<Real>(x_obj, "input", {-1, -1, X_});
     const int64_t T = x.shape(0), B = x.shape(1);
@@ -88,9 +97,9 @@ class PyLstm {
     std::vector<py::object> keep;
     auto w = read_weights(weights, keep);
     std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
-    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, H_});
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, R_});
     if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
-    py::array_t<Real> y({T, B, Y_}), h_n({U_, B, H_}), s_n({U_, B, H_});
+    py::array_t<Real> y({T, B, Y_}), h_n({U_, B, R_}), s_n({U_, B, H_});
     Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
     const Real* xp = x.data();
     const Real* h0p = h0 ? h0->data() : nullptr;
@@ -106,7 +115,7 @@ class PyLstm {
   }
 
   // A packed batch (Lstm::forward_packed): data [N,X], batch_sizes [T] int64, non-increasing;
-  // h0, s0 [L,B,H] with B = batch_sizes[0] or None. Returns (y [N,H], h_n, s_n [L,B,H]).
+  // h0 [L,B,R], s0 [L,B,H] with B = batch_sizes[0], or None. Returns (y [N,R], h_n, s_n).
   py::tuple forward_packed(py::handle x_obj, py::sequence weights, py::handle sizes_obj,
                            py::handle h0_obj, py::handle s0_obj) {
     auto sizes = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(sizes_obj);
@@ -125,9 +134,9 @@ class PyLstm {
     std::vector<py::object> keep;
     auto w = read_weights(weights, keep);
     std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
-    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, H_});
+    if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, R_});
     if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
-    py::array_t<Real> y({N, Y_}), h_n({U_, B, H_}), s_n({U_, B, H_});
+    py::array_t<Real> y({N, Y_}), h_n({U_, B, R_}), s_n({U_, B, H_});
     Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
     const Real* xp = x.data();
     const Real* h0p = h0 ? h0->data() : nullptr;
@@ -141,9 +150,10 @@ class PyLstm {
     return py::make_tuple(y, h_n, s_n);
   }
 
-  // dy [T,B,H] ([N,H] after forward_packed) or None (zeros); dh_n, ds_n [L,B,H] or None (zeros).
-  // grads: None (new zero arrays) or L tuples of arrays to add into (bias entries None where the
-  // layer has no bias). Returns (dx or None, dh0 or None, ds0 or None, grads).
+  // dy [T,B,R] ([N,R] after forward_packed) or None (zeros); dh_n [L,B,R], ds_n [L,B,H] or None
+  // (zeros). grads: None (new zero arrays) or L tuples of arrays to add into, as the weights'
+  // (bias entries None where the layer has no bias; weight_hr's with a projection). Returns (dx
+  // or None, dh0 or None, ds0 or None, grads).
   py::tuple backward(py::handle dy_obj, py::handle dh_n_obj, py::handle ds_n_obj,
                      py::handle grads_obj, bool need_dx, bool need_dh0, bool need_ds0) {
     const int64_t T = lstm_.steps(), B = lstm_.batch();
@@ -152,7 +162,7 @@ class PyLstm {
     const Shape ys = packed_ ? Shape{lstm_.rows(), Y_} : Shape{T, B, Y_};
     const Shape xs = packed_ ? Shape{lstm_.rows(), X_} : Shape{T, B, X_};
     if (!dy_obj.is_none()) dy = as_array<Real>(dy_obj, "grad_output", ys);
-    if (!dh_n_obj.is_none()) dh_n = as_array<Real>(dh_n_obj, "grad_h_n", {U_, B, H_});
+    if (!dh_n_obj.is_none()) dh_n = as_array<Real>(dh_n_obj, "grad_h_n", {U_, B, R_});
     if (!ds_n_obj.is_none()) ds_n = as_array<Real>(ds_n_obj, "grad_s_n", {U_, B, H_});
     py::list grads;
     std::vector<lstmgrad::LstmLayerGrads<Real>> g;
@@ -160,16 +170,22 @@ class PyLstm {
       for (int64_t k = 0; k < U_; ++k) {
         const int64_t in = in_of(k);
         const bool bias = saved_w_[k].bias_ih || saved_w_[k].bias_hh;
-        py::array_t<Real> wi({4 * H_, in}), wh({4 * H_, H_});
-        std::optional<py::array_t<Real>> bi, bh;
+        py::array_t<Real> wi({4 * H_, in}), wh({4 * H_, R_});
+        std::optional<py::array_t<Real>> bi, bh, hr;
         if (bias) bi.emplace(Shape{4 * H_}), bh.emplace(Shape{4 * H_});
-        for (py::array_t<Real>* a : {&wi, &wh}) std::fill_n(a->mutable_data(), a->size(), Real(0));
-        if (bias)
-          for (auto* a : {&*bi, &*bh}) std::fill_n(a->mutable_data(), a->size(), Real(0));
-        g.push_back({wi.mutable_data(), wh.mutable_data(), bias ? bi->mutable_data() : nullptr,
-                     bias ? bh->mutable_data() : nullptr});
-        grads.append(py::make_tuple(wi, wh, bias ? py::object(*bi) : py::none(),
-                                    bias ? py::object(*bh) : py::none()));
+        if (P_ > 0) hr.emplace(Shape{P_, H_});
+        for (auto* a : {&wi, &wh, bi ? &*bi : nullptr, bh ? &*bh : nullptr, hr ? &*hr : nullptr})
+          if (a) std::fill_n(a->mutable_data(), a->size(), Real(0));
+        auto data = [](std::optional<py::array_t<Real>>& a) {
+          return a ? a->mutable_data() : nullptr;
+        };
+        g.push_back({wi.mutable_data(), wh.mutable_data(), data(bi), data(bh), data(hr)});
+        auto obj = [](std::optional<py::array_t<Real>>& a) {
+          return a ? py::object(*a) : py::object(py::none());
+        };
+        py::tuple t = P_ > 0 ? py::make_tuple(wi, wh, obj(bi), obj(bh), obj(hr))
+                             : py::make_tuple(wi, wh, obj(bi), obj(bh));
+        grads.append(t);
       }
     } else {
       auto seq = py::reinterpret_borrow<py::sequence>(grads_obj);
@@ -178,22 +194,20 @@ class PyLstm {
                               std::to_string(U_));
       for (int64_t k = 0; k < U_; ++k) {
         auto t = py::reinterpret_borrow<py::sequence>(seq[k]);
-        if (py::len(t) != 4)
-          throw py::value_error("grads[" + std::to_string(k) +
-                                "]: expected (weight_ih, weight_hh, bias_ih, bias_hh)");
+        check_entries(t, "grads[" + std::to_string(k) + "]");
         const std::string l = suffix(k);
         const int64_t in = in_of(k);
-        g.push_back(
-            {out_array<Real>(t[0], "grad weight_ih" + l, {4 * H_, in}),
-             out_array<Real>(t[1], "grad weight_hh" + l, {4 * H_, H_}),
-             t[2].is_none() ? nullptr : out_array<Real>(t[2], "grad bias_ih" + l, {4 * H_}),
-             t[3].is_none() ? nullptr : out_array<Real>(t[3], "grad bias_hh" + l, {4 * H_})});
+        g.push_back({out_array<Real>(t[0], "grad weight_ih" + l, {4 * H_, in}),
+                     out_array<Real>(t[1], "grad weight_hh" + l, {4 * H_, R_}),
+                     t[2].is_none() ? nullptr : out_array<Real>(t[2], "grad bias_ih" + l, {4 * H_}),
+                     t[3].is_none() ? nullptr : out_array<Real>(t[3], "grad bias_hh" + l, {4 * H_}),
+                     P_ > 0 ? out_array<Real>(t[4], "grad weight_hr" + l, {P_, H_}) : nullptr});
         grads.append(t);
       }
     }
     std::optional<py::array_t<Real>> dx, dh0, ds0;
     if (need_dx) dx.emplace(xs);
-    if (need_dh0) dh0.emplace(Shape{U_, B, H_});
+    if (need_dh0) dh0.emplace(Shape{U_, B, R_});
     if (need_ds0) ds0.emplace(Shape{U_, B, H_});
     const Real* dyp = dy ? dy->data() : nullptr;
     const Real* dhp = dh_n ? dh_n->data() : nullptr;
@@ -227,8 +241,20 @@ class PyLstm {
   int64_t X() const { return X_; }
   int64_t H() const { return H_; }
   int64_t L() const { return L_; }
+  int64_t P() const { return P_; }
 
  private:
+  // A layer's tuple: (weight_ih, weight_hh, bias_ih, bias_hh), then weight_hr with a projection
+  // (without one a fifth entry may be given as None).
+  void check_entries(py::sequence t, const std::string& name) const {
+    const size_t n = py::len(t);
+    const bool ok = P_ > 0 ? n == 5 && !t[4].is_none() : n == 4 || (n == 5 && t[4].is_none());
+    if (!ok)
+      throw py::value_error(name + ": expected (weight_ih, weight_hh, bias_ih, bias_hh" +
+                            (P_ > 0 ? ", weight_hr) (the stack has a projection)"
+                                    : ") (the stack has no projection)"));
+  }
+
   std::vector<lstmgrad::LstmLayerWeights<Real>> read_weights(py::sequence weights,
                                                              std::vector<py::object>& keep) {
     if (static_cast<int64_t>(py::len(weights)) != U_)
@@ -237,9 +263,7 @@ class PyLstm {
     std::vector<lstmgrad::LstmLayerWeights<Real>> w;
     for (int64_t k = 0; k < U_; ++k) {
       auto t = py::reinterpret_borrow<py::sequence>(weights[k]);
-      if (py::len(t) != 4)
-        throw py::value_error("weights[" + std::to_string(k) +
-                              "]: expected (weight_ih, weight_hh, bias_ih, bias_hh)");
+      check_entries(t, "weights[" + std::to_string(k) + "]");
       const std::string l = suffix(k);
       const int64_t in = in_of(k);
       auto take = [&](py::handle o, const std::string& name, const Shape& s) -> const Real* {
@@ -257,7 +281,8 @@ class PyLstm {
         throw py::value_error("weights[" + std::to_string(k) + "]: bias_ih" + l + " and bias_hh" +
                               l + " must both be given or both be None");
       w.push_back({take(t[0], "weight_ih" + l, {4 * H_, in}),
-                   take(t[1], "weight_hh" + l, {4 * H_, H_}), bi, bh});
+                   take(t[1], "weight_hh" + l, {4 * H_, R_}), bi, bh,
+                   P_ > 0 ? take(t[4], "weight_hr" + l, {P_, H_}) : nullptr});
     }
     return w;
   }
@@ -269,7 +294,9 @@ class PyLstm {
   }
 
   std::conditional_t<Bi, lstmgrad::BidirectionalLstm<Real>, lstmgrad::Lstm<Real>> lstm_;
-  int64_t X_, H_, L_, U_, Y_;  // U: units (layers times directions), Y: output width
+  // P: the projection (0: none); R: h's width (P, else H); U: units (layers times directions);
+  // Y: the output's width (R per direction)
+  int64_t X_, H_, L_, P_, R_, U_, Y_;
   std::mutex mutex_;
   py::array_t<Real, py::array::c_style> saved_x_;  // the last forward's input and weights
   std::vector<py::object> saved_keep_;
@@ -281,8 +308,8 @@ template <class Real, bool Bi>
 void bind_lstm(py::module_& m, const char* name) {
   using P = PyLstm<Real, Bi>;
   py::class_<P>(m, name)
-      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("input_size"), py::arg("hidden_size"),
-           py::arg("num_layers") = 1)
+      .def(py::init<int64_t, int64_t, int64_t, int64_t>(), py::arg("input_size"),
+           py::arg("hidden_size"), py::arg("num_layers") = 1, py::arg("proj_size") = 0)
       .def("forward", &P::forward, py::arg("input"), py::arg("weights"), py::arg("h0") = py::none(),
            py::arg("s0") = py::none())
       .def("forward_packed", &P::forward_packed, py::arg("input"), py::arg("weights"),
@@ -300,6 +327,7 @@ void bind_lstm(py::module_& m, const char* name) {
       .def_property_readonly("input_size", &P::X)
       .def_property_readonly("hidden_size", &P::H)
       .def_property_readonly("num_layers", &P::L)
+      .def_property_readonly("proj_size", &P::P)
       .def_property_readonly("dtype", [](const P&) { return py::dtype::of<Real>(); });
 }
 
@@ -314,14 +342,15 @@ PYBIND11_MODULE(_core, m) {
   bind_lstm<double, true>(m, "BidirectionalLstmFloat64");
   m.def(
       "parameter_layout",
-      [](int64_t X, int64_t H, int64_t L, bool bias) {
+      [](int64_t X, int64_t H, int64_t L, bool bias, int64_t proj) {
         py::list out;
-        for (const lstmgrad::ParamInfo& p : lstmgrad::lstm_parameter_layout(X, H, L, bias))
+        for (const lstmgrad::ParamInfo& p : lstmgrad::lstm_parameter_layout(X, H, L, bias, proj))
           out.append(py::make_tuple(p.name, py::tuple(py::cast(p.shape))));
         return out;
       },
       py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
-      py::arg("bias") = true, "nn.LSTM's parameters of a stack in order: a list of (name, shape)");
+      py::arg("bias") = true, py::arg("proj_size") = 0,
+      "nn.LSTM's parameters of a stack in order: a list of (name, shape)");
   m.def("bf16_supported", &lstmgrad::bf16_supported,
         "Whether this CPU runs precision 'bf16' (AVX512_BF16)");
   lstmgrad::python::bind_models(m);

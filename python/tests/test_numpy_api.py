@@ -18,9 +18,10 @@ def sigmoid(z):
 
 
 def reference(x, params, h0, s0, L):
-    """The stack in float64 numpy loops: gate blocks i, f, a (PyTorch's g), o."""
+    """The stack in float64 numpy loops: gate blocks i, f, a (PyTorch's g), o; with weight_hr_l{k}
+    (a projection) h = (o tanh s) W_hr^T."""
     T, B, _ = x.shape
-    H = h0.shape[2]
+    H = s0.shape[2]
     inp, hn, sn = x, [], []
     for k in range(L):
         W, U = params[f"weight_ih_l{k}"], params[f"weight_hh_l{k}"]
@@ -31,6 +32,8 @@ def reference(x, params, h0, s0, L):
             i, f, a, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), np.tanh(z[:, 2 * H : 3 * H]), sigmoid(z[:, 3 * H :])
             s = i * a + f * s
             h = o * np.tanh(s)
+            if f"weight_hr_l{k}" in params:
+                h = h @ params[f"weight_hr_l{k}"].T
             out.append(h)
         inp = np.stack(out)
         hn.append(h)
@@ -38,31 +41,34 @@ def reference(x, params, h0, s0, L):
     return inp, np.stack(hn), np.stack(sn)
 
 
-def problem(T, B, X, H, L, seed, dtype=np.float64, bias=True):
-    lstm = lstmgrad.Lstm(X, H, L, dtype=dtype)
+def problem(T, B, X, H, L, seed, dtype=np.float64, bias=True, proj=0):
+    lstm = lstmgrad.Lstm(X, H, L, dtype=dtype, proj_size=proj)
+    R = proj or H  # h's width
     rng = np.random.default_rng(seed)
     params = {n: rng.uniform(-0.8, 0.8, s).astype(dtype) for n, s in lstm.parameter_layout(bias)}
     x = rng.uniform(-1, 1, (T, B, X)).astype(dtype)
-    h0 = rng.uniform(-0.5, 0.5, (L, B, H)).astype(dtype)
+    h0 = rng.uniform(-0.5, 0.5, (L, B, R)).astype(dtype)
     s0 = rng.uniform(-0.5, 0.5, (L, B, H)).astype(dtype)
-    gy = rng.uniform(-1, 1, (T, B, H)).astype(dtype)
-    ghn = rng.uniform(-1, 1, (L, B, H)).astype(dtype)
+    gy = rng.uniform(-1, 1, (T, B, R)).astype(dtype)
+    ghn = rng.uniform(-1, 1, (L, B, R)).astype(dtype)
     gsn = rng.uniform(-1, 1, (L, B, H)).astype(dtype)
     return lstm, params, x, h0, s0, gy, ghn, gsn
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_matches_numpy_reference(bias):
-    lstm, params, x, h0, s0, *_ = problem(5, 3, 4, 6, 2, 1, bias=bias)
+@pytest.mark.parametrize("proj", [0, 4])
+def test_forward_matches_numpy_reference(bias, proj):
+    lstm, params, x, h0, s0, *_ = problem(5, 3, 4, 6, 2, 1, bias=bias, proj=proj)
     y, hn, sn = lstm.forward(x, params, h0, s0)
     ry, rhn, rsn = reference(x, params, h0, s0, 2)
     for got, want in ((y, ry), (hn, rhn), (sn, rsn)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
 
 
-def test_backward_matches_finite_differences():
+@pytest.mark.parametrize("proj", [0, 2])
+def test_backward_matches_finite_differences(proj):
     L = 2
-    lstm, params, x, h0, s0, gy, ghn, gsn = problem(4, 2, 3, 3, L, 2)
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(4, 2, 3, 3, L, 2, proj=proj)
 
     def loss(x, params, h0, s0):
         y, hn, sn = reference(x, params, h0, s0, L)

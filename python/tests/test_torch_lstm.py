@@ -55,6 +55,9 @@ def run(module, x, hx, gy, gh, gc):
 OPTIONS = [
     dict(num_layers=L, bias=b, batch_first=bf, bidirectional=bd)
     for L, b, bf, bd in itertools.product([1, 2, 3], [True, False], [False, True], [False, True])
+] + [  # with a projection (proj_size: a random size below H)
+    dict(num_layers=L, bias=b, batch_first=L == 2, bidirectional=bd, proj=True)
+    for L, b, bd in itertools.product([1, 2, 3], [True, False], [False, True])
 ]
 
 
@@ -64,13 +67,19 @@ OPTIONS = [
 def test_padded_matches_nn_lstm(dtype, opts, with_state):
     rng = np.random.default_rng(hash((str(opts), with_state)) % 2**32)
     T, B, X, H = (int(v) for v in rng.integers(1, 7, 4))
+    opts = dict(opts)
+    P = 0
+    if opts.pop("proj", False):
+        H = max(H, 2)
+        P = opts["proj_size"] = int(rng.integers(1, H))
+    R = P or H  # h's width
     ref, mine = pair(dtype, seed=int(rng.integers(1000)), input_size=X, hidden_size=H, **opts)
     D, L = 2 if opts["bidirectional"] else 1, opts["num_layers"]
     shape = (B, T, X) if opts["batch_first"] else (T, B, X)
     x = torch.randn(shape, dtype=dtype)
-    hx = (torch.randn(L * D, B, H, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)) if with_state else None
-    yshape = shape[:2] + (D * H,)
-    gy, gh, gc = torch.randn(yshape, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)
+    hx = (torch.randn(L * D, B, R, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)) if with_state else None
+    yshape = shape[:2] + (D * R,)
+    gy, gh, gc = torch.randn(yshape, dtype=dtype), torch.randn(L * D, B, R, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)
     want_out, want_grad = run(ref, x, hx, gy, gh, gc)
     got_out, got_grad = run(mine, x, hx, gy, gh, gc)
     for k in want_out:
@@ -84,16 +93,19 @@ def test_padded_matches_nn_lstm(dtype, opts, with_state):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("enforce_sorted", [True, False])
-def test_packed_matches_nn_lstm(dtype, bidirectional, with_state, enforce_sorted):
+@pytest.mark.parametrize("proj_size", [0, 3])
+def test_packed_matches_nn_lstm(dtype, bidirectional, with_state, enforce_sorted, proj_size):
     torch.manual_seed(3)
     B, X, H, L = 5, 3, 4, 2
+    R = proj_size or H  # h's width
     lengths = torch.tensor([7, 7, 5, 2, 1]) if enforce_sorted else torch.tensor([2, 7, 1, 5, 7])
-    ref, mine = pair(dtype, input_size=X, hidden_size=H, num_layers=L, bidirectional=bidirectional)
+    ref, mine = pair(dtype, input_size=X, hidden_size=H, num_layers=L, bidirectional=bidirectional,
+                     proj_size=proj_size)
     D = 2 if bidirectional else 1
     x = torch.randn(7, B, X, dtype=dtype)
-    hx = (torch.randn(L * D, B, H, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)) if with_state else None
-    gy = torch.randn(7, B, D * H, dtype=dtype)
-    gh, gc = torch.randn(L * D, B, H, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)
+    hx = (torch.randn(L * D, B, R, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)) if with_state else None
+    gy = torch.randn(7, B, D * R, dtype=dtype)
+    gh, gc = torch.randn(L * D, B, R, dtype=dtype), torch.randn(L * D, B, H, dtype=dtype)
 
     def packed_run(module):
         xx = x.detach().clone().requires_grad_()
@@ -126,12 +138,15 @@ def test_unbatched_input_matches_nn_lstm():
         close(a.detach(), b.detach(), 1e-10, n)
 
 
-def test_dropout_draws_nn_lstm_masks():
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_dropout_draws_nn_lstm_masks(proj_size):
     # In training, dropout between layers through torch.dropout, in nn.LSTM's order: from the same
     # generator state, the same masks and so the same results and gradients.
-    ref, mine = pair(torch.float64, input_size=3, hidden_size=5, num_layers=3, dropout=0.5)
+    ref, mine = pair(torch.float64, input_size=3, hidden_size=5, num_layers=3, dropout=0.5,
+                     proj_size=proj_size)
+    R = proj_size or 5
     x = torch.randn(4, 2, 3, dtype=torch.float64)
-    gy, gh, gc = torch.randn(4, 2, 5, dtype=torch.float64), torch.randn(3, 2, 5, dtype=torch.float64), torch.randn(3, 2, 5, dtype=torch.float64)
+    gy, gh, gc = torch.randn(4, 2, R, dtype=torch.float64), torch.randn(3, 2, R, dtype=torch.float64), torch.randn(3, 2, 5, dtype=torch.float64)
     torch.manual_seed(11)
     want_out, want_grad = run(ref, x, None, gy, gh, gc)
     torch.manual_seed(11)
@@ -146,12 +161,13 @@ def test_dropout_draws_nn_lstm_masks():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_gradcheck_float64(bidirectional):
+@pytest.mark.parametrize("proj_size", [0, 1])
+def test_gradcheck_float64(bidirectional, proj_size):
     torch.manual_seed(5)
-    m = lt.LSTM(3, 2, num_layers=2, bidirectional=bidirectional).double()
+    m = lt.LSTM(3, 2, num_layers=2, bidirectional=bidirectional, proj_size=proj_size).double()
     D = 2 if bidirectional else 1
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(2 * D, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2 * D, 2, proj_size or 2, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(2 * D, 2, 2, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in m.named_parameters()]
 
@@ -171,7 +187,8 @@ def _call_with(m, names, params, x, h0, c0):
 
 
 def test_state_dict_round_trips_both_ways():
-    for kw in (dict(num_layers=2), dict(num_layers=2, bidirectional=True, bias=False)):
+    for kw in (dict(num_layers=2), dict(num_layers=2, bidirectional=True, bias=False),
+               dict(num_layers=2, bidirectional=True, proj_size=2)):
         ref = torch.nn.LSTM(4, 3, **kw)
         mine = lt.LSTM(4, 3, **kw)
         assert list(mine.state_dict().keys()) == list(ref.state_dict().keys())
@@ -237,8 +254,15 @@ def test_bad_input_raises_the_documented_errors():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"on cuda"):
             m(torch.randn(5, 2, 3, device="cuda"))
-    with pytest.raises(NotImplementedError, match=r"proj_size"):
-        lt.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"proj_size has to be smaller than hidden_size"):
+        lt.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match=r"proj_size=-1"):
+        lt.LSTM(3, 4, proj_size=-1)
+    mp = lt.LSTM(3, 4, num_layers=2, proj_size=2)
+    with pytest.raises(ValueError, match=r"h0: shape \(2, 2, 4\), expected \(2, 2, 2\)"):
+        mp(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match=r"c0: shape \(2, 2, 2\), expected \(2, 2, 4\)"):
+        mp(torch.randn(5, 2, 3), (torch.zeros(2, 2, 2), torch.zeros(2, 2, 2)))
     with pytest.raises(ValueError, match=r"device=cuda"):
         lt.LSTM(3, 4, device="cuda")
     with pytest.raises(RuntimeError, match=r"sorted in decreasing order"):  # torch's own check
@@ -416,3 +440,5 @@ def test_bf16_precision_refusals():
         lt.LSTM(3, 4, precision="fp8")
     with pytest.raises(ValueError, match="bf16"):
         lt.LSTM(3, 4, dtype=torch.float64, precision="bf16")
+    with pytest.raises(ValueError, match="bf16"):  # the projection runs in float32 only
+        lt.LSTM(3, 4, proj_size=2, precision="bf16")

@@ -1,7 +1,7 @@
 // BidirectionalLstm (lstmgrad/stack.hpp): two one-layer Lstm per layer over the packed layout (a
 // dense batch is a packed one with T equal batch sizes), the reverse direction reading the rows
 // permuted so that each sequence starts at its own last step. Sizes: N rows, I a layer's input
-// width (X, then 2H), H hidden.
+// width (X, then 2Y), H hidden, Y a direction's output (P with a projection, else H).
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -13,22 +13,22 @@ namespace lstmgrad {
 
 template <class Real>
 struct BidirectionalLstm<Real>::Impl {
-  Impl(int64_t X, int64_t H, int64_t L) : X_(X), H_(H), L_(L) {
+  Impl(int64_t X, int64_t H, int64_t L, int64_t P) : X_(X), H_(H), L_(L), Y_(P > 0 ? P : H) {
     for (int64_t k = 0; k < L; ++k) {
-      dirs_.emplace_back(k == 0 ? X : 2 * H, H, 1);  // 2k: forward
-      dirs_.emplace_back(k == 0 ? X : 2 * H, H, 1);  // 2k + 1: reverse
+      dirs_.emplace_back(k == 0 ? X : 2 * Y_, H, 1, P);  // 2k: forward
+      dirs_.emplace_back(k == 0 ? X : 2 * Y_, H, 1, P);  // 2k + 1: reverse
     }
   }
   void forward(const Real* x, std::span<const LstmLayerWeights<Real>> w, const Real* h0,
                const Real* s0, std::span<const int64_t> bs, Real* y, Real* h_n, Real* s_n);
 
-  int64_t X_, H_, L_;
+  int64_t X_, H_, L_, Y_;
   int64_t N_ = 0, B_ = 0, T_ = 0;
   std::vector<Lstm<Real>> dirs_;  // [2L]
   std::vector<int64_t> perm_;     // [N] row r of the reversed batch is row perm_[r]; an involution
-  std::vector<std::vector<Real>> out_;  // [L] [N,2H] each layer's output (the next one's input)
+  std::vector<std::vector<Real>> out_;  // [L] [N,2Y] each layer's output (the next one's input)
   std::vector<std::vector<Real>> rev_;  // [L] [N,I] each layer's input, rows permuted
-  std::vector<Real> a_, b_, c_, d_;     // scratch [N, max(X, 2H)]
+  std::vector<Real> a_, b_, c_, d_;     // scratch [N, max(X, 2Y)]
 };
 
 namespace {
@@ -78,34 +78,35 @@ void BidirectionalLstm<Real>::Impl::forward(const Real* x,
   if (bs.empty() || bs[0] < 1)
     throw std::invalid_argument("BidirectionalLstm: batch_sizes must be non-empty and >= 1");
   perm_ = reversal(bs);  // (Lstm::forward_packed checks the rest of bs)
-  const int64_t N = static_cast<int64_t>(perm_.size()), B = bs[0], H = H_, S = B * H;
+  const int64_t N = static_cast<int64_t>(perm_.size()), B = bs[0], Y = Y_;
+  const int64_t Sh = B * Y, Ss = B * H_;  // one direction's h and s states
   N_ = N, B_ = B, T_ = static_cast<int64_t>(bs.size());
   out_.resize(static_cast<size_t>(L_)), rev_.resize(static_cast<size_t>(L_));
-  const size_t wide = static_cast<size_t>(N * std::max(X_, 2 * H));
+  const size_t wide = static_cast<size_t>(N * std::max(X_, 2 * Y));
   a_.resize(wide), b_.resize(wide), c_.resize(wide), d_.resize(wide);
   const Real* in = x;
   for (int64_t k = 0; k < L_; ++k) {
-    const int64_t I = k == 0 ? X_ : 2 * H;
-    out_[k].resize(static_cast<size_t>(N * 2 * H)), rev_[k].resize(static_cast<size_t>(N * I));
+    const int64_t I = k == 0 ? X_ : 2 * Y;
+    out_[k].resize(static_cast<size_t>(N * 2 * Y)), rev_[k].resize(static_cast<size_t>(N * I));
     permute_rows(rev_[k].data(), in, perm_, I);
     const int64_t f = 2 * k, r = 2 * k + 1;
-    dirs_[f].forward_packed(in, w.subspan(f, 1), at(h0, f, S), at(s0, f, S), bs, a_.data(),
-                            at(h_n, f, S), at(s_n, f, S));
-    dirs_[r].forward_packed(rev_[k].data(), w.subspan(r, 1), at(h0, r, S), at(s0, r, S), bs,
-                            b_.data(), at(h_n, r, S), at(s_n, r, S));
+    dirs_[f].forward_packed(in, w.subspan(f, 1), at(h0, f, Sh), at(s0, f, Ss), bs, a_.data(),
+                            at(h_n, f, Sh), at(s_n, f, Ss));
+    dirs_[r].forward_packed(rev_[k].data(), w.subspan(r, 1), at(h0, r, Sh), at(s0, r, Ss), bs,
+                            b_.data(), at(h_n, r, Sh), at(s_n, r, Ss));
     Real* out = out_[k].data();
     for (int64_t row = 0; row < N; ++row) {  // [fwd | rev], the reverse rows put back in order
-      std::copy_n(a_.data() + row * H, H, out + row * 2 * H);
-      std::copy_n(b_.data() + perm_[row] * H, H, out + row * 2 * H + H);
+      std::copy_n(a_.data() + row * Y, Y, out + row * 2 * Y);
+      std::copy_n(b_.data() + perm_[row] * Y, Y, out + row * 2 * Y + Y);
     }
     in = out;
   }
-  if (y) std::copy_n(out_[L_ - 1].data(), N * 2 * H, y);
+  if (y) std::copy_n(out_[L_ - 1].data(), N * 2 * Y, y);
 }
 
 template <class Real>
-BidirectionalLstm<Real>::BidirectionalLstm(int64_t X, int64_t H, int64_t L)
-    : impl_(std::make_unique<Impl>(X, H, L)) {}
+BidirectionalLstm<Real>::BidirectionalLstm(int64_t X, int64_t H, int64_t L, int64_t proj)
+    : impl_(std::make_unique<Impl>(X, H, L, proj)) {}
 template <class Real>
 BidirectionalLstm<Real>::~BidirectionalLstm() = default;
 template <class Real>
@@ -168,22 +169,22 @@ void BidirectionalLstm<Real>::backward(const Real* dy, const Real* dh_n, const R
     throw std::invalid_argument(
         "BidirectionalLstm::backward: expected 2L layers of weights and "
         "gradients");
-  const int64_t N = m.N_, H = m.H_, S = m.B_ * H;
-  std::vector<Real> d_out(static_cast<size_t>(N * 2 * H), Real(0));  // dL/d(layer k's output)
-  if (dy) std::copy_n(dy, N * 2 * H, d_out.data());
+  const int64_t N = m.N_, Y = m.Y_, Sh = m.B_ * Y, Ss = m.B_ * m.H_;
+  std::vector<Real> d_out(static_cast<size_t>(N * 2 * Y), Real(0));  // dL/d(layer k's output)
+  if (dy) std::copy_n(dy, N * 2 * Y, d_out.data());
   for (int64_t k = m.L_ - 1; k >= 0; --k) {
-    const int64_t I = k == 0 ? m.X_ : 2 * H, f = 2 * k, r = 2 * k + 1;
+    const int64_t I = k == 0 ? m.X_ : 2 * Y, f = 2 * k, r = 2 * k + 1;
     const Real* in = k == 0 ? x : m.out_[k - 1].data();
     Real *dyf = m.a_.data(), *dyr = m.b_.data(), *dxf = m.c_.data(), *dxr = m.d_.data();
     for (int64_t row = 0; row < N; ++row) {  // split [fwd | rev]; the reverse half permuted
-      std::copy_n(d_out.data() + row * 2 * H, H, dyf + row * H);
-      std::copy_n(d_out.data() + m.perm_[row] * 2 * H + H, H, dyr + row * H);
+      std::copy_n(d_out.data() + row * 2 * Y, Y, dyf + row * Y);
+      std::copy_n(d_out.data() + m.perm_[row] * 2 * Y + Y, Y, dyr + row * Y);
     }
     const bool want_dx = k > 0 || dx;
-    m.dirs_[f].backward(dyf, at(dh_n, f, S), at(ds_n, f, S), in, w.subspan(f, 1), g.subspan(f, 1),
-                        want_dx ? dxf : nullptr, at(dh0, f, S), at(ds0, f, S));
-    m.dirs_[r].backward(dyr, at(dh_n, r, S), at(ds_n, r, S), m.rev_[k].data(), w.subspan(r, 1),
-                        g.subspan(r, 1), want_dx ? dxr : nullptr, at(dh0, r, S), at(ds0, r, S));
+    m.dirs_[f].backward(dyf, at(dh_n, f, Sh), at(ds_n, f, Ss), in, w.subspan(f, 1), g.subspan(f, 1),
+                        want_dx ? dxf : nullptr, at(dh0, f, Sh), at(ds0, f, Ss));
+    m.dirs_[r].backward(dyr, at(dh_n, r, Sh), at(ds_n, r, Ss), m.rev_[k].data(), w.subspan(r, 1),
+                        g.subspan(r, 1), want_dx ? dxr : nullptr, at(dh0, r, Sh), at(ds0, r, Ss));
     if (!want_dx) break;
     // The input fed both directions: dL/dinput = dxf + dxr with the reverse rows put back.
     Real* d_in = k > 0 ? d_out.data() : dx;  // [N,I]; d_out is free again (split above)
