@@ -306,10 +306,11 @@ TEST(stack, rejects_bad_arguments) {
 }
 
 TEST(stack, projection_sizes_and_checks) {
-  // nn.LSTM's proj_size: 0 < P < H; h (y, h0, h_n) P wide, s H wide, weight_hr [P,H] per layer.
-  EXPECT_THROW(Lstm<double>(3, 4, 2, 4), InputError);
+  // nn.LSTM's proj_size (P < H there; any P >= 1 here): h (y, h0, h_n) P wide, s H wide,
+  // weight_hr [P,H] per layer.
   EXPECT_THROW(Lstm<double>(3, 4, 2, -1), InputError);
-  EXPECT_THROW(BidirectionalLstm<double>(3, 4, 2, 5), InputError);
+  EXPECT_THROW(BidirectionalLstm<double>(3, 4, 2, -2), InputError);
+  EXPECT_EQ(Lstm<double>(3, 4, 2, 6).output_size(), 6);  // wider than the cell
   const int64_t X = 3, H = 4, L = 2, P = 2, T = 3, B = 2;
   Lstm<double> lstm(X, H, L, P);
   EXPECT_EQ(lstm.proj_size(), P);

@@ -15,7 +15,8 @@
 // bias_ih_l{k}, bias_hh_l{k} [G], rows [V_i; V_f; V_a; V_o], PyTorch's i, f, g, o); in = X for
 // layer 0 and H above. Float64 is the reference path; float32 takes the fast fused kernels.
 //
-// With a projection (nn.LSTM's proj_size P, 0 < P < H: LSTMP, Sak et al. 2014) every layer's h
+// With a projection (nn.LSTM's proj_size P: LSTMP, Sak et al. 2014; P >= 1 here, where nn.LSTM
+// and lstmgrad.torch.LSTM need P < H) every layer's h
 // is (o * tanh(s)) W_hr^T, P wide, with weight_hr_l{k} [P,H]: y [T,B,P], h0 and h_n [L,B,P]
 // (s0 and s_n stay [L,B,H]), weight_hh_l{k} [G,P], and layers above the first read P inputs.
 #pragma once
@@ -67,7 +68,7 @@ template <class Real>
 class Lstm {
  public:
   // Throws InputError for sizes out of range (X, H >= 1, L >= 1, the limits of validate_config;
-  // proj: 0, none, or 1 <= P < H, as nn.LSTM's proj_size).
+  // proj: 0, none, or P >= 1).
   Lstm(int64_t X, int64_t H, int64_t L, int64_t proj = 0);
   ~Lstm();
   Lstm(Lstm&&) noexcept;

@@ -39,9 +39,10 @@ class Lstm:
     (weight_ih_l{k} [4H,in], weight_hh_l{k} [4H,H], bias_ih_l{k}, bias_hh_l{k} [4H]; a layer
     without both biases has none). threads: the engine's threads (0: its own choice).
     bidirectional: nn.LSTM's, with its `_reverse` parameters; outputs [T,B,2H], states [2L,B,H]
-    (layer k's forward direction at 2k, its reverse at 2k+1). proj_size: nn.LSTM's (0 < P < H),
-    every h projected to P by weight_hr_l{k} [P,H]: y and h [.., P] (2P bidirectional), s stays H
-    wide, weight_hh_l{k} [4H,P], layers above the first read P (2P) inputs."""
+    (layer k's forward direction at 2k, its reverse at 2k+1). proj_size: nn.LSTM's (P >= 1;
+    nn.LSTM also needs P < H), every h projected to P by weight_hr_l{k} [P,H]: y and h [.., P]
+    (2P bidirectional), s stays H wide, weight_hh_l{k} [4H,P], layers above the first read P (2P)
+    inputs."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, dtype=np.float64, threads=0,
                  bidirectional=False, proj_size=0):

@@ -17,9 +17,9 @@ namespace {
 // The stack alone is the model with dense input and the identity readout; with a projection,
 // the model's H is the output's width P and `hidden` holds the cells' widths.
 ModelConfig stack_config(int64_t X, int64_t H, int64_t L, int64_t proj) {
-  if (proj < 0 || (proj > 0 && proj >= H))
-    throw InputError("Lstm: the projection's size must be 0 (none) or in [1, H) (H = " +
-                     std::to_string(H) + "), got " + std::to_string(proj));
+  if (proj < 0)
+    throw InputError("Lstm: the projection's size must be 0 (none) or >= 1, got " +
+                     std::to_string(proj));
   ModelConfig cfg;
   cfg.input = InputKind::dense, cfg.readout = Readout::identity;
   cfg.X = X, cfg.H = H, cfg.V = H, cfg.L = L;
