@@ -58,8 +58,8 @@ class LanguageModel {
   // The GEMMs' operands for the calls that follow (lstmgrad/precision.hpp): bf16 rounds them in
   // the LSTM stack and in the fused readout (float32, linear readout, class targets) and sums in
   // float32; everything else stays float32 (the readout over soft targets too). Throws
-  // InputError for bf16 in float64, on a CPU without AVX512_BF16, and (at forward) with layer
-  // norm or a projection.
+  // InputError for bf16 in float64 and on a CPU without AVX512_BF16. Layer norm and the
+  // projection run it too (the row-split layer, src/cpu/row_layer.cpp).
   void set_precision(Precision p);
   Precision precision() const;
 

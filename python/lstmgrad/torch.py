@@ -7,8 +7,7 @@ bias=False, dropout between layers, bidirectional, proj_size. The engine runs th
 torch.autograd.Function on the tensors' memory (numpy views), so this module links no libtorch.
 
 Not supported, with an error naming the argument: tensors not on the CPU or of another dtype
-(ValueError), device= other than the CPU (ValueError), proj_size with precision='bf16'
-(ValueError).
+(ValueError), device= other than the CPU (ValueError).
 
 Errors for bad input are ValueError with the tensor's name, its shape and what was expected.
 """
@@ -285,9 +284,6 @@ class LSTM(torch.nn.Module):
             raise ValueError(f"lstmgrad.torch.LSTM: proj_size={proj_size!r}: expected an int >= 0")
         if proj_size and proj_size >= int(hidden_size):
             raise ValueError("proj_size has to be smaller than hidden_size")  # nn.LSTM's words
-        if proj_size and precision == "bf16":
-            raise ValueError("lstmgrad.torch.LSTM: proj_size with precision='bf16': the projection "
-                             "runs in float32 only")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"lstmgrad.torch.LSTM: device={device}: only the CPU is supported")
         if dtype is not None and dtype not in _ENGINES:

@@ -417,20 +417,22 @@ def test_default_threads_ignore_torchs():
 @pytest.mark.skipif(not lt._core.bf16_supported(), reason="this CPU has no AVX512_BF16")
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
-def test_bf16_precision_follows_nn_lstm(bidirectional, packed):
+@pytest.mark.parametrize("proj_size", [0, 5])
+def test_bf16_precision_follows_nn_lstm(bidirectional, packed, proj_size):
     """precision='bf16': bfloat16 GEMM operands, float32 sums. Outputs, states and every gradient
     within 3e-2 of each tensor's scale of nn.LSTM's float32 (bf16 keeps 8 significant bits;
     measured below 1e-2), and further from it than float32's own 1e-5 (the bf16 path ran)."""
     torch.manual_seed(5)
     T, B, X, H, L = 6, 5, 7, 13, 2
-    kw = dict(input_size=X, hidden_size=H, num_layers=L, bidirectional=bidirectional)
+    kw = dict(input_size=X, hidden_size=H, num_layers=L, bidirectional=bidirectional,
+              proj_size=proj_size)
     ref = torch.nn.LSTM(**kw)
     mine = lt.LSTM(**kw, precision="bf16")
     mine.load_state_dict(ref.state_dict())
-    D = 2 if bidirectional else 1
+    D, R = 2 if bidirectional else 1, proj_size or H
     x = torch.randn(T, B, X)
-    hx = (torch.randn(L * D, B, H), torch.randn(L * D, B, H))
-    gy, gh, gc = torch.randn(T, B, D * H), torch.randn(L * D, B, H), torch.randn(L * D, B, H)
+    hx = (torch.randn(L * D, B, R), torch.randn(L * D, B, H))
+    gy, gh, gc = torch.randn(T, B, D * R), torch.randn(L * D, B, R), torch.randn(L * D, B, H)
     if packed:  # lengths 6, 6, 4, 3, 1: the steps run as segments of their own
         lengths = torch.tensor([6, 6, 4, 3, 1])
         mask = (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(2)
@@ -463,5 +465,3 @@ def test_bf16_precision_refusals():
         lt.LSTM(3, 4, precision="fp8")
     with pytest.raises(ValueError, match="bf16"):
         lt.LSTM(3, 4, dtype=torch.float64, precision="bf16")
-    with pytest.raises(ValueError, match="bf16"):  # the projection runs in float32 only
-        lt.LSTM(3, 4, proj_size=2, precision="bf16")
