@@ -32,14 +32,18 @@ std::vector<int> drive(TeamTuner& tuner, int shares, int64_t shape, int calls,
 }
 
 // The machine's idle cores as the tests' model says (the tuner asks while it runs below its
-// shares); each test sets it through a FakeIdle, which puts the system's probe back after.
-double g_idle = 0;
+// shares), and the cores this process ran on (< 0: not known, the idle count alone); each test
+// sets them through a FakeIdle, which puts the system's probe back after.
+double g_idle = 0, g_own = -1;
 struct FakeIdle {
-  IdleProbe previous;
-  explicit FakeIdle(double idle) : previous(set_idle_probe([] { return g_idle; })) {
-    g_idle = idle;
+  CoreProbe previous;
+  explicit FakeIdle(double idle, double own = -1)
+      : previous(set_core_probe([] {
+          return CoreUse{g_idle, g_own};
+        })) {
+    g_idle = idle, g_own = own;
   }
-  ~FakeIdle() { set_idle_probe(previous); }
+  ~FakeIdle() { set_core_probe(previous); }
 };
 
 int count(const std::vector<int>& v, int x, size_t from = 0) {
@@ -149,13 +153,54 @@ TEST(TeamTuner, IdleCoreTrialsThatLoseStayRare) {
   EXPECT_GE(count(used, 2, 7), 2000 / TeamTuner::kIdleRetry / 2) << "the idle core was ignored";
 }
 
-// The system's probe: after half a second it reports a count in [0, cores] (Linux), or < 0.
-TEST(TeamTuner, SystemIdleCoresIsACount) {
-  (void)system_idle_cores();
+// The system's probe: after half a second it reports counts in [0, cores] (Linux), or < 0. A
+// thread of this process that spins through the window shows as this process's.
+TEST(TeamTuner, SystemCoreUseIsACount) {
+  (void)system_core_use();
+  std::atomic<bool> stop{false};
+  std::thread spinner([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+    }
+  });
   std::this_thread::sleep_for(std::chrono::milliseconds(600));
-  const double idle = system_idle_cores();
-  if (idle < 0) GTEST_SKIP() << "no /proc/stat";
-  EXPECT_LE(idle, static_cast<double>(std::thread::hardware_concurrency()) + 0.5);
+  const CoreUse use = system_core_use();
+  stop = true;
+  spinner.join();
+  if (use.idle < 0) GTEST_SKIP() << "no /proc/stat";
+  const double cores = static_cast<double>(std::thread::hardware_concurrency());
+  EXPECT_LE(use.idle, cores + 0.5);
+  ASSERT_GE(use.own, 0.0);
+  EXPECT_LE(use.own, cores + 0.01);
+  EXPECT_GE(use.own, 0.5) << "a spinning thread of this process, most of the window";
+}
+
+// A core that this process's other threads hold (OpenBLAS's workers yield theirs while they wait
+// for work, PyTorch's layers around the LSTM leave them so): the machine shows no core idle, but
+// the team's one thread plus them use both, so the core counts as spare and the team takes it back
+// within kIdleRetry calls. Where the other process holds it (own = 1: the team alone), it does not.
+TEST(TeamTuner, CountsThisProcesssOtherThreadsAsSpare) {
+  const FakeIdle idle(0, 1.0);
+  TeamTuner tuner;
+  bool busy = true;
+  const auto cost = [&](int t) { return t == 2 ? (busy ? 3.0 : 0.55) : 1.0; };
+  const auto before = drive(tuner, 2, 700, 600, cost);
+  EXPECT_EQ(count(before, 2, 7), 0) << "another process's core: no trials of two threads";
+  busy = false;
+  auto used = drive(tuner, 2, 700, 60, cost);
+  EXPECT_EQ(used.back(), 1) << "nothing spare, nothing tried";
+  g_own = 1.9;  // this process's other threads beside the team's one
+  used = drive(tuner, 2, 700, TeamTuner::kIdleRetry + 5, cost);
+  EXPECT_EQ(used.back(), 2) << "still on one thread with this process's own core spare";
+}
+
+TEST(TeamTuner, SpareCoresCountIdleAndThisProcesssOthers) {
+  const FakeIdle idle(0.25, 1.75);
+  EXPECT_DOUBLE_EQ(spare_cores(1), 1.0);
+  EXPECT_DOUBLE_EQ(spare_cores(2), 0.25);  // the team's own threads are not spare
+  g_own = -1;
+  EXPECT_DOUBLE_EQ(spare_cores(1), 0.25);
+  g_idle = -1;
+  EXPECT_LT(spare_cores(1), 0);
 }
 
 // Each shape keeps its own state: a validation pass's shape, busy or not, does not reset what the

@@ -19,7 +19,7 @@ namespace lstmgrad::cpu {
 
 namespace {
 
-std::atomic<IdleProbe> g_probe{&system_idle_cores};
+std::atomic<CoreProbe> g_probe{&system_core_use};
 
 // The team this thread is running a share of, if any.
 struct Place {
@@ -221,42 +221,56 @@ void team_barrier() {
   if (t_place.threads > 1) t_place.barrier->wait(t_place.threads);
 }
 
-double system_idle_cores() {
+CoreUse system_core_use() {
   using Clock = std::chrono::steady_clock;
   static std::mutex mutex;
   static Clock::time_point last;
   static unsigned long long last_idle = 0, last_total = 0;
-  static std::atomic<double> value{-1.0};
+  static double last_own = 0;
+  static std::atomic<double> idle_value{-1.0}, own_value{-1.0};
   std::unique_lock lock(mutex, std::try_to_lock);
-  if (!lock.owns_lock()) return value.load();
+  if (!lock.owns_lock()) return {idle_value.load(), own_value.load()};
   const Clock::time_point now = Clock::now();
   if (last != Clock::time_point{} && now - last < std::chrono::milliseconds(500))
-    return value.load();
+    return {idle_value.load(), own_value.load()};
   // The first line: cpu user nice system idle iowait irq softirq steal ... (clock ticks, all CPUs)
   std::FILE* f = std::fopen("/proc/stat", "r");
-  if (!f) return value.load();
+  if (!f) return {idle_value.load(), own_value.load()};
   unsigned long long t[8] = {};
   const int got = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &t[0], &t[1], &t[2],
                               &t[3], &t[4], &t[5], &t[6], &t[7]);
   std::fclose(f);
-  if (got < 5) return value.load();
+  if (got < 5) return {idle_value.load(), own_value.load()};
+  timespec cpu{};
+  const bool own_known = clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu) == 0;
+  const double own = static_cast<double>(cpu.tv_sec) + 1e-9 * static_cast<double>(cpu.tv_nsec);
   unsigned long long total = 0;
   for (int k = 0; k < got; ++k) total += t[k];
   const unsigned long long idle = t[3] + t[4];
   const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  if (last != Clock::time_point{} && total > last_total && cores > 0)
-    value.store(static_cast<double>(idle - last_idle) / static_cast<double>(total - last_total) *
-                static_cast<double>(cores));
-  last = now, last_idle = idle, last_total = total;
-  return value.load();
+  if (last != Clock::time_point{} && total > last_total && cores > 0) {
+    idle_value.store(static_cast<double>(idle - last_idle) /
+                     static_cast<double>(total - last_total) * static_cast<double>(cores));
+    const double wall = std::chrono::duration<double>(now - last).count();
+    own_value.store(own_known ? std::clamp((own - last_own) / wall, 0.0, static_cast<double>(cores))
+                              : -1.0);
+  }
+  last = now, last_idle = idle, last_total = total, last_own = own;
+  return {idle_value.load(), own_value.load()};
 }
 
-IdleProbe set_idle_probe(IdleProbe probe) {
+CoreProbe set_core_probe(CoreProbe probe) {
   return g_probe.exchange(probe);
 }
 
-double idle_cores() {
+CoreUse core_use() {
   return g_probe.load()();
+}
+
+double spare_cores(int running) {
+  const CoreUse use = core_use();
+  if (use.idle < 0) return -1;
+  return use.idle + (use.own >= 0 ? std::max(0.0, use.own - running) : 0.0);
 }
 
 double TeamTuner::State::recent_median() const {
@@ -287,13 +301,13 @@ int TeamTuner::threads(int shares, int64_t shape) {
   if (shares <= 1) return last_threads_ = 1;
   if (st->trial == 0 && st->calls >= st->next_trial) {
     int trial = st->cur == shares ? st->cur - 1 : st->cur == 1 ? 2 : st->cur + st->direction;
-    // Another thread needs a core to run on: where the machine shows none idle, a trial of more
+    // Another thread needs a core to run on: where the machine shows none spare, a trial of more
     // threads can only lose (and costs a slow call), so the other neighbour is tried, or none.
     if (trial > st->cur) {
-      const double idle = idle_cores();
-      if (idle >= 0 && idle < 0.5) trial = st->cur > 1 ? st->cur - 1 : 0;
+      const double spare = spare_cores(st->cur);
+      if (spare >= 0 && spare < 0.5) trial = st->cur > 1 ? st->cur - 1 : 0;
     }
-    if (trial == 0) {  // postponed as if it had lost: record() watches the idle count meanwhile
+    if (trial == 0) {  // postponed as if it had lost: record() watches the spare count meanwhile
       st->interval = std::min(st->interval * 2, kMaxInterval);
       st->next_trial = st->calls + st->interval, st->last_trial = st->calls;
     } else {
@@ -333,9 +347,9 @@ void TeamTuner::record(double cost) {
     return;
   }
   st->push(cost);
-  // Below its shares while a core stands idle: the process that took it may have left.
+  // Below its shares while a core stands spare: the process that took it may have left.
   if (st->cur < st->shares && st->trial == 0 && st->next_trial > st->last_trial + kIdleRetry &&
-      idle_cores() >= 0.5)
+      spare_cores(st->cur) >= 0.5)
     st->next_trial = st->last_trial + kIdleRetry, st->direction = 1;
   // A team of several threads that got slower: another process may have taken a core.
   if (st->cur > 1 && st->level > 0 && st->recent_n == 3 && st->trial == 0 &&

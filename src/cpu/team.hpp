@@ -112,9 +112,9 @@ struct TeamMember {
 // way; at an end of [1, shares] (where the only neighbour is the team just left) the next trial
 // waits 48 calls. A choice of several threads whose cost rises by half over its level at the last
 // decision (another process took a core) is tried again at the next call. A team below its shares
-// whose machine shows a core idle (idle_cores(): the other process left) tries more threads
+// whose machine shows a core spare (spare_cores(): the other process left) tries more threads
 // within kIdleRetry calls of its last trial rather than at the long interval; where the machine
-// shows no core idle, it does not try more threads at all (the extra thread would have no core:
+// shows no core spare, it does not try more threads at all (the extra thread would have no core:
 // the trial could only lose), so on a loaded machine the team runs as a smaller fixed team would.
 class TeamTuner {
  public:
@@ -145,13 +145,25 @@ class TeamTuner {
   int64_t uses_ = 0;
 };
 
-// The machine's idle cores, averaged over about the last half second (< 0: unknown). The default
-// reads /proc/stat (Linux; the tuner reads it only while a team runs below its shares); tests
-// install their own. set_idle_probe returns the previous probe.
-using IdleProbe = double (*)();
-double system_idle_cores();
-IdleProbe set_idle_probe(IdleProbe probe);
-double idle_cores();
+// What the machine's cores did over about the last half second: `idle`, the cores idle; `own`,
+// the cores this process's threads ran on (< 0: unknown). The default reads /proc/stat and this
+// process's CPU time (Linux; the tuner reads it only while a team runs below its shares); tests
+// install their own. set_core_probe returns the previous probe.
+struct CoreUse {
+  double idle = -1, own = -1;
+};
+using CoreProbe = CoreUse (*)();
+CoreUse system_core_use();
+CoreProbe set_core_probe(CoreProbe probe);
+CoreUse core_use();
+
+// The cores a team that runs `running` threads could add (< 0: unknown): the idle ones, and what
+// this process's other threads run beyond the team's. Those run beside the team in this process,
+// and a runtime's idle threads among them give their core up: OpenBLAS's workers call
+// sched_yield while they wait for work, about 0.1 s after each GEMM, so in a PyTorch training
+// step (the LSTM between torch's GEMMs) the machine shows no core idle although one is the
+// team's for the taking.
+double spare_cores(int running);
 
 // One call of a site: its team, `running` threads (at most `shares`) when running >= 1, else
 // the tuner's choice, timed from construction to destruction and recorded per unit of `work`.
