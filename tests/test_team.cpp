@@ -111,6 +111,24 @@ TEST(TeamTuner, NoticesACoreTakenMidRun) {
   EXPECT_EQ(used.back(), 1) << "still on two threads 10 calls after the core was taken";
 }
 
+// Two slow calls in a row just before a trial (a worker woken on an idle vCPU takes milliseconds
+// on a VM: both calls of a step after a pause cost twice as much): the trial of one thread, slower
+// than two threads' usual calls, does not win against them. With the median of the last three
+// calls (two of them slow) it did, and the team then ran one thread for 48 calls.
+TEST(TeamTuner, TwoSlowCallsBeforeATrialDoNotDecideIt) {
+  const FakeIdle idle(1.0);
+  TeamTuner tuner;
+  int call = 0;
+  const auto used = drive(tuner, 2, 700, 200, [&](int t) {
+    const int i = call++;
+    if (t == 1) return 1.7;
+    return i == 3 || i == 4 ? 8.0 : 1.0;
+  });
+  EXPECT_EQ(used[5], 1);  // the first trial, right after the slow calls
+  EXPECT_EQ(used.back(), 2);
+  EXPECT_LE(count(used, 1), 6) << "trials of one thread in 200 calls";
+}
+
 // A core freed again: the periodic trial finds two threads faster and takes them back within the
 // longest interval.
 TEST(TeamTuner, TakesAFreedCoreBack) {

@@ -274,15 +274,20 @@ double spare_cores(int running) {
 }
 
 double TeamTuner::State::recent_median() const {
-  const double a = recent[0], b = recent[1], c = recent[2];
-  if (recent_n == 1) return a;
-  if (recent_n == 2) return std::min(a, b);  // the better of two (the first may be cold)
-  return std::max(std::min(a, b), std::min(std::max(a, b), c));
+  if (recent_n == 1) return recent[0];
+  if (recent_n == 2) return std::min(recent[0], recent[1]);  // the better of two (one may be cold)
+  double sorted[kRecent];
+  for (int i = 0; i < recent_n; ++i) {  // insertion sort: at most kRecent values
+    int j = i;
+    for (; j > 0 && sorted[j - 1] > recent[i]; --j) sorted[j] = sorted[j - 1];
+    sorted[j] = recent[i];
+  }
+  return sorted[(recent_n - 1) / 2];  // of four, the second best
 }
 
 void TeamTuner::State::push(double cost) {
-  recent[recent_pos++ % 3] = cost;
-  recent_n = std::min(recent_n + 1, 3);
+  recent[recent_pos++ % kRecent] = cost;
+  recent_n = std::min(recent_n + 1, kRecent);
 }
 
 int TeamTuner::threads(int shares, int64_t shape) {
@@ -352,7 +357,7 @@ void TeamTuner::record(double cost) {
       spare_cores(st->cur) >= 0.5)
     st->next_trial = st->last_trial + kIdleRetry, st->direction = 1;
   // A team of several threads that got slower: another process may have taken a core.
-  if (st->cur > 1 && st->level > 0 && st->recent_n == 3 && st->trial == 0 &&
+  if (st->cur > 1 && st->level > 0 && st->recent_n == kRecent && st->trial == 0 &&
       st->recent_median() > 1.5 * st->level)
     st->next_trial = st->calls, st->interval = 3;
 }

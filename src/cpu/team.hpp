@@ -103,7 +103,9 @@ struct TeamMember {
 //
 // A state runs one choice (one thread per share at first) and now and then tries a neighbour,
 // one thread fewer or more, for up to kTrial calls. The neighbour replaces the choice when its
-// best call beats the choice's recent median: by 3% for fewer threads, by 10% for more (threads
+// best call beats the median of the choice's last kRecent calls (5: on a VM two calls in a row
+// may each take twice their time, a thread woken on an idle vCPU, and a median of three then
+// let one slow trial look like a win): by 3% for fewer threads, by 10% for more (threads
 // must pay for themselves; the band keeps noise from making the team flap); a first call
 // that costs 1.5 times the choice's is a clear loss and ends the trial at once (a trial should cost
 // little: a thread off its core makes a team several times slower). The first trial comes after 5
@@ -118,7 +120,7 @@ struct TeamMember {
 // the trial could only lose), so on a loaded machine the team runs as a smaller fixed team would.
 class TeamTuner {
  public:
-  static constexpr int kTrial = 2, kStates = 4;
+  static constexpr int kTrial = 2, kStates = 4, kRecent = 5;
   static constexpr int64_t kMaxInterval = 1024, kIdleRetry = 48;
 
   // The threads for the next call, in [1, shares]. `shape`: the call's shape (any number that
@@ -134,7 +136,7 @@ class TeamTuner {
     int cur = 1, trial = 0, trial_calls = 0, direction = -1;
     int64_t calls = 0, next_trial = 0, interval = 0, last_trial = 0;
     double trial_best = 0, level = 0;
-    double recent[3] = {};  // the choice's last costs, a ring
+    double recent[kRecent] = {};  // the choice's last costs, a ring
     int recent_n = 0, recent_pos = 0;
     double recent_median() const;
     void push(double cost);
