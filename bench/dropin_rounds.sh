@@ -8,7 +8,9 @@
 #   bench/dropin_rounds.sh [BUILD_DIR] [ROUNDS]     (defaults: build, 3)
 #
 # Prints each round's ratios, then the ratio of the medians over the rounds, which is the number
-# docs/python.md reports. The environment is bench/compare.sh's (bench_env.sh).
+# docs/python.md reports; the wrapper's cost also from the two alternating in one process
+# (`bench/torch_dropin.py --alone --against-bench`). The environment is bench/compare.sh's
+# (bench_env.sh).
 source "$(dirname "$0")/bench_env.sh"
 trap 'rm -rf "$OUT"' EXIT
 PRESETS=${PRESETS:-"zaremba-small zaremba-medium char-rnn"}  # env: a subset
@@ -25,6 +27,11 @@ for round in $(seq "$ROUNDS"); do
   $DROPIN --presets "${PRESETS// /,}" --torch-threads 1 --runs 9 --lm-step --json \
     >"$OUT/pair.$round.json"
 done
+# The wrapper's cost once more, the two alternating inside one process (what differs between
+# processes, memory layout and which core is whose, then touches both), ROUNDS rounds.
+echo "in one process" >&2
+$DROPIN --alone --against-bench --rounds "$ROUNDS" --presets "${PRESETS// /,}" --warmup 20 \
+  --runs 50 --json >"$OUT/inproc.json"
 
 /usr/bin/python3 - "$OUT" "$ROUNDS" $PRESETS <<'PY'
 import json, statistics, sys
@@ -39,6 +46,11 @@ for p in presets:
     print(f"{p:<15} wrapper's cost: module {statistics.median(mine):.2f} ms, `lstmgrad bench` "
           f"{statistics.median(bench):.2f} ms; rounds {per}; "
           f"{statistics.median(mine) / statistics.median(bench):.3f}")
+for r in lines(f"{out}/inproc.json"):
+    per = ", ".join(f"{a / b:.3f}" for a, b in zip(r["lstmgrad_ms"], r["bench_ms"]))
+    print(f"{r['preset']:<15} wrapper's cost in one process: module "
+          f"{statistics.median(r['lstmgrad_ms']):.2f} ms, `lstmgrad bench` "
+          f"{statistics.median(r['bench_ms']):.2f} ms; rounds {per}; {r['ratio']:.3f}")
 pairs = [lines(f"{out}/pair.{r}.json") for r in range(1, rounds + 1)]
 for p in presets:
     for mode in ("fwdbwd", "lm_step"):

@@ -5,7 +5,7 @@ and optionally a whole word-language-model training step (issue 15, docs/python.
     PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
         [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
         [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--settle 0.25] [--lm-step]
-        [--no-input-grad] [--alone] [--parts] [--tiny] [--json]
+        [--no-input-grad] [--alone [--against-bench --rounds 5]] [--parts] [--tiny] [--json]
 
 fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
 with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
@@ -21,7 +21,10 @@ torch parts' spinning workers run beside the LSTM, as they do in a user's traini
 fastest of the list); --lstmgrad-threads: the engine's threads (0: its own choice, up to
 OMP_NUM_THREADS). --alone: lstmgrad.torch.LSTM's fwdbwd only, as a hot loop (no pause, no
 nn.LSTM beside it), what `lstmgrad bench --mode fwdbwd` times of the engine alone: the wrapper's
-cost. --tiny: small shapes, a check that the script runs (no meaningful times).
+cost. --against-bench (with --alone): that hot loop and `lstmgrad bench`'s own timing of the preset
+(lstmgrad._core.bench: the command line's code, the default team split for the machine's cores)
+alternate in this one process, --rounds times, so that what differs from process to process
+(memory layout, which core is whose) touches both. --tiny: small shapes, a check that the script runs (no meaningful times).
 """
 
 import argparse
@@ -33,6 +36,7 @@ import time
 import torch
 
 import lstmgrad.torch as lt
+from lstmgrad import _core
 
 PRESETS = {  # name: (T, B, X, H, L, has lm_step) as in `lstmgrad bench`
     "zaremba-small": (35, 20, 200, 200, 2, True),
@@ -119,11 +123,18 @@ def main():
                    help="x needs no gradient (as in `lstmgrad bench` fwdbwd: the wrapper's overhead)")
     p.add_argument("--alone", action="store_true",
                    help="lstmgrad's fwdbwd alone in a hot loop (the wrapper's cost)")
+    p.add_argument("--against-bench", action="store_true",
+                   help="with --alone: alternate with `lstmgrad bench`'s own timing of the same "
+                   "preset (lstmgrad._core.bench, the command line's code) in this process, "
+                   "--rounds times; the ratio of the medians is the wrapper's cost")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of --against-bench")
     p.add_argument("--parts", action="store_true",
                    help="with --lm-step: also the median of each part of the step, per module")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: check that the script runs")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     a = p.parse_args()
+    if a.against_bench and (a.tiny or not a.alone):
+        p.error("--against-bench needs --alone and a preset of `lstmgrad bench` (not --tiny)")
     dtype = getattr(torch, a.dtype)
     presets = TINY if a.tiny else {n: PRESETS[n] for n in a.presets.split(",")}
     lt.set_num_threads(a.lstmgrad_threads)
@@ -134,6 +145,21 @@ def main():
         mine.load_state_dict(ref.state_dict())
         x = torch.randn(T, B, X, dtype=dtype, requires_grad=not a.no_input_grad)
         gy = torch.randn(T, B, H, dtype=dtype)
+        if a.alone and a.against_bench:
+            mods, engs = [], []
+            for _ in range(a.rounds):
+                (t_mine,) = time_pair([fwdbwd_step(mine, x, gy)], a.warmup, a.runs, 0.0)
+                mods.append(1e3 * t_mine)
+                engs.append(_core.bench(name, "fwdbwd", a.runs, a.warmup, a.lstmgrad_threads,
+                                        lt._machine_threads())["ms"])
+            m, e = statistics.median(mods), statistics.median(engs)
+            r = dict(preset=name, mode="wrapper_cost", dtype=a.dtype, lstmgrad_ms=mods,
+                     bench_ms=engs, ratio=m / e, runs=a.runs, rounds=a.rounds)
+            print(json.dumps(r) if a.json else
+                  f"{name:15s} wrapper's cost in one process: module {m:.2f} ms, `lstmgrad bench` "
+                  f"{e:.2f} ms, {100 * (m / e - 1):+.1f}% (rounds " +
+                  ", ".join(f"{u / v:.3f}" for u, v in zip(mods, engs)) + ")")
+            continue
         if a.alone:
             (t_mine,) = time_pair([fwdbwd_step(mine, x, gy)], a.warmup, a.runs, 0.0)
             r = dict(preset=name, mode="fwdbwd_alone", dtype=a.dtype,

@@ -4,6 +4,7 @@
 // are read in place, others are copied once. Every check raises ValueError naming the argument,
 // its shape or dtype and what was expected, before the engine runs. forward and backward release
 // the GIL while the engine works; one engine object runs one call at a time (a mutex).
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "lstmgrad/bench.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/precision.hpp"
 #include "lstmgrad/stack.hpp"
@@ -351,6 +353,43 @@ PYBIND11_MODULE(_core, m) {
       py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
       py::arg("bias") = true, py::arg("proj_size") = 0,
       "nn.LSTM's parameters of a stack in order: a list of (name, shape)");
+  m.def(
+      "bench",
+      [](const std::string& preset, const std::string& mode, int runs, int warmup, int threads,
+         int shares) {
+        const lstmgrad::BenchPreset* p = nullptr;
+        std::string names;
+        for (const lstmgrad::BenchPreset& q : lstmgrad::bench_presets()) {
+          if (q.name == preset) p = &q;
+          names += (names.empty() ? "" : ", ") + q.name;
+        }
+        if (!p) throw py::value_error("preset: '" + preset + "', expected one of " + names);
+        if (runs < 1 || warmup < 0 || threads < 0 || shares < 0)
+          throw py::value_error("runs >= 1, warmup >= 0, threads >= 0 and shares >= 0 expected");
+        lstmgrad::BenchOptions o;
+        o.threads = threads, o.runs = runs, o.warmup = warmup;
+        // threads 0: the default team, split for OpenMP's count as the command line reads it;
+        // importing torch sets that count to torch's own, so `shares` stands in for the call.
+        const int saved = omp_get_max_threads();
+        if (threads == 0 && shares > 0) omp_set_num_threads(shares);
+        lstmgrad::BenchResult r;
+        try {
+          py::gil_scoped_release release;
+          r = lstmgrad::run_bench(*p, mode, o);
+        } catch (const std::invalid_argument& e) {
+          omp_set_num_threads(saved);
+          throw py::value_error(e.what());
+        }
+        omp_set_num_threads(saved);
+        py::dict out;
+        out["ms"] = r.ms, out["tokens_per_s"] = r.tokens_per_s, out["gflops"] = r.gflops;
+        return out;
+      },
+      py::arg("preset"), py::arg("mode") = "fwdbwd", py::arg("runs") = 7, py::arg("warmup") = 5,
+      py::arg("threads") = 0, py::arg("shares") = 0,
+      "`lstmgrad bench`'s timing of one preset and mode in this process (the same code as the "
+      "command line): a dict of ms (the median of `runs` after `warmup`), tokens_per_s, gflops. "
+      "threads 0: the default team, its work split for `shares` cores (0: OpenMP's count)");
   m.def("bf16_supported", &lstmgrad::bf16_supported,
         "Whether this CPU runs precision 'bf16' (AVX512_BF16)");
   lstmgrad::python::bind_models(m);

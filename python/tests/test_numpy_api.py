@@ -284,3 +284,19 @@ def test_dropout_drops_between_layers_only():
         lstm.set_dropout(1.5)
     with pytest.raises(NotImplementedError, match="bidirectional"):
         lstmgrad.Lstm(3, 5, 2, bidirectional=True).set_dropout(0.5)
+
+
+def test_bench_times_a_preset_in_this_process():
+    """_core.bench runs `lstmgrad bench`'s own timing (bench/torch_dropin.py --against-bench):
+    a positive time for a preset and mode, ValueError naming what was wrong."""
+    from lstmgrad import _core
+
+    r = _core.bench("zaremba-small", "fwd", runs=1, warmup=0, threads=0, shares=2)
+    assert r["ms"] > 0 and r["tokens_per_s"] > 0 and r["gflops"] > 0
+    assert _core.bench("zaremba-small", "fwdbwd", runs=1, warmup=0, threads=1)["ms"] > 0
+    with pytest.raises(ValueError, match="preset: 'nope', expected one of zaremba-small"):
+        _core.bench("nope")
+    with pytest.raises(ValueError, match="unknown mode 'sideways'"):
+        _core.bench("zaremba-small", "sideways", runs=1, warmup=0)
+    with pytest.raises(ValueError, match="runs >= 1"):
+        _core.bench("zaremba-small", "fwd", runs=0)

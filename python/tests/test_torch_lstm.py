@@ -465,3 +465,16 @@ def test_bf16_precision_refusals():
         lt.LSTM(3, 4, precision="fp8")
     with pytest.raises(ValueError, match="bf16"):
         lt.LSTM(3, 4, dtype=torch.float64, precision="bf16")
+
+
+def test_bench_leaves_torchs_threads_alone():
+    """_core.bench splits the default team for `shares` cores by setting OpenMP's count for the
+    call, the count importing torch set to torch's own: afterwards it is what it was."""
+    from lstmgrad import _core
+
+    before = torch.get_num_threads()
+    for want in {before, 2}:
+        torch.set_num_threads(want)
+        _core.bench("zaremba-small", "fwd", runs=1, warmup=0, threads=0, shares=3)
+        assert torch.get_num_threads() == want
+    torch.set_num_threads(before)
