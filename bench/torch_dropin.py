@@ -24,7 +24,8 @@ nn.LSTM beside it), what `lstmgrad bench --mode fwdbwd` times of the engine alon
 cost. --against-bench (with --alone): that hot loop and `lstmgrad bench`'s own timing of the preset
 (lstmgrad._core.bench: the command line's code, the default team split for the machine's cores)
 alternate in this one process, --rounds times, so that what differs from process to process
-(memory layout, which core is whose) touches both. --tiny: small shapes, a check that the script runs (no meaningful times).
+(memory layout, which core is whose) touches both. --tiny: small shapes, a check that the script
+runs (no meaningful times).
 """
 
 import argparse
@@ -145,7 +146,7 @@ def main():
         mine.load_state_dict(ref.state_dict())
         x = torch.randn(T, B, X, dtype=dtype, requires_grad=not a.no_input_grad)
         gy = torch.randn(T, B, H, dtype=dtype)
-        if a.alone and a.against_bench:
+        if a.against_bench:  # with --alone (checked above)
             mods, engs = [], []
             for _ in range(a.rounds):
                 (t_mine,) = time_pair([fwdbwd_step(mine, x, gy)], a.warmup, a.runs, 0.0)

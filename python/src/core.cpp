@@ -370,17 +370,18 @@ PYBIND11_MODULE(_core, m) {
         o.threads = threads, o.runs = runs, o.warmup = warmup;
         // threads 0: the default team, split for OpenMP's count as the command line reads it;
         // importing torch sets that count to torch's own, so `shares` stands in for the call.
-        const int saved = omp_get_max_threads();
+        struct OmpThreads {  // OpenMP's count back as it was, however the call ends
+          int saved = omp_get_max_threads();
+          ~OmpThreads() { omp_set_num_threads(saved); }
+        } restore;
         if (threads == 0 && shares > 0) omp_set_num_threads(shares);
         lstmgrad::BenchResult r;
         try {
           py::gil_scoped_release release;
           r = lstmgrad::run_bench(*p, mode, o);
         } catch (const std::invalid_argument& e) {
-          omp_set_num_threads(saved);
           throw py::value_error(e.what());
         }
-        omp_set_num_threads(saved);
         py::dict out;
         out["ms"] = r.ms, out["tokens_per_s"] = r.tokens_per_s, out["gflops"] = r.gflops;
         return out;

@@ -228,19 +228,19 @@ CoreUse system_core_use() {
   static unsigned long long last_idle = 0, last_total = 0;
   static double last_own = 0;
   static std::atomic<double> idle_value{-1.0}, own_value{-1.0};
+  const auto latest = [] { return CoreUse{idle_value.load(), own_value.load()}; };
   std::unique_lock lock(mutex, std::try_to_lock);
-  if (!lock.owns_lock()) return {idle_value.load(), own_value.load()};
+  if (!lock.owns_lock()) return latest();
   const Clock::time_point now = Clock::now();
-  if (last != Clock::time_point{} && now - last < std::chrono::milliseconds(500))
-    return {idle_value.load(), own_value.load()};
+  if (last != Clock::time_point{} && now - last < std::chrono::milliseconds(500)) return latest();
   // The first line: cpu user nice system idle iowait irq softirq steal ... (clock ticks, all CPUs)
   std::FILE* f = std::fopen("/proc/stat", "r");
-  if (!f) return {idle_value.load(), own_value.load()};
+  if (!f) return latest();
   unsigned long long t[8] = {};
   const int got = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &t[0], &t[1], &t[2],
                               &t[3], &t[4], &t[5], &t[6], &t[7]);
   std::fclose(f);
-  if (got < 5) return {idle_value.load(), own_value.load()};
+  if (got < 5) return latest();
   timespec cpu{};
   const bool own_known = clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu) == 0;
   const double own = static_cast<double>(cpu.tv_sec) + 1e-9 * static_cast<double>(cpu.tv_nsec);
@@ -256,7 +256,7 @@ CoreUse system_core_use() {
                               : -1.0);
   }
   last = now, last_idle = idle, last_total = total, last_own = own;
-  return {idle_value.load(), own_value.load()};
+  return latest();
 }
 
 CoreProbe set_core_probe(CoreProbe probe) {
@@ -273,16 +273,15 @@ double spare_cores(int running) {
   return use.idle + (use.own >= 0 ? std::max(0.0, use.own - running) : 0.0);
 }
 
+// The lower median: of two, the better (one may be cold); of four, the second best.
 double TeamTuner::State::recent_median() const {
-  if (recent_n == 1) return recent[0];
-  if (recent_n == 2) return std::min(recent[0], recent[1]);  // the better of two (one may be cold)
   double sorted[kRecent];
   for (int i = 0; i < recent_n; ++i) {  // insertion sort: at most kRecent values
     int j = i;
     for (; j > 0 && sorted[j - 1] > recent[i]; --j) sorted[j] = sorted[j - 1];
     sorted[j] = recent[i];
   }
-  return sorted[(recent_n - 1) / 2];  // of four, the second best
+  return sorted[(recent_n - 1) / 2];
 }
 
 void TeamTuner::State::push(double cost) {
