@@ -2,6 +2,7 @@
 // made-up costs here (a model of a machine, quiet or busy), so its choices can be checked exactly;
 // tests/test_bench.cpp checks that its choices change no bit of a model's results.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -353,6 +354,41 @@ TEST(RunTeam, WakesWorkersThatSlept) {
     run_team(3, [&] { calls.fetch_add(1); });
     EXPECT_EQ(calls.load(), 3);
   }
+}
+
+// In a PyTorch training step OpenBLAS's worker spins on one core, calling sched_yield, for 0.1 s
+// after each of torch's GEMMs. The scheduler counts it as a running thread, so a team worker woken
+// then joined its caller on the other core, and the two took turns at every barrier (a
+// zaremba-small forward 27 ms, against 3). A worker found on its caller's CPU moves off it.
+TEST(RunTeam, WorkersLeaveTheCallersCpu) {
+  cpu_set_t mine;
+  ASSERT_EQ(sched_getaffinity(0, sizeof mine, &mine), 0);
+  if (CPU_COUNT(&mine) < 2) GTEST_SKIP() << "one CPU: nowhere else to go";
+  int shared = 0, calls = 0;
+  std::thread caller([&] {  // a fresh thread: its own pool, its workers made now
+    std::atomic<bool> stop{false};
+    std::thread yielder([&] {  // as OpenBLAS's idle worker
+      while (!stop.load(std::memory_order_relaxed)) sched_yield();
+    });
+    for (int round = 0; round < 40; ++round) {
+      // The caller's own work (torch's layers) for longer than the workers spin: they sleep.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(8);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+      int cpu[2] = {-1, -1};
+      run_team(2, [&] {
+        for (int step = 0; step < 20; ++step) team_barrier();
+        cpu[team_thread()] = sched_getcpu();
+        team_barrier();
+      });
+      ++calls;
+      shared += cpu[0] == cpu[1];
+    }
+    stop = true;
+    yielder.join();
+  });
+  caller.join();
+  EXPECT_LE(shared, 2) << shared << " of " << calls << " calls ran both on one CPU";
 }
 
 // After fork() the child has only the thread that forked: its teams get workers of their own

@@ -26,7 +26,10 @@ namespace lstmgrad::cpu {
 // site usually is (the engine's calls follow one another closely: forward, readout, backward,
 // the update), at most 5 ms, then sleeps until one comes. OpenMP's runtime (libgomp) spins for
 // several milliseconds whatever follows, on the cores the caller's next work needs: in a PyTorch
-// training step it made the GEMM after the LSTM 20-25% slower. f must not throw: on a team of
+// training step it made the GEMM after the LSTM 20-25% slower. A worker that finds itself on
+// the caller's CPU when a call starts moves to another CPU it may run on, and stays off that one
+// (its affinity) until it meets the caller there again: two members of a team on one core take
+// turns at every barrier. f must not throw: on a team of
 // several threads, as in an OpenMP region, an exception that leaves it ends the process.
 using TeamJob = void (*)(void* context);
 void run_team_job(int threads, TeamJob job, void* context);
