@@ -4,19 +4,24 @@ and optionally a whole word-language-model training step (issue 15, docs/python.
 
     PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
         [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
-        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--settle 0.25] [--lm-step]
+        [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--settle 0.25] [--lm-step [--block 5]]
         [--no-input-grad] [--alone [--against-bench --rounds 5]] [--parts] [--tiny] [--json]
 
 fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
-with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules hold the same weights, float32 unless --dtype float64.
+with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules
+hold the same weights, float32 unless --dtype float64. Each (module, torch threads) pair is timed
+as the median of --runs after --warmup; the modules alternate run by run so that a change in
+machine load touches both, and each timed run starts --settle seconds after the last one ended:
+Debian's torch calls OpenBLAS, whose worker threads spin about 0.1 s after each call
+(OPENBLAS_THREAD_TIMEOUT), on the cores the next run needs; without the pause the module that
+runs after nn.LSTM shares the machine with them (lstmgrad's zaremba-medium fwdbwd measured 112 ms
+so, 85 ms alone).
 lm_step (--lm-step, presets that have it): Embedding -> LSTM -> Linear(H, 10000) -> cross-entropy
--> backward -> SGD step. Each (module, torch threads) pair is timed as the median of --runs after
---warmup; the modules alternate run by run so that a change in machine load touches both, and
-each timed run starts --settle seconds after the last one ended: Debian's torch calls OpenBLAS,
-whose worker threads spin about 0.1 s after each call (OPENBLAS_THREAD_TIMEOUT), on the cores
-the next run needs; without the pause the module that runs after nn.LSTM shares the machine with
-them (lstmgrad's zaremba-medium fwdbwd measured 112 ms so, 85 ms alone). Inside one lm_step the
-torch parts' spinning workers run beside the LSTM, as they do in a user's training loop.
+-> backward -> SGD step, timed as a training loop runs it: in each of --runs rounds each module
+runs --block + 1 steps back to back, the first untimed (it follows the other module's); the
+median of the timed steps. No pause: in a loop torch's spinning OpenBLAS workers from one step's
+GEMMs run beside the next step's LSTM, and a step after an idle pause starts on idle vCPUs (on
+this VM a zaremba-small forward took 6.4 ms after 0.25 s idle, 3.1 ms in a loop).
 --torch-threads: torch.set_num_threads for each measurement (PyTorch's best setting is the
 fastest of the list); --lstmgrad-threads: the engine's threads (0: its own choice, up to
 OMP_NUM_THREADS). --alone: lstmgrad.torch.LSTM's fwdbwd only, as a hot loop (no pause, no
@@ -69,7 +74,7 @@ def lm_step(emb, rnn, dec, tokens, targets, v, parts=None):
     params = [*emb.parameters(), *rnn.parameters(), *dec.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
 
-    def step():
+    def step(timed=True):
         t = [time.perf_counter()]
         e = emb(tokens)
         t.append(time.perf_counter())
@@ -85,11 +90,30 @@ def lm_step(emb, rnn, dec, tokens, targets, v, parts=None):
         if parts is not None:
             t.append(time.perf_counter())
         opt.step()
-        if parts is not None:
+        if parts is not None and timed:
             t.append(time.perf_counter())
             parts.append([b - a for a, b in zip(t, t[1:])])
 
     return step
+
+
+def time_blocks(steps, warmup, runs, block):
+    """Median seconds of each training step as a training loop runs it: `runs` rounds in which
+    each step function in turn runs block + 1 times back to back, the first untimed (it follows
+    the other module's steps), so that a change in machine load touches both. Each step function
+    takes `timed` (False for the warm-up and the untimed ones)."""
+    for s in steps:
+        for _ in range(warmup):
+            s(timed=False)
+    times = [[] for _ in steps]
+    for _ in range(runs):
+        for k, s in enumerate(steps):
+            s(timed=False)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                s()
+                times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def time_pair(steps, warmup, runs, settle):
@@ -120,6 +144,8 @@ def main():
                    help="seconds of quiet before each timed run (the other side's threads asleep)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--lm-step", action="store_true", help="also time the language-model step")
+    p.add_argument("--block", type=int, default=5,
+                   help="timed language-model steps back to back per module and run")
     p.add_argument("--no-input-grad", action="store_true",
                    help="x needs no gradient (as in `lstmgrad bench` fwdbwd: the wrapper's overhead)")
     p.add_argument("--alone", action="store_true",
@@ -183,10 +209,9 @@ def main():
                     dec = torch.nn.Linear(H, v).to(dtype)
                     steps.append(lm_step(emb, rnn, dec, tokens, targets, v,
                                          part if a.parts else None))
-                rows.append(("lm_step", *time_pair(steps, a.warmup, a.runs, a.settle)))
+                rows.append(("lm_step", *time_blocks(steps, a.warmup, a.runs, a.block)))
                 for who, part in zip(("nn.LSTM", "lstmgrad"), parts if a.parts else ()):
-                    timed = part[a.warmup:]  # the timed runs' parts (warm-up first)
-                    ms = {n: 1e3 * statistics.median(r[k] for r in timed)
+                    ms = {n: 1e3 * statistics.median(r[k] for r in part)
                           for k, n in enumerate(LM_PARTS)}
                     if a.json:
                         print(json.dumps(dict(preset=name, mode="lm_step_parts", module=who,
