@@ -102,6 +102,16 @@ class _Pool:
         with self.lock:
             self.free.setdefault(key, []).append(engine)
 
+    def reclaim(self, key, engine, generation):
+        """Takes `engine` back out of the free list if it is there and still holds the activations
+        of forward number `generation`; else False."""
+        with self.lock:
+            free = self.free.get(key, [])
+            if engine.generation != generation or not any(e is engine for e in free):
+                return False
+            free.remove(engine)
+            return True
+
     def __getstate__(self):  # a copied or pickled module starts with no engines
         return {}
 
@@ -128,14 +138,38 @@ def _layers(weights, per_layer):
 
 
 class _Lease:
-    """An engine taken from a pool for one forward's graph: back to the pool when the graph is
-    freed (its backward may run more than once, with retain_graph, between other forwards)."""
+    """An engine taken from a pool for one forward's graph, held from the forward to the end of
+    its backward, then back in the pool with the activations still in it. A training loop that
+    keeps a step's output alive into the next step (`out, hidden = model(x, hidden)`) so runs on
+    one engine, not two in turn (twice the activations' memory). A second backward through the
+    graph (retain_graph) takes the engine back if no forward has used it since (`generation`),
+    else a fresh one and runs the forward again from the saved inputs: the same activations, bit
+    for bit, so the same gradients."""
 
     def __init__(self, pool, key, rows):
-        self.pool, self.key, self.engine = pool, key, pool.take(key, rows)
+        self.pool, self.key, self.rows = pool, key, rows
+        self.engine = pool.take(key, rows)
+        self.generation, self.held = self.engine.generation, True
+
+    def reclaim(self):
+        """The engine holding this forward's activations, or None if they are gone (run the
+        forward again on the engine renew() takes)."""
+        if not self.held:
+            self.held = self.pool.reclaim(self.key, self.engine, self.generation)
+        return self.engine if self.held else None
+
+    def renew(self):
+        self.engine = self.pool.take(self.key, self.rows)
+        self.generation, self.held = self.engine.generation, True
+        return self.engine
+
+    def release(self):
+        if self.held:
+            self.held = False
+            self.pool.give(self.key, self.engine)
 
     def __del__(self):
-        self.pool.give(self.key, self.engine)
+        self.release()
 
 
 def _engine_forward(engine, x, h0, c0, weights, per_layer, batch_sizes):
@@ -152,24 +186,28 @@ class _StackFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pool, key, per_layer, batch_sizes, x, h0, c0, *weights):
         lease = _Lease(pool, key, _rows(x, batch_sizes))
-        engine = lease.engine
-        y, hn, cn = _engine_forward(engine, x, h0, c0, weights, per_layer, batch_sizes)
+        y, hn, cn = _engine_forward(lease.engine, x, h0, c0, weights, per_layer, batch_sizes)
         ctx.set_materialize_grads(False)
-        ctx.lease, ctx.generation = lease, engine.generation
-        ctx.save_for_backward(x, *weights)  # torch checks they were not modified in place
+        ctx.lease, ctx.per_layer, ctx.batch_sizes = lease, per_layer, batch_sizes
+        ctx.save_for_backward(x, h0, c0, *weights)  # torch checks they were not modified in place
         return torch.from_numpy(y), torch.from_numpy(hn), torch.from_numpy(cn)
 
     @staticmethod
     @once_differentiable  # the backward is the engine's: a double backward raises, clearly
     def backward(ctx, gy, ghn, gcn):
-        ctx.saved_tensors  # raises if x or a weight was modified in place since forward
-        engine = ctx.lease.engine
-        if engine.generation != ctx.generation:  # cannot happen while the lease holds it
-            raise RuntimeError("lstmgrad.torch.LSTM: this backward's activations were reused")
+        x, h0, c0, *weights = ctx.saved_tensors  # raises if one was modified in place since
+        lease = ctx.lease
+        engine = lease.reclaim()
+        if engine is None:  # a second backward, the engine reused since the first: forward again
+            engine = lease.renew()
+            _engine_forward(engine, x, h0, c0, weights, ctx.per_layer, ctx.batch_sizes)
         need = ctx.needs_input_grad
-        dx, dh0, dc0, grads = engine.core.backward(
-            _np(gy), _np(ghn), _np(gcn), None, need[4], need[5], need[6]
-        )
+        try:
+            dx, dh0, dc0, grads = engine.core.backward(
+                _np(gy), _np(ghn), _np(gcn), None, need[4], need[5], need[6]
+            )
+        finally:
+            lease.release()
         out = [None, None, None, None]
         out += [None if a is None else torch.from_numpy(a) for a in (dx, dh0, dc0)]
         for layer in grads:
@@ -488,3 +526,6 @@ class _ThreadedPool:
 
     def give(self, key, engine):
         self.pool.give(key, engine)
+
+    def reclaim(self, key, engine, generation):
+        return self.pool.reclaim(key, engine, generation)

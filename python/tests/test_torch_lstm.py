@@ -310,8 +310,9 @@ def test_module_calls_twice_before_backward_and_retain_graph():
     once = mine.weight_hh_l0.grad.clone()
     y.backward()
     close(mine.weight_hh_l0.grad, 2 * once, 1e-12, "second backward")
-    # Another forward of the module in between takes another engine: the first graph's
-    # activations stay for its second backward.
+    # Another forward and backward of the module in between take the engine the first backward
+    # gave back: the second backward runs the forward again (from the saved inputs) on an engine
+    # of its own, and gets the same gradient.
     mine.zero_grad()
     y = mine(x1)[0].sum()
     y.backward(retain_graph=True)
@@ -319,6 +320,49 @@ def test_module_calls_twice_before_backward_and_retain_graph():
     mine.zero_grad()
     y.backward()
     close(mine.weight_hh_l0.grad, once, 1e-12, "backward after another forward")
+    # Same with an initial state, packed input and bidirectional, float64, against nn.LSTM.
+    ref, mine = pair(torch.float64, input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    xp = pack_padded_sequence(torch.randn(5, 3, 3, dtype=torch.float64), torch.tensor([5, 3, 2]))
+    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    for m in (ref, mine):
+        m.zero_grad()
+        h0.grad = c0.grad = None
+        out, (hn, cn) = m(xp, (h0, c0))
+        loss = out.data.sum() + (hn * cn).sum()
+        loss.backward(retain_graph=True)
+        m(torch.randn(4, 2, 3, dtype=torch.float64))[0].sum().backward()  # takes the engine
+        m.zero_grad()
+        h0.grad = c0.grad = None
+        loss.backward()
+        grads = [p.grad.clone() for p in m.parameters()] + [h0.grad.clone(), c0.grad.clone()]
+        if m is ref:
+            want = grads
+    for a, b in zip(grads, want):
+        close(a, b, 1e-10, "second backward, forward run again")
+
+
+def test_a_loop_that_keeps_its_output_runs_on_one_engine(monkeypatch):
+    # `out, hidden = model(x, hidden)`: the previous step's out (and its graph) is alive while
+    # the next forward runs. Its engine went back to the pool when its backward ended, so the
+    # loop runs on one engine, not two in turn (twice the activations' memory).
+    made = []
+
+    class Counted(lt._Engine):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(lt, "_Engine", Counted)
+    m = lt.LSTM(3, 4, num_layers=2)
+    x = torch.randn(6, 2, 3)
+    hidden, out = None, None
+    for _ in range(4):
+        out, hidden = m(x, hidden)
+        out.sum().backward()
+        hidden = tuple(h.detach() for h in hidden)
+    assert out.grad_fn is not None  # the last graph is alive
+    assert len(made) == 1
 
 
 def test_deepcopy_and_no_grad():
