@@ -1,6 +1,7 @@
 // cpu/team.hpp: the shares and the tuner that chooses how many threads run them. The tuner is fed
 // made-up costs here (a model of a machine, quiet or busy), so its choices can be checked exactly;
 // tests/test_bench.cpp checks that its choices change no bit of a model's results.
+#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <sys/wait.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -389,6 +391,42 @@ TEST(RunTeam, WorkersLeaveTheCallersCpu) {
   });
   caller.join();
   EXPECT_LE(shared, 2) << shared << " of " << calls << " calls ran both on one CPU";
+}
+
+// Every thread of this process narrowed from outside to one CPU (`taskset -a -p`): a worker that
+// meets its caller there stays, rather than widening its mask back to the CPUs it was made with.
+TEST(RunTeam, StepAsideKeepsAMaskNarrowedFromOutside) {
+  cpu_set_t all;
+  ASSERT_EQ(sched_getaffinity(0, sizeof all, &all), 0);
+  if (CPU_COUNT(&all) < 2) GTEST_SKIP() << "one CPU: nothing to narrow";
+  const auto set_every_thread = [](const cpu_set_t& mask) {
+    DIR* dir = opendir("/proc/self/task");
+    ASSERT_NE(dir, nullptr);
+    while (const dirent* e = readdir(dir))
+      if (e->d_name[0] != '.') (void)sched_setaffinity(std::atoi(e->d_name), sizeof mask, &mask);
+    closedir(dir);
+  };
+  int cpu = -1, elsewhere = 0;
+  std::thread caller([&] {
+    run_team(2, [] {});  // the workers are made, with every CPU
+    cpu = sched_getcpu();
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    set_every_thread(one);
+    for (int round = 0; round < 10; ++round) {
+      int seen[2] = {-1, -1};
+      run_team(2, [&] {
+        team_barrier();
+        seen[team_thread()] = sched_getcpu();
+        team_barrier();
+      });
+      elsewhere += seen[1] != cpu;
+    }
+    set_every_thread(all);
+  });
+  caller.join();
+  EXPECT_EQ(elsewhere, 0) << "the worker left CPU " << cpu << " in " << elsewhere << " of 10 calls";
 }
 
 // After fork() the child has only the thread that forked: its teams get workers of their own

@@ -151,13 +151,12 @@ class Pool {
   }
 
   void work(Box& m, int id) {
-    cpu_set_t allowed;  // the CPUs this worker may run on, as it was made (the caller's)
-    if (pthread_getaffinity_np(pthread_self(), sizeof allowed, &allowed) != 0) CPU_ZERO(&allowed);
+    Aside aside;
     Clock::duration spin = kFirstSpin;
     for (uint32_t seen = 0;;) {
       seen = await(m, seen, spin);
       if (m.stop) return;
-      step_aside(allowed, m.caller_cpu);
+      aside.step(m.caller_cpu);
       t_place = {id, m.threads, &barrier_};
       run_share(m.job, m.context);
       t_place = {};
@@ -166,21 +165,29 @@ class Pool {
     }
   }
 
-  // A worker woken on the caller's CPU moves to another of `allowed`. The two would take turns
+  // A worker woken on the caller's CPU moves to another CPU it may use. The two would take turns
   // on one core at every barrier of the call, each step waiting out the other's spin, while the
   // other core runs something the scheduler counts as equal work: in a PyTorch training step,
   // OpenBLAS's worker, which calls sched_yield there for 0.1 s after torch's GEMM. The scheduler
   // wakes a thread near its waker and keeps three threads on two cores as two and one, so it
   // never parts them itself: a zaremba-small forward took 27 ms so, 3 ms apart. Off the caller's
-  // CPU the worker takes the yielding thread's core. Its affinity stays so (all of `allowed` but
-  // that CPU) until the caller is found on its CPU again.
-  static void step_aside(const cpu_set_t& allowed, int caller_cpu) {
-    if (caller_cpu < 0 || caller_cpu >= CPU_SETSIZE || sched_getcpu() != caller_cpu) return;
-    cpu_set_t others = allowed;
-    CPU_CLR(caller_cpu, &others);
-    if (CPU_COUNT(&others) > 0)
-      (void)pthread_setaffinity_np(pthread_self(), sizeof others, &others);
-  }
+  // CPU the worker takes the yielding thread's core. Its affinity stays so (its mask but that
+  // CPU) until it meets the caller on its CPU again; then the CPU it left comes back into its
+  // mask, unless the mask was changed from outside since (`taskset -a -p`): that one is kept.
+  struct Aside {
+    cpu_set_t set{};  // the mask it last set, read when left >= 0
+    int left = -1;    // the CPU it took out of its mask (-1: none, or its mask was changed since)
+    void step(int caller_cpu) {
+      if (caller_cpu < 0 || caller_cpu >= CPU_SETSIZE || sched_getcpu() != caller_cpu) return;
+      cpu_set_t now;
+      if (pthread_getaffinity_np(pthread_self(), sizeof now, &now) != 0) return;
+      if (left >= 0 && CPU_EQUAL(&now, &set)) CPU_SET(left, &now);
+      CPU_CLR(caller_cpu, &now);
+      if (CPU_COUNT(&now) == 0 || pthread_setaffinity_np(pthread_self(), sizeof now, &now) != 0)
+        return;
+      set = now, left = caller_cpu;
+    }
+  };
 
   // Spin up to `spin` for a new post, then sleep until one comes.
   static uint32_t await(Box& m, uint32_t seen, Clock::duration spin) {
