@@ -138,10 +138,12 @@ def main():
     p.add_argument("--torch-threads", default=str(torch.get_num_threads()),
                    help="comma-separated torch.set_num_threads values to try")
     p.add_argument("--lstmgrad-threads", type=int, default=0)
-    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--runs", type=int, default=20,
+                   help="timed fwdbwd runs per module; rounds of --block LM steps")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--settle", type=float, default=0.25,
-                   help="seconds of quiet before each timed run (the other side's threads asleep)")
+                   help="seconds of quiet before each timed fwdbwd run (the other side's threads "
+                        "asleep); LM steps run back to back")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--lm-step", action="store_true", help="also time the language-model step")
     p.add_argument("--block", type=int, default=5,

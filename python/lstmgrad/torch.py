@@ -107,7 +107,7 @@ class _Pool:
         of forward number `generation`; else False."""
         with self.lock:
             free = self.free.get(key, [])
-            if engine.generation != generation or not any(e is engine for e in free):
+            if engine.generation != generation or engine not in free:  # identity: no __eq__
                 return False
             free.remove(engine)
             return True
