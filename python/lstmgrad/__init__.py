@@ -12,6 +12,9 @@ computes), exercise2() (the handout's Exercise 2, what `lstmgrad exercise` print
 
 s is the cell state (PyTorch's c). Arrays are time-major and of the engine's dtype (float32 or
 float64); C-contiguous arrays are read in place. Bad input raises ValueError naming the argument.
+The stack's output arrays take their memory from a cache that keeps what dead arrays held (up to
+512 MiB idle, set_cache_limit), so that a loop does not pay page faults every step:
+empty_cache() frees it, cache_info() says what it holds.
 `lstmgrad.torch.LSTM` is the drop-in for torch.nn.LSTM (import it explicitly; it needs torch).
 """
 
@@ -20,10 +23,11 @@ import json
 import numpy as np
 
 from . import _core
-from ._core import InputError, bf16_supported, parameter_layout
+from ._core import (InputError, bf16_supported, cache_info, empty_cache, parameter_layout,
+                    set_cache_limit)
 
 __all__ = ["Lstm", "InputError", "parameter_layout", "load_model", "save_model", "load_batch", "grad",
-           "exercise2"]
+           "exercise2", "empty_cache", "cache_info", "set_cache_limit"]
 
 _ENGINES = {np.dtype(np.float32): _core.LstmFloat32, np.dtype(np.float64): _core.LstmFloat64}
 _BIDIRECTIONAL = {

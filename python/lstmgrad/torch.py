@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _core
 
-__all__ = ["LSTM", "set_num_threads", "get_num_threads"]
+__all__ = ["LSTM", "set_num_threads", "get_num_threads", "empty_cache"]
 
 _ENGINES = {torch.float32: _core.LstmFloat32, torch.float64: _core.LstmFloat64}
 _BIDIRECTIONAL = {torch.float32: _core.BidirectionalLstmFloat32, torch.float64: _core.BidirectionalLstmFloat64}
@@ -55,6 +55,13 @@ def _machine_threads():
 
 def get_num_threads():
     return _threads
+
+
+def empty_cache():
+    """Frees the memory that the outputs' cache holds idle (as torch.cuda.empty_cache does for
+    CUDA tensors): the engine's outputs and gradients take their memory from a cache that keeps
+    what dead tensors held, up to 512 MiB (lstmgrad.cache_info())."""
+    _core.empty_cache()
 
 
 class _Engine:

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "buffers.hpp"
 #include "lstmgrad/bench.hpp"
 #include "lstmgrad/error.hpp"
 #include "lstmgrad/precision.hpp"
@@ -26,6 +27,7 @@ namespace py = pybind11;
 namespace {
 
 using Shape = std::vector<int64_t>;
+using lstmgrad::python::new_array;
 
 std::string shape_str(const Shape& s) {
   std::ostringstream o;
@@ -101,7 +103,8 @@ class PyLstm {
     std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
     if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, R_});
     if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
-    py::array_t<Real> y({T, B, Y_}), h_n({U_, B, R_}), s_n({U_, B, H_});
+    auto y = new_array<Real>({T, B, Y_}), h_n = new_array<Real>({U_, B, R_}),
+         s_n = new_array<Real>({U_, B, H_});
     Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
     const Real* xp = x.data();
     const Real* h0p = h0 ? h0->data() : nullptr;
@@ -138,7 +141,8 @@ class PyLstm {
     std::optional<py::array_t<Real, py::array::c_style>> h0, s0;
     if (!h0_obj.is_none()) h0 = as_array<Real>(h0_obj, "h0", {U_, B, R_});
     if (!s0_obj.is_none()) s0 = as_array<Real>(s0_obj, "s0", {U_, B, H_});
-    py::array_t<Real> y({N, Y_}), h_n({U_, B, R_}), s_n({U_, B, H_});
+    auto y = new_array<Real>({N, Y_}), h_n = new_array<Real>({U_, B, R_}),
+         s_n = new_array<Real>({U_, B, H_});
     Real *yp = y.mutable_data(), *hp = h_n.mutable_data(), *sp = s_n.mutable_data();
     const Real* xp = x.data();
     const Real* h0p = h0 ? h0->data() : nullptr;
@@ -172,10 +176,10 @@ class PyLstm {
       for (int64_t k = 0; k < U_; ++k) {
         const int64_t in = in_of(k);
         const bool bias = saved_w_[k].bias_ih || saved_w_[k].bias_hh;
-        py::array_t<Real> wi({4 * H_, in}), wh({4 * H_, R_});
+        auto wi = new_array<Real>({4 * H_, in}), wh = new_array<Real>({4 * H_, R_});
         std::optional<py::array_t<Real>> bi, bh, hr;
-        if (bias) bi.emplace(Shape{4 * H_}), bh.emplace(Shape{4 * H_});
-        if (P_ > 0) hr.emplace(Shape{P_, H_});
+        if (bias) bi = new_array<Real>({4 * H_}), bh = new_array<Real>({4 * H_});
+        if (P_ > 0) hr = new_array<Real>({P_, H_});
         for (auto* a : {&wi, &wh, bi ? &*bi : nullptr, bh ? &*bh : nullptr, hr ? &*hr : nullptr})
           if (a) std::fill_n(a->mutable_data(), a->size(), Real(0));
         auto data = [](std::optional<py::array_t<Real>>& a) {
@@ -208,9 +212,9 @@ class PyLstm {
       }
     }
     std::optional<py::array_t<Real>> dx, dh0, ds0;
-    if (need_dx) dx.emplace(xs);
-    if (need_dh0) dh0.emplace(Shape{U_, B, R_});
-    if (need_ds0) ds0.emplace(Shape{U_, B, H_});
+    if (need_dx) dx = new_array<Real>(xs);
+    if (need_dh0) dh0 = new_array<Real>({U_, B, R_});
+    if (need_ds0) ds0 = new_array<Real>({U_, B, H_});
     const Real* dyp = dy ? dy->data() : nullptr;
     const Real* dhp = dh_n ? dh_n->data() : nullptr;
     const Real* dsp = ds_n ? ds_n->data() : nullptr;
@@ -391,6 +395,19 @@ PYBIND11_MODULE(_core, m) {
       "`lstmgrad bench`'s timing of one preset and mode in this process (the same code as the "
       "command line): a dict of ms (the median of `runs` after `warmup`), tokens_per_s, gflops. "
       "threads 0: the default team, its work split for `shares` cores (0: OpenMP's count)");
+  m.def("empty_cache", &lstmgrad::python::empty_cache,
+        "Frees the memory the output arrays' cache holds idle (buffers.hpp)");
+  m.def(
+      "cache_info",
+      [] {
+        const lstmgrad::python::CacheStats c = lstmgrad::python::cache_stats();
+        py::dict out;
+        out["bytes"] = c.bytes, out["blocks"] = c.blocks, out["limit"] = c.limit;
+        return out;
+      },
+      "The output arrays' cache: a dict of bytes and blocks held idle, and the limit in bytes");
+  m.def("set_cache_limit", &lstmgrad::python::set_cache_limit, py::arg("bytes"),
+        "The most bytes the output arrays' cache keeps idle (default 512 MiB; 0: none)");
   m.def("bf16_supported", &lstmgrad::bf16_supported,
         "Whether this CPU runs precision 'bf16' (AVX512_BF16)");
   lstmgrad::python::bind_models(m);

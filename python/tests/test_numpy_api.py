@@ -300,3 +300,66 @@ def test_bench_times_a_preset_in_this_process():
         _core.bench("zaremba-small", "sideways", runs=1, warmup=0)
     with pytest.raises(ValueError, match="runs >= 1"):
         _core.bench("zaremba-small", "fwd", runs=0)
+
+
+def minor_faults():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_a_loop_reuses_its_outputs_memory_without_page_faults():
+    """Each step's outputs die before the next step: the next step's outputs take their memory
+    from the cache, so the loop touches no fresh pages. Without the cache glibc gives blocks of
+    these sizes (256 KiB and more, over its mmap threshold) back to the kernel, and every step
+    paid about 200 page faults here (208 with set_cache_limit(0))."""
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(20, 16, 128, 128, 2, seed=9, dtype=np.float32)
+    for _ in range(3):  # the first steps fill the cache
+        lstm.forward(x, params, h0, s0)
+        lstm.backward(gy, ghn, gsn)
+    steps, before = 20, minor_faults()
+    for _ in range(steps):
+        lstm.forward(x, params, h0, s0)
+        lstm.backward(gy, ghn, gsn)
+    assert (minor_faults() - before) / steps < 5
+
+
+def test_the_cache_hands_out_no_memory_an_array_still_holds():
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(4, 3, 5, 6, 2, seed=10)
+    y1 = lstm.forward(x, params, h0, s0)[0]
+    grads1 = lstm.backward(gy, ghn, gsn)[3]
+    y1_copy, grads1_copy = y1.copy(), {n: g.copy() for n, g in grads1.items()}
+    y2 = lstm.forward(2 * x, params, h0, s0)[0]
+    grads2 = lstm.backward(2 * gy, ghn, gsn)[3]
+    kept = [y1, *grads1.values()]
+    for a in [y2, *grads2.values()]:
+        assert not any(np.shares_memory(a, k) for k in kept)
+    np.testing.assert_array_equal(y1, y1_copy)  # the first step's arrays are untouched
+    for n, g in grads1.items():
+        np.testing.assert_array_equal(g, grads1_copy[n])
+    assert lstm.forward(x, params, h0, s0)[0].flags.aligned
+
+
+def test_cache_limit_and_empty_cache():
+    lstm, params, x, h0, s0, gy, ghn, gsn = problem(30, 8, 64, 64, 1, seed=11)
+    saved = lstmgrad.cache_info()["limit"]
+    try:
+        lstmgrad.empty_cache()
+        assert lstmgrad.cache_info()["bytes"] == 0
+        lstmgrad.set_cache_limit(0)  # nothing kept
+        lstm.forward(x, params, h0, s0)
+        assert lstmgrad.cache_info() == {"bytes": 0, "blocks": 0, "limit": 0}
+        lstmgrad.set_cache_limit(1 << 30)
+        y = lstm.forward(x, params, h0, s0)[0]  # y [30,8,64] float64: 120 KiB, class 128 KiB
+        del y
+        info = lstmgrad.cache_info()
+        assert info["blocks"] == 3 and info["bytes"] >= 30 * 8 * 64 * 8  # y, h_n, s_n
+        y = lstm.forward(x, params, h0, s0)[0]  # takes them back; h_n and s_n die again
+        assert lstmgrad.cache_info()["bytes"] == 2 * 4096
+        del y
+        lstmgrad.set_cache_limit(64 << 10)  # the 128 KiB block goes, the two small ones stay
+        assert lstmgrad.cache_info() == {"bytes": 2 * 4096, "blocks": 2, "limit": 64 << 10}
+        lstmgrad.empty_cache()
+        assert lstmgrad.cache_info()["bytes"] == 0
+    finally:
+        lstmgrad.set_cache_limit(saved)
