@@ -3,7 +3,9 @@
 # lstmgrad.torch.LSTM's forward + backward as a hot loop (`bench/torch_dropin.py --alone`) against
 # `lstmgrad bench --mode fwdbwd` in alternating fresh processes (the wrapper's cost), then
 # `bench/torch_dropin.py --torch-threads 1 --lm-step` (the module against nn.LSTM at PyTorch's best
-# setting, fwd+bwd and the language-model step).
+# setting, fwd+bwd and the language-model step), then the language-model step of each module alone
+# in its own process (`--lm-only`), as a user's training loop runs it, with glibc's thresholds as
+# bench_env.sh sets them and with glibc's defaults.
 #
 #   bench/dropin_rounds.sh [BUILD_DIR] [ROUNDS]     (defaults: build, 3)
 #
@@ -26,6 +28,15 @@ for round in $(seq "$ROUNDS"); do
   done
   $DROPIN --presets "${PRESETS// /,}" --torch-threads 1 --runs 9 --lm-step --json \
     >"$OUT/pair.$round.json"
+  for glibc in tuned default; do
+    for m in nn.LSTM lstmgrad; do
+      echo "round $round: LM steps, $m alone, glibc $glibc" >&2
+      run=()
+      [ "$glibc" = tuned ] || run=(env -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_)
+      "${run[@]}" $DROPIN --presets "${PRESETS// /,}" --torch-threads 1 --runs 5 --lm-only "$m" \
+        --json >>"$OUT/alone_lm.$glibc.$round.json"
+    done
+  done
 done
 # The wrapper's cost once more, the two alternating inside one process (what differs between
 # processes, memory layout and which core is whose, then touches both), ROUNDS rounds.
@@ -63,4 +74,16 @@ for p in presets:
         print(f"{p:<15} {mode:<8} nn.LSTM {statistics.median(ref):.1f} ms, lstmgrad.torch.LSTM "
               f"{statistics.median(mine):.1f} ms; rounds {per}; "
               f"{statistics.median(ref) / statistics.median(mine):.2f}x")
+for glibc in ("tuned", "default"):
+    alone = [lines(f"{out}/alone_lm.{glibc}.{r}.json") for r in range(1, rounds + 1)]
+    for p in presets:
+        ms = {m: [x["ms"] for rs in alone for x in rs if (x["preset"], x["module"]) == (p, m)]
+              for m in ("nn.LSTM", "lstmgrad")}
+        ref, mine = ms["nn.LSTM"], ms["lstmgrad"]
+        if len(ref) != rounds or len(mine) != rounds:
+            continue
+        per = ", ".join(f"{a / b:.2f}" for a, b in zip(ref, mine))
+        print(f"{p:<15} lm_step, each module alone in its process, glibc {glibc}: nn.LSTM "
+              f"{statistics.median(ref):.1f} ms, lstmgrad.torch.LSTM {statistics.median(mine):.1f} "
+              f"ms; rounds {per}; {statistics.median(ref) / statistics.median(mine):.2f}x")
 PY

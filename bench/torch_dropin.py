@@ -5,7 +5,8 @@ and optionally a whole word-language-model training step (issue 15, docs/python.
     PYTHONPATH=build/python /usr/bin/python3 bench/torch_dropin.py \
         [--presets zaremba-small,zaremba-medium,char-rnn] [--torch-threads 1,2] \
         [--lstmgrad-threads 0] [--runs 20] [--warmup 3] [--settle 0.25] [--lm-step [--block 5]]
-        [--no-input-grad] [--alone [--against-bench --rounds 5]] [--parts] [--tiny] [--json]
+        [--no-input-grad] [--alone [--against-bench --rounds 5]] [--lm-only MODULE] [--parts]
+        [--tiny] [--json]
 
 fwdbwd: forward with autograd over x [T,B,X] (requires_grad, as a layer inside a model has; not
 with --no-input-grad, as `lstmgrad bench` runs it), then backward of a fixed dL/dy; both modules
@@ -22,6 +23,10 @@ runs --block + 1 steps back to back, the first untimed (it follows the other mod
 median of the timed steps. No pause: in a loop torch's spinning OpenBLAS workers from one step's
 GEMMs run beside the next step's LSTM, and a step after an idle pause starts on idle vCPUs (on
 this VM a zaremba-small forward took 6.4 ms after 0.25 s idle, 3.1 ms in a loop).
+--lm-only MODULE (nn.LSTM or lstmgrad): that module's LM step alone in this process, as a user's
+training loop runs it (--runs rounds of --block steps); in one process the two modules share
+glibc's heap, and each one's frees move the thresholds at which the other's memory goes back to
+the kernel (docs/python.md, "Speed").
 --torch-threads: torch.set_num_threads for each measurement (PyTorch's best setting is the
 fastest of the list); --lstmgrad-threads: the engine's threads (0: its own choice, up to
 OMP_NUM_THREADS). --alone: lstmgrad.torch.LSTM's fwdbwd only, as a hot loop (no pause, no
@@ -157,6 +162,8 @@ def main():
                    "preset (lstmgrad._core.bench, the command line's code) in this process, "
                    "--rounds times; the ratio of the medians is the wrapper's cost")
     p.add_argument("--rounds", type=int, default=5, help="rounds of --against-bench")
+    p.add_argument("--lm-only", choices=["nn.LSTM", "lstmgrad"],
+                   help="only this module's language-model step, alone in this process")
     p.add_argument("--parts", action="store_true",
                    help="with --lm-step: also the median of each part of the step, per module")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: check that the script runs")
@@ -164,6 +171,8 @@ def main():
     a = p.parse_args()
     if a.against_bench and (a.tiny or not a.alone):
         p.error("--against-bench needs --alone and a preset of `lstmgrad bench` (not --tiny)")
+    if a.lm_only and (a.alone or a.parts):
+        p.error("--lm-only times one module's LM step: not with --alone or --parts")
     dtype = getattr(torch, a.dtype)
     presets = TINY if a.tiny else {n: PRESETS[n] for n in a.presets.split(",")}
     lt.set_num_threads(a.lstmgrad_threads)
@@ -198,6 +207,25 @@ def main():
             continue
         for tt in (int(s) for s in a.torch_threads.split(",")):
             torch.set_num_threads(tt)
+            if a.lm_only:
+                if not has_lm:
+                    continue
+                v = 50 if a.tiny else V
+                tokens = torch.randint(0, v, (T, B))
+                targets = torch.randint(0, v, (T, B))
+                torch.manual_seed(1)
+                emb = torch.nn.Embedding(v, X).to(dtype)
+                dec = torch.nn.Linear(H, v).to(dtype)
+                rnn = ref if a.lm_only == "nn.LSTM" else mine
+                (t,) = time_blocks([lm_step(emb, rnn, dec, tokens, targets, v)], a.warmup, a.runs,
+                                   a.block)
+                r = dict(preset=name, mode="lm_step_alone", module=a.lm_only, dtype=a.dtype,
+                         torch_threads=tt, lstmgrad_threads=a.lstmgrad_threads, ms=1e3 * t,
+                         runs=a.runs)
+                print(json.dumps(r) if a.json else
+                      f"{name:15s} lm_step alone, torch threads {tt}: {a.lm_only} {1e3 * t:.2f} ms")
+                sys.stdout.flush()
+                continue
             rows = [("fwdbwd", *time_pair([fwdbwd_step(ref, x, gy), fwdbwd_step(mine, x, gy)],
                                           a.warmup, a.runs, a.settle))]
             if a.lm_step and has_lm:
