@@ -73,9 +73,14 @@ LM_PARTS = ("embedding", "lstm fwd", "readout+loss fwd", "readout bwd", "lstm bw
             "embedding bwd", "sgd")
 
 
-def lm_step(emb, rnn, dec, tokens, targets, v, parts=None):
-    """One training step; with `parts` (a list), each step appends the seconds of its LM_PARTS
-    (the backward's parts are cut by hooks on the LSTM's output and input gradients)."""
+def lm_step(rnn, X, H, tokens, targets, v, dtype, parts=None):
+    """One training step of Embedding(v, X) -> rnn -> Linear(H, v), the two layers drawn from
+    seed 1 (the same for every module); with `parts` (a list), each step appends the seconds of
+    its LM_PARTS (the backward's parts are cut by hooks on the LSTM's output and input
+    gradients)."""
+    torch.manual_seed(1)
+    emb = torch.nn.Embedding(v, X).to(dtype)
+    dec = torch.nn.Linear(H, v).to(dtype)
     params = [*emb.parameters(), *rnn.parameters(), *dec.parameters()]
     opt = torch.optim.SGD(params, lr=0.1)
 
@@ -205,20 +210,17 @@ def main():
             print(json.dumps(r) if a.json else
                   f"{name:15s} fwdbwd alone: lstmgrad {1e3 * t_mine:9.2f} ms")
             continue
+        v = 50 if a.tiny else V  # the language model's words, its input and targets
+        tokens = torch.randint(0, v, (T, B))
+        targets = torch.randint(0, v, (T, B))
         for tt in (int(s) for s in a.torch_threads.split(",")):
             torch.set_num_threads(tt)
             if a.lm_only:
                 if not has_lm:
                     continue
-                v = 50 if a.tiny else V
-                tokens = torch.randint(0, v, (T, B))
-                targets = torch.randint(0, v, (T, B))
-                torch.manual_seed(1)
-                emb = torch.nn.Embedding(v, X).to(dtype)
-                dec = torch.nn.Linear(H, v).to(dtype)
                 rnn = ref if a.lm_only == "nn.LSTM" else mine
-                (t,) = time_blocks([lm_step(emb, rnn, dec, tokens, targets, v)], a.warmup, a.runs,
-                                   a.block)
+                (t,) = time_blocks([lm_step(rnn, X, H, tokens, targets, v, dtype)], a.warmup,
+                                   a.runs, a.block)
                 r = dict(preset=name, mode="lm_step_alone", module=a.lm_only, dtype=a.dtype,
                          torch_threads=tt, lstmgrad_threads=a.lstmgrad_threads, ms=1e3 * t,
                          runs=a.runs)
@@ -229,15 +231,9 @@ def main():
             rows = [("fwdbwd", *time_pair([fwdbwd_step(ref, x, gy), fwdbwd_step(mine, x, gy)],
                                           a.warmup, a.runs, a.settle))]
             if a.lm_step and has_lm:
-                v = 50 if a.tiny else V
-                tokens = torch.randint(0, v, (T, B))
-                targets = torch.randint(0, v, (T, B))
                 steps, parts = [], ([], [])
                 for rnn, part in zip((ref, mine), parts):
-                    torch.manual_seed(1)
-                    emb = torch.nn.Embedding(v, X).to(dtype)
-                    dec = torch.nn.Linear(H, v).to(dtype)
-                    steps.append(lm_step(emb, rnn, dec, tokens, targets, v,
+                    steps.append(lm_step(rnn, X, H, tokens, targets, v, dtype,
                                          part if a.parts else None))
                 rows.append(("lm_step", *time_blocks(steps, a.warmup, a.runs, a.block)))
                 for who, part in zip(("nn.LSTM", "lstmgrad"), parts if a.parts else ()):

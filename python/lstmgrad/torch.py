@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _core
+from ._core import empty_cache  # the outputs' memory cache, as torch.cuda.empty_cache
 
 __all__ = ["LSTM", "set_num_threads", "get_num_threads", "empty_cache"]
 
@@ -55,13 +56,6 @@ def _machine_threads():
 
 def get_num_threads():
     return _threads
-
-
-def empty_cache():
-    """Frees the memory that the outputs' cache holds idle (as torch.cuda.empty_cache does for
-    CUDA tensors): the engine's outputs and gradients take their memory from a cache that keeps
-    what dead tensors held, up to 512 MiB (lstmgrad.cache_info())."""
-    _core.empty_cache()
 
 
 class _Engine:

@@ -72,6 +72,21 @@ void give(void* data) {
   std::free(block);
 }
 
+// Frees idle blocks, the largest first, until at most `keep` bytes are idle.
+void free_idle_above(Cache& c, size_t keep) {
+  std::vector<void*> freed;
+  {
+    std::lock_guard lock(c.mutex);
+    while (c.bytes > keep) {
+      auto it = std::prev(c.idle.end());
+      c.bytes -= it->first;
+      freed.push_back(it->second);
+      c.idle.erase(it);
+    }
+  }
+  for (void* block : freed) std::free(block);
+}
+
 }  // namespace
 
 template <class Real>
@@ -94,29 +109,15 @@ CacheStats cache_stats() {
 
 void set_cache_limit(size_t bytes) {
   Cache& c = cache();
-  std::vector<void*> freed;
   {
     std::lock_guard lock(c.mutex);
     c.limit = bytes;
-    while (c.bytes > c.limit) {  // the largest blocks first
-      auto it = std::prev(c.idle.end());
-      c.bytes -= it->first;
-      freed.push_back(it->second);
-      c.idle.erase(it);
-    }
   }
-  for (void* block : freed) std::free(block);
+  free_idle_above(c, bytes);
 }
 
 void empty_cache() {
-  Cache& c = cache();
-  std::multimap<size_t, void*> idle;
-  {
-    std::lock_guard lock(c.mutex);
-    idle.swap(c.idle);
-    c.bytes = 0;
-  }
-  for (auto& [size, block] : idle) std::free(block);
+  free_idle_above(cache(), 0);
 }
 
 }  // namespace lstmgrad::python
